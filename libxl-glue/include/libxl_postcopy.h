@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: LGPL-2.1-only */
+/*
+ * libxl_postcopy.h - C ABI of libxl_postcopy.so, the Rust post-copy engine
+ * as seen from patched libxenguest (inside libxl-save-helper).
+ *
+ * Contract: libxenguest dlopen()s LIBXL_POSTCOPY_SONAME, resolves
+ * libxl_postcopy_abi_version() first and refuses to continue unless it
+ * returns LIBXL_POSTCOPY_ABI_VERSION.  Every other entry point returns 0 on
+ * success or a negative errno value on failure, after logging the reason
+ * through the xentoollog logger it was given.  No entry point ever unwinds
+ * (a Rust panic is caught and returned as -EIO).
+ *
+ * Save side, called from xg_sr_save.c:save() when XCFLAGS_POSTCOPY is set:
+ *
+ *   (libxenguest: optional live pre-copy rounds, then suspend_domain)
+ *   h = libxl_postcopy_save_begin(&params, dirty_bitmap, nr_dirty_bits)
+ *       -> computes the owed pfn set, writes POSTCOPY_BEGIN and the
+ *          pages that must be present before the guest runs
+ *   (libxenguest: end_of_checkpoint: TSC_INFO, HVM_CONTEXT, HVM_PARAMS)
+ *   libxl_postcopy_save_transition(h)   -> POSTCOPY_PFNS..., TRANSITION
+ *   (libxenguest: callbacks->postcopy_transition(); libxl writes its records)
+ *   libxl_postcopy_save_serve(h)        -> serves faults, pushes the rest,
+ *                                          returns after POSTCOPY_COMPLETE
+ *   libxl_postcopy_save_free(h)
+ *   (libxenguest: write_end_record)
+ *
+ * Restore side, called from xg_sr_restore.c:process_record():
+ *
+ *   POSTCOPY_BEGIN     -> h = libxl_postcopy_restore_begin(&params, body, len)
+ *   POSTCOPY_PAGE_DATA / POSTCOPY_PFNS (before TRANSITION)
+ *                      -> libxl_postcopy_restore_record(h, type, body, len)
+ *   POSTCOPY_TRANSITION-> (C: stream_complete, restore_results,
+ *                          callbacks->postcopy_transition: guest unpaused)
+ *                         libxl_postcopy_restore_serve(h): reads the rest
+ *                         of the post-copy records from stream_fd, serves
+ *                         mem_paging requests, sends POSTCOPY_FAULT and
+ *                         POSTCOPY_COMPLETE on back_fd; returns when every
+ *                         owed page is loaded
+ *                         libxl_postcopy_restore_free(h)
+ */
+#ifndef LIBXL_POSTCOPY_H
+#define LIBXL_POSTCOPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <xenctrl.h>
+#include <xentoollog.h>
+
+#define LIBXL_POSTCOPY_ABI_VERSION 1
+#define LIBXL_POSTCOPY_SONAME "libxl_postcopy.so.1"
+
+/* Stream record types, allocated above Xen 4.17's last (0x12). */
+#define REC_TYPE_POSTCOPY_BEGIN       0x00000013U
+#define REC_TYPE_POSTCOPY_PFNS        0x00000014U
+#define REC_TYPE_POSTCOPY_TRANSITION  0x00000015U
+#define REC_TYPE_POSTCOPY_PAGE_DATA   0x00000016U
+#define REC_TYPE_POSTCOPY_FAULT       0x00000017U
+#define REC_TYPE_POSTCOPY_COMPLETE    0x00000018U
+#define REC_TYPE_POSTCOPY_ZERO        0x00000019U
+#define REC_TYPE_POSTCOPY_VCPU_STATE  0x0000001aU
+#define REC_TYPE_POSTCOPY_RESUMED     0x0000001bU
+#define REC_TYPE_POSTCOPY_RECOVER     0x0000001cU
+
+/* Pre-paging strategies (--prepage=); ids are stable on the wire. */
+#define LIBXL_POSTCOPY_PREPAGE_NONE            0
+#define LIBXL_POSTCOPY_PREPAGE_LINEAR          1
+#define LIBXL_POSTCOPY_PREPAGE_BUBBLE          2
+#define LIBXL_POSTCOPY_PREPAGE_BUBBLE_FORWARD  3
+#define LIBXL_POSTCOPY_PREPAGE_MULTI_PIVOT     4
+#define LIBXL_POSTCOPY_PREPAGE_HISTORY         5
+
+/* Returns LIBXL_POSTCOPY_ABI_VERSION of the loaded library. */
+uint32_t libxl_postcopy_abi_version(void);
+
+/*
+ * Parses a --prepage= argument ("bubble", "multi-pivot:7", ...), the one
+ * source of truth for strategy names.  On success stores the strategy id
+ * and its argument (K for multi-pivot, else 0) and returns 0.  On failure
+ * returns -EINVAL and writes a one-line message naming the valid
+ * strategies into err (always NUL-terminated when errlen > 0).
+ */
+int libxl_postcopy_parse_strategy(const char *arg, uint32_t *strategy,
+                                  uint32_t *strategy_arg,
+                                  char *err, size_t errlen);
+
+struct libxl_postcopy_save_params {
+    uint32_t abi_version;     /* = LIBXL_POSTCOPY_ABI_VERSION */
+    uint32_t domid;
+    xc_interface *xch;
+    xentoollog_logger *lg;    /* may be NULL: log to stderr */
+    int stream_fd;            /* records to the destination */
+    int back_fd;              /* fault requests from the destination */
+    uint32_t strategy;        /* LIBXL_POSTCOPY_PREPAGE_* */
+    uint32_t strategy_arg;
+    uint32_t precopy_rounds;  /* live rounds already sent (hybrid) */
+    uint32_t flags;           /* reserved, must be 0 */
+};
+
+struct libxl_postcopy_restore_params {
+    uint32_t abi_version;     /* = LIBXL_POSTCOPY_ABI_VERSION */
+    uint32_t domid;
+    xc_interface *xch;
+    xentoollog_logger *lg;    /* may be NULL: log to stderr */
+    int stream_fd;            /* records from the source */
+    int back_fd;              /* fault requests to the source */
+    uint32_t flags;           /* reserved, must be 0 */
+};
+
+struct libxl_postcopy_save;
+struct libxl_postcopy_restore;
+
+/*
+ * dirty_bitmap: the log-dirty bitmap collected at suspend (bit n = pfn n
+ * dirtied since last sent), nr_bits long; NULL when no pre-copy round ran
+ * (every populated pfn is owed).  On failure returns NULL and stores a
+ * negative errno in *rc (if rc is not NULL).
+ */
+struct libxl_postcopy_save *
+libxl_postcopy_save_begin(const struct libxl_postcopy_save_params *params,
+                          const unsigned long *dirty_bitmap,
+                          uint64_t nr_bits, int *rc);
+int libxl_postcopy_save_transition(struct libxl_postcopy_save *h);
+int libxl_postcopy_save_serve(struct libxl_postcopy_save *h);
+void libxl_postcopy_save_free(struct libxl_postcopy_save *h);
+
+struct libxl_postcopy_restore *
+libxl_postcopy_restore_begin(const struct libxl_postcopy_restore_params *params,
+                             const void *begin_body, uint32_t len, int *rc);
+int libxl_postcopy_restore_record(struct libxl_postcopy_restore *h,
+                                  uint32_t type, const void *body,
+                                  uint32_t len);
+int libxl_postcopy_restore_serve(struct libxl_postcopy_restore *h);
+void libxl_postcopy_restore_free(struct libxl_postcopy_restore *h);
+
+#endif /* LIBXL_POSTCOPY_H */
