@@ -1,1 +1,46 @@
-//! placeholder
+//! The post-copy live migration engine, after Hines & Gopalan (VEE'09).
+//!
+//! Pure Rust, no Xen: this crate owns the wire records ([`records`]), the
+//! pre-paging strategies ([`prepage`]), the bookkeeping of which pages are
+//! still owed ([`sentmap`], [`scheduler`]), the source and destination state
+//! machines ([`source`], [`destination`]) that run over any byte transport,
+//! and the metrics report ([`metrics`]).
+//!
+//! Backends plug in through the two traits of [`memory`]: the Xen backends
+//! live in `libxl-glue`, the Linux userfaultfd backend in `postcopy::uffd`,
+//! and an in-memory test double in [`testmem`].
+//!
+//! ```text
+//!   source host                                destination host
+//!  +------------------+   bulk: BEGIN, PFNS,   +--------------------+
+//!  | SourceMemory     |   VCPU_STATE, TRANS-   | DestinationMemory  |
+//!  |  (guest stopped) |   ITION, PAGE_DATA,... |  (guest running,   |
+//!  | Scheduler:       | =====================> |   absent pages     |
+//!  |  SentMap +       |                        |   fault)           |
+//!  |  Prepager        |   fault channel:       |                    |
+//!  |                  | <--- FAULT ----------- |  fault forwarder   |
+//!  |  fault server    | ---- PAGE_DATA ------> |  reply installer   |
+//!  +------------------+                        +--------------------+
+//! ```
+
+pub mod destination;
+pub mod error;
+pub mod memory;
+pub mod metrics;
+pub mod prepage;
+pub mod records;
+pub mod scheduler;
+pub mod sentmap;
+pub mod source;
+pub mod testmem;
+pub mod transport;
+
+pub use error::Error;
+
+/// A guest page frame number: the index of a 4 KiB page in guest memory.
+pub type Pfn = u64;
+
+/// log2 of the page size used on the wire.
+pub const PAGE_SHIFT: u32 = 12;
+/// The page size used on the wire: 4 KiB, as in Xen's migration stream.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;

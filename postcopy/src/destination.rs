@@ -1,0 +1,554 @@
+//! The destination side of a migration.
+//!
+//! Before the switch it stores pre-copied pages and collects the owed pfn
+//! list; at TRANSITION it makes the owed pages absent and resumes the guest.
+//! After that three threads run:
+//!
+//! - the **bulk reader** (the caller's thread) installs pushed pages;
+//! - the **fault forwarder** waits for guest accesses to absent pages and
+//!   sends FAULT requests (each page requested once; unowed pages are
+//!   served locally with a zero page);
+//! - the **reply reader** installs fault replies from the fault channel.
+//!
+//! Every page is accepted through one received-map, which turns a page
+//! delivered twice or a page never owed into a typed error. The migration
+//! completes when every owed page is installed: the destination then sends
+//! COMPLETE and waits for the source's acknowledgement.
+//!
+//! Before the switch any failure is a clean abort: nothing ran on the
+//! destination, and the caller discards what was built.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bitvec::vec::BitVec;
+use log::{debug, info};
+
+use crate::error::{Error, HookError};
+use crate::memory::{DestinationMemory, PfnRun};
+use crate::metrics::Metrics;
+use crate::prepage::StrategySpec;
+use crate::records::{
+    Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
+};
+use crate::transport::{Closer, DestLinks};
+use crate::{Pfn, PAGE_SIZE};
+
+/// How the engine resumes the guest on the destination.
+pub trait GuestResume {
+    /// Restores the opaque CPU/device state and starts the vCPUs.
+    fn resume(&mut self, state: &[u8]) -> Result<(), HookError>;
+}
+
+/// Destination settings.
+#[derive(Debug, Clone)]
+pub struct DestConfig {
+    /// How long the fault forwarder waits per poll (bounds shutdown time).
+    pub fault_poll: Duration,
+}
+
+impl Default for DestConfig {
+    fn default() -> Self {
+        DestConfig {
+            fault_poll: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What the destination saw.
+#[derive(Debug, Clone)]
+pub struct DestOutcome {
+    /// Guest size in pfns.
+    pub guest_pfns: u64,
+    /// Strategy the source announced.
+    pub strategy: Option<StrategySpec>,
+    /// Pages owed at the switch (all installed now).
+    pub owed: u64,
+    /// When the guest was resumed.
+    pub resumed_at: Instant,
+}
+
+/// A failed migration on the destination side.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct DestFailure {
+    /// The cause.
+    #[source]
+    pub error: Error,
+    /// True if the guest had been resumed here (it is now missing pages).
+    pub after_switch: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn idx(p: Pfn) -> usize {
+    usize::try_from(p).unwrap_or(usize::MAX)
+}
+
+/// The pre-switch part of the stream.
+struct Switch {
+    guest_pfns: u64,
+    strategy: Option<StrategySpec>,
+    owed: Vec<PfnRun>,
+    owed_bits: BitVec,
+    state: Vec<u8>,
+}
+
+/// Bookkeeping shared by the three post-switch threads.
+struct Shared<'m, M: ?Sized> {
+    mem: &'m M,
+    owed_bits: BitVec,
+    received: Mutex<BitVec>,
+    remaining: Mutex<u64>,
+    all_in: Condvar,
+    /// Faults sent to the source and not yet satisfied: pfn → when seen.
+    pending: Mutex<HashMap<Pfn, Instant>>,
+    failed: AtomicBool,
+    done: AtomicBool,
+    metrics: &'m Metrics,
+    closer: Closer,
+}
+
+impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
+    fn is_owed(&self, pfn: Pfn) -> bool {
+        self.owed_bits.get(idx(pfn)).is_some_and(|b| *b)
+    }
+
+    /// Accepts and installs `pfns` with their data (`None`: zero pages).
+    fn accept(&self, pfns: &[Pfn], data: Option<&[u8]>) -> Result<(), Error> {
+        {
+            let mut rx = lock(&self.received);
+            for &p in pfns {
+                if !self.is_owed(p) {
+                    return Err(Error::Protocol(format!(
+                        "source sent pfn {p:#x}, which was not owed"
+                    )));
+                }
+                if rx[idx(p)] {
+                    Metrics::add(&self.metrics.pages_duplicate, 1);
+                    return Err(RecordError::PageSentTwice { pfn: p }.into());
+                }
+                rx.set(idx(p), true);
+            }
+        }
+        match data {
+            Some(data) => {
+                // Install runs of consecutive pfns with one call each.
+                let mut i = 0;
+                while i < pfns.len() {
+                    let mut j = i + 1;
+                    while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 {
+                        j += 1;
+                    }
+                    self.mem
+                        .install(pfns[i], &data[i * PAGE_SIZE..j * PAGE_SIZE])?;
+                    i = j;
+                }
+            }
+            None => {
+                for &p in pfns {
+                    self.mem.install_zero(p)?;
+                }
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut pending = lock(&self.pending);
+            for p in pfns {
+                if let Some(at) = pending.remove(p) {
+                    self.metrics.record_fault_latency(now - at);
+                }
+            }
+        }
+        let mut left = lock(&self.remaining);
+        *left -= pfns.len() as u64;
+        if *left == 0 {
+            self.all_in.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Marks the migration failed and unblocks every thread.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        (self.closer)();
+        // Take the lock so a waiter cannot miss the notification.
+        let _left = lock(&self.remaining);
+        self.all_in.notify_all();
+    }
+}
+
+/// Runs the destination side of one migration to completion.
+pub fn run_destination<M: DestinationMemory>(
+    mem: &M,
+    links: DestLinks,
+    cfg: &DestConfig,
+    guest: &mut dyn GuestResume,
+    metrics: &Metrics,
+) -> Result<DestOutcome, DestFailure> {
+    let start = Instant::now();
+    let closer = links.closer.clone();
+    let mut bulk = RecordReader::new(links.bulk, None);
+    let before = |error: Error| DestFailure {
+        error,
+        after_switch: false,
+    };
+    let sw = match receive_until_switch(mem, &mut bulk, metrics) {
+        Ok(sw) => sw,
+        Err(e) => {
+            closer();
+            return Err(before(e));
+        }
+    };
+    let transition_at = Instant::now();
+    let owed_count: u64 = sw.owed.iter().map(|r| r.count).sum();
+    let mut fault_tx = RecordWriter::new(links.fault_tx);
+    let resume = mem
+        .mark_absent(&sw.owed)
+        .map_err(Error::from)
+        .and_then(|()| {
+            guest.resume(&sw.state).map_err(|source| Error::Guest {
+                what: "resume the guest",
+                source,
+            })
+        });
+    if let Err(e) = resume {
+        closer();
+        return Err(before(e));
+    }
+    let resumed_at = Instant::now();
+    Metrics::set_duration(&metrics.downtime_us, resumed_at - transition_at);
+    info!("guest resumed; {owed_count} pages owed");
+    let ns = u64::try_from((resumed_at - transition_at).as_nanos()).unwrap_or(u64::MAX);
+    if let Err(e) = fault_tx
+        .count(RecordType::Resumed, ns)
+        .and_then(|()| fault_tx.flush())
+    {
+        closer();
+        return Err(DestFailure {
+            error: e.into(),
+            after_switch: true,
+        });
+    }
+
+    let shared = Shared {
+        mem,
+        owed_bits: sw.owed_bits,
+        received: Mutex::new(BitVec::repeat(false, idx(sw.guest_pfns))),
+        remaining: Mutex::new(owed_count),
+        all_in: Condvar::new(),
+        pending: Mutex::new(HashMap::new()),
+        failed: AtomicBool::new(false),
+        done: AtomicBool::new(false),
+        metrics,
+        closer: closer.clone(),
+    };
+    let fault_tx = Mutex::new(fault_tx);
+    let result = std::thread::scope(|scope| -> Result<(), Error> {
+        let forwarder = std::thread::Builder::new()
+            .name("pc-fault-fwd".into())
+            .spawn_scoped(scope, || {
+                let r = forward_faults(&shared, &fault_tx, cfg);
+                if r.is_err() {
+                    shared.fail();
+                }
+                r
+            })
+            .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?;
+        let replies = {
+            let rx = links.fault_rx;
+            let shared = &shared;
+            std::thread::Builder::new()
+                .name("pc-fault-rx".into())
+                .spawn_scoped(scope, move || {
+                    let r = read_replies(shared, rx, sw.guest_pfns);
+                    if r.is_err() {
+                        shared.fail();
+                    }
+                    r
+                })
+                .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?
+        };
+        let bulk_result = read_bulk(&shared, &mut bulk).and_then(|()| {
+            // Wait for fault replies still on their way.
+            let mut left = lock(&shared.remaining);
+            while *left > 0 && !shared.failed.load(Ordering::SeqCst) {
+                left = shared.all_in.wait(left).unwrap_or_else(|e| e.into_inner());
+            }
+            if *left > 0 {
+                return Err(Error::Aborted);
+            }
+            drop(left);
+            let mut tx = lock(&fault_tx);
+            tx.count(RecordType::Complete, owed_count)?;
+            tx.flush()?;
+            Ok(())
+        });
+        shared.done.store(true, Ordering::SeqCst);
+        if bulk_result.is_err() {
+            shared.fail();
+        }
+        let fwd = forwarder
+            .join()
+            .map_err(|_| Error::ThreadPanicked("fault forwarder"))?;
+        let rep = replies
+            .join()
+            .map_err(|_| Error::ThreadPanicked("fault reply reader"))?;
+        if let (Err(_), Err(e)) = (&fwd, &rep) {
+            debug!("fault forwarder and reply reader both failed; reply reader: {e}");
+        }
+        first_real_error([bulk_result, rep, fwd])
+    });
+    Metrics::add(&metrics.bytes_received, bulk.bytes_read());
+    Metrics::add(&metrics.bytes_sent, lock(&fault_tx).bytes_written());
+    Metrics::set_duration(&metrics.total_time_us, start.elapsed());
+    Metrics::set_duration(&metrics.postcopy_time_us, resumed_at.elapsed());
+    match result {
+        Ok(()) => Ok(DestOutcome {
+            guest_pfns: sw.guest_pfns,
+            strategy: sw.strategy,
+            owed: owed_count,
+            resumed_at,
+        }),
+        Err(error) => {
+            closer();
+            Err(DestFailure {
+                error,
+                after_switch: true,
+            })
+        }
+    }
+}
+
+/// The first error that is not merely [`Error::Aborted`] (a consequence).
+fn first_real_error<const N: usize>(results: [Result<(), Error>; N]) -> Result<(), Error> {
+    let mut aborted = false;
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(Error::Aborted) => aborted = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if aborted {
+        Err(Error::Aborted)
+    } else {
+        Ok(())
+    }
+}
+
+fn receive_until_switch<M: DestinationMemory, R: Read>(
+    mem: &M,
+    bulk: &mut RecordReader<R>,
+    metrics: &Metrics,
+) -> Result<Switch, Error> {
+    let begin = match bulk.next_record()? {
+        Record::Begin(b) => b,
+        other => {
+            return Err(RecordError::Unexpected {
+                name: other.rtype().name(),
+                state: "before POSTCOPY_BEGIN",
+            }
+            .into())
+        }
+    };
+    let guest_pfns = begin.guest_pfns.get();
+    if guest_pfns != mem.pfn_count() {
+        return Err(Error::Protocol(format!(
+            "source guest has {guest_pfns} pfns, destination memory has {}",
+            mem.pfn_count()
+        )));
+    }
+    let strategy = StrategySpec::from_wire(begin.strategy.get(), begin.strategy_arg.get());
+    let mut sw = Switch {
+        guest_pfns,
+        strategy,
+        owed: Vec::new(),
+        owed_bits: BitVec::repeat(false, idx(guest_pfns)),
+        state: Vec::new(),
+    };
+    let zero = [0u8; PAGE_SIZE];
+    loop {
+        match bulk.next_record()? {
+            Record::PageData {
+                cause: Cause::Precopy,
+                pfns,
+                data,
+            } => {
+                for (p, page) in pfns.iter().zip(data.chunks_exact(PAGE_SIZE)) {
+                    mem.write_page(*p, page)?;
+                }
+                Metrics::add(&metrics.pages_precopy, pfns.len() as u64);
+            }
+            Record::Zero(pfns) => {
+                for p in &pfns {
+                    mem.write_page(*p, &zero)?;
+                }
+                Metrics::add(&metrics.pages_zero, pfns.len() as u64);
+            }
+            Record::Pfns(runs) => {
+                for run in &runs {
+                    for p in run.pfns() {
+                        if sw.owed_bits[idx(p)] {
+                            return Err(RecordError::DuplicatePfn {
+                                name: RecordType::Pfns.name(),
+                                pfn: p,
+                            }
+                            .into());
+                        }
+                        sw.owed_bits.set(idx(p), true);
+                    }
+                }
+                sw.owed.extend(runs);
+            }
+            Record::VcpuState(state) => sw.state = state.to_vec(),
+            Record::Transition => return Ok(sw),
+            other => {
+                return Err(RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "before POSTCOPY_TRANSITION",
+                }
+                .into())
+            }
+        }
+    }
+}
+
+fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
+    shared: &Shared<'_, M>,
+    bulk: &mut RecordReader<R>,
+) -> Result<(), Error> {
+    loop {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        match bulk.next_record()? {
+            Record::PageData {
+                cause: cause @ (Cause::Push | Cause::Resend),
+                pfns,
+                data,
+            } => {
+                let counter = if cause == Cause::Push {
+                    &shared.metrics.pages_pushed
+                } else {
+                    &shared.metrics.pages_resent
+                };
+                shared.accept(&pfns, Some(data))?;
+                Metrics::add(counter, pfns.len() as u64);
+            }
+            Record::Zero(pfns) => {
+                shared.accept(&pfns, None)?;
+                Metrics::add(&shared.metrics.pages_zero, pfns.len() as u64);
+            }
+            Record::Complete(_) => return Ok(()),
+            other => {
+                return Err(RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "on the bulk channel after POSTCOPY_TRANSITION",
+                }
+                .into())
+            }
+        }
+    }
+}
+
+fn read_replies<M: DestinationMemory + ?Sized>(
+    shared: &Shared<'_, M>,
+    rx: Box<dyn Read + Send>,
+    guest_pfns: u64,
+) -> Result<(), Error> {
+    let mut reader = RecordReader::new(rx, Some(guest_pfns));
+    let result = loop {
+        let rec = match reader.next_record() {
+            Ok(r) => r,
+            Err(e) => break Err(e.into()),
+        };
+        match rec {
+            Record::PageData {
+                cause: Cause::Fault,
+                pfns,
+                data,
+            } => {
+                if let Err(e) = shared.accept(&pfns, Some(data)) {
+                    break Err(e);
+                }
+                Metrics::add(&shared.metrics.pages_faulted, pfns.len() as u64);
+            }
+            Record::Zero(pfns) => {
+                if let Err(e) = shared.accept(&pfns, None) {
+                    break Err(e);
+                }
+                Metrics::add(&shared.metrics.pages_zero, pfns.len() as u64);
+            }
+            // The source's acknowledgement of our COMPLETE: the end.
+            Record::Complete(_) if shared.done.load(Ordering::SeqCst) => break Ok(()),
+            other => {
+                break Err(RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "on the fault channel of the destination",
+                }
+                .into())
+            }
+        }
+    };
+    Metrics::add(&shared.metrics.bytes_received, reader.bytes_read());
+    result
+}
+
+fn forward_faults<M: DestinationMemory + ?Sized, W: Write>(
+    shared: &Shared<'_, M>,
+    tx: &Mutex<RecordWriter<W>>,
+    cfg: &DestConfig,
+) -> Result<(), Error> {
+    let mut batch: Vec<Pfn> = Vec::new();
+    loop {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        if shared.done.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut wait = cfg.fault_poll;
+        batch.clear();
+        while batch.len() < MAX_PFN_LIST {
+            let Some(fault) = shared.mem.wait_fault(wait)? else {
+                break;
+            };
+            // Drain whatever else is already queued without waiting.
+            wait = Duration::ZERO;
+            let pfn = fault.pfn;
+            if !shared.is_owed(pfn) {
+                shared.mem.install_zero(pfn)?;
+                Metrics::add(&shared.metrics.faults_local_zero, 1);
+                continue;
+            }
+            if lock(&shared.received)[idx(pfn)] {
+                // Installed between the access and now; the install woke it.
+                continue;
+            }
+            let mut pending = lock(&shared.pending);
+            if pending.contains_key(&pfn) {
+                continue;
+            }
+            pending.insert(pfn, fault.at);
+            drop(pending);
+            // Re-check: the page may have landed while we registered it.
+            if lock(&shared.received)[idx(pfn)] {
+                lock(&shared.pending).remove(&pfn);
+                continue;
+            }
+            Metrics::add(&shared.metrics.network_faults, 1);
+            batch.push(pfn);
+        }
+        if !batch.is_empty() {
+            let mut w = lock(tx);
+            w.pfn_list(RecordType::Fault, &batch)?;
+            w.flush()?;
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The engine's error type.
+
+use crate::memory::MemoryError;
+use crate::records::RecordError;
+use crate::sentmap::SentMapError;
+
+/// Boxed error from a caller-supplied hook (guest control).
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a migration (or one side of it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed, unexpected or undeliverable record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The memory backend failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The guest is too large to track.
+    #[error(transparent)]
+    Size(#[from] SentMapError),
+    /// The peer broke the protocol in a way no single record shows.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// Stopping, resuming or handing over the guest failed.
+    #[error("guest control failed while trying to {what}: {source}")]
+    Guest {
+        /// What was being done.
+        what: &'static str,
+        /// The hook's error.
+        #[source]
+        source: HookError,
+    },
+    /// A worker thread panicked (a bug; reported, never propagated).
+    #[error("internal error: the {0} thread panicked")]
+    ThreadPanicked(&'static str),
+    /// The migration was aborted because another thread failed first.
+    #[error("aborted after another failure")]
+    Aborted,
+}
+
+impl Error {
+    /// True if the failure is the peer going away (closed or reset link),
+    /// as opposed to bad data or a local failure.
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            Error::Record(RecordError::Closed) | Error::Record(RecordError::Truncated { .. }) => {
+                true
+            }
+            Error::Record(RecordError::Io(e)) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::NotConnected
+            ),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The two traits through which the engine reaches guest memory.
+//!
+//! [`SourceMemory`] is the stopped (or, during pre-copy, still running)
+//! guest on the source host; [`DestinationMemory`] is the new guest on the
+//! destination host, whose absent pages fault. Every backend — Xen
+//! (`libxl-glue`), Linux userfaultfd (`postcopy::uffd`) and the in-memory
+//! test double ([`crate::testmem`]) — implements these and nothing else, so
+//! the same state machines drive all of them.
+
+use std::time::{Duration, Instant};
+
+use crate::Pfn;
+
+/// A run of consecutive pfns `[start, start + count)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PfnRun {
+    /// First pfn of the run.
+    pub start: Pfn,
+    /// Number of pfns in the run (non-zero in well-formed input).
+    pub count: u64,
+}
+
+impl PfnRun {
+    /// One past the last pfn, or `None` if it overflows.
+    pub fn end(&self) -> Option<Pfn> {
+        self.start.checked_add(self.count)
+    }
+
+    /// Iterates over the pfns of the run.
+    pub fn pfns(&self) -> impl Iterator<Item = Pfn> {
+        self.start..self.start.saturating_add(self.count)
+    }
+}
+
+/// Collapses a sorted, duplicate-free list of pfns into runs.
+pub fn runs_from_sorted(pfns: impl IntoIterator<Item = Pfn>) -> Vec<PfnRun> {
+    let mut runs: Vec<PfnRun> = Vec::new();
+    for pfn in pfns {
+        match runs.last_mut() {
+            Some(run) if run.end() == Some(pfn) => run.count += 1,
+            _ => runs.push(PfnRun {
+                start: pfn,
+                count: 1,
+            }),
+        }
+    }
+    runs
+}
+
+/// An error raised by a memory backend. Backends map their own failures
+/// (errno from an ioctl or a hypercall) to these meanings.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The pfn is outside guest memory.
+    #[error("pfn {pfn:#x} is outside guest memory ({pfns} pfns)")]
+    OutOfRange {
+        /// The offending pfn.
+        pfn: Pfn,
+        /// The guest's size in pfns.
+        pfns: u64,
+    },
+    /// The backend lacks a capability the migration mode needs.
+    #[error("memory backend cannot {what}: {why}")]
+    Unsupported {
+        /// The operation.
+        what: &'static str,
+        /// Why, and how to fix it.
+        why: String,
+    },
+    /// The guest went away (destroyed, or its address space was torn down).
+    #[error("guest memory is gone: {0}")]
+    GuestGone(String),
+    /// An operating system or hypervisor call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// What was being done.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MemoryError {
+    /// Wraps an OS error with the operation that failed.
+    pub fn os(op: impl Into<String>, source: std::io::Error) -> Self {
+        MemoryError::Os {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// Result type of the memory traits.
+pub type MemResult<T> = Result<T, MemoryError>;
+
+/// The guest's memory on the source host.
+///
+/// Reads happen from several threads at once after the switch (the fault
+/// server and the pre-pager), hence `&self` and `Sync`; the dirty log is
+/// only used before the switch, from one thread.
+pub trait SourceMemory: Sync {
+    /// The guest's size in pfns (max pfn + 1).
+    fn pfn_count(&self) -> u64;
+
+    /// The populated pfns, as sorted runs. Ballooned-out and never
+    /// populated pfns are left out: they are never sent.
+    fn populated(&self) -> MemResult<Vec<PfnRun>>;
+
+    /// Copies the pages `pfns` into `out` (`pfns.len() * PAGE_SIZE` bytes,
+    /// page `i` at offset `i * PAGE_SIZE`).
+    fn read_pages(&self, pfns: &[Pfn], out: &mut [u8]) -> MemResult<()>;
+
+    /// Starts dirty tracking (pre-copy and hybrid modes).
+    fn enable_dirty_log(&mut self) -> MemResult<()> {
+        Err(MemoryError::Unsupported {
+            what: "track dirty pages",
+            why: "this backend has no dirty log; use pure post-copy".into(),
+        })
+    }
+
+    /// Returns the pfns written since the last call (or since
+    /// [`enable_dirty_log`](Self::enable_dirty_log)), sorted, and clears
+    /// the log.
+    fn take_dirty(&mut self) -> MemResult<Vec<Pfn>> {
+        Err(MemoryError::Unsupported {
+            what: "read the dirty log",
+            why: "this backend has no dirty log".into(),
+        })
+    }
+
+    /// Pages the guest touched recently, most recent first, if the backend
+    /// knows (feeds the `history` pre-pager). Empty when unknown.
+    fn access_history(&self) -> Vec<Pfn> {
+        Vec::new()
+    }
+}
+
+/// How an install ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// The page was absent and is now present; waiters were woken.
+    Installed,
+    /// The page was already present (e.g. a racing install); waiters were
+    /// woken anyway.
+    AlreadyPresent,
+}
+
+/// A guest access to an absent page, as reported by the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// The page the guest touched.
+    pub pfn: Pfn,
+    /// When the backend saw it (start of the fault latency).
+    pub at: Instant,
+}
+
+/// The guest's memory on the destination host.
+///
+/// Pages arrive on two paths at once (pushed pages on the bulk channel,
+/// fault replies on the fault channel) and faults are read on a third
+/// thread, hence `&self` and `Send + Sync`.
+pub trait DestinationMemory: Send + Sync {
+    /// The guest's size in pfns.
+    fn pfn_count(&self) -> u64;
+
+    /// Before the switch (pre-copy): stores `data` (one page) as the
+    /// content of `pfn`, overwriting any earlier copy.
+    fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()>;
+
+    /// At the switch, before the guest resumes: makes `runs` absent, so
+    /// that a guest access to any of them raises a [`Fault`]. Pfns in no
+    /// run and never written read as zero.
+    fn mark_absent(&self, runs: &[PfnRun]) -> MemResult<()>;
+
+    /// After the switch: installs `pages.len() / PAGE_SIZE` consecutive
+    /// pages starting at `first` and wakes every vCPU waiting on them.
+    fn install(&self, first: Pfn, pages: &[u8]) -> MemResult<Installed>;
+
+    /// After the switch: installs a zero page at `pfn` and wakes waiters.
+    fn install_zero(&self, pfn: Pfn) -> MemResult<Installed>;
+
+    /// Waits up to `timeout` for the next guest access to an absent page.
+    /// `Ok(None)` on timeout. Called from one thread only.
+    fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_collapse_consecutive_pfns() {
+        let runs = runs_from_sorted([1, 2, 3, 7, 9, 10]);
+        assert_eq!(
+            runs,
+            vec![
+                PfnRun { start: 1, count: 3 },
+                PfnRun { start: 7, count: 1 },
+                PfnRun { start: 9, count: 2 },
+            ]
+        );
+        assert!(runs_from_sorted([]).is_empty());
+    }
+}

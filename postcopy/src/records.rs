@@ -1,0 +1,888 @@
+//! Wire records: libxc stream framing and the post-copy record bodies.
+//!
+//! Framing is libxc's (`tools/libs/guest/xg_sr_common.c`): a [`RecordHeader`]
+//! (u32 type, u32 body length), the body, then zero padding to a multiple
+//! of 8 bytes; all little-endian. Post-copy records are numbered above the
+//! highest type Xen 4.17 defines ([`XEN_4_17_LAST_REC_TYPE`], X86_MSR_POLICY)
+//! so they interleave with libxenguest's own records; [`RECORD_TABLE`] is
+//! the one list of them (the C header `libxl-glue/include/libxl_postcopy.h`
+//! and the patched Python verifier mirror it, and a test checks the header).
+//!
+//! Bodies are `#[repr(C)]` structs of fixed-endian integers with zerocopy
+//! derives and compile-time size assertions. Every decoder validates before
+//! it allocates or touches guest memory: the type must be known, the length
+//! within the type's bound, counts must match lengths, pfns must be below
+//! the guest size, reserved fields and padding must be zero (we reject
+//! rather than ignore them: in a stream we write ourselves, a non-zero
+//! reserved byte means corruption). A page delivered twice is caught by the
+//! destination ([`crate::destination`]), which knows what it has received.
+//!
+//! Sequence (pure post-copy; hybrid adds pre-copy PAGE_DATA before the stop):
+//!
+//! ```text
+//! source                                         destination
+//!   BEGIN {version, strategy, guest_pfns}  ---->
+//!   [PAGE_DATA cause=precopy ...]          ---->  write_page
+//!   -- guest stopped --
+//!   PFNS {owed runs} ...                   ---->  collect owed set
+//!   ZERO {pages freed since sent}          ---->  write zero
+//!   VCPU_STATE {opaque}                    ---->
+//!   TRANSITION                             ---->  mark_absent(owed); resume
+//!                                          <----  RESUMED (fault channel)
+//!   PAGE_DATA cause=push / ZERO ...        ---->  install (bulk channel)
+//!                                          <----  FAULT {pfns} (fault channel)
+//!   PAGE_DATA cause=fault                  ---->  install (fault channel)
+//!   COMPLETE {pages sent} (bulk)           ---->
+//!                                          <----  COMPLETE {pages received}
+//!   COMPLETE (fault channel, ack)          ---->
+//! ```
+
+use std::io::{self, Read, Write};
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::memory::PfnRun;
+use crate::{Pfn, PAGE_SIZE};
+
+/// Highest record type of Xen 4.17's libxc stream (REC_TYPE_X86_MSR_POLICY).
+pub const XEN_4_17_LAST_REC_TYPE: u32 = 0x12;
+
+/// Version carried in BEGIN; a receiver accepts only this one.
+pub const STREAM_VERSION: u32 = 1;
+
+/// Most pages in one PAGE_DATA record (libxc's MAX_BATCH_SIZE).
+pub const MAX_BATCH_PAGES: usize = 1024;
+/// Most pfns in one FAULT or ZERO record.
+pub const MAX_PFN_LIST: usize = 8192;
+/// Most runs in one PFNS record.
+pub const MAX_RUNS: usize = 8192;
+/// Largest opaque VCPU_STATE body.
+pub const MAX_VCPU_STATE: usize = 1 << 20;
+/// Largest RECOVER body.
+pub const MAX_RECOVER: usize = 8 + 16 * MAX_RUNS;
+/// Hard limit on any record body this module reads; checked against the
+/// per-type bound before a single body byte is allocated.
+pub const MAX_RECORD_LEN: usize = 8 + MAX_BATCH_PAGES * (8 + PAGE_SIZE);
+
+/// Xen's "optional record" bit (REC_TYPE_OPTIONAL).
+pub const REC_TYPE_OPTIONAL: u32 = 0x8000_0000;
+
+/// The post-copy record types, numbered from 0x13.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    /// Source → destination: stream version, strategy, guest size.
+    Begin = 0x13,
+    /// Source → destination: runs of owed pfns (no data).
+    Pfns = 0x14,
+    /// Source → destination: resume the guest now.
+    Transition = 0x15,
+    /// Pages with data (pushed, fault reply, pre-copy or resent).
+    PageData = 0x16,
+    /// Destination → source (fault channel): pages the guest is waiting on.
+    Fault = 0x17,
+    /// End of post-copy (both directions, carries a page count).
+    Complete = 0x18,
+    /// Pages whose content is all zero (no data sent).
+    Zero = 0x19,
+    /// Source → destination: opaque CPU/device state (local mode).
+    VcpuState = 0x1a,
+    /// Destination → source (fault channel): the guest runs.
+    Resumed = 0x1b,
+    /// Destination → source after a reconnect: what it has received.
+    Recover = 0x1c,
+}
+
+/// One row of the record table.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordInfo {
+    /// The type.
+    pub rtype: RecordType,
+    /// Name as in libxc's `rec_type_to_str`.
+    pub name: &'static str,
+    /// Largest valid body length.
+    pub max_len: usize,
+}
+
+/// Every post-copy record type, its name and its length bound.
+pub const RECORD_TABLE: [RecordInfo; 10] = [
+    RecordInfo {
+        rtype: RecordType::Begin,
+        name: "POSTCOPY_BEGIN",
+        max_len: size_of::<BeginBody>(),
+    },
+    RecordInfo {
+        rtype: RecordType::Pfns,
+        name: "POSTCOPY_PFNS",
+        max_len: 8 + 16 * MAX_RUNS,
+    },
+    RecordInfo {
+        rtype: RecordType::Transition,
+        name: "POSTCOPY_TRANSITION",
+        max_len: 0,
+    },
+    RecordInfo {
+        rtype: RecordType::PageData,
+        name: "POSTCOPY_PAGE_DATA",
+        max_len: MAX_RECORD_LEN,
+    },
+    RecordInfo {
+        rtype: RecordType::Fault,
+        name: "POSTCOPY_FAULT",
+        max_len: 8 + 8 * MAX_PFN_LIST,
+    },
+    RecordInfo {
+        rtype: RecordType::Complete,
+        name: "POSTCOPY_COMPLETE",
+        max_len: size_of::<CountBody>(),
+    },
+    RecordInfo {
+        rtype: RecordType::Zero,
+        name: "POSTCOPY_ZERO",
+        max_len: 8 + 8 * MAX_PFN_LIST,
+    },
+    RecordInfo {
+        rtype: RecordType::VcpuState,
+        name: "POSTCOPY_VCPU_STATE",
+        max_len: MAX_VCPU_STATE,
+    },
+    RecordInfo {
+        rtype: RecordType::Resumed,
+        name: "POSTCOPY_RESUMED",
+        max_len: size_of::<CountBody>(),
+    },
+    RecordInfo {
+        rtype: RecordType::Recover,
+        name: "POSTCOPY_RECOVER",
+        max_len: MAX_RECOVER,
+    },
+];
+
+const _: () = assert!(MAX_RECORD_LEN >= MAX_RECOVER && MAX_RECORD_LEN >= MAX_VCPU_STATE);
+
+impl RecordType {
+    /// Looks a wire value up in [`RECORD_TABLE`].
+    pub fn from_wire(value: u32) -> Option<RecordType> {
+        RECORD_TABLE
+            .iter()
+            .find(|info| info.rtype as u32 == value)
+            .map(|info| info.rtype)
+    }
+
+    /// The table row of this type.
+    pub fn info(self) -> &'static RecordInfo {
+        let idx = self as usize - 0x13;
+        &RECORD_TABLE[idx]
+    }
+
+    /// The libxc-style name, e.g. `POSTCOPY_PAGE_DATA`.
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+}
+
+/// The 8-byte header in front of every record (libxc `struct xc_sr_rhdr`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RecordHeader {
+    /// Record type.
+    pub rtype: U32,
+    /// Body length in bytes, excluding padding.
+    pub length: U32,
+}
+const _: () = assert!(size_of::<RecordHeader>() == 8);
+
+/// BEGIN body.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct BeginBody {
+    /// [`STREAM_VERSION`].
+    pub version: U32,
+    /// Reserved, zero.
+    pub flags: U32,
+    /// Pre-paging strategy id ([`crate::prepage::StrategySpec::wire_id`]).
+    pub strategy: U32,
+    /// Strategy argument (K for multi-pivot).
+    pub strategy_arg: U32,
+    /// Guest size in pfns.
+    pub guest_pfns: U64,
+    /// Populated pages the source holds (the destination's progress bar).
+    pub populated_pages: U64,
+}
+const _: () = assert!(size_of::<BeginBody>() == 32);
+
+/// Leading 8 bytes of PFNS, FAULT, ZERO and PAGE_DATA bodies.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ListHeader {
+    /// Number of entries that follow.
+    pub count: U32,
+    /// PAGE_DATA: the [`Cause`]; others: reserved, zero.
+    pub aux: U32,
+}
+const _: () = assert!(size_of::<ListHeader>() == 8);
+
+/// One run in PFNS and RECOVER bodies.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct RunWire {
+    /// First pfn.
+    pub start: U64,
+    /// Number of pfns.
+    pub count: U64,
+}
+const _: () = assert!(size_of::<RunWire>() == 16);
+
+/// COMPLETE and RESUMED body.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CountBody {
+    /// COMPLETE: pages sent/received; RESUMED: destination-side ns from
+    /// TRANSITION received to guest resumed.
+    pub value: U64,
+}
+const _: () = assert!(size_of::<CountBody>() == 8);
+
+/// Why a page was sent (PAGE_DATA's `aux`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Pushed by the pre-pager.
+    Push = 1,
+    /// Reply to a fault request.
+    Fault = 2,
+    /// Sent during a pre-copy round, before the stop.
+    Precopy = 3,
+    /// Resent after a reconnect.
+    Resend = 4,
+}
+
+impl Cause {
+    fn from_wire(v: u32) -> Option<Cause> {
+        match v {
+            1 => Some(Cause::Push),
+            2 => Some(Cause::Fault),
+            3 => Some(Cause::Precopy),
+            4 => Some(Cause::Resend),
+            _ => None,
+        }
+    }
+}
+
+/// A malformed or unexpected record. Each case is its own variant so that
+/// callers and tests can tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The type is not a post-copy record type.
+    #[error("unknown record type {0:#x}")]
+    UnknownType(u32),
+    /// The length exceeds the type's bound.
+    #[error("{name} record of {length} bytes exceeds the limit of {max}")]
+    TooLong {
+        /// Record name.
+        name: &'static str,
+        /// Claimed length.
+        length: u32,
+        /// The bound.
+        max: usize,
+    },
+    /// The body is shorter than its fixed part.
+    #[error("{name} record of {length} bytes is shorter than its {need}-byte header")]
+    ShortBody {
+        /// Record name.
+        name: &'static str,
+        /// Actual length.
+        length: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// The entry count does not match the body length.
+    #[error("{name} record says {count} entries but its body is {length} bytes")]
+    CountMismatch {
+        /// Record name.
+        name: &'static str,
+        /// Claimed count.
+        count: u32,
+        /// Actual length.
+        length: usize,
+    },
+    /// A pfn at or beyond the guest's size.
+    #[error("{name} record names pfn {pfn:#x} but the guest has {guest_pfns} pfns")]
+    PfnOutOfRange {
+        /// Record name.
+        name: &'static str,
+        /// The pfn.
+        pfn: u64,
+        /// Guest size in pfns.
+        guest_pfns: u64,
+    },
+    /// A run that is empty or overflows.
+    #[error("{name} record has an invalid run {start:#x}+{count}")]
+    BadRun {
+        /// Record name.
+        name: &'static str,
+        /// Run start.
+        start: u64,
+        /// Run length.
+        count: u64,
+    },
+    /// The same pfn twice where each may appear once.
+    #[error("{name} record carries pfn {pfn:#x} twice")]
+    DuplicatePfn {
+        /// Record name.
+        name: &'static str,
+        /// The pfn.
+        pfn: u64,
+    },
+    /// A page the destination already holds was sent again.
+    #[error("pfn {pfn:#x} was sent twice (duplicate page)")]
+    PageSentTwice {
+        /// The pfn.
+        pfn: u64,
+    },
+    /// PAGE_DATA with an unknown cause.
+    #[error("POSTCOPY_PAGE_DATA record has unknown cause {0}")]
+    BadCause(u32),
+    /// A reserved field or the padding is not zero.
+    #[error("{name} record has non-zero reserved bytes or padding")]
+    NonZeroReserved {
+        /// Record name.
+        name: &'static str,
+    },
+    /// BEGIN with a version we do not speak.
+    #[error("stream version {got} is not supported (this side speaks {want})")]
+    BadVersion {
+        /// Version received.
+        got: u32,
+        /// Version supported.
+        want: u32,
+    },
+    /// A record that is valid but not allowed at this point of the protocol.
+    #[error("unexpected {name} record {state}")]
+    Unexpected {
+        /// Record name.
+        name: &'static str,
+        /// Where in the protocol we were.
+        state: &'static str,
+    },
+    /// The peer closed the stream between records.
+    #[error("peer closed the stream")]
+    Closed,
+    /// The stream ended inside a record.
+    #[error("stream ended inside a record ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes read.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// Reading or writing failed.
+    #[error("stream I/O failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Result of record decoding.
+pub type RecordResult<T> = Result<T, RecordError>;
+
+/// A decoded record, borrowing from the reader's buffer.
+#[derive(Debug)]
+pub enum Record<'a> {
+    /// BEGIN.
+    Begin(BeginBody),
+    /// PFNS: owed runs, each validated against the guest size.
+    Pfns(Vec<PfnRun>),
+    /// TRANSITION.
+    Transition,
+    /// PAGE_DATA.
+    PageData {
+        /// Why the pages were sent.
+        cause: Cause,
+        /// The pfns (validated, distinct within the record).
+        pfns: Vec<Pfn>,
+        /// `pfns.len()` pages of data.
+        data: &'a [u8],
+    },
+    /// FAULT: requested pfns.
+    Fault(Vec<Pfn>),
+    /// COMPLETE.
+    Complete(u64),
+    /// ZERO: pfns to zero.
+    Zero(Vec<Pfn>),
+    /// VCPU_STATE: opaque bytes.
+    VcpuState(&'a [u8]),
+    /// RESUMED: destination-side ns from TRANSITION to resume.
+    Resumed(u64),
+    /// RECOVER: runs the destination has received.
+    Recover(Vec<PfnRun>),
+}
+
+impl Record<'_> {
+    /// The type of this record.
+    pub fn rtype(&self) -> RecordType {
+        match self {
+            Record::Begin(_) => RecordType::Begin,
+            Record::Pfns(_) => RecordType::Pfns,
+            Record::Transition => RecordType::Transition,
+            Record::PageData { .. } => RecordType::PageData,
+            Record::Fault(_) => RecordType::Fault,
+            Record::Complete(_) => RecordType::Complete,
+            Record::Zero(_) => RecordType::Zero,
+            Record::VcpuState(_) => RecordType::VcpuState,
+            Record::Resumed(_) => RecordType::Resumed,
+            Record::Recover(_) => RecordType::Recover,
+        }
+    }
+}
+
+fn padding(len: usize) -> usize {
+    (8 - len % 8) % 8
+}
+
+/// Splits a `ListHeader` + `count * entry` body, checking the length.
+fn split_list<'b>(
+    name: &'static str,
+    body: &'b [u8],
+    entry: usize,
+    trailing_per_entry: usize,
+) -> RecordResult<(ListHeader, &'b [u8])> {
+    let (hdr, rest) = ListHeader::read_from_prefix(body).map_err(|_| RecordError::ShortBody {
+        name,
+        length: body.len(),
+        need: size_of::<ListHeader>(),
+    })?;
+    let count = hdr.count.get();
+    let want = usize::try_from(count)
+        .ok()
+        .and_then(|c| c.checked_mul(entry + trailing_per_entry));
+    if want != Some(rest.len()) {
+        return Err(RecordError::CountMismatch {
+            name,
+            count,
+            length: body.len(),
+        });
+    }
+    Ok((hdr, rest))
+}
+
+fn check_pfn(name: &'static str, pfn: u64, guest_pfns: u64) -> RecordResult<Pfn> {
+    if pfn >= guest_pfns {
+        return Err(RecordError::PfnOutOfRange {
+            name,
+            pfn,
+            guest_pfns,
+        });
+    }
+    Ok(pfn)
+}
+
+fn decode_pfn_list(
+    name: &'static str,
+    raw: &[u8],
+    guest_pfns: u64,
+    distinct: bool,
+) -> RecordResult<Vec<Pfn>> {
+    let entries = <[U64]>::ref_from_bytes(raw).map_err(|_| RecordError::ShortBody {
+        name,
+        length: raw.len(),
+        need: 8,
+    })?;
+    let mut pfns = Vec::with_capacity(entries.len());
+    for e in entries {
+        pfns.push(check_pfn(name, e.get(), guest_pfns)?);
+    }
+    if distinct {
+        let mut sorted = pfns.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(RecordError::DuplicatePfn { name, pfn: w[0] });
+        }
+    }
+    Ok(pfns)
+}
+
+fn decode_runs(name: &'static str, raw: &[u8], guest_pfns: u64) -> RecordResult<Vec<PfnRun>> {
+    let entries = <[RunWire]>::ref_from_bytes(raw).map_err(|_| RecordError::ShortBody {
+        name,
+        length: raw.len(),
+        need: 16,
+    })?;
+    let mut runs = Vec::with_capacity(entries.len());
+    for e in entries {
+        let run = PfnRun {
+            start: e.start.get(),
+            count: e.count.get(),
+        };
+        match run.end() {
+            Some(end) if run.count > 0 && end <= guest_pfns => runs.push(run),
+            Some(end) if run.count > 0 => {
+                return Err(RecordError::PfnOutOfRange {
+                    name,
+                    pfn: end - 1,
+                    guest_pfns,
+                })
+            }
+            _ => {
+                return Err(RecordError::BadRun {
+                    name,
+                    start: run.start,
+                    count: run.count,
+                })
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Decodes one record body of type `rtype`.
+///
+/// `guest_pfns` bounds every pfn; before BEGIN has been seen pass `None`,
+/// and any record naming a pfn is then rejected as unexpected.
+pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> RecordResult<Record<'_>> {
+    let name = rtype.name();
+    let bound = || {
+        guest_pfns.ok_or(RecordError::Unexpected {
+            name,
+            state: "before POSTCOPY_BEGIN",
+        })
+    };
+    let exact = |need: usize| {
+        if body.len() != need {
+            if body.len() < need {
+                return Err(RecordError::ShortBody {
+                    name,
+                    length: body.len(),
+                    need,
+                });
+            }
+            return Err(RecordError::CountMismatch {
+                name,
+                count: 1,
+                length: body.len(),
+            });
+        }
+        Ok(())
+    };
+    match rtype {
+        RecordType::Begin => {
+            exact(size_of::<BeginBody>())?;
+            let b = BeginBody::read_from_bytes(body).map_err(|_| RecordError::ShortBody {
+                name,
+                length: body.len(),
+                need: size_of::<BeginBody>(),
+            })?;
+            if b.version.get() != STREAM_VERSION {
+                return Err(RecordError::BadVersion {
+                    got: b.version.get(),
+                    want: STREAM_VERSION,
+                });
+            }
+            if b.flags.get() != 0 {
+                return Err(RecordError::NonZeroReserved { name });
+            }
+            Ok(Record::Begin(b))
+        }
+        RecordType::Pfns | RecordType::Recover => {
+            let guest = bound()?;
+            let (hdr, rest) = split_list(name, body, size_of::<RunWire>(), 0)?;
+            if hdr.aux.get() != 0 {
+                return Err(RecordError::NonZeroReserved { name });
+            }
+            let runs = decode_runs(name, rest, guest)?;
+            Ok(if rtype == RecordType::Pfns {
+                Record::Pfns(runs)
+            } else {
+                Record::Recover(runs)
+            })
+        }
+        RecordType::Transition => {
+            exact(0)?;
+            Ok(Record::Transition)
+        }
+        RecordType::PageData => {
+            let guest = bound()?;
+            let (hdr, rest) = split_list(name, body, 8, PAGE_SIZE)?;
+            let cause =
+                Cause::from_wire(hdr.aux.get()).ok_or(RecordError::BadCause(hdr.aux.get()))?;
+            let count = rest.len() / (8 + PAGE_SIZE);
+            if count == 0 {
+                return Err(RecordError::CountMismatch {
+                    name,
+                    count: 0,
+                    length: body.len(),
+                });
+            }
+            let (raw_pfns, data) = rest.split_at(count * 8);
+            let pfns = decode_pfn_list(name, raw_pfns, guest, true)?;
+            Ok(Record::PageData { cause, pfns, data })
+        }
+        RecordType::Fault | RecordType::Zero => {
+            let guest = bound()?;
+            let (hdr, rest) = split_list(name, body, 8, 0)?;
+            if hdr.aux.get() != 0 {
+                return Err(RecordError::NonZeroReserved { name });
+            }
+            let pfns = decode_pfn_list(name, rest, guest, rtype == RecordType::Zero)?;
+            Ok(if rtype == RecordType::Fault {
+                Record::Fault(pfns)
+            } else {
+                Record::Zero(pfns)
+            })
+        }
+        RecordType::Complete | RecordType::Resumed => {
+            exact(size_of::<CountBody>())?;
+            let c = CountBody::read_from_bytes(body).map_err(|_| RecordError::ShortBody {
+                name,
+                length: body.len(),
+                need: 8,
+            })?;
+            Ok(if rtype == RecordType::Complete {
+                Record::Complete(c.value.get())
+            } else {
+                Record::Resumed(c.value.get())
+            })
+        }
+        RecordType::VcpuState => Ok(Record::VcpuState(body)),
+    }
+}
+
+/// Reads one record at a time from a byte stream, with no read-ahead: it
+/// reads exactly the header, the body and the padding, so the stream can be
+/// handed back to another reader (libxl) between records.
+#[derive(Debug)]
+pub struct RecordReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    guest_pfns: Option<u64>,
+    bytes: u64,
+}
+
+fn read_exact_or(r: &mut impl Read, buf: &mut [u8], at_start: bool) -> RecordResult<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && at_start => return Err(RecordError::Closed),
+            Ok(0) => {
+                return Err(RecordError::Truncated {
+                    got,
+                    want: buf.len(),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(RecordError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+impl<R: Read> RecordReader<R> {
+    /// Wraps a stream. `guest_pfns` is the pfn bound if already known.
+    pub fn new(inner: R, guest_pfns: Option<u64>) -> Self {
+        RecordReader {
+            inner,
+            buf: Vec::new(),
+            guest_pfns,
+            bytes: 0,
+        }
+    }
+
+    /// Sets the pfn bound (after BEGIN).
+    pub fn set_guest_pfns(&mut self, pfns: u64) {
+        self.guest_pfns = Some(pfns);
+    }
+
+    /// Bytes consumed so far, headers and padding included.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Reads and validates the next record. A BEGIN record sets the pfn
+    /// bound for the records after it.
+    pub fn next_record(&mut self) -> RecordResult<Record<'_>> {
+        let mut hdr = [0u8; 8];
+        read_exact_or(&mut self.inner, &mut hdr, true)?;
+        let (rtype, len) = parse_header(&hdr)?;
+        let padded = len + padding(len);
+        self.buf.resize(padded, 0);
+        read_exact_or(&mut self.inner, &mut self.buf[..padded], false)?;
+        self.bytes += 8 + padded as u64;
+        if self.buf[len..padded].iter().any(|&b| b != 0) {
+            return Err(RecordError::NonZeroReserved { name: rtype.name() });
+        }
+        let rec = decode(rtype, &self.buf[..len], self.guest_pfns)?;
+        if let Record::Begin(b) = &rec {
+            self.guest_pfns = Some(b.guest_pfns.get());
+        }
+        Ok(rec)
+    }
+}
+
+/// Validates a record header: known type, length within its bound.
+pub fn parse_header(hdr: &[u8; 8]) -> RecordResult<(RecordType, usize)> {
+    let (h, _) = RecordHeader::read_from_prefix(hdr)
+        .map_err(|_| RecordError::Truncated { got: 0, want: 8 })?;
+    let raw = h.rtype.get();
+    let rtype = RecordType::from_wire(raw).ok_or(RecordError::UnknownType(raw))?;
+    let length = h.length.get();
+    let max = rtype.info().max_len;
+    let len = usize::try_from(length).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(RecordError::TooLong {
+            name: rtype.name(),
+            length,
+            max,
+        });
+    }
+    Ok((rtype, len))
+}
+
+/// Encodes records into a reusable buffer and writes each with one
+/// `write_all`, so records from two threads on two streams never tear.
+#[derive(Debug)]
+pub struct RecordWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+    bytes: u64,
+}
+
+impl<W: Write> RecordWriter<W> {
+    /// Wraps a stream.
+    pub fn new(inner: W) -> Self {
+        RecordWriter {
+            inner,
+            buf: Vec::with_capacity(64 * 1024),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes written so far, headers and padding included.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    fn start(&mut self, rtype: RecordType) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; 8]);
+        self.buf[..4].copy_from_slice(&(rtype as u32).to_le_bytes());
+    }
+
+    fn finish(&mut self) -> RecordResult<()> {
+        let len = self.buf.len() - 8;
+        let len32 = u32::try_from(len).map_err(|_| {
+            RecordError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "record too long",
+            ))
+        })?;
+        self.buf[4..8].copy_from_slice(&len32.to_le_bytes());
+        self.buf.resize(self.buf.len() + padding(len), 0);
+        self.inner.write_all(&self.buf).map_err(RecordError::Io)?;
+        self.bytes += self.buf.len() as u64;
+        Ok(())
+    }
+
+    fn list_header(&mut self, count: usize, aux: u32) -> RecordResult<()> {
+        let count = u32::try_from(count).map_err(|_| {
+            RecordError::Io(io::Error::new(io::ErrorKind::InvalidInput, "list too long"))
+        })?;
+        let h = ListHeader {
+            count: count.into(),
+            aux: aux.into(),
+        };
+        self.buf.extend_from_slice(h.as_bytes());
+        Ok(())
+    }
+
+    /// Writes BEGIN.
+    pub fn begin(&mut self, body: &BeginBody) -> RecordResult<()> {
+        self.start(RecordType::Begin);
+        self.buf.extend_from_slice(body.as_bytes());
+        self.finish()
+    }
+
+    /// Writes PFNS or RECOVER with `runs` (at most [`MAX_RUNS`]).
+    pub fn runs(&mut self, rtype: RecordType, runs: &[PfnRun]) -> RecordResult<()> {
+        debug_assert!(matches!(rtype, RecordType::Pfns | RecordType::Recover));
+        self.start(rtype);
+        self.list_header(runs.len(), 0)?;
+        for r in runs {
+            let w = RunWire {
+                start: r.start.into(),
+                count: r.count.into(),
+            };
+            self.buf.extend_from_slice(w.as_bytes());
+        }
+        self.finish()
+    }
+
+    /// Writes a record without a body (TRANSITION).
+    pub fn empty(&mut self, rtype: RecordType) -> RecordResult<()> {
+        self.start(rtype);
+        self.finish()
+    }
+
+    /// Writes PAGE_DATA: `pfns.len()` pages taken from `data`.
+    pub fn page_data(&mut self, cause: Cause, pfns: &[Pfn], data: &[u8]) -> RecordResult<()> {
+        debug_assert_eq!(data.len(), pfns.len() * PAGE_SIZE);
+        self.start(RecordType::PageData);
+        self.list_header(pfns.len(), cause as u32)?;
+        for &p in pfns {
+            self.buf.extend_from_slice(&p.to_le_bytes());
+        }
+        self.buf.extend_from_slice(data);
+        self.finish()
+    }
+
+    /// Writes FAULT or ZERO with `pfns`.
+    pub fn pfn_list(&mut self, rtype: RecordType, pfns: &[Pfn]) -> RecordResult<()> {
+        debug_assert!(matches!(rtype, RecordType::Fault | RecordType::Zero));
+        self.start(rtype);
+        self.list_header(pfns.len(), 0)?;
+        for &p in pfns {
+            self.buf.extend_from_slice(&p.to_le_bytes());
+        }
+        self.finish()
+    }
+
+    /// Writes COMPLETE or RESUMED.
+    pub fn count(&mut self, rtype: RecordType, value: u64) -> RecordResult<()> {
+        debug_assert!(matches!(rtype, RecordType::Complete | RecordType::Resumed));
+        self.start(rtype);
+        let b = CountBody {
+            value: value.into(),
+        };
+        self.buf.extend_from_slice(b.as_bytes());
+        self.finish()
+    }
+
+    /// Writes VCPU_STATE.
+    pub fn vcpu_state(&mut self, state: &[u8]) -> RecordResult<()> {
+        if state.len() > MAX_VCPU_STATE {
+            return Err(RecordError::TooLong {
+                name: RecordType::VcpuState.name(),
+                length: u32::try_from(state.len()).unwrap_or(u32::MAX),
+                max: MAX_VCPU_STATE,
+            });
+        }
+        self.start(RecordType::VcpuState);
+        self.buf.extend_from_slice(state);
+        self.finish()
+    }
+
+    /// Flushes the underlying stream.
+    pub fn flush(&mut self) -> RecordResult<()> {
+        self.inner.flush().map_err(RecordError::Io)
+    }
+}

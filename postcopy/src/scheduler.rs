@@ -1,0 +1,225 @@
+//! The source's decision of what to send next, with no I/O.
+//!
+//! One [`Scheduler`] per migration owns the [`SentMap`] and the pre-pager.
+//! Fault requests and pushes both claim pages through it, so each owed page
+//! is sent exactly once whichever path gets there first, and a requested
+//! page that is still unsent is always the next page out: [`Scheduler::request`]
+//! queues it ahead of anything the pre-pager would pick, and
+//! [`Scheduler::next_send`] drains that queue first. The threaded source
+//! ([`crate::source`]) holds it behind one mutex; the simulator drives it
+//! directly.
+
+use std::collections::VecDeque;
+
+use crate::memory::PfnRun;
+use crate::prepage::Prepager;
+use crate::records::Cause;
+use crate::sentmap::{SentMap, SentMapError};
+use crate::Pfn;
+
+/// What became of a fault request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// The page was owed and unsent: it is now queued as urgent (and
+    /// claimed, so the pre-pager will not send it too).
+    Queued,
+    /// The page was already sent (it is in flight or was lost in a
+    /// reconnect); nothing to do here.
+    AlreadySent,
+    /// The page was never owed (unpopulated, or outside the guest).
+    NotOwed,
+}
+
+/// Owed pages, who claimed them, and what goes next.
+#[derive(Debug)]
+pub struct Scheduler {
+    sent: SentMap,
+    owed: u64,
+    /// Pages that were owed when serving began (never cleared).
+    owed_map: bitvec::vec::BitVec,
+    prepager: Box<dyn Prepager>,
+    urgent: VecDeque<Pfn>,
+}
+
+impl Scheduler {
+    /// A scheduler for a guest of `guest_pfns` pfns owing `owed`.
+    pub fn new(
+        guest_pfns: u64,
+        owed: &[PfnRun],
+        prepager: Box<dyn Prepager>,
+    ) -> Result<Scheduler, SentMapError> {
+        let sent = SentMap::with_owed(guest_pfns, owed)?;
+        let mut owed_map =
+            bitvec::vec::BitVec::repeat(false, usize::try_from(guest_pfns).unwrap_or(0));
+        for run in owed {
+            for p in run.pfns().take_while(|&p| p < guest_pfns) {
+                owed_map.set(usize::try_from(p).unwrap_or(usize::MAX), true);
+            }
+        }
+        Ok(Scheduler {
+            owed: sent.undone(),
+            sent,
+            owed_map,
+            prepager,
+            urgent: VecDeque::new(),
+        })
+    }
+
+    /// Pages owed when serving began.
+    pub fn owed(&self) -> u64 {
+        self.owed
+    }
+
+    /// Owed pages not yet claimed by either path.
+    pub fn unsent(&self) -> u64 {
+        self.sent.undone()
+    }
+
+    /// True if `pfn` was owed when serving began.
+    pub fn is_owed(&self, pfn: Pfn) -> bool {
+        usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.owed_map.get(i).map(|b| *b))
+            .unwrap_or(false)
+    }
+
+    /// The guest faulted on `pfn` and the destination asked for it. Moves
+    /// the pre-pager's pivot; claims and queues the page if unsent.
+    pub fn request(&mut self, pfn: Pfn) -> Request {
+        if !self.is_owed(pfn) {
+            return Request::NotOwed;
+        }
+        self.prepager.on_fault(pfn);
+        if self.sent.mark_done(pfn) {
+            self.urgent.push_back(pfn);
+            Request::Queued
+        } else {
+            Request::AlreadySent
+        }
+    }
+
+    /// Takes the queued fault pages (already claimed).
+    pub fn take_urgent(&mut self) -> Option<Pfn> {
+        self.urgent.pop_front()
+    }
+
+    /// Claims the pre-pager's next page.
+    pub fn next_push(&mut self) -> Option<Pfn> {
+        let p = self.prepager.next_page(&mut self.sent)?;
+        let fresh = self.sent.mark_done(p);
+        debug_assert!(fresh, "pre-pager offered done page {p}");
+        Some(p)
+    }
+
+    /// The next page to send and why: queued faults first, then a push.
+    pub fn next_send(&mut self) -> Option<(Pfn, Cause)> {
+        if let Some(p) = self.take_urgent() {
+            return Some((p, Cause::Fault));
+        }
+        self.next_push().map(|p| (p, Cause::Push))
+    }
+
+    /// Claims the lowest unsent page (the residual flush of `none`).
+    pub fn next_linear(&mut self) -> Option<Pfn> {
+        let p = self.sent.next_undone(0)?;
+        self.sent.mark_done(p);
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prepage::StrategySpec;
+    use proptest::prelude::*;
+
+    fn all(n: u64) -> Vec<PfnRun> {
+        vec![PfnRun { start: 0, count: n }]
+    }
+
+    #[test]
+    fn a_requested_unsent_page_is_next_out() {
+        let mut s = Scheduler::new(100, &all(100), StrategySpec::Linear.build(Vec::new())).unwrap();
+        assert_eq!(s.next_send(), Some((0, Cause::Push)));
+        assert_eq!(s.request(42), Request::Queued);
+        assert_eq!(s.next_send(), Some((42, Cause::Fault)));
+        assert_eq!(s.request(0), Request::AlreadySent);
+        assert_eq!(s.request(42), Request::AlreadySent);
+        assert_eq!(s.next_send(), Some((1, Cause::Push)));
+    }
+
+    #[test]
+    fn unowed_pages_are_never_sent() {
+        let owed = [PfnRun { start: 2, count: 2 }, PfnRun { start: 8, count: 1 }];
+        let mut s = Scheduler::new(10, &owed, StrategySpec::Bubble.build(Vec::new())).unwrap();
+        assert_eq!(s.owed(), 3);
+        assert_eq!(s.request(5), Request::NotOwed);
+        assert_eq!(s.request(1000), Request::NotOwed);
+        let mut got = Vec::new();
+        while let Some((p, _)) = s.next_send() {
+            got.push(p);
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![2, 3, 8]);
+    }
+
+    fn strategy() -> impl Strategy<Value = StrategySpec> {
+        prop_oneof![
+            Just(StrategySpec::None),
+            Just(StrategySpec::Linear),
+            Just(StrategySpec::Bubble),
+            Just(StrategySpec::BubbleForward),
+            (1u32..=16).prop_map(StrategySpec::MultiPivot),
+            Just(StrategySpec::History),
+        ]
+    }
+
+    proptest! {
+        /// For every strategy and any interleaving of faults and pushes:
+        /// every owed page goes out exactly once, nothing else goes out,
+        /// and an unsent faulted page is the very next page sent.
+        #[test]
+        fn every_owed_page_exactly_once(
+            spec in strategy(),
+            n in 1u64..400,
+            holes in proptest::collection::vec(0u64..400, 0..50),
+            events in proptest::collection::vec((any::<bool>(), 0u64..400), 0..600),
+            history in proptest::collection::vec(0u64..400, 0..30),
+        ) {
+            let owed_pfns: Vec<u64> = (0..n).filter(|p| !holes.contains(p)).collect();
+            let owed = crate::memory::runs_from_sorted(owed_pfns.iter().copied());
+            let history = history.into_iter().filter(|&p| p < n).collect();
+            let mut s = Scheduler::new(n, &owed, spec.build(history)).unwrap();
+            let mut seen = vec![0u32; n as usize];
+            let mut send = |s: &mut Scheduler, seen: &mut Vec<u32>| -> Option<Pfn> {
+                let (p, _) = s.next_send()?;
+                seen[p as usize] += 1;
+                Some(p)
+            };
+            for (is_fault, pfn) in events {
+                if is_fault {
+                    let pfn = pfn % (n + 5);
+                    let was_unsent = pfn < n && s.is_owed(pfn) && seen[pfn as usize] == 0;
+                    let r = s.request(pfn);
+                    if was_unsent {
+                        prop_assert_eq!(r, Request::Queued);
+                        prop_assert_eq!(send(&mut s, &mut seen), Some(pfn));
+                    } else {
+                        prop_assert_ne!(r, Request::Queued);
+                    }
+                } else {
+                    send(&mut s, &mut seen);
+                }
+            }
+            while send(&mut s, &mut seen).is_some() {}
+            while let Some(p) = s.next_linear() {
+                seen[p as usize] += 1;
+            }
+            for p in 0..n {
+                let want = u32::from(owed_pfns.contains(&p));
+                prop_assert_eq!(seen[p as usize], want, "pfn {}", p);
+            }
+            prop_assert_eq!(s.unsent(), 0);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Byte transports: the two channels of a migration.
+//!
+//! The *bulk* channel carries the stream (BEGIN … pushed pages … COMPLETE)
+//! from source to destination; the *fault* channel carries fault requests
+//! from the destination and their replies back, so a fault never waits
+//! behind queued bulk pages. Any `Read`/`Write` pair works: TCP and Unix
+//! sockets here, the ssh pipe and back channel of `xl migrate` in the Xen
+//! glue. A `closer` unblocks readers when one side fails (socket shutdown).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+/// Unblocks every blocked read and write on the links (idempotent).
+pub type Closer = Arc<dyn Fn() + Send + Sync>;
+
+/// The source's ends of the two channels.
+pub struct SourceLinks {
+    /// Stream to the destination.
+    pub bulk: Box<dyn Write + Send>,
+    /// Fault requests from the destination.
+    pub fault_rx: Box<dyn Read + Send>,
+    /// Fault replies to the destination.
+    pub fault_tx: Box<dyn Write + Send>,
+    /// Shuts the links down.
+    pub closer: Closer,
+}
+
+/// The destination's ends of the two channels.
+pub struct DestLinks {
+    /// Stream from the source.
+    pub bulk: Box<dyn Read + Send>,
+    /// Fault replies from the source.
+    pub fault_rx: Box<dyn Read + Send>,
+    /// Fault requests to the source.
+    pub fault_tx: Box<dyn Write + Send>,
+    /// Shuts the links down.
+    pub closer: Closer,
+}
+
+impl std::fmt::Debug for SourceLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceLinks")
+    }
+}
+
+impl std::fmt::Debug for DestLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DestLinks")
+    }
+}
+
+/// A socket that can be cloned and shut down.
+pub trait Socket: Read + Write + Send + Sized + 'static {
+    /// A second handle on the same socket.
+    fn try_clone_socket(&self) -> io::Result<Self>;
+    /// Shuts both directions down.
+    fn shutdown_both(&self);
+}
+
+impl Socket for TcpStream {
+    fn try_clone_socket(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+impl Socket for UnixStream {
+    fn try_clone_socket(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+fn closer_for<S: Socket + Sync>(bulk: &S, fault: &S) -> io::Result<Closer> {
+    let b = bulk.try_clone_socket()?;
+    let f = fault.try_clone_socket()?;
+    Ok(Arc::new(move || {
+        b.shutdown_both();
+        f.shutdown_both();
+    }))
+}
+
+impl SourceLinks {
+    /// The source's links over two connected sockets.
+    pub fn from_sockets<S: Socket + Sync>(bulk: S, fault: S) -> io::Result<SourceLinks> {
+        Ok(SourceLinks {
+            closer: closer_for(&bulk, &fault)?,
+            fault_tx: Box::new(fault.try_clone_socket()?),
+            fault_rx: Box::new(fault),
+            bulk: Box::new(bulk),
+        })
+    }
+}
+
+impl DestLinks {
+    /// The destination's links over two connected sockets.
+    pub fn from_sockets<S: Socket + Sync>(bulk: S, fault: S) -> io::Result<DestLinks> {
+        Ok(DestLinks {
+            closer: closer_for(&bulk, &fault)?,
+            fault_tx: Box::new(fault.try_clone_socket()?),
+            fault_rx: Box::new(fault),
+            bulk: Box::new(bulk),
+        })
+    }
+}
+
+/// Two connected pairs of Unix sockets: links for both ends, in one
+/// process (tests, the simulator's calibration).
+pub fn unix_pair() -> io::Result<(SourceLinks, DestLinks)> {
+    let (bulk_s, bulk_d) = UnixStream::pair()?;
+    let (fault_s, fault_d) = UnixStream::pair()?;
+    Ok((
+        SourceLinks::from_sockets(bulk_s, fault_s)?,
+        DestLinks::from_sockets(bulk_d, fault_d)?,
+    ))
+}
