@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dsb_policy.c - the arithmetic of dynamic self-ballooning (DSB).
+ * The arithmetic of dynamic self-ballooning (DSB).
  *
  * Pure functions only: this file is compiled into the kernel module and,
  * unchanged, into the user-space tests.  It must not include anything but

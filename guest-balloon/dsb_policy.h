@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * dsb_policy.h - the arithmetic of dynamic self-ballooning (DSB).
+ * The arithmetic of dynamic self-ballooning (DSB).
  *
  * Everything in here is a pure function of its arguments: no locks, no
  * clocks, no global state and no kernel calls.  The module (dsb_main.c)
@@ -26,7 +26,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 typedef uint64_t u64;
-typedef uint32_t u32;
 #define dsb_div64(a, b)	((a) / (b))
 #endif
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dsb_test.c - user-space tests of the self-ballooning policy arithmetic.
+ * User-space tests of the self-ballooning policy arithmetic.
  *
  * Builds dsb_policy.c exactly as the module does and drives it with
  * hand-made samples.  Prints one line per failed check and a last line

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dsb_trace.c - print the self-ballooning target over time for a scripted
+ * Prints the self-ballooning target over time for a scripted
  * guest: a 4 GiB domain that idles, then needs 2 GiB at once, gives it back,
  * and sees a burst of direct reclaim while the balloon inflates again.
  *
@@ -29,6 +29,7 @@
 #define OVERHEAD	MB(64)
 #define WATERMARK	MB(16)
 #define BATCH		128
+#define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
 
 struct event {
 	u64 t_s;
@@ -73,7 +74,7 @@ int main(void)
 
 		note = "";
 		ev = 0;
-		for (i = 0; i < sizeof(script) / sizeof(script[0]); i++) {
+		for (i = 0; i < ARRAY_SIZE(script); i++) {
 			if (script[i].t_s != t)
 				continue;
 			if (script[i].used_mb)
