@@ -284,6 +284,9 @@ pub fn run_destination<M: DestinationMemory>(
                 return Err(Error::Aborted);
             }
             drop(left);
+            // Set before COMPLETE goes out: the acknowledgement may come
+            // back before this thread runs again.
+            shared.done.store(true, Ordering::SeqCst);
             let mut tx = lock(&fault_tx);
             tx.count(RecordType::Complete, owed_count)?;
             tx.flush()?;

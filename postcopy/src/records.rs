@@ -886,3 +886,321 @@ impl<W: Write> RecordWriter<W> {
         self.inner.flush().map_err(RecordError::Io)
     }
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless,
+    reason = "test arithmetic on small known values"
+)]
+mod tests {
+    use super::*;
+
+    fn encode(f: impl FnOnce(&mut RecordWriter<&mut Vec<u8>>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        f(&mut RecordWriter::new(&mut out));
+        out
+    }
+
+    fn raw(rtype: u32, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&rtype.to_le_bytes());
+        v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        v.extend_from_slice(body);
+        v.resize(v.len() + padding(body.len()), 0);
+        v
+    }
+
+    fn read_one(bytes: &[u8], guest: Option<u64>) -> RecordResult<String> {
+        let mut r = RecordReader::new(bytes, guest);
+        r.next_record().map(|rec| format!("{rec:?}"))
+    }
+
+    fn begin(pfns: u64) -> BeginBody {
+        BeginBody {
+            version: STREAM_VERSION.into(),
+            flags: 0.into(),
+            strategy: 2.into(),
+            strategy_arg: 0.into(),
+            guest_pfns: pfns.into(),
+            populated_pages: pfns.into(),
+        }
+    }
+
+    #[test]
+    fn table_is_dense_from_0x13_and_above_xen() {
+        for (i, info) in RECORD_TABLE.iter().enumerate() {
+            assert_eq!(info.rtype as u32, 0x13 + i as u32);
+            assert!(info.rtype as u32 > XEN_4_17_LAST_REC_TYPE);
+            assert_eq!(RecordType::from_wire(info.rtype as u32), Some(info.rtype));
+            assert!(info.max_len <= MAX_RECORD_LEN);
+        }
+        assert_eq!(RecordType::from_wire(0x12), None);
+        assert_eq!(RecordType::from_wire(0x13 | REC_TYPE_OPTIONAL), None);
+    }
+
+    #[test]
+    fn every_record_round_trips_with_padding() {
+        let page: Vec<u8> = (0..PAGE_SIZE * 2).map(|i| (i % 251) as u8).collect();
+        let runs = [
+            PfnRun { start: 3, count: 5 },
+            PfnRun {
+                start: 20,
+                count: 1,
+            },
+        ];
+        let bytes = encode(|w| {
+            w.begin(&begin(64)).unwrap();
+            w.runs(RecordType::Pfns, &runs).unwrap();
+            w.vcpu_state(b"regs").unwrap();
+            w.empty(RecordType::Transition).unwrap();
+            w.page_data(Cause::Push, &[7, 9], &page).unwrap();
+            w.pfn_list(RecordType::Fault, &[1, 1, 2]).unwrap();
+            w.pfn_list(RecordType::Zero, &[4]).unwrap();
+            w.count(RecordType::Complete, 42).unwrap();
+            w.count(RecordType::Resumed, 7).unwrap();
+            w.runs(RecordType::Recover, &runs).unwrap();
+        });
+        assert_eq!(bytes.len() % 8, 0);
+        let mut r = RecordReader::new(&bytes[..], None);
+        assert!(matches!(r.next_record().unwrap(), Record::Begin(b) if b.guest_pfns.get() == 64));
+        assert!(matches!(r.next_record().unwrap(), Record::Pfns(v) if v == runs));
+        assert!(matches!(r.next_record().unwrap(), Record::VcpuState(s) if s == b"regs"));
+        assert!(matches!(r.next_record().unwrap(), Record::Transition));
+        match r.next_record().unwrap() {
+            Record::PageData { cause, pfns, data } => {
+                assert_eq!(cause, Cause::Push);
+                assert_eq!(pfns, vec![7, 9]);
+                assert_eq!(data, &page[..]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // FAULT may repeat a pfn (two vCPUs); ZERO may not.
+        assert!(matches!(r.next_record().unwrap(), Record::Fault(v) if v == [1, 1, 2]));
+        assert!(matches!(r.next_record().unwrap(), Record::Zero(v) if v == [4]));
+        assert!(matches!(r.next_record().unwrap(), Record::Complete(42)));
+        assert!(matches!(r.next_record().unwrap(), Record::Resumed(7)));
+        assert!(matches!(r.next_record().unwrap(), Record::Recover(v) if v == runs));
+        assert!(matches!(r.next_record(), Err(RecordError::Closed)));
+        assert_eq!(r.bytes_read(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn unknown_type_is_rejected() {
+        let e = read_one(&raw(0x99, &[]), Some(8)).unwrap_err();
+        assert!(matches!(e, RecordError::UnknownType(0x99)), "{e}");
+        let e = read_one(&raw(0x1, &[]), Some(8)).unwrap_err();
+        assert!(matches!(e, RecordError::UnknownType(1)), "{e}");
+    }
+
+    #[test]
+    fn length_over_the_limit_is_rejected_before_reading() {
+        let mut hdr = Vec::new();
+        hdr.extend_from_slice(&0x16u32.to_le_bytes());
+        hdr.extend_from_slice(&u32::MAX.to_le_bytes());
+        let e = read_one(&hdr, Some(8)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RecordError::TooLong {
+                    length: u32::MAX,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = read_one(&raw(0x15, &[0; 8]), Some(8)).unwrap_err();
+        assert!(matches!(e, RecordError::TooLong { .. }), "{e}");
+    }
+
+    #[test]
+    fn short_body_is_rejected() {
+        let e = read_one(&raw(0x16, &[1, 0, 0]), Some(8)).unwrap_err();
+        assert!(matches!(e, RecordError::ShortBody { .. }), "{e}");
+        let e = read_one(&raw(0x13, &[0; 16]), None).unwrap_err();
+        assert!(matches!(e, RecordError::ShortBody { .. }), "{e}");
+    }
+
+    #[test]
+    fn count_and_length_must_agree() {
+        // Claims 2 pages, carries 1.
+        let mut body = Vec::new();
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&5u64.to_le_bytes());
+        body.extend_from_slice(&[0xaa; PAGE_SIZE]);
+        let e = read_one(&raw(0x16, &body), Some(8)).unwrap_err();
+        assert!(
+            matches!(e, RecordError::CountMismatch { count: 2, .. }),
+            "{e}"
+        );
+        // A zero-page PAGE_DATA is malformed too.
+        let e = read_one(&raw(0x16, &[0, 0, 0, 0, 1, 0, 0, 0]), Some(8)).unwrap_err();
+        assert!(
+            matches!(e, RecordError::CountMismatch { count: 0, .. }),
+            "{e}"
+        );
+        let e = read_one(
+            &raw(0x17, &[3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
+            Some(8),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, RecordError::CountMismatch { count: 3, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pfn_beyond_the_guest_is_rejected() {
+        let bytes = encode(|w| w.page_data(Cause::Fault, &[8], &[1; PAGE_SIZE]).unwrap());
+        let e = read_one(&bytes, Some(8)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RecordError::PfnOutOfRange {
+                    pfn: 8,
+                    guest_pfns: 8,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let bytes = encode(|w| {
+            w.runs(RecordType::Pfns, &[PfnRun { start: 6, count: 3 }])
+                .unwrap()
+        });
+        let e = read_one(&bytes, Some(8)).unwrap_err();
+        assert!(
+            matches!(e, RecordError::PfnOutOfRange { pfn: 8, .. }),
+            "{e}"
+        );
+        let bytes = encode(|w| w.pfn_list(RecordType::Fault, &[u64::MAX]).unwrap());
+        assert!(matches!(
+            read_one(&bytes, Some(8)),
+            Err(RecordError::PfnOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_runs_are_rejected() {
+        for run in [
+            PfnRun { start: 1, count: 0 },
+            PfnRun {
+                start: u64::MAX,
+                count: 2,
+            },
+        ] {
+            let bytes = encode(|w| w.runs(RecordType::Pfns, &[run]).unwrap());
+            let e = read_one(&bytes, Some(8)).unwrap_err();
+            assert!(matches!(e, RecordError::BadRun { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_page_twice_in_one_record_is_rejected() {
+        let bytes = encode(|w| {
+            w.page_data(Cause::Push, &[3, 3], &[1; 2 * PAGE_SIZE])
+                .unwrap()
+        });
+        let e = read_one(&bytes, Some(8)).unwrap_err();
+        assert!(matches!(e, RecordError::DuplicatePfn { pfn: 3, .. }), "{e}");
+        let bytes = encode(|w| w.pfn_list(RecordType::Zero, &[2, 5, 2]).unwrap());
+        assert!(matches!(
+            read_one(&bytes, Some(8)),
+            Err(RecordError::DuplicatePfn { pfn: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn pfns_before_begin_are_unexpected() {
+        let bytes = encode(|w| w.pfn_list(RecordType::Fault, &[1]).unwrap());
+        let e = read_one(&bytes, None).unwrap_err();
+        assert!(matches!(e, RecordError::Unexpected { .. }), "{e}");
+    }
+
+    #[test]
+    fn bad_cause_version_reserved_and_padding_are_rejected() {
+        let mut body = vec![1, 0, 0, 0, 9, 0, 0, 0];
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.extend_from_slice(&[0; PAGE_SIZE]);
+        assert!(matches!(
+            read_one(&raw(0x16, &body), Some(8)),
+            Err(RecordError::BadCause(9))
+        ));
+
+        let mut b = begin(8);
+        b.version = 2.into();
+        let bytes = encode(|w| w.begin(&b).unwrap());
+        assert!(matches!(
+            read_one(&bytes, None),
+            Err(RecordError::BadVersion { got: 2, want: 1 })
+        ));
+
+        let mut b = begin(8);
+        b.flags = 1.into();
+        let bytes = encode(|w| w.begin(&b).unwrap());
+        assert!(matches!(
+            read_one(&bytes, None),
+            Err(RecordError::NonZeroReserved { .. })
+        ));
+
+        let bytes = raw(0x17, &[1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            read_one(&bytes, Some(8)),
+            Err(RecordError::NonZeroReserved { .. })
+        ));
+
+        let mut bytes = encode(|w| w.vcpu_state(b"abc").unwrap());
+        let last = bytes.len() - 1;
+        bytes[last] = 1;
+        assert!(matches!(
+            read_one(&bytes, None),
+            Err(RecordError::NonZeroReserved { .. })
+        ));
+    }
+
+    #[test]
+    fn truncation_and_close_are_told_apart() {
+        let bytes = encode(|w| w.count(RecordType::Complete, 1).unwrap());
+        assert!(matches!(read_one(&[], None), Err(RecordError::Closed)));
+        for cut in [3, 8, 12] {
+            let e = read_one(&bytes[..cut], None).unwrap_err();
+            assert!(matches!(e, RecordError::Truncated { .. }), "{cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn begin_sets_the_bound_for_later_records() {
+        let bytes = encode(|w| {
+            w.begin(&begin(4)).unwrap();
+            w.pfn_list(RecordType::Fault, &[4]).unwrap();
+        });
+        let mut r = RecordReader::new(&bytes[..], None);
+        r.next_record().unwrap();
+        assert!(matches!(
+            r.next_record(),
+            Err(RecordError::PfnOutOfRange { pfn: 4, .. })
+        ));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the reader and never yield a pfn
+        /// outside the guest.
+        #[test]
+        fn arbitrary_input_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut r = RecordReader::new(&bytes[..], Some(16));
+            for _ in 0..8 {
+                match r.next_record() {
+                    Ok(Record::PageData { pfns, .. }) | Ok(Record::Fault(pfns)) | Ok(Record::Zero(pfns)) => {
+                        proptest::prop_assert!(pfns.iter().all(|&p| p < 16));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}

@@ -128,6 +128,13 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless,
+    reason = "test arithmetic on small known values"
+)]
 mod tests {
     use super::*;
     use crate::prepage::StrategySpec;
@@ -191,7 +198,7 @@ mod tests {
             let history = history.into_iter().filter(|&p| p < n).collect();
             let mut s = Scheduler::new(n, &owed, spec.build(history)).unwrap();
             let mut seen = vec![0u32; n as usize];
-            let mut send = |s: &mut Scheduler, seen: &mut Vec<u32>| -> Option<Pfn> {
+            let send = |s: &mut Scheduler, seen: &mut Vec<u32>| -> Option<Pfn> {
                 let (p, _) = s.next_send()?;
                 seen[p as usize] += 1;
                 Some(p)

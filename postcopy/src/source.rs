@@ -120,6 +120,10 @@ pub struct SourceFailure {
     pub after_switch: bool,
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -460,9 +464,9 @@ fn push_loop<M: SourceMemory + ?Sized, W: std::io::Write>(
                 }
             }
             if batch.is_empty() && s.unsent() > 0 {
-                let quiet_ms = (shared.epoch.elapsed().as_millis() as u64)
+                let quiet_ms = ms(shared.epoch.elapsed())
                     .saturating_sub(shared.last_fault_ms.load(Ordering::Relaxed));
-                if quiet_ms >= cfg.idle_flush.as_millis() as u64 {
+                if quiet_ms >= ms(cfg.idle_flush) {
                     while batch.len() < batch_pages {
                         match s.next_linear() {
                             Some(p) => batch.push(p),
@@ -520,7 +524,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
                 shared.outstanding.fetch_add(1, Ordering::AcqRel);
                 shared
                     .last_fault_ms
-                    .store(shared.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    .store(ms(shared.epoch.elapsed()), Ordering::Relaxed);
                 Metrics::add(&metrics.network_faults, pfns.len() as u64);
                 let mut now = Vec::with_capacity(pfns.len());
                 {
