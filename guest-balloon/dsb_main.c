@@ -20,15 +20,19 @@
  * balloon target (the number of pages the domain should have) to
  *
  *	goal  = current - free_pct% * min(NR_FREE_PAGES, si_mem_available())
- *	floor = max(min_mb, committed + reserve_mb + overhead)
+ *	floor = max(min_mb, max(committed, in use) + reserve_mb + overhead)
  *	goal  = clamp(goal, floor, ceiling)
  *
- * where "committed" is vm_memory_committed() (Committed_AS), "overhead" is
+ * where "committed" is vm_memory_committed() (Committed_AS), "in use" is
+ * totalram_pages - si_mem_available() (memory reclaim cannot give back:
+ * tmpfs, kernel allocations; Committed_AS misses those), "overhead" is
  * current_pages - totalram_pages (pages the domain has that the page
  * allocator never sees), and "ceiling" is the target the toolstack set
  * (memory/target in xenstore): the module never asks for more than that.
- * The floor is the one the removed drivers/xen/xen-selfballoon.c used: the
- * guest keeps what it has promised to its processes plus a reserve.
+ * The committed part of the floor is the one the removed
+ * drivers/xen/xen-selfballoon.c used: the guest keeps what it has promised
+ * to its processes plus a reserve.  The "in use" part means that a tick
+ * never takes more than si_mem_available() - reserve.
  *
  * Inflation (lowering the target, giving pages to Xen) is gradual: at most
  * max_step_mb per tick, so that a sudden 3 GiB inflation does not push the

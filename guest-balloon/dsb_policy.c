@@ -50,21 +50,27 @@ u64 dsb_pct_of(u64 x, u64 pct)
 /*
  * The lowest target the policy will ever set this tick:
  *
- *   max(min_pages, committed + reserve + overhead), but not above @ceiling
+ *   max(min_pages, max(committed, in use) + reserve + overhead),
+ *   but not above @ceiling
  *
- * committed and reserve are in the currency of totalram_pages (memory the
- * page allocator manages), the target is in the currency of the balloon
- * driver's current_pages (every page the domain has), so the difference
- * current - totalram ("overhead": kernel image, memblock reservations) is
- * added, as the in-tree xen-selfballoon driver did.
+ * committed is what the kernel has promised to processes (Committed_AS),
+ * as the in-tree xen-selfballoon driver used; "in use" is totalram minus
+ * si_mem_available(), the memory reclaim cannot give back (tmpfs, kernel
+ * allocations, ...), which Committed_AS does not count.  Both are in the
+ * currency of totalram_pages (memory the page allocator manages); the
+ * target is in the currency of the balloon driver's current_pages (every
+ * page the domain has), so the difference current - totalram ("overhead":
+ * kernel image, memblock reservations) is added.
  */
 u64 dsb_floor(const struct dsb_config *cfg, const struct dsb_sample *smp,
 	      u64 ceiling)
 {
 	u64 overhead = dsb_sat_sub(smp->current_pages, smp->totalram_pages);
+	u64 in_use = dsb_sat_sub(smp->totalram_pages, smp->avail_pages);
 	u64 need;
 
-	need = dsb_sat_add(smp->committed_pages, cfg->reserve_pages);
+	need = dsb_max(smp->committed_pages, in_use);
+	need = dsb_sat_add(need, cfg->reserve_pages);
 	need = dsb_sat_add(need, overhead);
 	return dsb_min(dsb_max(cfg->min_pages, need), ceiling);
 }

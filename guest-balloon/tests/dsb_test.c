@@ -153,7 +153,9 @@ static void test_inflate_to_95pct(void)
 	smp.avail_pages = MB(1000);
 	dsb_state_init(&s, smp.target_pages);
 	d = dsb_tick(&s, &cfg, &smp);
-	CHECK_EQ(d.target, MB(4096) - MB(950));
+	/* 95% of 1000 MiB would go, but the rest of RAM is in use */
+	CHECK_EQ(d.goal, MB(4032 - 1000 + 64 + 64));
+	CHECK_EQ(d.target, d.goal);
 
 	/* free_pct 0: nothing is ever returned */
 	cfg.free_pct = 0;
@@ -168,7 +170,7 @@ static void test_floor(void)
 {
 	struct dsb_config cfg = default_cfg();
 	struct dsb_sample smp = guest_4g(1000);
-	struct dsb_state s;
+	struct dsb_state s, s2;
 	struct dsb_decision d;
 	u64 floor;
 
@@ -184,6 +186,23 @@ static void test_floor(void)
 	d = dsb_tick(&s, &cfg, &smp);
 	CHECK_EQ(d.floor, MB(640));
 	CHECK_EQ(d.target, MB(640));
+
+	/*
+	 * tmpfs-heavy guest: little committed, little available; what is
+	 * in use (totalram - avail) sets the floor, not Committed_AS.
+	 */
+	smp.free_pages = MB(500);
+	smp.avail_pages = MB(500);
+	smp.committed_pages = MB(100);
+	CHECK_EQ(dsb_floor(&cfg, &smp, MB(4096)), MB(4032 - 500 + 64 + 64));
+	dsb_state_init(&s2, smp.target_pages);
+	d = dsb_tick(&s2, &cfg, &smp);
+	CHECK_EQ(d.target, MB(4032 - 500 + 64 + 64));
+	/* so inflation never takes more than avail - reserve */
+	CHECK(MB(4096) - d.target <= smp.avail_pages - cfg.reserve_pages);
+	smp = guest_4g(1000);
+	smp.free_pages = MB(4000);
+	smp.avail_pages = MB(4000);
 
 	/* min_mb above committed + reserve wins */
 	cfg.min_pages = MB(2048);
@@ -509,7 +528,7 @@ static void test_disabled_and_hysteresis(void)
 	/* a goal within the hysteresis band is left alone, both ways */
 	smp = guest_4g(1000);
 	smp.free_pages = 200;
-	smp.avail_pages = 200;
+	smp.avail_pages = MB(3000);	/* page cache */
 	smp.committed_pages = 0;
 	dsb_state_init(&s, smp.target_pages);
 	d = dsb_tick(&s, &cfg, &smp);
@@ -522,7 +541,7 @@ static void test_disabled_and_hysteresis(void)
 	smp.target_pages = MB(3000);
 	smp.totalram_pages = MB(2936);
 	smp.free_pages = 100;
-	smp.avail_pages = 100;
+	smp.avail_pages = MB(2900);	/* page cache */
 	smp.committed_pages = MB(3000) - 50;
 	d = dsb_tick(&s, &cfg, &smp);
 	CHECK(d.goal > MB(3000) && d.goal - MB(3000) < MB(1) + MB(128));
