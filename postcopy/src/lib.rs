@@ -34,6 +34,7 @@ pub mod sentmap;
 pub mod source;
 pub mod testmem;
 pub mod transport;
+pub mod uffd;
 
 pub use error::Error;
 

@@ -1,0 +1,267 @@
+//! The latency floor: the fastest a network fault can possibly be served
+//! on this host, measured in the same run as the figures compared to it.
+//!
+//! This machine is a small VM whose timings drift with its host's load, so
+//! fault-latency targets are ratios to a floor measured alongside (issue 4):
+//! a bare userfaultfd round trip served from local memory (a thread
+//! touches an absent page, a *spinning* handler thread answers with
+//! UFFDIO_COPY) plus a 16-byte request / 4 KiB reply over a loopback TCP
+//! connection (both ends spinning on non-blocking sockets), summed per
+//! sample. Spinning is the true lower bound: a blocked thread lets its vCPU
+//! halt, and waking it costs a trip through the host. Every spin is bounded
+//! in time, and the two parts run one after the other, so at most two
+//! threads spin on the two cores.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::probe;
+use super::region::GuestRegion;
+use super::sys::{self, Fill};
+use crate::PAGE_SIZE;
+
+/// Longest any single spin waits before the measurement gives up.
+const SPIN_LIMIT: Duration = Duration::from_secs(2);
+/// Memory touched and freed before timing (first touches of memory the VM
+/// handed back to its host are up to 10× slower).
+const PREWARM_BYTES: usize = 256 << 20;
+
+/// The floor's percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct FloorReport {
+    /// Samples measured (after warm-up).
+    pub samples: usize,
+    /// Median of uffd round trip + TCP request/reply.
+    pub p50_us: f64,
+    /// 99th percentile of the sum.
+    pub p99_us: f64,
+    /// Largest sum.
+    pub max_us: f64,
+    /// Median of the uffd round trip alone.
+    pub uffd_p50_us: f64,
+    /// 99th percentile of the uffd round trip alone.
+    pub uffd_p99_us: f64,
+    /// Median of the TCP request/reply alone.
+    pub tcp_p50_us: f64,
+    /// 99th percentile of the TCP request/reply alone.
+    pub tcp_p99_us: f64,
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("floor: {what} timed out"))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Touches and frees `bytes` of fresh memory.
+fn prewarm(bytes: usize) -> io::Result<()> {
+    let r = GuestRegion::new((bytes / PAGE_SIZE) as u64)?;
+    for w in r.words().iter().step_by(PAGE_SIZE / 8) {
+        w.store(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// `n` uffd fault round trips (touch → spinning handler's COPY → resumed).
+fn uffd_round_trips(n: usize) -> io::Result<Vec<u64>> {
+    let region = Arc::new(GuestRegion::new(n as u64)?);
+    let uffd = Arc::new(probe::open_with(0, "userfaultfd").map_err(io::Error::other)?);
+    sys::register(
+        &uffd,
+        region.addr(),
+        region.len_bytes() as u64,
+        sys::REGISTER_MODE_MISSING,
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (uffd, stop) = (uffd.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("floor-uffd".into())
+            .spawn(move || -> io::Result<()> {
+                let page = vec![0x5au8; PAGE_SIZE];
+                let mut buf = [0u8; 16 * sys::UFFD_MSG_SIZE];
+                let mut idle_since = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let got = sys::read_msgs(&uffd, &mut buf)?;
+                    if got == 0 {
+                        if idle_since.elapsed() > SPIN_LIMIT {
+                            return Err(timed_out("uffd handler"));
+                        }
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    for msg in buf[..got].chunks_exact(sys::UFFD_MSG_SIZE) {
+                        if msg[0] != sys::EVENT_PAGEFAULT {
+                            continue;
+                        }
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(&msg[16..24]);
+                        let addr = u64::from_ne_bytes(a) & !(PAGE_SIZE as u64 - 1);
+                        if let Fill::Failed(e) = sys::copy(&uffd, addr, &page, 0) {
+                            if e.raw_os_error() != Some(libc::EEXIST) {
+                                return Err(e);
+                            }
+                        }
+                    }
+                    idle_since = Instant::now();
+                }
+                Ok(())
+            })?
+    };
+    let words = region.words();
+    let mut out = Vec::with_capacity(n);
+    for w in words.iter().step_by(PAGE_SIZE / 8) {
+        if handler.is_finished() {
+            break;
+        }
+        let t0 = Instant::now();
+        let v = w.load(Ordering::Relaxed);
+        let dt = t0.elapsed();
+        std::hint::black_box(v);
+        out.push(nanos(dt));
+    }
+    stop.store(true, Ordering::Relaxed);
+    handler
+        .join()
+        .map_err(|_| io::Error::other("floor: uffd handler panicked"))??;
+    if out.len() < n {
+        return Err(io::Error::other("floor: uffd handler stopped early"));
+    }
+    Ok(out)
+}
+
+/// Reads exactly `buf.len()` bytes from a non-blocking socket, spinning.
+fn read_spinning(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let start = Instant::now();
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if start.elapsed() > SPIN_LIMIT {
+                    return Err(timed_out("tcp read"));
+                }
+                std::hint::spin_loop();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` to a non-blocking socket, spinning.
+fn write_spinning(s: &mut TcpStream, buf: &[u8]) -> io::Result<()> {
+    let start = Instant::now();
+    let mut put = 0;
+    while put < buf.len() {
+        match s.write(&buf[put..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => put += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if start.elapsed() > SPIN_LIMIT {
+                    return Err(timed_out("tcp write"));
+                }
+                std::hint::spin_loop();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `n` 16-byte request / 4 KiB reply exchanges over loopback TCP.
+fn tcp_round_trips(n: usize) -> io::Result<Vec<u64>> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
+    let server =
+        std::thread::Builder::new()
+            .name("floor-tcp".into())
+            .spawn(move || -> io::Result<()> {
+                let (mut s, _) = listener.accept()?;
+                s.set_nodelay(true)?;
+                s.set_nonblocking(true)?;
+                let reply = vec![0xa5u8; PAGE_SIZE];
+                let mut req = [0u8; 16];
+                for _ in 0..n {
+                    read_spinning(&mut s, &mut req)?;
+                    write_spinning(&mut s, &reply)?;
+                }
+                Ok(())
+            })?;
+    let run = || -> io::Result<Vec<u64>> {
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        c.set_nonblocking(true)?;
+        let req = [7u8; 16];
+        let mut reply = vec![0u8; PAGE_SIZE];
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            write_spinning(&mut c, &req)?;
+            read_spinning(&mut c, &mut reply)?;
+            out.push(nanos(t0.elapsed()));
+        }
+        Ok(out)
+    };
+    let out = run();
+    let served = server
+        .join()
+        .map_err(|_| io::Error::other("floor: tcp server panicked"))?;
+    let out = out?;
+    served?;
+    Ok(out)
+}
+
+fn histogram(values: impl Iterator<Item = u64>) -> io::Result<Histogram<u64>> {
+    let mut h = Histogram::<u64>::new(3).map_err(io::Error::other)?;
+    for v in values {
+        h.record(v.max(1)).map_err(io::Error::other)?;
+    }
+    Ok(h)
+}
+
+fn us(ns: u64) -> f64 {
+    // Nanosecond counts of latencies are far below 2^52: exact in f64.
+    #[allow(clippy::cast_precision_loss)]
+    let v = ns as f64 / 1000.0;
+    v
+}
+
+/// Measures the floor over `samples` samples (after a warm-up of a tenth
+/// as many, at least 20, which are discarded), pre-warming memory first.
+pub fn measure_floor(samples: usize) -> io::Result<FloorReport> {
+    if samples == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "floor: no samples",
+        ));
+    }
+    prewarm(PREWARM_BYTES)?;
+    let warm = (samples / 10).max(20);
+    let uffd = uffd_round_trips(samples + warm)?;
+    let tcp = tcp_round_trips(samples + warm)?;
+    let (uffd, tcp) = (&uffd[warm..], &tcp[warm..]);
+    let sum = histogram(uffd.iter().zip(tcp).map(|(a, b)| a + b))?;
+    let hu = histogram(uffd.iter().copied())?;
+    let ht = histogram(tcp.iter().copied())?;
+    Ok(FloorReport {
+        samples,
+        p50_us: us(sum.value_at_quantile(0.5)),
+        p99_us: us(sum.value_at_quantile(0.99)),
+        max_us: us(sum.max()),
+        uffd_p50_us: us(hu.value_at_quantile(0.5)),
+        uffd_p99_us: us(hu.value_at_quantile(0.99)),
+        tcp_p50_us: us(ht.value_at_quantile(0.5)),
+        tcp_p99_us: us(ht.value_at_quantile(0.99)),
+    })
+}

@@ -1,0 +1,81 @@
+//! The Linux userfaultfd backend of local mode (DESIGN.md §3).
+//!
+//! A mini-VM's guest memory is a [`GuestRegion`]: one private anonymous
+//! mapping that its workload thread reads and writes through relaxed
+//! atomics. On the source, [`RegionSource`] serves the engine's reads and
+//! tracks dirty pages with userfaultfd asynchronous write-protect and the
+//! `PAGEMAP_SCAN` ioctl; on the destination, [`UffdDestination`] registers
+//! the region with a userfaultfd in MISSING mode after the switch, so every
+//! access to an absent page blocks the accessing thread and raises a fault
+//! event, until the engine installs the page with `UFFDIO_COPY`
+//! (`UFFDIO_ZEROPAGE` for zero pages), which wakes it.
+//!
+//! ```text
+//!   source process                          destination process
+//!  +-----------------------+               +------------------------------+
+//!  | workload --atomics--> |               | workload --atomics--> region |
+//!  |   GuestRegion         |               |   (absent page: blocks in    |
+//!  | RegionSource          |               |    the kernel, uffd event)   |
+//!  |  populated: PAGEMAP_  |   engine      | UffdDestination              |
+//!  |   SCAN(PRESENT)       | ============> |  wait_fault: poll+read uffd  |
+//!  |  dirty: WP_ASYNC +    |               |  install:    UFFDIO_COPY     |
+//!  |   PAGEMAP_SCAN(WRIT-  |               |  install_zero: ZEROPAGE      |
+//!  |   TEN, WP_MATCHING)   |               |  detach: UNREGISTER          |
+//!  +-----------------------+               +------------------------------+
+//! ```
+//!
+//! [`probe`] checks the host first and names the fix when userfaultfd is
+//! unavailable; [`measure_floor`] measures the latency floor that the
+//! benchmarks' fault latency targets are ratios to.
+//!
+//! This is the one module of the engine crate with `unsafe`: all of it is
+//! in `sys` (one wrapper per system call or ioctl) and in `GuestRegion`'s
+//! mapping, each block with its `SAFETY` argument.
+
+mod dest;
+mod floor;
+mod probe;
+mod region;
+mod source;
+mod sys;
+
+pub use dest::{UffdDestination, UffdStats};
+pub use floor::{measure_floor, FloorReport};
+pub use probe::{probe, unavailable_fix, Capabilities, Opened, ProbeError};
+pub use region::GuestRegion;
+pub use source::RegionSource;
+
+/// For tests: true if userfaultfd works here; otherwise prints why the
+/// calling test is skipped (tests must never pass silently).
+#[cfg(test)]
+pub(crate) fn uffd_available(test: &str) -> bool {
+    match probe() {
+        Ok(c) if c.postcopy => true,
+        Ok(c) => {
+            println!("SKIP {test}: userfaultfd lacks post-copy support here: {c:?}");
+            false
+        }
+        Err(e) => {
+            println!("SKIP {test}: {e}");
+            false
+        }
+    }
+}
+
+/// For tests: true if the dirty log works here; otherwise prints why.
+#[cfg(test)]
+pub(crate) fn dirty_log_available(test: &str) -> bool {
+    match probe() {
+        Ok(c) => match c.require_dirty_log() {
+            Ok(()) => true,
+            Err(e) => {
+                println!("SKIP {test}: {e}");
+                false
+            }
+        },
+        Err(e) => {
+            println!("SKIP {test}: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! [`RegionSource`]: a [`GuestRegion`] as the engine's [`SourceMemory`].
+//!
+//! Presence comes from `PAGEMAP_SCAN` (falling back to reading
+//! `/proc/self/pagemap` on kernels without the ioctl); the dirty log is
+//! userfaultfd asynchronous write-protect (`UFFD_FEATURE_WP_ASYNC`): the
+//! kernel clears a page's uffd-wp bit on its first write without waking
+//! anybody, and one `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` both reports
+//! the written pages and protects them again, atomically per page.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::probe::{self, pagemap_scan_works};
+use super::region::GuestRegion;
+use super::sys;
+use crate::memory::{runs_from_sorted, MemResult, MemoryError, PfnRun, SourceMemory};
+use crate::{Pfn, PAGE_SHIFT, PAGE_SIZE};
+
+/// Regions fetched per `PAGEMAP_SCAN` call.
+const SCAN_BATCH: usize = 4096;
+
+/// The source guest's memory over a [`GuestRegion`].
+#[derive(Debug)]
+pub struct RegionSource {
+    region: Arc<GuestRegion>,
+    pagemap: File,
+    scan: bool,
+    /// The write-protect uffd, once the dirty log is enabled. Closing it
+    /// unregisters the region.
+    wp: Option<OwnedFd>,
+}
+
+fn os(op: &str) -> impl FnOnce(std::io::Error) -> MemoryError + '_ {
+    move |e| MemoryError::os(op, e)
+}
+
+impl RegionSource {
+    /// Wraps `region`. Opens `/proc/self/pagemap` and checks whether the
+    /// `PAGEMAP_SCAN` ioctl works here.
+    pub fn new(region: Arc<GuestRegion>) -> MemResult<RegionSource> {
+        let pagemap = File::open("/proc/self/pagemap").map_err(os("open /proc/self/pagemap"))?;
+        let scan = pagemap_scan_works(&pagemap, &region);
+        Ok(RegionSource {
+            region,
+            pagemap,
+            scan,
+            wp: None,
+        })
+    }
+
+    /// The region.
+    pub fn region(&self) -> &Arc<GuestRegion> {
+        &self.region
+    }
+
+    /// True if presence and dirty pages come from `PAGEMAP_SCAN`.
+    pub fn has_pagemap_scan(&self) -> bool {
+        self.scan
+    }
+
+    fn end(&self) -> u64 {
+        self.region.addr() + self.region.len_bytes() as u64
+    }
+
+    /// Runs `PAGEMAP_SCAN` over the whole region with `arg`'s filters and
+    /// feeds each reported `[start, end)` pfn range to `each`.
+    fn scan(&self, arg: sys::PmScanArg, mut each: impl FnMut(Pfn, Pfn)) -> MemResult<()> {
+        let mut out = vec![sys::PageRegion::default(); SCAN_BATCH];
+        let base = self.region.addr();
+        let end = self.end();
+        let mut start = base;
+        while start < end {
+            let a = sys::PmScanArg { start, end, ..arg };
+            let (n, walk_end) = sys::pagemap_scan(&self.pagemap, &a, &mut out).map_err(|e| {
+                let op = if e.raw_os_error() == Some(libc::EPERM) {
+                    "PAGEMAP_SCAN (a page lacks async write-protect)"
+                } else {
+                    "PAGEMAP_SCAN"
+                };
+                MemoryError::os(op, e)
+            })?;
+            for r in &out[..n] {
+                let s = (r.start.max(base) - base) >> PAGE_SHIFT;
+                let e = (r.end.min(end) - base) >> PAGE_SHIFT;
+                if e > s {
+                    each(s, e);
+                }
+            }
+            if walk_end <= start {
+                return Err(MemoryError::os(
+                    "PAGEMAP_SCAN",
+                    std::io::Error::other("the scan made no progress"),
+                ));
+            }
+            start = walk_end;
+        }
+        Ok(())
+    }
+
+    /// Present or swapped pages from `/proc/self/pagemap` (no ioctl).
+    fn populated_from_pagemap_file(&self) -> MemResult<Vec<PfnRun>> {
+        const CHUNK: u64 = 4096;
+        let mut pfns = Vec::new();
+        let mut buf = vec![0u8; usize::try_from(CHUNK).unwrap_or(4096) * 8];
+        let first = self.region.addr() >> PAGE_SHIFT;
+        let n = self.region.pages();
+        let mut p = 0;
+        while p < n {
+            let k = (n - p).min(CHUNK);
+            let bytes = &mut buf[..usize::try_from(k).unwrap_or(0) * 8];
+            self.pagemap
+                .read_exact_at(bytes, (first + p) * 8)
+                .map_err(os("read /proc/self/pagemap"))?;
+            for (i, e) in bytes.chunks_exact(8).enumerate() {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(e);
+                let entry = u64::from_ne_bytes(b);
+                // Bit 63: present; bit 62: swapped.
+                if entry & (3 << 62) != 0 {
+                    pfns.push(p + i as u64);
+                }
+            }
+            p += k;
+        }
+        Ok(runs_from_sorted(pfns))
+    }
+
+    /// Write-protects the whole region (start of a dirty-log epoch).
+    fn protect_all(&self, wp: &OwnedFd) -> MemResult<()> {
+        sys::writeprotect(
+            wp,
+            self.region.addr(),
+            self.region.len_bytes() as u64,
+            sys::WRITEPROTECT_MODE_WP,
+        )
+        .map_err(os("write-protect the guest (UFFDIO_WRITEPROTECT)"))
+    }
+}
+
+impl SourceMemory for RegionSource {
+    fn pfn_count(&self) -> u64 {
+        self.region.pages()
+    }
+
+    /// Present or swapped pages, excluding pages mapped to the shared zero
+    /// page (read but never written): released (MADV_DONTNEED) and
+    /// never-touched pages are left out.
+    fn populated(&self) -> MemResult<Vec<PfnRun>> {
+        if !self.scan {
+            return self.populated_from_pagemap_file();
+        }
+        let arg = sys::PmScanArg {
+            category_inverted: sys::PAGE_IS_PFNZERO,
+            category_mask: sys::PAGE_IS_PFNZERO,
+            category_anyof_mask: sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED,
+            return_mask: sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        let mut runs: Vec<PfnRun> = Vec::new();
+        self.scan(arg, |s, e| match runs.last_mut() {
+            Some(last) if last.end() == Some(s) => last.count += e - s,
+            _ => runs.push(PfnRun {
+                start: s,
+                count: e - s,
+            }),
+        })?;
+        Ok(runs)
+    }
+
+    fn read_pages(&self, pfns: &[Pfn], out: &mut [u8]) -> MemResult<()> {
+        for (&pfn, dst) in pfns.iter().zip(out.chunks_exact_mut(PAGE_SIZE)) {
+            self.region.read_page(pfn, dst)?;
+        }
+        Ok(())
+    }
+
+    /// Registers the region with a userfaultfd in write-protect mode with
+    /// `UFFD_FEATURE_WP_ASYNC` and write-protects all of it. Called again,
+    /// it just starts a new epoch (everything clean).
+    fn enable_dirty_log(&mut self) -> MemResult<()> {
+        if let Some(wp) = &self.wp {
+            return self.protect_all(wp);
+        }
+        if !self.scan {
+            return Err(probe::ProbeError::Missing {
+                what: "the PAGEMAP_SCAN ioctl",
+                consequence: "pre-copy and hybrid are unavailable (they need Linux 6.7 or \
+                              newer for dirty tracking); pure post-copy still works",
+            }
+            .into());
+        }
+        let wp = probe::open_with(sys::UFFD_FEATURE_WP_ASYNC, "UFFD_FEATURE_WP_ASYNC")?;
+        let ioctls = sys::register(
+            &wp,
+            self.region.addr(),
+            self.region.len_bytes() as u64,
+            sys::REGISTER_MODE_WP,
+        )
+        .map_err(os("register the guest for write-protect (UFFDIO_REGISTER)"))?;
+        if ioctls & sys::IOCTL_BIT_WRITEPROTECT == 0 {
+            return Err(MemoryError::Unsupported {
+                what: "track dirty pages",
+                why: "UFFDIO_WRITEPROTECT is not allowed on the guest region".into(),
+            });
+        }
+        self.protect_all(&wp)?;
+        self.wp = Some(wp);
+        Ok(())
+    }
+
+    /// Pages written since the last call: `PAGEMAP_SCAN` for
+    /// `PAGE_IS_WRITTEN` with `PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC`,
+    /// which re-protects each reported page in the same walk.
+    fn take_dirty(&mut self) -> MemResult<Vec<Pfn>> {
+        if self.wp.is_none() {
+            return Err(MemoryError::Unsupported {
+                what: "read the dirty log",
+                why: "dirty log not enabled".into(),
+            });
+        }
+        let arg = sys::PmScanArg {
+            flags: sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC,
+            category_mask: sys::PAGE_IS_WRITTEN,
+            return_mask: sys::PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        let mut dirty = Vec::new();
+        self.scan(arg, |s, e| dirty.extend(s..e))?;
+        Ok(dirty)
+    }
+}
