@@ -1,0 +1,1 @@
+//! Calibration against measured local-mode runs.

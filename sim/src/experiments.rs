@@ -1,0 +1,944 @@
+//! The named experiments behind `xl-postcopy simulate --experiment NAME`.
+//!
+//! Each experiment runs a sweep of simulated migrations, returns its
+//! tables (the [`Display`](std::fmt::Display) of an [`ExperimentResult`]),
+//! every run's full report (the JSON form), and findings computed from the
+//! numbers; with an output directory it also writes `NAME.json` and SVG
+//! charts shaped like the paper's figures.
+//!
+//! | name | what |
+//! |---|---|
+//! | `paper-stress` | VEE'09 §5 stress test: 2 GiB guest, diabolical writer over 8–512 MiB, GigE; pre-copy (Xen 4.17 defaults, with and without free-page elimination), demand-only, push (linear), bubble, bubble + free-page elimination |
+//! | `paper-pivots` | OSR'09 pivot study: quicksort with 1–128 processes; push-only, forward bubble, bubble, multi-pivot K = 1…16 |
+//! | `scale` | guests of 1–256 GiB over 1, 10 and 25 Gb/s links, pre-copy vs post-copy (bubble) |
+//! | `speed` | the simulator's own cost per guest size at 10 Gb/s (linear growth) |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use postcopy::prepage::StrategySpec;
+use postcopy::source::Mode;
+use serde::Serialize;
+
+use crate::net::NetModel;
+use crate::plot::{self, Chart, Series};
+use crate::sim::{simulate, SimConfig, SimError, SimReport};
+use crate::trace::TraceError;
+use crate::workload::{self, Layout, Workload};
+
+/// A named experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExperimentInfo {
+    /// Its `--experiment` name.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub about: &'static str,
+}
+
+/// Every experiment, in the order of the paper.
+pub const EXPERIMENTS: &[ExperimentInfo] = &[
+    ExperimentInfo {
+        name: "paper-stress",
+        about: "VEE'09 stress test: 2 GiB guest, writer over 8-512 MiB, GigE; pre-copy vs demand, push, bubble, bubble+DSB",
+    },
+    ExperimentInfo {
+        name: "paper-pivots",
+        about: "OSR'09 pivot study: quicksort with 1-128 processes; push-only, forward, bubble, multi-pivot K=1..16",
+    },
+    ExperimentInfo {
+        name: "scale",
+        about: "guests of 1-256 GiB over 1, 10 and 25 Gb/s: pre-copy (Xen 4.17) vs post-copy bubble",
+    },
+    ExperimentInfo {
+        name: "speed",
+        about: "the simulator's cost per guest size at 10 Gb/s (it must grow linearly)",
+    },
+];
+
+/// Settings shared by all experiments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentOptions {
+    /// Where to write `NAME.json` and the SVG charts (created if missing);
+    /// `None` writes nothing.
+    pub out_dir: Option<PathBuf>,
+    /// A small sweep (small guests, fewer points) for tests and smoke runs.
+    pub quick: bool,
+    /// Seed of the workload generators.
+    pub seed: u64,
+}
+
+impl Default for ExperimentOptions {
+    fn default() -> Self {
+        ExperimentOptions {
+            out_dir: None,
+            quick: false,
+            seed: 2009,
+        }
+    }
+}
+
+/// Why an experiment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// No such experiment.
+    #[error("unknown experiment '{0}': expected one of {list}", list = experiment_names().join(", "))]
+    Unknown(String),
+    /// A workload could not be built.
+    #[error("workload: {0}")]
+    Workload(#[from] TraceError),
+    /// A simulation failed.
+    #[error("simulation of {what}: {source}")]
+    Sim {
+        /// Which run.
+        what: String,
+        /// Why.
+        #[source]
+        source: SimError,
+    },
+    /// Writing results failed.
+    #[error("writing {path}: {message}")]
+    Output {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The names of [`EXPERIMENTS`].
+pub fn experiment_names() -> Vec<&'static str> {
+    EXPERIMENTS.iter().map(|e| e.name).collect()
+}
+
+/// A table of results.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Table {
+    /// Caption.
+    pub title: String,
+    /// Column headers.
+    pub columns: Vec<String>,
+    /// Cells, row by row.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl fmt::Display for Table {
+    /// A Markdown table with aligned columns.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut width: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
+        for row in &self.rows {
+            for (i, c) in row.iter().enumerate() {
+                if i < width.len() {
+                    width[i] = width[i].max(c.chars().count());
+                }
+            }
+        }
+        writeln!(f, "{}", self.title)?;
+        writeln!(f)?;
+        let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
+            write!(f, "|")?;
+            for (i, w) in width.iter().enumerate() {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                if i == 0 {
+                    write!(f, " {c:<w$} |")?;
+                } else {
+                    write!(f, " {c:>w$} |")?;
+                }
+            }
+            writeln!(f)
+        };
+        line(f, &self.columns)?;
+        write!(f, "|")?;
+        for (i, w) in width.iter().enumerate() {
+            if i == 0 {
+                write!(f, "{}|", "-".repeat(w + 2))?;
+            } else {
+                write!(f, "{}:|", "-".repeat(w + 1))?;
+            }
+        }
+        writeln!(f)?;
+        for row in &self.rows {
+            line(f, row)?;
+        }
+        Ok(())
+    }
+}
+
+/// One simulated migration of a sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// The line it belongs to (method, strategy...).
+    pub series: String,
+    /// The swept parameters (e.g. `ws_mib`, `guest_gib`, `link_gbps`).
+    pub params: BTreeMap<String, f64>,
+    /// What the simulator measured.
+    pub report: SimReport,
+}
+
+/// What an experiment produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentResult {
+    /// Experiment name.
+    pub name: String,
+    /// What it does.
+    pub about: String,
+    /// The model settings used, in words.
+    pub setup: Vec<String>,
+    /// Result tables.
+    pub tables: Vec<Table>,
+    /// Findings computed from the numbers.
+    pub findings: Vec<String>,
+    /// Every run.
+    pub runs: Vec<Run>,
+    /// Files written (JSON, SVG).
+    pub files: Vec<PathBuf>,
+}
+
+impl ExperimentResult {
+    /// The whole result as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The runs of `series`, in sweep order.
+    pub fn series(&self, series: &str) -> impl Iterator<Item = &Run> + '_ {
+        let s = series.to_string();
+        self.runs.iter().filter(move |r| r.series == s)
+    }
+}
+
+impl fmt::Display for ExperimentResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# {}: {}", self.name, self.about)?;
+        writeln!(f)?;
+        for s in &self.setup {
+            writeln!(f, "- {s}")?;
+        }
+        for t in &self.tables {
+            writeln!(f)?;
+            write!(f, "{t}")?;
+        }
+        if !self.findings.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "Findings:")?;
+            for s in &self.findings {
+                writeln!(f, "- {s}")?;
+            }
+        }
+        if !self.files.is_empty() {
+            writeln!(f)?;
+            for p in &self.files {
+                writeln!(f, "wrote {}", p.display())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the experiment `name`.
+pub fn run_experiment(
+    name: &str,
+    opts: &ExperimentOptions,
+) -> Result<ExperimentResult, ExperimentError> {
+    let info = EXPERIMENTS
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| ExperimentError::Unknown(name.chars().take(64).collect()))?;
+    let mut result = ExperimentResult {
+        name: info.name.into(),
+        about: info.about.into(),
+        setup: Vec::new(),
+        tables: Vec::new(),
+        findings: Vec::new(),
+        runs: Vec::new(),
+        files: Vec::new(),
+    };
+    let charts = match info.name {
+        "paper-stress" => paper_stress(opts, &mut result)?,
+        "paper-pivots" => paper_pivots(opts, &mut result)?,
+        "scale" => scale(opts, &mut result)?,
+        _ => speed(opts, &mut result)?,
+    };
+    if let Some(dir) = &opts.out_dir {
+        let out = |path: &Path, e: String| ExperimentError::Output {
+            path: path.display().to_string(),
+            message: e,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| out(dir, e.to_string()))?;
+        for (file, chart) in charts {
+            let path = dir.join(format!("{}-{file}.svg", info.name));
+            plot::draw(&chart, &path).map_err(|e| out(&path, e))?;
+            result.files.push(path);
+        }
+        let path = dir.join(format!("{}.json", info.name));
+        result.files.push(path.clone());
+        std::fs::write(&path, result.to_json()).map_err(|e| out(&path, e.to_string()))?;
+    }
+    Ok(result)
+}
+
+fn run(w: &Workload, cfg: &SimConfig, what: &str) -> Result<SimReport, ExperimentError> {
+    let r = simulate(w, cfg).map_err(|source| ExperimentError::Sim {
+        what: format!("{what} on {}", w.name),
+        source,
+    })?;
+    log::info!(
+        "{what} / {}: total {:.1} ms, faults {}, {:.0} ms wall",
+        w.name,
+        r.engine.total_time_ms,
+        r.engine.network_faults,
+        r.wall_ms
+    );
+    Ok(r)
+}
+
+fn params(kv: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// A sweep laid out as a table: one row per x, one column per series.
+fn grid(
+    result: &ExperimentResult,
+    title: &str,
+    x_name: &str,
+    x_key: &str,
+    series: &[String],
+    cell: impl Fn(&SimReport) -> String,
+) -> Table {
+    let mut xs: Vec<f64> = Vec::new();
+    for r in &result.runs {
+        let x = r.params.get(x_key).copied().unwrap_or(f64::NAN);
+        if !xs.contains(&x) {
+            xs.push(x);
+        }
+    }
+    let mut columns = vec![x_name.to_string()];
+    columns.extend(series.iter().cloned());
+    let rows = xs
+        .iter()
+        .map(|&x| {
+            let mut row = vec![fmt_num(x)];
+            for s in series {
+                row.push(
+                    result
+                        .runs
+                        .iter()
+                        .find(|r| &r.series == s && r.params.get(x_key) == Some(&x))
+                        .map(|r| cell(&r.report))
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            row
+        })
+        .collect();
+    Table {
+        title: title.into(),
+        columns,
+        rows,
+    }
+}
+
+fn chart(
+    result: &ExperimentResult,
+    title: &str,
+    x: (&str, &str),
+    y_label: &str,
+    log_y: bool,
+    series: &[String],
+    value: impl Fn(&SimReport) -> f64,
+) -> Chart {
+    Chart {
+        title: title.into(),
+        x_label: x.1.into(),
+        y_label: y_label.into(),
+        log_x: true,
+        log_y,
+        series: series
+            .iter()
+            .map(|s| Series {
+                label: s.clone(),
+                points: result
+                    .series(s)
+                    .map(|r| (r.params.get(x.0).copied().unwrap_or(0.0), value(&r.report)))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x}")
+    }
+}
+
+fn secs(r: &SimReport) -> String {
+    format!("{:.2}", r.engine.total_time_ms / 1e3)
+}
+
+fn faults_cell(r: &SimReport) -> String {
+    format!(
+        "{} ({:.2}%)",
+        r.engine.network_faults,
+        r.network_fault_share * 100.0
+    )
+}
+
+fn net_words(net: &NetModel) -> String {
+    format!(
+        "link {} Gb/s at {:.1}% efficiency, RTT {} µs, fault floor {:.0} µs (detect {} µs, serve {} µs, install {} µs + {} µs/batch), switch {} ms",
+        net.bandwidth_bps / 1e9,
+        net.efficiency * 100.0,
+        net.rtt_ns / 1000,
+        net.min_fault_ns() as f64 / 1e3,
+        net.fault_detect_ns / 1000,
+        net.fault_service_ns / 1000,
+        net.install_page_ns / 1000,
+        net.install_batch_ns / 1000,
+        net.switch_ns / 1_000_000
+    )
+}
+
+/// One line of the stress-test figures.
+struct Method {
+    label: &'static str,
+    mode: Mode,
+    strategy: StrategySpec,
+    fpe: bool,
+}
+
+const STRESS_METHODS: [Method; 6] = [
+    Method {
+        label: "pre-copy",
+        mode: Mode::XEN_PRECOPY,
+        strategy: StrategySpec::None,
+        fpe: false,
+    },
+    Method {
+        label: "pre-copy+DSB",
+        mode: Mode::XEN_PRECOPY,
+        strategy: StrategySpec::None,
+        fpe: true,
+    },
+    Method {
+        label: "demand-only",
+        mode: Mode::Postcopy,
+        strategy: StrategySpec::None,
+        fpe: false,
+    },
+    Method {
+        label: "push",
+        mode: Mode::Postcopy,
+        strategy: StrategySpec::Linear,
+        fpe: false,
+    },
+    Method {
+        label: "bubble",
+        mode: Mode::Postcopy,
+        strategy: StrategySpec::Bubble,
+        fpe: false,
+    },
+    Method {
+        label: "bubble+DSB",
+        mode: Mode::Postcopy,
+        strategy: StrategySpec::Bubble,
+        fpe: true,
+    },
+];
+
+type Charts = Vec<(&'static str, Chart)>;
+
+fn paper_stress(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let (guest_mib, base_mib, sizes): (u64, u64, &[u64]) = if opts.quick {
+        (512, 48, &[8, 32, 128])
+    } else {
+        (2048, 192, &[8, 16, 32, 64, 128, 256, 512])
+    };
+    let base = SimConfig::default();
+    result.setup = vec![
+        format!("guest {guest_mib} MiB, {base_mib} MiB in use besides the working set (kernel, daemons, page cache), free pages hold stale data"),
+        format!("workload: the writer dirties its working set page by page in a loop, {} µs a page", workload::DEFAULT_NS_PER_ACCESS / 1000),
+        net_words(&base.net),
+        format!("push batches of {} pages; pre-copy = Xen 4.17 defaults (5 rounds, stop below 50 dirty pages); DSB = free-page elimination", base.batch_pages),
+    ];
+    for &ws in sizes {
+        let layout = Layout {
+            guest_mib,
+            ws_mib: ws,
+            base_mib,
+        };
+        let w = workload::stress(layout, opts.seed)?;
+        for m in &STRESS_METHODS {
+            let cfg = SimConfig {
+                mode: m.mode,
+                strategy: m.strategy,
+                free_page_elimination: m.fpe,
+                ..base
+            };
+            let report = run(&w, &cfg, m.label)?;
+            result.runs.push(Run {
+                series: m.label.into(),
+                params: params(&[("ws_mib", ws as f64)]),
+                report,
+            });
+        }
+    }
+    let labels: Vec<String> = STRESS_METHODS.iter().map(|m| m.label.to_string()).collect();
+    let post: Vec<String> = labels[2..].to_vec();
+    let x = ("ws_mib", "working set (MiB)");
+    let ws = "WS MiB";
+    result.tables = vec![
+        grid(result, "Total migration time (s)", ws, x.0, &labels, secs),
+        grid(result, "Downtime (ms)", ws, x.0, &labels, |r| {
+            format!("{:.0}", r.engine.downtime_ms)
+        }),
+        grid(result, "Pages transferred", ws, x.0, &labels, |r| {
+            r.engine.pages_transferred.to_string()
+        }),
+        grid(
+            result,
+            "Network faults (share of pages transferred)",
+            ws,
+            x.0,
+            &post,
+            faults_cell,
+        ),
+        grid(
+            result,
+            "vCPU time blocked on faults after resume (s)",
+            ws,
+            x.0,
+            &post,
+            |r| format!("{:.2}", r.vcpu_blocked_ms / 1e3),
+        ),
+    ];
+    result.findings = stress_findings(result, sizes);
+    Ok(vec![
+        (
+            "total-time",
+            chart(result, "Total time: stress test", x, "seconds", false, &labels, |r| {
+                r.engine.total_time_ms / 1e3
+            }),
+        ),
+        (
+            "downtime",
+            chart(result, "Downtime: stress test", x, "milliseconds", true, &labels, |r| {
+                r.engine.downtime_ms
+            }),
+        ),
+        (
+            "pages",
+            chart(result, "Pages transferred: stress test", x, "pages", false, &labels, |r| {
+                r.engine.pages_transferred as f64
+            }),
+        ),
+        (
+            "faults",
+            chart(result, "Network faults: stress test", x, "faults", true, &post, |r| {
+                r.engine.network_faults as f64
+            }),
+        ),
+    ])
+}
+
+fn stress_findings(result: &ExperimentResult, sizes: &[u64]) -> Vec<String> {
+    let get = |s: &str, ws: u64| {
+        result
+            .series(s)
+            .find(|r| r.params.get("ws_mib") == Some(&(ws as f64)))
+            .map(|r| r.report.clone())
+    };
+    let mut out = Vec::new();
+    let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) else {
+        return out;
+    };
+    let span = |s: &str, f: &dyn Fn(&SimReport) -> f64| -> Option<(f64, f64)> {
+        Some((f(&get(s, lo)?), f(&get(s, hi)?)))
+    };
+    let down = |r: &SimReport| r.engine.downtime_ms;
+    if let (Some(p), Some(b)) = (span("pre-copy", &down), span("bubble", &down)) {
+        out.push(format!(
+            "downtime from {lo} to {hi} MiB: pre-copy {:.0} → {:.0} ms (×{:.1}); post-copy bubble {:.0} → {:.0} ms (flat)",
+            p.0,
+            p.1,
+            p.1 / p.0.max(1e-9),
+            b.0,
+            b.1
+        ));
+    }
+    let share = |r: &SimReport| r.network_fault_share * 100.0;
+    if let (Some(push), Some(bub), Some(bd)) = (
+        span("push", &share),
+        span("bubble", &share),
+        span("bubble+DSB", &share),
+    ) {
+        out.push(format!(
+            "network faults as a share of pages transferred: push {:.2}–{:.2}%, bubble {:.2}–{:.2}%, bubble+DSB {:.2}–{:.2}% (paper: 9–15% push-only, 2–4% with pre-paging)",
+            push.0, push.1, bub.0, bub.1, bd.0, bd.1
+        ));
+    }
+    if let (Some(push), Some(bub)) = (get("push", hi), get("bubble", hi)) {
+        let avoided = 1.0 - bub.engine.network_faults as f64 / push.engine.network_faults.max(1) as f64;
+        out.push(format!(
+            "at {hi} MiB bubbling avoids {:.0}% of push-only's network faults ({} vs {})",
+            avoided * 100.0,
+            bub.engine.network_faults,
+            push.engine.network_faults
+        ));
+    }
+    if let (Some(pre), Some(bd)) = (get("pre-copy", hi), get("bubble+DSB", hi)) {
+        out.push(format!(
+            "at {hi} MiB bubble+DSB vs pre-copy: total time −{:.0}%, pages transferred −{:.0}% (paper: total time −50% and more, pages up to −75%)",
+            (1.0 - bd.engine.total_time_ms / pre.engine.total_time_ms) * 100.0,
+            (1.0 - bd.engine.pages_transferred as f64 / pre.engine.pages_transferred as f64) * 100.0
+        ));
+    }
+    out
+}
+
+fn paper_pivots(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let (layout, procs): (Layout, &[u32]) = if opts.quick {
+        (
+            Layout {
+                guest_mib: 128,
+                ws_mib: 32,
+                base_mib: 16,
+            },
+            &[1, 4, 16],
+        )
+    } else {
+        (
+            Layout {
+                guest_mib: 512,
+                ws_mib: 256,
+                base_mib: 64,
+            },
+            &[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+    };
+    let strategies: Vec<StrategySpec> = [
+        StrategySpec::Linear,
+        StrategySpec::BubbleForward,
+        StrategySpec::Bubble,
+    ]
+    .into_iter()
+    .chain([1, 2, 4, 7, 8, 16].map(StrategySpec::MultiPivot))
+    .collect();
+    let base = SimConfig::default();
+    result.setup = vec![
+        format!(
+            "guest {} MiB, {} MiB in use besides the data; {} MiB of data split among P processes, each quicksorting its own region, time-sliced ({} accesses a slice, {} µs an access)",
+            layout.guest_mib,
+            layout.base_mib,
+            layout.ws_mib,
+            workload::QSORT_QUANTUM,
+            workload::DEFAULT_NS_PER_ACCESS / 1000
+        ),
+        net_words(&base.net),
+        "post-copy, no free-page elimination; 'linear' is push-only".into(),
+    ];
+    for &p in procs {
+        let w = workload::quicksort(layout, p, opts.seed)?;
+        for s in &strategies {
+            let cfg = SimConfig {
+                strategy: *s,
+                ..base
+            };
+            let report = run(&w, &cfg, &s.to_string())?;
+            result.runs.push(Run {
+                series: s.to_string(),
+                params: params(&[("processes", f64::from(p))]),
+                report,
+            });
+        }
+    }
+    let labels: Vec<String> = strategies.iter().map(ToString::to_string).collect();
+    let x = ("processes", "quicksort processes");
+    result.tables = vec![
+        grid(result, "Network faults", "procs", x.0, &labels, |r| {
+            r.engine.network_faults.to_string()
+        }),
+        grid(
+            result,
+            "vCPU time blocked on faults (s)",
+            "procs",
+            x.0,
+            &labels,
+            |r| format!("{:.2}", r.vcpu_blocked_ms / 1e3),
+        ),
+    ];
+    // Best K per process count.
+    let mut findings = Vec::new();
+    for &p in procs {
+        let runs: Vec<&Run> = result
+            .runs
+            .iter()
+            .filter(|r| r.params.get("processes") == Some(&f64::from(p)))
+            .collect();
+        let faults = |name: &str| {
+            runs.iter()
+                .find(|r| r.series == name)
+                .map(|r| r.report.engine.network_faults)
+        };
+        let best = runs
+            .iter()
+            .filter(|r| r.series.starts_with("multi-pivot"))
+            .min_by_key(|r| r.report.engine.network_faults);
+        if let (Some(best), Some(lin), Some(bub), Some(fwd)) =
+            (best, faults("linear"), faults("bubble"), faults("bubble-forward"))
+        {
+            findings.push(format!(
+                "{p} processes: push-only {lin}, forward {fwd}, bubble {bub}, best multi-pivot {} with {}",
+                best.series, best.report.engine.network_faults
+            ));
+        }
+    }
+    result.findings = findings;
+    let by_k = Chart {
+        title: "Network faults vs pivots (quicksort)".into(),
+        x_label: "pivots K".into(),
+        y_label: "network faults".into(),
+        log_x: true,
+        log_y: true,
+        series: procs
+            .iter()
+            .map(|&p| Series {
+                label: format!("{p} procs"),
+                points: [1u32, 2, 4, 7, 8, 16]
+                    .iter()
+                    .filter_map(|&k| {
+                        result
+                            .runs
+                            .iter()
+                            .find(|r| {
+                                r.series == format!("multi-pivot:{k}")
+                                    && r.params.get("processes") == Some(&f64::from(p))
+                            })
+                            .map(|r| (f64::from(k), r.report.engine.network_faults as f64))
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    Ok(vec![
+        (
+            "faults",
+            chart(result, "Network faults: quicksort", x, "network faults", true, &labels, |r| {
+                r.engine.network_faults as f64
+            }),
+        ),
+        ("faults-by-k", by_k),
+    ])
+}
+
+/// The `scale` and `speed` workload: a writer over an eighth of the guest,
+/// a sixteenth in use besides, at `ns` per page.
+fn scale_workload(guest_mib: u64, ns: u64, seed: u64) -> Result<Workload, ExperimentError> {
+    let mut w = workload::stress(
+        Layout {
+            guest_mib,
+            ws_mib: (guest_mib / 8).max(1),
+            base_mib: guest_mib / 16,
+        },
+        seed,
+    )?;
+    w.trace.ns_per_access = ns;
+    Ok(w)
+}
+
+/// Compute time per page of the `scale` writer: it dirties 1 GB/s.
+pub const SCALE_NS_PER_PAGE: u64 = 4_000;
+
+fn scale(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let guests_mib: &[u64] = if opts.quick {
+        &[256, 1024]
+    } else {
+        &[1024, 4096, 16384, 65536, 262144]
+    };
+    let links = [1.0, 10.0, 25.0];
+    let proto = NetModel::datacenter(10.0);
+    result.setup = vec![
+        format!("guest 1–256 GiB; a writer dirties an eighth of it page by page in a loop ({} µs a page, 1 GB/s); a sixteenth more in use; free pages hold stale data", SCALE_NS_PER_PAGE / 1000),
+        format!("links 1, 10, 25 Gb/s; otherwise {}", net_words(&proto)),
+        "pre-copy = Xen 4.17 defaults; post-copy = bubble; neither eliminates free pages".into(),
+    ];
+    let methods = [
+        ("pre-copy", Mode::XEN_PRECOPY),
+        ("post-copy", Mode::Postcopy),
+    ];
+    let mut series = Vec::new();
+    for &g in guests_mib {
+        let w = scale_workload(g, SCALE_NS_PER_PAGE, opts.seed)?;
+        for &gbps in &links {
+            for (label, mode) in methods {
+                let cfg = SimConfig {
+                    mode,
+                    strategy: StrategySpec::Bubble,
+                    net: NetModel::datacenter(gbps),
+                    ..SimConfig::default()
+                };
+                let name = format!("{label} {gbps} Gb/s");
+                let report = run(&w, &cfg, &name)?;
+                if !series.contains(&name) {
+                    series.push(name.clone());
+                }
+                result.runs.push(Run {
+                    series: name,
+                    params: params(&[("guest_gib", g as f64 / 1024.0), ("link_gbps", gbps)]),
+                    report,
+                });
+            }
+        }
+    }
+    let x = ("guest_gib", "guest memory (GiB)");
+    let gib = "guest GiB";
+    result.tables = vec![
+        grid(result, "Total migration time (s)", gib, x.0, &series, secs),
+        grid(result, "Downtime (ms)", gib, x.0, &series, |r| {
+            format!("{:.0}", r.engine.downtime_ms)
+        }),
+        grid(
+            result,
+            "Pages transferred per guest page",
+            gib,
+            x.0,
+            &series,
+            |r| format!("{:.2}", r.engine.pages_transferred as f64 / r.guest_pages as f64),
+        ),
+        grid(
+            result,
+            "Post-copy: network faults (share) and vCPU time blocked",
+            gib,
+            x.0,
+            &series
+                .iter()
+                .filter(|s| s.starts_with("post"))
+                .cloned()
+                .collect::<Vec<_>>(),
+            |r| format!("{} ({:.2}%), {:.2} s", r.engine.network_faults, r.network_fault_share * 100.0, r.vcpu_blocked_ms / 1e3),
+        ),
+        grid(result, "Simulator wall time (ms)", gib, x.0, &series, |r| {
+            format!("{:.0}", r.wall_ms)
+        }),
+    ];
+    let mut findings = Vec::new();
+    for s in &series {
+        let runs: Vec<&Run> = result.series(s).collect();
+        if let (Some(a), Some(b)) = (runs.first(), runs.last()) {
+            findings.push(format!(
+                "{s}: downtime {:.0} ms at {} GiB, {:.0} ms at {} GiB",
+                a.report.engine.downtime_ms,
+                fmt_num(a.params["guest_gib"]),
+                b.report.engine.downtime_ms,
+                fmt_num(b.params["guest_gib"])
+            ));
+        }
+    }
+    result.findings = findings;
+    Ok(vec![
+        (
+            "total-time",
+            chart(result, "Total time vs guest size", x, "seconds", true, &series, |r| {
+                r.engine.total_time_ms / 1e3
+            }),
+        ),
+        (
+            "downtime",
+            chart(result, "Downtime vs guest size", x, "milliseconds", true, &series, |r| {
+                r.engine.downtime_ms
+            }),
+        ),
+    ])
+}
+
+fn speed(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let guests_mib: &[u64] = if opts.quick {
+        &[64, 128, 256, 512]
+    } else {
+        &[1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    };
+    let cfg = SimConfig {
+        net: NetModel::datacenter(10.0),
+        ..SimConfig::default()
+    };
+    result.setup = vec![
+        "post-copy bubble at 10 Gb/s, the `scale` workload; wall time of this process (build with --release to measure)".into(),
+    ];
+    for &g in guests_mib {
+        let w = scale_workload(g, SCALE_NS_PER_PAGE, opts.seed)?;
+        let report = run(&w, &cfg, "speed")?;
+        result.runs.push(Run {
+            series: "bubble 10 Gb/s".into(),
+            params: params(&[("guest_gib", g as f64 / 1024.0)]),
+            report,
+        });
+    }
+    let rows = result
+        .runs
+        .iter()
+        .map(|r| {
+            let pages = r.report.guest_pages as f64;
+            vec![
+                fmt_num(r.params["guest_gib"]),
+                r.report.guest_pages.to_string(),
+                format!("{:.0}", r.report.wall_ms),
+                format!("{:.0}", r.report.wall_ms * 1e6 / pages),
+                r.report.work.to_string(),
+                format!("{:.3}", r.report.work as f64 / pages),
+                format!("{:.1}", r.report.engine.total_time_ms / 1e3),
+            ]
+        })
+        .collect();
+    result.tables = vec![Table {
+        title: "Simulator cost per guest size".into(),
+        columns: [
+            "guest GiB",
+            "pages",
+            "wall ms",
+            "wall ns/page",
+            "work",
+            "work/page",
+            "simulated s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    }];
+    if let (Some(a), Some(b)) = (result.runs.first(), result.runs.last()) {
+        let size = b.report.guest_pages as f64 / a.report.guest_pages as f64;
+        result.findings.push(format!(
+            "guest ×{size:.0}: work ×{:.1}, wall time ×{:.1}; {} GiB took {:.2} s",
+            b.report.work as f64 / a.report.work as f64,
+            b.report.wall_ms / a.report.wall_ms.max(1e-3),
+            fmt_num(b.params["guest_gib"]),
+            b.report.wall_ms / 1e3
+        ));
+    }
+    let series = vec!["bubble 10 Gb/s".to_string()];
+    Ok(vec![(
+        "cost",
+        chart(
+            result,
+            "Simulator wall time vs guest size",
+            ("guest_gib", "guest memory (GiB)"),
+            "wall ms",
+            true,
+            &series,
+            |r| r.wall_ms,
+        ),
+    )])
+}

@@ -150,8 +150,11 @@ pub struct SimReport {
     pub vcpu_blocked_ms: f64,
     /// Share of the post-copy phase the vCPU was blocked.
     pub vcpu_blocked_share: f64,
-    /// Simulator events processed (its unit of work).
+    /// Simulator events processed.
     pub events: u64,
+    /// Events plus trace accesses replayed one by one: the simulator's
+    /// work, which must grow linearly with guest size.
+    pub work: u64,
     /// Real time the simulation took.
     pub wall_ms: f64,
 }
@@ -169,6 +172,8 @@ struct Vcpu<'t> {
     clean_streak: usize,
     blocked: Option<(Pfn, Nanos)>,
     blocked_ns: u64,
+    /// Accesses replayed one by one (fast-forwarded ones not counted).
+    steps: u64,
 }
 
 impl<'t> Vcpu<'t> {
@@ -187,12 +192,14 @@ impl<'t> Vcpu<'t> {
             clean_streak: 0,
             blocked: None,
             blocked_ns: 0,
+            steps: 0,
         }
     }
 
     /// Steps past the current access; false when a one-shot trace ends.
     fn step(&mut self) -> bool {
         self.t += self.ns;
+        self.steps += 1;
         self.pos += 1;
         if self.pos == self.trace.len() {
             if !self.trace.looping {
@@ -394,7 +401,11 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
         let total = stopped_at + downtime;
         Metrics::set_duration(&metrics.total_time_us, Duration::from_nanos(total));
         Metrics::set_duration(&metrics.postcopy_time_us, Duration::from_nanos(downtime));
-        return Ok(finish(w, cfg, &metrics, n, 0, 0, 0, 0, wall));
+        let tally = Tally {
+            steps: vcpu.steps,
+            ..Tally::default()
+        };
+        return Ok(finish(w, cfg, &metrics, n, tally, wall));
     }
     let owed_runs: Vec<PfnRun> = runs_from_sorted(owed_bits.iter_ones());
     let owed_count = owed_data + owed_zeros;
@@ -589,33 +600,27 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
         &metrics.postcopy_time_us,
         Duration::from_nanos(total - stopped_at),
     );
-    let phase = total - resumed_at;
-    let events = q.popped();
-    Ok(finish(
-        w,
-        cfg,
-        &metrics,
-        n,
-        owed_count,
-        vcpu.blocked_ns,
-        phase,
-        events,
-        wall,
-    ))
+    let tally = Tally {
+        owed: owed_count,
+        blocked_ns: vcpu.blocked_ns,
+        phase_ns: total - resumed_at,
+        events: q.popped(),
+        steps: vcpu.steps,
+    };
+    Ok(finish(w, cfg, &metrics, n, tally, wall))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    w: &Workload,
-    cfg: &SimConfig,
-    metrics: &Metrics,
-    n: u64,
+/// What the post-copy phase adds to the engine's counters.
+#[derive(Debug, Default)]
+struct Tally {
     owed: u64,
     blocked_ns: u64,
     phase_ns: u64,
     events: u64,
-    wall: Instant,
-) -> SimReport {
+    steps: u64,
+}
+
+fn finish(w: &Workload, cfg: &SimConfig, metrics: &Metrics, n: u64, t: Tally, wall: Instant) -> SimReport {
     let engine = metrics.snapshot();
     let share = if engine.pages_transferred == 0 {
         0.0
@@ -632,16 +637,17 @@ fn finish(
         mode: mode_name(cfg.mode),
         free_page_elimination: cfg.free_page_elimination,
         guest_pages: n,
-        owed_pages: owed,
+        owed_pages: t.owed,
         network_fault_share: share,
-        vcpu_blocked_ms: ns_to_ms(blocked_ns),
-        vcpu_blocked_share: if phase_ns == 0 {
+        vcpu_blocked_ms: ns_to_ms(t.blocked_ns),
+        vcpu_blocked_share: if t.phase_ns == 0 {
             0.0
         } else {
-            blocked_ns as f64 / phase_ns as f64
+            t.blocked_ns as f64 / t.phase_ns as f64
         },
         engine,
-        events,
+        events: t.events,
+        work: t.events + t.steps,
         wall_ms: wall.elapsed().as_secs_f64() * 1e3,
     }
 }
