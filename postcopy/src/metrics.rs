@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Counters shared by the threads of one side of a migration.
 #[derive(Debug)]
@@ -159,7 +159,7 @@ impl Metrics {
 }
 
 /// Percentiles of a latency distribution, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Samples.
     pub count: u64,
@@ -190,7 +190,7 @@ impl LatencySummary {
 }
 
 /// The engine's metrics of one migration, as reported.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineReport {
     /// Start of migration to complete.
     pub total_time_ms: f64,

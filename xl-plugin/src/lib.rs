@@ -1,1 +1,8 @@
-//! placeholder
+//! Everything an admin types or reads: the `--postcopy` / `--prepage=` /
+//! `--postcopy-after=` options (one source of truth for strategy names is
+//! [`postcopy::prepage::StrategySpec`]), the help text, the metrics report,
+//! and local mode — a real migration of a live mini-VM between two
+//! processes over TCP with userfaultfd ([`local`]).
+
+pub mod local;
+pub mod options;

@@ -1,0 +1,220 @@
+//! `xl-postcopy`: the standalone post-copy tool — local-mode migrations of
+//! a live mini-VM (`local`, `send`, `receive`), benchmarks and the
+//! simulator.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use xl_plugin::local::session::{run_receiver, run_sender, GuestOpts, LocalError, MigrateOpts};
+use xl_plugin::local::workload::Workload;
+use xl_plugin::options::{parse_size_pages, MigrationArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xl-postcopy",
+    version,
+    about = "Post-copy live migration: local mode, benchmarks, simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Migrate a live mini-VM between two processes on this machine and
+    /// print the report.
+    Local(LocalArgs),
+    /// Boot a mini-VM and migrate it to a waiting `receive`.
+    Send {
+        /// Address of the receiver.
+        #[arg(long, value_name = "ADDR")]
+        to: SocketAddr,
+        #[command(flatten)]
+        run: LocalArgs,
+    },
+    /// Wait for one migration and run the guest when it arrives.
+    Receive {
+        /// Address to listen on (loopback by default).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Seconds to keep the guest running after completion (measures
+        /// the post-migration rate).
+        #[arg(long, default_value_t = 0.3)]
+        tail: f64,
+    },
+    /// List the pre-paging strategies.
+    Strategies,
+}
+
+#[derive(Args, Debug, Clone)]
+struct LocalArgs {
+    /// Guest memory size (K, M, G suffixes).
+    #[arg(long, default_value = "256M", value_parser = parse_size_pages)]
+    mem: u64,
+    /// Workload: stress, quicksort, sequential, random, zipf.
+    #[arg(long, default_value = "stress")]
+    workload: Workload,
+    /// Working set of `stress` (default: a quarter of memory).
+    #[arg(long, value_parser = parse_size_pages)]
+    ws: Option<u64>,
+    #[command(flatten)]
+    migration: MigrationArgs,
+    /// Free-page elimination: release the workload's free pages while it
+    /// runs and at the stop; they are never sent.
+    #[arg(long)]
+    balloon: bool,
+    /// Seconds the guest runs before the migration.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds the guest keeps running after completion.
+    #[arg(long, default_value_t = 0.3)]
+    tail: f64,
+    /// Pages per pushed record.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    batch_pages: u64,
+    /// Measure the fault-latency floor first (uffd + loopback round trip).
+    #[arg(long)]
+    floor: bool,
+    /// Seed of the guest's memory and workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("bad --{what} {s}"))
+}
+
+impl LocalArgs {
+    fn guest(&self) -> Result<GuestOpts> {
+        let workload = match (self.workload, self.ws) {
+            (Workload::Stress { .. }, Some(ws)) => {
+                if ws > self.mem {
+                    bail!("--ws is larger than --mem");
+                }
+                Workload::Stress { ws_pages: ws }
+            }
+            (Workload::Stress { .. }, None) => Workload::Stress {
+                ws_pages: (self.mem / 4).max(1),
+            },
+            (_, Some(_)) => bail!("--ws applies to --workload stress only"),
+            (w, None) => w,
+        };
+        Ok(GuestOpts {
+            pages: self.mem,
+            workload,
+            warmup: secs(self.warmup, "warmup")?,
+            seed: self.seed,
+        })
+    }
+
+    fn migrate(&self) -> Result<MigrateOpts> {
+        Ok(MigrateOpts {
+            mode: self.migration.mode(),
+            strategy: self.migration.prepage,
+            balloon: self.balloon,
+            batch_pages: usize::try_from(self.batch_pages)?,
+            tail: secs(self.tail, "tail")?,
+            floor: self.floor,
+            record_trace: None,
+        })
+    }
+}
+
+fn print_report(r: &xl_plugin::local::report::LocalReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        print!("{r}");
+    }
+    Ok(())
+}
+
+fn exit_for(e: &LocalError) -> ExitCode {
+    eprintln!("xl-postcopy: {e}");
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+}
+
+fn local(args: &LocalArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating this program")?;
+    let mut child = Command::new(exe)
+        .args([
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--tail",
+            &args.tail.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the receiver process")?;
+    let stdout = child.stdout.take().context("receiver stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().context("receiver exited before listening")??;
+    let addr: SocketAddr = first
+        .strip_prefix("LISTEN ")
+        .context("receiver did not announce its address")?
+        .parse()
+        .context("receiver announced a bad address")?;
+    let result = run_sender(addr, &args.guest()?, &args.migrate()?);
+    // Drain the receiver's output so it can exit.
+    for _ in lines.by_ref() {}
+    let status = child.wait().context("waiting for the receiver")?;
+    match result {
+        Ok(report) => {
+            if !status.success() {
+                bail!("the receiver process failed ({status}) after a complete migration");
+            }
+            print_report(&report, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(exit_for(&e)),
+    }
+}
+
+fn main() -> Result<ExitCode> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Local(args) => local(&args),
+        Cmd::Send { to, run } => match run_sender(to, &run.guest()?, &run.migrate()?) {
+            Ok(report) => {
+                print_report(&report, run.json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Ok(exit_for(&e)),
+        },
+        Cmd::Receive { listen, tail } => {
+            if !listen.ip().is_loopback() {
+                bail!("refusing to listen on {listen}: the standalone transport is unauthenticated; use a loopback address");
+            }
+            let listener =
+                TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+            let mut out = std::io::stdout();
+            writeln!(out, "LISTEN {}", listener.local_addr()?)?;
+            out.flush()?;
+            match run_receiver(&listener, secs(tail, "tail")?) {
+                Ok(summary) => {
+                    writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Ok(exit_for(&e)),
+            }
+        }
+        Cmd::Strategies => {
+            for s in postcopy::prepage::StrategySpec::ALL {
+                println!("{s}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Local mode: post-copy (and pre-copy, hybrid) migration of a live mini-VM
+//! between two processes on this machine, over real TCP, with the
+//! destination's memory behind a real userfaultfd.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`workload`] | the workloads and the vCPU registers |
+//! | [`vcpu`] | the vCPU thread: run, stop between steps, stall timing |
+//! | [`link`] | the two TCP connections and their hello |
+//! | [`integrity`] | the source/destination memory digests |
+//! | [`session`] | the sender and receiver processes |
+//! | [`report`] | the report, table and JSON |
+
+pub mod integrity;
+pub mod link;
+pub mod report;
+pub mod session;
+pub mod vcpu;
+pub mod workload;

@@ -1,0 +1,419 @@
+//! The two processes of a local-mode migration.
+//!
+//! [`run_sender`] boots the mini-VM, lets it run (so its memory is dirty and
+//! non-trivial), connects, and migrates it with the engine's source over a
+//! [`RegionSource`]. [`run_receiver`] accepts, builds the guest on a
+//! [`UffdDestination`] behind [`HashingDestination`], resumes the vCPU at
+//! TRANSITION, and after completion sends its summary back on the bulk
+//! connection so the sender can check integrity and print one report.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use postcopy::destination::{run_destination, DestConfig, GuestResume};
+use postcopy::error::HookError;
+use postcopy::memory::PfnRun;
+use postcopy::metrics::Metrics;
+use postcopy::prepage::StrategySpec;
+use postcopy::source::{run_source, GuestControl, Mode, SourceConfig};
+use postcopy::transport::{DestLinks, SourceLinks};
+use postcopy::uffd::{GuestRegion, RegionSource, UffdDestination};
+
+use super::integrity::{image_digest, HashingDestination};
+use super::link;
+use super::report::{DestSummary, Floor, LocalReport};
+use super::vcpu::{GuestWords, Vcpu};
+use super::workload::{fill_page, Regs, Workload};
+
+impl GuestWords for GuestRegion {
+    fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        GuestRegion::words(self)
+    }
+}
+
+/// The guest to boot on the source.
+#[derive(Debug, Clone)]
+pub struct GuestOpts {
+    /// Size in pages.
+    pub pages: u64,
+    /// What it runs.
+    pub workload: Workload,
+    /// How long it runs before the migration starts.
+    pub warmup: Duration,
+    /// Seed of its memory and workload.
+    pub seed: u64,
+}
+
+/// How to migrate it.
+#[derive(Debug, Clone)]
+pub struct MigrateOpts {
+    /// Post-copy, pre-copy or hybrid.
+    pub mode: Mode,
+    /// Pre-paging strategy.
+    pub strategy: StrategySpec,
+    /// Free-page elimination (the DSB analogue).
+    pub balloon: bool,
+    /// Pages per pushed record.
+    pub batch_pages: usize,
+    /// How long the destination keeps running after completion to measure
+    /// the post-migration rate.
+    pub tail: Duration,
+    /// Measure the floor first.
+    pub floor: bool,
+    /// Record the workload's page-access trace here (simulator input).
+    pub record_trace: Option<PathBuf>,
+}
+
+/// Failures of a local-mode migration, by side and phase.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// Setting up the guest or the uffd failed; nothing was migrated.
+    #[error("setup failed: {0}")]
+    Setup(String),
+    /// The connection could not be set up; the guest keeps running here.
+    #[error("could not connect to the destination: {0}")]
+    Link(#[from] link::LinkError),
+    /// Failed before the switch: the source guest was resumed, intact.
+    #[error("migration aborted before the switch ({side} side): {error}; the source guest is running with its memory intact")]
+    BeforeSwitch {
+        /// Which side failed.
+        side: &'static str,
+        /// Why.
+        error: String,
+    },
+    /// Failed after the switch: the guest was running on the destination.
+    #[error("migration failed after the switch ({side} side): {error}; the guest's unsent pages are lost")]
+    AfterSwitch {
+        /// Which side failed.
+        side: &'static str,
+        /// Why.
+        error: String,
+    },
+    /// The destination's memory differs from the source's.
+    #[error("integrity check failed: destination digest {dest_digest:#x} != source digest {source_digest:#x}")]
+    Integrity {
+        /// Source digest.
+        source_digest: u64,
+        /// Destination digest.
+        dest_digest: u64,
+    },
+}
+
+impl LocalError {
+    /// Process exit code: 1 setup/link/before switch, 2 after, 3 integrity.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LocalError::Setup(_) | LocalError::Link(_) | LocalError::BeforeSwitch { .. } => 1,
+            LocalError::AfterSwitch { .. } => 2,
+            LocalError::Integrity { .. } => 3,
+        }
+    }
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> LocalError + '_ {
+    move |e| LocalError::Setup(format!("{what}: {e}"))
+}
+
+/// Boots the mini-VM: memory filled, workload running.
+pub fn boot(g: &GuestOpts) -> Result<(Arc<GuestRegion>, Vcpu), LocalError> {
+    let region = Arc::new(GuestRegion::new(g.pages).map_err(setup("allocating guest memory"))?);
+    let words = region.words();
+    for pfn in 0..g.pages {
+        fill_page(words, pfn, g.seed);
+    }
+    let regs = Regs::boot(g.workload, g.pages, g.seed);
+    let vcpu = Vcpu::start(Arc::clone(&region), regs).map_err(setup("starting the vCPU"))?;
+    Ok((region, vcpu))
+}
+
+/// The source's guest control: stops the vCPU, hands over its registers.
+struct SourceGuest {
+    region: Arc<GuestRegion>,
+    vcpu: Option<Vcpu>,
+    regs: Option<Regs>,
+    free: Vec<PfnRun>,
+    stopped_steps: u64,
+}
+
+impl GuestControl for SourceGuest {
+    fn stop(&mut self) -> Result<Vec<u8>, HookError> {
+        let vcpu = self.vcpu.take().ok_or("vCPU not running")?;
+        let (regs, stats) = vcpu.stop()?;
+        self.stopped_steps = stats.steps;
+        if !self.free.is_empty() {
+            // The balloon's last word before the stop.
+            self.region.release(&self.free)?;
+        }
+        let state = serde_json::to_vec(&regs)?;
+        self.regs = Some(regs);
+        Ok(state)
+    }
+
+    fn resume(&mut self) -> Result<(), HookError> {
+        let regs = self.regs.take().ok_or("no saved registers")?;
+        self.vcpu = Some(Vcpu::start(Arc::clone(&self.region), regs)?);
+        Ok(())
+    }
+}
+
+/// Migrates a freshly booted guest to the receiver at `addr`.
+pub fn run_sender(
+    addr: SocketAddr,
+    g: &GuestOpts,
+    m: &MigrateOpts,
+) -> Result<LocalReport, LocalError> {
+    postcopy::uffd::probe().map_err(setup("userfaultfd"))?;
+    let floor = if m.floor {
+        let f = postcopy::uffd::measure_floor(2000).map_err(setup("measuring the floor"))?;
+        Some(Floor {
+            p50: f.p50_us,
+            p99: f.p99_us,
+        })
+    } else {
+        None
+    };
+    let (region, vcpu) = boot(g)?;
+    let free_range = g.workload.free_range(g.pages);
+    let free = if m.balloon && !free_range.is_empty() {
+        vec![PfnRun {
+            start: free_range.start,
+            count: free_range.end - free_range.start,
+        }]
+    } else {
+        Vec::new()
+    };
+    // The balloon: release free pages every second while the guest runs.
+    let balloon_stop = Arc::new(AtomicBool::new(false));
+    let balloon = (!free.is_empty()).then(|| {
+        let (region, free, stop) = (Arc::clone(&region), free.clone(), Arc::clone(&balloon_stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = region.release(&free) {
+                    warn!("balloon: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+        })
+    });
+    let warm_start = vcpu.steps();
+    std::thread::sleep(g.warmup);
+    let rate_before = (vcpu.steps() - warm_start) as f64 / g.warmup.as_secs_f64().max(1e-3);
+    info!("guest warmed up: {rate_before:.0} steps/s");
+
+    let (bulk, fault) = link::connect(addr, g.pages, Duration::from_secs(10))?;
+    let mut trailer = bulk.try_clone().map_err(setup("cloning the socket"))?;
+    let links = SourceLinks::from_sockets(bulk, fault).map_err(setup("setting up links"))?;
+    let mut mem = RegionSource::new(Arc::clone(&region)).map_err(setup("source memory"))?;
+    let mut guest = SourceGuest {
+        region: Arc::clone(&region),
+        vcpu: Some(vcpu),
+        regs: None,
+        free,
+        stopped_steps: 0,
+    };
+    let cfg = SourceConfig {
+        strategy: m.strategy,
+        mode: m.mode,
+        batch_pages: m.batch_pages,
+        ..SourceConfig::default()
+    };
+    let metrics = Metrics::new();
+    let result = run_source(&mut mem, links, &cfg, &mut guest, &metrics);
+    balloon_stop.store(true, Ordering::Relaxed);
+    if let Some(b) = balloon {
+        let _ = b.join();
+    }
+    if let Err(f) = result {
+        return Err(if f.after_switch {
+            LocalError::AfterSwitch {
+                side: "source",
+                error: f.error.to_string(),
+            }
+        } else {
+            LocalError::BeforeSwitch {
+                side: "source",
+                error: f.error.to_string(),
+            }
+        });
+    }
+    let summary = read_summary(&mut trailer).map_err(|e| LocalError::AfterSwitch {
+        side: "destination",
+        error: format!("no summary from the destination: {e}"),
+    })?;
+    let source_digest = image_digest(g.pages, |pfn, buf| {
+        if region.read_page(pfn, buf).is_err() {
+            buf.fill(0xee);
+        }
+    });
+    let src = metrics.snapshot();
+    let dest_engine = summary.engine.clone();
+    let mode = match m.mode {
+        Mode::Postcopy => "postcopy",
+        Mode::Precopy { .. } => "precopy",
+        Mode::Hybrid { .. } => "hybrid",
+    };
+    let report = LocalReport {
+        mode: mode.into(),
+        prepage: m.strategy.to_string(),
+        workload: g.workload.to_string(),
+        guest_pages: g.pages,
+        working_set_pages: match g.workload {
+            Workload::Stress { .. } => free_range.start,
+            _ => 0,
+        },
+        balloon: m.balloon,
+        total_time_ms: src.total_time_ms,
+        downtime_ms: src.downtime_ms,
+        pages_transferred: src.pages_transferred,
+        pages_duplicate: src.pages_duplicate.max(dest_engine.pages_duplicate),
+        pages_skipped: src.pages_skipped,
+        network_faults: dest_engine.network_faults,
+        fault_latency_us: summary.stall_us,
+        engine_fault_latency_us: dest_engine.fault_latency_us.into(),
+        floor_latency_us: floor,
+        integrity_ok: source_digest == summary.digest,
+        rate_before,
+        rate_during: summary.rate_during,
+        rate_after: summary.rate_after,
+        degradation: if rate_before > 0.0 {
+            1.0 - summary.rate_during / rate_before
+        } else {
+            0.0
+        },
+        bytes_sent: src.bytes_sent,
+        source: src,
+        destination: summary,
+    };
+    let _ = guest.stopped_steps;
+    if !report.integrity_ok {
+        eprint!("{report}");
+        return Err(LocalError::Integrity {
+            source_digest,
+            dest_digest: report.destination.digest,
+        });
+    }
+    Ok(report)
+}
+
+/// Summaries are small; anything larger is a broken peer.
+const MAX_SUMMARY: usize = 1 << 20;
+
+fn read_summary(s: &mut TcpStream) -> std::io::Result<DestSummary> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = usize::try_from(u32::from_le_bytes(len)).unwrap_or(usize::MAX);
+    if len > MAX_SUMMARY {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "summary too long",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf)?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn write_summary(s: &mut TcpStream, summary: &DestSummary) -> std::io::Result<()> {
+    let body = serde_json::to_vec(summary).map_err(std::io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("summary too long"))?;
+    s.write_all(&len.to_le_bytes())?;
+    s.write_all(&body)?;
+    s.flush()
+}
+
+/// Starts the destination vCPU from the migrated registers.
+struct DestGuest {
+    region: Arc<GuestRegion>,
+    vcpu: Option<Vcpu>,
+    resumed_at: Option<Instant>,
+}
+
+impl GuestResume for DestGuest {
+    fn resume(&mut self, state: &[u8]) -> Result<(), HookError> {
+        let regs: Regs = serde_json::from_slice(state)?;
+        if regs.pages != self.region.pages() {
+            return Err(format!(
+                "registers are for a {}-page guest, memory has {}",
+                regs.pages,
+                self.region.pages()
+            )
+            .into());
+        }
+        self.vcpu = Some(Vcpu::start(Arc::clone(&self.region), regs)?);
+        self.resumed_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Receives one migration on `listener`; returns the summary it sent.
+pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummary, LocalError> {
+    postcopy::uffd::probe().map_err(setup("userfaultfd"))?;
+    let (bulk, fault, pages) = link::accept(listener, Duration::from_secs(30))?;
+    let mut trailer = bulk.try_clone().map_err(setup("cloning the socket"))?;
+    let links = DestLinks::from_sockets(bulk, fault).map_err(setup("setting up links"))?;
+    let region = Arc::new(GuestRegion::new(pages).map_err(setup("allocating guest memory"))?);
+    let mem = HashingDestination::new(
+        UffdDestination::new(Arc::clone(&region)).map_err(setup("userfaultfd destination"))?,
+    );
+    let mut guest = DestGuest {
+        region: Arc::clone(&region),
+        vcpu: None,
+        resumed_at: None,
+    };
+    let metrics = Metrics::new();
+    let outcome = run_destination(&mem, links, &DestConfig::default(), &mut guest, &metrics);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(f) => {
+            // Before the switch nothing ran here: dropping the region
+            // discards what was built. After it, the guest is stuck.
+            let side = "destination";
+            let error = f.error.to_string();
+            return Err(if f.after_switch {
+                LocalError::AfterSwitch { side, error }
+            } else {
+                LocalError::BeforeSwitch { side, error }
+            });
+        }
+    };
+    let complete_at = Instant::now();
+    let (mut rate_during, mut stall_us, mut postcopy_secs, mut rate_after) =
+        (0.0, Default::default(), 0.0, 0.0);
+    if let Some(vcpu) = guest.vcpu.take() {
+        let (regs, stats) = vcpu.stop().map_err(|e| LocalError::AfterSwitch {
+            side: "destination",
+            error: e.to_string(),
+        })?;
+        postcopy_secs = (complete_at - outcome.resumed_at).as_secs_f64();
+        rate_during = stats.steps as f64 / stats.secs.max(1e-6);
+        stall_us = stats.stall_us.into();
+        if !tail.is_zero() {
+            let v = Vcpu::start(Arc::clone(&region), regs).map_err(setup("restarting the vCPU"))?;
+            std::thread::sleep(tail);
+            if let Ok((_, after)) = v.stop() {
+                rate_after = after.steps as f64 / after.secs.max(1e-6);
+            }
+        }
+    }
+    let engine = metrics.snapshot();
+    let summary = DestSummary {
+        digest: mem.digest(),
+        resume_ms: engine.downtime_ms,
+        engine,
+        rate_during,
+        rate_after,
+        stall_us,
+        postcopy_secs,
+    };
+    if let Err(e) = write_summary(&mut trailer, &summary) {
+        warn!("could not send the summary to the source: {e}");
+    }
+    Ok(summary)
+}
