@@ -651,3 +651,243 @@ fn finish(w: &Workload, cfg: &SimConfig, metrics: &Metrics, n: u64, t: Tally, wa
         wall_ms: wall.elapsed().as_secs_f64() * 1e3,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Access;
+    use crate::workload::{self, Layout};
+
+    fn layout(guest_mib: u64, ws_mib: u64) -> Layout {
+        Layout {
+            guest_mib,
+            ws_mib,
+            base_mib: guest_mib / 16,
+        }
+    }
+
+    fn workloads() -> Vec<Workload> {
+        let l = layout(32, 4);
+        vec![
+            workload::stress(l, 1).unwrap(),
+            workload::sequential(l, 2).unwrap(),
+            workload::random(l, 20_000, 0.5, 3).unwrap(),
+            workload::zipf(l, 1.1, 20_000, 0.5, 4).unwrap(),
+            workload::quicksort(l, 8, 5).unwrap(),
+        ]
+    }
+
+    fn strategies() -> Vec<StrategySpec> {
+        let mut s = StrategySpec::ALL.to_vec();
+        s.extend([1, 2, 16].map(StrategySpec::MultiPivot));
+        s
+    }
+
+    /// Every owed page is delivered exactly once, in every mode, with
+    /// every strategy, on every workload, with and without free-page
+    /// elimination and zero pages; the simulator itself errors on a page
+    /// delivered twice or never owed, so Ok plus the counts is the check.
+    #[test]
+    fn every_owed_page_exactly_once() {
+        for w in workloads() {
+            for strategy in strategies() {
+                for mode in [Mode::Postcopy, Mode::Hybrid { rounds: 1 }] {
+                    for (fpe, zero) in [(false, false), (true, false), (false, true)] {
+                        let cfg = SimConfig {
+                            strategy,
+                            mode,
+                            free_page_elimination: fpe,
+                            free_pages_zero: zero,
+                            ..SimConfig::default()
+                        };
+                        let r = simulate(&w, &cfg)
+                            .unwrap_or_else(|e| panic!("{} {strategy} {mode:?}: {e}", w.name));
+                        let e = &r.engine;
+                        assert_eq!(e.pages_duplicate, 0);
+                        let populated = if fpe { w.used.count() } else { r.guest_pages };
+                        assert_eq!(e.pages_skipped, r.guest_pages - populated);
+                        let post_zero = if mode == Mode::Postcopy { e.pages_zero } else { 0 };
+                        if !zero {
+                            assert_eq!(e.pages_zero, 0);
+                        }
+                        assert_eq!(
+                            e.pages_pushed + e.pages_faulted + post_zero,
+                            r.owed_pages,
+                            "{} {strategy} {mode:?} fpe={fpe}",
+                            w.name
+                        );
+                        if mode == Mode::Postcopy {
+                            assert_eq!(r.owed_pages, populated);
+                            assert_eq!(e.pages_transferred, populated);
+                        } else {
+                            assert!(e.pages_precopy > 0 && r.owed_pages < populated);
+                        }
+                        // Each network fault was answered by a reply or
+                        // met a push in flight (zero-page replies aside).
+                        assert!(e.pages_faulted + e.faults_in_flight <= e.network_faults);
+                        if !zero {
+                            assert_eq!(e.pages_faulted + e.faults_in_flight, e.network_faults);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn precopy_sends_everything_before_resuming() {
+        for w in workloads() {
+            let r = simulate(
+                &w,
+                &SimConfig {
+                    mode: Mode::XEN_PRECOPY,
+                    ..SimConfig::default()
+                },
+            )
+            .unwrap();
+            let e = &r.engine;
+            assert_eq!(r.owed_pages, 0);
+            assert_eq!(e.network_faults, 0);
+            assert!(e.pages_precopy >= r.guest_pages, "{}", w.name);
+            assert!((1..=5).contains(&e.precopy_rounds));
+            assert!(e.downtime_ms > 0.0 && e.total_time_ms > e.downtime_ms);
+        }
+    }
+
+    /// The seed's finding: post-copy downtime does not depend on memory
+    /// size; pre-copy's grows with what is dirtied.
+    #[test]
+    fn postcopy_downtime_flat_precopy_grows() {
+        let mut post = Vec::new();
+        let mut pre = Vec::new();
+        for g in [64, 128, 256] {
+            let w = workload::stress(layout(g, g / 8), 7).unwrap();
+            for (mode, out) in [(Mode::Postcopy, &mut post), (Mode::XEN_PRECOPY, &mut pre)] {
+                let cfg = SimConfig {
+                    mode,
+                    ..SimConfig::default()
+                };
+                out.push(simulate(&w, &cfg).unwrap().engine.downtime_ms);
+            }
+        }
+        let spread = post.iter().cloned().fold(0.0, f64::max) / post.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(spread < 1.01, "post-copy downtime {post:?}");
+        assert!(pre.windows(2).all(|w| w[1] > w[0] * 1.5), "pre-copy downtime {pre:?}");
+        assert!(pre[0] > post[0]);
+    }
+
+    /// Demand paging alone: the link is idle, so every fault costs
+    /// exactly the model's fault floor, and the vCPU waits that long.
+    #[test]
+    fn demand_fault_latency_is_the_model_floor() {
+        let w = workload::stress(layout(32, 1), 1).unwrap();
+        let cfg = SimConfig {
+            strategy: StrategySpec::None,
+            ..SimConfig::default()
+        };
+        let r = simulate(&w, &cfg).unwrap();
+        let floor_us = cfg.net.min_fault_ns() as f64 / 1e3;
+        let lat = r.engine.fault_latency_us;
+        assert_eq!(r.engine.network_faults, 256);
+        assert_eq!(lat.count, 256);
+        for v in [lat.p50, lat.max] {
+            assert!((v as f64 - floor_us).abs() / floor_us < 0.01, "{v} vs {floor_us}");
+        }
+        let blocked = 256.0 * cfg.net.min_fault_ns() as f64 / 1e6;
+        assert!((r.vcpu_blocked_ms - blocked).abs() < 0.01, "{}", r.vcpu_blocked_ms);
+        // The residue is flushed once faults stop for the idle period.
+        assert!(r.engine.total_time_ms * 1e6 > cfg.idle_flush_ns as f64);
+    }
+
+    /// A fault reply does not wait behind queued bulk data: with a deep
+    /// send queue, demand faults cost the same as on an idle link.
+    #[test]
+    fn fault_replies_skip_the_bulk_queue() {
+        let w = workload::random(layout(64, 16), 2_000, 0.0, 9).unwrap();
+        let run = |window| {
+            let cfg = SimConfig {
+                strategy: StrategySpec::Linear,
+                send_window_batches: window,
+                ..SimConfig::default()
+            };
+            simulate(&w, &cfg).unwrap()
+        };
+        let shallow = run(1);
+        let deep = run(64);
+        let floor_us = SimConfig::default().net.min_fault_ns() / 1000;
+        // p50 stays within one reply wire time (~35 µs) of the floor.
+        for r in [&shallow, &deep] {
+            let p50 = r.engine.fault_latency_us.p50;
+            assert!(p50 >= floor_us && p50 < floor_us + 40, "{p50} vs {floor_us}");
+        }
+    }
+
+    /// A pure push with (almost) no faults takes the link time of the
+    /// guest, plus the switch and one round trip.
+    #[test]
+    fn push_time_is_link_time() {
+        let t = Trace::new(16 * 256, 1000, false, [Access { pfn: 0, write: false }]).unwrap();
+        let w = Workload::from_trace("one page", t, 0);
+        let cfg = SimConfig {
+            strategy: StrategySpec::Linear,
+            ..SimConfig::default()
+        };
+        let r = simulate(&w, &cfg).unwrap();
+        let net = cfg.net;
+        let n = 16 * 256;
+        let expect = net.switch_ns
+            + net.wire_ns(RUN_BYTES + net.batch_overhead_bytes)
+            + net.bulk_ns(n, 0, 64)
+            + net.rtt_ns
+            + net.install_ns(64);
+        let got = r.engine.total_time_ms * 1e6;
+        assert!((got - expect as f64).abs() / (expect as f64) < 0.005, "{got} vs {expect}");
+        assert_eq!(r.engine.network_faults, 1);
+        assert_eq!(r.engine.faults_in_flight, 1, "page 0 was the first push");
+    }
+
+    /// Bubbling beats push-only on the stress test (the seed's result).
+    #[test]
+    fn bubble_faults_well_below_push_only() {
+        let w = workload::stress(layout(256, 64), 3).unwrap();
+        let faults = |strategy| {
+            simulate(
+                &w,
+                &SimConfig {
+                    strategy,
+                    ..SimConfig::default()
+                },
+            )
+            .unwrap()
+            .engine
+            .network_faults
+        };
+        let (push, bubble) = (faults(StrategySpec::Linear), faults(StrategySpec::Bubble));
+        assert!(bubble * 2 < push, "bubble {bubble} vs push {push}");
+    }
+
+    #[test]
+    fn inconsistent_workload_and_time_limit_are_errors() {
+        let mut w = workload::stress(layout(32, 4), 1).unwrap();
+        w.used = Bits::new(5);
+        assert!(matches!(
+            simulate(&w, &SimConfig::default()),
+            Err(SimError::BadWorkload(..))
+        ));
+        let w = workload::stress(layout(32, 4), 1).unwrap();
+        let cfg = SimConfig {
+            time_limit_ns: 1_000_000,
+            ..SimConfig::default()
+        };
+        assert!(matches!(simulate(&w, &cfg), Err(SimError::TimeLimit(..))));
+    }
+
+    #[test]
+    fn runs_are_deterministic() {
+        let w = workload::quicksort(layout(32, 8), 4, 1).unwrap();
+        let cfg = SimConfig::default();
+        let (a, b) = (simulate(&w, &cfg).unwrap(), simulate(&w, &cfg).unwrap());
+        assert_eq!(a.engine, b.engine);
+        assert_eq!(a.work, b.work);
+    }
+}

@@ -267,18 +267,13 @@ pub const QSORT_ELEMS_PER_PAGE: u64 = 16;
 pub const QSORT_QUANTUM: usize = 4_000;
 
 /// The page accesses of one quicksort of `pages` pages starting at `base`:
-/// a fill pass (writes), then Hoare partitioning with random pivots; a
-/// pointer's access is recorded when it enters a new page.
+/// Hoare partitioning with random pivots (a pointer's access is recorded
+/// when it enters a new page), then a refill pass with new data (writes).
+/// The migration thus starts with every process in its first partition.
 fn quicksort_pages(base: Pfn, pages: u64, rng: &mut Rng, out: &mut Vec<Access>) {
     let epp = QSORT_ELEMS_PER_PAGE;
     let n = usize::try_from(pages * epp).unwrap_or(0);
     let mut keys: Vec<u32> = (0..n).map(|_| rng.next_u64() as u32).collect();
-    for p in 0..pages {
-        out.push(Access {
-            pfn: base + p,
-            write: true,
-        });
-    }
     let page_of = |i: usize| base + i as u64 / epp;
     let mut stack = vec![(0usize, n)];
     while let Some((lo, hi)) = stack.pop() {
@@ -334,6 +329,13 @@ fn quicksort_pages(base: Pfn, pages: u64, rng: &mut Rng, out: &mut Vec<Access>) 
             stack.push((mid, hi));
             stack.push((lo, mid));
         }
+    }
+    // Sorted: refill with new random data, then the loop sorts again.
+    for p in 0..pages {
+        out.push(Access {
+            pfn: base + p,
+            write: true,
+        });
     }
 }
 
