@@ -942,3 +942,130 @@ fn speed(
         ),
     )])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick() -> ExperimentOptions {
+        ExperimentOptions {
+            quick: true,
+            ..ExperimentOptions::default()
+        }
+    }
+
+    #[test]
+    fn unknown_experiment_is_an_error_listing_the_names() {
+        let e = run_experiment("nope", &quick()).unwrap_err();
+        let text = e.to_string();
+        for name in experiment_names() {
+            assert!(text.contains(name), "{text}");
+        }
+    }
+
+    /// The seed's qualitative findings, from the quick sweep.
+    #[test]
+    fn paper_stress_reproduces_the_seed() {
+        let dir = std::env::temp_dir().join(format!("pcsim-exp-{}", std::process::id()));
+        let r = run_experiment(
+            "paper-stress",
+            &ExperimentOptions {
+                out_dir: Some(dir.clone()),
+                ..quick()
+            },
+        )
+        .unwrap();
+        let down = |s: &str| -> Vec<f64> { r.series(s).map(|x| x.report.engine.downtime_ms).collect() };
+        let post = down("bubble");
+        let pre = down("pre-copy");
+        assert!(post.iter().all(|&d| (d - post[0]).abs() < 0.01 * post[0]), "{post:?}");
+        assert!(pre.windows(2).all(|w| w[1] > w[0]), "{pre:?}");
+        let last = |s: &str| r.series(s).last().unwrap().report.clone();
+        assert!(last("bubble").engine.network_faults * 2 < last("push").engine.network_faults);
+        assert!(last("bubble+DSB").engine.pages_transferred < last("bubble").engine.pages_transferred);
+        assert!(last("bubble+DSB").engine.total_time_ms < last("pre-copy").engine.total_time_ms);
+        // Tables, findings and files.
+        let text = r.to_string();
+        assert!(text.contains("| WS MiB | pre-copy |"), "{text}");
+        assert_eq!(r.tables.len(), 5);
+        assert_eq!(r.tables[0].rows.len(), 3);
+        assert!(r.findings.iter().any(|f| f.contains("(flat)")));
+        assert_eq!(r.files.len(), 5);
+        for f in &r.files {
+            assert!(std::fs::metadata(f).unwrap().len() > 100, "{}", f.display());
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("paper-stress.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["runs"].as_array().unwrap().len(), 18);
+        assert!(json["runs"][0]["report"]["engine"]["total_time_ms"].is_f64());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn paper_pivots_orders_the_strategies() {
+        let r = run_experiment("paper-pivots", &quick()).unwrap();
+        assert_eq!(r.runs.len(), 3 * 9);
+        for p in [1.0, 4.0, 16.0] {
+            let f = |s: &str| {
+                r.series(s)
+                    .find(|x| x.params["processes"] == p)
+                    .unwrap()
+                    .report
+                    .engine
+                    .network_faults
+            };
+            // Any bubbling beats push-only; more pivots beat one.
+            assert!(f("bubble") < f("linear"), "{p}");
+            assert!(f("multi-pivot:7") < f("bubble"), "{p}");
+            assert_eq!(f("multi-pivot:1"), f("bubble"), "K = 1 is the bubble");
+        }
+    }
+
+    #[test]
+    fn scale_runs_and_serializes() {
+        let r = run_experiment("scale", &quick()).unwrap();
+        assert_eq!(r.runs.len(), 2 * 3 * 2);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["name"], "scale");
+        // Post-copy downtime does not grow with the guest; pre-copy's does
+        // on the slow link.
+        let down = |s: &str| -> Vec<f64> { r.series(s).map(|x| x.report.engine.downtime_ms).collect() };
+        let post = down("post-copy 1 Gb/s");
+        assert!((post[1] - post[0]).abs() < 0.05 * post[0], "{post:?}");
+        let pre = down("pre-copy 1 Gb/s");
+        assert!(pre[1] > 2.0 * pre[0], "{pre:?}");
+    }
+
+    /// The simulator's work (events plus accesses replayed one by one)
+    /// grows linearly with guest size: work per page stays flat from 64 to
+    /// 512 MiB.
+    #[test]
+    fn work_is_linear_in_guest_size() {
+        let r = run_experiment("speed", &quick()).unwrap();
+        let per_page: Vec<f64> = r
+            .runs
+            .iter()
+            .map(|x| x.report.work as f64 / x.report.guest_pages as f64)
+            .collect();
+        assert_eq!(per_page.len(), 4);
+        let (lo, hi) = per_page
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        assert!(hi / lo < 1.25, "work per page {per_page:?}");
+        assert!(r.findings[0].contains("guest ×8"), "{}", r.findings[0]);
+    }
+
+    #[test]
+    fn table_renders_as_aligned_markdown() {
+        let t = Table {
+            title: "T".into(),
+            columns: vec!["x".into(), "long name".into()],
+            rows: vec![vec!["10".into(), "1".into()], vec!["2".into()]],
+        };
+        assert_eq!(
+            t.to_string(),
+            "T\n\n| x  | long name |\n|----|----------:|\n| 10 |         1 |\n| 2  |           |\n"
+        );
+    }
+}
