@@ -95,6 +95,7 @@
 
 #include <linux/init.h>
 #include <linux/jiffies.h>
+#include <linux/ktime.h>
 #include <linux/kernel.h>
 #include <linux/kobject.h>
 #include <linux/mm.h>
@@ -107,6 +108,7 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/sysfs.h>
+#include <linux/timekeeping.h>
 #include <linux/version.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
@@ -255,9 +257,10 @@ static void dsb_balloon_set(u64 target_pages)
 
 /* ---- sampling ----------------------------------------------------------- */
 
+/* Milliseconds since boot, suspend included: the clock of the hold-off. */
 static u64 dsb_now_ms(void)
 {
-	return jiffies64_to_msecs(get_jiffies_64());
+	return div_u64(ktime_get_boottime_ns(), NSEC_PER_MSEC);
 }
 
 /* Memory counters; the balloon driver's are read under dsb_lock. */
