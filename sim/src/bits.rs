@@ -28,7 +28,10 @@ impl Bits {
     }
 
     fn at(i: u64) -> (usize, u64) {
-        (usize::try_from(i / 64).unwrap_or(usize::MAX), 1u64 << (i % 64))
+        (
+            usize::try_from(i / 64).unwrap_or(usize::MAX),
+            1u64 << (i % 64),
+        )
     }
 
     /// Bit `i` (false out of range).
@@ -55,7 +58,7 @@ impl Bits {
         let end = start.saturating_add(count).min(self.len);
         let mut i = start;
         while i < end {
-            if i % 64 == 0 && end - i >= 64 {
+            if i.is_multiple_of(64) && end - i >= 64 {
                 let (w, _) = Bits::at(i);
                 self.words[w] = u64::MAX;
                 i += 64;

@@ -194,7 +194,16 @@ mod tests {
     fn fake_sim(faults: u64, pages: u64) -> SimReport {
         let w = Workload::from_trace(
             "t",
-            Trace::new(4, 0, false, [Access { pfn: 0, write: false }]).unwrap(),
+            Trace::new(
+                4,
+                0,
+                false,
+                [Access {
+                    pfn: 0,
+                    write: false,
+                }],
+            )
+            .unwrap(),
             0,
         );
         let mut r = simulate(&w, &SimConfig::default()).unwrap();
@@ -225,7 +234,10 @@ mod tests {
         assert!(!c.within_tolerance);
         let text = c.to_string();
         assert!(text.contains("NOT within tolerance"), "{text}");
-        assert!(text.contains("| pages transferred | 1000 | 1000 | 0.0% |"), "{text}");
+        assert!(
+            text.contains("| pages transferred | 1000 | 1000 | 0.0% |"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -245,7 +257,10 @@ mod tests {
         );
         let nested = format!("{{\"engine\": {json}, \"workload\": \"x\"}}");
         assert_eq!(Measured::from_json(&nested).unwrap().network_faults, 7);
-        assert!(matches!(Measured::from_json("{"), Err(CalibrationError::Json(_))));
+        assert!(matches!(
+            Measured::from_json("{"),
+            Err(CalibrationError::Json(_))
+        ));
         assert_eq!(
             Measured::from_json("{\"network_faults\": 1}"),
             Err(CalibrationError::Missing("pages_transferred"))
@@ -274,7 +289,13 @@ mod tests {
         };
         let base = 2 * 256;
         let reference = simulate(&Workload::from_trace("r", w.trace.clone(), base), &cfg).unwrap();
-        let (c, sim) = calibrate(w.trace, base, &cfg, &Measured::from_report(&reference.engine)).unwrap();
+        let (c, sim) = calibrate(
+            w.trace,
+            base,
+            &cfg,
+            &Measured::from_report(&reference.engine),
+        )
+        .unwrap();
         assert_eq!(c.fault_share_error, 0.0);
         assert_eq!(c.pages_error, 0.0);
         assert!(c.within_tolerance);

@@ -521,27 +521,51 @@ fn paper_stress(
     Ok(vec![
         (
             "total-time",
-            chart(result, "Total time: stress test", x, "seconds", false, &labels, |r| {
-                r.engine.total_time_ms / 1e3
-            }),
+            chart(
+                result,
+                "Total time: stress test",
+                x,
+                "seconds",
+                false,
+                &labels,
+                |r| r.engine.total_time_ms / 1e3,
+            ),
         ),
         (
             "downtime",
-            chart(result, "Downtime: stress test", x, "milliseconds", true, &labels, |r| {
-                r.engine.downtime_ms
-            }),
+            chart(
+                result,
+                "Downtime: stress test",
+                x,
+                "milliseconds",
+                true,
+                &labels,
+                |r| r.engine.downtime_ms,
+            ),
         ),
         (
             "pages",
-            chart(result, "Pages transferred: stress test", x, "pages", false, &labels, |r| {
-                r.engine.pages_transferred as f64
-            }),
+            chart(
+                result,
+                "Pages transferred: stress test",
+                x,
+                "pages",
+                false,
+                &labels,
+                |r| r.engine.pages_transferred as f64,
+            ),
         ),
         (
             "faults",
-            chart(result, "Network faults: stress test", x, "faults", true, &post, |r| {
-                r.engine.network_faults as f64
-            }),
+            chart(
+                result,
+                "Network faults: stress test",
+                x,
+                "faults",
+                true,
+                &post,
+                |r| r.engine.network_faults as f64,
+            ),
         ),
     ])
 }
@@ -583,7 +607,8 @@ fn stress_findings(result: &ExperimentResult, sizes: &[u64]) -> Vec<String> {
         ));
     }
     if let (Some(push), Some(bub)) = (get("push", hi), get("bubble", hi)) {
-        let avoided = 1.0 - bub.engine.network_faults as f64 / push.engine.network_faults.max(1) as f64;
+        let avoided =
+            1.0 - bub.engine.network_faults as f64 / push.engine.network_faults.max(1) as f64;
         out.push(format!(
             "at {hi} MiB bubbling avoids {:.0}% of push-only's network faults ({} vs {})",
             avoided * 100.0,
@@ -692,9 +717,12 @@ fn paper_pivots(
             .iter()
             .filter(|r| r.series.starts_with("multi-pivot"))
             .min_by_key(|r| r.report.engine.network_faults);
-        if let (Some(best), Some(lin), Some(bub), Some(fwd)) =
-            (best, faults("linear"), faults("bubble"), faults("bubble-forward"))
-        {
+        if let (Some(best), Some(lin), Some(bub), Some(fwd)) = (
+            best,
+            faults("linear"),
+            faults("bubble"),
+            faults("bubble-forward"),
+        ) {
             findings.push(format!(
                 "{p} processes: push-only {lin}, forward {fwd}, bubble {bub}, best multi-pivot {} with {}",
                 best.series, best.report.engine.network_faults
@@ -731,9 +759,15 @@ fn paper_pivots(
     Ok(vec![
         (
             "faults",
-            chart(result, "Network faults: quicksort", x, "network faults", true, &labels, |r| {
-                r.engine.network_faults as f64
-            }),
+            chart(
+                result,
+                "Network faults: quicksort",
+                x,
+                "network faults",
+                true,
+                &labels,
+                |r| r.engine.network_faults as f64,
+            ),
         ),
         ("faults-by-k", by_k),
     ])
@@ -741,7 +775,7 @@ fn paper_pivots(
 
 /// The `scale` and `speed` workload: a writer over an eighth of the guest,
 /// a sixteenth in use besides, at `ns` per page.
-fn scale_workload(guest_mib: u64, ns: u64, seed: u64) -> Result<Workload, ExperimentError> {
+pub fn scale_workload(guest_mib: u64, ns: u64, seed: u64) -> Result<Workload, ExperimentError> {
     let mut w = workload::stress(
         Layout {
             guest_mib,
@@ -814,7 +848,12 @@ fn scale(
             gib,
             x.0,
             &series,
-            |r| format!("{:.2}", r.engine.pages_transferred as f64 / r.guest_pages as f64),
+            |r| {
+                format!(
+                    "{:.2}",
+                    r.engine.pages_transferred as f64 / r.guest_pages as f64
+                )
+            },
         ),
         grid(
             result,
@@ -826,7 +865,14 @@ fn scale(
                 .filter(|s| s.starts_with("post"))
                 .cloned()
                 .collect::<Vec<_>>(),
-            |r| format!("{} ({:.2}%), {:.2} s", r.engine.network_faults, r.network_fault_share * 100.0, r.vcpu_blocked_ms / 1e3),
+            |r| {
+                format!(
+                    "{} ({:.2}%), {:.2} s",
+                    r.engine.network_faults,
+                    r.network_fault_share * 100.0,
+                    r.vcpu_blocked_ms / 1e3
+                )
+            },
         ),
         grid(result, "Simulator wall time (ms)", gib, x.0, &series, |r| {
             format!("{:.0}", r.wall_ms)
@@ -849,15 +895,27 @@ fn scale(
     Ok(vec![
         (
             "total-time",
-            chart(result, "Total time vs guest size", x, "seconds", true, &series, |r| {
-                r.engine.total_time_ms / 1e3
-            }),
+            chart(
+                result,
+                "Total time vs guest size",
+                x,
+                "seconds",
+                true,
+                &series,
+                |r| r.engine.total_time_ms / 1e3,
+            ),
         ),
         (
             "downtime",
-            chart(result, "Downtime vs guest size", x, "milliseconds", true, &series, |r| {
-                r.engine.downtime_ms
-            }),
+            chart(
+                result,
+                "Downtime vs guest size",
+                x,
+                "milliseconds",
+                true,
+                &series,
+                |r| r.engine.downtime_ms,
+            ),
         ),
     ])
 }
@@ -975,14 +1033,20 @@ mod tests {
             },
         )
         .unwrap();
-        let down = |s: &str| -> Vec<f64> { r.series(s).map(|x| x.report.engine.downtime_ms).collect() };
+        let down =
+            |s: &str| -> Vec<f64> { r.series(s).map(|x| x.report.engine.downtime_ms).collect() };
         let post = down("bubble");
         let pre = down("pre-copy");
-        assert!(post.iter().all(|&d| (d - post[0]).abs() < 0.01 * post[0]), "{post:?}");
+        assert!(
+            post.iter().all(|&d| (d - post[0]).abs() < 0.01 * post[0]),
+            "{post:?}"
+        );
         assert!(pre.windows(2).all(|w| w[1] > w[0]), "{pre:?}");
         let last = |s: &str| r.series(s).last().unwrap().report.clone();
         assert!(last("bubble").engine.network_faults * 2 < last("push").engine.network_faults);
-        assert!(last("bubble+DSB").engine.pages_transferred < last("bubble").engine.pages_transferred);
+        assert!(
+            last("bubble+DSB").engine.pages_transferred < last("bubble").engine.pages_transferred
+        );
         assert!(last("bubble+DSB").engine.total_time_ms < last("pre-copy").engine.total_time_ms);
         // Tables, findings and files.
         let text = r.to_string();
@@ -1030,7 +1094,8 @@ mod tests {
         assert_eq!(v["name"], "scale");
         // Post-copy downtime does not grow with the guest; pre-copy's does
         // on the slow link.
-        let down = |s: &str| -> Vec<f64> { r.series(s).map(|x| x.report.engine.downtime_ms).collect() };
+        let down =
+            |s: &str| -> Vec<f64> { r.series(s).map(|x| x.report.engine.downtime_ms).collect() };
         let post = down("post-copy 1 Gb/s");
         assert!((post[1] - post[0]).abs() < 0.05 * post[0], "{post:?}");
         let pre = down("pre-copy 1 Gb/s");

@@ -25,3 +25,16 @@ pub mod trace;
 pub mod workload;
 
 pub use sim::{simulate, SimConfig, SimError, SimReport};
+
+/// A non-negative float to an integer, saturating (NaN and negatives to 0).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub(crate) fn f64_to_u64(x: f64) -> u64 {
+    // `as` saturates at the bounds and maps NaN to 0: exactly what we want.
+    x as u64
+}
+
+/// The low 64 bits of a u128 (callers pass values that fit).
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn low_u64(x: u128) -> u64 {
+    x as u64
+}

@@ -103,7 +103,7 @@ impl NetModel {
         let bits = bytes as f64 * 8.0;
         let ns = bits / (self.bandwidth_bps * self.efficiency) * 1e9;
         // Non-negative and far below 2^64 for any sane model.
-        ns.ceil().max(0.0) as Nanos
+        crate::f64_to_u64(ns.ceil())
     }
 
     /// Payload bytes of a record of `pages` data pages and `zeros` zero
@@ -139,7 +139,11 @@ impl NetModel {
         full * self.batch_ns(batch, 0)
             + if rest > 0 { self.batch_ns(rest, 0) } else { 0 }
             + zfull * self.batch_ns(0, batch)
-            + if zrest > 0 { self.batch_ns(0, zrest) } else { 0 }
+            + if zrest > 0 {
+                self.batch_ns(0, zrest)
+            } else {
+                0
+            }
     }
 
     /// Destination time to install a batch of `pages`.
@@ -213,7 +217,10 @@ mod tests {
         let t = m.batch_ns(64, 0);
         assert!((2_230_000..2_235_000).contains(&t), "{t}");
         // bulk_ns is the sum over batches, including the partial one.
-        assert_eq!(m.bulk_ns(130, 0, 64), 2 * m.batch_ns(64, 0) + m.batch_ns(2, 0));
+        assert_eq!(
+            m.bulk_ns(130, 0, 64),
+            2 * m.batch_ns(64, 0) + m.batch_ns(2, 0)
+        );
         assert_eq!(m.bulk_ns(0, 0, 64), 0);
     }
 

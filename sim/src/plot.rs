@@ -89,7 +89,9 @@ macro_rules! draw_into {
             c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
                 .label(s.label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| e.to_string())?;
         }
@@ -106,10 +108,27 @@ macro_rules! draw_into {
 pub fn draw(chart: &Chart, path: &Path) -> Result<(), String> {
     let root = SVGBackend::new(path, (820, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let xs = range(chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), chart.log_x);
-    let ys = range(chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), chart.log_y);
+    let xs = range(
+        chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0)),
+        chart.log_x,
+    );
+    let ys = range(
+        chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1)),
+        chart.log_y,
+    );
     match (chart.log_x, chart.log_y) {
-        (true, true) => draw_into!(&root, chart, (xs.0..xs.1).log_scale(), (ys.0..ys.1).log_scale()),
+        (true, true) => draw_into!(
+            &root,
+            chart,
+            (xs.0..xs.1).log_scale(),
+            (ys.0..ys.1).log_scale()
+        ),
         (true, false) => draw_into!(&root, chart, (xs.0..xs.1).log_scale(), ys.0..ys.1),
         (false, true) => draw_into!(&root, chart, xs.0..xs.1, (ys.0..ys.1).log_scale()),
         (false, false) => draw_into!(&root, chart, xs.0..xs.1, ys.0..ys.1),
@@ -148,7 +167,9 @@ mod tests {
             draw(&chart, &path).unwrap();
             let svg = std::fs::read_to_string(&path).unwrap();
             assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
-            assert!(svg.contains("Network faults") && svg.contains("bubble") && svg.contains("push"));
+            assert!(
+                svg.contains("Network faults") && svg.contains("bubble") && svg.contains("push")
+            );
             assert!(svg.contains("<polyline"));
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -465,7 +465,9 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
      -> Result<(), SimError> {
         for &p in pfns {
             if !owed_bits.get(p) {
-                return Err(SimError::Invariant(format!("pfn {p:#x} sent but never owed")));
+                return Err(SimError::Invariant(format!(
+                    "pfn {p:#x} sent but never owed"
+                )));
             }
             if !present.set(p) {
                 Metrics::add(&metrics.pages_duplicate, 1);
@@ -491,7 +493,8 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
         let next = q.peek_time().ok_or(SimError::Stalled(remaining))?;
         if let Some((p, at)) = vcpu.run_dest(next, &present) {
             Metrics::add(&metrics.network_faults, 1);
-            let arrive = at + net.fault_detect_ns + net.wire_ns(net.request_bytes) + net.one_way_ns();
+            let arrive =
+                at + net.fault_detect_ns + net.wire_ns(net.request_bytes) + net.one_way_ns();
             q.schedule(arrive, Event::FaultRequest(p));
         }
         let Some((now, ev)) = q.pop() else {
@@ -538,11 +541,12 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
                 let start = bulk_free.max(now);
                 bulk_free = start + net.batch_ns(data, zeros);
                 let arrive = bulk_free + net.one_way_ns();
-                bulk_install_free =
-                    arrive.max(bulk_install_free) + net.install_ns(data + zeros);
+                bulk_install_free = arrive.max(bulk_install_free) + net.install_ns(data + zeros);
                 q.schedule(bulk_install_free, Event::BatchInstalled(batch_buf.clone()));
                 q.schedule(
-                    bulk_free.saturating_sub((window - 1) * full_batch_ns).max(now),
+                    bulk_free
+                        .saturating_sub((window - 1) * full_batch_ns)
+                        .max(now),
                     Event::PushReady,
                 );
             }
@@ -620,7 +624,14 @@ struct Tally {
     steps: u64,
 }
 
-fn finish(w: &Workload, cfg: &SimConfig, metrics: &Metrics, n: u64, t: Tally, wall: Instant) -> SimReport {
+fn finish(
+    w: &Workload,
+    cfg: &SimConfig,
+    metrics: &Metrics,
+    n: u64,
+    t: Tally,
+    wall: Instant,
+) -> SimReport {
     let engine = metrics.snapshot();
     let share = if engine.pages_transferred == 0 {
         0.0
@@ -706,7 +717,11 @@ mod tests {
                         assert_eq!(e.pages_duplicate, 0);
                         let populated = if fpe { w.used.count() } else { r.guest_pages };
                         assert_eq!(e.pages_skipped, r.guest_pages - populated);
-                        let post_zero = if mode == Mode::Postcopy { e.pages_zero } else { 0 };
+                        let post_zero = if mode == Mode::Postcopy {
+                            e.pages_zero
+                        } else {
+                            0
+                        };
                         if !zero {
                             assert_eq!(e.pages_zero, 0);
                         }
@@ -770,9 +785,13 @@ mod tests {
                 out.push(simulate(&w, &cfg).unwrap().engine.downtime_ms);
             }
         }
-        let spread = post.iter().cloned().fold(0.0, f64::max) / post.iter().cloned().fold(f64::MAX, f64::min);
+        let spread = post.iter().cloned().fold(0.0, f64::max)
+            / post.iter().cloned().fold(f64::MAX, f64::min);
         assert!(spread < 1.01, "post-copy downtime {post:?}");
-        assert!(pre.windows(2).all(|w| w[1] > w[0] * 1.5), "pre-copy downtime {pre:?}");
+        assert!(
+            pre.windows(2).all(|w| w[1] > w[0] * 1.5),
+            "pre-copy downtime {pre:?}"
+        );
         assert!(pre[0] > post[0]);
     }
 
@@ -791,10 +810,17 @@ mod tests {
         assert_eq!(r.engine.network_faults, 256);
         assert_eq!(lat.count, 256);
         for v in [lat.p50, lat.max] {
-            assert!((v as f64 - floor_us).abs() / floor_us < 0.01, "{v} vs {floor_us}");
+            assert!(
+                (v as f64 - floor_us).abs() / floor_us < 0.01,
+                "{v} vs {floor_us}"
+            );
         }
         let blocked = 256.0 * cfg.net.min_fault_ns() as f64 / 1e6;
-        assert!((r.vcpu_blocked_ms - blocked).abs() < 0.01, "{}", r.vcpu_blocked_ms);
+        assert!(
+            (r.vcpu_blocked_ms - blocked).abs() < 0.01,
+            "{}",
+            r.vcpu_blocked_ms
+        );
         // The residue is flushed once faults stop for the idle period.
         assert!(r.engine.total_time_ms * 1e6 > cfg.idle_flush_ns as f64);
     }
@@ -818,7 +844,10 @@ mod tests {
         // p50 stays within one reply wire time (~35 µs) of the floor.
         for r in [&shallow, &deep] {
             let p50 = r.engine.fault_latency_us.p50;
-            assert!(p50 >= floor_us && p50 < floor_us + 40, "{p50} vs {floor_us}");
+            assert!(
+                p50 >= floor_us && p50 < floor_us + 40,
+                "{p50} vs {floor_us}"
+            );
         }
     }
 
@@ -826,7 +855,16 @@ mod tests {
     /// guest, plus the switch and one round trip.
     #[test]
     fn push_time_is_link_time() {
-        let t = Trace::new(16 * 256, 1000, false, [Access { pfn: 0, write: false }]).unwrap();
+        let t = Trace::new(
+            16 * 256,
+            1000,
+            false,
+            [Access {
+                pfn: 0,
+                write: false,
+            }],
+        )
+        .unwrap();
         let w = Workload::from_trace("one page", t, 0);
         let cfg = SimConfig {
             strategy: StrategySpec::Linear,
@@ -841,7 +879,10 @@ mod tests {
             + net.rtt_ns
             + net.install_ns(64);
         let got = r.engine.total_time_ms * 1e6;
-        assert!((got - expect as f64).abs() / (expect as f64) < 0.005, "{got} vs {expect}");
+        assert!(
+            (got - expect as f64).abs() / (expect as f64) < 0.005,
+            "{got} vs {expect}"
+        );
         assert_eq!(r.engine.network_faults, 1);
         assert_eq!(r.engine.faults_in_flight, 1, "page 0 was the first push");
     }

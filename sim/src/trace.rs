@@ -355,7 +355,13 @@ mod tests {
         assert_eq!(&bytes[..8], b"PCTRACE1");
         let back = decode(&bytes).unwrap();
         assert_eq!(back, t);
-        assert_eq!(back.get(2), Access { pfn: 99, write: true });
+        assert_eq!(
+            back.get(2),
+            Access {
+                pfn: 99,
+                write: true
+            }
+        );
         assert!(!back.get(1).write);
     }
 
@@ -427,17 +433,23 @@ mod tests {
             }
         );
         assert_eq!(
-            Trace::new(10, 0, false, [Access { pfn: 10, write: false }]).unwrap_err(),
+            Trace::new(
+                10,
+                0,
+                false,
+                [Access {
+                    pfn: 10,
+                    write: false
+                }]
+            )
+            .unwrap_err(),
             TraceError::PfnOutOfRange {
                 index: 0,
                 pfn: 10,
                 guest_pfns: 10
             }
         );
-        assert_eq!(
-            Trace::new(10, 0, false, []).unwrap_err(),
-            TraceError::Empty
-        );
+        assert_eq!(Trace::new(10, 0, false, []).unwrap_err(), TraceError::Empty);
     }
 
     /// Every truncation and every single-byte corruption of a valid file

@@ -81,7 +81,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`), by multiply-shift.
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        crate::low_u64((u128::from(self.next_u64()) * u128::from(n)) >> 64)
     }
 
     /// Uniform in [0, 1).
@@ -207,7 +207,7 @@ fn coprime_near_golden(ws: u64) -> u64 {
         }
         a
     }
-    let mut a = ((ws as f64 / 1.618_034) as u64).max(1);
+    let mut a = crate::f64_to_u64(ws as f64 / 1.618_034).max(1);
     while gcd(a, ws) != 1 {
         a += 1;
     }
@@ -237,7 +237,7 @@ pub fn zipf(
             let e = 1.0 - s;
             (1.0 + u * ((n + 1.0).powf(e) - 1.0)).powf(1.0 / e)
         };
-        (x.floor() as u64).clamp(1, ws) - 1
+        crate::f64_to_u64(x.floor()).clamp(1, ws) - 1
     };
     let trace = Trace::new(
         g,
@@ -245,7 +245,7 @@ pub fn zipf(
         true,
         (0..len).map(|_| {
             let r = rank(rng.unit());
-            let off = ((u128::from(r) * u128::from(a)) % u128::from(ws)) as u64;
+            let off = crate::low_u64((u128::from(r) * u128::from(a)) % u128::from(ws));
             Access {
                 pfn: start + off,
                 write: rng.unit() < write_share,
@@ -273,7 +273,9 @@ pub const QSORT_QUANTUM: usize = 4_000;
 fn quicksort_pages(base: Pfn, pages: u64, rng: &mut Rng, out: &mut Vec<Access>) {
     let epp = QSORT_ELEMS_PER_PAGE;
     let n = usize::try_from(pages * epp).unwrap_or(0);
-    let mut keys: Vec<u32> = (0..n).map(|_| rng.next_u64() as u32).collect();
+    let mut keys: Vec<u32> = (0..n)
+        .map(|_| u32::try_from(rng.next_u64() >> 32).unwrap_or(0))
+        .collect();
     let page_of = |i: usize| base + i as u64 / epp;
     let mut stack = vec![(0usize, n)];
     while let Some((lo, hi)) = stack.pop() {
@@ -356,7 +358,11 @@ pub fn quicksort(layout: Layout, processes: u32, seed: u64) -> Result<Workload, 
     let mut per_proc = Vec::new();
     let mut at = base;
     for _ in 0..procs {
-        at += if max_gap > 0 { rng.below(max_gap + 1) } else { 0 };
+        at += if max_gap > 0 {
+            rng.below(max_gap + 1)
+        } else {
+            0
+        };
         used.set_range(at, region);
         let mut acc = Vec::new();
         quicksort_pages(at, region, &mut rng, &mut acc);
@@ -417,7 +423,11 @@ mod tests {
         assert!(w.trace.looping);
         let first = w.trace.get(0).pfn;
         assert!(first >= 4 * 256);
-        assert!(w.trace.iter().enumerate().all(|(i, a)| a.write && a.pfn == first + i as u64));
+        assert!(w
+            .trace
+            .iter()
+            .enumerate()
+            .all(|(i, a)| a.write && a.pfn == first + i as u64));
         assert_eq!(w.used.count(), 12 * 256);
         assert!(w.trace.iter().all(|a| w.used.get(a.pfn)));
     }
@@ -471,8 +481,11 @@ mod tests {
         let mut buckets = [0u32; 10];
         for _ in 0..100_000 {
             let x = r.below(10);
-            buckets[x as usize] += 1;
+            buckets[usize::try_from(x).unwrap()] += 1;
         }
-        assert!(buckets.iter().all(|&b| (9_000..11_000).contains(&b)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&b| (9_000..11_000).contains(&b)),
+            "{buckets:?}"
+        );
     }
 }
