@@ -738,10 +738,13 @@ mod tests {
                             assert!(e.pages_precopy > 0 && r.owed_pages < populated);
                         }
                         // Each network fault was answered by a reply or
-                        // met a push in flight (zero-page replies aside).
-                        assert!(e.pages_faulted + e.faults_in_flight <= e.network_faults);
+                        // met a push in flight (zero-page replies aside),
+                        // but for at most one request still on its way
+                        // when the last page landed (one vCPU).
+                        let answered = e.pages_faulted + e.faults_in_flight;
+                        assert!(answered <= e.network_faults);
                         if !zero {
-                            assert_eq!(e.pages_faulted + e.faults_in_flight, e.network_faults);
+                            assert!(e.network_faults - answered <= 1, "{e:?}");
                         }
                     }
                 }
