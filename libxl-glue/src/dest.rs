@@ -1,0 +1,454 @@
+//! The destination-side Xen backend: the new domain's memory with
+//! mem_paging, as `tools/xenpaging` drives it, plus the fix Debian's
+//! xenpaging lacks (every response carries `VM_EVENT_INTERFACE_VERSION`).
+//!
+//! | engine need | Xen calls |
+//! |---|---|
+//! | write a page before the switch | `xc_get_pfn_type_batch`, `xc_domain_populate_physmap_exact` for unpopulated pfns, `xenforeignmemory_map` (rw), copy, unmap |
+//! | enable paging (once, at the first owed pfn) | `xc_hvm_param_get(PAGING_RING_PFN)`, populate it if needed, `xenforeignmemory_map` it, `xc_mem_paging_enable`, `xenevtchn_bind_interdomain`, `SHARED_RING_INIT`/`BACK_RING_INIT` ([`crate::ring`]), `xc_domain_decrease_reservation_exact` of the ring pfn |
+//! | `mark_absent` | populate unpopulated owed pfns, `xc_mem_paging_nominate` + `xc_mem_paging_evict` each |
+//! | `wait_fault` | drain the ring; if empty, `RING_FINAL_CHECK_FOR_REQUESTS` then `poll` on `xenevtchn_fd` + `xenevtchn_pending`/`unmask` |
+//! | `install` / `install_zero` | `xc_mem_paging_load`, then a response per waiting request and `xenevtchn_notify` |
+//!
+//! Ordering rule: a request and the load of its page race (the vCPU may
+//! fault on a page the bulk channel is installing). Both sides take one
+//! lock around "is it loaded / who waits", and the load sets `loaded`
+//! before answering the waiters, so a request is answered either by the
+//! load or, if it is read after the load, at once — never lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bitvec::vec::BitVec;
+use libxl_sys as sys;
+use log::{debug, info, warn};
+use postcopy::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryError, PfnRun};
+use postcopy::{Pfn, PAGE_SIZE};
+
+use crate::ring::{paging_response, BackRing};
+use crate::source::mem_err;
+use crate::xc::{has_content, XcError, XenOps, MAX_BATCH};
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+struct Ring {
+    back: BackRing,
+    page: NonNull<u8>,
+    pfn: Pfn,
+}
+
+// SAFETY: the ring page pointer is only dereferenced through `back`, under
+// the state mutex.
+unsafe impl Send for Ring {}
+
+#[derive(Default)]
+struct State {
+    ring: Option<Ring>,
+    evicted: BitVec,
+    loaded: BitVec,
+    dropped: BitVec,
+    /// Requests waiting for a page, by gfn.
+    waiters: HashMap<Pfn, Vec<sys::vm_event_request_t>>,
+    /// Faults read from the ring and not yet handed to the engine.
+    faults: VecDeque<Fault>,
+    /// Evicted and not yet loaded or dropped.
+    absent: u64,
+}
+
+fn bit(b: &BitVec, p: Pfn) -> bool {
+    usize::try_from(p)
+        .ok()
+        .and_then(|i| b.get(i).map(|x| *x))
+        .unwrap_or(false)
+}
+
+fn set(b: &mut BitVec, p: Pfn) {
+    if let Some(mut x) = usize::try_from(p).ok().and_then(|i| b.get_mut(i)) {
+        *x = true;
+    }
+}
+
+/// A destination domain's memory with mem_paging.
+pub struct XenDestination<O: XenOps> {
+    ops: Arc<O>,
+    pfns: u64,
+    st: Mutex<State>,
+}
+
+impl<O: XenOps> std::fmt::Debug for XenDestination<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XenDestination")
+            .field("domid", &self.ops.domid())
+            .field("pfns", &self.pfns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O: XenOps> XenDestination<O> {
+    /// The memory of `ops`' domain, `pfns` pfns (the source's guest size).
+    pub fn new(ops: Arc<O>, pfns: u64) -> MemResult<XenDestination<O>> {
+        let n = usize::try_from(pfns).map_err(|_| MemoryError::OutOfRange { pfn: pfns, pfns })?;
+        Ok(XenDestination {
+            ops,
+            pfns,
+            st: Mutex::new(State {
+                evicted: BitVec::repeat(false, n),
+                loaded: BitVec::repeat(false, n),
+                dropped: BitVec::repeat(false, n),
+                ..State::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, pfn: Pfn) -> MemResult<()> {
+        if pfn >= self.pfns {
+            return Err(MemoryError::OutOfRange {
+                pfn,
+                pfns: self.pfns,
+            });
+        }
+        Ok(())
+    }
+
+    /// Owed pages still absent (evicted, not loaded, not dropped).
+    pub fn absent(&self) -> u64 {
+        self.lock().absent
+    }
+
+    /// The paging ring pfn, once paging is enabled.
+    pub fn ring_pfn(&self) -> Option<Pfn> {
+        self.lock().ring.as_ref().map(|r| r.pfn)
+    }
+
+    /// Populates the unpopulated pfns of `pfns` (one type query and one
+    /// populate call per batch).
+    fn populate_missing(&self, pfns: &[Pfn]) -> MemResult<()> {
+        for chunk in pfns.chunks(MAX_BATCH) {
+            let types = self.ops.pfn_types(chunk).map_err(mem_err)?;
+            let missing: Vec<Pfn> = chunk
+                .iter()
+                .zip(&types)
+                .filter(|(_, &t)| !has_content(t))
+                .map(|(&p, _)| p)
+                .collect();
+            self.ops.populate(&missing).map_err(mem_err)?;
+        }
+        Ok(())
+    }
+
+    /// Before the switch: writes consecutive-or-not pages (`data` holds
+    /// `pfns.len()` pages), populating pfns as needed.
+    pub fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        for &p in pfns {
+            self.check(p)?;
+        }
+        {
+            let st = self.lock();
+            if let Some(&p) = pfns.iter().find(|&&p| bit(&st.evicted, p)) {
+                return Err(MemoryError::Os {
+                    op: format!("write pfn {p:#x}, which is already paged out"),
+                    source: std::io::Error::from_raw_os_error(libc::EBUSY),
+                });
+            }
+        }
+        self.populate_missing(pfns)?;
+        for (chunk, d) in pfns
+            .chunks(MAX_BATCH)
+            .zip(data.chunks(MAX_BATCH * PAGE_SIZE))
+        {
+            self.ops.write_pages(chunk, d).map_err(mem_err)?;
+        }
+        Ok(())
+    }
+
+    /// Enables mem_paging and sets the ring up (idempotent), as
+    /// xenpaging's `xenpaging_init` does.
+    pub fn enable_paging(&self) -> MemResult<()> {
+        let mut st = self.lock();
+        if st.ring.is_some() {
+            return Ok(());
+        }
+        let ring_pfn = self
+            .ops
+            .hvm_param(sys::HVM_PARAM_PAGING_RING_PFN)
+            .map_err(mem_err)?;
+        if ring_pfn == 0 {
+            return Err(MemoryError::Unsupported {
+                what: "enable mem_paging",
+                why: "HVM_PARAM_PAGING_RING_PFN is not set (HVM_PARAMS must precede POSTCOPY_PFNS)"
+                    .into(),
+            });
+        }
+        let t = self.ops.pfn_types(&[ring_pfn]).map_err(mem_err)?;
+        if !t.first().copied().is_some_and(has_content) {
+            self.ops.populate(&[ring_pfn]).map_err(mem_err)?;
+        }
+        let page = self.ops.map_ring(ring_pfn).map_err(mem_err)?;
+        let setup = || -> Result<BackRing, XcError> {
+            let port = self.ops.paging_enable()?;
+            self.ops.evtchn_bind(port)?;
+            // SAFETY: page is the mapped ring page (4096 bytes, page
+            // aligned), kept mapped until Drop unmaps it after the ring.
+            let back = unsafe { BackRing::init_shared(page) };
+            // Take the ring out of the guest's physmap (xenpaging does):
+            // the guest must not see or balloon it.
+            self.ops.decrease_reservation(&[ring_pfn])?;
+            info!(
+                "mem_paging enabled on domain {}: ring pfn {ring_pfn:#x}, event channel {port}",
+                self.ops.domid()
+            );
+            Ok(back)
+        };
+        match setup() {
+            Ok(back) => {
+                st.ring = Some(Ring {
+                    back,
+                    page,
+                    pfn: ring_pfn,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.ops.unmap_ring(page);
+                Err(mem_err(e))
+            }
+        }
+    }
+
+    /// Answers every request waiting on `pfn`; true if the front end needs
+    /// a notification.
+    fn answer(st: &mut State, pfn: Pfn) -> bool {
+        let Some(reqs) = st.waiters.remove(&pfn) else {
+            return false;
+        };
+        let Some(ring) = st.ring.as_mut() else {
+            return false;
+        };
+        let mut notify = false;
+        for r in &reqs {
+            notify |= ring.back.push_response(&paging_response(r));
+        }
+        notify
+    }
+
+    fn notify(&self) -> MemResult<()> {
+        self.ops.evtchn_notify().map_err(mem_err)
+    }
+
+    /// Loads one page (or answers its waiters if it needs no load).
+    fn load(&self, pfn: Pfn, page: &[u8]) -> MemResult<Installed> {
+        self.check(pfn)?;
+        {
+            let mut st = self.lock();
+            let needs = bit(&st.evicted, pfn) && !bit(&st.loaded, pfn) && !bit(&st.dropped, pfn);
+            if !needs {
+                let notify = Self::answer(&mut st, pfn);
+                drop(st);
+                if notify {
+                    self.notify()?;
+                }
+                return Ok(Installed::AlreadyPresent);
+            }
+        }
+        let outcome = match self.ops.paging_load(pfn, page) {
+            Ok(()) => Installed::Installed,
+            // Dropped by the guest (balloon) between our check and the load.
+            Err(XcError::NotPagedOut { .. }) => Installed::AlreadyPresent,
+            Err(e) => return Err(mem_err(e)),
+        };
+        let mut st = self.lock();
+        if !bit(&st.loaded, pfn) {
+            set(&mut st.loaded, pfn);
+            if !bit(&st.dropped, pfn) {
+                st.absent = st.absent.saturating_sub(1);
+            }
+        }
+        let notify = Self::answer(&mut st, pfn);
+        drop(st);
+        if notify {
+            self.notify()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Reads every queued request; answers those that need no page.
+    /// Returns whether the front end needs a notification.
+    fn drain(&self, st: &mut State) -> bool {
+        let mut notify = false;
+        loop {
+            let Some(ring) = st.ring.as_mut() else {
+                return false;
+            };
+            let Some(req) = ring.back.pop_request() else {
+                break;
+            };
+            if req.version != sys::VM_EVENT_INTERFACE_VERSION {
+                warn!(
+                    "vm_event request with interface version {} (expected {})",
+                    req.version,
+                    sys::VM_EVENT_INTERFACE_VERSION
+                );
+            }
+            if req.reason != sys::VM_EVENT_REASON_MEM_PAGING {
+                warn!(
+                    "unexpected vm_event reason {} on the paging ring",
+                    req.reason
+                );
+                notify |= ring.back.push_response(&paging_response(&req));
+                continue;
+            }
+            // SAFETY: a MEM_PAGING request carries the mem_paging member.
+            let (gfn, pflags) = unsafe { (req.u.mem_paging.gfn, req.u.mem_paging.flags) };
+            if pflags & sys::MEM_PAGING_DROP_PAGE != 0 {
+                // The guest ballooned an absent page out: nothing to load,
+                // and Xen expects no response.
+                debug!("gfn {gfn:#x} dropped by the guest");
+                if bit(&st.evicted, gfn) && !bit(&st.loaded, gfn) && !bit(&st.dropped, gfn) {
+                    st.absent = st.absent.saturating_sub(1);
+                }
+                set(&mut st.dropped, gfn);
+                continue;
+            }
+            let absent = bit(&st.evicted, gfn) && !bit(&st.loaded, gfn) && !bit(&st.dropped, gfn);
+            if !absent {
+                // Loaded already (a race with the bulk channel), or never
+                // ours: resume the vCPU at once.
+                notify |= ring.back.push_response(&paging_response(&req));
+                continue;
+            }
+            let w = st.waiters.entry(gfn).or_default();
+            w.push(req);
+            if w.len() == 1 {
+                st.faults.push_back(Fault {
+                    pfn: gfn,
+                    at: Instant::now(),
+                });
+            }
+        }
+        notify
+    }
+}
+
+impl<O: XenOps> DestinationMemory for XenDestination<O> {
+    fn pfn_count(&self) -> u64 {
+        self.pfns
+    }
+
+    fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()> {
+        self.write_pages(&[pfn], data)
+    }
+
+    fn mark_absent(&self, runs: &[PfnRun]) -> MemResult<()> {
+        self.enable_paging()?;
+        let ring_pfn = self.ring_pfn();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let pfns = runs.iter().flat_map(|r| r.pfns());
+        let mut pfns = pfns.peekable();
+        while pfns.peek().is_some() {
+            batch.clear();
+            batch.extend(pfns.by_ref().take(MAX_BATCH));
+            for &p in &batch {
+                self.check(p)?;
+                if Some(p) == ring_pfn {
+                    return Err(MemoryError::Unsupported {
+                        what: "page out the owed pfns",
+                        why: format!("owed pfn {p:#x} is the paging ring"),
+                    });
+                }
+            }
+            {
+                // Already paged out (a repeated run): neither populate nor
+                // evict it again.
+                let st = self.lock();
+                batch.retain(|&p| !bit(&st.evicted, p));
+            }
+            self.populate_missing(&batch)?;
+            for &p in &batch {
+                self.ops.paging_nominate(p).map_err(mem_err)?;
+                self.ops.paging_evict(p).map_err(mem_err)?;
+                let mut st = self.lock();
+                set(&mut st.evicted, p);
+                st.absent += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&self, first: Pfn, pages: &[u8]) -> MemResult<Installed> {
+        let mut out = Installed::AlreadyPresent;
+        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+            if self.load(first + i as u64, page)? == Installed::Installed {
+                out = Installed::Installed;
+            }
+        }
+        Ok(out)
+    }
+
+    fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
+        self.load(pfn, &ZERO_PAGE)
+    }
+
+    fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut st = self.lock();
+                if st.ring.is_none() {
+                    drop(st);
+                    std::thread::sleep(timeout.min(Duration::from_millis(10)));
+                    return Ok(None);
+                }
+                let notify = self.drain(&mut st);
+                let fault = st.faults.pop_front();
+                let more = fault.is_none()
+                    && st
+                        .ring
+                        .as_mut()
+                        .is_some_and(|r| r.back.final_check_for_requests());
+                drop(st);
+                if notify {
+                    self.notify()?;
+                }
+                if fault.is_some() {
+                    return Ok(fault);
+                }
+                if more {
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.ops.evtchn_wait(deadline - now).map_err(mem_err)?;
+        }
+    }
+}
+
+impl<O: XenOps> Drop for XenDestination<O> {
+    fn drop(&mut self) {
+        let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(ring) = st.ring.take() else {
+            return;
+        };
+        if st.absent == 0 {
+            if let Err(e) = self.ops.paging_disable() {
+                warn!("could not disable mem_paging: {e}");
+            }
+        } else {
+            warn!(
+                "{} pages of domain {} are still paged out; leaving mem_paging enabled",
+                st.absent,
+                self.ops.domid()
+            );
+        }
+        drop(ring.back);
+        self.ops.unmap_ring(ring.page);
+    }
+}

@@ -1,0 +1,452 @@
+//! The C ABI of `include/libxl_postcopy.h`.
+//!
+//! Every entry point returns 0 or a negative errno (or a handle / NULL with
+//! `*rc`), logs the reason of a failure through the caller's xentoollog
+//! logger, and never unwinds: a panic is caught, logged and returned as
+//! `-EIO`.
+
+use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use libxl_sys as sys;
+use log::error;
+use postcopy::memory::MemoryError;
+use postcopy::prepage::StrategySpec;
+use postcopy::records::RecordError;
+use postcopy::Error;
+
+use crate::restore::RestoreSession;
+use crate::save::SaveSession;
+use crate::xc::LibXc;
+use crate::xtl::{self, XtlLogger};
+use crate::ABI_VERSION;
+
+/// `struct libxl_postcopy_save_params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SaveParams {
+    /// `LIBXL_POSTCOPY_ABI_VERSION`.
+    pub abi_version: u32,
+    /// The domain.
+    pub domid: u32,
+    /// The caller's libxenctrl handle.
+    pub xch: *mut sys::xc_interface,
+    /// The caller's logger (NULL: stderr).
+    pub lg: *mut sys::xentoollog_logger,
+    /// Records to the destination.
+    pub stream_fd: c_int,
+    /// Fault requests from the destination.
+    pub back_fd: c_int,
+    /// `LIBXL_POSTCOPY_PREPAGE_*`.
+    pub strategy: u32,
+    /// K for multi-pivot, else 0.
+    pub strategy_arg: u32,
+    /// Live pre-copy rounds already sent.
+    pub precopy_rounds: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+/// `struct libxl_postcopy_restore_params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreParams {
+    /// `LIBXL_POSTCOPY_ABI_VERSION`.
+    pub abi_version: u32,
+    /// The domain.
+    pub domid: u32,
+    /// The caller's libxenctrl handle.
+    pub xch: *mut sys::xc_interface,
+    /// The caller's logger (NULL: stderr).
+    pub lg: *mut sys::xentoollog_logger,
+    /// Records from the source.
+    pub stream_fd: c_int,
+    /// Fault requests to the source.
+    pub back_fd: c_int,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+/// `struct libxl_postcopy_save` (opaque to C).
+#[derive(Debug)]
+pub struct SaveHandle {
+    session: SaveSession<LibXc>,
+    lg: XtlLogger,
+}
+
+/// `struct libxl_postcopy_restore` (opaque to C).
+#[derive(Debug)]
+pub struct RestoreHandle {
+    session: RestoreSession<LibXc>,
+    lg: XtlLogger,
+}
+
+/// The errno for an engine error.
+pub fn errno_of(e: &Error) -> c_int {
+    match e {
+        Error::Record(RecordError::Closed | RecordError::Truncated { .. }) => libc::EPIPE,
+        Error::Record(RecordError::Io(io)) => io.raw_os_error().unwrap_or(libc::EIO),
+        Error::Record(_) | Error::Protocol(_) => libc::EPROTO,
+        Error::Memory(MemoryError::Unsupported { .. }) => libc::EOPNOTSUPP,
+        Error::Memory(MemoryError::GuestGone(_)) => libc::ESRCH,
+        Error::Memory(MemoryError::OutOfRange { .. }) => libc::EINVAL,
+        Error::Memory(MemoryError::Os { source, .. }) => source.raw_os_error().unwrap_or(libc::EIO),
+        Error::Size(_) => libc::ENOMEM,
+        _ => libc::EIO,
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
+}
+
+/// Runs `f` with `lg` as the log destination; a panic becomes `-EIO`.
+fn guarded<T>(what: &str, lg: XtlLogger, on_panic: T, f: impl FnOnce() -> T) -> T {
+    let _g = xtl::register(lg);
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            error!("internal error in {what}: {}", panic_text(&*p));
+            on_panic
+        }
+    }
+}
+
+fn fail(what: &str, e: &Error) -> c_int {
+    error!("{what} failed: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        error!("  caused by: {s}");
+        src = s.source();
+    }
+    -errno_of(e)
+}
+
+/// Returns `LIBXL_POSTCOPY_ABI_VERSION`.
+#[no_mangle]
+pub extern "C" fn libxl_postcopy_abi_version() -> u32 {
+    ABI_VERSION
+}
+
+/// Writes `msg` NUL-terminated into `err[..errlen]`.
+///
+/// # Safety
+/// `err` is NULL or valid for `errlen` bytes.
+unsafe fn write_err(err: *mut c_char, errlen: usize, msg: &str) {
+    if err.is_null() || errlen == 0 {
+        return;
+    }
+    let n = msg.len().min(errlen - 1);
+    // SAFETY: err has errlen >= n + 1 bytes (caller contract).
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+        *err.add(n) = 0;
+    }
+}
+
+/// `libxl_postcopy_parse_strategy`.
+///
+/// # Safety
+/// `arg` is NULL or a NUL-terminated string; `strategy` and `strategy_arg`
+/// are NULL or valid for a write; `err` is NULL or valid for `errlen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_parse_strategy(
+    arg: *const c_char,
+    strategy: *mut u32,
+    strategy_arg: *mut u32,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        if arg.is_null() || strategy.is_null() || strategy_arg.is_null() {
+            // SAFETY: caller contract on err/errlen.
+            unsafe { write_err(err, errlen, "libxl_postcopy_parse_strategy: NULL argument") };
+            return -libc::EINVAL;
+        }
+        // SAFETY: arg is a NUL-terminated string (caller contract).
+        let text = unsafe { CStr::from_ptr(arg) }.to_string_lossy();
+        match StrategySpec::from_str(&text) {
+            Ok(spec) => {
+                let (id, k) = spec.wire_id();
+                // SAFETY: both pointers are valid for a write (checked non-NULL,
+                // caller contract).
+                unsafe {
+                    *strategy = id;
+                    *strategy_arg = k;
+                }
+                0
+            }
+            Err(e) => {
+                // SAFETY: caller contract on err/errlen.
+                unsafe { write_err(err, errlen, &e.to_string()) };
+                -libc::EINVAL
+            }
+        }
+    }));
+    r.unwrap_or(-libc::EIO)
+}
+
+fn set_rc(rc: *mut c_int, v: c_int) {
+    if !rc.is_null() {
+        // SAFETY: rc is NULL or valid for a write (ABI contract).
+        unsafe { *rc = v };
+    }
+}
+
+/// `libxl_postcopy_save_begin`.
+///
+/// # Safety
+/// `params` points to a valid `struct libxl_postcopy_save_params` whose
+/// `xch` and `lg` outlive the handle; `dirty_bitmap` is NULL or holds
+/// `nr_bits` bits; `rc` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_save_begin(
+    params: *const SaveParams,
+    dirty_bitmap: *const c_ulong,
+    nr_bits: u64,
+    rc: *mut c_int,
+) -> *mut SaveHandle {
+    if params.is_null() {
+        set_rc(rc, -libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: non-NULL and valid (caller contract).
+    let p = unsafe { *params };
+    // SAFETY: lg outlives the handle (caller contract).
+    let lg = unsafe { XtlLogger::new(p.lg) };
+    let out = guarded("libxl_postcopy_save_begin", lg, Err(-libc::EIO), || {
+        if p.abi_version != ABI_VERSION || p.flags != 0 {
+            error!(
+                "save_begin: caller speaks ABI {} with flags {:#x}; this library is ABI {ABI_VERSION} and needs flags 0",
+                p.abi_version, p.flags
+            );
+            return Err(-libc::EINVAL);
+        }
+        let Some(strategy) = StrategySpec::from_wire(p.strategy, p.strategy_arg) else {
+            error!(
+                "save_begin: unknown pre-paging strategy {} (argument {})",
+                p.strategy, p.strategy_arg
+            );
+            return Err(-libc::EINVAL);
+        };
+        let words;
+        let dirty = if dirty_bitmap.is_null() {
+            None
+        } else {
+            let n = usize::try_from(nr_bits.div_ceil(64)).map_err(|_| -libc::EINVAL)?;
+            // SAFETY: the bitmap holds nr_bits bits (caller contract), i.e.
+            // n unsigned longs, which are u64 on the LP64 targets Xen
+            // tools support.
+            words = unsafe { std::slice::from_raw_parts(dirty_bitmap.cast::<u64>(), n) };
+            Some((words, nr_bits))
+        };
+        // SAFETY: xch is live for the handle's lifetime (caller contract).
+        let ops = unsafe { LibXc::new(p.xch, p.domid, false) }.map_err(|e| {
+            error!("save_begin: {e}");
+            -e.errno()
+        })?;
+        if p.precopy_rounds > 0 && dirty.is_none() {
+            error!(
+                "save_begin: {} pre-copy rounds but no dirty bitmap",
+                p.precopy_rounds
+            );
+            return Err(-libc::EINVAL);
+        }
+        SaveSession::begin(Arc::new(ops), p.stream_fd, p.back_fd, strategy, dirty)
+            .map(|(session, _)| Box::new(SaveHandle { session, lg }))
+            .map_err(|e| fail("post-copy save begin", &e))
+    });
+    match out {
+        Ok(h) => {
+            set_rc(rc, 0);
+            Box::into_raw(h)
+        }
+        Err(e) => {
+            set_rc(rc, e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Runs `f` on a live handle.
+///
+/// # Safety
+/// `h` is NULL or a live handle from the matching `*_begin`.
+unsafe fn with_handle<H>(
+    what: &str,
+    h: *mut H,
+    lg: impl FnOnce(&H) -> XtlLogger,
+    f: impl FnOnce(&mut H) -> Result<(), Error>,
+) -> c_int {
+    // SAFETY: NULL or a live, exclusively used handle (caller contract).
+    let Some(h) = (unsafe { h.as_mut() }) else {
+        return -libc::EINVAL;
+    };
+    let l = lg(h);
+    guarded(what, l, -libc::EIO, || match f(h) {
+        Ok(()) => 0,
+        Err(e) => fail(what, &e),
+    })
+}
+
+/// `libxl_postcopy_save_transition`.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `libxl_postcopy_save_begin`.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_save_transition(h: *mut SaveHandle) -> c_int {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        with_handle(
+            "post-copy transition",
+            h,
+            |h| h.lg,
+            |h| h.session.transition(),
+        )
+    }
+}
+
+/// `libxl_postcopy_save_serve`.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `libxl_postcopy_save_begin`.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_save_serve(h: *mut SaveHandle) -> c_int {
+    // SAFETY: forwarded caller contract.
+    unsafe { with_handle("post-copy page service", h, |h| h.lg, |h| h.session.serve()) }
+}
+
+/// `libxl_postcopy_save_free`.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `libxl_postcopy_save_begin`, not used
+/// afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_save_free(h: *mut SaveHandle) {
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: h came from Box::into_raw in save_begin and is freed once.
+    let b = unsafe { Box::from_raw(h) };
+    let lg = b.lg;
+    guarded("libxl_postcopy_save_free", lg, (), move || drop(b));
+}
+
+/// `libxl_postcopy_restore_begin`.
+///
+/// # Safety
+/// `params` points to a valid `struct libxl_postcopy_restore_params` whose
+/// `xch` and `lg` outlive the handle; `begin_body` holds `len` bytes; `rc`
+/// is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_restore_begin(
+    params: *const RestoreParams,
+    begin_body: *const c_void,
+    len: u32,
+    rc: *mut c_int,
+) -> *mut RestoreHandle {
+    if params.is_null() || (begin_body.is_null() && len > 0) {
+        set_rc(rc, -libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: non-NULL and valid (caller contract).
+    let p = unsafe { *params };
+    // SAFETY: lg outlives the handle (caller contract).
+    let lg = unsafe { XtlLogger::new(p.lg) };
+    let out = guarded("libxl_postcopy_restore_begin", lg, Err(-libc::EIO), || {
+        if p.abi_version != ABI_VERSION || p.flags != 0 {
+            error!(
+                "restore_begin: caller speaks ABI {} with flags {:#x}; this library is ABI {ABI_VERSION} and needs flags 0",
+                p.abi_version, p.flags
+            );
+            return Err(-libc::EINVAL);
+        }
+        let body: &[u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: begin_body holds len bytes (caller contract).
+            unsafe { std::slice::from_raw_parts(begin_body.cast::<u8>(), len as usize) }
+        };
+        // SAFETY: xch is live for the handle's lifetime (caller contract).
+        let ops = unsafe { LibXc::new(p.xch, p.domid, true) }.map_err(|e| {
+            error!("restore_begin: {e}");
+            -e.errno()
+        })?;
+        RestoreSession::begin(Arc::new(ops), p.stream_fd, p.back_fd, body)
+            .map(|session| Box::new(RestoreHandle { session, lg }))
+            .map_err(|e| fail("post-copy restore begin", &e))
+    });
+    match out {
+        Ok(h) => {
+            set_rc(rc, 0);
+            Box::into_raw(h)
+        }
+        Err(e) => {
+            set_rc(rc, e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `libxl_postcopy_restore_record`.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `libxl_postcopy_restore_begin`;
+/// `body` holds `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_restore_record(
+    h: *mut RestoreHandle,
+    rtype: u32,
+    body: *const c_void,
+    len: u32,
+) -> c_int {
+    if body.is_null() && len > 0 {
+        return -libc::EINVAL;
+    }
+    let body: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: body holds len bytes (caller contract).
+        unsafe { std::slice::from_raw_parts(body.cast::<u8>(), len as usize) }
+    };
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        with_handle(
+            "post-copy restore record",
+            h,
+            |h| h.lg,
+            |h| h.session.record(rtype, body),
+        )
+    }
+}
+
+/// `libxl_postcopy_restore_serve`.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `libxl_postcopy_restore_begin`.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_restore_serve(h: *mut RestoreHandle) -> c_int {
+    // SAFETY: forwarded caller contract.
+    unsafe { with_handle("post-copy page service", h, |h| h.lg, |h| h.session.serve()) }
+}
+
+/// `libxl_postcopy_restore_free`.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `libxl_postcopy_restore_begin`, not
+/// used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_restore_free(h: *mut RestoreHandle) {
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: h came from Box::into_raw in restore_begin and is freed once.
+    let b = unsafe { Box::from_raw(h) };
+    let lg = b.lg;
+    guarded("libxl_postcopy_restore_free", lg, (), move || drop(b));
+}

@@ -1,0 +1,859 @@
+//! Safe wrappers around the libxenctrl, xenforeignmemory and xenevtchn
+//! calls the Xen backends make: one small function per call, each with one
+//! `unsafe` block, errno mapped to a typed [`XcError`] at this boundary so
+//! that backend code matches on meaning (e.g. [`XcError::PagedOut`]).
+//!
+//! The calls are collected in the [`XenOps`] trait so the backends
+//! ([`crate::source`], [`crate::dest`]) are unit-tested against a fake;
+//! [`LibXc`] is the one real implementation.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr::{self, NonNull};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use libxl_sys as sys;
+use postcopy::{Pfn, PAGE_SIZE};
+
+/// A page type as returned by `xc_get_pfn_type_batch`
+/// (`XEN_DOMCTL_PFINFO_*`, in the top 4 bits).
+pub type PfnType = u32;
+
+/// Mask of the type bits of a [`PfnType`].
+pub const PFINFO_LTAB_MASK: PfnType = sys::XEN_DOMCTL_PFINFO_LTAB_MASK;
+/// Not populated (ballooned out or never populated).
+pub const PFINFO_XTAB: PfnType = sys::XEN_DOMCTL_PFINFO_XTAB;
+/// Allocate-only: no content to send.
+pub const PFINFO_XALLOC: PfnType = sys::XEN_DOMCTL_PFINFO_XALLOC;
+/// A broken (machine-check) page.
+pub const PFINFO_BROKEN: PfnType = sys::XEN_DOMCTL_PFINFO_BROKEN;
+
+/// True if a pfn of this type has content to migrate.
+pub fn has_content(t: PfnType) -> bool {
+    !matches!(
+        t & PFINFO_LTAB_MASK,
+        PFINFO_XTAB | PFINFO_XALLOC | PFINFO_BROKEN
+    )
+}
+
+/// Most pfns per `xc_get_pfn_type_batch` / foreign-map call (libxc's own
+/// MAX_BATCH_SIZE in xg_sr_common.h).
+pub const MAX_BATCH: usize = 1024;
+
+/// A failed Xen call, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum XcError {
+    /// The page is paged out (ENOENT from a foreign map of a paged gfn).
+    #[error("{op}: pfn {pfn:#x} is paged out")]
+    PagedOut {
+        /// The call.
+        op: &'static str,
+        /// The page.
+        pfn: Pfn,
+    },
+    /// `xc_mem_paging_load` on a pfn that is not paged out (ENOENT).
+    #[error("{op}: pfn {pfn:#x} is not paged out")]
+    NotPagedOut {
+        /// The call.
+        op: &'static str,
+        /// The page.
+        pfn: Pfn,
+    },
+    /// mem_paging is not available for this domain or hypervisor.
+    #[error("{op}: mem_paging is unavailable ({why})")]
+    PagingUnavailable {
+        /// The call.
+        op: &'static str,
+        /// The reason and the fix.
+        why: &'static str,
+    },
+    /// The page or resource is busy (EBUSY; e.g. a page still mapped).
+    #[error("{op}: busy{}", pfn.map(|p| format!(" (pfn {p:#x})")).unwrap_or_default())]
+    Busy {
+        /// The call.
+        op: &'static str,
+        /// The page, if the call was about one.
+        pfn: Option<Pfn>,
+    },
+    /// The domain does not exist (ESRCH).
+    #[error("{op}: no such domain")]
+    NoDomain {
+        /// The call.
+        op: &'static str,
+    },
+    /// No Xen here (no /dev/xen/privcmd, ...).
+    #[error("{op}: Xen is not available on this host: {source}")]
+    NoXen {
+        /// The call.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A malformed answer from a call that succeeded.
+    #[error("{op}: {what}")]
+    Invalid {
+        /// The call.
+        op: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+    /// Any other failure.
+    #[error("{op} failed{}", pfn.map(|p| format!(" for pfn {p:#x}")).unwrap_or_default())]
+    Os {
+        /// The call.
+        op: &'static str,
+        /// The page, if the call was about one.
+        pfn: Option<Pfn>,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl XcError {
+    /// Maps an errno from call `op` (about `pfn`, if any) to its meaning.
+    pub fn from_errno(op: &'static str, errno: i32, pfn: Option<Pfn>) -> XcError {
+        let paging_op = op.starts_with("xc_mem_paging");
+        match errno {
+            libc::ENOENT if op == "xc_mem_paging_load" => XcError::NotPagedOut {
+                op,
+                pfn: pfn.unwrap_or(0),
+            },
+            libc::ENOENT if op.starts_with("xenforeignmemory_map") => XcError::PagedOut {
+                op,
+                pfn: pfn.unwrap_or(0),
+            },
+            libc::ENODEV if op == "xc_mem_paging_enable" => XcError::PagingUnavailable {
+                op,
+                why: "the domain has no HAP (mem_paging needs an HVM/PVH guest with EPT/NPT)",
+            },
+            libc::ENODEV if paging_op => XcError::PagingUnavailable {
+                op,
+                why: "mem_paging is not enabled on the domain",
+            },
+            libc::ENOSYS if paging_op => XcError::PagingUnavailable {
+                op,
+                why:
+                    "the hypervisor is built without CONFIG_MEM_PAGING (needs CONFIG_UNSUPPORTED=y)",
+            },
+            libc::EMLINK if paging_op => XcError::PagingUnavailable {
+                op,
+                why: "the domain has an IOMMU: configure it with passthrough=\"disabled\"",
+            },
+            libc::EXDEV if paging_op => XcError::PagingUnavailable {
+                op,
+                why: "populate-on-demand is active for the domain",
+            },
+            libc::EOPNOTSUPP if paging_op => XcError::PagingUnavailable {
+                op,
+                why: "mem_paging needs a PV dom0 and an HVM/PVH guest",
+            },
+            libc::EBUSY => XcError::Busy { op, pfn },
+            libc::ESRCH => XcError::NoDomain { op },
+            _ => XcError::Os {
+                op,
+                pfn,
+                source: io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
+    /// The negative errno to return through the C ABI.
+    pub fn errno(&self) -> i32 {
+        match self {
+            XcError::PagedOut { .. } | XcError::NotPagedOut { .. } => libc::ENOENT,
+            XcError::PagingUnavailable { .. } => libc::EOPNOTSUPP,
+            XcError::Busy { .. } => libc::EBUSY,
+            XcError::NoDomain { .. } => libc::ESRCH,
+            XcError::NoXen { source, .. } | XcError::Os { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            XcError::Invalid { .. } => libc::EPROTO,
+        }
+    }
+}
+
+/// Result of a wrapper.
+pub type XcResult<T> = Result<T, XcError>;
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn err(op: &'static str, pfn: Option<Pfn>) -> XcError {
+    XcError::from_errno(op, last_errno(), pfn)
+}
+
+/// The Xen calls the backends make, for one domain.
+pub trait XenOps: Send + Sync {
+    /// The domain.
+    fn domid(&self) -> u32;
+    /// `xc_domain_maximum_gpfn`: the highest gpfn the domain has.
+    fn maximum_gpfn(&self) -> XcResult<Pfn>;
+    /// `xc_get_pfn_type_batch` (at most [`MAX_BATCH`] pfns).
+    fn pfn_types(&self, pfns: &[Pfn]) -> XcResult<Vec<PfnType>>;
+    /// `xenforeignmemory_map` read-only, copy into `out`
+    /// (`pfns.len() * PAGE_SIZE` bytes), unmap.
+    fn read_pages(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()>;
+    /// `xenforeignmemory_map` writable, copy `data` in, unmap.
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> XcResult<()>;
+    /// `xc_hvm_param_get`.
+    fn hvm_param(&self, param: u32) -> XcResult<u64>;
+    /// `xc_domain_hvm_getcontext`: the whole HVM save context.
+    fn hvm_context(&self) -> XcResult<Vec<u8>>;
+    /// `xc_domain_populate_physmap_exact` (order 0).
+    fn populate(&self, pfns: &[Pfn]) -> XcResult<()>;
+    /// `xc_domain_decrease_reservation_exact` (order 0).
+    fn decrease_reservation(&self, pfns: &[Pfn]) -> XcResult<()>;
+    /// `xc_mem_paging_enable`: returns the remote event channel port.
+    fn paging_enable(&self) -> XcResult<u32>;
+    /// `xc_mem_paging_disable`.
+    fn paging_disable(&self) -> XcResult<()>;
+    /// `xc_mem_paging_nominate`.
+    fn paging_nominate(&self, pfn: Pfn) -> XcResult<()>;
+    /// `xc_mem_paging_evict`.
+    fn paging_evict(&self, pfn: Pfn) -> XcResult<()>;
+    /// `xc_mem_paging_load` (one page).
+    fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()>;
+    /// `xenforeignmemory_map` of one page read-write, kept mapped (the
+    /// vm_event ring).
+    fn map_ring(&self, pfn: Pfn) -> XcResult<NonNull<u8>>;
+    /// `xenforeignmemory_unmap` of a [`map_ring`](Self::map_ring) page.
+    fn unmap_ring(&self, page: NonNull<u8>);
+    /// `xenevtchn_bind_interdomain`: returns the local port.
+    fn evtchn_bind(&self, remote_port: u32) -> XcResult<u32>;
+    /// Waits up to `timeout` on the bound channel (`poll` on
+    /// `xenevtchn_fd`, then `xenevtchn_pending` + `xenevtchn_unmask`).
+    /// True if it fired.
+    fn evtchn_wait(&self, timeout: Duration) -> XcResult<bool>;
+    /// `xenevtchn_notify` on the bound local port.
+    fn evtchn_notify(&self) -> XcResult<()>;
+    /// `XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY` via `xc_logdirty_control`.
+    fn logdirty_enable(&self) -> XcResult<()>;
+    /// `XEN_DOMCTL_SHADOW_OP_CLEAN`: fills `bitmap` (bit n = pfn n dirty,
+    /// `pages` bits) and clears the log.
+    fn logdirty_clean(&self, bitmap: &mut [u64], pages: u64) -> XcResult<()>;
+    /// `XEN_DOMCTL_SHADOW_OP_OFF`.
+    fn logdirty_disable(&self) -> XcResult<()>;
+}
+
+fn pfn_vec(pfns: &[Pfn]) -> Vec<sys::xen_pfn_t> {
+    pfns.iter().map(|&p| p as sys::xen_pfn_t).collect()
+}
+
+fn c_len(op: &'static str, n: usize) -> XcResult<u32> {
+    u32::try_from(n).map_err(|_| XcError::Invalid {
+        op,
+        what: format!("batch of {n} is too large"),
+    })
+}
+
+/// Raw handles, only touched under [`LibXc`]'s lock.
+#[derive(Debug)]
+struct Handles {
+    xch: *mut sys::xc_interface,
+    fmem: *mut sys::xenforeignmemory_handle,
+    xce: *mut sys::xenevtchn_handle,
+    local_port: Option<u32>,
+}
+
+/// The real [`XenOps`]: libxenctrl through the caller's `xc_interface`
+/// (borrowed, never closed here), plus a xenforeignmemory handle and (on
+/// the destination) a xenevtchn handle opened and closed here.
+///
+/// libxenctrl makes no thread-safety promise for one handle, so every call
+/// is made under one lock (the calls are short next to the network).
+#[derive(Debug)]
+pub struct LibXc {
+    domid: u32,
+    h: Mutex<Handles>,
+}
+
+// SAFETY: the raw handles are only used under the mutex, one call at a
+// time; libxenctrl, xenforeignmemory and xenevtchn handles may be used
+// from any thread as long as calls are not concurrent.
+unsafe impl Send for LibXc {}
+// SAFETY: as above: all access goes through the mutex.
+unsafe impl Sync for LibXc {}
+
+impl LibXc {
+    /// Wraps the caller's `xch` for `domid` and opens xenforeignmemory (and
+    /// xenevtchn if `with_evtchn`).
+    ///
+    /// # Safety
+    /// `xch` must be a live `xc_interface` that outlives the returned value
+    /// and is not used concurrently by the caller while this value is used.
+    pub unsafe fn new(
+        xch: *mut sys::xc_interface,
+        domid: u32,
+        with_evtchn: bool,
+    ) -> XcResult<LibXc> {
+        if xch.is_null() {
+            return Err(XcError::Invalid {
+                op: "libxl_postcopy",
+                what: "xc_interface handle is NULL".into(),
+            });
+        }
+        // SAFETY: NULL logger selects the library's default; flags 0. Returns
+        // NULL with errno on failure, checked below.
+        let fmem = unsafe { sys::xenforeignmemory_open(ptr::null_mut(), 0) };
+        if fmem.is_null() {
+            return Err(XcError::NoXen {
+                op: "xenforeignmemory_open",
+                source: io::Error::last_os_error(),
+            });
+        }
+        let mut xce = ptr::null_mut();
+        if with_evtchn {
+            // SAFETY: as for xenforeignmemory_open.
+            xce = unsafe { sys::xenevtchn_open(ptr::null_mut(), 0) };
+            if xce.is_null() {
+                let source = io::Error::last_os_error();
+                // SAFETY: fmem was opened above and is closed once.
+                unsafe { sys::xenforeignmemory_close(fmem) };
+                return Err(XcError::NoXen {
+                    op: "xenevtchn_open",
+                    source,
+                });
+            }
+        }
+        Ok(LibXc {
+            domid,
+            h: Mutex::new(Handles {
+                xch,
+                fmem,
+                xce,
+                local_port: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Handles> {
+        self.h.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn map(
+        &self,
+        op: &'static str,
+        pfns: &[Pfn],
+        prot: i32,
+    ) -> XcResult<(MappedBatch<'_>, MutexGuard<'_, Handles>)> {
+        let h = self.lock();
+        let arr = pfn_vec(pfns);
+        let mut errs = vec![0i32; pfns.len()];
+        // SAFETY: fmem is live; arr and errs hold pfns.len() entries each and
+        // outlive the call; the mapping is released by MappedBatch::drop.
+        let addr = unsafe {
+            sys::xenforeignmemory_map(
+                h.fmem,
+                self.domid,
+                prot,
+                pfns.len(),
+                arr.as_ptr(),
+                errs.as_mut_ptr(),
+            )
+        };
+        let Some(addr) = NonNull::new(addr.cast::<u8>()) else {
+            return Err(err(op, pfns.first().copied()));
+        };
+        let batch = MappedBatch {
+            fmem: h.fmem,
+            addr,
+            pages: pfns.len(),
+            _owner: std::marker::PhantomData,
+        };
+        if let Some((i, &e)) = errs.iter().enumerate().find(|(_, &e)| e != 0) {
+            return Err(XcError::from_errno(op, -e, Some(pfns[i])));
+        }
+        Ok((batch, h))
+    }
+}
+
+/// A foreign mapping of a batch, unmapped on drop.
+struct MappedBatch<'a> {
+    fmem: *mut sys::xenforeignmemory_handle,
+    addr: NonNull<u8>,
+    pages: usize,
+    _owner: std::marker::PhantomData<&'a LibXc>,
+}
+
+impl MappedBatch<'_> {
+    fn bytes(&self) -> usize {
+        self.pages * PAGE_SIZE
+    }
+}
+
+impl Drop for MappedBatch<'_> {
+    fn drop(&mut self) {
+        // SAFETY: addr/pages is exactly the mapping returned by
+        // xenforeignmemory_map on this handle, unmapped once here.
+        let rc = unsafe {
+            sys::xenforeignmemory_unmap(self.fmem, self.addr.as_ptr().cast(), self.pages)
+        };
+        if rc != 0 {
+            log::warn!(
+                "xenforeignmemory_unmap failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+impl Drop for LibXc {
+    fn drop(&mut self) {
+        let h = self.lock();
+        if !h.xce.is_null() {
+            if let Some(port) = h.local_port {
+                // SAFETY: port was bound on this live handle.
+                unsafe { sys::xenevtchn_unbind(h.xce, port) };
+            }
+            // SAFETY: opened in new(), closed once here.
+            unsafe { sys::xenevtchn_close(h.xce) };
+        }
+        // SAFETY: opened in new(), closed once here.
+        unsafe { sys::xenforeignmemory_close(h.fmem) };
+    }
+}
+
+impl XenOps for LibXc {
+    fn domid(&self) -> u32 {
+        self.domid
+    }
+
+    fn maximum_gpfn(&self) -> XcResult<Pfn> {
+        let h = self.lock();
+        let mut gpfns: sys::xen_pfn_t = 0;
+        // SAFETY: xch is live (LibXc::new contract); gpfns is a valid out-pointer.
+        let rc = unsafe { sys::xc_domain_maximum_gpfn(h.xch, self.domid, &mut gpfns) };
+        if rc < 0 {
+            return Err(err("xc_domain_maximum_gpfn", None));
+        }
+        Ok(gpfns as Pfn)
+    }
+
+    fn pfn_types(&self, pfns: &[Pfn]) -> XcResult<Vec<PfnType>> {
+        let op = "xc_get_pfn_type_batch";
+        let n = c_len(op, pfns.len())?;
+        let mut arr = pfn_vec(pfns);
+        let h = self.lock();
+        // SAFETY: xch is live; arr holds n entries, updated in place.
+        let rc = unsafe { sys::xc_get_pfn_type_batch(h.xch, self.domid, n, arr.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(err(op, pfns.first().copied()));
+        }
+        // The type is in the top bits of the low 32 (XEN_DOMCTL_PFINFO_*).
+        Ok(arr.iter().map(|&v| (v & 0xffff_ffff) as PfnType).collect())
+    }
+
+    fn read_pages(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()> {
+        if pfns.is_empty() {
+            return Ok(());
+        }
+        let (batch, _h) = self.map("xenforeignmemory_map(read)", pfns, libc::PROT_READ)?;
+        let n = batch.bytes().min(out.len());
+        // SAFETY: the mapping covers batch.bytes() readable bytes; out has n.
+        unsafe { ptr::copy_nonoverlapping(batch.addr.as_ptr(), out.as_mut_ptr(), n) };
+        Ok(())
+    }
+
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> XcResult<()> {
+        if pfns.is_empty() {
+            return Ok(());
+        }
+        let (batch, _h) = self.map(
+            "xenforeignmemory_map(write)",
+            pfns,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?;
+        let n = batch.bytes().min(data.len());
+        // SAFETY: the mapping covers batch.bytes() writable bytes; data has n.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), batch.addr.as_ptr(), n) };
+        Ok(())
+    }
+
+    fn hvm_param(&self, param: u32) -> XcResult<u64> {
+        let h = self.lock();
+        let mut v = 0u64;
+        // SAFETY: xch is live; v is a valid out-pointer.
+        let rc = unsafe { sys::xc_hvm_param_get(h.xch, self.domid, param, &mut v) };
+        if rc != 0 {
+            return Err(err("xc_hvm_param_get", None));
+        }
+        Ok(v)
+    }
+
+    fn hvm_context(&self) -> XcResult<Vec<u8>> {
+        let op = "xc_domain_hvm_getcontext";
+        let h = self.lock();
+        // SAFETY: a NULL buffer asks for the size only.
+        let size = unsafe { sys::xc_domain_hvm_getcontext(h.xch, self.domid, ptr::null_mut(), 0) };
+        let Ok(len) = u32::try_from(size) else {
+            return Err(err(op, None));
+        };
+        let mut buf = vec![0u8; len as usize];
+        // SAFETY: buf has len bytes.
+        let got =
+            unsafe { sys::xc_domain_hvm_getcontext(h.xch, self.domid, buf.as_mut_ptr(), len) };
+        let Ok(got) = usize::try_from(got) else {
+            return Err(err(op, None));
+        };
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    fn populate(&self, pfns: &[Pfn]) -> XcResult<()> {
+        let op = "xc_domain_populate_physmap_exact";
+        if pfns.is_empty() {
+            return Ok(());
+        }
+        let mut arr = pfn_vec(pfns);
+        let h = self.lock();
+        // SAFETY: xch is live; arr holds pfns.len() extents of order 0.
+        let rc = unsafe {
+            sys::xc_domain_populate_physmap_exact(
+                h.xch,
+                self.domid,
+                pfns.len() as _,
+                0,
+                0,
+                arr.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(op, pfns.first().copied()));
+        }
+        Ok(())
+    }
+
+    fn decrease_reservation(&self, pfns: &[Pfn]) -> XcResult<()> {
+        let op = "xc_domain_decrease_reservation_exact";
+        let mut arr = pfn_vec(pfns);
+        let h = self.lock();
+        // SAFETY: xch is live; arr holds pfns.len() extents of order 0.
+        let rc = unsafe {
+            sys::xc_domain_decrease_reservation_exact(
+                h.xch,
+                self.domid,
+                pfns.len() as _,
+                0,
+                arr.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(op, pfns.first().copied()));
+        }
+        Ok(())
+    }
+
+    fn paging_enable(&self) -> XcResult<u32> {
+        let h = self.lock();
+        let mut port = 0u32;
+        // SAFETY: xch is live; port is a valid out-pointer.
+        let rc = unsafe { sys::xc_mem_paging_enable(h.xch, self.domid, &mut port) };
+        if rc != 0 {
+            return Err(err("xc_mem_paging_enable", None));
+        }
+        Ok(port)
+    }
+
+    fn paging_disable(&self) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live.
+        let rc = unsafe { sys::xc_mem_paging_disable(h.xch, self.domid) };
+        if rc != 0 {
+            return Err(err("xc_mem_paging_disable", None));
+        }
+        Ok(())
+    }
+
+    fn paging_nominate(&self, pfn: Pfn) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; plain values.
+        let rc = unsafe { sys::xc_mem_paging_nominate(h.xch, self.domid, pfn) };
+        if rc != 0 {
+            return Err(err("xc_mem_paging_nominate", Some(pfn)));
+        }
+        Ok(())
+    }
+
+    fn paging_evict(&self, pfn: Pfn) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; plain values.
+        let rc = unsafe { sys::xc_mem_paging_evict(h.xch, self.domid, pfn) };
+        if rc != 0 {
+            return Err(err("xc_mem_paging_evict", Some(pfn)));
+        }
+        Ok(())
+    }
+
+    fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()> {
+        let op = "xc_mem_paging_load";
+        if page.len() != PAGE_SIZE {
+            return Err(XcError::Invalid {
+                op,
+                what: format!("page of {} bytes", page.len()),
+            });
+        }
+        let h = self.lock();
+        // SAFETY: xch is live; page is PAGE_SIZE readable bytes that
+        // libxenctrl only reads (it bounces them into a hypercall buffer).
+        let rc = unsafe {
+            sys::xc_mem_paging_load(h.xch, self.domid, pfn, page.as_ptr().cast_mut().cast())
+        };
+        if rc != 0 {
+            return Err(err(op, Some(pfn)));
+        }
+        Ok(())
+    }
+
+    fn map_ring(&self, pfn: Pfn) -> XcResult<NonNull<u8>> {
+        let op = "xenforeignmemory_map(ring)";
+        let h = self.lock();
+        let arr = [pfn as sys::xen_pfn_t];
+        let mut e = 0i32;
+        // SAFETY: fmem is live; one pfn, one error slot; the mapping is
+        // released by unmap_ring.
+        let addr = unsafe {
+            sys::xenforeignmemory_map(
+                h.fmem,
+                self.domid,
+                libc::PROT_READ | libc::PROT_WRITE,
+                1,
+                arr.as_ptr(),
+                &mut e,
+            )
+        };
+        let Some(addr) = NonNull::new(addr.cast::<u8>()) else {
+            return Err(err(op, Some(pfn)));
+        };
+        if e != 0 {
+            // SAFETY: unmapping the one page just mapped.
+            unsafe { sys::xenforeignmemory_unmap(h.fmem, addr.as_ptr().cast(), 1) };
+            return Err(XcError::from_errno(op, -e, Some(pfn)));
+        }
+        Ok(addr)
+    }
+
+    fn unmap_ring(&self, page: NonNull<u8>) {
+        let h = self.lock();
+        // SAFETY: page came from map_ring on this handle and is unmapped once.
+        unsafe { sys::xenforeignmemory_unmap(h.fmem, page.as_ptr().cast(), 1) };
+    }
+
+    fn evtchn_bind(&self, remote_port: u32) -> XcResult<u32> {
+        let op = "xenevtchn_bind_interdomain";
+        let mut h = self.lock();
+        if h.xce.is_null() {
+            return Err(XcError::Invalid {
+                op,
+                what: "no event channel handle".into(),
+            });
+        }
+        // SAFETY: xce is live; plain values.
+        let port = unsafe { sys::xenevtchn_bind_interdomain(h.xce, self.domid, remote_port) };
+        let Ok(port) = u32::try_from(port) else {
+            return Err(err(op, None));
+        };
+        h.local_port = Some(port);
+        Ok(port)
+    }
+
+    fn evtchn_wait(&self, timeout: Duration) -> XcResult<bool> {
+        let fd: RawFd = {
+            let h = self.lock();
+            if h.xce.is_null() {
+                return Err(XcError::Invalid {
+                    op: "xenevtchn_fd",
+                    what: "no event channel handle".into(),
+                });
+            }
+            // SAFETY: xce is live.
+            unsafe { sys::xenevtchn_fd(h.xce) }
+        };
+        // Poll without the lock: other threads keep loading pages meanwhile.
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = last_errno();
+            if e == libc::EINTR {
+                return Ok(false);
+            }
+            return Err(XcError::from_errno("poll(xenevtchn_fd)", e, None));
+        }
+        if rc == 0 {
+            return Ok(false);
+        }
+        let h = self.lock();
+        // SAFETY: xce is live; the fd was readable.
+        let port = unsafe { sys::xenevtchn_pending(h.xce) };
+        let Ok(port) = u32::try_from(port) else {
+            return Err(err("xenevtchn_pending", None));
+        };
+        // SAFETY: xce is live; port was just reported pending.
+        if unsafe { sys::xenevtchn_unmask(h.xce, port) } != 0 {
+            return Err(err("xenevtchn_unmask", None));
+        }
+        Ok(true)
+    }
+
+    fn evtchn_notify(&self) -> XcResult<()> {
+        let op = "xenevtchn_notify";
+        let h = self.lock();
+        let Some(port) = h.local_port else {
+            return Err(XcError::Invalid {
+                op,
+                what: "event channel not bound".into(),
+            });
+        };
+        // SAFETY: xce is live and port bound on it.
+        if unsafe { sys::xenevtchn_notify(h.xce, port) } != 0 {
+            return Err(err(op, None));
+        }
+        Ok(())
+    }
+
+    fn logdirty_enable(&self) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; no bitmap or stats for ENABLE_LOGDIRTY.
+        let rc = unsafe {
+            sys::xc_logdirty_control(
+                h.xch,
+                self.domid,
+                sys::XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY,
+                ptr::null_mut(),
+                0,
+                0,
+                ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(err("xc_logdirty_control(ENABLE_LOGDIRTY)", None));
+        }
+        Ok(())
+    }
+
+    fn logdirty_clean(&self, bitmap: &mut [u64], pages: u64) -> XcResult<()> {
+        let op = "xc_logdirty_control(CLEAN)";
+        let bytes = bitmap.len() * 8;
+        if pages > bytes as u64 * 8 {
+            return Err(XcError::Invalid {
+                op,
+                what: format!("bitmap of {bytes} bytes for {pages} pages"),
+            });
+        }
+        let nr_pages = bytes.div_ceil(PAGE_SIZE).max(1);
+        let nr = i32::try_from(nr_pages).map_err(|_| XcError::Invalid {
+            op,
+            what: "bitmap too large".into(),
+        })?;
+        let h = self.lock();
+        let mut hbuf = sys::xc_hypercall_buffer_t::default();
+        // SAFETY: xch is live; hbuf is a zeroed (unbounced) descriptor that
+        // libxenctrl fills in; freed below with the same page count.
+        let mem = unsafe { sys::xc__hypercall_buffer_alloc_pages(h.xch, &mut hbuf, nr) };
+        if mem.is_null() {
+            return Err(err("xc_hypercall_buffer_alloc_pages", None));
+        }
+        let mut stats = sys::xc_shadow_op_stats_t::default();
+        // SAFETY: hbuf describes nr_pages of hypercall-safe memory, enough
+        // for `pages` bits; stats is a valid out-pointer.
+        let rc = unsafe {
+            sys::xc_logdirty_control(
+                h.xch,
+                self.domid,
+                sys::XEN_DOMCTL_SHADOW_OP_CLEAN,
+                &mut hbuf,
+                pages as _,
+                0,
+                &mut stats,
+            )
+        };
+        let result = if rc < 0 {
+            Err(err(op, None))
+        } else {
+            // SAFETY: mem holds nr_pages * PAGE_SIZE >= bytes bytes.
+            unsafe {
+                ptr::copy_nonoverlapping(mem.cast::<u8>(), bitmap.as_mut_ptr().cast::<u8>(), bytes)
+            };
+            Ok(())
+        };
+        // SAFETY: allocated above with nr pages on this handle.
+        unsafe { sys::xc__hypercall_buffer_free_pages(h.xch, &mut hbuf, nr) };
+        result
+    }
+
+    fn logdirty_disable(&self) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; no bitmap or stats for OFF.
+        let rc = unsafe {
+            sys::xc_logdirty_control(
+                h.xch,
+                self.domid,
+                sys::XEN_DOMCTL_SHADOW_OP_OFF,
+                ptr::null_mut(),
+                0,
+                0,
+                ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(err("xc_logdirty_control(OFF)", None));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_meanings() {
+        assert!(matches!(
+            XcError::from_errno("xenforeignmemory_map(read)", libc::ENOENT, Some(5)),
+            XcError::PagedOut { pfn: 5, .. }
+        ));
+        assert!(matches!(
+            XcError::from_errno("xc_mem_paging_load", libc::ENOENT, Some(5)),
+            XcError::NotPagedOut { pfn: 5, .. }
+        ));
+        let e = XcError::from_errno("xc_mem_paging_enable", libc::EMLINK, None);
+        assert!(e.to_string().contains("passthrough"), "{e}");
+        let e = XcError::from_errno("xc_mem_paging_enable", libc::ENOSYS, None);
+        assert!(e.to_string().contains("CONFIG_MEM_PAGING"), "{e}");
+        assert!(matches!(
+            XcError::from_errno("xc_mem_paging_nominate", libc::EBUSY, Some(1)),
+            XcError::Busy { pfn: Some(1), .. }
+        ));
+        assert_eq!(
+            XcError::from_errno("xc_hvm_param_get", libc::EPERM, None).errno(),
+            libc::EPERM
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(has_content(sys::XEN_DOMCTL_PFINFO_NOTAB));
+        assert!(has_content(sys::XEN_DOMCTL_PFINFO_L1TAB));
+        assert!(!has_content(PFINFO_XTAB));
+        assert!(!has_content(PFINFO_XALLOC));
+        assert!(!has_content(PFINFO_BROKEN));
+    }
+
+    #[test]
+    fn opening_without_xen_fails_cleanly() {
+        // SAFETY: a NULL xch is rejected before any use.
+        let r = unsafe { LibXc::new(ptr::null_mut(), 1, false) };
+        assert!(matches!(r, Err(XcError::Invalid { .. })));
+    }
+}
