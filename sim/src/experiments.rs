@@ -891,6 +891,16 @@ fn scale(
             ));
         }
     }
+    if let Some(big) = result.series("post-copy 10 Gb/s").last() {
+        let evict = big.report.owed_pages * crate::net::XEN_EVICT_NS_PER_PAGE;
+        findings.push(format!(
+            "caveat for the Xen path: evicting the {} owed pages one by one through mem_paging (≈{} µs each) would add {:.0} s to the {} GiB post-copy downtime; the destination must create owed pages absent rather than evict them",
+            big.report.owed_pages,
+            crate::net::XEN_EVICT_NS_PER_PAGE as f64 / 1e3,
+            evict as f64 / 1e9,
+            fmt_num(big.params["guest_gib"])
+        ));
+    }
     result.findings = findings;
     Ok(vec![
         (

@@ -410,7 +410,8 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
     let owed_runs: Vec<PfnRun> = runs_from_sorted(owed_bits.iter_ones());
     let owed_count = owed_data + owed_zeros;
     let list_ns = net.wire_ns(owed_runs.len() as u64 * RUN_BYTES + net.batch_overhead_bytes);
-    let resumed_at = stopped_at + net.switch_ns + list_ns + net.one_way_ns();
+    let resumed_at =
+        stopped_at + net.switch_ns + list_ns + net.one_way_ns() + owed_count * net.absent_page_ns;
     Metrics::set_duration(
         &metrics.downtime_us,
         Duration::from_nanos(resumed_at - stopped_at),
