@@ -61,6 +61,7 @@
 #define REC_TYPE_POSTCOPY_VCPU_STATE  0x0000001aU
 #define REC_TYPE_POSTCOPY_RESUMED     0x0000001bU
 #define REC_TYPE_POSTCOPY_RECOVER     0x0000001cU
+#define REC_TYPE_POSTCOPY_ABORT       0x0000001dU
 
 /* Pre-paging strategies (--prepage=); ids are stable on the wire. */
 #define LIBXL_POSTCOPY_PREPAGE_NONE            0

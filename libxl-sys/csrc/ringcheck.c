@@ -17,13 +17,13 @@ size_t libxl_sys_test_front_ring_size(void)
     return sizeof(struct libxl_sys_front_ring);
 }
 
-/* SHARED_RING_INIT + FRONT_RING_INIT over one page at `page`. */
+/*
+ * FRONT_RING_INIT over a page the back end has already initialised with
+ * SHARED_RING_INIT, as Xen attaches to the pager's ring at enable time.
+ */
 void libxl_sys_test_front_init(struct libxl_sys_front_ring *r, void *page)
 {
-    vm_event_sring_t *sring = page;
-
-    SHARED_RING_INIT(sring);
-    FRONT_RING_INIT(&r->front, sring, XC_PAGE_SIZE);
+    FRONT_RING_INIT(&r->front, (vm_event_sring_t *)page, XC_PAGE_SIZE);
 }
 
 /* Queues one request as Xen's vm_event_put_request() does; 0, or -1 when full. */

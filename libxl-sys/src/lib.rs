@@ -111,7 +111,7 @@ pub mod ring_oracle {
     extern "C" {
         /// Size of [`FrontRing`].
         pub fn libxl_sys_test_front_ring_size() -> usize;
-        /// `SHARED_RING_INIT` + `FRONT_RING_INIT` over one page.
+        /// `FRONT_RING_INIT` over a page the back end initialised.
         pub fn libxl_sys_test_front_init(r: *mut FrontRing, page: *mut core::ffi::c_void);
         /// Queues a request; returns 1 if the back end must be notified, 0 if
         /// not, -1 if the ring is full.
