@@ -26,6 +26,8 @@ pub mod xc;
 pub mod xtl;
 
 #[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
 mod fake;
 
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.

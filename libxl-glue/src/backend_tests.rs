@@ -1,0 +1,575 @@
+//! The Xen backends and the phased sessions against [`crate::fake`]: the
+//! real backend code, with the hypervisor replaced by the fake wrappers
+//! (whose vm_event front end is Xen's own C ring macros).
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libxl_sys as sys;
+use postcopy::memory::{DestinationMemory, Installed, MemoryError, PfnRun, SourceMemory};
+use postcopy::prepage::StrategySpec;
+use postcopy::records::RecordType;
+use postcopy::{Pfn, PAGE_SIZE};
+
+use crate::dest::XenDestination;
+use crate::fake::FakeXen;
+use crate::restore::RestoreSession;
+use crate::save::SaveSession;
+use crate::source::XenSource;
+
+const RING_PFN: Pfn = 0xfeff8;
+
+fn page_byte(p: Pfn) -> u8 {
+    (p as u8).wrapping_mul(31).wrapping_add(7) | 1
+}
+
+// ---------------------------------------------------------------- source
+
+#[test]
+fn source_lists_populated_pfns_in_batches_and_skips_holes() {
+    let x = Arc::new(FakeXen::new(1, 3000));
+    for p in (0..3001).filter(|p| p % 7 != 3 && !(1500..1600).contains(p)) {
+        x.fill(p, page_byte(p));
+    }
+    let src = XenSource::new(x.clone()).unwrap();
+    assert_eq!(src.pfn_count(), 3001);
+    let runs = src.populated().unwrap();
+    let pfns: Vec<Pfn> = runs.iter().flat_map(|r| r.pfns()).collect();
+    let want: Vec<Pfn> = (0..3001)
+        .filter(|p| p % 7 != 3 && !(1500..1600).contains(p))
+        .collect();
+    assert_eq!(pfns, want);
+    let type_calls = x
+        .state()
+        .calls
+        .iter()
+        .filter(|c| *c == "xc_get_pfn_type_batch")
+        .count();
+    assert_eq!(type_calls, 3, "1024 pfns a call");
+}
+
+#[test]
+fn source_reads_pages_and_maps_errors() {
+    let x = Arc::new(FakeXen::new(1, 2047));
+    for p in 0..2048 {
+        x.fill(p, page_byte(p));
+    }
+    let src = XenSource::new(x.clone()).unwrap();
+    let pfns: Vec<Pfn> = (0..1500).collect();
+    let mut buf = vec![0u8; pfns.len() * PAGE_SIZE];
+    src.read_pages(&pfns, &mut buf).unwrap();
+    for (p, page) in pfns.iter().zip(buf.chunks(PAGE_SIZE)) {
+        assert!(page.iter().all(|&b| b == page_byte(*p)));
+    }
+    let maps = x
+        .state()
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("xenforeignmemory_map"))
+        .count();
+    assert_eq!(maps, 2);
+    let mut one = vec![0u8; PAGE_SIZE];
+    assert!(matches!(
+        src.read_pages(&[5000], &mut one),
+        Err(MemoryError::OutOfRange { pfn: 5000, .. })
+    ));
+    x.state().paged.insert(9);
+    let e = src.read_pages(&[9], &mut one).unwrap_err();
+    assert!(e.to_string().contains("paged out"), "{e}");
+    x.state().fail.insert("xc_domain_maximum_gpfn", libc::ESRCH);
+    assert!(matches!(
+        XenSource::new(x.clone()),
+        Err(MemoryError::GuestGone(_))
+    ));
+}
+
+#[test]
+fn source_dirty_log_round_trip() {
+    let x = Arc::new(FakeXen::new(1, 200));
+    let mut src = XenSource::new(x.clone()).unwrap();
+    assert!(src.take_dirty().is_err());
+    src.enable_dirty_log().unwrap();
+    x.state()
+        .logdirty
+        .as_mut()
+        .unwrap()
+        .extend([3, 64, 65, 199, 200]);
+    assert_eq!(src.take_dirty().unwrap(), vec![3, 64, 65, 199, 200]);
+    assert_eq!(src.take_dirty().unwrap(), Vec::<Pfn>::new());
+    drop(src);
+    assert!(x
+        .state()
+        .calls
+        .iter()
+        .any(|c| c == "xc_logdirty_control(OFF)"));
+}
+
+// ----------------------------------------------------------- destination
+
+fn dest_domain(n: Pfn) -> Arc<FakeXen> {
+    let x = Arc::new(FakeXen::new(2, n - 1));
+    x.state()
+        .params
+        .insert(sys::HVM_PARAM_PAGING_RING_PFN, RING_PFN);
+    x
+}
+
+#[test]
+fn enabling_paging_follows_xenpaging() {
+    let x = dest_domain(100);
+    let d = XenDestination::new(x.clone(), 100).unwrap();
+    d.enable_paging().unwrap();
+    d.enable_paging().unwrap();
+    let calls = x.state().calls.clone();
+    let want = [
+        "xc_hvm_param_get",
+        "xc_get_pfn_type_batch",
+        "xc_domain_populate_physmap_exact",
+        "xenforeignmemory_map(ring)",
+        "xc_mem_paging_enable",
+        "xenevtchn_bind_interdomain",
+        "xc_domain_decrease_reservation_exact",
+    ];
+    assert_eq!(calls, want);
+    assert!(
+        !x.state().pages.contains_key(&RING_PFN),
+        "ring left in the physmap"
+    );
+    assert_eq!(d.ring_pfn(), Some(RING_PFN));
+    drop(d);
+    let calls = x.state().calls.clone();
+    assert!(
+        calls.ends_with(&[
+            "xc_mem_paging_disable".into(),
+            "xenforeignmemory_unmap(ring)".into()
+        ]),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn enable_failures_are_explained_and_undone() {
+    let x = dest_domain(100);
+    x.state().fail.insert("xc_mem_paging_enable", libc::ENOSYS);
+    let d = XenDestination::new(x.clone(), 100).unwrap();
+    let e = d.enable_paging().unwrap_err();
+    assert!(matches!(e, MemoryError::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("CONFIG_MEM_PAGING"), "{e}");
+    assert_eq!(
+        x.state().calls.last().map(String::as_str),
+        Some("xenforeignmemory_unmap(ring)")
+    );
+    let x = dest_domain(100);
+    x.state().params.remove(&sys::HVM_PARAM_PAGING_RING_PFN);
+    let d = XenDestination::new(x, 100).unwrap();
+    assert!(d
+        .enable_paging()
+        .unwrap_err()
+        .to_string()
+        .contains("PAGING_RING_PFN"));
+}
+
+#[test]
+fn mark_absent_populates_then_evicts_every_owed_pfn() {
+    let x = dest_domain(3000);
+    for p in 0..10 {
+        x.fill(p, 1); // already written (pre-copied)
+    }
+    let d = XenDestination::new(x.clone(), 3000).unwrap();
+    let runs = [
+        PfnRun {
+            start: 5,
+            count: 2000,
+        },
+        PfnRun {
+            start: 2500,
+            count: 3,
+        },
+    ];
+    d.mark_absent(&runs).unwrap();
+    let st = x.state();
+    assert_eq!(st.paged.len(), 2003);
+    assert!((5..2005).chain(2500..2503).all(|p| st.paged.contains(&p)));
+    assert!((0..5).all(|p| st.pages.contains_key(&p)));
+    drop(st);
+    assert_eq!(d.absent(), 2003);
+    // Repeating a run does nothing (no double populate: the fake asserts).
+    d.mark_absent(&[PfnRun {
+        start: 5,
+        count: 10,
+    }])
+    .unwrap();
+    assert_eq!(d.absent(), 2003);
+    // The ring pfn can never be owed.
+    let e = d.mark_absent(&[PfnRun {
+        start: RING_PFN,
+        count: 1,
+    }]);
+    assert!(e.is_err());
+}
+
+#[test]
+fn a_guest_fault_becomes_a_fault_event_and_the_load_resumes_the_vcpu() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun {
+        start: 10,
+        count: 20,
+    }])
+    .unwrap();
+    assert_eq!(d.wait_fault(Duration::from_millis(5)).unwrap(), None);
+    assert!(x.guest_touch(12, 0));
+    assert!(x.guest_touch(12, 1)); // a second vCPU on the same page
+    assert!(x.guest_touch(13, 2));
+    let f = d
+        .wait_fault(Duration::from_secs(5))
+        .unwrap()
+        .expect("fault");
+    assert_eq!(f.pfn, 12);
+    let f = d
+        .wait_fault(Duration::from_secs(5))
+        .unwrap()
+        .expect("fault");
+    assert_eq!(f.pfn, 13, "one event per page, not per vCPU");
+    assert_eq!(d.wait_fault(Duration::from_millis(5)).unwrap(), None);
+    assert_eq!(x.collect_responses(), 0, "nobody resumed before the load");
+    let page = vec![0x5au8; PAGE_SIZE];
+    assert_eq!(d.install(12, &page).unwrap(), Installed::Installed);
+    assert_eq!(x.collect_responses(), 2);
+    assert!(x.notifications() >= 1);
+    {
+        let st = x.state();
+        assert!(st.pages[&12].iter().all(|&b| b == 0x5a));
+        for r in &st.responses {
+            assert_eq!(
+                r.version,
+                sys::VM_EVENT_INTERFACE_VERSION,
+                "the xenpaging bug"
+            );
+            assert_ne!(r.flags & sys::VM_EVENT_FLAG_VCPU_PAUSED, 0);
+            // SAFETY: a paging response.
+            assert_eq!(unsafe { r.u.mem_paging.gfn }, 12);
+        }
+        let mut vcpus: Vec<u32> = st.responses.iter().map(|r| r.vcpu_id).collect();
+        vcpus.sort_unstable();
+        assert_eq!(vcpus, vec![0, 1]);
+    }
+    assert_eq!(d.install_zero(13).unwrap(), Installed::Installed);
+    assert_eq!(x.collect_responses(), 1);
+    assert_eq!(d.install(12, &page).unwrap(), Installed::AlreadyPresent);
+    assert_eq!(d.absent(), 18);
+}
+
+#[test]
+fn a_request_read_after_its_page_loaded_is_answered_at_once() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun { start: 0, count: 8 }]).unwrap();
+    // The vCPU faults, but the bulk channel loads the page before the
+    // pager reads the ring.
+    assert!(x.guest_touch(3, 0));
+    let page = vec![1u8; PAGE_SIZE];
+    assert_eq!(d.install(3, &page).unwrap(), Installed::Installed);
+    assert_eq!(x.collect_responses(), 0);
+    assert_eq!(
+        d.wait_fault(Duration::from_millis(20)).unwrap(),
+        None,
+        "no fault for a loaded page"
+    );
+    assert_eq!(x.collect_responses(), 1, "but the vCPU is resumed");
+}
+
+#[test]
+fn dropped_pages_need_no_load_and_no_response() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun { start: 0, count: 4 }]).unwrap();
+    assert!(x.guest_drop(2));
+    assert_eq!(d.wait_fault(Duration::from_millis(20)).unwrap(), None);
+    assert_eq!(x.collect_responses(), 0);
+    assert_eq!(d.absent(), 3);
+    assert_eq!(
+        d.install(2, &[7u8; PAGE_SIZE]).unwrap(),
+        Installed::AlreadyPresent
+    );
+    assert!(!x.state().calls.iter().any(|c| c == "xc_mem_paging_load"));
+}
+
+#[test]
+fn ring_overflow_is_drained_in_order() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun {
+        start: 0,
+        count: 40,
+    }])
+    .unwrap();
+    let mut faulted = Vec::new();
+    for p in 0..40 {
+        while !x.guest_touch(p, 0) {
+            // Ring full: the pager must drain (as Xen waits for space).
+            let f = d
+                .wait_fault(Duration::from_secs(1))
+                .unwrap()
+                .expect("fault");
+            faulted.push(f.pfn);
+            d.install_zero(f.pfn).unwrap();
+            x.collect_responses();
+        }
+    }
+    while let Some(f) = d.wait_fault(Duration::from_millis(20)).unwrap() {
+        faulted.push(f.pfn);
+        d.install_zero(f.pfn).unwrap();
+        x.collect_responses();
+    }
+    assert_eq!(faulted, (0..40).collect::<Vec<_>>());
+    assert_eq!(x.state().responses.len(), 40);
+    assert_eq!(d.absent(), 0);
+}
+
+#[test]
+fn writes_before_the_switch_populate_on_demand() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    x.fill(1, 0);
+    let data: Vec<u8> = [1u8, 2].iter().flat_map(|&b| [b; PAGE_SIZE]).collect();
+    d.write_pages(&[1, 2], &data).unwrap();
+    let st = x.state();
+    assert!(st.pages[&1].iter().all(|&b| b == 1));
+    assert!(st.pages[&2].iter().all(|&b| b == 2));
+    assert_eq!(
+        st.calls
+            .iter()
+            .filter(|c| *c == "xc_domain_populate_physmap_exact")
+            .count(),
+        1
+    );
+}
+
+// -------------------------------------------- both sessions, end to end
+
+/// A 4-level address space in the source guest: CR3 at pfn 0x100, the
+/// kernel stack at va 0xffffc90000010000 (PT 0x103 → pfns 0x200..),
+/// the code page at va 0x1000 (pfn 0x300), all inside a 0x800-pfn guest.
+fn build_source(n: Pfn) -> (Arc<FakeXen>, BTreeSet<Pfn>) {
+    let x = Arc::new(FakeXen::new(1, n - 1));
+    for p in (0..n).filter(|p| p % 97 != 5) {
+        x.fill(p, page_byte(p));
+    }
+    x.fill(0x50, 0); // an all-zero page
+    let mut tables = BTreeSet::new();
+    let mut set = |pfn: Pfn, idx: usize, v: u64| {
+        let mut st = x.state();
+        let page = st
+            .pages
+            .entry(pfn)
+            .or_insert_with(|| Box::new([0; PAGE_SIZE]));
+        if !tables.contains(&pfn) {
+            page.fill(0);
+            tables.insert(pfn);
+        }
+        page[idx * 8..idx * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    };
+    let stack_va: u64 = 0xffff_c900_0001_0000;
+    let l4 = ((stack_va >> 39) & 0x1ff) as usize;
+    let l3 = ((stack_va >> 30) & 0x1ff) as usize;
+    let l2 = ((stack_va >> 21) & 0x1ff) as usize;
+    set(0x100, l4, (0x101 << 12) | 3);
+    set(0x101, l3, (0x102 << 12) | 3);
+    set(0x102, l2, (0x103 << 12) | 3);
+    for i in 0..32u64 {
+        set(0x103, i as usize, ((0x200 + i) << 12) | 3);
+    }
+    set(0x100, 0, (0x104 << 12) | 3);
+    set(0x104, 0, (0x105 << 12) | 3);
+    set(0x105, 0, (0x106 << 12) | 3);
+    set(0x106, 1, (0x300 << 12) | 3);
+    let cpu = sys::hvm_hw_cpu {
+        cr0: (1 << 31) | 1,
+        cr3: 0x100 << 12,
+        cr4: 1 << 5,
+        msr_efer: (1 << 10) | (1 << 8),
+        rsp: stack_va + 0x8000,
+        rip: 0x1010,
+        ..Default::default()
+    };
+    let mut ctx = Vec::new();
+    let size = size_of::<sys::hvm_hw_cpu>();
+    ctx.extend_from_slice(&2u16.to_le_bytes());
+    ctx.extend_from_slice(&0u16.to_le_bytes());
+    ctx.extend_from_slice(&(size as u32).to_le_bytes());
+    // SAFETY: viewing a plain-data struct as bytes.
+    ctx.extend_from_slice(unsafe {
+        std::slice::from_raw_parts((&cpu as *const sys::hvm_hw_cpu).cast::<u8>(), size)
+    });
+    ctx.extend_from_slice(&[0u8; 8]); // END
+    {
+        let mut st = x.state();
+        st.context = ctx;
+        st.params.insert(sys::HVM_PARAM_STORE_PFN, 0x7f0);
+        st.params.insert(sys::HVM_PARAM_CONSOLE_PFN, 0x7f1);
+        st.params.insert(sys::HVM_PARAM_PAGING_RING_PFN, 0x7f8);
+    }
+    let mut must: BTreeSet<Pfn> = [0x7f0, 0x7f1, 0x300].into_iter().collect();
+    must.extend(0x100..=0x106);
+    // Stack window: rsp (PT index 24) ± 16 KiB → PT indices 20..=27.
+    must.extend(0x214..=0x21b);
+    must.retain(|p| p % 97 != 5);
+    (x, must)
+}
+
+/// Plays libxenguest's restore loop: reads records from the stream and
+/// hands them to the session until TRANSITION.
+fn restore_until_transition(
+    stream: &mut UnixStream,
+    dest: &Arc<FakeXen>,
+    back_fd: i32,
+) -> RestoreSession<FakeXen> {
+    let mut session = None;
+    loop {
+        let mut hdr = [0u8; 8];
+        stream.read_exact(&mut hdr).unwrap();
+        let t = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let len = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+        let mut body = vec![0u8; len.div_ceil(8) * 8];
+        stream.read_exact(&mut body).unwrap();
+        body.truncate(len);
+        if t == RecordType::Begin as u32 {
+            session = Some(
+                RestoreSession::begin(dest.clone(), stream.as_raw_fd(), back_fd, &body).unwrap(),
+            );
+        } else if t == RecordType::Transition as u32 {
+            return session.expect("BEGIN first");
+        } else {
+            session
+                .as_mut()
+                .expect("BEGIN first")
+                .record(t, &body)
+                .unwrap();
+        }
+    }
+}
+
+fn migrate(strategy: StrategySpec, touches: &[Pfn]) {
+    let n = 0x800;
+    let (src, must) = build_source(n);
+    let dst = Arc::new(FakeXen::new(2, n - 1));
+    dst.state()
+        .params
+        .insert(sys::HVM_PARAM_PAGING_RING_PFN, 0x7f8);
+    let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let src2 = src.clone();
+    let s_fd = s_stream.as_raw_fd();
+    let sb_fd = s_back.as_raw_fd();
+    let source = std::thread::spawn(move || {
+        let (mut s, summary) = SaveSession::begin(src2, s_fd, sb_fd, strategy, None).unwrap();
+        s.transition().unwrap();
+        s.serve().unwrap();
+        let m = s.metrics().snapshot();
+        (summary, m)
+    });
+    let mut session = restore_until_transition(&mut d_stream, &dst, d_back.as_raw_fd());
+    // Before the guest runs: the must-present pages are there, every
+    // other populated page is paged out.
+    {
+        let st = dst.state();
+        for p in &must {
+            assert!(
+                st.pages.contains_key(p),
+                "must-present pfn {p:#x} missing at unpause"
+            );
+            assert!(!st.paged.contains(p));
+        }
+        assert!(
+            !st.pages.contains_key(&0x7f8) && !st.paged.contains(&0x7f8),
+            "ring pfn"
+        );
+    }
+    // The guest runs: a vCPU thread touches pages and waits for each.
+    let guest = {
+        let dst = dst.clone();
+        let touches = touches.to_vec();
+        std::thread::spawn(move || {
+            let mut waited = 0;
+            for (i, &p) in touches.iter().enumerate() {
+                if dst.guest_touch(p, (i % 2) as u32) {
+                    waited += 1;
+                    let t = Instant::now();
+                    while dst.state().paged.contains(&p)
+                        || dst.collect_responses() == 0 && dst.state().responses.len() < waited
+                    {
+                        assert!(
+                            t.elapsed() < Duration::from_secs(20),
+                            "vCPU never resumed on {p:#x}"
+                        );
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            waited
+        })
+    };
+    session.serve().unwrap();
+    let waited = guest.join().unwrap();
+    let (summary, sm) = source.join().unwrap();
+    drop(s_stream);
+    // Every populated source page is on the destination with its content.
+    let s = src.state();
+    let d = dst.state();
+    assert!(
+        d.paged.is_empty(),
+        "{} pages still paged out",
+        d.paged.len()
+    );
+    for (p, page) in s.pages.iter() {
+        if *p == 0x7f8 {
+            continue;
+        }
+        assert_eq!(
+            d.pages.get(p).map(|q| &q[..]),
+            Some(&page[..]),
+            "pfn {p:#x} differs"
+        );
+    }
+    assert_eq!(summary.sent_now as usize, must.len());
+    assert_eq!(summary.owed + summary.sent_now + 1, summary.populated);
+    assert_eq!(sm.pages_duplicate, 0);
+    // Each owed page exactly once (the all-zero pfn 0x50 as a ZERO record).
+    assert_eq!(
+        sm.pages_pushed + sm.pages_faulted + sm.pages_zero,
+        summary.owed
+    );
+    assert_eq!(sm.pages_zero, 1);
+    assert_eq!(sm.pages_precopy, summary.sent_now);
+    if strategy == StrategySpec::None && !touches.is_empty() {
+        // Demand only: the touched pages came as fault replies.
+        assert_eq!(sm.pages_faulted, touches.len() as u64, "{sm:?}");
+        assert_eq!(waited, touches.len());
+    }
+    assert!(d.responses.len() >= waited);
+    for r in &d.responses {
+        assert_eq!(r.version, sys::VM_EVENT_INTERFACE_VERSION);
+    }
+    let dm = session.metrics().snapshot();
+    assert_eq!(dm.pages_duplicate, 0);
+}
+
+#[test]
+fn end_to_end_bubble_with_faults() {
+    migrate(StrategySpec::Bubble, &[0x400, 0x401, 0x10, 0x7ff, 0x555]);
+}
+
+#[test]
+fn end_to_end_demand_only() {
+    migrate(StrategySpec::None, &[0x20, 0x600, 0x21]);
+}
+
+#[test]
+fn end_to_end_multi_pivot_without_faults() {
+    migrate(StrategySpec::MultiPivot(3), &[]);
+}
