@@ -2,6 +2,11 @@
 //! real backend code, with the hypervisor replaced by the fake wrappers
 //! (whose vm_event front end is Xen's own C ring macros).
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test fixtures of known small sizes"
+)]
+
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::fd::AsRawFd;

@@ -480,6 +480,11 @@ pub fn special_pfns(mut param: impl FnMut(u32) -> Option<u64>) -> BTreeSet<Pfn> 
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless,
+    reason = "test fixtures of known small sizes"
+)]
 mod tests {
     use super::*;
     use std::collections::HashMap;

@@ -39,6 +39,10 @@ const _: () = assert!(ENTRY >= size_of::<sys::vm_event_request_t>());
 const _: () = assert!(ENTRY >= size_of::<sys::vm_event_response_t>());
 
 /// `__RING_SIZE`: entries that fit in the page, rounded down to a power of 2.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "at most 4096 / 8 entries fit in a page"
+)]
 pub const fn ring_size() -> u32 {
     let n = (RING_PAGE - RING) / ENTRY;
     let mut p = 1usize;
@@ -202,6 +206,11 @@ pub fn paging_response(req: &sys::vm_event_request_t) -> sys::vm_event_response_
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless,
+    reason = "test fixtures of known small sizes"
+)]
 mod tests {
     use super::*;
     use libxl_sys::ring_oracle as c;

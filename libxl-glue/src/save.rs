@@ -226,10 +226,8 @@ impl<O: XenOps> SaveSession<O> {
 
         // Candidates: everything populated, or with pre-copy only what was
         // dirtied since it was sent.
-        let dirty_bits = match dirty {
-            Some((words, nbits)) => Some(crate::source::bitmap_pfns(words, nbits.min(n))),
-            None => None,
-        };
+        let dirty_bits =
+            dirty.map(|(words, nbits)| crate::source::bitmap_pfns(words, nbits.min(n)));
         let candidates: Vec<Pfn> = match &dirty_bits {
             Some(d) => d.iter().copied().filter(|&p| pop(p)).collect(),
             None => populated.clone(),

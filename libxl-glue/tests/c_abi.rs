@@ -162,12 +162,13 @@ fn c_caller_compiles_links_and_agrees_with_the_rust_side() {
             })
             .unwrap_or_else(|| panic!("no parse line for {name}"));
         let (_, rest) = line.split_once('=').unwrap();
-        let f: Vec<u32> = rest
-            .split(' ')
-            .map(|x| x.parse::<i64>().unwrap() as u32)
-            .collect();
+        let f: Vec<i64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
         let (id, arg) = spec.wire_id();
-        assert_eq!((f[0], f[1], f[2]), (0, id, arg), "{line}");
+        assert_eq!(
+            (f[0], f[1], f[2]),
+            (0, i64::from(id), i64::from(arg)),
+            "{line}"
+        );
     }
     assert!(
         stdout.contains("parse-bad bogus=-22 unknown pre-paging strategy 'bogus'"),
