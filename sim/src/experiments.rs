@@ -47,6 +47,14 @@ pub const EXPERIMENTS: &[ExperimentInfo] = &[
         about: "OSR'09 pivot study: quicksort with 1-128 processes; push-only, forward, bubble, multi-pivot K=1..16",
     },
     ExperimentInfo {
+        name: "paper-apps",
+        about: "VEE'09 application results re-cast as access patterns (zipf, random, sequential, quicksort): faults pre-paging avoids, pages and time vs pre-copy",
+    },
+    ExperimentInfo {
+        name: "sensitivity",
+        about: "why fault counts differ from the paper: push batch size vs network faults and vCPU blocked time (stress test, 512 MiB)",
+    },
+    ExperimentInfo {
         name: "scale",
         about: "guests of 1-256 GiB over 1, 10 and 25 Gb/s: pre-copy (Xen 4.17) vs post-copy bubble",
     },
@@ -256,6 +264,8 @@ pub fn run_experiment(
     let charts = match info.name {
         "paper-stress" => paper_stress(opts, &mut result)?,
         "paper-pivots" => paper_pivots(opts, &mut result)?,
+        "paper-apps" => paper_apps(opts, &mut result)?,
+        "sensitivity" => sensitivity(opts, &mut result)?,
         "scale" => scale(opts, &mut result)?,
         _ => speed(opts, &mut result)?,
     };
@@ -773,6 +783,196 @@ fn paper_pivots(
     ])
 }
 
+fn paper_apps(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let (guest_mib, ws_mib, base_mib, len) = if opts.quick {
+        (128, 32, 16, 100_000)
+    } else {
+        (512, 128, 64, 1_000_000)
+    };
+    let layout = Layout {
+        guest_mib,
+        ws_mib,
+        base_mib,
+    };
+    let seed = opts.seed;
+    let workloads = [
+        workload::zipf(layout, 1.0, len, 0.3, seed)?,
+        workload::random(layout, len, 0.3, seed)?,
+        workload::sequential(layout, seed)?,
+        workload::quicksort(layout, 4, seed)?,
+    ];
+    let base = SimConfig::default();
+    result.setup = vec![
+        format!("guest {guest_mib} MiB (the paper's default VM size), {base_mib} MiB in use besides a {ws_mib} MiB working set"),
+        format!("zipf s=1.0 and random: {len} accesses a loop, 30% writes; sequential: reads in order; quicksort: 4 processes"),
+        net_words(&base.net),
+        "faults avoided = 1 − faults(bubble) / faults(demand-only); pre-copy = Xen 4.17 defaults without free-page elimination".into(),
+    ];
+    let methods = [
+        ("pre-copy", Mode::XEN_PRECOPY, StrategySpec::None, false),
+        ("demand-only", Mode::Postcopy, StrategySpec::None, false),
+        ("bubble", Mode::Postcopy, StrategySpec::Bubble, false),
+        ("bubble+DSB", Mode::Postcopy, StrategySpec::Bubble, true),
+    ];
+    let mut rows = Vec::new();
+    for (i, w) in workloads.iter().enumerate() {
+        let mut got = Vec::new();
+        for (label, mode, strategy, fpe) in methods {
+            let cfg = SimConfig {
+                mode,
+                strategy,
+                free_page_elimination: fpe,
+                ..base
+            };
+            let report = run(w, &cfg, label)?;
+            got.push(report.clone());
+            result.runs.push(Run {
+                series: label.into(),
+                params: params(&[("workload", i as f64)]),
+                report,
+            });
+        }
+        let [pre, demand, bubble, dsb] = [&got[0], &got[1], &got[2], &got[3]];
+        let avoided =
+            1.0 - bubble.engine.network_faults as f64 / demand.engine.network_faults.max(1) as f64;
+        rows.push(vec![
+            w.name.clone(),
+            demand.engine.network_faults.to_string(),
+            bubble.engine.network_faults.to_string(),
+            format!("{:.0}%", avoided * 100.0),
+            format!(
+                "{:.0}%",
+                (1.0 - dsb.engine.pages_transferred as f64 / pre.engine.pages_transferred as f64)
+                    * 100.0
+            ),
+            format!(
+                "{:.0}%",
+                (1.0 - bubble.engine.total_time_ms / pre.engine.total_time_ms) * 100.0
+            ),
+            format!(
+                "{:.0}%",
+                (1.0 - dsb.engine.total_time_ms / pre.engine.total_time_ms) * 100.0
+            ),
+            format!(
+                "{:.0} / {:.0}",
+                pre.engine.downtime_ms, bubble.engine.downtime_ms
+            ),
+        ]);
+    }
+    result.tables = vec![Table {
+        title: "Pre-paging and post-copy against pre-copy, per access pattern".into(),
+        columns: [
+            "workload",
+            "faults demand-only",
+            "faults bubble",
+            "faults avoided",
+            "pages saved (bubble+DSB vs pre-copy)",
+            "time saved (bubble)",
+            "time saved (bubble+DSB)",
+            "downtime ms pre / post",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    }];
+    Ok(Vec::new())
+}
+
+fn sensitivity(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let layout = if opts.quick {
+        Layout {
+            guest_mib: 256,
+            ws_mib: 64,
+            base_mib: 16,
+        }
+    } else {
+        Layout::paper(512)
+    };
+    let w = workload::stress(layout, opts.seed)?;
+    let base = SimConfig::default();
+    result.setup = vec![
+        format!(
+            "stress test, guest {} MiB, working set {} MiB; otherwise as paper-stress",
+            layout.guest_mib, layout.ws_mib
+        ),
+        "a fault on a page the push already claimed waits for its batch: 'in flight'".into(),
+    ];
+    let batches: [u64; 6] = [1, 4, 8, 16, 64, 256];
+    let mut series = Vec::new();
+    for strategy in [StrategySpec::Linear, StrategySpec::Bubble] {
+        for &b in &batches {
+            let cfg = SimConfig {
+                strategy,
+                batch_pages: b,
+                ..base
+            };
+            let report = run(&w, &cfg, &format!("{strategy} batch {b}"))?;
+            let name = strategy.to_string();
+            if !series.contains(&name) {
+                series.push(name.clone());
+            }
+            result.runs.push(Run {
+                series: name,
+                params: params(&[("batch_pages", b as f64)]),
+                report,
+            });
+        }
+    }
+    let x = ("batch_pages", "pages per pushed batch");
+    result.tables = vec![
+        grid(
+            result,
+            "Network faults (share of pages transferred)",
+            "batch",
+            x.0,
+            &series,
+            faults_cell,
+        ),
+        grid(
+            result,
+            "Faults met by a push in flight",
+            "batch",
+            x.0,
+            &series,
+            |r| r.engine.faults_in_flight.to_string(),
+        ),
+        grid(
+            result,
+            "vCPU time blocked on faults (s)",
+            "batch",
+            x.0,
+            &series,
+            |r| format!("{:.2}", r.vcpu_blocked_ms / 1e3),
+        ),
+        grid(
+            result,
+            "Total migration time (s)",
+            "batch",
+            x.0,
+            &series,
+            secs,
+        ),
+    ];
+    Ok(vec![(
+        "faults",
+        chart(
+            result,
+            "Network faults vs push batch size",
+            x,
+            "network faults",
+            true,
+            &series,
+            |r| r.engine.network_faults as f64,
+        ),
+    )])
+}
+
 /// The `scale` and `speed` workload: a writer over an eighth of the guest,
 /// a sixteenth in use besides, at `ns` per page.
 pub fn scale_workload(guest_mib: u64, ns: u64, seed: u64) -> Result<Workload, ExperimentError> {
@@ -1094,6 +1294,36 @@ mod tests {
             assert!(f("multi-pivot:7") < f("bubble"), "{p}");
             assert_eq!(f("multi-pivot:1"), f("bubble"), "K = 1 is the bubble");
         }
+    }
+
+    #[test]
+    fn paper_apps_prepaging_avoids_faults_everywhere() {
+        let r = run_experiment("paper-apps", &quick()).unwrap();
+        assert_eq!(r.runs.len(), 4 * 4);
+        assert_eq!(r.tables[0].rows.len(), 4);
+        for i in 0..4 {
+            let f = |s: &str| {
+                r.series(s)
+                    .find(|x| x.params["workload"] == f64::from(i))
+                    .unwrap()
+                    .report
+                    .engine
+                    .network_faults
+            };
+            assert!(f("bubble") < f("demand-only"), "workload {i}");
+        }
+    }
+
+    #[test]
+    fn sensitivity_bubble_faults_fall_with_batch_size() {
+        let r = run_experiment("sensitivity", &quick()).unwrap();
+        assert_eq!(r.runs.len(), 12);
+        let faults: Vec<u64> = r
+            .series("bubble")
+            .map(|x| x.report.engine.network_faults)
+            .collect();
+        assert!(faults.windows(2).all(|w| w[1] <= w[0]), "{faults:?}");
+        assert!(faults[5] * 10 < faults[0], "{faults:?}");
     }
 
     #[test]
