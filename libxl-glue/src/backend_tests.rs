@@ -578,3 +578,76 @@ fn end_to_end_demand_only() {
 fn end_to_end_multi_pivot_without_faults() {
     migrate(StrategySpec::MultiPivot(3), &[]);
 }
+
+#[test]
+fn hybrid_owes_only_pages_dirtied_since_sent() {
+    let n = 0x800;
+    let (src, must) = build_source(n);
+    // Pre-copy sent everything; since then 0x10..0x20, a stack page and a
+    // ballooned-out pfn (5, never populated) were dirtied.
+    let mut bitmap = vec![0u64; (n as usize).div_ceil(64)];
+    let dirty: Vec<Pfn> = (0x10..0x20).chain([0x216, 5]).collect();
+    for &p in &dirty {
+        bitmap[(p / 64) as usize] |= 1 << (p % 64);
+    }
+    let (s_stream, _d_stream) = UnixStream::pair().unwrap();
+    let (s_back, _d_back) = UnixStream::pair().unwrap();
+    let (session, summary) = SaveSession::begin(
+        src.clone(),
+        s_stream.as_raw_fd(),
+        s_back.as_raw_fd(),
+        StrategySpec::Bubble,
+        Some((&bitmap, n)),
+    )
+    .unwrap();
+    assert!(must.contains(&0x216));
+    assert_eq!(
+        summary.sent_now, 1,
+        "only the dirty must-present page is resent"
+    );
+    let owed: Vec<Pfn> = session.owed().iter().flat_map(|r| r.pfns()).collect();
+    assert_eq!(owed, (0x10..0x20).collect::<Vec<_>>());
+    assert_eq!(summary.owed, 16);
+}
+
+#[test]
+fn a_corrupt_stream_ends_the_restore_with_an_error() {
+    let n = 64;
+    let dst = dest_domain(n);
+    let (_s, d) = UnixStream::pair().unwrap();
+    let begin = postcopy::records::BeginBody {
+        version: postcopy::records::STREAM_VERSION.into(),
+        flags: 0.into(),
+        strategy: 2.into(),
+        strategy_arg: 0.into(),
+        guest_pfns: n.into(),
+        populated_pages: n.into(),
+    };
+    let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
+    let mut r = RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body).unwrap();
+    assert_eq!(r.strategy(), Some(StrategySpec::Bubble));
+    // A PFNS record naming a pfn beyond the guest.
+    let mut pfns = Vec::new();
+    pfns.extend_from_slice(&1u32.to_le_bytes());
+    pfns.extend_from_slice(&0u32.to_le_bytes());
+    pfns.extend_from_slice(&60u64.to_le_bytes());
+    pfns.extend_from_slice(&10u64.to_le_bytes());
+    assert!(r.record(RecordType::Pfns as u32, &pfns).is_err());
+    // An unknown type, and a record that is not allowed here.
+    assert!(r.record(0x99, &[]).is_err());
+    assert!(r
+        .record(RecordType::Complete as u32, &0u64.to_le_bytes())
+        .is_err());
+    // The same run twice.
+    let mut ok = Vec::new();
+    ok.extend_from_slice(&1u32.to_le_bytes());
+    ok.extend_from_slice(&0u32.to_le_bytes());
+    ok.extend_from_slice(&8u64.to_le_bytes());
+    ok.extend_from_slice(&4u64.to_le_bytes());
+    r.record(RecordType::Pfns as u32, &ok).unwrap();
+    assert!(r.record(RecordType::Pfns as u32, &ok).is_err());
+    assert_eq!(r.owed_count(), 4);
+    assert_eq!(r.memory().absent(), 4);
+    // A bad BEGIN.
+    assert!(RestoreSession::begin(dst, d.as_raw_fd(), d.as_raw_fd(), &body[..8]).is_err());
+}

@@ -450,3 +450,90 @@ pub unsafe extern "C" fn libxl_postcopy_restore_free(h: *mut RestoreHandle) {
     let lg = b.lg;
     guarded("libxl_postcopy_restore_free", lg, (), move || drop(b));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xtl::tests::{Recorder, LOG_LOCK};
+
+    #[test]
+    fn a_panic_becomes_eio_and_is_logged() {
+        let _l = LOG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = Recorder::new();
+        // SAFETY: rec outlives the call.
+        let lg = unsafe { XtlLogger::new(rec.as_logger()) };
+        let rc = guarded("test entry", lg, -libc::EIO, || -> c_int {
+            panic!("boom {}", 1)
+        });
+        assert_eq!(rc, -libc::EIO);
+        let lines = rec.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("internal error in test entry: boom 1")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn errors_map_to_meaningful_errnos() {
+        assert_eq!(errno_of(&Error::Record(RecordError::Closed)), libc::EPIPE);
+        assert_eq!(errno_of(&Error::Protocol("x".into())), libc::EPROTO);
+        assert_eq!(
+            errno_of(&Error::Memory(MemoryError::Unsupported {
+                what: "x",
+                why: "y".into()
+            })),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(
+            errno_of(&Error::Memory(MemoryError::os(
+                "x",
+                std::io::Error::from_raw_os_error(libc::EBUSY)
+            ))),
+            libc::EBUSY
+        );
+    }
+
+    #[test]
+    fn the_strategy_parser_is_the_engines() {
+        let mut id = 0;
+        let mut arg = 0;
+        let mut err = [0 as c_char; 128];
+        for spec in StrategySpec::ALL {
+            let name = std::ffi::CString::new(spec.to_string()).unwrap_or_default();
+            // SAFETY: valid pointers and lengths.
+            let rc = unsafe {
+                libxl_postcopy_parse_strategy(
+                    name.as_ptr(),
+                    &mut id,
+                    &mut arg,
+                    err.as_mut_ptr(),
+                    err.len(),
+                )
+            };
+            assert_eq!(rc, 0);
+            assert_eq!((id, arg), spec.wire_id());
+        }
+        let bad = c"multi-pivot:x";
+        // SAFETY: valid pointers and lengths.
+        let rc = unsafe {
+            libxl_postcopy_parse_strategy(
+                bad.as_ptr(),
+                &mut id,
+                &mut arg,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        assert_eq!(rc, -libc::EINVAL);
+        // SAFETY: write_err NUL-terminated it.
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            msg.contains("multi-pivot:x") && msg.contains("bubble-forward"),
+            "{msg}"
+        );
+    }
+}

@@ -757,7 +757,11 @@ impl XenOps for LibXc {
             what: "bitmap too large".into(),
         })?;
         let h = self.lock();
-        let mut hbuf = sys::xc_hypercall_buffer_t::default();
+        // DECLARE_HYPERCALL_BUFFER: no bounce buffer (ubuf = (void *)-1).
+        let mut hbuf = sys::xc_hypercall_buffer_t {
+            ubuf: usize::MAX as *mut libc::c_void,
+            ..Default::default()
+        };
         // SAFETY: xch is live; hbuf is a zeroed (unbounced) descriptor that
         // libxenctrl fills in; freed below with the same page count.
         let mem = unsafe { sys::xc__hypercall_buffer_alloc_pages(h.xch, &mut hbuf, nr) };
