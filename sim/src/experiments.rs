@@ -636,6 +636,9 @@ fn stress_findings(result: &ExperimentResult, sizes: &[u64]) -> Vec<String> {
     out
 }
 
+/// The K values of `paper-pivots` (OSR'09 swept 1..16 and found 7 best).
+pub const PIVOT_KS: [u32; 8] = [1, 2, 4, 7, 8, 16, 32, 64];
+
 fn paper_pivots(
     opts: &ExperimentOptions,
     result: &mut ExperimentResult,
@@ -665,7 +668,7 @@ fn paper_pivots(
         StrategySpec::Bubble,
     ]
     .into_iter()
-    .chain([1, 2, 4, 7, 8, 16].map(StrategySpec::MultiPivot))
+    .chain(PIVOT_KS.map(StrategySpec::MultiPivot))
     .collect();
     let base = SimConfig::default();
     result.setup = vec![
@@ -750,7 +753,7 @@ fn paper_pivots(
             .iter()
             .map(|&p| Series {
                 label: format!("{p} procs"),
-                points: [1u32, 2, 4, 7, 8, 16]
+                points: PIVOT_KS
                     .iter()
                     .filter_map(|&k| {
                         result
@@ -1279,7 +1282,7 @@ mod tests {
     #[test]
     fn paper_pivots_orders_the_strategies() {
         let r = run_experiment("paper-pivots", &quick()).unwrap();
-        assert_eq!(r.runs.len(), 3 * 9);
+        assert_eq!(r.runs.len(), 3 * (3 + PIVOT_KS.len()));
         for p in [1.0, 4.0, 16.0] {
             let f = |s: &str| {
                 r.series(s)
