@@ -51,7 +51,12 @@ fn main() {
             Ok(lib) => lib,
             Err(e) => {
                 let why = e.to_string();
-                let why = why.lines().next().unwrap_or("not found");
+                let why = why
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("not found")
+                    .to_string();
                 fail(&format!(
                     "Xen library {module} not found by pkg-config ({why}): install Debian package libxen-dev"
                 ))

@@ -188,7 +188,13 @@ pub unsafe extern "C" fn libxl_postcopy_parse_strategy(
             }
         }
     }));
-    r.unwrap_or(-libc::EIO)
+    r.unwrap_or_else(|p| {
+        error!(
+            "internal error in libxl_postcopy_parse_strategy: {}",
+            panic_text(&*p)
+        );
+        -libc::EIO
+    })
 }
 
 fn set_rc(rc: *mut c_int, v: c_int) {
