@@ -252,6 +252,17 @@ fn c_len(op: &'static str, n: usize) -> XcResult<u32> {
     })
 }
 
+/// One page-aligned page (older libxenctrl's `xc_mem_paging_load` wants
+/// an aligned buffer it can mlock; newer ones bounce any buffer).
+#[repr(C, align(4096))]
+struct AlignedPage([u8; PAGE_SIZE]);
+
+impl std::fmt::Debug for AlignedPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlignedPage")
+    }
+}
+
 /// Raw handles, only touched under [`LibXc`]'s lock.
 #[derive(Debug)]
 struct Handles {
@@ -259,6 +270,7 @@ struct Handles {
     fmem: *mut sys::xenforeignmemory_handle,
     xce: *mut sys::xenevtchn_handle,
     local_port: Option<u32>,
+    load_buf: Box<AlignedPage>,
 }
 
 /// The real [`XenOps`]: libxenctrl through the caller's `xc_interface`
@@ -328,6 +340,7 @@ impl LibXc {
                 fmem,
                 xce,
                 local_port: None,
+                load_buf: Box::new(AlignedPage([0; PAGE_SIZE])),
             }),
         })
     }
@@ -598,12 +611,12 @@ impl XenOps for LibXc {
                 what: format!("page of {} bytes", page.len()),
             });
         }
-        let h = self.lock();
-        // SAFETY: xch is live; page is PAGE_SIZE readable bytes that
-        // libxenctrl only reads (it bounces them into a hypercall buffer).
-        let rc = unsafe {
-            sys::xc_mem_paging_load(h.xch, self.domid, pfn, page.as_ptr().cast_mut().cast())
-        };
+        let mut h = self.lock();
+        h.load_buf.0.copy_from_slice(page);
+        let buf = h.load_buf.0.as_mut_ptr();
+        // SAFETY: xch is live; buf is a page-aligned page owned by the
+        // handles and not otherwise used during the call.
+        let rc = unsafe { sys::xc_mem_paging_load(h.xch, self.domid, pfn, buf.cast()) };
         if rc != 0 {
             return Err(err(op, Some(pfn)));
         }
