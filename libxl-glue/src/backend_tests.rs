@@ -651,3 +651,94 @@ fn a_corrupt_stream_ends_the_restore_with_an_error() {
     // A bad BEGIN.
     assert!(RestoreSession::begin(dst, d.as_raw_fd(), d.as_raw_fd(), &body[..8]).is_err());
 }
+
+/// Drains a stream in the background (the destination's reader).
+fn drain(mut s: UnixStream) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    })
+}
+
+/// A transitioned source session; the source's socket ends come back too,
+/// because the session only borrows their fds.
+struct SourceEnds {
+    _stream: UnixStream,
+    _back: UnixStream,
+}
+
+fn source_session(
+    strategy: StrategySpec,
+) -> (SaveSession<FakeXen>, UnixStream, UnixStream, SourceEnds) {
+    let (src, _) = build_source(0x800);
+    let (s_stream, d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let (mut s, _) = SaveSession::begin(
+        src,
+        s_stream.as_raw_fd(),
+        s_back.as_raw_fd(),
+        strategy,
+        None,
+    )
+    .unwrap();
+    s.transition().unwrap();
+    (
+        s,
+        d_stream,
+        d_back,
+        SourceEnds {
+            _stream: s_stream,
+            _back: s_back,
+        },
+    )
+}
+
+#[test]
+fn the_source_fails_cleanly_when_the_destination_goes_away() {
+    let (mut s, d_stream, d_back, _keep) = source_session(StrategySpec::None);
+    let reader = drain(d_stream);
+    drop(d_back);
+    let t = Instant::now();
+    let e = s.serve().unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(e.is_disconnect(), "{e}");
+    // A failed session refuses to serve again.
+    assert!(s.serve().is_err());
+    drop(s);
+    let _ = reader;
+}
+
+#[test]
+fn a_request_for_an_unowed_page_is_a_protocol_error() {
+    let (mut s, d_stream, d_back, _keep) = source_session(StrategySpec::None);
+    let reader = drain(d_stream);
+    let mut w = postcopy::records::RecordWriter::new(d_back);
+    // pfn 0x100 is a page-table page: sent before the switch, never owed.
+    w.pfn_list(RecordType::Fault, &[0x100]).unwrap();
+    let e = s.serve().unwrap_err();
+    assert!(e.to_string().contains("not owed"), "{e}");
+    drop(w);
+    let _ = reader;
+}
+
+#[test]
+fn phases_must_come_in_order() {
+    let (src, _) = build_source(0x800);
+    let (a, _b) = UnixStream::pair().unwrap();
+    let (mut s, _) = SaveSession::begin(
+        src,
+        a.as_raw_fd(),
+        a.as_raw_fd(),
+        StrategySpec::Linear,
+        None,
+    )
+    .unwrap();
+    assert!(s.serve().is_err(), "serve before transition");
+}
