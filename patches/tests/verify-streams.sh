@@ -60,6 +60,7 @@ check_bad() {
 check_ok "libxc stream (post-copy)" -v -i "$out/forward.libxc"
 check_ok "libxl stream (post-copy, transition end)" -f libxl -i "$out/forward.libxl"
 check_ok "back channel" -f postcopy-back --guest-pfns 4096 -i "$out/back.stream"
+check_ok "back channel, aborted" -f postcopy-back -i "$out/back-abort.stream"
 check_bad bad-duplicate.libxc "sent twice"
 check_bad bad-missing.libxc "owed pages still missing"
 check_bad bad-not-owed.libxc "was not owed"

@@ -14,6 +14,7 @@
 //!          (libxl: POSTCOPY_TRANSITION_END)
 //!          PAGE_DATA fault / PAGE_DATA push / ZERO ... COMPLETE END
 //! back:    RESUMED FAULT... COMPLETE
+//!          (or, giving up before the guest resumed: FAULT... ABORT)
 //! ```
 //!
 //! `bad-*.libxc` are well-formed records in a wrong order or with wrong
@@ -216,6 +217,14 @@ fn back(out: &mut impl Write, received: u64) -> io::Result<()> {
     rw(w.flush())
 }
 
+/// A back channel on which the destination gives up before resuming.
+fn back_abort(out: &mut impl Write) -> io::Result<()> {
+    let mut w = RecordWriter::new(out);
+    rw(w.pfn_list(RecordType::Fault, &[100]))?;
+    rw(w.abort("mem_paging could not be enabled: EXDEV (PoD is active)"))?;
+    rw(w.flush())
+}
+
 fn create(dir: &Path, name: &str) -> io::Result<BufWriter<File>> {
     Ok(BufWriter::new(File::create(dir.join(name))?))
 }
@@ -239,6 +248,7 @@ fn main() -> io::Result<()> {
     xl.flush()?;
 
     back(&mut create(dir, "back.stream")?, sent)?;
+    back_abort(&mut create(dir, "back-abort.stream")?)?;
 
     for (name, fault) in [
         ("bad-duplicate.libxc", Fault::Duplicate),
