@@ -289,6 +289,32 @@ fn a_request_read_after_its_page_loaded_is_answered_at_once() {
 }
 
 #[test]
+fn settle_answers_requests_left_on_the_ring() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun { start: 0, count: 2 }]).unwrap();
+    assert!(x.guest_touch(1, 0));
+    d.install(0, &[1u8; PAGE_SIZE]).unwrap();
+    d.install(1, &[2u8; PAGE_SIZE]).unwrap();
+    // Nobody read the ring: the vCPU on pfn 1 is still paused.
+    assert_eq!(x.collect_responses(), 0);
+    assert_eq!(d.settle().unwrap(), 0);
+    assert_eq!(x.collect_responses(), 1);
+}
+
+#[test]
+fn dropping_the_backend_answers_leftovers_and_disables_paging() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun { start: 0, count: 1 }]).unwrap();
+    assert!(x.guest_touch(0, 0));
+    d.install(0, &[1u8; PAGE_SIZE]).unwrap();
+    drop(d);
+    assert_eq!(x.collect_responses(), 1);
+    assert!(x.state().calls.iter().any(|c| c == "xc_mem_paging_disable"));
+}
+
+#[test]
 fn dropped_pages_need_no_load_and_no_response() {
     let x = dest_domain(64);
     let d = XenDestination::new(x.clone(), 64).unwrap();

@@ -335,6 +335,24 @@ impl<O: XenOps> XenDestination<O> {
     }
 }
 
+impl<O: XenOps> XenDestination<O> {
+    /// Reads whatever requests are still on the ring and answers those
+    /// whose page is present (a request raced with the load of its page
+    /// and was not read before the fault forwarder stopped: without this
+    /// its vCPU would stay paused). Returns the number of requests still
+    /// waiting for an absent page (0 once every owed page is loaded).
+    pub fn settle(&self) -> MemResult<usize> {
+        let mut st = self.lock();
+        let notify = self.drain(&mut st);
+        let waiting = st.waiters.values().map(Vec::len).sum();
+        drop(st);
+        if notify {
+            self.notify()?;
+        }
+        Ok(waiting)
+    }
+}
+
 impl<O: XenOps> DestinationMemory for XenDestination<O> {
     fn pfn_count(&self) -> u64 {
         self.pfns
@@ -433,6 +451,9 @@ impl<O: XenOps> DestinationMemory for XenDestination<O> {
 
 impl<O: XenOps> Drop for XenDestination<O> {
     fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            warn!("could not answer the last paging requests: {e}");
+        }
         let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
         let Some(ring) = st.ring.take() else {
             return;

@@ -303,6 +303,14 @@ impl<O: XenOps> RestoreSession<O> {
                 .map_err(|_| Error::ThreadPanicked("fault forwarder"))?;
             r?;
             f?;
+            // Requests that raced with the load of their page and were not
+            // read before the forwarder stopped: answer them now.
+            let waiting = shared.mem.settle()?;
+            if waiting != 0 {
+                return Err(Error::Protocol(format!(
+                    "{waiting} paging requests wait for pages that never came"
+                )));
+            }
             let mut back = lock(&back);
             back.count(RecordType::Complete, total)?;
             back.flush()?;
