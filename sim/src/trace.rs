@@ -471,3 +471,60 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(flags: u32, guest: u64, count: u64) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&guest.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b
+    }
+
+    proptest! {
+        /// Arbitrary bytes: a typed error or a valid trace, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(t) = decode(&bytes) {
+                prop_assert!(t.iter().all(|a| a.pfn < t.guest_pfns));
+            }
+        }
+
+        /// A valid header with arbitrary entries and counts: decoding
+        /// accepts exactly the files whose entries are all valid, and
+        /// round-trips them.
+        #[test]
+        fn header_with_arbitrary_entries(
+            flags in 0u32..4,
+            guest in 0u64..100,
+            count_delta in 0u64..3,
+            entries in proptest::collection::vec(any::<u64>(), 0..20),
+        ) {
+            // 0: one short, 1: exact, 2: one long.
+            let count = (entries.len() as u64 + count_delta).saturating_sub(1);
+            let mut b = header(flags, guest, count);
+            for e in &entries {
+                b.extend_from_slice(&e.to_le_bytes());
+            }
+            let valid = flags <= FLAG_LOOP
+                && guest > 0
+                && count == entries.len() as u64
+                && count > 0
+                && entries.iter().all(|&e| e & !(PFN_MASK | WRITE_BIT) == 0 && (e & PFN_MASK) < guest);
+            match decode(&b) {
+                Ok(t) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(t.entries(), &entries[..]);
+                    prop_assert_eq!(t.encode(), b);
+                }
+                Err(_) => prop_assert!(!valid),
+            }
+        }
+    }
+}
