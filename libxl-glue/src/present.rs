@@ -181,6 +181,12 @@ impl PagingMode {
 pub trait PageReader {
     /// Reads `pfn` into `buf` (one page); false if it cannot.
     fn read(&mut self, pfn: Pfn, buf: &mut [u8; PAGE_SIZE]) -> bool;
+
+    /// The walk will read `pfns` next: a reader may fetch them in one batch
+    /// (one foreign mapping instead of one per page). Default: nothing.
+    fn prefetch(&mut self, pfns: &[Pfn]) {
+        let _ = pfns;
+    }
 }
 
 impl<F: FnMut(Pfn, &mut [u8; PAGE_SIZE]) -> bool> PageReader for F {
@@ -231,7 +237,21 @@ pub fn walk_page_tables(
         seen.insert(root);
         queue.push_back((root, top));
     }
+    // The breadth-first queue holds one level after the other: announce
+    // each level's tables before reading them.
+    let mut announced = u32::MAX;
     while let Some((pfn, level)) = queue.pop_front() {
+        if level != announced && level > 1 {
+            announced = level;
+            let mut batch = vec![pfn];
+            batch.extend(
+                queue
+                    .iter()
+                    .take_while(|(_, l)| *l == level)
+                    .map(|(p, _)| *p),
+            );
+            reader.prefetch(&batch);
+        }
         if level <= 1 || !reader.read(pfn, &mut buf) {
             continue;
         }
@@ -562,6 +582,42 @@ mod tests {
         let (tables, cut) = walk_page_tables(&regs, 1 << 20, 1000, &mut m.reader());
         assert!(!cut);
         assert_eq!(tables, vec![10, 11, 12, 13, 20, 21, 22]);
+    }
+
+    #[test]
+    fn each_level_is_announced_once_before_it_is_read() {
+        struct Counting<'a> {
+            mem: &'a Mem,
+            prefetched: Vec<Vec<Pfn>>,
+            reads: Vec<Pfn>,
+        }
+        impl PageReader for Counting<'_> {
+            fn read(&mut self, pfn: Pfn, buf: &mut [u8; PAGE_SIZE]) -> bool {
+                self.reads.push(pfn);
+                assert!(
+                    self.prefetched.iter().any(|b| b.contains(&pfn)),
+                    "read of {pfn} not announced"
+                );
+                self.mem
+                    .pages
+                    .get(&pfn)
+                    .map(|p| buf.copy_from_slice(&p[..]))
+                    .is_some()
+            }
+            fn prefetch(&mut self, pfns: &[Pfn]) {
+                self.prefetched.push(pfns.to_vec());
+            }
+        }
+        let m = four_level();
+        let mut r = Counting {
+            mem: &m,
+            prefetched: Vec::new(),
+            reads: Vec::new(),
+        };
+        walk_page_tables(&long_mode(10), 1 << 20, 1000, &mut r);
+        // PML4; both PDPTs; both PDs. PTs (level 1) are never read.
+        assert_eq!(r.prefetched, vec![vec![10], vec![11, 20], vec![12, 21]]);
+        assert_eq!(r.reads, vec![10, 11, 20, 12, 21]);
     }
 
     #[test]

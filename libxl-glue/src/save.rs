@@ -18,7 +18,7 @@
 //! the pre-pagers. Each owed pfn is claimed through one scheduler, so it is
 //! sent exactly once whichever path gets there first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
@@ -39,7 +39,7 @@ use postcopy::scheduler::{Request, Scheduler};
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
-use crate::present::{parse_hvm_context, special_pfns, vcpu_pages};
+use crate::present::{parse_hvm_context, special_pfns, vcpu_pages, PageReader};
 use crate::source::{mem_err, XenSource};
 use crate::xc::XenOps;
 use crate::xtl::Progress;
@@ -111,6 +111,75 @@ fn send_pages<M: SourceMemory + ?Sized>(
         Metrics::add(&metrics.pages_zero, zero_pfns.len() as u64);
     }
     Ok(())
+}
+
+/// The suspended guest's pages for the page-table walk: read in batches
+/// (one foreign mapping per walk level) and cached, because the walks of
+/// all vCPUs and the address translations after them read the same tables.
+struct GuestPages<'a, M: SourceMemory> {
+    mem: &'a M,
+    populated: &'a BitVec,
+    cache: HashMap<Pfn, Box<[u8; PAGE_SIZE]>>,
+}
+
+impl<M: SourceMemory> GuestPages<'_, M> {
+    fn readable(&self, pfn: Pfn) -> bool {
+        usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.populated.get(i).map(|b| *b))
+            .unwrap_or(false)
+    }
+
+    fn fetch(&mut self, pfns: &[Pfn]) {
+        let want: Vec<Pfn> = pfns
+            .iter()
+            .copied()
+            .filter(|p| self.readable(*p) && !self.cache.contains_key(p))
+            .collect();
+        for chunk in want.chunks(MAX_BATCH_PAGES) {
+            let mut buf = vec![0u8; chunk.len() * PAGE_SIZE];
+            if let Err(e) = self.mem.read_pages(chunk, &mut buf) {
+                // One bad page fails the batch: fall back to single reads.
+                debug!("page-table walk: batch read failed ({e}); reading one by one");
+                for &p in chunk {
+                    let mut one = vec![0u8; PAGE_SIZE];
+                    match self.mem.read_pages(&[p], &mut one) {
+                        Ok(()) => self.insert(p, &one),
+                        Err(e) => debug!("page-table walk: cannot read pfn {p:#x}: {e}"),
+                    }
+                }
+                continue;
+            }
+            for (&p, page) in chunk.iter().zip(buf.chunks_exact(PAGE_SIZE)) {
+                self.insert(p, page);
+            }
+        }
+    }
+
+    fn insert(&mut self, pfn: Pfn, page: &[u8]) {
+        let mut b = Box::new([0u8; PAGE_SIZE]);
+        b.copy_from_slice(page);
+        self.cache.insert(pfn, b);
+    }
+}
+
+impl<M: SourceMemory> PageReader for GuestPages<'_, M> {
+    fn read(&mut self, pfn: Pfn, buf: &mut [u8; PAGE_SIZE]) -> bool {
+        if !self.cache.contains_key(&pfn) {
+            self.fetch(&[pfn]);
+        }
+        match self.cache.get(&pfn) {
+            Some(p) => {
+                buf.copy_from_slice(&p[..]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn prefetch(&mut self, pfns: &[Pfn]) {
+        self.fetch(pfns);
+    }
 }
 
 /// What the back channel said.
@@ -196,23 +265,12 @@ impl<O: XenOps> SaveSession<O> {
             .map_err(|e| Error::Protocol(format!("cannot read the domain's HVM context: {e}")))?;
         let mut must: BTreeSet<Pfn> = special.iter().copied().filter(|&p| pop(p)).collect();
         let special_count = must.len() as u64;
-        let mut page = vec![0u8; PAGE_SIZE];
+        let mut reader = GuestPages {
+            mem: &mem,
+            populated: &pop_bits,
+            cache: HashMap::new(),
+        };
         for regs in &vcpus {
-            let mut reader = |pfn: Pfn, buf: &mut [u8; PAGE_SIZE]| -> bool {
-                if !pop(pfn) {
-                    return false;
-                }
-                match mem.read_pages(&[pfn], &mut page) {
-                    Ok(()) => {
-                        buf.copy_from_slice(&page);
-                        true
-                    }
-                    Err(e) => {
-                        debug!("page-table walk: cannot read pfn {pfn:#x}: {e}");
-                        false
-                    }
-                }
-            };
             let (pages, cut) = vcpu_pages(regs, n, &mut reader);
             if cut {
                 warn!("vCPU {}: page-table walk stopped at its limit", regs.vcpu);
