@@ -65,12 +65,21 @@ impl RegionSource {
     }
 
     /// Runs `PAGEMAP_SCAN` over the whole region with `arg`'s filters and
-    /// feeds each reported `[start, end)` pfn range to `each`.
+    /// feeds each reported `[start, end)` pfn range, in order and without
+    /// overlap, to `each`.
+    ///
+    /// A call whose output buffer did not fill has walked the whole range
+    /// (the kernel stops early only when the buffer is full). Its
+    /// `walk_end` is not trusted then: Linux 6.18 was seen returning a
+    /// `walk_end` short of regions it had already reported, so a naive
+    /// restart from `walk_end` reported them twice.
     fn scan(&self, arg: sys::PmScanArg, mut each: impl FnMut(Pfn, Pfn)) -> MemResult<()> {
         let mut out = vec![sys::PageRegion::default(); SCAN_BATCH];
         let base = self.region.addr();
         let end = self.end();
         let mut start = base;
+        // Everything below this address has been reported.
+        let mut reported = base;
         while start < end {
             let a = sys::PmScanArg { start, end, ..arg };
             let (n, walk_end) = sys::pagemap_scan(&self.pagemap, &a, &mut out).map_err(|e| {
@@ -82,19 +91,23 @@ impl RegionSource {
                 MemoryError::os(op, e)
             })?;
             for r in &out[..n] {
-                let s = (r.start.max(base) - base) >> PAGE_SHIFT;
-                let e = (r.end.min(end) - base) >> PAGE_SHIFT;
+                let (s, e) = (r.start.max(reported), r.end.min(end));
                 if e > s {
-                    each(s, e);
+                    each((s - base) >> PAGE_SHIFT, (e - base) >> PAGE_SHIFT);
+                    reported = e;
                 }
             }
-            if walk_end <= start {
+            if n < out.len() {
+                return Ok(());
+            }
+            let next = walk_end.max(reported);
+            if next <= start {
                 return Err(MemoryError::os(
                     "PAGEMAP_SCAN",
                     std::io::Error::other("the scan made no progress"),
                 ));
             }
-            start = walk_end;
+            start = next;
         }
         Ok(())
     }
@@ -127,15 +140,21 @@ impl RegionSource {
         Ok(runs_from_sorted(pfns))
     }
 
-    /// Write-protects the whole region (start of a dirty-log epoch).
-    fn protect_all(&self, wp: &OwnedFd) -> MemResult<()> {
-        sys::writeprotect(
-            wp,
-            self.region.addr(),
-            self.region.len_bytes() as u64,
-            sys::WRITEPROTECT_MODE_WP,
-        )
-        .map_err(os("write-protect the guest (UFFDIO_WRITEPROTECT)"))
+    /// Write-protects every present or swapped page (start of a dirty-log
+    /// epoch). Not UFFDIO_WRITEPROTECT: with WP_ASYNC the kernel also
+    /// enables WP_UNPOPULATED, and UFFDIO_WRITEPROTECT would plant a uffd-wp
+    /// marker in every empty PTE, which `PAGEMAP_SCAN` then reports as
+    /// SWAPPED — released and never-touched pages would look populated.
+    /// An empty PTE needs no protection anyway: the first write to it
+    /// allocates a page without the uffd-wp bit, i.e. a written page.
+    fn protect_present(&self) -> MemResult<()> {
+        let arg = sys::PmScanArg {
+            flags: sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC,
+            category_anyof_mask: sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED,
+            return_mask: sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        self.scan(arg, |_, _| {})
     }
 }
 
@@ -180,8 +199,8 @@ impl SourceMemory for RegionSource {
     /// `UFFD_FEATURE_WP_ASYNC` and write-protects all of it. Called again,
     /// it just starts a new epoch (everything clean).
     fn enable_dirty_log(&mut self) -> MemResult<()> {
-        if let Some(wp) = &self.wp {
-            return self.protect_all(wp);
+        if self.wp.is_some() {
+            return self.protect_present();
         }
         if !self.scan {
             return Err(probe::ProbeError::Missing {
@@ -202,12 +221,11 @@ impl SourceMemory for RegionSource {
         if ioctls & sys::IOCTL_BIT_WRITEPROTECT == 0 {
             return Err(MemoryError::Unsupported {
                 what: "track dirty pages",
-                why: "UFFDIO_WRITEPROTECT is not allowed on the guest region".into(),
+                why: "write-protect is not allowed on the guest region".into(),
             });
         }
-        self.protect_all(&wp)?;
         self.wp = Some(wp);
-        Ok(())
+        self.protect_present()
     }
 
     /// Pages written since the last call: `PAGEMAP_SCAN` for
@@ -222,8 +240,8 @@ impl SourceMemory for RegionSource {
         }
         // Only present or swapped pages: the kernel counts an empty PTE as
         // "written", and write-protecting it would plant a uffd-wp marker
-        // that scans then report as SWAPPED, i.e. populated. Released and
-        // never-touched pages are unpopulated, not dirty.
+        // (see `protect_present`). Released and never-touched pages are
+        // unpopulated, not dirty.
         let arg = sys::PmScanArg {
             flags: sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC,
             category_mask: sys::PAGE_IS_WRITTEN,
@@ -358,6 +376,51 @@ mod tests {
         touch(&r, 9, 4);
         s.enable_dirty_log().unwrap();
         assert_eq!(s.take_dirty().unwrap(), Vec::<Pfn>::new());
+    }
+
+    /// More regions than one `PAGEMAP_SCAN` buffer holds (every other page
+    /// populated): the restart path reports each page once, in order, and
+    /// the dirty log leaves the holes unpopulated.
+    #[test]
+    fn scans_larger_than_one_buffer_report_each_page_once() {
+        let pages = 4 * SCAN_BATCH as u64;
+        let mut s = source(pages);
+        let r = s.region().clone();
+        for p in (0..pages).step_by(2) {
+            touch(&r, p, 1);
+        }
+        let want: Vec<PfnRun> = (0..pages)
+            .step_by(2)
+            .map(|start| PfnRun { start, count: 1 })
+            .collect();
+        assert_eq!(s.populated_from_pagemap_file().unwrap(), want);
+        if !s.has_pagemap_scan() {
+            println!("SKIP (partly) scans_larger_than_one_buffer: no PAGEMAP_SCAN");
+            return;
+        }
+        assert_eq!(s.populated().unwrap(), want);
+        if !dirty_log_available("scans_larger_than_one_buffer_report_each_page_once") {
+            return;
+        }
+        s.enable_dirty_log().unwrap();
+        assert_eq!(s.populated().unwrap(), want, "protecting must not populate");
+        let odd: Vec<Pfn> = (1..pages).step_by(4).collect();
+        let even: Vec<Pfn> = (0..pages).step_by(2).collect();
+        for &p in odd.iter().chain(&even) {
+            touch(&r, p, 2);
+        }
+        let mut all: Vec<Pfn> = odd.iter().chain(&even).copied().collect();
+        all.sort_unstable();
+        assert_eq!(s.take_dirty().unwrap(), all);
+        assert_eq!(s.take_dirty().unwrap(), Vec::<Pfn>::new());
+        let mut pop: Vec<Pfn> = s
+            .populated()
+            .unwrap()
+            .iter()
+            .flat_map(PfnRun::pfns)
+            .collect();
+        pop.dedup();
+        assert_eq!(pop, all);
     }
 
     /// A measurement, not a check: `cargo test -p postcopy --release --

@@ -56,9 +56,6 @@ pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
 /// `UFFDIO_REGISTER_MODE_WP`.
 pub const REGISTER_MODE_WP: u64 = 1 << 1;
 
-/// `UFFDIO_WRITEPROTECT_MODE_WP`.
-pub const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-
 /// `UFFD_EVENT_PAGEFAULT`.
 pub const EVENT_PAGEFAULT: u8 = 0x12;
 /// `UFFD_EVENT_REMOVE`.
@@ -70,7 +67,7 @@ pub const IOCTL_BIT_WAKE: u64 = 1 << 0x02;
 pub const IOCTL_BIT_COPY: u64 = 1 << 0x03;
 /// `_UFFDIO_ZEROPAGE`.
 pub const IOCTL_BIT_ZEROPAGE: u64 = 1 << 0x04;
-/// `_UFFDIO_WRITEPROTECT`.
+/// `_UFFDIO_WRITEPROTECT` (write-protect allowed on the range).
 pub const IOCTL_BIT_WRITEPROTECT: u64 = 1 << 0x06;
 
 /// `struct uffdio_api`.
@@ -121,14 +118,6 @@ struct UffdioZeropage {
     zeropage: i64,
 }
 
-/// `struct uffdio_writeprotect`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
-}
-
 /// Size of `struct uffd_msg`.
 pub const UFFD_MSG_SIZE: usize = 32;
 
@@ -148,12 +137,6 @@ const UFFDIO_ZEROPAGE: u64 = ioc(
     0x04,
     size_of::<UffdioZeropage>(),
 );
-const UFFDIO_WRITEPROTECT: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    UFFDIO,
-    0x06,
-    size_of::<UffdioWriteprotect>(),
-);
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd` (Linux 6.1).
 const USERFAULTFD_IOC_NEW: u64 = ioc(IOC_NONE, UFFDIO, 0x00, 0);
 
@@ -163,14 +146,12 @@ const _: () = assert!(size_of::<UffdioRange>() == 16);
 const _: () = assert!(size_of::<UffdioRegister>() == 32);
 const _: () = assert!(size_of::<UffdioCopy>() == 40);
 const _: () = assert!(size_of::<UffdioZeropage>() == 32);
-const _: () = assert!(size_of::<UffdioWriteprotect>() == 24);
 const _: () = assert!(UFFDIO_API == 0xC018_AA3F);
 const _: () = assert!(UFFDIO_REGISTER == 0xC020_AA00);
 const _: () = assert!(UFFDIO_UNREGISTER == 0x8010_AA01);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_AA02);
 const _: () = assert!(UFFDIO_COPY == 0xC028_AA03);
 const _: () = assert!(UFFDIO_ZEROPAGE == 0xC020_AA04);
-const _: () = assert!(UFFDIO_WRITEPROTECT == 0xC018_AA06);
 const _: () = assert!(USERFAULTFD_IOC_NEW == 0xAA00);
 
 // ---- <linux/fs.h>: PAGEMAP_SCAN (Linux 6.7) ----
@@ -404,24 +385,6 @@ pub fn zeropage(uffd: &OwnedFd, dst: u64, len: u64) -> Fill {
         )
     };
     fill_outcome(ret, arg.zeropage, len)
-}
-
-/// `UFFDIO_WRITEPROTECT` of a WP-registered range.
-pub fn writeprotect(uffd: &OwnedFd, start: u64, len: u64, mode: u64) -> io::Result<()> {
-    let mut arg = UffdioWriteprotect {
-        range: UffdioRange { start, len },
-        mode,
-    };
-    // SAFETY: `arg` is a live `struct uffdio_writeprotect` read by the
-    // kernel; only page-table protection bits of the range change.
-    cvt(unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            request(UFFDIO_WRITEPROTECT),
-            std::ptr::addr_of_mut!(arg),
-        )
-    })?;
-    Ok(())
 }
 
 /// Non-blocking `read` of whole `uffd_msg`s into `buf`; returns the bytes
