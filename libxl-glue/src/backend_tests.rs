@@ -768,3 +768,72 @@ fn phases_must_come_in_order() {
     .unwrap();
     assert!(s.serve().is_err(), "serve before transition");
 }
+
+#[test]
+fn end_to_end_four_vcpus_touching_concurrently() {
+    let n = 0x800;
+    let (src, _) = build_source(n);
+    let dst = Arc::new(FakeXen::new(2, n - 1));
+    dst.state()
+        .params
+        .insert(sys::HVM_PARAM_PAGING_RING_PFN, 0x7f8);
+    let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let (src2, s_fd, sb_fd) = (src.clone(), s_stream.as_raw_fd(), s_back.as_raw_fd());
+    let source = std::thread::spawn(move || {
+        let (mut s, summary) =
+            SaveSession::begin(src2, s_fd, sb_fd, StrategySpec::MultiPivot(4), None).unwrap();
+        s.transition().unwrap();
+        s.serve().unwrap();
+        (summary, s.metrics().snapshot())
+    });
+    let mut session = restore_until_transition(&mut d_stream, &dst, d_back.as_raw_fd());
+    let owed: Vec<Pfn> = dst.state().paged.iter().copied().collect();
+    let want: std::collections::HashMap<Pfn, u8> =
+        src.state().pages.iter().map(|(p, b)| (*p, b[0])).collect();
+    let vcpus: Vec<_> = (0..4u32)
+        .map(|v| {
+            let dst = dst.clone();
+            let want = want.clone();
+            // Each vCPU walks its own stride of the owed pages.
+            let mine: Vec<Pfn> = owed
+                .iter()
+                .copied()
+                .skip(v as usize)
+                .step_by(37)
+                .take(40)
+                .collect();
+            std::thread::spawn(move || {
+                let mut faults = 0;
+                for p in mine {
+                    if dst.guest_touch(p, v) {
+                        faults += 1;
+                        assert!(
+                            dst.wait_response(v, p, Duration::from_secs(20)),
+                            "vCPU {v} never resumed on {p:#x}"
+                        );
+                    }
+                    // After the resume the page is there, with the source's data.
+                    let st = dst.state();
+                    let got = st.pages.get(&p).map(|b| b[0]);
+                    assert_eq!(got, Some(want[&p]), "vCPU {v} reads pfn {p:#x}");
+                }
+                faults
+            })
+        })
+        .collect();
+    session.serve().unwrap();
+    let faults: usize = vcpus.into_iter().map(|h| h.join().unwrap()).sum();
+    let (summary, sm) = source.join().unwrap();
+    drop(s_stream);
+    assert!(dst.state().paged.is_empty());
+    assert_eq!(
+        sm.pages_pushed + sm.pages_faulted + sm.pages_zero,
+        summary.owed
+    );
+    assert_eq!(sm.pages_duplicate, 0);
+    eprintln!(
+        "{faults} vCPU faults, {} served by fault replies, {} already in flight",
+        sm.pages_faulted, sm.faults_in_flight
+    );
+}

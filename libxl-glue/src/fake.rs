@@ -174,6 +174,30 @@ impl FakeXen {
         n
     }
 
+    /// A paused vCPU waits for the pager's response to its request on
+    /// `gfn` (taking it off the list). False on timeout.
+    pub fn wait_response(&self, vcpu: u32, gfn: Pfn, timeout: Duration) -> bool {
+        let t = std::time::Instant::now();
+        loop {
+            self.collect_responses();
+            {
+                let mut st = self.state();
+                let pos = st.responses.iter().position(|r| {
+                    // SAFETY: paging responses carry the mem_paging member.
+                    r.vcpu_id == vcpu && unsafe { r.u.mem_paging.gfn } == gfn
+                });
+                if let Some(i) = pos {
+                    st.responses.remove(i);
+                    return true;
+                }
+            }
+            if t.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// Notifications received from the pager.
     pub fn notifications(&self) -> u64 {
         self.state().notifications
