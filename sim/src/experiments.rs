@@ -419,7 +419,7 @@ struct Method {
     fpe: bool,
 }
 
-const STRESS_METHODS: [Method; 6] = [
+const STRESS_METHODS: [Method; 7] = [
     Method {
         label: "pre-copy",
         mode: Mode::XEN_PRECOPY,
@@ -456,6 +456,12 @@ const STRESS_METHODS: [Method; 6] = [
         strategy: StrategySpec::Bubble,
         fpe: true,
     },
+    Method {
+        label: "hybrid+bubble",
+        mode: Mode::Hybrid { rounds: 1 },
+        strategy: StrategySpec::Bubble,
+        fpe: false,
+    },
 ];
 
 type Charts = Vec<(&'static str, Chart)>;
@@ -474,7 +480,7 @@ fn paper_stress(
         format!("guest {guest_mib} MiB, {base_mib} MiB in use besides the working set (kernel, daemons, page cache), free pages hold stale data"),
         format!("workload: the writer dirties its working set page by page in a loop, {} µs a page", workload::DEFAULT_NS_PER_ACCESS / 1000),
         net_words(&base.net),
-        format!("push batches of {} pages; pre-copy = Xen 4.17 defaults (5 rounds, stop below 50 dirty pages); DSB = free-page elimination", base.batch_pages),
+        format!("push batches of {} pages; pre-copy = Xen 4.17 defaults (5 rounds, stop below 50 dirty pages); DSB = free-page elimination; hybrid = one pre-copy round, then post-copy", base.batch_pages),
     ];
     for &ws in sizes {
         let layout = Layout {
@@ -812,13 +818,14 @@ fn paper_apps(
         format!("guest {guest_mib} MiB (the paper's default VM size), {base_mib} MiB in use besides a {ws_mib} MiB working set"),
         format!("zipf s=1.0 and random: {len} accesses a loop, 30% writes; sequential: reads in order; quicksort: 4 processes"),
         net_words(&base.net),
-        "faults avoided = 1 − faults(bubble) / faults(demand-only); pre-copy = Xen 4.17 defaults without free-page elimination".into(),
+        "faults avoided = 1 − faults(strategy) / faults(demand-only); history = pages in order of the source's last access before the stop, then bubble; pre-copy = Xen 4.17 defaults without free-page elimination".into(),
     ];
     let methods = [
         ("pre-copy", Mode::XEN_PRECOPY, StrategySpec::None, false),
         ("demand-only", Mode::Postcopy, StrategySpec::None, false),
         ("bubble", Mode::Postcopy, StrategySpec::Bubble, false),
         ("bubble+DSB", Mode::Postcopy, StrategySpec::Bubble, true),
+        ("history", Mode::Postcopy, StrategySpec::History, false),
     ];
     let mut rows = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
@@ -838,14 +845,16 @@ fn paper_apps(
                 report,
             });
         }
-        let [pre, demand, bubble, dsb] = [&got[0], &got[1], &got[2], &got[3]];
-        let avoided =
-            1.0 - bubble.engine.network_faults as f64 / demand.engine.network_faults.max(1) as f64;
+        let [pre, demand, bubble, dsb, history] = [&got[0], &got[1], &got[2], &got[3], &got[4]];
+        let avoided = |r: &SimReport| {
+            1.0 - r.engine.network_faults as f64 / demand.engine.network_faults.max(1) as f64
+        };
         rows.push(vec![
             w.name.clone(),
             demand.engine.network_faults.to_string(),
             bubble.engine.network_faults.to_string(),
-            format!("{:.0}%", avoided * 100.0),
+            format!("{:.0}%", avoided(bubble) * 100.0),
+            format!("{:.0}%", avoided(history) * 100.0),
             format!(
                 "{:.0}%",
                 (1.0 - dsb.engine.pages_transferred as f64 / pre.engine.pages_transferred as f64)
@@ -872,6 +881,7 @@ fn paper_apps(
             "faults demand-only",
             "faults bubble",
             "faults avoided",
+            "avoided by history",
             "pages saved (bubble+DSB vs pre-copy)",
             "time saved (bubble)",
             "time saved (bubble+DSB)",
@@ -1274,7 +1284,7 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("paper-stress.json")).unwrap())
                 .unwrap();
-        assert_eq!(json["runs"].as_array().unwrap().len(), 18);
+        assert_eq!(json["runs"].as_array().unwrap().len(), 21);
         assert!(json["runs"][0]["report"]["engine"]["total_time_ms"].is_f64());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1302,7 +1312,7 @@ mod tests {
     #[test]
     fn paper_apps_prepaging_avoids_faults_everywhere() {
         let r = run_experiment("paper-apps", &quick()).unwrap();
-        assert_eq!(r.runs.len(), 4 * 4);
+        assert_eq!(r.runs.len(), 4 * 5);
         assert_eq!(r.tables[0].rows.len(), 4);
         for i in 0..4 {
             let f = |s: &str| {

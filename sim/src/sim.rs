@@ -159,6 +159,71 @@ pub struct SimReport {
     pub wall_ms: f64,
 }
 
+impl std::fmt::Display for SimReport {
+    /// The engine's report table, headed by what was simulated, with the
+    /// simulator's own rows after it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "simulated {} migration of '{}' ({} pages, {} owed at the switch), prepage={}, free-page elimination {}",
+            self.mode,
+            self.workload,
+            self.guest_pages,
+            self.owed_pages,
+            self.strategy,
+            if self.free_page_elimination { "on" } else { "off" }
+        )?;
+        write!(f, "{}", self.engine)?;
+        writeln!(
+            f,
+            "  {:<22} {:.2}%",
+            "network-fault share",
+            self.network_fault_share * 100.0
+        )?;
+        writeln!(
+            f,
+            "  {:<22} {:.1} ms ({:.1}% of the post-copy phase)",
+            "vCPU blocked",
+            self.vcpu_blocked_ms,
+            self.vcpu_blocked_share * 100.0
+        )?;
+        writeln!(
+            f,
+            "  {:<22} {} events, {:.0} ms wall",
+            "simulator", self.events, self.wall_ms
+        )
+    }
+}
+
+/// Simulates a recorded trace file: the guest's first `base_pages` are
+/// in use besides the pages the trace touches.
+pub fn simulate_trace_file(
+    path: &std::path::Path,
+    base_pages: u64,
+    cfg: &SimConfig,
+) -> Result<SimReport, TraceRunError> {
+    let trace = Trace::read_file(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "trace".into());
+    Ok(simulate(
+        &Workload::from_trace(&name, trace, base_pages),
+        cfg,
+    )?)
+}
+
+/// A trace file that could not be simulated.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceRunError {
+    /// The file is unreadable or invalid.
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
+    /// The simulation failed.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+}
+
 /// The vCPU replaying a trace.
 #[derive(Debug)]
 struct Vcpu<'t> {
@@ -925,6 +990,29 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(matches!(simulate(&w, &cfg), Err(SimError::TimeLimit(..))));
+    }
+
+    #[test]
+    fn trace_files_simulate_and_report() {
+        let dir = std::env::temp_dir().join(format!("pcsim-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.pctrace");
+        let w = workload::stress(layout(16, 2), 1).unwrap();
+        w.trace.write_file(&path).unwrap();
+        let r = simulate_trace_file(&path, 256, &SimConfig::default()).unwrap();
+        assert_eq!(r.workload, "w.pctrace");
+        assert_eq!(r.guest_pages, 16 * 256);
+        let text = r.to_string();
+        assert!(
+            text.contains("prepage=bubble") && text.contains("network faults"),
+            "{text}"
+        );
+        std::fs::write(&path, b"PCTRACE1").unwrap();
+        assert!(matches!(
+            simulate_trace_file(&path, 0, &SimConfig::default()),
+            Err(TraceRunError::Trace(crate::trace::TraceError::TooShort(8)))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
