@@ -284,3 +284,15 @@ fn precopy_with_uffd_dirty_log_matches_the_source() {
     }
     migrate(Mode::XEN_PRECOPY, StrategySpec::Bubble);
 }
+
+#[test]
+fn hybrid_with_history_prepaging_over_uffd_matches_the_source() {
+    let mode = Mode::Hybrid { rounds: 1 };
+    if !uffd_usable(
+        "hybrid_with_history_prepaging_over_uffd_matches_the_source",
+        mode,
+    ) {
+        return;
+    }
+    migrate(mode, StrategySpec::History);
+}

@@ -597,3 +597,42 @@ mod tests {
         assert_eq!(d.region().hash(), GuestRegion::new(4).unwrap().hash());
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::uffd::uffd_available;
+
+    /// A measurement: `cargo test -p postcopy --release -- --ignored
+    /// install_rate --nocapture`.
+    #[test]
+    #[ignore = "benchmark: installs 1 GiB"]
+    fn install_rate() {
+        if !uffd_available("install_rate") {
+            return;
+        }
+        const PAGES: u64 = 1 << 30 >> 12;
+        // Pre-warm: first touches of memory the VM gave back are slow.
+        drop(super::super::floor::prewarm_for_bench(1 << 30));
+        for batch in [1u64, 16, 64, 256] {
+            let d = UffdDestination::new(Arc::new(GuestRegion::new(PAGES).unwrap())).unwrap();
+            d.mark_absent(&[PfnRun {
+                start: 0,
+                count: PAGES,
+            }])
+            .unwrap();
+            let data = vec![0x5au8; PAGE_SIZE * usize::try_from(batch).unwrap()];
+            let t = Instant::now();
+            for first in (0..PAGES).step_by(usize::try_from(batch).unwrap()) {
+                d.install(first, &data).unwrap();
+            }
+            let dt = t.elapsed();
+            #[allow(clippy::cast_precision_loss)]
+            let rate = PAGES as f64 / dt.as_secs_f64();
+            println!("UFFDIO_COPY {batch:>3} pages/ioctl: 1 GiB in {dt:?} = {rate:.0} pages/s");
+            d.detach().unwrap();
+        }
+    }
+}

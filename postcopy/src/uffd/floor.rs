@@ -69,6 +69,12 @@ fn prewarm(bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Pre-warms `bytes` of memory (for the crate's benchmarks).
+#[cfg(test)]
+pub(crate) fn prewarm_for_bench(bytes: usize) -> io::Result<()> {
+    prewarm(bytes)
+}
+
 /// `n` uffd fault round trips (touch → spinning handler's COPY → resumed).
 fn uffd_round_trips(n: usize) -> io::Result<Vec<u64>> {
     let region = Arc::new(GuestRegion::new(n as u64)?);
@@ -264,4 +270,37 @@ pub fn measure_floor(samples: usize) -> io::Result<FloorReport> {
         tcp_p50_us: us(ht.value_at_quantile(0.5)),
         tcp_p99_us: us(ht.value_at_quantile(0.99)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uffd::uffd_available;
+
+    #[test]
+    fn floor_is_measured_and_ordered() {
+        if !uffd_available("floor_is_measured_and_ordered") {
+            return;
+        }
+        let f = measure_floor(300).unwrap();
+        println!("{}", serde_json::to_string(&f).unwrap());
+        assert_eq!(f.samples, 300);
+        assert!(f.p50_us > 0.0 && f.p50_us <= f.p99_us && f.p99_us <= f.max_us);
+        assert!(f.uffd_p50_us > 0.0 && f.tcp_p50_us > 0.0);
+        assert!(measure_floor(0).is_err());
+    }
+
+    /// A measurement: `cargo test -p postcopy --release -- --ignored
+    /// floor_10k --nocapture`.
+    #[test]
+    #[ignore = "benchmark"]
+    fn floor_10k() {
+        if !uffd_available("floor_10k") {
+            return;
+        }
+        for _ in 0..3 {
+            let f = measure_floor(10_000).unwrap();
+            println!("{}", serde_json::to_string(&f).unwrap());
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! anybody, and one `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` both reports
 //! the written pages and protects them again, atomically per page.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -20,6 +21,8 @@ use crate::{Pfn, PAGE_SHIFT, PAGE_SIZE};
 
 /// Regions fetched per `PAGEMAP_SCAN` call.
 const SCAN_BATCH: usize = 4096;
+/// Dirty-log scans remembered for [`SourceMemory::access_history`].
+const HISTORY_SCANS: usize = 4;
 
 /// The source guest's memory over a [`GuestRegion`].
 #[derive(Debug)]
@@ -30,6 +33,8 @@ pub struct RegionSource {
     /// The write-protect uffd, once the dirty log is enabled. Closing it
     /// unregisters the region.
     wp: Option<OwnedFd>,
+    /// The pages of the latest dirty-log scans, most recent scan last.
+    recent: VecDeque<Vec<Pfn>>,
 }
 
 fn os(op: &str) -> impl FnOnce(std::io::Error) -> MemoryError + '_ {
@@ -47,6 +52,7 @@ impl RegionSource {
             pagemap,
             scan,
             wp: None,
+            recent: VecDeque::new(),
         })
     }
 
@@ -251,7 +257,33 @@ impl SourceMemory for RegionSource {
         };
         let mut dirty = Vec::new();
         self.scan(arg, |s, e| dirty.extend(s..e))?;
+        if self.recent.len() == HISTORY_SCANS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(dirty.clone());
         Ok(dirty)
+    }
+
+    /// The pages written in the latest dirty-log scans (pre-copy and
+    /// hybrid only), the most recent scan's first, each page once: the
+    /// working set the guest was writing when it stopped. Empty in pure
+    /// post-copy, which never reads the dirty log.
+    fn access_history(&self) -> Vec<Pfn> {
+        let mut seen = bitvec::vec::BitVec::<usize>::repeat(
+            false,
+            usize::try_from(self.region.pages()).unwrap_or(0),
+        );
+        let mut out = Vec::new();
+        for scan in self.recent.iter().rev() {
+            for &p in scan {
+                let i = usize::try_from(p).unwrap_or(usize::MAX);
+                if seen.get(i).is_some_and(|b| !*b) {
+                    seen.set(i, true);
+                    out.push(p);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -372,6 +404,9 @@ mod tests {
         touch(&r, 7, 5);
         assert_eq!(s.take_dirty().unwrap(), vec![7]);
         assert!(!unpopulated_7(&s));
+        // History: the latest scans' pages, most recent scan first.
+        // (Six scans so far; the first two, with `want`, have aged out.)
+        assert_eq!(s.access_history(), vec![7, 42, 5000]);
         // Enabling again starts a new, clean epoch.
         touch(&r, 9, 4);
         s.enable_dirty_log().unwrap();
