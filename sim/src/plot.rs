@@ -63,6 +63,17 @@ fn range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     }
 }
 
+/// An axis label: integers without decimals, others to 3 significant digits.
+fn tick(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 macro_rules! draw_into {
     ($root:expr, $chart:expr, $x:expr, $y:expr) => {{
         let mut c = ChartBuilder::on($root)
@@ -73,6 +84,8 @@ macro_rules! draw_into {
             .build_cartesian_2d($x, $y)
             .map_err(|e| e.to_string())?;
         c.configure_mesh()
+            .x_label_formatter(&|v: &f64| tick(*v))
+            .y_label_formatter(&|v: &f64| tick(*v))
             .x_desc($chart.x_label.as_str())
             .y_desc($chart.y_label.as_str())
             .light_line_style(WHITE)
@@ -92,8 +105,17 @@ macro_rules! draw_into {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
-            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| e.to_string())?;
+            // Distinct markers, so that lines lying on top of each other
+            // still show.
+            match i % 3 {
+                0 => c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))),
+                1 => c.draw_series(
+                    pts.iter()
+                        .map(|&p| TriangleMarker::new(p, 6, color.stroke_width(2))),
+                ),
+                _ => c.draw_series(pts.iter().map(|&p| Cross::new(p, 5, color.stroke_width(2)))),
+            }
+            .map_err(|e| e.to_string())?;
         }
         c.configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
@@ -140,6 +162,13 @@ pub fn draw(chart: &Chart, path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(10.0), "10");
+        assert_eq!(tick(2.5), "2.5");
+        assert_eq!(tick(0.25), "0.250");
+    }
 
     #[test]
     fn writes_an_svg_with_labels_and_lines() {
