@@ -198,16 +198,22 @@ pub fn run_destination<M: DestinationMemory>(
         error,
         after_switch: false,
     };
+    let mut fault_tx = RecordWriter::new(links.fault_tx);
+    // Tells the source we never resumed the guest, so it may (best effort:
+    // the link may be what failed).
+    let abort = |fault_tx: &mut RecordWriter<_>, e: Error| {
+        let _ = fault_tx
+            .abort(&e.to_string())
+            .and_then(|()| fault_tx.flush());
+        closer();
+        before(e)
+    };
     let sw = match receive_until_switch(mem, &mut bulk, metrics) {
         Ok(sw) => sw,
-        Err(e) => {
-            closer();
-            return Err(before(e));
-        }
+        Err(e) => return Err(abort(&mut fault_tx, e)),
     };
     let transition_at = Instant::now();
     let owed_count: u64 = sw.owed.iter().map(|r| r.count).sum();
-    let mut fault_tx = RecordWriter::new(links.fault_tx);
     let resume = mem
         .mark_absent(&sw.owed)
         .map_err(Error::from)
@@ -218,8 +224,7 @@ pub fn run_destination<M: DestinationMemory>(
             })
         });
     if let Err(e) = resume {
-        closer();
-        return Err(before(e));
+        return Err(abort(&mut fault_tx, e));
     }
     let resumed_at = Instant::now();
     Metrics::set_duration(&metrics.downtime_us, resumed_at - transition_at);

@@ -31,6 +31,9 @@ pub enum Error {
         #[source]
         source: HookError,
     },
+    /// The destination gave up before resuming the guest.
+    #[error("destination aborted before resuming the guest: {0}")]
+    PeerAborted(String),
     /// A worker thread panicked (a bug; reported, never propagated).
     #[error("internal error: the {0} thread panicked")]
     ThreadPanicked(&'static str),

@@ -59,6 +59,8 @@ pub const MAX_PFN_LIST: usize = 8192;
 pub const MAX_RUNS: usize = 8192;
 /// Largest opaque VCPU_STATE body.
 pub const MAX_VCPU_STATE: usize = 1 << 20;
+/// Largest ABORT body (a UTF-8 reason).
+pub const MAX_ABORT: usize = 4096;
 /// Largest RECOVER body.
 pub const MAX_RECOVER: usize = 8 + 16 * MAX_RUNS;
 /// Hard limit on any record body this module reads; checked against the
@@ -92,6 +94,9 @@ pub enum RecordType {
     Resumed = 0x1b,
     /// Destination → source after a reconnect: what it has received.
     Recover = 0x1c,
+    /// Destination → source (fault channel): it gave up before resuming
+    /// the guest, so the source may resume it.
+    Abort = 0x1d,
 }
 
 /// One row of the record table.
@@ -106,7 +111,7 @@ pub struct RecordInfo {
 }
 
 /// Every post-copy record type, its name and its length bound.
-pub const RECORD_TABLE: [RecordInfo; 10] = [
+pub const RECORD_TABLE: [RecordInfo; 11] = [
     RecordInfo {
         rtype: RecordType::Begin,
         name: "POSTCOPY_BEGIN",
@@ -156,6 +161,11 @@ pub const RECORD_TABLE: [RecordInfo; 10] = [
         rtype: RecordType::Recover,
         name: "POSTCOPY_RECOVER",
         max_len: MAX_RECOVER,
+    },
+    RecordInfo {
+        rtype: RecordType::Abort,
+        name: "POSTCOPY_ABORT",
+        max_len: MAX_ABORT,
     },
 ];
 
@@ -416,6 +426,8 @@ pub enum Record<'a> {
     Resumed(u64),
     /// RECOVER: runs the destination has received.
     Recover(Vec<PfnRun>),
+    /// ABORT: why the destination gave up (invalid UTF-8 replaced).
+    Abort(String),
 }
 
 impl Record<'_> {
@@ -432,6 +444,7 @@ impl Record<'_> {
             Record::VcpuState(_) => RecordType::VcpuState,
             Record::Resumed(_) => RecordType::Resumed,
             Record::Recover(_) => RecordType::Recover,
+            Record::Abort(_) => RecordType::Abort,
         }
     }
 }
@@ -644,6 +657,7 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
             })
         }
         RecordType::VcpuState => Ok(Record::VcpuState(body)),
+        RecordType::Abort => Ok(Record::Abort(String::from_utf8_lossy(body).into_owned())),
     }
 }
 
@@ -881,6 +895,17 @@ impl<W: Write> RecordWriter<W> {
         self.finish()
     }
 
+    /// Writes ABORT with a reason (cut to [`MAX_ABORT`] bytes).
+    pub fn abort(&mut self, reason: &str) -> RecordResult<()> {
+        let mut end = reason.len().min(MAX_ABORT);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.start(RecordType::Abort);
+        self.buf.extend_from_slice(&reason.as_bytes()[..end]);
+        self.finish()
+    }
+
     /// Flushes the underlying stream.
     pub fn flush(&mut self) -> RecordResult<()> {
         self.inner.flush().map_err(RecordError::Io)
@@ -962,6 +987,7 @@ mod tests {
             w.count(RecordType::Complete, 42).unwrap();
             w.count(RecordType::Resumed, 7).unwrap();
             w.runs(RecordType::Recover, &runs).unwrap();
+            w.abort("bad PFNS").unwrap();
         });
         assert_eq!(bytes.len() % 8, 0);
         let mut r = RecordReader::new(&bytes[..], None);
@@ -983,6 +1009,7 @@ mod tests {
         assert!(matches!(r.next_record().unwrap(), Record::Complete(42)));
         assert!(matches!(r.next_record().unwrap(), Record::Resumed(7)));
         assert!(matches!(r.next_record().unwrap(), Record::Recover(v) if v == runs));
+        assert!(matches!(r.next_record().unwrap(), Record::Abort(m) if m == "bad PFNS"));
         assert!(matches!(r.next_record(), Err(RecordError::Closed)));
         assert_eq!(r.bytes_read(), bytes.len() as u64);
     }

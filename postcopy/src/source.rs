@@ -11,8 +11,10 @@
 //!
 //! Failure rule: until TRANSITION has been written the destination cannot
 //! have resumed the guest, so any failure resumes it here
-//! ([`GuestControl::resume`]) and memory is untouched. After that the guest
-//! lives on the destination and is never resumed here.
+//! ([`GuestControl::resume`]) and memory is untouched; the same holds when
+//! the destination answers TRANSITION with ABORT (it refused the stream and
+//! never resumed). Otherwise, after TRANSITION the guest lives on the
+//! destination and is never resumed here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -235,9 +237,17 @@ pub fn run_source<M: SourceMemory>(
         }),
         Err(error) => {
             closer();
+            // The destination said it never resumed the guest: it is
+            // still ours, and its memory here is untouched.
+            let after_switch = !matches!(error, Error::PeerAborted(_));
+            if !after_switch {
+                if let Err(e) = guest.resume() {
+                    warn!("could not resume the source guest: {e}");
+                }
+            }
             Err(SourceFailure {
                 error,
-                after_switch: true,
+                after_switch,
             })
         }
     }
@@ -377,6 +387,8 @@ struct Shared {
     /// Fault requests being served right now (the push yields to them).
     outstanding: AtomicU64,
     failed: AtomicBool,
+    /// The fault server has returned.
+    server_done: AtomicBool,
     /// Last fault request arrival, in ms since `epoch`.
     last_fault_ms: AtomicU64,
     epoch: Instant,
@@ -402,6 +414,7 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
         sched: Mutex::new(Scheduler::new(n, owed, prepager)?),
         outstanding: AtomicU64::new(0),
         failed: AtomicBool::new(false),
+        server_done: AtomicBool::new(false),
         last_fault_ms: AtomicU64::new(0),
         epoch: Instant::now(),
     });
@@ -413,6 +426,7 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
                 .name("pc-fault-server".into())
                 .spawn_scoped(scope, move || {
                     let r = fault_server(mem, fault_rx, fault_tx, n, &shared, metrics, stopped_at);
+                    shared.server_done.store(true, Ordering::SeqCst);
                     if r.is_err() {
                         shared.failed.store(true, Ordering::SeqCst);
                         closer();
@@ -422,14 +436,34 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
                 .map_err(|e| Error::Protocol(format!("cannot start the fault server: {e}")))?
         };
         let pushed = push_loop(mem, &mut bulk, &shared, cfg, metrics);
-        if pushed.is_err() {
+        if let Err(e) = &pushed {
             shared.failed.store(true, Ordering::SeqCst);
-            closer();
+            // A dead link ends the fault server by itself, and it may still
+            // have the destination's ABORT to read; anything else must
+            // unblock it.
+            if !e.is_disconnect() {
+                closer();
+            } else {
+                // ...but not forever, if only the bulk link died.
+                let (closer, server_done) = (closer.clone(), &shared.server_done);
+                scope.spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while !server_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if !server_done.load(Ordering::SeqCst) {
+                        closer();
+                    }
+                });
+            }
         }
         let served = server
             .join()
             .map_err(|_| Error::ThreadPanicked("fault server"))?;
+        shared.server_done.store(true, Ordering::SeqCst);
         match (pushed, served) {
+            // The destination's word is the root cause of a broken push.
+            (_, Err(e @ Error::PeerAborted(_))) => Err(e),
             (Err(Error::Aborted), Err(e)) => Err(e),
             (Err(e), _) => Err(e),
             (Ok(()), r) => r,
@@ -512,6 +546,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
     let mut resumed = false;
     loop {
         match reader.next_record()? {
+            Record::Abort(reason) if !resumed => return Err(Error::PeerAborted(reason)),
             Record::Resumed(_) if !resumed => {
                 resumed = true;
                 Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());

@@ -345,3 +345,51 @@ fn unpopulated_pages_are_skipped_and_read_zero() {
     assert_eq!(r.owed, 128 - holes.len() as u64);
     let _ = PfnRun { start: 0, count: 1 };
 }
+
+/// The destination refuses to resume (its guest start fails after
+/// TRANSITION): it answers ABORT, and the source takes its guest back.
+#[test]
+fn destination_refusing_lets_the_source_resume() {
+    struct Refuse;
+    impl GuestResume for Refuse {
+        fn resume(&mut self, _state: &[u8]) -> Result<(), HookError> {
+            Err("no memory for the vCPU".into())
+        }
+    }
+    let (src_links, dst_links) = unix_pair().unwrap();
+    let mut src = source_image(64, 11, &[]);
+    let before = src.image().to_vec();
+    let dst_mem = MemDestination::new(64);
+    let mut guest = Guest::default();
+    let (sm, dm) = (Metrics::new(), Metrics::new());
+    let (s, d) = std::thread::scope(|scope| {
+        let d = scope.spawn(|| {
+            run_destination(
+                &dst_mem,
+                dst_links,
+                &DestConfig::default(),
+                &mut Refuse,
+                &dm,
+            )
+        });
+        let s = run_source(
+            &mut src,
+            src_links,
+            &SourceConfig::default(),
+            &mut guest,
+            &sm,
+        );
+        (s, d.join().unwrap())
+    });
+    let d = d.unwrap_err();
+    assert!(!d.after_switch);
+    let s = s.unwrap_err();
+    assert!(!s.after_switch, "{}", s.error);
+    assert!(
+        matches!(&s.error, Error::PeerAborted(m) if m.contains("no memory for the vCPU")),
+        "{}",
+        s.error
+    );
+    assert!(guest.stopped && guest.resumed_on_source);
+    assert_eq!(src.image(), &before[..]);
+}

@@ -73,6 +73,13 @@ pub fn parse_size_pages(s: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless,
+    reason = "test arithmetic on small known values"
+)]
 mod tests {
     use super::*;
     use clap::Parser;

@@ -128,6 +128,13 @@ impl<D: DestinationMemory> DestinationMemory for HashingDestination<D> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless,
+    reason = "test arithmetic on small known values"
+)]
 mod tests {
     use super::*;
     use postcopy::testmem::MemDestination;

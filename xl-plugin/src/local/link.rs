@@ -126,6 +126,13 @@ pub fn accept(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless,
+    reason = "test arithmetic on small known values"
+)]
 mod tests {
     use super::*;
 

@@ -117,7 +117,7 @@ pub struct LocalReport {
 
 impl fmt::Display for LocalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mib = self.guest_pages as f64 * 4096.0 / (1 << 20) as f64;
+        let mib = self.guest_pages as f64 * 4096.0 / 1_048_576.0;
         writeln!(
             f,
             "{} migration of a {:.0} MiB mini-VM running '{}' (prepage {}{})",

@@ -82,7 +82,7 @@ impl Vcpu {
                         let _ = local.record((ns / 1000).clamp(1, 100_000_000));
                     }
                     n += 1;
-                    if n % 4096 == 0 {
+                    if n.is_multiple_of(4096) {
                         c.steps.store(n, Ordering::Relaxed);
                     }
                 }

@@ -217,6 +217,11 @@ pub fn step(regs: &mut Regs, mem: &[AtomicU64]) {
             let rank = Zipf::new(pages as f64, 1.0)
                 .map(|z| z.sample(&mut regs.rng))
                 .unwrap_or(1.0);
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "Zipf samples integral ranks in [1, pages]"
+            )]
             let rank = rank.max(1.0) as u64 - 1;
             let pfn = rank.wrapping_mul(0x9E37_79B1) % pages;
             touch(mem, pfn, rank, 1);
@@ -332,6 +337,13 @@ fn quicksort_step(regs: &mut Regs, mem: &[AtomicU64]) {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless,
+    reason = "test arithmetic on small known values"
+)]
 mod tests {
     use super::*;
 
