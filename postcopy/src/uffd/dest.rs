@@ -84,6 +84,9 @@ struct Events {
 pub struct UffdDestination {
     region: Arc<GuestRegion>,
     uffd: OwnedFd,
+    /// Signalled when an installer drained fault events into the queue,
+    /// so a `wait_fault` sleeping in poll(2) sees them at once.
+    queued: OwnedFd,
     registered: AtomicBool,
     detached: AtomicBool,
     /// Pages installed through this backend after the switch, one bit each.
@@ -103,10 +106,15 @@ impl UffdDestination {
     pub fn new(region: Arc<GuestRegion>) -> Result<UffdDestination, probe::ProbeError> {
         probe::probe()?.require_postcopy()?;
         let uffd = probe::open_with(sys::UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE")?;
+        let queued = sys::eventfd().map_err(|source| probe::ProbeError::Os {
+            op: "create an eventfd",
+            source,
+        })?;
         let words = usize::try_from(region.pages().div_ceil(64)).unwrap_or(0);
         Ok(UffdDestination {
             region,
             uffd,
+            queued,
             registered: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             installed: (0..words).map(|_| AtomicU64::new(0)).collect(),
@@ -244,7 +252,12 @@ impl UffdDestination {
                 bump(&self.stats.eagain_retries, 1);
                 let mut ev = self.lock();
                 self.read_events(&mut ev)?;
+                let wake = !ev.faults.is_empty() || !ev.local.is_empty();
                 drop(ev);
+                if wake {
+                    sys::eventfd_signal(&self.queued)
+                        .map_err(|e| MemoryError::os("signal the fault waiter", e))?;
+                }
                 std::thread::yield_now();
                 Ok(false)
             }
@@ -388,6 +401,8 @@ impl DestinationMemory for UffdDestination {
         loop {
             let (fault, local) = {
                 let mut ev = self.lock();
+                sys::eventfd_clear(&self.queued)
+                    .map_err(|e| MemoryError::os("clear the fault waiter's eventfd", e))?;
                 if ev.faults.is_empty() && ev.local.is_empty() {
                     self.read_events(&mut ev)?;
                 }
@@ -410,7 +425,8 @@ impl DestinationMemory for UffdDestination {
             }
             let left = deadline - now;
             let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-            sys::poll_in(&self.uffd, ms).map_err(|e| MemoryError::os("poll the userfaultfd", e))?;
+            sys::poll_in(&[&self.uffd, &self.queued], ms)
+                .map_err(|e| MemoryError::os("poll the userfaultfd", e))?;
         }
     }
 }
@@ -568,6 +584,46 @@ mod tests {
         });
         assert_eq!(d.stats().removed_pages.load(Relaxed), 1);
         assert_eq!(d.stats().local_refaults.load(Relaxed), 1);
+        d.detach().unwrap();
+    }
+
+    #[test]
+    fn an_install_during_a_pending_remove_retries_and_drains_it() {
+        if !uffd_available("an_install_during_a_pending_remove_retries_and_drains_it") {
+            return;
+        }
+        let d = dest(8);
+        d.mark_absent(&all(8)).unwrap();
+        d.install(2, &page(2)).unwrap();
+        std::thread::scope(|s| {
+            // The release blocks until its REMOVE event is read; meanwhile
+            // UFFDIO_COPY fails with EAGAIN. Nobody calls wait_fault: the
+            // install itself must drain the event and go on.
+            let guest = s.spawn(|| d.region().release(&[PfnRun { start: 2, count: 1 }]));
+            // Readable once the REMOVE is queued (mmap_changing is raised
+            // before that, so the copy below must meet EAGAIN).
+            sys::poll_in(&[&d.uffd], 5000).unwrap();
+            d.install(4, &page(4)).unwrap();
+            while !guest.is_finished() {
+                assert_eq!(d.wait_fault(Duration::from_millis(10)).unwrap(), None);
+            }
+            guest.join().unwrap().unwrap();
+        });
+        assert!(d.stats().eagain_retries.load(Relaxed) >= 1);
+        assert_eq!(word(&d, 4, 0), 4001);
+        assert_eq!(d.stats().removed_pages.load(Relaxed), 1);
+        // A fault queued behind the drained event still reaches wait_fault.
+        std::thread::scope(|s| {
+            let guest = s.spawn(|| word(&d, 6, 0));
+            let f = loop {
+                if let Some(f) = d.wait_fault(Duration::from_millis(50)).unwrap() {
+                    break f;
+                }
+            };
+            assert_eq!(f.pfn, 6);
+            d.install(6, &page(6)).unwrap();
+            assert_eq!(guest.join().unwrap(), 6001);
+        });
         d.detach().unwrap();
     }
 

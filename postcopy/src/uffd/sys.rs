@@ -402,23 +402,68 @@ pub fn read_msgs(uffd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Waits up to `timeout_ms` (-1: forever) for `fd` to be readable.
-pub fn poll_in(fd: &OwnedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
+/// Waits up to `timeout_ms` (-1: forever) until one of `fds` (at most 4)
+/// is readable (or has an error); returns early on a signal.
+pub fn poll_in(fds: &[&OwnedFd], timeout_ms: libc::c_int) -> io::Result<()> {
+    let mut p = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: `p` is one live pollfd, matching the count 1.
-    let n = unsafe { libc::poll(std::ptr::addr_of_mut!(p), 1, timeout_ms) };
+    }; 4];
+    let n = fds.len().min(p.len());
+    for (slot, fd) in p.iter_mut().zip(fds) {
+        slot.fd = fd.as_raw_fd();
+    }
+    // `n` <= 4: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
+    let count = n as libc::nfds_t;
+    // SAFETY: `p` holds `n` live pollfds, matching `count`.
+    let ret = unsafe { libc::poll(p.as_mut_ptr(), count, timeout_ms) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A new non-blocking, close-on-exec eventfd (a counter threads can wake
+/// a poller with).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes two integers and touches no memory of ours.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd (wakes its pollers).
+pub fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     if n < 0 {
         let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+        // EAGAIN: the counter is saturated, pollers are awake anyway.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
         }
-        return Err(e);
     }
-    Ok(n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
+    Ok(())
+}
+
+/// Resets an eventfd to zero (non-blocking).
+pub fn eventfd_clear(fd: &OwnedFd) -> io::Result<()> {
+    let mut v = [0u8; 8];
+    // SAFETY: `v` is 8 writable bytes, the size an eventfd read fills.
+    let n = unsafe { libc::read(fd.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// `PAGEMAP_SCAN` over `[arg.start, arg.end)` with the filters in `arg`,
