@@ -24,6 +24,31 @@
 //!  +-----------------------+               +------------------------------+
 //! ```
 //!
+//! # Use
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use postcopy::uffd::{probe, GuestRegion, RegionSource, UffdDestination};
+//!
+//! let caps = probe()?; // first: names the fix if uffd is unavailable
+//! caps.require_postcopy()?;
+//! let hybrid_ok = caps.dirty_log(); // WP_ASYNC + PAGEMAP_SCAN (Linux 6.7+)
+//!
+//! // Source process: the guest's memory and the engine's view of it.
+//! let guest = Arc::new(GuestRegion::new(262_144)?); // 1 GiB
+//! let mut src = RegionSource::new(guest.clone())?; // run_source(&mut src, ..)
+//!
+//! // Destination process: faults are served once `mark_absent` ran.
+//! let region = Arc::new(GuestRegion::new(262_144)?);
+//! let dst = UffdDestination::new(region.clone())?; // run_destination(&dst, ..)
+//! // ... after run_destination returned (success or failure):
+//! dst.detach()?;
+//! let integrity = region.hash() == guest.hash();
+//! # let _ = (hybrid_ok, &mut src, integrity);
+//! # Ok(()) }
+//! ```
+//!
 //! [`probe`] checks the host first and names the fix when userfaultfd is
 //! unavailable; [`measure_floor`] measures the latency floor that the
 //! benchmarks' fault latency targets are ratios to.

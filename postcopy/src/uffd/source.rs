@@ -61,6 +61,14 @@ impl RegionSource {
         &self.region
     }
 
+    /// Stops dirty tracking (e.g. when a failed migration resumes the
+    /// guest here): unregisters the region, so writes no longer take the
+    /// write-protect fault. Idempotent.
+    pub fn stop_dirty_log(&mut self) {
+        self.wp = None;
+        self.recent.clear();
+    }
+
     /// True if presence and dirty pages come from `PAGEMAP_SCAN`.
     pub fn has_pagemap_scan(&self) -> bool {
         self.scan
@@ -411,6 +419,16 @@ mod tests {
         touch(&r, 9, 4);
         s.enable_dirty_log().unwrap();
         assert_eq!(s.take_dirty().unwrap(), Vec::<Pfn>::new());
+        // Stopped: no log; enabled again: a fresh registration works.
+        s.stop_dirty_log();
+        assert!(matches!(
+            s.take_dirty(),
+            Err(MemoryError::Unsupported { .. })
+        ));
+        touch(&r, 11, 5);
+        s.enable_dirty_log().unwrap();
+        touch(&r, 12, 5);
+        assert_eq!(s.take_dirty().unwrap(), vec![12]);
     }
 
     /// More regions than one `PAGEMAP_SCAN` buffer holds (every other page
