@@ -196,6 +196,9 @@ pub struct SaveSession<O: XenOps> {
     strategy: StrategySpec,
     owed: Vec<PfnRun>,
     owed_count: u64,
+    /// For `--prepage=history`: the owed pages the guest wrote during the
+    /// last pre-copy round (its recent working set), empty without one.
+    history: Vec<Pfn>,
     stream: RecordWriter<FdIo>,
     back_fd: RawFd,
     phase: Phase,
@@ -303,6 +306,13 @@ impl<O: XenOps> SaveSession<O> {
             }
         }
         let owed_count = owed.len() as u64;
+        // With pre-copy, every owed page was dirtied in the last round: the
+        // guest's recent working set, the best history Xen offers.
+        let history = if dirty_bits.is_some() {
+            owed.clone()
+        } else {
+            Vec::new()
+        };
         let owed = runs_from_sorted(owed);
         let (sid, sarg) = strategy.wire_id();
         let mut stream = RecordWriter::new(FdIo::new(stream_fd));
@@ -343,6 +353,7 @@ impl<O: XenOps> SaveSession<O> {
                 strategy,
                 owed,
                 owed_count,
+                history,
                 stream,
                 back_fd,
                 phase: Phase::Begun,
@@ -428,7 +439,8 @@ impl<O: XenOps> SaveSession<O> {
 
     fn serve_loop(&mut self, rx: &mpsc::Receiver<Back>) -> Result<(), Error> {
         let n = self.mem.pfn_count();
-        let mut sched = Scheduler::new(n, &self.owed, self.strategy.build(Vec::new()))?;
+        let history = std::mem::take(&mut self.history);
+        let mut sched = Scheduler::new(n, &self.owed, self.strategy.build(history))?;
         let mut progress = Progress::new("Post-copy pages", self.owed_count);
         let mut buf = Vec::new();
         let mut urgent = Vec::new();
@@ -437,17 +449,22 @@ impl<O: XenOps> SaveSession<O> {
         let mut complete_sent = false;
         loop {
             // Fault requests first, always.
+            // The reader's last message (COMPLETE, or its failure) comes
+            // before the disconnection: handle the messages first.
             let mut msgs = Vec::new();
+            let mut gone = false;
             loop {
                 match rx.try_recv() {
                     Ok(m) => msgs.push(m),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        return Err(Error::Protocol("the back channel reader stopped".into()))
+                        gone = true;
+                        break;
                     }
                 }
             }
             if msgs.is_empty()
+                && !gone
                 && (complete_sent || sched.unsent() > 0 && self.idle(&sched, last_fault))
             {
                 // Nothing to push right now: wait for the back channel.
@@ -459,9 +476,7 @@ impl<O: XenOps> SaveSession<O> {
                 match rx.recv_timeout(wait) {
                     Ok(m) => msgs.push(m),
                     Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        return Err(Error::Protocol("the back channel reader stopped".into()))
-                    }
+                    Err(RecvTimeoutError::Disconnected) => gone = true,
                 }
             }
             for m in msgs {
@@ -504,6 +519,9 @@ impl<O: XenOps> SaveSession<O> {
                     }
                     Back::Failed(e) => return Err(e),
                 }
+            }
+            if gone {
+                return Err(Error::Protocol("the back channel reader stopped".into()));
             }
             if !urgent.is_empty() {
                 send_pages(
