@@ -9,8 +9,9 @@
 //! connection (both ends spinning on non-blocking sockets), summed per
 //! sample. Spinning is the true lower bound: a blocked thread lets its vCPU
 //! halt, and waking it costs a trip through the host. Every spin is bounded
-//! in time, and the two parts run one after the other, so at most two
-//! threads spin on the two cores.
+//! in time (and yields after its first millisecond, so a descheduled peer
+//! gets the core back), and the two parts run one after the other, so at most
+//! two threads spin on the two cores.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -50,6 +51,40 @@ pub struct FloorReport {
     pub tcp_p50_us: f64,
     /// 99th percentile of the TCP request/reply alone.
     pub tcp_p99_us: f64,
+}
+
+/// Pure spinning lasts this long per wait — far above a round trip, so
+/// the percentiles of an undisturbed run are untouched; past it the peer
+/// has surely been descheduled, and each further spin also yields so it
+/// can get a core back. (Yielding after 20–200 µs was tried: under load it
+/// raised the TCP median from ~10 µs to 80–600 µs.)
+const PURE_SPIN: Duration = Duration::from_millis(1);
+
+/// A bounded busy-wait.
+struct Spin {
+    start: Instant,
+}
+
+impl Spin {
+    fn new() -> Spin {
+        Spin {
+            start: Instant::now(),
+        }
+    }
+
+    /// One idle iteration; `Err` after [`SPIN_LIMIT`].
+    fn idle(&self, what: &str) -> io::Result<()> {
+        let waited = self.start.elapsed();
+        if waited > SPIN_LIMIT {
+            return Err(timed_out(what));
+        }
+        if waited > PURE_SPIN {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -93,14 +128,11 @@ fn uffd_round_trips(n: usize) -> io::Result<Vec<u64>> {
             .spawn(move || -> io::Result<()> {
                 let page = vec![0x5au8; PAGE_SIZE];
                 let mut buf = [0u8; 16 * sys::UFFD_MSG_SIZE];
-                let mut idle_since = Instant::now();
+                let mut spin = Spin::new();
                 while !stop.load(Ordering::Relaxed) {
                     let got = sys::read_msgs(&uffd, &mut buf)?;
                     if got == 0 {
-                        if idle_since.elapsed() > SPIN_LIMIT {
-                            return Err(timed_out("uffd handler"));
-                        }
-                        std::hint::spin_loop();
+                        spin.idle("uffd handler")?;
                         continue;
                     }
                     for msg in buf[..got].chunks_exact(sys::UFFD_MSG_SIZE) {
@@ -116,7 +148,7 @@ fn uffd_round_trips(n: usize) -> io::Result<Vec<u64>> {
                             }
                         }
                     }
-                    idle_since = Instant::now();
+                    spin = Spin::new();
                 }
                 Ok(())
             })?
@@ -145,18 +177,13 @@ fn uffd_round_trips(n: usize) -> io::Result<Vec<u64>> {
 
 /// Reads exactly `buf.len()` bytes from a non-blocking socket, spinning.
 fn read_spinning(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
-    let start = Instant::now();
+    let spin = Spin::new();
     let mut got = 0;
     while got < buf.len() {
         match s.read(&mut buf[got..]) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(k) => got += k,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if start.elapsed() > SPIN_LIMIT {
-                    return Err(timed_out("tcp read"));
-                }
-                std::hint::spin_loop();
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => spin.idle("tcp read")?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -166,18 +193,13 @@ fn read_spinning(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
 
 /// Writes all of `buf` to a non-blocking socket, spinning.
 fn write_spinning(s: &mut TcpStream, buf: &[u8]) -> io::Result<()> {
-    let start = Instant::now();
+    let spin = Spin::new();
     let mut put = 0;
     while put < buf.len() {
         match s.write(&buf[put..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(k) => put += k,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if start.elapsed() > SPIN_LIMIT {
-                    return Err(timed_out("tcp write"));
-                }
-                std::hint::spin_loop();
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => spin.idle("tcp write")?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
