@@ -856,3 +856,160 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test fixtures of known small sizes"
+)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// A randomly built 4-level tree and, for each mapped 4 KiB virtual
+    /// page, the pfn it must translate to (the model).
+    struct Tree {
+        pages: HashMap<Pfn, Box<[u8; PAGE_SIZE]>>,
+        tables: BTreeSet<Pfn>,
+        model: HashMap<u64, Pfn>,
+    }
+
+    fn set(t: &mut Tree, pfn: Pfn, idx: usize, v: u64) {
+        let p = t
+            .pages
+            .entry(pfn)
+            .or_insert_with(|| Box::new([0; PAGE_SIZE]));
+        p[idx * 8..idx * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// mappings: (pml4 idx, pdpt idx, pd idx, pt idx, kind): kind 0 = 4K,
+    /// 1 = 2M, 2 = 1G. Tables get fresh pfns from 0x1000 up; data pfns
+    /// are derived from the indices.
+    fn build(maps: &[(usize, usize, usize, usize, u8)]) -> Tree {
+        let mut t = Tree {
+            pages: HashMap::new(),
+            tables: BTreeSet::new(),
+            model: HashMap::new(),
+        };
+        let mut next = 0x1001u64;
+        let root = 0x1000u64;
+        t.tables.insert(root);
+        t.pages.insert(root, Box::new([0; PAGE_SIZE]));
+        let mut child: HashMap<(Pfn, usize), Option<Pfn>> = HashMap::new();
+        let mut table = |t: &mut Tree, parent: Pfn, idx: usize, leaf: Option<u64>| -> Option<Pfn> {
+            if let Some(c) = child.get(&(parent, idx)) {
+                return *c;
+            }
+            let made = match leaf {
+                Some(e) => {
+                    set(t, parent, idx, e);
+                    None
+                }
+                None => {
+                    let p = next;
+                    next += 1;
+                    t.tables.insert(p);
+                    t.pages.insert(p, Box::new([0; PAGE_SIZE]));
+                    set(t, parent, idx, (p << 12) | 3);
+                    Some(p)
+                }
+            };
+            child.insert((parent, idx), made);
+            made
+        };
+        for &(a, b, c, d, kind) in maps {
+            let va =
+                ((a as u64) << 39) | ((b as u64) << 30) | ((c as u64) << 21) | ((d as u64) << 12);
+            let Some(l3) = table(&mut t, root, a, None) else {
+                continue;
+            };
+            if kind == 2 {
+                let base = 0x4000_0000u64 * (1 + (a * 512 + b) as u64 % 8);
+                if table(&mut t, l3, b, Some(base | PTE_PS | 3)).is_none() {
+                    t.model
+                        .insert(va, (base >> 12) + ((c as u64) << 9) + d as u64);
+                }
+                continue;
+            }
+            let Some(l2) = table(&mut t, l3, b, None) else {
+                continue;
+            };
+            if kind == 1 {
+                let base = 0x20_0000u64 * (1 + (b * 512 + c) as u64 % 64);
+                if table(&mut t, l2, c, Some(base | PTE_PS | 3)).is_none() {
+                    t.model.insert(va, (base >> 12) + d as u64);
+                }
+                continue;
+            }
+            let Some(l1) = table(&mut t, l2, c, None) else {
+                continue;
+            };
+            let data = 0x10_0000 + (a * 7 + b * 5 + c * 3 + d) as u64;
+            if table(&mut t, l1, d, Some((data << 12) | 3)).is_none() {
+                t.model.insert(va, data);
+            }
+        }
+        // A slot keeps what was put there first (table or large page), so
+        // a later mapping that conflicts with it is simply not in the model.
+        t
+    }
+
+    fn reader(t: &Tree) -> impl FnMut(Pfn, &mut [u8; PAGE_SIZE]) -> bool + '_ {
+        move |p, buf| match t.pages.get(&p) {
+            Some(pg) => {
+                buf.copy_from_slice(&pg[..]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn regs() -> VcpuRegs {
+        VcpuRegs {
+            cr0: CR0_PG | 1,
+            cr3: 0x1000 << 12,
+            cr4: CR4_PAE,
+            efer: EFER_LMA,
+            ..Default::default()
+        }
+    }
+
+    fn slot() -> impl Strategy<Value = (usize, usize, usize, usize, u8)> {
+        // Few distinct indices so that paths share tables.
+        (0usize..3, 0usize..3, 0usize..4, 0usize..8, 0u8..3)
+    }
+
+    proptest! {
+        /// The walk finds exactly the table pages of the tree.
+        #[test]
+        fn walk_finds_exactly_the_tables(maps in proptest::collection::vec(slot(), 0..40)) {
+            let t = build(&maps);
+            let (found, cut) = walk_page_tables(&regs(), 1 << 24, 10_000, &mut reader(&t));
+            prop_assert!(!cut);
+            let want: Vec<Pfn> = t.tables.iter().copied().collect();
+            prop_assert_eq!(found, want);
+        }
+
+        /// Every mapped address translates to the model's pfn; an address
+        /// in an unmapped slot translates to nothing.
+        #[test]
+        fn translate_agrees_with_the_model(maps in proptest::collection::vec(slot(), 1..40), probe in slot()) {
+            let t = build(&maps);
+            let r = regs();
+            for (&va, &pfn) in &t.model {
+                prop_assert_eq!(translate(&r, va, 1 << 24, &mut reader(&t)), Some(pfn), "va {:#x}", va);
+            }
+            let (a, b, c, d, _) = probe;
+            let va = ((a as u64) << 39) | ((b as u64) << 30) | ((c as u64) << 21) | ((d as u64) << 12);
+            if !t.model.contains_key(&va) {
+                let got = translate(&r, va, 1 << 24, &mut reader(&t));
+                // Unmapped, or covered by a large page of another slot.
+                if let Some(p) = got {
+                    let large = t.model.iter().any(|(&v, _)| v >> 21 == va >> 21 || v >> 30 == va >> 30);
+                    prop_assert!(large, "va {:#x} → {:#x} without a mapping", va, p);
+                }
+            }
+        }
+    }
+}
