@@ -792,6 +792,12 @@ fn paper_pivots(
     ])
 }
 
+/// A percentage rounded to a whole number, never "-0%".
+fn pct(percent: f64) -> String {
+    let v = percent.round();
+    format!("{}%", if v == 0.0 { 0.0 } else { v })
+}
+
 fn paper_apps(
     opts: &ExperimentOptions,
     result: &mut ExperimentResult,
@@ -853,21 +859,14 @@ fn paper_apps(
             w.name.clone(),
             demand.engine.network_faults.to_string(),
             bubble.engine.network_faults.to_string(),
-            format!("{:.0}%", avoided(bubble) * 100.0),
-            format!("{:.0}%", avoided(history) * 100.0),
-            format!(
-                "{:.0}%",
+            pct(avoided(bubble) * 100.0),
+            pct(avoided(history) * 100.0),
+            pct(
                 (1.0 - dsb.engine.pages_transferred as f64 / pre.engine.pages_transferred as f64)
-                    * 100.0
+                    * 100.0,
             ),
-            format!(
-                "{:.0}%",
-                (1.0 - bubble.engine.total_time_ms / pre.engine.total_time_ms) * 100.0
-            ),
-            format!(
-                "{:.0}%",
-                (1.0 - dsb.engine.total_time_ms / pre.engine.total_time_ms) * 100.0
-            ),
+            pct((1.0 - bubble.engine.total_time_ms / pre.engine.total_time_ms) * 100.0),
+            pct((1.0 - dsb.engine.total_time_ms / pre.engine.total_time_ms) * 100.0),
             format!(
                 "{:.0} / {:.0}",
                 pre.engine.downtime_ms, bubble.engine.downtime_ms
