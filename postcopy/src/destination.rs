@@ -1,7 +1,8 @@
 //! The destination side of a migration.
 //!
 //! Before the switch it stores pre-copied pages and collects the owed pfn
-//! list; at TRANSITION it makes the owed pages absent and resumes the guest.
+//! list; after the CPU state it makes the owed pages absent and answers
+//! READY; at TRANSITION it resumes the guest.
 //! After that three threads run:
 //!
 //! - the **bulk reader** (the caller's thread) installs pushed pages;
@@ -208,23 +209,33 @@ pub fn run_destination<M: DestinationMemory>(
         closer();
         before(e)
     };
-    let sw = match receive_until_switch(mem, &mut bulk, metrics) {
+    let prepared = receive_until_switch(mem, &mut bulk, metrics).and_then(|sw| {
+        mem.mark_absent(&sw.owed)?;
+        fault_tx.empty(RecordType::Ready)?;
+        fault_tx.flush()?;
+        match bulk.next_record()? {
+            Record::Transition => Ok(sw),
+            other => Err(RecordError::Unexpected {
+                name: other.rtype().name(),
+                state: "after POSTCOPY_READY (expected TRANSITION)",
+            }
+            .into()),
+        }
+    });
+    let sw = match prepared {
         Ok(sw) => sw,
         Err(e) => return Err(abort(&mut fault_tx, e)),
     };
     let transition_at = Instant::now();
     let owed_count: u64 = sw.owed.iter().map(|r| r.count).sum();
-    let resume = mem
-        .mark_absent(&sw.owed)
-        .map_err(Error::from)
-        .and_then(|()| {
-            guest.resume(&sw.state).map_err(|source| Error::Guest {
+    if let Err(source) = guest.resume(&sw.state) {
+        return Err(abort(
+            &mut fault_tx,
+            Error::Guest {
                 what: "resume the guest",
                 source,
-            })
-        });
-    if let Err(e) = resume {
-        return Err(abort(&mut fault_tx, e));
+            },
+        ));
     }
     let resumed_at = Instant::now();
     Metrics::set_duration(&metrics.downtime_us, resumed_at - transition_at);
@@ -414,12 +425,15 @@ fn receive_until_switch<M: DestinationMemory, R: Read>(
                 }
                 sw.owed.extend(runs);
             }
-            Record::VcpuState(state) => sw.state = state.to_vec(),
-            Record::Transition => return Ok(sw),
+            Record::VcpuState(state) => {
+                // The last record before the switch.
+                sw.state = state.to_vec();
+                return Ok(sw);
+            }
             other => {
                 return Err(RecordError::Unexpected {
                     name: other.rtype().name(),
-                    state: "before POSTCOPY_TRANSITION",
+                    state: "before POSTCOPY_VCPU_STATE",
                 }
                 .into())
             }

@@ -26,8 +26,9 @@
 //!   -- guest stopped --
 //!   PFNS {owed runs} ...                   ---->  collect owed set
 //!   ZERO {pages freed since sent}          ---->  write zero
-//!   VCPU_STATE {opaque}                    ---->
-//!   TRANSITION                             ---->  mark_absent(owed); resume
+//!   VCPU_STATE {opaque}                    ---->  mark_absent(owed)
+//!                                          <----  READY (or ABORT: source resumes)
+//!   TRANSITION                             ---->  resume the guest
 //!                                          <----  RESUMED (fault channel)
 //!   PAGE_DATA cause=push / ZERO ...        ---->  install (bulk channel)
 //!                                          <----  FAULT {pfns} (fault channel)
@@ -97,6 +98,9 @@ pub enum RecordType {
     /// Destination → source (fault channel): it gave up before resuming
     /// the guest, so the source may resume it.
     Abort = 0x1d,
+    /// Destination → source (fault channel): everything before TRANSITION
+    /// arrived and checked out; the owed pages are absent; send TRANSITION.
+    Ready = 0x1e,
 }
 
 /// One row of the record table.
@@ -111,7 +115,7 @@ pub struct RecordInfo {
 }
 
 /// Every post-copy record type, its name and its length bound.
-pub const RECORD_TABLE: [RecordInfo; 11] = [
+pub const RECORD_TABLE: [RecordInfo; 12] = [
     RecordInfo {
         rtype: RecordType::Begin,
         name: "POSTCOPY_BEGIN",
@@ -166,6 +170,11 @@ pub const RECORD_TABLE: [RecordInfo; 11] = [
         rtype: RecordType::Abort,
         name: "POSTCOPY_ABORT",
         max_len: MAX_ABORT,
+    },
+    RecordInfo {
+        rtype: RecordType::Ready,
+        name: "POSTCOPY_READY",
+        max_len: 0,
     },
 ];
 
@@ -428,6 +437,8 @@ pub enum Record<'a> {
     Recover(Vec<PfnRun>),
     /// ABORT: why the destination gave up (invalid UTF-8 replaced).
     Abort(String),
+    /// READY.
+    Ready,
 }
 
 impl Record<'_> {
@@ -445,6 +456,7 @@ impl Record<'_> {
             Record::Resumed(_) => RecordType::Resumed,
             Record::Recover(_) => RecordType::Recover,
             Record::Abort(_) => RecordType::Abort,
+            Record::Ready => RecordType::Ready,
         }
     }
 }
@@ -612,6 +624,10 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
         RecordType::Transition => {
             exact(0)?;
             Ok(Record::Transition)
+        }
+        RecordType::Ready => {
+            exact(0)?;
+            Ok(Record::Ready)
         }
         RecordType::PageData => {
             let guest = bound()?;
@@ -988,6 +1004,7 @@ mod tests {
             w.count(RecordType::Resumed, 7).unwrap();
             w.runs(RecordType::Recover, &runs).unwrap();
             w.abort("bad PFNS").unwrap();
+            w.empty(RecordType::Ready).unwrap();
         });
         assert_eq!(bytes.len() % 8, 0);
         let mut r = RecordReader::new(&bytes[..], None);
@@ -1010,6 +1027,7 @@ mod tests {
         assert!(matches!(r.next_record().unwrap(), Record::Resumed(7)));
         assert!(matches!(r.next_record().unwrap(), Record::Recover(v) if v == runs));
         assert!(matches!(r.next_record().unwrap(), Record::Abort(m) if m == "bad PFNS"));
+        assert!(matches!(r.next_record().unwrap(), Record::Ready));
         assert!(matches!(r.next_record(), Err(RecordError::Closed)));
         assert_eq!(r.bytes_read(), bytes.len() as u64);
     }

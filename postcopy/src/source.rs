@@ -200,8 +200,17 @@ pub fn run_source<M: SourceMemory>(
     let start = Instant::now();
     let closer = links.closer.clone();
     let mut bulk = RecordWriter::new(links.bulk);
+    let mut fault_rx: FaultReader = RecordReader::new(links.fault_rx, Some(mem.pfn_count()));
     let mut stopped = false;
-    let pre = pre_switch(mem, &mut bulk, cfg, guest, metrics, &mut stopped);
+    let pre = pre_switch(
+        mem,
+        &mut bulk,
+        &mut fault_rx,
+        cfg,
+        guest,
+        metrics,
+        &mut stopped,
+    );
     let (owed, stopped_at) = match pre {
         Ok(v) => v,
         Err(error) => {
@@ -221,7 +230,7 @@ pub fn run_source<M: SourceMemory>(
     let result = serve(
         &*mem,
         bulk,
-        (links.fault_rx, links.fault_tx, closer.clone()),
+        (fault_rx, links.fault_tx, closer.clone()),
         &owed,
         cfg,
         metrics,
@@ -258,6 +267,7 @@ pub fn run_source<M: SourceMemory>(
 fn pre_switch<M: SourceMemory, W: std::io::Write>(
     mem: &mut M,
     bulk: &mut RecordWriter<W>,
+    fault_rx: &mut FaultReader,
     cfg: &SourceConfig,
     guest: &mut dyn GuestControl,
     metrics: &Metrics,
@@ -370,6 +380,21 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
         bulk.runs(RecordType::Pfns, chunk)?;
     }
     bulk.vcpu_state(&state)?;
+    bulk.flush()?;
+    // The destination confirms it has everything and is prepared before the
+    // guest changes hands: a link or a destination lost before this point
+    // leaves the guest here, never in limbo.
+    match fault_rx.next_record()? {
+        Record::Ready => {}
+        Record::Abort(reason) => return Err(Error::PeerAborted(reason)),
+        other => {
+            return Err(crate::records::RecordError::Unexpected {
+                name: other.rtype().name(),
+                state: "while waiting for POSTCOPY_READY",
+            }
+            .into())
+        }
+    }
     bulk.empty(RecordType::Transition)?;
     bulk.flush()?;
     info!(
@@ -380,6 +405,9 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
     );
     Ok((owed_runs, stopped_at))
 }
+
+/// The source's end of the fault channel, read by one thread at a time.
+type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
 
 /// State shared by the push loop and the fault server.
 struct Shared {
@@ -398,7 +426,7 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
     mem: &M,
     mut bulk: RecordWriter<W>,
     fault: (
-        Box<dyn std::io::Read + Send>,
+        FaultReader,
         Box<dyn std::io::Write + Send>,
         crate::transport::Closer,
     ),
@@ -533,14 +561,13 @@ fn push_loop<M: SourceMemory + ?Sized, W: std::io::Write>(
 
 fn fault_server<M: SourceMemory + ?Sized>(
     mem: &M,
-    rx: Box<dyn std::io::Read + Send>,
+    mut reader: FaultReader,
     tx: Box<dyn std::io::Write + Send>,
     n: u64,
     shared: &Shared,
     metrics: &Metrics,
     stopped_at: Instant,
 ) -> Result<(), Error> {
-    let mut reader = RecordReader::new(rx, Some(n));
     let mut writer = RecordWriter::new(tx);
     let mut buf = Vec::new();
     let mut resumed = false;
