@@ -62,6 +62,7 @@
 #define REC_TYPE_POSTCOPY_RESUMED     0x0000001bU
 #define REC_TYPE_POSTCOPY_RECOVER     0x0000001cU
 #define REC_TYPE_POSTCOPY_ABORT       0x0000001dU
+#define REC_TYPE_POSTCOPY_READY       0x0000001eU
 
 /* Pre-paging strategies (--prepage=); ids are stable on the wire. */
 #define LIBXL_POSTCOPY_PREPAGE_NONE            0

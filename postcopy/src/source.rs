@@ -295,6 +295,8 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
     let mut buf = Vec::new();
     // Pages the destination holds a copy of (sent in some round).
     let mut dest_has = BitVec::<usize>::repeat(false, usize::try_from(n).unwrap_or(0));
+    // Pages read out of the dirty log by a round that then stopped early.
+    let mut unsent_dirty: Vec<Pfn> = Vec::new();
     if rounds > 0 {
         mem.enable_dirty_log()?;
         let mut to_send: Vec<Pfn> = populated.iter().flat_map(|r| r.pfns()).collect();
@@ -319,6 +321,8 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
                 .collect();
             if let Mode::Precopy { min_dirty, .. } = cfg.mode {
                 if (to_send.len() as u64) < min_dirty {
+                    // Taken from the log but not sent: still dirty.
+                    unsent_dirty = std::mem::take(&mut to_send);
                     break;
                 }
             }
@@ -339,7 +343,7 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
         let mut owed_bits = live.clone();
         // Sent and not dirtied since: the destination's copy is current.
         let mut stale = BitVec::<usize>::repeat(false, live.len());
-        for p in mem.take_dirty()? {
+        for p in mem.take_dirty()?.into_iter().chain(unsent_dirty) {
             if let Some(mut b) = stale.get_mut(usize::try_from(p).unwrap_or(usize::MAX)) {
                 *b = true;
             }
@@ -453,7 +457,7 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
             std::thread::Builder::new()
                 .name("pc-fault-server".into())
                 .spawn_scoped(scope, move || {
-                    let r = fault_server(mem, fault_rx, fault_tx, n, &shared, metrics, stopped_at);
+                    let r = fault_server(mem, fault_rx, fault_tx, &shared, metrics, stopped_at);
                     shared.server_done.store(true, Ordering::SeqCst);
                     if r.is_err() {
                         shared.failed.store(true, Ordering::SeqCst);
@@ -563,7 +567,6 @@ fn fault_server<M: SourceMemory + ?Sized>(
     mem: &M,
     mut reader: FaultReader,
     tx: Box<dyn std::io::Write + Send>,
-    n: u64,
     shared: &Shared,
     metrics: &Metrics,
     stopped_at: Instant,

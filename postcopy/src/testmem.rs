@@ -37,6 +37,8 @@ pub struct MemSource {
     populated: BitVec,
     dirty: Option<BitVec>,
     history: Vec<Pfn>,
+    /// Writes the "running guest" makes before each dirty-log read.
+    between_reads: VecDeque<Vec<(Pfn, u8)>>,
 }
 
 impl MemSource {
@@ -51,6 +53,7 @@ impl MemSource {
             populated: BitVec::repeat(true, idx(pfns)),
             dirty: None,
             history: Vec::new(),
+            between_reads: VecDeque::new(),
         }
     }
 
@@ -74,6 +77,12 @@ impl MemSource {
                 d.set(idx(pfn), true);
             }
         }
+    }
+
+    /// Scripts the running guest: before the k-th dirty-log read, the
+    /// writes `rounds[k]` happen (as if the guest ran during that round).
+    pub fn script_writes(&mut self, rounds: Vec<Vec<(Pfn, u8)>>) {
+        self.between_reads = rounds.into();
     }
 
     /// Sets the access history the `history` pre-pager uses.
@@ -111,6 +120,9 @@ impl SourceMemory for MemSource {
     }
 
     fn take_dirty(&mut self) -> MemResult<Vec<Pfn>> {
+        for (pfn, byte) in self.between_reads.pop_front().unwrap_or_default() {
+            self.write(pfn, byte);
+        }
         let d = self.dirty.as_mut().ok_or(MemoryError::Unsupported {
             what: "read the dirty log",
             why: "dirty log not enabled".into(),

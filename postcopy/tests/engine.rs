@@ -393,3 +393,44 @@ fn destination_refusing_lets_the_source_resume() {
     assert!(guest.stopped && guest.resumed_on_source);
     assert_eq!(src.image(), &before[..]);
 }
+
+/// Pre-copy stopping early (fewer dirty pages than its threshold) must
+/// still send the pages it read out of the dirty log in the stop-and-copy.
+#[test]
+fn precopy_early_stop_keeps_the_last_dirty_set() {
+    let mut src = source_image(128, 21, &[]);
+    // Round 1 sees 10 dirty pages (< 50): pre-copy stops iterating there.
+    src.script_writes(vec![(0..10).map(|p| (p * 11, 0xab)).collect(), vec![]]);
+    let dst_mem = MemDestination::new(128);
+    let (src_links, dst_links) = unix_pair().unwrap();
+    let (sm, dm) = (Metrics::new(), Metrics::new());
+    let mut guest = Guest::default();
+    let mut resume = Resume {
+        state: None,
+        go: Arc::new(AtomicBool::new(false)),
+    };
+    let cfg = SourceConfig {
+        mode: Mode::XEN_PRECOPY,
+        ..SourceConfig::default()
+    };
+    std::thread::scope(|s| {
+        let d = s.spawn(|| {
+            run_destination(
+                &dst_mem,
+                dst_links,
+                &DestConfig::default(),
+                &mut resume,
+                &dm,
+            )
+        });
+        run_source(&mut src, src_links, &cfg, &mut guest, &sm).unwrap();
+        d.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        dst_mem.image(),
+        src.image(),
+        "dirty pages of the last round were lost"
+    );
+    let r = sm.snapshot();
+    assert_eq!(r.pages_precopy + r.pages_zero, 128 + 10);
+}
