@@ -4,5 +4,6 @@
 //! and local mode — a real migration of a live mini-VM between two
 //! processes over TCP with userfaultfd ([`local`]).
 
+pub mod bench;
 pub mod local;
 pub mod options;

@@ -47,8 +47,59 @@ enum Cmd {
         #[arg(long, default_value_t = 0.3)]
         tail: f64,
     },
+    /// Run the local-mode benchmark matrix; print min/median/max per figure
+    /// and write JSON, Markdown and SVG charts.
+    Bench(BenchArgs),
+    /// Run a simulator experiment (the seed's evaluation at any scale).
+    Simulate {
+        /// Experiment name (see --list).
+        #[arg(long, required_unless_present = "list")]
+        experiment: Option<String>,
+        /// List the experiments.
+        #[arg(long)]
+        list: bool,
+        /// A small sweep, for smoke runs.
+        #[arg(long)]
+        quick: bool,
+        /// Folder for NAME.json and the SVG charts.
+        #[arg(long, default_value = "results/sim")]
+        out: std::path::PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the pre-paging strategies.
     Strategies,
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Guest sizes, comma-separated.
+    #[arg(long, default_value = "256M,1G", value_delimiter = ',', value_parser = parse_size_pages)]
+    sizes: Vec<u64>,
+    /// Workloads, comma-separated.
+    #[arg(
+        long,
+        default_value = "stress,sequential,random",
+        value_delimiter = ','
+    )]
+    workloads: Vec<Workload>,
+    /// Post-copy strategies, comma-separated.
+    #[arg(long, default_value = "none,linear,bubble,bubble-forward,multi-pivot:7,history", value_delimiter = ',',
+          value_parser = xl_plugin::options::parse_strategy)]
+    strategies: Vec<postcopy::prepage::StrategySpec>,
+    /// Skip the pre-copy and hybrid baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Runs per configuration.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
+    runs: u64,
+    /// Results folder.
+    #[arg(long, default_value = "results/bench")]
+    out: std::path::PathBuf,
+    /// Seconds each guest runs before its migration.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -209,6 +260,56 @@ fn main() -> Result<ExitCode> {
                 }
                 Err(e) => Ok(exit_for(&e)),
             }
+        }
+        Cmd::Bench(b) => {
+            let exe = std::env::current_exe().context("locating this program")?;
+            let opts = xl_plugin::bench::BenchOpts {
+                sizes: b.sizes,
+                workloads: b.workloads.iter().map(|w| w.to_string()).collect(),
+                strategies: b.strategies.iter().map(|s| s.to_string()).collect(),
+                baselines: !b.no_baselines,
+                runs: usize::try_from(b.runs)?,
+                out: b.out.clone(),
+                extra: vec![format!("--warmup={}", b.warmup)],
+            };
+            let rows = xl_plugin::bench::run(&exe, &opts).map_err(anyhow::Error::msg)?;
+            print!("{}", xl_plugin::bench::table(&rows));
+            println!("\nwritten: {}/bench.json, bench.md, *.svg", b.out.display());
+            let bad = rows
+                .iter()
+                .any(|r| !r.integrity_ok || r.pages_duplicate_max != 0);
+            Ok(if bad {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Simulate {
+            experiment,
+            list,
+            quick,
+            out,
+            json,
+        } => {
+            if list {
+                for e in postcopy_sim::experiments::EXPERIMENTS {
+                    println!("{:<14} {}", e.name, e.about);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let name = experiment.context("--experiment is required")?;
+            let opts = postcopy_sim::experiments::ExperimentOptions {
+                out_dir: Some(out),
+                quick,
+                ..Default::default()
+            };
+            let r = postcopy_sim::experiments::run_experiment(&name, &opts)?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{r}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Strategies => {
             for s in postcopy::prepage::StrategySpec::ALL {

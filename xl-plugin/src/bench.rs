@@ -1,0 +1,459 @@
+//! `xl-postcopy bench`: a matrix of local-mode migrations (sizes ×
+//! workloads × strategies, plus pre-copy and hybrid baselines), each run R
+//! times as separate `xl-postcopy local --json` processes, with the noise
+//! shown (min/median/max) and every latency stated against a floor and
+//! every total time against a plain loopback stream measured in the same
+//! run — this VM's timings drift several-fold with its host's load.
+//!
+//! Writes `bench.json` (every run) and SVG charts under the results folder.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use plotters::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+/// One configuration of the matrix.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Config {
+    /// Guest size in pages.
+    pub pages: u64,
+    /// Workload name.
+    pub workload: String,
+    /// `postcopy:STRATEGY`, `precopy` or `hybrid:N:STRATEGY`.
+    pub label: String,
+    /// Extra `local` arguments.
+    pub args: Vec<String>,
+}
+
+/// min / median / max of one figure over the runs.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct Spread {
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub median: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// Spread of `v` (empty → zeros).
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        }
+    }
+
+    fn show(&self, prec: usize) -> String {
+        format!(
+            "{:.p$} [{:.p$}..{:.p$}]",
+            self.median,
+            self.min,
+            self.max,
+            p = prec
+        )
+    }
+}
+
+/// One row of the result: a configuration's figures over R runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The configuration.
+    pub config: Config,
+    /// Successful runs.
+    pub runs: usize,
+    /// Failed runs (with their error text).
+    pub failures: Vec<String>,
+    /// Total time, ms.
+    pub total_time_ms: Spread,
+    /// Total time ÷ the same run's plain loopback stream of the guest bytes.
+    pub total_vs_stream: Spread,
+    /// Downtime, ms.
+    pub downtime_ms: Spread,
+    /// Pages sent.
+    pub pages_transferred: Spread,
+    /// Network faults, % of guest pages.
+    pub network_faults_pct: Spread,
+    /// Duplicates (must be 0).
+    pub pages_duplicate_max: u64,
+    /// vCPU fault latency p50, µs.
+    pub fault_p50_us: Spread,
+    /// vCPU fault latency p99, µs.
+    pub fault_p99_us: Spread,
+    /// p50 ÷ floor p50 (same run).
+    pub p50_vs_floor: Spread,
+    /// p99 ÷ floor p99 (same run).
+    pub p99_vs_floor: Spread,
+    /// Workload degradation during post-copy, %.
+    pub degradation_pct: Spread,
+    /// All runs had integrity_ok.
+    pub integrity_ok: bool,
+    /// The raw reports.
+    pub reports: Vec<Value>,
+}
+
+/// Bench settings.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    /// Guest sizes in pages.
+    pub sizes: Vec<u64>,
+    /// Workloads.
+    pub workloads: Vec<String>,
+    /// Post-copy strategies.
+    pub strategies: Vec<String>,
+    /// Also run `--precopy` and `--postcopy-after=1`.
+    pub baselines: bool,
+    /// Runs per configuration.
+    pub runs: usize,
+    /// Results folder.
+    pub out: PathBuf,
+    /// Extra args to every run.
+    pub extra: Vec<String>,
+}
+
+/// The matrix of configurations.
+pub fn matrix(o: &BenchOpts) -> Vec<Config> {
+    let mut out = Vec::new();
+    for &pages in &o.sizes {
+        for w in &o.workloads {
+            let mut push = |label: String, args: Vec<String>| {
+                out.push(Config {
+                    pages,
+                    workload: w.clone(),
+                    label,
+                    args,
+                })
+            };
+            for s in &o.strategies {
+                push(format!("postcopy:{s}"), vec![format!("--prepage={s}")]);
+            }
+            if o.baselines {
+                push("precopy".into(), vec!["--precopy".into()]);
+                push(
+                    "hybrid:1:bubble".into(),
+                    vec!["--postcopy-after=1".into(), "--prepage=bubble".into()],
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Time to send `bytes` over one loopback TCP connection (the baseline
+/// every total time is compared with), in ms.
+pub fn plain_stream_ms(bytes: u64) -> std::io::Result<f64> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let rx = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = l.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got += n as u64;
+        }
+    });
+    let chunk = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        s.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    drop(s);
+    let got = rx
+        .join()
+        .map_err(|_| std::io::Error::other("receiver thread panicked"))??;
+    if got != bytes {
+        return Err(std::io::Error::other("short plain stream"));
+    }
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(x) => cur = x,
+            None => return f64::NAN,
+        }
+    }
+    cur.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Runs one configuration `runs` times.
+pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..o.runs {
+        let out = Command::new(exe)
+            .arg("local")
+            .arg("--json")
+            .arg("--floor")
+            .arg(format!("--mem={}", c.pages * 4096))
+            .arg(format!("--workload={}", c.workload))
+            .args(&c.args)
+            .args(&o.extra)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => match serde_json::from_slice::<Value>(&out.stdout) {
+                Ok(v) => {
+                    // The baseline stream right after the run, same load.
+                    if let Ok(ms) = plain_stream_ms(c.pages * 4096) {
+                        ratios.push(num(&v, &["total_time_ms"]) / ms);
+                    }
+                    reports.push(v);
+                }
+                Err(e) => failures.push(format!("bad JSON: {e}")),
+            },
+            Ok(out) => failures.push(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            )),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let col = |p: &[&str]| Spread::of(reports.iter().map(|r| num(r, p)).collect());
+    let pct = Spread::of(
+        reports
+            .iter()
+            .map(|r| 100.0 * num(r, &["network_faults"]) / (c.pages as f64))
+            .collect(),
+    );
+    let vs = |a: &[&str], b: &[&str]| {
+        Spread::of(reports.iter().map(|r| num(r, a) / num(r, b)).collect())
+    };
+    Row {
+        config: c.clone(),
+        runs: reports.len(),
+        failures,
+        total_time_ms: col(&["total_time_ms"]),
+        total_vs_stream: Spread::of(ratios),
+        downtime_ms: col(&["downtime_ms"]),
+        pages_transferred: col(&["pages_transferred"]),
+        network_faults_pct: pct,
+        pages_duplicate_max: reports
+            .iter()
+            .map(|r| {
+                r.get("pages_duplicate")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(u64::MAX)
+            })
+            .max()
+            .unwrap_or(0),
+        fault_p50_us: col(&["fault_latency_us", "p50"]),
+        fault_p99_us: col(&["fault_latency_us", "p99"]),
+        p50_vs_floor: vs(&["fault_latency_us", "p50"], &["floor_latency_us", "p50"]),
+        p99_vs_floor: vs(&["fault_latency_us", "p99"], &["floor_latency_us", "p99"]),
+        degradation_pct: Spread::of(
+            reports
+                .iter()
+                .map(|r| 100.0 * num(r, &["degradation"]))
+                .collect(),
+        ),
+        integrity_ok: !reports.is_empty()
+            && reports
+                .iter()
+                .all(|r| r.get("integrity_ok").and_then(Value::as_bool) == Some(true)),
+        reports,
+    }
+}
+
+/// The side-by-side table.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    s.push_str("| MiB | workload | config | runs | total ms | ×stream | downtime ms | pages sent | net faults % | dup | fault p50 µs (×floor) | fault p99 µs (×floor) | degr. % | integrity |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let c = &r.config;
+        s.push_str(&format!(
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} |\n",
+            c.pages / 256,
+            c.workload,
+            c.label,
+            r.runs,
+            r.runs + r.failures.len(),
+            r.total_time_ms.show(0),
+            r.total_vs_stream.show(2),
+            r.downtime_ms.show(2),
+            r.pages_transferred.show(0),
+            r.network_faults_pct.show(2),
+            r.pages_duplicate_max,
+            r.fault_p50_us.show(0),
+            r.p50_vs_floor.show(2),
+            r.fault_p99_us.show(0),
+            r.p99_vs_floor.show(2),
+            r.degradation_pct.show(0),
+            if r.integrity_ok { "ok" } else { "FAIL" },
+        ));
+    }
+    s.push_str("\nEach cell: median [min..max] over the runs. ×stream: total time ÷ a plain loopback TCP stream of the guest's bytes measured right after each run; ×floor: vCPU fault latency ÷ the same run's floor (bare uffd round trip + 16 B/4 KiB loopback exchange, spinning handlers).\n");
+    s
+}
+
+/// Draws one chart per workload and size: `metric` median with min/max
+/// whiskers per configuration.
+pub fn chart(
+    rows: &[Row],
+    metric: &str,
+    pick: fn(&Row) -> Spread,
+    path: &Path,
+) -> Result<(), String> {
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let ymax = rows
+        .iter()
+        .map(|r| pick(r).max)
+        .fold(0.0_f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let n = rows.len().max(1);
+    let mut ch = ChartBuilder::on(&root)
+        .caption(metric, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(90)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0.0..ymax)
+        .map_err(|e| e.to_string())?;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}M {} {}",
+                r.config.pages / 256,
+                r.config.workload,
+                r.config.label
+            )
+        })
+        .collect();
+    ch.configure_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a small non-negative integral tick index"
+                )]
+                let i = i as usize;
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(("sans-serif", 9))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, r) in rows.iter().enumerate() {
+        let s = pick(r);
+        let x = i as f64;
+        ch.draw_series(LineSeries::new(
+            vec![(x, s.min), (x, s.max)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+        ch.draw_series(std::iter::once(Circle::new(
+            (x, s.median),
+            4,
+            BLUE.filled(),
+        )))
+        .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Chooses one figure of a row.
+type Pick = fn(&Row) -> Spread;
+
+/// Runs the bench; prints progress on stderr; returns the rows.
+pub fn run(exe: &Path, o: &BenchOpts) -> Result<Vec<Row>, String> {
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    let configs = matrix(o);
+    let mut rows = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        eprintln!(
+            "bench [{}/{}] {} MiB {} {}",
+            i + 1,
+            configs.len(),
+            c.pages / 256,
+            c.workload,
+            c.label
+        );
+        rows.push(run_config(exe, c, o));
+    }
+    let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+    std::fs::write(o.out.join("bench.json"), json).map_err(|e| e.to_string())?;
+    std::fs::write(o.out.join("bench.md"), table(&rows)).map_err(|e| e.to_string())?;
+    let charts: [(&str, &str, Pick); 4] = [
+        ("total-time.svg", "total time (ms)", |r| r.total_time_ms),
+        ("network-faults.svg", "network faults (% of pages)", |r| {
+            r.network_faults_pct
+        }),
+        ("downtime.svg", "downtime (ms)", |r| r.downtime_ms),
+        ("pages-transferred.svg", "pages transferred", |r| {
+            r.pages_transferred
+        }),
+    ];
+    for (file, title, pick) in charts {
+        chart(&rows, title, pick, &o.out.join(file))?;
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_and_matrix() {
+        let s = Spread::of(vec![3.0, 1.0, f64::NAN, 2.0, 10.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.5, 10.0));
+        assert_eq!(Spread::of(vec![]), Spread::default());
+        let o = BenchOpts {
+            sizes: vec![1, 2],
+            workloads: vec!["stress".into()],
+            strategies: vec!["bubble".into(), "linear".into()],
+            baselines: true,
+            runs: 1,
+            out: PathBuf::from("/nonexistent"),
+            extra: vec![],
+        };
+        let m = matrix(&o);
+        assert_eq!(m.len(), 2 * (2 + 2));
+        assert!(m.iter().any(|c| c.label == "precopy" && c.pages == 2));
+    }
+
+    #[test]
+    fn plain_stream_moves_the_bytes() {
+        assert!(plain_stream_ms(8 << 20).unwrap() > 0.0);
+    }
+}
