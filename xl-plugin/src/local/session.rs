@@ -370,7 +370,12 @@ pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummar
     let metrics = Metrics::new();
     let outcome = run_destination(&mem, links, &DestConfig::default(), &mut guest, &metrics);
     let outcome = match outcome {
-        Ok(o) => o,
+        Ok(o) => {
+            // Every owed page is in; pages never owed are unpopulated and
+            // read as zero from now on without anyone serving faults.
+            mem.inner().detach().map_err(setup("detaching userfaultfd"))?;
+            o
+        }
         Err(f) => {
             // Before the switch nothing ran here: dropping the region
             // discards what was built. After it, the guest is stuck.
