@@ -26,7 +26,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bitvec::vec::BitVec;
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use crate::error::{Error, HookError};
 use crate::memory::{DestinationMemory, PfnRun};
@@ -35,6 +35,7 @@ use crate::prepage::StrategySpec;
 use crate::records::{
     Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
 };
+use crate::recovery::{self, Recovery, Watchdog};
 use crate::transport::{Closer, DestLinks};
 use crate::{Pfn, PAGE_SIZE};
 
@@ -43,6 +44,10 @@ pub trait GuestResume {
     /// Restores the opaque CPU/device state and starts the vCPUs.
     fn resume(&mut self, state: &[u8]) -> Result<(), HookError>;
 }
+
+/// Most fault requests in flight at once; further faults wait in the
+/// backend's queue until replies arrive (bounds both sides' work).
+pub const MAX_OUTSTANDING_FAULTS: usize = MAX_PFN_LIST;
 
 /// Destination settings.
 #[derive(Debug, Clone)]
@@ -112,7 +117,8 @@ struct Shared<'m, M: ?Sized> {
     failed: AtomicBool,
     done: AtomicBool,
     metrics: &'m Metrics,
-    closer: Closer,
+    /// The current connection's closer.
+    closer: Mutex<Closer>,
 }
 
 impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
@@ -177,14 +183,16 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
     /// Marks the migration failed and unblocks every thread.
     fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
-        (self.closer)();
+        let closer = lock(&self.closer).clone();
+        closer();
         // Take the lock so a waiter cannot miss the notification.
         let _left = lock(&self.remaining);
         self.all_in.notify_all();
     }
 }
 
-/// Runs the destination side of one migration to completion.
+/// Runs the destination side of one migration to completion; any link
+/// failure after the switch fails it (see [`run_destination_recoverable`]).
 pub fn run_destination<M: DestinationMemory>(
     mem: &M,
     links: DestLinks,
@@ -192,14 +200,30 @@ pub fn run_destination<M: DestinationMemory>(
     guest: &mut dyn GuestResume,
     metrics: &Metrics,
 ) -> Result<DestOutcome, DestFailure> {
+    run_destination_recoverable(mem, links, cfg, guest, metrics, None)
+}
+
+/// Runs the destination side of one migration to completion. With
+/// `recovery`, a link that breaks after the switch leaves the guest running
+/// (its accesses to absent pages wait) while the hook gets fresh links;
+/// the received-map then tells the source what to resend, and pending
+/// faults are asked for again ([`crate::recovery`]).
+pub fn run_destination_recoverable<M: DestinationMemory>(
+    mem: &M,
+    links: DestLinks,
+    cfg: &DestConfig,
+    guest: &mut dyn GuestResume,
+    metrics: &Metrics,
+    recovery: Option<Recovery<'_, DestLinks>>,
+) -> Result<DestOutcome, DestFailure> {
     let start = Instant::now();
     let closer = links.closer.clone();
-    let mut bulk = RecordReader::new(links.bulk, None);
+    let mut bulk: RecordReader<Box<dyn Read + Send>> = RecordReader::new(links.bulk, None);
     let before = |error: Error| DestFailure {
         error,
         after_switch: false,
     };
-    let mut fault_tx = RecordWriter::new(links.fault_tx);
+    let mut fault_tx: RecordWriter<Box<dyn Write + Send>> = RecordWriter::new(links.fault_tx);
     // Tells the source we never resumed the guest, so it may (best effort:
     // the link may be what failed).
     let abort = |fault_tx: &mut RecordWriter<_>, e: Error| {
@@ -241,16 +265,9 @@ pub fn run_destination<M: DestinationMemory>(
     Metrics::set_duration(&metrics.downtime_us, resumed_at - transition_at);
     info!("guest resumed; {owed_count} pages owed");
     let ns = u64::try_from((resumed_at - transition_at).as_nanos()).unwrap_or(u64::MAX);
-    if let Err(e) = fault_tx
+    let resumed_sent = fault_tx
         .count(RecordType::Resumed, ns)
-        .and_then(|()| fault_tx.flush())
-    {
-        closer();
-        return Err(DestFailure {
-            error: e.into(),
-            after_switch: true,
-        });
-    }
+        .and_then(|()| fault_tx.flush());
 
     let shared = Shared {
         mem,
@@ -262,35 +279,176 @@ pub fn run_destination<M: DestinationMemory>(
         failed: AtomicBool::new(false),
         done: AtomicBool::new(false),
         metrics,
-        closer: closer.clone(),
+        closer: Mutex::new(closer.clone()),
     };
+    let mut link = SessionLinks {
+        bulk,
+        fault_rx: links.fault_rx,
+        fault_tx,
+        closer,
+    };
+    let mut first_error = resumed_sent.err().map(Error::from);
+    let mut recovery = recovery;
+    let mut sessions = 0u32;
+    let result = loop {
+        let error = match first_error.take() {
+            Some(e) => e,
+            None => {
+                let r = run_session(&shared, link, cfg, sw.guest_pfns, sessions > 0);
+                sessions += 1;
+                match r {
+                    Ok(()) => break Ok(()),
+                    Err(e) => e,
+                }
+            }
+        };
+        let Some(rec) = recovery.as_mut() else {
+            break Err(error);
+        };
+        if !error.is_recoverable() {
+            break Err(error);
+        }
+        match recover(&shared, rec, sw.guest_pfns, &error) {
+            Ok(l) => link = l,
+            Err(e) => break Err(e),
+        }
+    };
+    Metrics::set_duration(&metrics.total_time_us, start.elapsed());
+    Metrics::set_duration(&metrics.postcopy_time_us, resumed_at.elapsed());
+    let outcome = DestOutcome {
+        guest_pfns: sw.guest_pfns,
+        strategy: sw.strategy,
+        owed: owed_count,
+        resumed_at,
+    };
+    match result {
+        Ok(()) => Ok(outcome),
+        // Every page is here: only the source's acknowledgement was lost.
+        Err(Error::LinkLost { .. }) if *lock(&shared.remaining) == 0 => {
+            warn!("every page arrived; the source's final acknowledgement did not");
+            Ok(outcome)
+        }
+        Err(error) => {
+            (lock(&shared.closer))();
+            Err(DestFailure {
+                error,
+                after_switch: true,
+            })
+        }
+    }
+}
+
+/// The destination's ends of one connection.
+struct SessionLinks {
+    bulk: RecordReader<Box<dyn Read + Send>>,
+    fault_rx: Box<dyn Read + Send>,
+    fault_tx: RecordWriter<Box<dyn Write + Send>>,
+    closer: Closer,
+}
+
+/// Waits for fresh links and sends the received-map on them. The guest
+/// keeps running meanwhile; its accesses to absent pages wait.
+fn recover<M: DestinationMemory + ?Sized>(
+    shared: &Shared<'_, M>,
+    rec: &mut Recovery<'_, DestLinks>,
+    guest_pfns: u64,
+    error: &Error,
+) -> Result<SessionLinks, Error> {
+    (lock(&shared.closer))();
+    let outage = Instant::now();
+    Metrics::add(&shared.metrics.outages, 1);
+    warn!(
+        "link lost after the switch ({error}); the guest keeps running, waiting up to {:?} for the source",
+        rec.timeout
+    );
+    let deadline = outage + rec.timeout;
+    let lost = |last: String| Error::LinkLost {
+        waited_ms: u64::try_from(outage.elapsed().as_millis()).unwrap_or(u64::MAX),
+        missing: *lock(&shared.remaining),
+        last,
+    };
+    loop {
+        let links = recovery::reconnect(rec, deadline).map_err(&lost)?;
+        let mut fault_tx = RecordWriter::new(links.fault_tx);
+        let dog = Watchdog::new(links.closer.clone(), deadline);
+        let snapshot = lock(&shared.received).clone();
+        let sent = recovery::write_received(&mut fault_tx, &snapshot);
+        drop(dog);
+        match sent {
+            Ok(()) => {
+                let took = outage.elapsed();
+                Metrics::add(
+                    &shared.metrics.outage_us,
+                    u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                );
+                info!(
+                    "link restored after {took:?}; {} pages still owed, {} faults waiting",
+                    *lock(&shared.remaining),
+                    lock(&shared.pending).len()
+                );
+                return Ok(SessionLinks {
+                    bulk: RecordReader::new(links.bulk, Some(guest_pfns)),
+                    fault_rx: links.fault_rx,
+                    fault_tx,
+                    closer: links.closer,
+                });
+            }
+            Err(e) => {
+                (links.closer)();
+                if Instant::now() >= deadline {
+                    return Err(lost(format!("recovery handshake: {e}")));
+                }
+                warn!("recovery handshake failed ({e}); retrying");
+            }
+        }
+    }
+}
+
+/// One connection's worth of the three post-switch threads, until
+/// completion or the first failure.
+fn run_session<M: DestinationMemory + ?Sized>(
+    shared: &Shared<'_, M>,
+    link: SessionLinks,
+    cfg: &DestConfig,
+    guest_pfns: u64,
+    rerequest: bool,
+) -> Result<(), Error> {
+    let SessionLinks {
+        mut bulk,
+        fault_rx,
+        fault_tx,
+        closer,
+    } = link;
+    shared.failed.store(false, Ordering::SeqCst);
+    *lock(&shared.closer) = closer;
     let fault_tx = Mutex::new(fault_tx);
     let result = std::thread::scope(|scope| -> Result<(), Error> {
         let forwarder = std::thread::Builder::new()
             .name("pc-fault-fwd".into())
             .spawn_scoped(scope, || {
-                let r = forward_faults(&shared, &fault_tx, cfg);
+                let r = if rerequest {
+                    rerequest_pending(shared, &fault_tx)
+                } else {
+                    Ok(())
+                }
+                .and_then(|()| forward_faults(shared, &fault_tx, cfg));
                 if r.is_err() {
                     shared.fail();
                 }
                 r
             })
             .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?;
-        let replies = {
-            let rx = links.fault_rx;
-            let shared = &shared;
-            std::thread::Builder::new()
-                .name("pc-fault-rx".into())
-                .spawn_scoped(scope, move || {
-                    let r = read_replies(shared, rx, sw.guest_pfns);
-                    if r.is_err() {
-                        shared.fail();
-                    }
-                    r
-                })
-                .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?
-        };
-        let bulk_result = read_bulk(&shared, &mut bulk).and_then(|()| {
+        let replies = std::thread::Builder::new()
+            .name("pc-fault-rx".into())
+            .spawn_scoped(scope, move || {
+                let r = read_replies(shared, fault_rx, guest_pfns);
+                if r.is_err() {
+                    shared.fail();
+                }
+                r
+            })
+            .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?;
+        let bulk_result = read_bulk(shared, &mut bulk).and_then(|()| {
             // Wait for fault replies still on their way.
             let mut left = lock(&shared.remaining);
             while *left > 0 && !shared.failed.load(Ordering::SeqCst) {
@@ -304,11 +462,11 @@ pub fn run_destination<M: DestinationMemory>(
             // back before this thread runs again.
             shared.done.store(true, Ordering::SeqCst);
             let mut tx = lock(&fault_tx);
-            tx.count(RecordType::Complete, owed_count)?;
+            let owed = shared.owed_bits.count_ones() as u64;
+            tx.count(RecordType::Complete, owed)?;
             tx.flush()?;
             Ok(())
         });
-        shared.done.store(true, Ordering::SeqCst);
         if bulk_result.is_err() {
             shared.fail();
         }
@@ -323,25 +481,31 @@ pub fn run_destination<M: DestinationMemory>(
         }
         first_real_error([bulk_result, rep, fwd])
     });
-    Metrics::add(&metrics.bytes_received, bulk.bytes_read());
-    Metrics::add(&metrics.bytes_sent, lock(&fault_tx).bytes_written());
-    Metrics::set_duration(&metrics.total_time_us, start.elapsed());
-    Metrics::set_duration(&metrics.postcopy_time_us, resumed_at.elapsed());
-    match result {
-        Ok(()) => Ok(DestOutcome {
-            guest_pfns: sw.guest_pfns,
-            strategy: sw.strategy,
-            owed: owed_count,
-            resumed_at,
-        }),
-        Err(error) => {
-            closer();
-            Err(DestFailure {
-                error,
-                after_switch: true,
-            })
-        }
+    Metrics::add(&shared.metrics.bytes_received, bulk.bytes_read());
+    Metrics::add(&shared.metrics.bytes_sent, lock(&fault_tx).bytes_written());
+    result
+}
+
+/// After a reconnect: asks again for every page a vCPU is waiting on.
+fn rerequest_pending<M: DestinationMemory + ?Sized, W: Write>(
+    shared: &Shared<'_, M>,
+    tx: &Mutex<RecordWriter<W>>,
+) -> Result<(), Error> {
+    let mut want: Vec<Pfn> = {
+        let pending = lock(&shared.pending);
+        let rx = lock(&shared.received);
+        pending.keys().copied().filter(|&p| !rx[idx(p)]).collect()
+    };
+    want.sort_unstable();
+    for chunk in want.chunks(MAX_PFN_LIST) {
+        let mut w = lock(tx);
+        w.pfn_list(RecordType::Fault, chunk)?;
+        w.flush()?;
     }
+    if !want.is_empty() {
+        debug!("re-requested {} pending faults", want.len());
+    }
+    Ok(())
 }
 
 /// The first error that is not merely [`Error::Aborted`] (a consequence).
@@ -492,14 +656,19 @@ fn read_replies<M: DestinationMemory + ?Sized>(
         };
         match rec {
             Record::PageData {
-                cause: Cause::Fault,
+                cause: cause @ (Cause::Fault | Cause::Resend),
                 pfns,
                 data,
             } => {
                 if let Err(e) = shared.accept(&pfns, Some(data)) {
                     break Err(e);
                 }
-                Metrics::add(&shared.metrics.pages_faulted, pfns.len() as u64);
+                let counter = if cause == Cause::Fault {
+                    &shared.metrics.pages_faulted
+                } else {
+                    &shared.metrics.pages_resent
+                };
+                Metrics::add(counter, pfns.len() as u64);
             }
             Record::Zero(pfns) => {
                 if let Err(e) = shared.accept(&pfns, None) {
@@ -537,6 +706,11 @@ fn forward_faults<M: DestinationMemory + ?Sized, W: Write>(
         }
         let mut wait = cfg.fault_poll;
         batch.clear();
+        if lock(&shared.pending).len() >= MAX_OUTSTANDING_FAULTS {
+            // Enough requests in flight: let the source catch up.
+            std::thread::sleep(cfg.fault_poll);
+            continue;
+        }
         while batch.len() < MAX_PFN_LIST {
             let Some(fault) = shared.mem.wait_fault(wait)? else {
                 break;

@@ -37,12 +37,33 @@ pub enum Error {
     /// A worker thread panicked (a bug; reported, never propagated).
     #[error("internal error: the {0} thread panicked")]
     ThreadPanicked(&'static str),
+    /// The link broke after the switch and could not be restored in time:
+    /// the guest cannot continue.
+    #[error("link lost after the switch and not restored within {waited_ms} ms ({last}); {missing} owed pages are not confirmed at the destination, the guest cannot continue")]
+    LinkLost {
+        /// How long recovery was attempted.
+        waited_ms: u64,
+        /// Owed pages the destination does not hold (exact there; on the
+        /// source, owed pages the destination never confirmed).
+        missing: u64,
+        /// Why the last attempt failed.
+        last: String,
+    },
+    /// The peer sent faults faster than any guest could (a flood).
+    #[error("peer flooded the fault channel: {0}")]
+    Flood(String),
     /// The migration was aborted because another thread failed first.
     #[error("aborted after another failure")]
     Aborted,
 }
 
 impl Error {
+    /// True if a fresh connection may cure the failure (the link broke or
+    /// timed out), as opposed to a peer that broke the protocol.
+    pub fn is_recoverable(&self) -> bool {
+        self.is_disconnect() || matches!(self, Error::Record(RecordError::Io(_)))
+    }
+
     /// True if the failure is the peer going away (closed or reset link),
     /// as opposed to bad data or a local failure.
     pub fn is_disconnect(&self) -> bool {

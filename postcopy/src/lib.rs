@@ -29,6 +29,7 @@ pub mod memory;
 pub mod metrics;
 pub mod prepage;
 pub mod records;
+pub mod recovery;
 pub mod scheduler;
 pub mod sentmap;
 pub mod source;

@@ -83,6 +83,12 @@ impl Scheduler {
             .unwrap_or(false)
     }
 
+    /// True if `pfn` is owed and was claimed by either path (sent, or in
+    /// flight when a link broke).
+    pub fn is_claimed(&self, pfn: Pfn) -> bool {
+        self.is_owed(pfn) && self.sent.is_done(pfn)
+    }
+
     /// The guest faulted on `pfn` and the destination asked for it. Moves
     /// the pre-pager's pivot; claims and queues the page if unsent.
     pub fn request(&mut self, pfn: Pfn) -> Request {

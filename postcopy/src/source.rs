@@ -17,7 +17,7 @@
 //! destination and is never resumed here.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bitvec::vec::BitVec;
@@ -31,6 +31,7 @@ use crate::records::{
     BeginBody, Cause, Record, RecordReader, RecordType, RecordWriter, MAX_BATCH_PAGES,
     MAX_PFN_LIST, MAX_RUNS, STREAM_VERSION,
 };
+use crate::recovery::{self, Recovery, Watchdog};
 use crate::scheduler::{Request, Scheduler};
 use crate::transport::SourceLinks;
 use crate::{Pfn, PAGE_SIZE};
@@ -189,7 +190,8 @@ fn bits_from_runs(n: u64, runs: &[PfnRun]) -> BitVec {
     bits
 }
 
-/// Runs the source side of one migration to completion.
+/// Runs the source side of one migration to completion; any link failure
+/// after the switch fails it (see [`run_source_recoverable`]).
 pub fn run_source<M: SourceMemory>(
     mem: &mut M,
     links: SourceLinks,
@@ -197,9 +199,24 @@ pub fn run_source<M: SourceMemory>(
     guest: &mut dyn GuestControl,
     metrics: &Metrics,
 ) -> Result<SourceOutcome, SourceFailure> {
+    run_source_recoverable(mem, links, cfg, guest, metrics, None)
+}
+
+/// Runs the source side of one migration to completion. With `recovery`,
+/// a link that breaks after the switch is re-established through its hook
+/// and serving resumes where it stopped ([`crate::recovery`]); without it,
+/// or when its timeout passes, the migration fails ([`Error::LinkLost`]).
+pub fn run_source_recoverable<M: SourceMemory>(
+    mem: &mut M,
+    links: SourceLinks,
+    cfg: &SourceConfig,
+    guest: &mut dyn GuestControl,
+    metrics: &Metrics,
+    recovery: Option<Recovery<'_, SourceLinks>>,
+) -> Result<SourceOutcome, SourceFailure> {
     let start = Instant::now();
     let closer = links.closer.clone();
-    let mut bulk = RecordWriter::new(links.bulk);
+    let mut bulk: BulkWriter = RecordWriter::new(links.bulk);
     let mut fault_rx: FaultReader = RecordReader::new(links.fault_rx, Some(mem.pfn_count()));
     let mut stopped = false;
     let pre = pre_switch(
@@ -235,6 +252,7 @@ pub fn run_source<M: SourceMemory>(
         cfg,
         metrics,
         stopped_at,
+        recovery,
     );
     Metrics::set_duration(&metrics.total_time_us, start.elapsed());
     Metrics::set_duration(&metrics.postcopy_time_us, stopped_at.elapsed());
@@ -412,23 +430,85 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
 
 /// The source's end of the fault channel, read by one thread at a time.
 type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
+/// The source's bulk channel.
+type BulkWriter = RecordWriter<Box<dyn std::io::Write + Send>>;
 
-/// State shared by the push loop and the fault server.
+/// Pages to send again after a reconnect: sent before the break, never
+/// received. Each is taken exactly once, by the push loop (bulk, ahead of
+/// pushes) or by the fault server (when the guest asks for it first).
+#[derive(Debug, Default)]
+struct Resend {
+    bits: BitVec,
+    left: u64,
+    cursor: usize,
+}
+
+impl Resend {
+    /// Takes `pfn` if it is waiting to be resent.
+    fn take(&mut self, pfn: Pfn) -> bool {
+        let i = usize::try_from(pfn).unwrap_or(usize::MAX);
+        match self.bits.get_mut(i) {
+            Some(mut b) if *b => {
+                *b = false;
+                self.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes up to `max` waiting pages in pfn order.
+    fn take_batch(&mut self, max: usize, out: &mut Vec<Pfn>) {
+        while self.left > 0 && out.len() < max {
+            let Some(i) = self.bits[self.cursor..]
+                .first_one()
+                .map(|o| o + self.cursor)
+            else {
+                break;
+            };
+            self.bits.set(i, false);
+            self.left -= 1;
+            self.cursor = i + 1;
+            out.push(i as Pfn);
+        }
+    }
+}
+
+/// State shared by the push loop and the fault server; outlives a link.
 struct Shared {
     sched: Mutex<Scheduler>,
+    resend: Mutex<Resend>,
     /// Fault requests being served right now (the push yields to them).
     outstanding: AtomicU64,
+    /// This session failed (reset when a new one starts).
     failed: AtomicBool,
-    /// The fault server has returned.
+    /// This session's fault server has returned.
     server_done: AtomicBool,
+    /// The destination said it resumed the guest.
+    resumed: AtomicBool,
+    /// Owed pages the destination said it holds at the last handshake.
+    confirmed: AtomicU64,
     /// Last fault request arrival, in ms since `epoch`.
     last_fault_ms: AtomicU64,
     epoch: Instant,
 }
 
-fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
+impl Shared {
+    /// Owed pages the destination has not confirmed holding.
+    fn unconfirmed(&self) -> u64 {
+        lock(&self.sched)
+            .owed()
+            .saturating_sub(self.confirmed.load(Ordering::SeqCst))
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one migration"
+)]
+fn serve<M: SourceMemory + ?Sized>(
     mem: &M,
-    mut bulk: RecordWriter<W>,
+    bulk: BulkWriter,
     fault: (
         FaultReader,
         Box<dyn std::io::Write + Send>,
@@ -438,26 +518,157 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
     cfg: &SourceConfig,
     metrics: &Metrics,
     stopped_at: Instant,
+    mut recovery: Option<Recovery<'_, SourceLinks>>,
 ) -> Result<(), Error> {
-    let (fault_rx, fault_tx, closer) = fault;
+    let (mut fault_rx, mut fault_tx, mut closer) = fault;
+    let mut bulk = bulk;
     let n = mem.pfn_count();
     let prepager = cfg.strategy.build(mem.access_history());
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         sched: Mutex::new(Scheduler::new(n, owed, prepager)?),
+        resend: Mutex::new(Resend::default()),
         outstanding: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         server_done: AtomicBool::new(false),
+        resumed: AtomicBool::new(false),
+        confirmed: AtomicU64::new(0),
         last_fault_ms: AtomicU64::new(0),
         epoch: Instant::now(),
-    });
+    };
+    loop {
+        shared.failed.store(false, Ordering::SeqCst);
+        shared.server_done.store(false, Ordering::SeqCst);
+        shared.outstanding.store(0, Ordering::SeqCst);
+        let r = serve_session(
+            mem,
+            &mut bulk,
+            (fault_rx, fault_tx, closer.clone()),
+            &shared,
+            cfg,
+            metrics,
+            stopped_at,
+        );
+        Metrics::add(&metrics.bytes_sent, bulk.bytes_written());
+        let error = match r {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        closer();
+        let Some(rec) = recovery.as_mut() else {
+            return Err(error);
+        };
+        if !error.is_recoverable() {
+            return Err(error);
+        }
+        let outage = Instant::now();
+        Metrics::add(&metrics.outages, 1);
+        warn!(
+            "link lost after the switch ({error}); recovering for up to {:?}",
+            rec.timeout
+        );
+        let deadline = outage + rec.timeout;
+        let lost = |last: String| Error::LinkLost {
+            waited_ms: ms(outage.elapsed()),
+            missing: shared.unconfirmed(),
+            last,
+        };
+        let (links, rx, received) = loop {
+            let links = recovery::reconnect(rec, deadline).map_err(&lost)?;
+            let SourceLinks {
+                bulk: b,
+                fault_rx: frx,
+                fault_tx: ftx,
+                closer: c,
+            } = links;
+            let dog = Watchdog::new(c.clone(), deadline);
+            let mut rx: FaultReader = RecordReader::new(frx, Some(n));
+            let got = recovery::read_received(&mut rx, n);
+            drop(dog);
+            match got {
+                Ok(received) => break ((b, ftx, c), rx, received),
+                Err(e) => {
+                    c();
+                    if !e.is_recoverable() {
+                        return Err(e);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(lost(format!("recovery handshake: {e}")));
+                    }
+                    warn!("recovery handshake failed ({e}); retrying");
+                }
+            }
+        };
+        // The destination reconnected: it had resumed the guest.
+        shared.resumed.store(true, Ordering::SeqCst);
+        let resent = plan_resend(&shared, n, &received)?;
+        shared
+            .confirmed
+            .store(received.count_ones() as u64, Ordering::SeqCst);
+        let (b, ftx, c) = links;
+        bulk = RecordWriter::new(b);
+        fault_rx = rx;
+        fault_tx = ftx;
+        closer = c;
+        let took = outage.elapsed();
+        Metrics::add(
+            &metrics.outage_us,
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
+        info!(
+            "link restored after {took:?}: destination holds {} pages, {resent} to resend",
+            received.count_ones()
+        );
+    }
+}
+
+/// Fills the resend set from the destination's received-map: sent (or
+/// claimed) but not received. Returns how many.
+fn plan_resend(shared: &Shared, n: u64, received: &BitVec) -> Result<u64, Error> {
+    let s = lock(&shared.sched);
+    let mut rs = lock(&shared.resend);
+    let len = usize::try_from(n).unwrap_or(0);
+    rs.bits = BitVec::repeat(false, len);
+    rs.left = 0;
+    rs.cursor = 0;
+    for i in 0..len {
+        let p = i as Pfn;
+        if received[i] {
+            if !s.is_claimed(p) {
+                return Err(Error::Protocol(format!(
+                    "destination claims to hold pfn {p:#x}, which was never sent"
+                )));
+            }
+        } else if s.is_claimed(p) {
+            rs.bits.set(i, true);
+            rs.left += 1;
+        }
+    }
+    Ok(rs.left)
+}
+
+/// One connection's worth of serving: the fault server and the push loop,
+/// until completion or the first failure.
+fn serve_session<M: SourceMemory + ?Sized>(
+    mem: &M,
+    bulk: &mut BulkWriter,
+    fault: (
+        FaultReader,
+        Box<dyn std::io::Write + Send>,
+        crate::transport::Closer,
+    ),
+    shared: &Shared,
+    cfg: &SourceConfig,
+    metrics: &Metrics,
+    stopped_at: Instant,
+) -> Result<(), Error> {
+    let (fault_rx, fault_tx, closer) = fault;
     std::thread::scope(|scope| {
         let server = {
-            let shared = Arc::clone(&shared);
             let closer = closer.clone();
             std::thread::Builder::new()
                 .name("pc-fault-server".into())
                 .spawn_scoped(scope, move || {
-                    let r = fault_server(mem, fault_rx, fault_tx, &shared, metrics, stopped_at);
+                    let r = fault_server(mem, fault_rx, fault_tx, shared, metrics, stopped_at);
                     shared.server_done.store(true, Ordering::SeqCst);
                     if r.is_err() {
                         shared.failed.store(true, Ordering::SeqCst);
@@ -467,7 +678,7 @@ fn serve<M: SourceMemory + ?Sized, W: std::io::Write + Send>(
                 })
                 .map_err(|e| Error::Protocol(format!("cannot start the fault server: {e}")))?
         };
-        let pushed = push_loop(mem, &mut bulk, &shared, cfg, metrics);
+        let pushed = push_loop(mem, bulk, shared, cfg, metrics);
         if let Err(e) = &pushed {
             shared.failed.store(true, Ordering::SeqCst);
             // A dead link ends the fault server by itself, and it may still
@@ -511,8 +722,20 @@ fn push_loop<M: SourceMemory + ?Sized, W: std::io::Write>(
     metrics: &Metrics,
 ) -> Result<(), Error> {
     let mut buf = Vec::new();
-    let mut batch = Vec::with_capacity(cfg.batch_pages);
     let batch_pages = cfg.batch_pages.clamp(1, MAX_BATCH_PAGES);
+    let mut batch = Vec::with_capacity(batch_pages);
+    // Pages lost in flight at a break go first, before any push.
+    loop {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        batch.clear();
+        lock(&shared.resend).take_batch(batch_pages, &mut batch);
+        if batch.is_empty() {
+            break;
+        }
+        send_pages(mem, bulk, &batch, Cause::Resend, &mut buf, metrics)?;
+    }
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
@@ -554,13 +777,19 @@ fn push_loop<M: SourceMemory + ?Sized, W: std::io::Write>(
     }
     let sent = {
         let r = metrics.snapshot();
-        r.pages_pushed + r.pages_faulted + r.pages_zero
+        r.pages_pushed + r.pages_faulted + r.pages_zero + r.pages_resent
     };
     bulk.count(RecordType::Complete, sent)?;
     bulk.flush()?;
-    Metrics::add(&metrics.bytes_sent, bulk.bytes_written());
     debug!("push complete");
     Ok(())
+}
+
+/// Requests for pages already sent, per connection, beyond which the
+/// destination is flooding (a well-behaved one asks for each pfn at most
+/// once per connection).
+fn flood_limit(owed: u64) -> u64 {
+    owed + MAX_PFN_LIST as u64
 }
 
 fn fault_server<M: SourceMemory + ?Sized>(
@@ -573,12 +802,18 @@ fn fault_server<M: SourceMemory + ?Sized>(
 ) -> Result<(), Error> {
     let mut writer = RecordWriter::new(tx);
     let mut buf = Vec::new();
-    let mut resumed = false;
-    loop {
-        match reader.next_record()? {
-            Record::Abort(reason) if !resumed => return Err(Error::PeerAborted(reason)),
+    let mut redundant = 0u64;
+    let limit = flood_limit(lock(&shared.sched).owed());
+    let result = loop {
+        let rec = match reader.next_record() {
+            Ok(r) => r,
+            Err(e) => break Err(e.into()),
+        };
+        let resumed = shared.resumed.load(Ordering::SeqCst);
+        match rec {
+            Record::Abort(reason) if !resumed => break Err(Error::PeerAborted(reason)),
             Record::Resumed(_) if !resumed => {
-                resumed = true;
+                shared.resumed.store(true, Ordering::SeqCst);
                 Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
                 info!(
                     "destination resumed the guest after {:?}",
@@ -587,53 +822,46 @@ fn fault_server<M: SourceMemory + ?Sized>(
             }
             Record::Fault(pfns) => {
                 shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                shared
-                    .last_fault_ms
-                    .store(ms(shared.epoch.elapsed()), Ordering::Relaxed);
-                Metrics::add(&metrics.network_faults, pfns.len() as u64);
-                let mut now = Vec::with_capacity(pfns.len());
-                {
-                    let mut s = lock(&shared.sched);
-                    for p in pfns {
-                        match s.request(p) {
-                            Request::Queued => {
-                                // Taken back at once: the reply goes out here.
-                                if let Some(q) = s.take_urgent() {
-                                    now.push(q);
-                                }
-                            }
-                            Request::AlreadySent => Metrics::add(&metrics.faults_in_flight, 1),
-                            Request::NotOwed => {
-                                return Err(Error::Protocol(format!(
-                                    "destination asked for pfn {p:#x}, which it is not owed"
-                                )))
-                            }
-                        }
-                    }
-                }
-                let r = send_pages(mem, &mut writer, &now, Cause::Fault, &mut buf, metrics);
+                let r = serve_fault(
+                    mem,
+                    &mut writer,
+                    &pfns,
+                    shared,
+                    metrics,
+                    &mut buf,
+                    &mut redundant,
+                );
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-                r?;
-                writer.flush()?;
+                if let Err(e) = r {
+                    break Err(e);
+                }
+                if redundant > limit {
+                    break Err(Error::Flood(format!(
+                        "{redundant} requests for pages already sent on one connection"
+                    )));
+                }
             }
             Record::Complete(received) => {
                 let s = lock(&shared.sched);
-                if s.unsent() != 0 || received != s.owed() {
-                    return Err(Error::Protocol(format!(
+                let resend_left = lock(&shared.resend).left;
+                if s.unsent() != 0 || resend_left != 0 || received != s.owed() {
+                    break Err(Error::Protocol(format!(
                         "destination reports {received} of {} owed pages complete with {} unsent",
                         s.owed(),
-                        s.unsent()
+                        s.unsent() + resend_left
                     )));
                 }
                 drop(s);
-                writer.count(RecordType::Complete, received)?;
-                writer.flush()?;
-                Metrics::add(&metrics.bytes_received, reader.bytes_read());
-                Metrics::add(&metrics.bytes_sent, writer.bytes_written());
-                return Ok(());
+                let acked = writer
+                    .count(RecordType::Complete, received)
+                    .and_then(|()| writer.flush());
+                if let Err(e) = acked {
+                    break Err(e.into());
+                }
+                break Ok(());
             }
             other => {
-                return Err(crate::records::RecordError::Unexpected {
+                break Err(crate::records::RecordError::Unexpected {
                     name: other.rtype().name(),
                     state: "on the fault channel of the source",
                 }
@@ -641,7 +869,59 @@ fn fault_server<M: SourceMemory + ?Sized>(
             }
         }
         if shared.failed.load(Ordering::SeqCst) {
-            return Err(Error::Aborted);
+            break Err(Error::Aborted);
+        }
+    };
+    Metrics::add(&metrics.bytes_received, reader.bytes_read());
+    Metrics::add(&metrics.bytes_sent, writer.bytes_written());
+    result
+}
+
+/// Answers one FAULT record: unsent pages and pages waiting to be resent
+/// go out now on the fault channel.
+fn serve_fault<M: SourceMemory + ?Sized, W: std::io::Write>(
+    mem: &M,
+    writer: &mut RecordWriter<W>,
+    pfns: &[Pfn],
+    shared: &Shared,
+    metrics: &Metrics,
+    buf: &mut Vec<u8>,
+    redundant: &mut u64,
+) -> Result<(), Error> {
+    shared
+        .last_fault_ms
+        .store(ms(shared.epoch.elapsed()), Ordering::Relaxed);
+    Metrics::add(&metrics.network_faults, pfns.len() as u64);
+    let mut now = Vec::with_capacity(pfns.len());
+    let mut again = Vec::new();
+    {
+        let mut s = lock(&shared.sched);
+        for &p in pfns {
+            match s.request(p) {
+                Request::Queued => {
+                    // Taken back at once: the reply goes out here.
+                    if let Some(q) = s.take_urgent() {
+                        now.push(q);
+                    }
+                }
+                Request::AlreadySent => {
+                    if lock(&shared.resend).take(p) {
+                        again.push(p);
+                    } else {
+                        *redundant += 1;
+                        Metrics::add(&metrics.faults_in_flight, 1);
+                    }
+                }
+                Request::NotOwed => {
+                    return Err(Error::Protocol(format!(
+                        "destination asked for pfn {p:#x}, which it is not owed"
+                    )))
+                }
+            }
         }
     }
+    send_pages(mem, writer, &now, Cause::Fault, buf, metrics)?;
+    send_pages(mem, writer, &again, Cause::Resend, buf, metrics)?;
+    writer.flush()?;
+    Ok(())
 }

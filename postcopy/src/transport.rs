@@ -120,3 +120,104 @@ pub fn unix_pair() -> io::Result<(SourceLinks, DestLinks)> {
         DestLinks::from_sockets(bulk_d, fault_d)?,
     ))
 }
+
+/// Byte budget shared by the three wrapped ends of a [`tripwire`].
+#[derive(Debug)]
+struct Trip {
+    left: std::sync::atomic::AtomicU64,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl Trip {
+    /// How many of `want` bytes may pass; 0 means the wire is cut (and
+    /// cutting it shuts the links down).
+    fn allow(&self, want: usize, closer: &Closer) -> io::Result<usize> {
+        use std::sync::atomic::Ordering;
+        if want == 0 {
+            return Ok(0);
+        }
+        loop {
+            let left = self.left.load(Ordering::SeqCst);
+            if left == 0 || self.tripped.load(Ordering::SeqCst) {
+                if !self.tripped.swap(true, Ordering::SeqCst) {
+                    closer();
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "link cut (fault injection)",
+                ));
+            }
+            let n = left.min(want as u64);
+            if self
+                .left
+                .compare_exchange(left, left - n, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Ok(usize::try_from(n).unwrap_or(want));
+            }
+        }
+    }
+}
+
+struct TripEnd<T> {
+    inner: T,
+    trip: Arc<Trip>,
+    closer: Closer,
+}
+
+impl<R: Read> Read for TripEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.trip.allow(buf.len(), &self.closer)?;
+        // Bytes granted but not read stay in the budget's past: a cut is
+        // an offset in the whole conversation, not exact per channel.
+        self.inner.read(&mut buf[..n])
+    }
+}
+
+impl<W: Write> Write for TripEnd<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.trip.allow(buf.len(), &self.closer)?;
+        self.inner.write(&buf[..n])
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Fault injection: the source's links, cut (both sockets shut down, so
+/// the destination sees the break too) once `budget` bytes have crossed
+/// them in either direction. A cut can fall anywhere, mid-record included.
+/// Returns the links and a flag that turns true at the cut.
+pub fn tripwire(links: SourceLinks, budget: u64) -> (SourceLinks, impl Fn() -> bool + Send) {
+    let trip = Arc::new(Trip {
+        left: budget.into(),
+        tripped: false.into(),
+    });
+    let closer = links.closer.clone();
+    let end = |_: ()| (Arc::clone(&trip), closer.clone());
+    let (t1, c1) = end(());
+    let (t2, c2) = end(());
+    let (t3, c3) = end(());
+    let wrapped = SourceLinks {
+        bulk: Box::new(TripEnd {
+            inner: links.bulk,
+            trip: t1,
+            closer: c1,
+        }),
+        fault_rx: Box::new(TripEnd {
+            inner: links.fault_rx,
+            trip: t2,
+            closer: c2,
+        }),
+        fault_tx: Box::new(TripEnd {
+            inner: links.fault_tx,
+            trip: t3,
+            closer: c3,
+        }),
+        closer: links.closer,
+    };
+    let flag = Arc::clone(&trip);
+    (wrapped, move || {
+        flag.tripped.load(std::sync::atomic::Ordering::SeqCst)
+    })
+}
