@@ -714,6 +714,12 @@ fn source_session(
         None,
     )
     .unwrap();
+    // The destination's READY, queued before the source waits for it.
+    {
+        let mut w = postcopy::records::RecordWriter::new(&d_back);
+        w.empty(RecordType::Ready).unwrap();
+        w.flush().unwrap();
+    }
     s.transition().unwrap();
     (
         s,
@@ -836,4 +842,83 @@ fn end_to_end_four_vcpus_touching_concurrently() {
         "{faults} vCPU faults, {} served by fault replies, {} already in flight",
         sm.pages_faulted, sm.faults_in_flight
     );
+}
+
+#[test]
+fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
+    let (src, _) = build_source(0x800);
+    let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let (mut s, _) = SaveSession::begin(
+        src,
+        s_stream.as_raw_fd(),
+        s_back.as_raw_fd(),
+        StrategySpec::Linear,
+        None,
+    )
+    .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        d_stream.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    {
+        let mut w = postcopy::records::RecordWriter::new(&d_back);
+        w.abort("no room for the guest").unwrap();
+        w.flush().unwrap();
+    }
+    let e = s.transition().unwrap_err();
+    assert!(
+        matches!(e, postcopy::Error::PeerAborted(ref r) if r == "no room for the guest"),
+        "{e}"
+    );
+    assert_eq!(crate::ffi::errno_of(&e), libc::ECANCELED);
+    assert!(s.serve().is_err(), "no service after a refused switch");
+    drop(s);
+    drop(s_stream);
+    // TRANSITION was never written: the stream ends with the marker.
+    let bytes = reader.join().unwrap();
+    let mut r = postcopy::records::RecordReader::new(&bytes[..], Some(0x800));
+    let mut last = None;
+    while let Ok(rec) = r.next_record() {
+        last = Some(rec.rtype());
+    }
+    assert_eq!(last, Some(RecordType::VcpuState));
+    drop(d_back);
+}
+
+#[test]
+fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
+    let n = 64;
+    let dst = dest_domain(n);
+    let begin = postcopy::records::BeginBody {
+        version: postcopy::records::STREAM_VERSION.into(),
+        flags: 0.into(),
+        strategy: 2.into(),
+        strategy_arg: 0.into(),
+        guest_pfns: n.into(),
+        populated_pages: n.into(),
+    };
+    let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
+    let (d_back, s_back) = UnixStream::pair().unwrap();
+    let (a, _b) = UnixStream::pair().unwrap();
+    // A good session: READY at the marker, once.
+    let mut r = RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+    r.record_or_abort(RecordType::VcpuState as u32, &[]).unwrap();
+    assert!(r.ready_sent());
+    assert!(r.record_or_abort(RecordType::VcpuState as u32, &[]).is_err());
+    // A bad record before the marker: ABORT with the reason.
+    let mut r2 = RestoreSession::begin(dst, a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+    assert!(r2.record_or_abort(0x99, &[]).is_err());
+    // Serving without READY is refused.
+    assert!(r2.serve().is_err());
+    drop(r);
+    drop(r2);
+    drop(d_back);
+    let mut rd = postcopy::records::RecordReader::new(s_back, Some(n));
+    assert!(matches!(rd.next_record().unwrap(), postcopy::records::Record::Ready));
+    assert!(matches!(
+        rd.next_record().unwrap(),
+        postcopy::records::Record::Abort(_)
+    ));
 }

@@ -94,6 +94,9 @@ pub fn errno_of(e: &Error) -> c_int {
         Error::Memory(MemoryError::OutOfRange { .. }) => libc::EINVAL,
         Error::Memory(MemoryError::Os { source, .. }) => source.raw_os_error().unwrap_or(libc::EIO),
         Error::Size(_) => libc::ENOMEM,
+        // The destination refused the switch (ABORT before READY): the
+        // guest never ran there, the source may resume it.
+        Error::PeerAborted(_) => libc::ECANCELED,
         _ => libc::EIO,
     }
 }
@@ -426,7 +429,7 @@ pub unsafe extern "C" fn libxl_postcopy_restore_record(
             "post-copy restore record",
             h,
             |h| h.lg,
-            |h| h.session.record(rtype, body),
+            |h| h.session.record_or_abort(rtype, body),
         )
     }
 }

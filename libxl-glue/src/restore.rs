@@ -59,6 +59,8 @@ pub struct RestoreSession<O: XenOps> {
     back_fd: RawFd,
     last_record: Instant,
     served: bool,
+    ready_sent: bool,
+    abort_sent: bool,
     metrics: Metrics,
 }
 
@@ -169,6 +171,8 @@ impl<O: XenOps> RestoreSession<O> {
             back_fd,
             last_record: Instant::now(),
             served: false,
+            ready_sent: false,
+            abort_sent: false,
             metrics: Metrics::new(),
         })
     }
@@ -253,14 +257,55 @@ impl<O: XenOps> RestoreSession<O> {
                 debug!("{} pfns owed so far", self.owed_count);
             }
             Record::VcpuState(s) => {
-                debug!(
-                    "ignoring a {}-byte VCPU_STATE record: Xen carries CPU state in HVM_CONTEXT",
-                    s.len()
-                );
+                // The source's end-of-pre-switch marker (Xen carries the
+                // CPU state in HVM_CONTEXT, processed by now): everything
+                // before the switch is in, every owed pfn is paged out.
+                if self.ready_sent {
+                    return Err(unexpected(RecordType::VcpuState.name()));
+                }
+                if self.owed_count > 0 && self.mem.ring_pfn().is_none() {
+                    return Err(Error::Protocol(
+                        "pages are owed but mem_paging was never enabled".into(),
+                    ));
+                }
+                debug!("end of the pre-switch records ({}-byte marker): READY", s.len());
+                let mut back = RecordWriter::new(FdIo::new(self.back_fd));
+                back.empty(RecordType::Ready)?;
+                back.flush()?;
+                self.ready_sent = true;
             }
             other => return Err(unexpected(other.rtype().name())),
         }
         Ok(())
+    }
+
+    /// [`Self::record`], and on failure before READY an ABORT on the back
+    /// channel (best effort), so the source knows the guest never ran here
+    /// and may resume it.
+    pub fn record_or_abort(&mut self, rtype: u32, body: &[u8]) -> Result<(), Error> {
+        let r = self.record(rtype, body);
+        if let Err(e) = &r {
+            self.abort(&e.to_string());
+        }
+        r
+    }
+
+    /// Sends ABORT (once, and only before READY) with `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        if self.ready_sent || self.abort_sent || self.served {
+            return;
+        }
+        self.abort_sent = true;
+        let mut back = RecordWriter::new(FdIo::new(self.back_fd));
+        match back.abort(reason).and_then(|()| back.flush()) {
+            Ok(()) => info!("post-copy destination: sent ABORT ({reason})"),
+            Err(e) => debug!("could not send ABORT: {e}"),
+        }
+    }
+
+    /// True once READY went to the source.
+    pub fn ready_sent(&self) -> bool {
+        self.ready_sent
     }
 
     /// Phase 3: the guest runs; serve its faults and load every owed page.
@@ -269,6 +314,11 @@ impl<O: XenOps> RestoreSession<O> {
             return Err(Error::Protocol("serve called twice".into()));
         }
         self.served = true;
+        if !self.ready_sent {
+            return Err(Error::Protocol(
+                "TRANSITION before the end-of-pre-switch marker: READY was never sent".into(),
+            ));
+        }
         if self.owed_count > 0 && self.mem.ring_pfn().is_none() {
             return Err(Error::Protocol(
                 "pages are owed but mem_paging was never enabled".into(),

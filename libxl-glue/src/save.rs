@@ -384,12 +384,35 @@ impl<O: XenOps> SaveSession<O> {
         Ok(())
     }
 
-    /// Phase 2: POSTCOPY_PFNS and POSTCOPY_TRANSITION.
+    /// Phase 2: POSTCOPY_PFNS, the end-of-pre-switch marker (an empty
+    /// POSTCOPY_VCPU_STATE: on Xen the CPU state travels in HVM_CONTEXT,
+    /// already sent), then wait for the destination's READY on the back
+    /// channel before POSTCOPY_TRANSITION. An ABORT instead is
+    /// [`Error::PeerAborted`]: the guest never ran there and may be resumed
+    /// here (the C ABI returns -ECANCELED).
     pub fn transition(&mut self) -> Result<(), Error> {
         self.expect(Phase::Begun, "transition")?;
         let r = (|| -> Result<(), Error> {
             for chunk in self.owed.chunks(MAX_RUNS) {
                 self.stream.runs(RecordType::Pfns, chunk)?;
+            }
+            self.stream.vcpu_state(&[])?;
+            self.stream.flush()?;
+            let n = self.mem.pfn_count();
+            let mut back = RecordReader::new(FdIo::new(self.back_fd), Some(n));
+            match back.next_record()? {
+                Record::Ready => debug!("destination READY"),
+                Record::Abort(reason) => {
+                    warn!("destination refused the switch: {reason}");
+                    return Err(Error::PeerAborted(reason));
+                }
+                other => {
+                    return Err(RecordError::Unexpected {
+                        name: other.rtype().name(),
+                        state: "while waiting for POSTCOPY_READY",
+                    }
+                    .into())
+                }
             }
             self.stream.empty(RecordType::Transition)?;
             self.stream.flush()?;

@@ -1,0 +1,109 @@
+#!/bin/bash
+# Runs inside the emulated host's dom0 (from /sbin/xeninit): the scenarios
+# listed in /mnt/host/scenarios, one per line:
+#   RESULT_NAME GUEST_OPTS... -- XL_MIGRATE_ARGS...
+# GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
+# memtest_syscalls=1 balloon=1 settle=SECS).  Each scenario's logs and
+# a meta.env go to /mnt/host/results/RESULT_NAME/; the host turns them
+# into result.json.  The body sits in { } so that editing this file
+# during a run cannot break the run.
+{
+export PATH=/usr/lib/xen-4.17/bin:$PATH
+ts() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
+now() { date +%s.%N; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%d", (b-a)*1000}'; }
+# count_in FILE REGEX: matching lines
+count_in() { grep -ac -e "$2" "$1" 2>/dev/null || true; }
+waitfor() { # waitfor FILE REGEX N TIMEOUT: N matching lines
+	local t=0
+	while [ "$(count_in "$1" "$2")" -lt "$3" ]; do
+		sleep 1; t=$((t+1))
+		[ $t -ge "$4" ] && { ts "TIMEOUT waiting for $3 x '$2' in $1"; return 1; }
+	done
+	ts "found $3 x '$2' after ${t}s"
+}
+cons=/var/log/xen/console
+ts "autorun start"
+xl info | grep -E 'xen_version|xen_extra|virt_caps|free_memory|xen_commandline'
+xl dmesg | grep -iE 'mem_paging|unsupported|HAP' | head -5
+for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
+	line=$(sed -n "${sc_line}p" /mnt/host/scenarios)
+	[ -n "$line" ] || continue
+	name=${line%% *}
+	rest=${line#* }
+	gopts=${rest%%--*}
+	margs=${rest#*-- }
+	[ "$margs" = "$rest" ] && margs=
+	out=/mnt/host/results/$name
+	rm -rf "$out"; mkdir -p "$out"
+	dom=t-$name
+	mib=64 settle=0
+	for o in $gopts; do
+		case $o in memtest_mib=*) mib=${o#*=} ;; settle=*) settle=${o#*=} ;; esac
+	done
+	mem=${GUEST_MEM:-256}
+	cat > /tmp/$dom.cfg <<CFG
+name="$dom"
+type="pvh"
+kernel="/mnt/host/vmlinuz"
+ramdisk="/mnt/host/guest.cpio.gz"
+extra="console=hvc0 memtest_mib=$mib $gopts"
+memory=$mem
+maxmem=$mem
+vcpus=1
+on_crash="preserve"
+CFG
+	ts "=== scenario $name: guest '$gopts', xl migrate $margs"
+	rm -f $cons/guest-$dom*.log
+	s=$(now)
+	xl create /tmp/$dom.cfg > "$out/create.log" 2>&1
+	crc=$?
+	ts "create rc=$crc"
+	slog=$cons/guest-$dom.log
+	# the first two full passes: the pattern is written and verified once
+	waitfor $slog 'MEMTEST pass [0-9]* ok=1' 2 300
+	boot_ms=$(ms "$s" "$(now)")
+	[ "$settle" -gt 0 ] && { ts "settling ${settle}s"; sleep "$settle"; }
+	recv="xl -vvv migrate-receive"
+	case " $margs " in *" --postcopy "*) recv="$recv --postcopy" ;; esac
+	ts "migrate: xl -vvv migrate $margs -s '' $dom '$recv'"
+	s=$(now)
+	timeout "${MIGRATE_TIMEOUT:-900}" xl -vvv migrate $margs -s "" $dom "$recv" > "$out/migrate.log" 2>&1
+	mrc=$?
+	e=$(now)
+	ts "migrate rc=$mrc $(ms "$s" "$e") ms"
+	xl list > "$out/xl-list.txt" 2>&1
+	dlog=$(ls -t $cons/guest-$dom--incoming.log 2>/dev/null | head -1)
+	[ -n "$dlog" ] || dlog=$slog
+	vrc=1
+	if [ $mrc -eq 0 ]; then
+		# two full passes on the destination: every page checked there
+		waitfor "$dlog" 'MEMTEST pass [0-9]* ' 2 "${VERIFY_TIMEOUT:-400}" && vrc=0
+	fi
+	grep -aq 'MEMTEST BAD\|ok=0' $cons/guest-$dom*.log && vrc=2
+	xl list >> "$out/xl-list.txt" 2>&1
+	{
+		echo "name=$name"
+		echo "migrate_args='$margs'"
+		echo "guest_opts='$gopts'"
+		echo "guest_mem_mib=$mem"
+		echo "memtest_mib=$mib"
+		echo "create_rc=$crc"
+		echo "boot_ms=$boot_ms"
+		echo "migrate_rc=$mrc"
+		echo "migrate_ms=$(ms "$s" "$e")"
+		echo "verify_rc=$vrc"
+		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
+		echo "dom0_kernel='$(uname -r)'"
+		echo "xl_version='$(xl info | sed -n 's/^xen_extra *: //p')'"
+	} > "$out/meta.env"
+	cp $cons/guest-$dom*.log "$out/" 2>/dev/null
+	xl dmesg > "$out/xl-dmesg.txt" 2>&1
+	cp /var/log/xen/*.log "$out/" 2>/dev/null
+	for d in $(xl list | awk -v n="$dom" 'index($1, n) == 1 { print $1 }'); do xl destroy "$d"; done
+	ts "=== scenario $name done: migrate_rc=$mrc verify_rc=$vrc"
+	sync
+done
+ts "autorun end"
+exit 0
+}
