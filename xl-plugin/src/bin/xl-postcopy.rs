@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use xl_plugin::local::session::{run_receiver, run_sender, GuestOpts, LocalError, MigrateOpts};
+use xl_plugin::local::session::{run_sender, GuestOpts, LocalError, MigrateOpts};
 use xl_plugin::local::workload::Workload;
 use xl_plugin::options::{parse_size_pages, MigrationArgs};
 
@@ -36,6 +36,8 @@ enum Cmd {
         to: SocketAddr,
         #[command(flatten)]
         run: LocalArgs,
+        #[command(flatten)]
+        link: xl_plugin::local::recover::LinkArgs,
     },
     /// Wait for one migration and run the guest when it arrives.
     Receive {
@@ -46,7 +48,12 @@ enum Cmd {
         /// the post-migration rate).
         #[arg(long, default_value_t = 0.3)]
         tail: f64,
+        #[command(flatten)]
+        link: xl_plugin::local::recover::LinkArgs,
     },
+    /// Point a running `send` or `receive` whose link broke after the
+    /// switch at a new address (through its --control socket).
+    Recover(xl_plugin::local::recover::RecoverArgs),
     /// Run the local-mode benchmark matrix; print min/median/max per figure
     /// and write JSON, Markdown and SVG charts.
     Bench(BenchArgs),
@@ -237,23 +244,33 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Local(args) => local(&args),
-        Cmd::Send { to, run } => match run_sender(to, &run.guest()?, &run.migrate()?) {
+        Cmd::Send { to, run, link } => match xl_plugin::local::session::run_sender_with(
+            to,
+            &run.guest()?,
+            &run.migrate()?,
+            &link.opts()?,
+        ) {
             Ok(report) => {
                 print_report(&report, run.json)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => Ok(exit_for(&e)),
         },
-        Cmd::Receive { listen, tail } => {
-            if !listen.ip().is_loopback() {
-                bail!("refusing to listen on {listen}: the standalone transport is unauthenticated; use a loopback address");
+        Cmd::Receive { listen, tail, link } => {
+            let link = link.opts()?;
+            if !listen.ip().is_loopback() && link.token.is_none() {
+                bail!("refusing to listen on {listen} without --token-file: only loopback is safe unauthenticated");
             }
             let listener =
                 TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
             let mut out = std::io::stdout();
             writeln!(out, "LISTEN {}", listener.local_addr()?)?;
             out.flush()?;
-            match run_receiver(&listener, secs(tail, "tail")?) {
+            match xl_plugin::local::session::run_receiver_with(
+                &listener,
+                secs(tail, "tail")?,
+                &link,
+            ) {
                 Ok(summary) => {
                     writeln!(out, "{}", serde_json::to_string(&summary)?)?;
                     Ok(ExitCode::SUCCESS)
@@ -309,6 +326,10 @@ fn main() -> Result<ExitCode> {
             } else {
                 print!("{r}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Recover(r) => {
+            println!("{}", r.run()?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Strategies => {

@@ -3,13 +3,38 @@
 //! The sender opens the bulk connection, then the fault connection; each
 //! starts with a 32-byte [`Hello`] naming its channel, the guest size and a
 //! session id, so the receiver pairs them and sizes the guest before the
-//! engine's first record. `TCP_NODELAY` on both: a fault request or reply
-//! must not wait for Nagle.
+//! engine's first record. After a link breaks post-switch the sender dials
+//! again with [`FLAG_RESUME`] and the same session id; the receiver, still
+//! listening, accepts only that session ([`accept_until`]).
+//!
+//! **Authentication.** With a shared token (`--token-file`), every
+//! connection runs a mutual challenge–response right after the hello:
+//!
+//! ```text
+//! sender                                   receiver
+//!   hello (FLAG_AUTH) ‖ Ns (32 random) ──►
+//!                                    ◄──   status (0 = go on) ‖ Nr (32 random)
+//!                                          ‖ HMAC(K, "XPC-R" ‖ hello ‖ Ns ‖ Nr)
+//!   HMAC(K, "XPC-S" ‖ hello ‖ Ns ‖ Nr) ──►
+//!                                    ◄──   status (1 byte, 0 = accepted)
+//! ```
+//!
+//! HMAC-SHA-256, compared in constant time (`hmac`'s `verify_slice`). A
+//! stray connection without the token can neither inject pages (the
+//! receiver refuses it) nor read memory (the sender refuses a receiver that
+//! cannot prove the token, so a fake receiver never gets to ask for pages).
+//! Without a token the exchange is hello then status, and the receiver
+//! only listens on loopback.
+//!
+//! `TCP_NODELAY` on both: a fault request or reply must not wait for Nagle.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -17,6 +42,17 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const MAGIC: [u8; 8] = *b"XPCLINK1";
 /// Largest guest local mode accepts (1 TiB).
 pub const MAX_GUEST_PAGES: u64 = 1 << 28;
+/// Hello flag: this connection resumes a session whose links broke.
+pub const FLAG_RESUME: u32 = 1;
+/// Hello flag: a challenge–response follows the hello.
+pub const FLAG_AUTH: u32 = 2;
+/// Shortest token accepted.
+pub const MIN_TOKEN: usize = 16;
+/// Longest token file read.
+pub const MAX_TOKEN: usize = 4096;
+
+const NONCE: usize = 32;
+const MAC: usize = 32;
 
 /// First bytes on each connection.
 #[repr(C)]
@@ -26,7 +62,7 @@ pub struct Hello {
     pub magic: [u8; 8],
     /// 0 = bulk, 1 = fault.
     pub channel: U32,
-    /// Reserved, zero.
+    /// [`FLAG_RESUME`], [`FLAG_AUTH`]; other bits must be zero.
     pub flags: U32,
     /// Guest size in pages.
     pub guest_pages: U64,
@@ -34,6 +70,48 @@ pub struct Hello {
     pub session: U64,
 }
 const _: () = assert!(size_of::<Hello>() == 32);
+
+/// Why the receiver refused a connection (the status byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Refusal {
+    /// Malformed hello.
+    BadHello = 1,
+    /// The receiver requires a token and the sender offered none.
+    AuthRequired = 2,
+    /// The sender's proof of the token was wrong.
+    AuthFailed = 3,
+    /// A resume for a session this receiver is not running, or a resume
+    /// when none is expected.
+    UnknownSession = 4,
+    /// The sender offered a token and the receiver has none.
+    NoToken = 5,
+}
+
+impl Refusal {
+    fn from_byte(b: u8) -> Option<Refusal> {
+        Some(match b {
+            1 => Refusal::BadHello,
+            2 => Refusal::AuthRequired,
+            3 => Refusal::AuthFailed,
+            4 => Refusal::UnknownSession,
+            5 => Refusal::NoToken,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::BadHello => "malformed hello",
+            Refusal::AuthRequired => "the receiver requires a token (--token-file)",
+            Refusal::AuthFailed => "token mismatch",
+            Refusal::UnknownSession => "not the migration the receiver is running",
+            Refusal::NoToken => "the receiver has no token but the sender offered one",
+        })
+    }
+}
 
 /// A bad connection attempt.
 #[derive(Debug, thiserror::Error)]
@@ -44,58 +122,136 @@ pub enum LinkError {
     /// Not a local-mode sender.
     #[error("peer is not an xl-postcopy sender (bad magic)")]
     BadMagic,
+    /// The hello has the wrong length.
+    #[error("hello of {0} bytes, expected 32")]
+    BadLength(usize),
     /// Channel numbering wrong or repeated.
     #[error("peer opened channel {0}, expected {1}")]
     BadChannel(u32, u32),
+    /// Unknown flag bits.
+    #[error("hello has unknown flags {0:#x}")]
+    BadFlags(u32),
     /// The two connections disagree.
     #[error("the fault connection belongs to another migration")]
     SessionMismatch,
     /// Guest size out of range.
     #[error("guest of {0} pages is out of range (1..={MAX_GUEST_PAGES})")]
     BadSize(u64),
+    /// The peer failed the challenge–response.
+    #[error("peer failed authentication ({0})")]
+    AuthFailed(Refusal),
+    /// The receiver refused this connection.
+    #[error("the receiver refused the connection: {0}")]
+    Refused(Refusal),
+    /// The receiver answered with a status byte we do not know.
+    #[error("the receiver sent unknown status {0}")]
+    BadStatus(u8),
+    /// No acceptable connection before the deadline.
+    #[error("no sender connected in time")]
+    TimedOut,
+    /// The token file is unusable.
+    #[error("token file {path}: {why}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
-fn hello(channel: u32, guest_pages: u64, session: u64) -> Hello {
-    Hello {
-        magic: MAGIC,
-        channel: channel.into(),
-        flags: 0.into(),
-        guest_pages: guest_pages.into(),
-        session: session.into(),
+/// A shared secret for the challenge–response.
+#[derive(Clone)]
+pub struct Token(Vec<u8>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
     }
 }
 
-/// Sender side: opens bulk then fault to `addr`.
-pub fn connect(
-    addr: SocketAddr,
-    guest_pages: u64,
-    timeout: Duration,
-) -> Result<(TcpStream, TcpStream), LinkError> {
-    let session = u64::from(std::process::id()) << 32
-        ^ u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-        );
-    let open = |channel| -> Result<TcpStream, LinkError> {
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_nodelay(true)?;
-        s.write_all(hello(channel, guest_pages, session).as_bytes())?;
-        Ok(s)
-    };
-    Ok((open(0)?, open(1)?))
+impl Token {
+    /// A token from bytes (at least [`MIN_TOKEN`]).
+    pub fn new(bytes: &[u8]) -> Result<Token, LinkError> {
+        if bytes.len() < MIN_TOKEN {
+            return Err(LinkError::Token {
+                path: "(inline)".into(),
+                why: format!("shorter than {MIN_TOKEN} bytes"),
+            });
+        }
+        Ok(Token(bytes.to_vec()))
+    }
+
+    /// Reads a token file; surrounding whitespace is ignored.
+    pub fn from_file(path: &Path) -> Result<Token, LinkError> {
+        let bad = |why: String| LinkError::Token {
+            path: path.display().to_string(),
+            why,
+        };
+        let mut raw = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_TOKEN as u64 + 1).read_to_end(&mut raw))
+            .map_err(|e| bad(e.to_string()))?;
+        if raw.len() > MAX_TOKEN {
+            return Err(bad(format!("longer than {MAX_TOKEN} bytes")));
+        }
+        let trimmed = raw.trim_ascii();
+        if trimmed.len() < MIN_TOKEN {
+            return Err(bad(format!(
+                "shorter than {MIN_TOKEN} bytes (use e.g. `head -c 32 /dev/urandom | base64`)"
+            )));
+        }
+        Ok(Token(trimmed.to_vec()))
+    }
+
+    fn mac(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> Hmac<Sha256> {
+        // Any key length is valid for HMAC.
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(role);
+        m.update(hello);
+        m.update(ns);
+        m.update(nr);
+        m
+    }
+
+    fn prove(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> [u8; MAC] {
+        let mut out = [0u8; MAC];
+        out.copy_from_slice(&self.mac(role, hello, ns, nr).finalize().into_bytes());
+        out
+    }
+
+    fn check(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8], proof: &[u8]) -> bool {
+        self.mac(role, hello, ns, nr).verify_slice(proof).is_ok()
+    }
 }
 
-fn read_hello(s: &mut TcpStream, channel: u32) -> Result<Hello, LinkError> {
-    let mut buf = [0u8; 32];
-    s.read_exact(&mut buf)?;
-    let h = Hello::read_from_bytes(&buf).map_err(|_| LinkError::BadMagic)?;
+const ROLE_R: &[u8; 5] = b"XPC-R";
+const ROLE_S: &[u8; 5] = b"XPC-S";
+
+fn random<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// A fresh random session id.
+pub fn new_session() -> io::Result<u64> {
+    Ok(u64::from_le_bytes(random::<8>()?))
+}
+
+/// Decodes and checks a hello (for the receiver and the fuzzer): length,
+/// magic, channel 0 or 1, known flags, guest size in range.
+pub fn parse_hello(bytes: &[u8]) -> Result<Hello, LinkError> {
+    let h = Hello::read_from_bytes(bytes).map_err(|_| LinkError::BadLength(bytes.len()))?;
     if h.magic != MAGIC {
         return Err(LinkError::BadMagic);
     }
-    if h.channel.get() != channel || h.flags.get() != 0 {
-        return Err(LinkError::BadChannel(h.channel.get(), channel));
+    if h.channel.get() > 1 {
+        return Err(LinkError::BadChannel(h.channel.get(), 0));
+    }
+    let flags = h.flags.get();
+    if flags & !(FLAG_RESUME | FLAG_AUTH) != 0 {
+        return Err(LinkError::BadFlags(flags));
     }
     let pages = h.guest_pages.get();
     if pages == 0 || pages > MAX_GUEST_PAGES {
@@ -104,17 +260,177 @@ fn read_hello(s: &mut TcpStream, channel: u32) -> Result<Hello, LinkError> {
     Ok(h)
 }
 
-/// Receiver side: accepts bulk then fault; returns them and the guest size.
+/// What the sender dials with.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Guest size in pages.
+    pub guest_pages: u64,
+    /// Session id (the same on every reconnect).
+    pub session: u64,
+    /// Shared secret, if any.
+    pub token: Option<Token>,
+}
+
+impl Dial {
+    /// Opens bulk then fault to `addr`; `resume` marks a reconnect. Every
+    /// step is bounded by `timeout`.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        resume: bool,
+        timeout: Duration,
+    ) -> Result<(TcpStream, TcpStream), LinkError> {
+        Ok((
+            self.open(addr, 0, resume, timeout)?,
+            self.open(addr, 1, resume, timeout)?,
+        ))
+    }
+
+    fn open(
+        &self,
+        addr: SocketAddr,
+        channel: u32,
+        resume: bool,
+        timeout: Duration,
+    ) -> Result<TcpStream, LinkError> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let mut flags = if resume { FLAG_RESUME } else { 0 };
+        if self.token.is_some() {
+            flags |= FLAG_AUTH;
+        }
+        let hello = Hello {
+            magic: MAGIC,
+            channel: channel.into(),
+            flags: flags.into(),
+            guest_pages: self.guest_pages.into(),
+            session: self.session.into(),
+        };
+        s.write_all(hello.as_bytes())?;
+        if let Some(token) = &self.token {
+            let ns = random::<NONCE>()?;
+            s.write_all(&ns)?;
+            read_status(&mut s)?;
+            let mut reply = [0u8; NONCE + MAC];
+            s.read_exact(&mut reply)?;
+            let (nr, proof) = reply.split_at(NONCE);
+            if !token.check(ROLE_R, hello.as_bytes(), &ns, nr, proof) {
+                return Err(LinkError::AuthFailed(Refusal::AuthFailed));
+            }
+            s.write_all(&token.prove(ROLE_S, hello.as_bytes(), &ns, nr))?;
+        }
+        read_status(&mut s)?;
+        s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
+        Ok(s)
+    }
+}
+
+/// Reads the receiver's status byte: 0 goes on, anything else is a refusal.
+fn read_status(s: &mut TcpStream) -> Result<(), LinkError> {
+    let mut status = [0u8; 1];
+    s.read_exact(&mut status)?;
+    match status[0] {
+        0 => Ok(()),
+        b => Err(Refusal::from_byte(b)
+            .map(LinkError::Refused)
+            .unwrap_or(LinkError::BadStatus(b))),
+    }
+}
+
+/// Two paired connections from one sender.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The bulk channel.
+    pub bulk: TcpStream,
+    /// The fault channel.
+    pub fault: TcpStream,
+    /// Guest size in pages.
+    pub guest_pages: u64,
+    /// The sender's session id.
+    pub session: u64,
+}
+
+/// What the receiver accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// Shared secret, if required.
+    pub token: Option<Token>,
+    /// `Some`: only a resume of this session (and guest size); `None`: only
+    /// a new migration.
+    pub resume: Option<(u64, u64)>,
+}
+
+/// Reads and vets one connection's hello (and proof), answering with the
+/// status byte.
+fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, LinkError> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut buf = [0u8; 32];
+    s.read_exact(&mut buf)?;
+    let refuse = |s: &mut TcpStream, why: Refusal| {
+        let _ = s.write_all(&[why as u8]);
+        why
+    };
+    let h = match parse_hello(&buf) {
+        Ok(h) => h,
+        Err(e) => {
+            refuse(s, Refusal::BadHello);
+            return Err(e);
+        }
+    };
+    let flags = h.flags.get();
+    match (&expect.token, flags & FLAG_AUTH != 0) {
+        (Some(token), true) => {
+            let mut ns = [0u8; NONCE];
+            s.read_exact(&mut ns)?;
+            s.write_all(&[0])?;
+            let nr = random::<NONCE>()?;
+            s.write_all(&nr)?;
+            s.write_all(&token.prove(ROLE_R, &buf, &ns, &nr))?;
+            let mut proof = [0u8; MAC];
+            s.read_exact(&mut proof)?;
+            if !token.check(ROLE_S, &buf, &ns, &nr, &proof) {
+                return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
+            }
+        }
+        (Some(_), false) => return Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
+        (None, true) => return Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
+        (None, false) => {}
+    }
+    let resume = flags & FLAG_RESUME != 0;
+    let ok = match expect.resume {
+        None => !resume,
+        Some((session, pages)) => {
+            resume && h.session.get() == session && h.guest_pages.get() == pages
+        }
+    };
+    if !ok {
+        return Err(LinkError::Refused(refuse(s, Refusal::UnknownSession)));
+    }
+    s.write_all(&[0])?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(h)
+}
+
+/// Receiver side: accepts bulk then fault (blocking); every step after the
+/// TCP accept is bounded by `timeout`.
 pub fn accept(
     listener: &TcpListener,
     timeout: Duration,
-) -> Result<(TcpStream, TcpStream, u64), LinkError> {
-    let take = |channel| -> Result<(TcpStream, Hello), LinkError> {
+    expect: &Expect,
+) -> Result<Accepted, LinkError> {
+    let take = |channel: u32| -> Result<(TcpStream, Hello), LinkError> {
         let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(timeout))?;
-        let h = read_hello(&mut s, channel)?;
-        s.set_read_timeout(None)?;
+        let h = vet(&mut s, expect, timeout)?;
+        if h.channel.get() != channel {
+            return Err(LinkError::BadChannel(h.channel.get(), channel));
+        }
         Ok((s, h))
     };
     let (bulk, hb) = take(0)?;
@@ -122,11 +438,77 @@ pub fn accept(
     if hb.session.get() != hf.session.get() || hb.guest_pages.get() != hf.guest_pages.get() {
         return Err(LinkError::SessionMismatch);
     }
-    Ok((bulk, fault, hb.guest_pages.get()))
+    Ok(Accepted {
+        bulk,
+        fault,
+        guest_pages: hb.guest_pages.get(),
+        session: hb.session.get(),
+    })
+}
+
+/// Receiver side, for a reconnect: accepts until a bulk and a fault
+/// connection of the expected session arrive or `deadline` passes.
+/// Strangers (bad hello, wrong token, other sessions) are refused and
+/// waiting goes on.
+pub fn accept_until(
+    listener: &TcpListener,
+    deadline: Instant,
+    expect: &Expect,
+) -> Result<Accepted, LinkError> {
+    listener.set_nonblocking(true)?;
+    let r = accept_polling(listener, deadline, expect);
+    listener.set_nonblocking(false)?;
+    r
+}
+
+fn accept_polling(
+    listener: &TcpListener,
+    deadline: Instant,
+    expect: &Expect,
+) -> Result<Accepted, LinkError> {
+    let mut bulk: Option<(TcpStream, Hello)> = None;
+    let mut fault: Option<(TcpStream, Hello)> = None;
+    loop {
+        if let (Some((b, hb)), Some((f, hf))) = (&bulk, &fault) {
+            if hb.session.get() == hf.session.get() {
+                let _ = (b, f);
+                break;
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LinkError::TimedOut);
+        }
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                s.set_nonblocking(false)?;
+                let step = (deadline - now).min(Duration::from_secs(5));
+                match vet(&mut s, expect, step) {
+                    Ok(h) if h.channel.get() == 0 => bulk = Some((s, h)),
+                    Ok(h) => fault = Some((s, h)),
+                    Err(e) => log::warn!("refused a connection from {peer}: {e}"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (Some((bulk, hb)), Some((fault, _))) = (bulk, fault) else {
+        return Err(LinkError::TimedOut);
+    };
+    Ok(Accepted {
+        bulk,
+        fault,
+        guest_pages: hb.guest_pages.get(),
+        session: hb.session.get(),
+    })
 }
 
 #[cfg(test)]
 #[allow(
+    clippy::unwrap_used,
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     clippy::cast_possible_wrap,
@@ -136,13 +518,24 @@ pub fn accept(
 mod tests {
     use super::*;
 
+    fn dial(pages: u64, token: Option<&[u8]>) -> Dial {
+        Dial {
+            guest_pages: pages,
+            session: new_session().unwrap(),
+            token: token.map(|t| Token::new(t).unwrap()),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
     #[test]
     fn pairs_connections_and_rejects_strangers() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let t = std::thread::spawn(move || connect(addr, 256, Duration::from_secs(5)).unwrap());
-        let (_b, _f, pages) = accept(&l, Duration::from_secs(5)).unwrap();
-        assert_eq!(pages, 256);
+        let d = dial(256, None);
+        let t = std::thread::spawn(move || d.connect(addr, false, T).unwrap());
+        let a = accept(&l, T, &Expect::default()).unwrap();
+        assert_eq!(a.guest_pages, 256);
         t.join().unwrap();
 
         let t = std::thread::spawn(move || {
@@ -151,9 +544,96 @@ mod tests {
                 .unwrap();
         });
         assert!(matches!(
-            accept(&l, Duration::from_secs(5)),
+            accept(&l, T, &Expect::default()),
             Err(LinkError::BadMagic)
         ));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn the_token_is_checked_both_ways() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let key = b"0123456789abcdef-shared";
+        let expect = Expect {
+            token: Some(Token::new(key).unwrap()),
+            resume: None,
+        };
+        // Right token.
+        let d = dial(8, Some(key));
+        let t = std::thread::spawn(move || d.connect(addr, false, T).map(|_| ()));
+        accept(&l, T, &expect).unwrap();
+        t.join().unwrap().unwrap();
+        // Wrong token: both sides see it (the sender checks the receiver's
+        // proof first and hangs up).
+        let d = dial(8, Some(b"fedcba9876543210-wrong"));
+        let t = std::thread::spawn(move || d.connect(addr, false, T).map(|_| ()));
+        assert!(accept(&l, T, &expect).is_err());
+        assert!(matches!(t.join().unwrap(), Err(LinkError::AuthFailed(_))));
+        // No token offered.
+        let d = dial(8, None);
+        let t = std::thread::spawn(move || d.connect(addr, false, T).map(|_| ()));
+        assert!(accept(&l, T, &expect).is_err());
+        assert!(matches!(
+            t.join().unwrap(),
+            Err(LinkError::Refused(Refusal::AuthRequired))
+        ));
+    }
+
+    #[test]
+    fn a_resume_needs_the_same_session() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let d = dial(16, None);
+        let expect = Expect {
+            token: None,
+            resume: Some((d.session, 16)),
+        };
+        // A stranger's resume is refused, and waiting goes on.
+        let other = dial(16, None);
+        let t1 = std::thread::spawn(move || other.connect(addr, true, T).map(|_| ()));
+        let d2 = d.clone();
+        let t2 = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            d2.connect(addr, true, T).map(|_| ())
+        });
+        let a = accept_until(&l, Instant::now() + T, &expect).unwrap();
+        assert_eq!(a.session, d.session);
+        assert!(matches!(
+            t1.join().unwrap(),
+            Err(LinkError::Refused(Refusal::UnknownSession))
+        ));
+        t2.join().unwrap().unwrap();
+        // Nobody comes: the deadline ends the wait.
+        let t = Instant::now();
+        assert!(matches!(
+            accept_until(&l, t + Duration::from_millis(100), &expect),
+            Err(LinkError::TimedOut)
+        ));
+    }
+
+    #[test]
+    fn parse_hello_rejects_bad_input() {
+        let good = Hello {
+            magic: MAGIC,
+            channel: 1.into(),
+            flags: FLAG_RESUME.into(),
+            guest_pages: 9.into(),
+            session: 3.into(),
+        };
+        assert!(parse_hello(good.as_bytes()).is_ok());
+        assert!(matches!(
+            parse_hello(&[0; 31]),
+            Err(LinkError::BadLength(31))
+        ));
+        let mut b = good.as_bytes().to_vec();
+        b[12] = 0x80;
+        assert!(matches!(parse_hello(&b), Err(LinkError::BadFlags(_))));
+        let mut b = good.as_bytes().to_vec();
+        b[8] = 2;
+        assert!(matches!(parse_hello(&b), Err(LinkError::BadChannel(2, _))));
+        let mut b = good.as_bytes().to_vec();
+        b[16..24].copy_from_slice(&0u64.to_le_bytes());
+        assert!(matches!(parse_hello(&b), Err(LinkError::BadSize(0))));
     }
 }

@@ -8,11 +8,13 @@
 //! | [`vcpu`] | the vCPU thread: run, stop between steps, stall timing |
 //! | [`link`] | the two TCP connections and their hello |
 //! | [`integrity`] | the source/destination memory digests |
+//! | [`recover`] | redirecting a running side after a break (`xl-postcopy recover`), link options |
 //! | [`session`] | the sender and receiver processes |
 //! | [`report`] | the report, table and JSON |
 
 pub mod integrity;
 pub mod link;
+pub mod recover;
 pub mod report;
 pub mod session;
 pub mod vcpu;

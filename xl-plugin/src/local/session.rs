@@ -11,21 +11,23 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use postcopy::destination::{run_destination, DestConfig, GuestResume};
+use postcopy::destination::{run_destination_recoverable, DestConfig, GuestResume};
 use postcopy::error::HookError;
 use postcopy::memory::PfnRun;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
-use postcopy::source::{run_source, GuestControl, Mode, SourceConfig};
+use postcopy::recovery::Recovery;
+use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
 use postcopy::transport::{DestLinks, SourceLinks};
 use postcopy::uffd::{GuestRegion, RegionSource, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
-use super::link;
+use super::link::{self, Dial, Expect, Token};
+use super::recover::{Command, Control};
 use super::report::{DestSummary, Floor, LocalReport};
 use super::vcpu::{GuestWords, Vcpu};
 use super::workload::{fill_page, Regs, Workload};
@@ -67,6 +69,36 @@ pub struct MigrateOpts {
     pub floor: bool,
     /// Record the workload's page-access trace here (simulator input).
     pub record_trace: Option<PathBuf>,
+}
+
+/// How the two processes connect, and reconnect after a break.
+#[derive(Debug, Clone)]
+pub struct LinkOpts {
+    /// How long one outage after the switch may last (zero: none is
+    /// survived).
+    pub recover_timeout: Duration,
+    /// Shared secret for the challenge–response.
+    pub token: Option<Token>,
+    /// Unix socket on which `xl-postcopy recover` redirects this side.
+    pub control: Option<PathBuf>,
+}
+
+impl Default for LinkOpts {
+    fn default() -> Self {
+        LinkOpts {
+            recover_timeout: Duration::from_secs(30),
+            token: None,
+            control: None,
+        }
+    }
+}
+
+/// Longest single reconnect attempt (the engine retries until the
+/// recovery timeout).
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Failures of a local-mode migration, by side and phase.
@@ -161,11 +193,24 @@ impl GuestControl for SourceGuest {
     }
 }
 
-/// Migrates a freshly booted guest to the receiver at `addr`.
+/// Migrates a freshly booted guest to the receiver at `addr`, with the
+/// default [`LinkOpts`].
 pub fn run_sender(
     addr: SocketAddr,
     g: &GuestOpts,
     m: &MigrateOpts,
+) -> Result<LocalReport, LocalError> {
+    run_sender_with(addr, g, m, &LinkOpts::default())
+}
+
+/// Migrates a freshly booted guest to the receiver at `addr`. A link that
+/// breaks after the switch is dialled again (same address, or the one an
+/// admin gives through the control socket) until `l.recover_timeout`.
+pub fn run_sender_with(
+    addr: SocketAddr,
+    g: &GuestOpts,
+    m: &MigrateOpts,
+    l: &LinkOpts,
 ) -> Result<LocalReport, LocalError> {
     postcopy::uffd::probe().map_err(setup("userfaultfd"))?;
     let floor = if m.floor {
@@ -205,9 +250,47 @@ pub fn run_sender(
     let rate_before = (vcpu.steps() - warm_start) as f64 / g.warmup.as_secs_f64().max(1e-3);
     info!("guest warmed up: {rate_before:.0} steps/s");
 
-    let (bulk, fault) = link::connect(addr, g.pages, Duration::from_secs(10))?;
-    let mut trailer = bulk.try_clone().map_err(setup("cloning the socket"))?;
+    let dial = Dial {
+        guest_pages: g.pages,
+        session: link::new_session().map_err(setup("choosing a session id"))?,
+        token: l.token.clone(),
+    };
+    let target = Arc::new(Mutex::new(addr));
+    let _control = match &l.control {
+        Some(path) => {
+            let target = Arc::clone(&target);
+            Some(
+                Control::serve(path, move |cmd| match cmd {
+                    Command::To(a) => {
+                        *lock(&target) = a;
+                        Ok(format!("the sender will dial {a}"))
+                    }
+                    Command::Listen(_) => Err("this is the sender: use --to".into()),
+                })
+                .map_err(setup("control socket"))?,
+            )
+        }
+        None => None,
+    };
+    let (bulk, fault) = dial.connect(addr, false, Duration::from_secs(10))?;
+    let trailer = Mutex::new(bulk.try_clone().map_err(setup("cloning the socket"))?);
     let links = SourceLinks::from_sockets(bulk, fault).map_err(setup("setting up links"))?;
+    let mut redial = |deadline: Instant| -> std::io::Result<SourceLinks> {
+        let to = *lock(&target);
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(ATTEMPT);
+        let (b, f) = dial
+            .connect(to, true, wait)
+            .map_err(|e| std::io::Error::other(format!("{to}: {e}")))?;
+        *lock(&trailer) = b.try_clone()?;
+        info!("reconnected to {to}");
+        SourceLinks::from_sockets(b, f)
+    };
+    let recovery = (!l.recover_timeout.is_zero()).then_some(Recovery {
+        timeout: l.recover_timeout,
+        reconnect: &mut redial,
+    });
     let mut mem = RegionSource::new(Arc::clone(&region)).map_err(setup("source memory"))?;
     let mut guest = SourceGuest {
         region: Arc::clone(&region),
@@ -223,7 +306,7 @@ pub fn run_sender(
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
-    let result = run_source(&mut mem, links, &cfg, &mut guest, &metrics);
+    let result = run_source_recoverable(&mut mem, links, &cfg, &mut guest, &metrics, recovery);
     balloon_stop.store(true, Ordering::Relaxed);
     if let Some(b) = balloon {
         let _ = b.join();
@@ -241,7 +324,7 @@ pub fn run_sender(
             }
         });
     }
-    let summary = read_summary(&mut trailer).map_err(|e| LocalError::AfterSwitch {
+    let summary = read_summary(&mut lock(&trailer)).map_err(|e| LocalError::AfterSwitch {
         side: "destination",
         error: format!("no summary from the destination: {e}"),
     })?;
@@ -352,12 +435,84 @@ impl GuestResume for DestGuest {
     }
 }
 
-/// Receives one migration on `listener`; returns the summary it sent.
+/// Receives one migration on `listener` with the default [`LinkOpts`];
+/// returns the summary it sent.
 pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummary, LocalError> {
+    run_receiver_with(listener, tail, &LinkOpts::default())
+}
+
+/// Receives one migration on `listener`; returns the summary it sent. A
+/// link that breaks after the switch is awaited on the same listener (or
+/// on one an admin opens through the control socket) for
+/// `l.recover_timeout`, while the guest keeps running.
+pub fn run_receiver_with(
+    listener: &TcpListener,
+    tail: Duration,
+    l: &LinkOpts,
+) -> Result<DestSummary, LocalError> {
     postcopy::uffd::probe().map_err(setup("userfaultfd"))?;
-    let (bulk, fault, pages) = link::accept(listener, Duration::from_secs(30))?;
-    let mut trailer = bulk.try_clone().map_err(setup("cloning the socket"))?;
-    let links = DestLinks::from_sockets(bulk, fault).map_err(setup("setting up links"))?;
+    let first = link::accept(
+        listener,
+        Duration::from_secs(30),
+        &Expect {
+            token: l.token.clone(),
+            resume: None,
+        },
+    )?;
+    let pages = first.guest_pages;
+    let expect = Expect {
+        token: l.token.clone(),
+        resume: Some((first.session, pages)),
+    };
+    let trailer = Mutex::new(
+        first
+            .bulk
+            .try_clone()
+            .map_err(setup("cloning the socket"))?,
+    );
+    let links =
+        DestLinks::from_sockets(first.bulk, first.fault).map_err(setup("setting up links"))?;
+    // A listener an admin opened with `xl-postcopy recover --listen`.
+    let moved: Arc<Mutex<Option<TcpListener>>> = Arc::default();
+    let _control = match &l.control {
+        Some(path) => {
+            let (moved, authenticated) = (Arc::clone(&moved), l.token.is_some());
+            Some(
+                Control::serve(path, move |cmd| match cmd {
+                    Command::Listen(a) => {
+                        if !a.ip().is_loopback() && !authenticated {
+                            return Err(format!("refusing to listen on {a} without --token-file"));
+                        }
+                        let new = TcpListener::bind(a).map_err(|e| format!("binding {a}: {e}"))?;
+                        let at = new.local_addr().map_err(|e| e.to_string())?;
+                        *lock(&moved) = Some(new);
+                        Ok(format!("the receiver now listens on {at}"))
+                    }
+                    Command::To(_) => Err("this is the receiver: use --listen".into()),
+                })
+                .map_err(setup("control socket"))?,
+            )
+        }
+        None => None,
+    };
+    let mut reaccept = |deadline: Instant| -> std::io::Result<DestLinks> {
+        let until = deadline.min(Instant::now() + ATTEMPT);
+        let guard = lock(&moved);
+        let a = match guard.as_ref() {
+            Some(other) => link::accept_until(other, until, &expect),
+            None => {
+                drop(guard);
+                link::accept_until(listener, until, &expect)
+            }
+        }
+        .map_err(std::io::Error::other)?;
+        *lock(&trailer) = a.bulk.try_clone()?;
+        DestLinks::from_sockets(a.bulk, a.fault)
+    };
+    let recovery = (!l.recover_timeout.is_zero()).then_some(Recovery {
+        timeout: l.recover_timeout,
+        reconnect: &mut reaccept,
+    });
     let region = Arc::new(GuestRegion::new(pages).map_err(setup("allocating guest memory"))?);
     let mem = HashingDestination::new(
         UffdDestination::new(Arc::clone(&region)).map_err(setup("userfaultfd destination"))?,
@@ -368,12 +523,21 @@ pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummar
         resumed_at: None,
     };
     let metrics = Metrics::new();
-    let outcome = run_destination(&mem, links, &DestConfig::default(), &mut guest, &metrics);
+    let outcome = run_destination_recoverable(
+        &mem,
+        links,
+        &DestConfig::default(),
+        &mut guest,
+        &metrics,
+        recovery,
+    );
     let outcome = match outcome {
         Ok(o) => {
             // Every owed page is in; pages never owed are unpopulated and
             // read as zero from now on without anyone serving faults.
-            mem.inner().detach().map_err(setup("detaching userfaultfd"))?;
+            mem.inner()
+                .detach()
+                .map_err(setup("detaching userfaultfd"))?;
             o
         }
         Err(f) => {
@@ -417,7 +581,7 @@ pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummar
         stall_us,
         postcopy_secs,
     };
-    if let Err(e) = write_summary(&mut trailer, &summary) {
+    if let Err(e) = write_summary(&mut lock(&trailer), &summary) {
         warn!("could not send the summary to the source: {e}");
     }
     Ok(summary)
