@@ -75,6 +75,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a recorded trace in the simulator, with a link model fitted
+    /// to a local-mode run, and compare network faults and pages sent.
+    Calibrate {
+        /// Trace written by `local --record-trace`.
+        #[arg(long)]
+        trace: std::path::PathBuf,
+        /// The same run's `local --json` report.
+        #[arg(long)]
+        report: std::path::PathBuf,
+    },
     /// List the pre-paging strategies.
     Strategies,
 }
@@ -144,6 +154,9 @@ struct LocalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the guest's page-access trace (simulator format) here.
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<std::path::PathBuf>,
 }
 
 fn secs(s: f64, what: &str) -> Result<Duration> {
@@ -233,10 +246,115 @@ fn local(args: &LocalArgs) -> Result<ExitCode> {
                 bail!("the receiver process failed ({status}) after a complete migration");
             }
             print_report(&report, args.json)?;
+            if let Some(path) = &args.record_trace {
+                write_trace(args, &report, path)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(exit_for(&e)),
     }
+}
+
+/// Records the migrated guest's access sequence from its seed (see
+/// `xl_plugin::local::trace`): the steps it ran during post-copy, from
+/// where the warmup left it.
+fn write_trace(
+    args: &LocalArgs,
+    r: &xl_plugin::local::report::LocalReport,
+    path: &std::path::Path,
+) -> Result<()> {
+    let g = args.guest()?;
+    let skip = (r.rate_before * args.warmup).max(0.0);
+    let during = (r.rate_during * r.destination.postcopy_secs).max(0.0);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "non-negative step counts, clamped"
+    )]
+    let (skip, accesses, ns) = (
+        skip as u64,
+        during.clamp(100_000.0, 16e6) as usize,
+        (1e9 / r.rate_before.max(1.0)).max(1.0) as u64,
+    );
+    let t = xl_plugin::local::trace::record(g.workload, g.pages, g.seed, skip, accesses, ns)?;
+    t.write_file(path)?;
+    eprintln!(
+        "trace: {} accesses, {ns} ns each, written to {}",
+        t.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn calibrate(trace: &std::path::Path, report: &std::path::Path) -> Result<ExitCode> {
+    use postcopy_sim::calibrate::{calibrate, Measured};
+    let json =
+        std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("the report is not JSON")?;
+    let measured = Measured::from_json(&json)?;
+    let t = postcopy_sim::trace::Trace::read_file(trace)?;
+    let get = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let strategy = xl_plugin::options::parse_strategy(
+        v.get("prepage")
+            .and_then(|p| p.as_str())
+            .unwrap_or("bubble"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    // This machine as a link: the run's own push throughput and floor.
+    let secs = v
+        .pointer("/source/postcopy_time_ms")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0)
+        / 1000.0;
+    let mut net = postcopy_sim::net::NetModel::gigabit_lan();
+    net.bandwidth_bps = (get("bytes_sent") * 8.0 / secs.max(1e-3)).max(1e6);
+    net.efficiency = 1.0;
+    let floor_us = v
+        .pointer("/floor_latency_us/p50")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(30.0);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "small positive µs"
+    )]
+    let rtt_ns = (floor_us * 1000.0) as u64;
+    net.rtt_ns = rtt_ns;
+    net.fault_detect_ns = 2_000;
+    net.fault_service_ns = 2_000;
+    (
+        net.source_page_ns,
+        net.install_page_ns,
+        net.source_batch_ns,
+        net.install_batch_ns,
+    ) = (0, 0, 0, 0);
+    net.switch_ns = 0;
+    let cfg = postcopy_sim::SimConfig {
+        strategy,
+        net,
+        ..Default::default()
+    };
+    let balloon = v
+        .get("balloon")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let pages = v
+        .get("guest_pages")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(t.guest_pfns);
+    let ws = v
+        .get("working_set_pages")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let base = if balloon { ws } else { pages };
+    let (cal, sim) = calibrate(t, base, &cfg, &measured)?;
+    println!("{sim}");
+    print!("{cal}");
+    Ok(if cal.within_tolerance {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
 }
 
 fn main() -> Result<ExitCode> {
@@ -332,6 +450,7 @@ fn main() -> Result<ExitCode> {
             println!("{}", r.run()?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Calibrate { trace, report } => calibrate(&trace, &report),
         Cmd::Strategies => {
             for s in postcopy::prepage::StrategySpec::ALL {
                 println!("{s}");

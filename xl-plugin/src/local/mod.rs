@@ -11,11 +11,13 @@
 //! | [`recover`] | redirecting a running side after a break (`xl-postcopy recover`), link options |
 //! | [`session`] | the sender and receiver processes |
 //! | [`report`] | the report, table and JSON |
+//! | [`trace`] | page-access traces for the simulator |
 
 pub mod integrity;
 pub mod link;
 pub mod recover;
 pub mod report;
 pub mod session;
+pub mod trace;
 pub mod vcpu;
 pub mod workload;

@@ -74,7 +74,7 @@ impl Vcpu {
                 let mut n = 0u64;
                 let mut last = Instant::now();
                 while !c.stop.load(Ordering::Relaxed) {
-                    step(&mut regs, words);
+                    let _ = step(&mut regs, words);
                     let now = Instant::now();
                     let ns = u64::try_from((now - last).as_nanos()).unwrap_or(u64::MAX);
                     last = now;

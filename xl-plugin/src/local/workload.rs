@@ -191,8 +191,10 @@ fn touch(mem: &[AtomicU64], pfn: u64, word: u64, add: u64) {
     }
 }
 
-/// Runs one step of the workload on `mem` (the guest's words).
-pub fn step(regs: &mut Regs, mem: &[AtomicU64]) {
+/// Runs one step of the workload on `mem` (the guest's words). Returns the
+/// page the step wrote, for the page workloads (`None` for quicksort,
+/// whose steps span pages).
+pub fn step(regs: &mut Regs, mem: &[AtomicU64]) -> Option<u64> {
     let pages = regs.pages;
     regs.steps += 1;
     match regs.workload {
@@ -201,15 +203,18 @@ pub fn step(regs: &mut Regs, mem: &[AtomicU64]) {
             let pfn = regs.cursor % ws;
             touch(mem, pfn, regs.cursor / ws, regs.steps);
             regs.cursor = regs.cursor.wrapping_add(1);
+            Some(pfn)
         }
         Workload::Sequential => {
             let pfn = regs.cursor % pages;
             touch(mem, pfn, regs.cursor / pages, 1);
             regs.cursor = regs.cursor.wrapping_add(1);
+            Some(pfn)
         }
         Workload::Random => {
             let r = regs.rng.next_u64();
             touch(mem, r % pages, r >> 55, 1);
+            Some(r % pages)
         }
         Workload::Zipf => {
             // Zipf over ranks 1..=pages; a fixed odd stride scatters the
@@ -225,8 +230,12 @@ pub fn step(regs: &mut Regs, mem: &[AtomicU64]) {
             let rank = rank.max(1.0) as u64 - 1;
             let pfn = rank.wrapping_mul(0x9E37_79B1) % pages;
             touch(mem, pfn, rank, 1);
+            Some(pfn)
         }
-        Workload::Quicksort => quicksort_step(regs, mem),
+        Workload::Quicksort => {
+            quicksort_step(regs, mem);
+            None
+        }
     }
 }
 
