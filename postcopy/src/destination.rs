@@ -233,10 +233,13 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
         closer();
         before(e)
     };
+    let mut recovery = recovery;
+    let mut ready_sent = false;
     let prepared = receive_until_switch(mem, &mut bulk, metrics).and_then(|sw| {
         mem.mark_absent(&sw.owed)?;
         fault_tx.empty(RecordType::Ready)?;
         fault_tx.flush()?;
+        ready_sent = true;
         match bulk.next_record()? {
             Record::Transition => Ok(sw),
             other => Err(RecordError::Unexpected {
@@ -248,7 +251,16 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
     });
     let sw = match prepared {
         Ok(sw) => sw,
-        Err(e) => return Err(abort(&mut fault_tx, e)),
+        Err(e) => {
+            // After READY the source may have sent TRANSITION into the
+            // break and now believe the guest is here: if it reconnects,
+            // tell it the guest never resumed, so it resumes its own.
+            if let (true, true, Some(rec)) = (ready_sent, e.is_recoverable(), recovery.as_mut()) {
+                closer();
+                refuse_recovery(rec, &e);
+            }
+            return Err(abort(&mut fault_tx, e));
+        }
     };
     let transition_at = Instant::now();
     let owed_count: u64 = sw.owed.iter().map(|r| r.count).sum();
@@ -288,7 +300,6 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
         closer,
     };
     let mut first_error = resumed_sent.err().map(Error::from);
-    let mut recovery = recovery;
     let mut sessions = 0u32;
     let result = loop {
         let error = match first_error.take() {
@@ -335,6 +346,38 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
                 after_switch: true,
             })
         }
+    }
+}
+
+/// Waits (up to the recovery timeout) for the source to reconnect after a
+/// break between READY and TRANSITION, and answers with ABORT: the guest
+/// never ran here. Best effort: without a reconnect the source reports the
+/// guest's state as unknown.
+fn refuse_recovery(rec: &mut Recovery<'_, DestLinks>, why: &Error) {
+    let deadline = Instant::now() + rec.timeout;
+    warn!(
+        "link lost before TRANSITION ({why}); waiting for the source to tell it to keep the guest"
+    );
+    match recovery::reconnect(rec, deadline) {
+        Ok(links) => {
+            let mut tx = RecordWriter::new(links.fault_tx);
+            let said = tx
+                .abort(&format!("link lost before TRANSITION: {why}"))
+                .and_then(|()| tx.flush());
+            if let Err(e) = said {
+                warn!("could not tell the source: {e}");
+            }
+            // Let the ABORT reach the source before the links close.
+            let mut rx = links.fault_rx;
+            let _dog = Watchdog::new(
+                links.closer.clone(),
+                Instant::now() + Duration::from_secs(2),
+            );
+            let mut sink = [0u8; 64];
+            let _ = rx.read(&mut sink);
+            (links.closer)();
+        }
+        Err(last) => warn!("the source did not come back: {last}"),
     }
 }
 

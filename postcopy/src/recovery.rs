@@ -130,6 +130,9 @@ pub(crate) fn read_received<R: Read>(r: &mut RecordReader<R>, n: u64) -> Result<
     loop {
         let runs = match r.next_record()? {
             Record::Recover(runs) => runs,
+            // The link broke between READY and TRANSITION: the guest
+            // never resumed there.
+            Record::Abort(reason) => return Err(Error::PeerAborted(reason)),
             other => {
                 return Err(RecordError::Unexpected {
                     name: other.rtype().name(),

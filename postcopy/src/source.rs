@@ -570,7 +570,14 @@ fn serve<M: SourceMemory + ?Sized>(
         let lost = |last: String| Error::LinkLost {
             waited_ms: ms(outage.elapsed()),
             missing: shared.unconfirmed(),
-            last,
+            last: if shared.resumed.load(Ordering::SeqCst) {
+                last
+            } else {
+                format!(
+                    "{last}; the destination never confirmed resuming the guest, so it may \
+                     never have run there: the source's stopped copy is intact and was not resumed"
+                )
+            },
         };
         let (links, rx, received) = loop {
             let links = recovery::reconnect(rec, deadline).map_err(&lost)?;
@@ -588,6 +595,15 @@ fn serve<M: SourceMemory + ?Sized>(
                 Ok(received) => break ((b, ftx, c), rx, received),
                 Err(e) => {
                     c();
+                    if let Error::PeerAborted(why) = &e {
+                        if shared.resumed.load(Ordering::SeqCst) {
+                            return Err(Error::Protocol(format!(
+                                "destination aborted after it said it resumed the guest: {why}"
+                            )));
+                        }
+                        // The guest never ran there: run_source resumes it.
+                        return Err(e);
+                    }
                     if !e.is_recoverable() {
                         return Err(e);
                     }

@@ -309,7 +309,7 @@ fn an_outage_past_the_timeout_fails_loudly_on_both_sides() {
 }
 
 /// A cut before the switch is never "recovered": it is a clean abort, the
-/// source guest resumes, and the recovery hook is not called.
+/// source guest resumes, and the source never tries to reconnect.
 #[test]
 fn a_cut_before_the_switch_is_a_clean_abort() {
     for budget in [0u64, 8, 40, 100, 103] {
@@ -321,13 +321,13 @@ fn a_cut_before_the_switch_is_a_clean_abort() {
         let (s, _flag) = tripwire(s, budget);
         let (sm, dm) = (Metrics::new(), Metrics::new());
         let mut guest = Guest::default();
-        let called = AtomicBool::new(false);
+        let src_called = AtomicBool::new(false);
         let (src, dst) = std::thread::scope(|sc| {
             let dst = sc.spawn(|| {
-                let mut hook = |_: Instant| -> std::io::Result<DestLinks> {
-                    called.store(true, Ordering::SeqCst);
-                    Err(std::io::Error::other("no"))
-                };
+                // Called only for a cut after READY (the destination offers
+                // the source a way to learn the guest never ran here).
+                let mut hook =
+                    |_: Instant| -> std::io::Result<DestLinks> { Err(std::io::Error::other("no")) };
                 run_destination_recoverable(
                     &dst_mem,
                     d,
@@ -341,7 +341,7 @@ fn a_cut_before_the_switch_is_a_clean_abort() {
                 )
             });
             let mut hook = |_: Instant| -> std::io::Result<SourceLinks> {
-                called.store(true, Ordering::SeqCst);
+                src_called.store(true, Ordering::SeqCst);
                 Err(std::io::Error::other("no"))
             };
             let src = run_source_recoverable(
@@ -360,9 +360,111 @@ fn a_cut_before_the_switch_is_a_clean_abort() {
         let src = src.unwrap_err();
         assert!(!src.after_switch, "budget {budget}: {}", src.error);
         assert!(!dst.unwrap_err().after_switch, "budget {budget}");
-        assert!(!called.load(Ordering::SeqCst), "budget {budget}");
+        assert!(!src_called.load(Ordering::SeqCst), "budget {budget}");
         assert_eq!(src_mem.image(), &before[..]);
         // Stopped only if the cut came after BEGIN; resumed if stopped.
         let _ = guest.resumed_on_source;
     }
+}
+
+/// Swallows every byte written after the first `keep`, then (shortly
+/// after) cuts the links: TRANSITION "sent" into a dead link.
+struct Blackhole {
+    inner: Box<dyn std::io::Write + Send>,
+    keep: usize,
+    closer: postcopy::transport::Closer,
+}
+
+impl std::io::Write for Blackhole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.keep == 0 {
+            let c = self.closer.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                c();
+            });
+            return Ok(buf.len());
+        }
+        let n = self.keep.min(buf.len());
+        let n = self.inner.write(&buf[..n])?;
+        self.keep -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The link dies between READY and TRANSITION: the source believes it
+/// switched, the destination never resumed. On reconnect the destination
+/// answers ABORT instead of RECOVER, and the source resumes its guest.
+#[test]
+fn a_cut_that_swallows_transition_hands_the_guest_back() {
+    let n = 64;
+    let mut src_mem = image(n, 11);
+    let before = src_mem.image().to_vec();
+    let dst_mem = MemDestination::new(n);
+    let (mut s, d) = unix_pair().unwrap();
+    // BEGIN 40 + PFNS (one run) 32 + VCPU_STATE ("regs") 16 = 88 bytes.
+    s.bulk = Box::new(Blackhole {
+        inner: s.bulk,
+        keep: 88,
+        closer: s.closer.clone(),
+    });
+    let (sm, dm) = (Metrics::new(), Metrics::new());
+    let mut guest = Guest::default();
+    let resumed_here = Arc::new(AtomicBool::new(false));
+    let (to_dest, from_source) = mpsc::channel::<DestLinks>();
+    let resumed_here2 = resumed_here.clone();
+    let (dst_mem, dm) = (&dst_mem, &dm);
+    let (src, dst) = std::thread::scope(|sc| {
+        let dst = sc.spawn(move || {
+            let mut hook = |_: Instant| -> std::io::Result<DestLinks> {
+                from_source
+                    .recv_timeout(Duration::from_millis(200))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            run_destination_recoverable(
+                dst_mem,
+                d,
+                &DestConfig::default(),
+                &mut Resume(resumed_here2),
+                dm,
+                Some(Recovery {
+                    timeout: Duration::from_secs(5),
+                    reconnect: &mut hook,
+                }),
+            )
+        });
+        let mut hook = |_: Instant| -> std::io::Result<SourceLinks> {
+            let (s, d) = unix_pair()?;
+            to_dest
+                .send(d)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(s)
+        };
+        let src = run_source_recoverable(
+            &mut src_mem,
+            s,
+            &SourceConfig::default(),
+            &mut guest,
+            &sm,
+            Some(Recovery {
+                timeout: Duration::from_secs(5),
+                reconnect: &mut hook,
+            }),
+        );
+        (src, dst.join().unwrap())
+    });
+    let src = src.unwrap_err();
+    assert!(!src.after_switch, "{}", src.error);
+    assert!(matches!(src.error, Error::PeerAborted(_)), "{}", src.error);
+    assert!(
+        guest.resumed_on_source,
+        "the source must take its guest back"
+    );
+    let dst = dst.unwrap_err();
+    assert!(!dst.after_switch, "{}", dst.error);
+    assert!(!resumed_here.load(Ordering::SeqCst));
+    assert_eq!(src_mem.image(), &before[..]);
 }
