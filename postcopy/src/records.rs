@@ -563,9 +563,20 @@ fn decode_runs(name: &'static str, raw: &[u8], guest_pfns: u64) -> RecordResult<
 /// Decodes one record body of type `rtype`.
 ///
 /// `guest_pfns` bounds every pfn; before BEGIN has been seen pass `None`,
-/// and any record naming a pfn is then rejected as unexpected.
+/// and any record naming a pfn is then rejected as unexpected. The body
+/// length is checked against the type's bound here too, not only in
+/// [`parse_header`]: `libxl-glue` hands over bodies framed by libxc, whose
+/// own limit is far larger.
 pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> RecordResult<Record<'_>> {
     let name = rtype.name();
+    let max = rtype.info().max_len;
+    if body.len() > max {
+        return Err(RecordError::TooLong {
+            name,
+            length: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            max,
+        });
+    }
     let bound = || {
         guest_pfns.ok_or(RecordError::Unexpected {
             name,
@@ -1058,6 +1069,33 @@ mod tests {
         );
         let e = read_one(&raw(0x15, &[0; 8]), Some(8)).unwrap_err();
         assert!(matches!(e, RecordError::TooLong { .. }), "{e}");
+    }
+
+    /// Found by the `records` fuzz target: `decode` called directly (as
+    /// `libxl-glue`'s restore path does) accepted ABORT, VCPU_STATE, PFNS
+    /// and other bodies longer than their type's bound.
+    #[test]
+    fn decode_itself_enforces_the_length_bound() {
+        let abort = vec![b'x'; MAX_ABORT + 1];
+        let e = decode(RecordType::Abort, &abort, None).unwrap_err();
+        assert!(
+            matches!(e, RecordError::TooLong { max: MAX_ABORT, .. }),
+            "{e}"
+        );
+        let state = vec![0u8; MAX_VCPU_STATE + 1];
+        let e = decode(RecordType::VcpuState, &state, None).unwrap_err();
+        assert!(matches!(e, RecordError::TooLong { .. }), "{e}");
+        // MAX_RUNS + 1 runs, each valid on its own.
+        let mut body = Vec::new();
+        body.extend_from_slice(&(MAX_RUNS as u32 + 1).to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        for i in 0..=MAX_RUNS as u64 {
+            body.extend_from_slice(&i.to_le_bytes());
+            body.extend_from_slice(&1u64.to_le_bytes());
+        }
+        let e = decode(RecordType::Pfns, &body, Some(1 << 20)).unwrap_err();
+        assert!(matches!(e, RecordError::TooLong { .. }), "{e}");
+        assert!(decode(RecordType::Abort, &abort[..MAX_ABORT], None).is_ok());
     }
 
     #[test]
