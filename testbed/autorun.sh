@@ -23,6 +23,43 @@ waitfor() { # waitfor FILE REGEX N TIMEOUT: N matching lines
 	ts "found $3 x '$2' after ${t}s"
 }
 cons=/var/log/xen/console
+# diag: what the helpers, the guest and Xen are doing (for a stall).
+diag() {
+	echo "==== diag at $(cut -d' ' -f1 /proc/uptime)"
+	xl list; xl vcpu-list
+	for p in $(pgrep -f 'libxl-save-helper|xl -vvv migrate'); do
+		echo "-- pid $p: $(tr '\0' ' ' < /proc/$p/cmdline)"
+		for t in /proc/$p/task/*; do
+			echo "   task ${t##*/} $(cat $t/comm) state=$(awk '{print $3}' $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
+			sed 's/^/      /' $t/stack 2>/dev/null | head -12
+		done
+	done
+	for d in $(xl list | awk 'NR > 2 { print $2 }'); do
+		echo "-- xenctx $d"; timeout 10 xenctx -a -s /proc/kallsyms "$d" 2>&1 | head -40
+	done
+	xl debug-keys q >/dev/null 2>&1
+	echo "-- xl dmesg (tail)"; xl dmesg | tail -n 120
+}
+# monitor OUT PID: one line every 5 s; diag when migrate.log stops growing.
+monitor() {
+	local out=$1 pid=$2 last=-1 same=0 n
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 5
+		n=$(stat -c %s "$out/migrate.log" 2>/dev/null || echo 0)
+		echo "[$(cut -d' ' -f1 /proc/uptime)] log=$n $(grep -a 'Post-copy pages' "$out/migrate.log" | tail -n 1)" >> "$out/monitor.log"
+		if [ "$n" = "$last" ]; then same=$((same + 5)); else same=0; fi
+		last=$n
+		if [ $same -eq 30 ] || [ $same -eq 120 ]; then
+			diag >> "$out/diag.log" 2>&1
+		fi
+		if [ $same -ge "${STALL_KILL:-150}" ]; then
+			echo "STALL: no progress for ${same}s: stopping the migration" >> "$out/monitor.log"
+			diag >> "$out/diag.log" 2>&1
+			pkill -P "$pid"; kill "$pid"
+			break
+		fi
+	done
+}
 ts "autorun start"
 xl info | grep -E 'xen_version|xen_extra|virt_caps|free_memory|xen_commandline'
 xl dmesg | grep -iE 'mem_paging|unsupported|HAP' | head -5
@@ -68,9 +105,14 @@ CFG
 	case " $margs " in *" --postcopy "*) recv="$recv --postcopy" ;; esac
 	ts "migrate: xl -vvv migrate $margs -s '' $dom '$recv'"
 	s=$(now)
-	timeout "${MIGRATE_TIMEOUT:-900}" xl -vvv migrate $margs -s "" $dom "$recv" > "$out/migrate.log" 2>&1
+	timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$recv" > "$out/migrate.log" 2>&1 &
+	mpid=$!
+	monitor "$out" $mpid &
+	monpid=$!
+	wait $mpid
 	mrc=$?
 	e=$(now)
+	kill $monpid 2>/dev/null; wait $monpid 2>/dev/null
 	ts "migrate rc=$mrc $(ms "$s" "$e") ms"
 	xl list > "$out/xl-list.txt" 2>&1
 	dlog=$(ls -t $cons/guest-$dom--incoming.log 2>/dev/null | head -1)

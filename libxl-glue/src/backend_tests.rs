@@ -903,10 +903,14 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     let (d_back, s_back) = UnixStream::pair().unwrap();
     let (a, _b) = UnixStream::pair().unwrap();
     // A good session: READY at the marker, once.
-    let mut r = RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
-    r.record_or_abort(RecordType::VcpuState as u32, &[]).unwrap();
+    let mut r =
+        RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+    r.record_or_abort(RecordType::VcpuState as u32, &[])
+        .unwrap();
     assert!(r.ready_sent());
-    assert!(r.record_or_abort(RecordType::VcpuState as u32, &[]).is_err());
+    assert!(r
+        .record_or_abort(RecordType::VcpuState as u32, &[])
+        .is_err());
     // A bad record before the marker: ABORT with the reason.
     let mut r2 = RestoreSession::begin(dst, a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
     assert!(r2.record_or_abort(0x99, &[]).is_err());
@@ -916,7 +920,10 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     drop(r2);
     drop(d_back);
     let mut rd = postcopy::records::RecordReader::new(s_back, Some(n));
-    assert!(matches!(rd.next_record().unwrap(), postcopy::records::Record::Ready));
+    assert!(matches!(
+        rd.next_record().unwrap(),
+        postcopy::records::Record::Ready
+    ));
     assert!(matches!(
         rd.next_record().unwrap(),
         postcopy::records::Record::Abort(_)

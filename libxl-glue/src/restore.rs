@@ -268,7 +268,10 @@ impl<O: XenOps> RestoreSession<O> {
                         "pages are owed but mem_paging was never enabled".into(),
                     ));
                 }
-                debug!("end of the pre-switch records ({}-byte marker): READY", s.len());
+                debug!(
+                    "end of the pre-switch records ({}-byte marker): READY",
+                    s.len()
+                );
                 let mut back = RecordWriter::new(FdIo::new(self.back_fd));
                 back.empty(RecordType::Ready)?;
                 back.flush()?;
