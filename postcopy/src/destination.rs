@@ -409,6 +409,7 @@ fn recover<M: DestinationMemory + ?Sized>(
         waited_ms: u64::try_from(outage.elapsed().as_millis()).unwrap_or(u64::MAX),
         missing: *lock(&shared.remaining),
         last,
+        resumed: true,
     };
     loop {
         let links = recovery::reconnect(rec, deadline).map_err(&lost)?;

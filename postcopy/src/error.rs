@@ -48,6 +48,11 @@ pub enum Error {
         missing: u64,
         /// Why the last attempt failed.
         last: String,
+        /// False only on a source whose destination never confirmed
+        /// resuming the guest (the link broke right after TRANSITION): the
+        /// guest may never have run there, and the stopped copy here is
+        /// intact — a decision for the admin, never taken automatically.
+        resumed: bool,
     },
     /// The peer sent faults faster than any guest could (a flood).
     #[error("peer flooded the fault channel: {0}")]

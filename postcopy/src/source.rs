@@ -562,22 +562,24 @@ fn serve<M: SourceMemory + ?Sized>(
         }
         let outage = Instant::now();
         Metrics::add(&metrics.outages, 1);
-        warn!(
-            "link lost after the switch ({error}); recovering for up to {:?}",
-            rec.timeout
-        );
+        if shared.resumed.load(Ordering::SeqCst) {
+            warn!(
+                "link lost after the switch ({error}); recovering for up to {:?}",
+                rec.timeout
+            );
+        } else {
+            warn!(
+                "link lost after TRANSITION, before the destination confirmed resuming ({error}); \
+                 reconnecting for up to {:?} to learn whether it did",
+                rec.timeout
+            );
+        }
         let deadline = outage + rec.timeout;
         let lost = |last: String| Error::LinkLost {
             waited_ms: ms(outage.elapsed()),
             missing: shared.unconfirmed(),
-            last: if shared.resumed.load(Ordering::SeqCst) {
-                last
-            } else {
-                format!(
-                    "{last}; the destination never confirmed resuming the guest, so it may \
-                     never have run there: the source's stopped copy is intact and was not resumed"
-                )
-            },
+            last,
+            resumed: shared.resumed.load(Ordering::SeqCst),
         };
         let (links, rx, received) = loop {
             let links = recovery::reconnect(rec, deadline).map_err(&lost)?;

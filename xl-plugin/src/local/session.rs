@@ -126,6 +126,15 @@ pub enum LocalError {
         /// Why.
         error: String,
     },
+    /// The link broke right after TRANSITION and never came back: the
+    /// destination never confirmed resuming the guest.
+    #[error("migration in doubt ({side} side): {error}; the destination never confirmed resuming the guest, so it may never have run there: the guest is stopped here with its memory intact and was NOT resumed (resume it only if the destination is known dead)")]
+    InDoubt {
+        /// Which side reports it.
+        side: &'static str,
+        /// Why.
+        error: String,
+    },
     /// The destination's memory differs from the source's.
     #[error("integrity check failed: destination digest {dest_digest:#x} != source digest {source_digest:#x}")]
     Integrity {
@@ -137,12 +146,14 @@ pub enum LocalError {
 }
 
 impl LocalError {
-    /// Process exit code: 1 setup/link/before switch, 2 after, 3 integrity.
+    /// Process exit code: 1 setup/link/before switch, 2 after, 3
+    /// integrity, 4 in doubt.
     pub fn exit_code(&self) -> i32 {
         match self {
             LocalError::Setup(_) | LocalError::Link(_) | LocalError::BeforeSwitch { .. } => 1,
             LocalError::AfterSwitch { .. } => 2,
             LocalError::Integrity { .. } => 3,
+            LocalError::InDoubt { .. } => 4,
         }
     }
 }
@@ -312,6 +323,12 @@ pub fn run_sender_with(
         let _ = b.join();
     }
     if let Err(f) = result {
+        if let postcopy::Error::LinkLost { resumed: false, .. } = f.error {
+            return Err(LocalError::InDoubt {
+                side: "source",
+                error: f.error.to_string(),
+            });
+        }
         return Err(if f.after_switch {
             LocalError::AfterSwitch {
                 side: "source",
