@@ -9,6 +9,8 @@
 # during a run cannot break the run.
 {
 export PATH=/usr/lib/xen-4.17/bin:$PATH
+# GUEST_MEM, MIGRATE_TIMEOUT, STALL_KILL from the host
+[ -r /mnt/host/env ] && . /mnt/host/env
 ts() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
 now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%d", (b-a)*1000}'; }

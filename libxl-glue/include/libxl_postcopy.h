@@ -17,7 +17,14 @@
  *       -> computes the owed pfn set, writes POSTCOPY_BEGIN and the
  *          pages that must be present before the guest runs
  *   (libxenguest: end_of_checkpoint: TSC_INFO, HVM_CONTEXT, HVM_PARAMS)
- *   libxl_postcopy_save_transition(h)   -> POSTCOPY_PFNS..., TRANSITION
+ *   libxl_postcopy_save_transition(h)   -> POSTCOPY_PFNS..., an empty
+ *                                          POSTCOPY_VCPU_STATE (end of the
+ *                                          pre-switch records), waits for
+ *                                          POSTCOPY_READY on back_fd, then
+ *                                          TRANSITION; -ECANCELED if the
+ *                                          destination sent POSTCOPY_ABORT
+ *                                          instead (the guest never ran
+ *                                          there: the source may resume it)
  *   (libxenguest: callbacks->postcopy_transition(); libxl writes its records)
  *   libxl_postcopy_save_serve(h)        -> serves faults, pushes the rest,
  *                                          returns after POSTCOPY_COMPLETE
@@ -29,6 +36,10 @@
  *   POSTCOPY_BEGIN     -> h = libxl_postcopy_restore_begin(&params, body, len)
  *   POSTCOPY_PAGE_DATA / POSTCOPY_PFNS (before TRANSITION)
  *                      -> libxl_postcopy_restore_record(h, type, body, len)
+ *   POSTCOPY_VCPU_STATE (the source's end-of-pre-switch marker)
+ *                      -> libxl_postcopy_restore_record() answers
+ *                         POSTCOPY_READY on back_fd; a record that fails
+ *                         before it answers POSTCOPY_ABORT instead
  *   POSTCOPY_TRANSITION-> (C: stream_complete, restore_results,
  *                          callbacks->postcopy_transition: guest unpaused)
  *                         libxl_postcopy_restore_serve(h): reads the rest
