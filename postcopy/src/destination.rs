@@ -49,6 +49,10 @@ pub trait GuestResume {
 /// backend's queue until replies arrive (bounds both sides' work).
 pub const MAX_OUTSTANDING_FAULTS: usize = MAX_PFN_LIST;
 
+/// How long a destination that holds every page waits for a source that
+/// may have missed its COMPLETE.
+const DONE_GRACE: Duration = Duration::from_secs(3);
+
 /// Destination settings.
 #[derive(Debug, Clone)]
 pub struct DestConfig {
@@ -319,7 +323,16 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
         if !error.is_recoverable() {
             break Err(error);
         }
-        match recover(&shared, rec, sw.guest_pfns, &error) {
+        // Everything is in and COMPLETE went out: only the source's
+        // acknowledgement can be missing, so wait briefly for a source
+        // that did not see our COMPLETE, then finish.
+        let saved = rec.timeout;
+        if shared.done.load(Ordering::SeqCst) && *lock(&shared.remaining) == 0 {
+            rec.timeout = rec.timeout.min(DONE_GRACE);
+        }
+        let restored = recover(&shared, rec, sw.guest_pfns, &error);
+        rec.timeout = saved;
+        match restored {
             Ok(l) => link = l,
             Err(e) => break Err(e),
         }

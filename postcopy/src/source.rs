@@ -726,6 +726,13 @@ fn serve_session<M: SourceMemory + ?Sized>(
             // The destination's word is the root cause of a broken push.
             (_, Err(e @ Error::PeerAborted(_))) => Err(e),
             (Err(Error::Aborted), Err(e)) => Err(e),
+            // The fault server hung up on a misbehaving peer; the push
+            // only saw the closed link.
+            (Err(p), Err(e))
+                if p.is_recoverable() && !e.is_recoverable() && !matches!(e, Error::Aborted) =>
+            {
+                Err(e)
+            }
             (Err(e), _) => Err(e),
             (Ok(()), r) => r,
         }

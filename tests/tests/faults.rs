@@ -339,6 +339,29 @@ fn a_stall_after_the_switch_is_survived() {
     assert_eq!(get(&r, &["source", "outages"]), 0);
 }
 
+/// A stall longer than `--stall-timeout`: the sender's writes time out, it
+/// treats the link as broken and reconnects; nothing is lost.
+#[test]
+fn a_stall_past_the_stall_timeout_costs_one_reconnect() {
+    let (d, _) = run(
+        |_| {
+            vec![Fault {
+                channel: 0,
+                nth: 0,
+                dir: Dir::Up,
+                at: Trigger::Offset(1 << 20),
+                action: Action::Stall(Duration::from_secs(5)),
+            }]
+        },
+        &["--stall-timeout", "1", "--recover-timeout", "20"],
+        &["--stall-timeout", "1", "--recover-timeout", "20"],
+    );
+    assert_eq!(d.code, 0, "{}\n{}", d.err, d.recv_err);
+    let r = json(&d.out);
+    assert_eq!(get(&r, &["integrity_ok"]), true);
+    assert_eq!(get(&r, &["source", "outages"]), 1, "{}", d.err);
+}
+
 /// The destination dies after the switch: the source retries until its
 /// timeout, then fails loudly with exit 2 and the count of pages lost.
 #[test]

@@ -85,8 +85,8 @@ pub enum RecoverError {
     /// The running side refused the command.
     #[error("refused: {0}")]
     Refused(String),
-    /// A bad option.
-    #[error("bad --recover-timeout {0}")]
+    /// A bad timeout option.
+    #[error("bad timeout {0} (seconds, non-negative)")]
     Timeout(f64),
     /// The token file is unusable.
     #[error(transparent)]
@@ -204,6 +204,10 @@ pub struct LinkArgs {
     /// Unix socket on which `xl-postcopy recover` can redirect this side.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// Seconds a peer may take no bytes before the link counts as broken
+    /// (0: wait forever).
+    #[arg(long, value_name = "SECONDS", default_value_t = 15.0)]
+    pub stall_timeout: f64,
 }
 
 impl LinkArgs {
@@ -216,10 +220,13 @@ impl LinkArgs {
             .as_deref()
             .map(Token::from_file)
             .transpose()?;
+        let stall_timeout = Duration::try_from_secs_f64(self.stall_timeout)
+            .map_err(|_| RecoverError::Timeout(self.stall_timeout))?;
         Ok(LinkOpts {
             recover_timeout,
             token,
             control: self.control.clone(),
+            stall_timeout,
         })
     }
 }

@@ -81,6 +81,10 @@ pub struct LinkOpts {
     pub token: Option<Token>,
     /// Unix socket on which `xl-postcopy recover` redirects this side.
     pub control: Option<PathBuf>,
+    /// A peer that takes no bytes for this long is treated as a broken
+    /// link (a write times out), so a stalled peer costs a reconnect, not
+    /// a hang.
+    pub stall_timeout: Duration,
 }
 
 impl Default for LinkOpts {
@@ -89,8 +93,18 @@ impl Default for LinkOpts {
             recover_timeout: Duration::from_secs(30),
             token: None,
             control: None,
+            stall_timeout: Duration::from_secs(15),
         }
     }
+}
+
+/// Bounds every write on a link by the stall timeout.
+fn bound_writes(l: &LinkOpts, socks: [&TcpStream; 2]) -> std::io::Result<()> {
+    let t = (!l.stall_timeout.is_zero()).then_some(l.stall_timeout);
+    for s in socks {
+        s.set_write_timeout(t)?;
+    }
+    Ok(())
 }
 
 /// Longest single reconnect attempt (the engine retries until the
@@ -284,6 +298,7 @@ pub fn run_sender_with(
         None => None,
     };
     let (bulk, fault) = dial.connect(addr, false, Duration::from_secs(10))?;
+    bound_writes(l, [&bulk, &fault]).map_err(setup("socket options"))?;
     let trailer = Mutex::new(bulk.try_clone().map_err(setup("cloning the socket"))?);
     let links = SourceLinks::from_sockets(bulk, fault).map_err(setup("setting up links"))?;
     let mut redial = |deadline: Instant| -> std::io::Result<SourceLinks> {
@@ -294,6 +309,7 @@ pub fn run_sender_with(
         let (b, f) = dial
             .connect(to, true, wait)
             .map_err(|e| std::io::Error::other(format!("{to}: {e}")))?;
+        bound_writes(l, [&b, &f])?;
         *lock(&trailer) = b.try_clone()?;
         info!("reconnected to {to}");
         SourceLinks::from_sockets(b, f)
@@ -477,6 +493,7 @@ pub fn run_receiver_with(
         },
     )?;
     let pages = first.guest_pages;
+    bound_writes(l, [&first.bulk, &first.fault]).map_err(setup("socket options"))?;
     let expect = Expect {
         token: l.token.clone(),
         resume: Some((first.session, pages)),
@@ -523,6 +540,7 @@ pub fn run_receiver_with(
             }
         }
         .map_err(std::io::Error::other)?;
+        bound_writes(l, [&a.bulk, &a.fault])?;
         *lock(&trailer) = a.bulk.try_clone()?;
         DestLinks::from_sockets(a.bulk, a.fault)
     };
