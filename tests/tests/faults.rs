@@ -467,3 +467,76 @@ fn a_clean_run_through_the_proxy() {
     assert_eq!(d.code, 0, "{}\n{}", d.err, d.recv_err);
     assert_eq!(get(&json(&d.out), &["integrity_ok"]), true);
 }
+
+/// Both sides move: the receiver opens a new listener and the sender is
+/// pointed at it, each through its control socket.
+#[test]
+fn recover_moves_both_sides_to_a_new_address() {
+    let dir = std::env::temp_dir().join(format!("xpc-mv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sctl, rctl) = (dir.join("send.sock"), dir.join("recv.sock"));
+    let (recv, addr) = receiver(
+        &[
+            "--recover-timeout",
+            "30",
+            "--control",
+            rctl.to_str().unwrap(),
+        ],
+        LIMIT,
+    )
+    .unwrap();
+    let old = Proxy::start(
+        addr,
+        vec![Fault {
+            channel: 0,
+            nth: 0,
+            dir: Dir::Up,
+            at: Trigger::Offset(1 << 20),
+            action: Action::DropAndClose,
+        }],
+    )
+    .unwrap();
+    let send = sender(
+        old.addr,
+        &[
+            "--recover-timeout",
+            "30",
+            "--mem",
+            "8M",
+            "--control",
+            sctl.to_str().unwrap(),
+        ],
+        LIMIT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.stats.cuts.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the drop never fired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(old);
+    let admin = |args: &[&str]| {
+        let mut v = vec!["recover".to_string()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        let (code, out, err) = Proc::spawn(&v, Duration::from_secs(20))
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    };
+    let said = admin(&[
+        "--control",
+        rctl.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let new_addr = said.trim().rsplit(' ').next().unwrap().to_string();
+    let said = admin(&["--control", sctl.to_str().unwrap(), "--to", &new_addr]);
+    assert!(said.contains(&new_addr), "{said}");
+    let (code, out, err) = send.finish().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(get(&json(&out), &["integrity_ok"]), true);
+    assert_eq!(recv.finish().unwrap().0, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
