@@ -3,7 +3,8 @@
 //!
 //! - after the switch: many drops at random offsets of the bulk stream
 //!   (each drop cuts both connections); every migration must complete with
-//!   the memory digests equal and no page sent twice;
+//!   the memory digests equal and no page sent twice (at least 100 drops;
+//!   `XPC_FAULT_DROPS=1000` for a soak run);
 //! - before the switch: a drop, a truncation, a corrupt record and a
 //!   killed destination at every phase boundary, and a refused connection;
 //!   each must be a clean abort (exit 1, "before the switch", which side
@@ -89,10 +90,18 @@ fn run(
 fn random_drops_after_the_switch_lose_no_page() {
     let t = Instant::now();
     let strategies = ["bubble", "linear", "multi-pivot:3", "none"];
-    let (mut drops, mut resent, mut outage_ms, mut migrations) = (0u64, 0u64, 0f64, 0);
+    let (mut drops, mut resent, mut outage_ms, mut migrations) = (0u64, 0u64, 0f64, 0usize);
     let mut seed = 0x1234_5678u64;
-    while drops < 100 {
-        assert!(migrations < 12, "too few drops fired: {drops}");
+    // XPC_FAULT_DROPS raises the target for long soak runs.
+    let target: u64 = std::env::var("XPC_FAULT_DROPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    while drops < target {
+        assert!(
+            migrations < 12 + usize::try_from(target / 25).unwrap(),
+            "too few drops fired: {drops}"
+        );
         seed += 1;
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         // A 16 MiB guest streams about 16.8 MB; 32 drops of at most

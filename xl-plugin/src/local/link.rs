@@ -332,7 +332,16 @@ impl Dial {
 /// Reads the receiver's status byte: 0 goes on, anything else is a refusal.
 fn read_status(s: &mut TcpStream) -> Result<(), LinkError> {
     let mut status = [0u8; 1];
-    s.read_exact(&mut status)?;
+    s.read_exact(&mut status).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            LinkError::Io(io::Error::new(
+                e.kind(),
+                "the receiver hung up during the hello",
+            ))
+        } else {
+            LinkError::Io(e)
+        }
+    })?;
     match status[0] {
         0 => Ok(()),
         b => Err(Refusal::from_byte(b)

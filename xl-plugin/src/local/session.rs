@@ -352,7 +352,13 @@ pub fn run_sender_with(
             }
         } else {
             LocalError::BeforeSwitch {
-                side: "source",
+                // The destination refused (its reason is in the message),
+                // or the source failed on its own.
+                side: if matches!(f.error, postcopy::Error::PeerAborted(_)) {
+                    "destination"
+                } else {
+                    "source"
+                },
                 error: f.error.to_string(),
             }
         });
