@@ -438,10 +438,16 @@ fn recover<M: DestinationMemory + ?Sized>(
                     &shared.metrics.outage_us,
                     u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
                 );
+                let (waiting, longest) = {
+                    let pending = lock(&shared.pending);
+                    let now = Instant::now();
+                    let longest = pending.values().map(|&at| now - at).max();
+                    (pending.len(), longest.unwrap_or_default())
+                };
                 info!(
-                    "link restored after {took:?}; {} pages still owed, {} faults waiting",
+                    "link restored after {took:?}; {} pages still owed; {waiting} vCPU faults \
+                     waited through the outage (longest {longest:?}) and are asked for again",
                     *lock(&shared.remaining),
-                    lock(&shared.pending).len()
                 );
                 return Ok(SessionLinks {
                     bulk: RecordReader::new(links.bulk, Some(guest_pfns)),
