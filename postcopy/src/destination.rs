@@ -639,16 +639,17 @@ fn receive_until_switch<M: DestinationMemory, R: Read>(
             }
             Record::Pfns(runs) => {
                 for run in &runs {
-                    for p in run.pfns() {
-                        if sw.owed_bits[idx(p)] {
-                            return Err(RecordError::DuplicatePfn {
-                                name: RecordType::Pfns.name(),
-                                pfn: p,
-                            }
-                            .into());
+                    // Runs are validated against the guest size already.
+                    let (start, end) = (idx(run.start), idx(run.start + run.count));
+                    let slice = &mut sw.owed_bits[start..end];
+                    if let Some(i) = slice.first_one() {
+                        return Err(RecordError::DuplicatePfn {
+                            name: RecordType::Pfns.name(),
+                            pfn: run.start + i as u64,
                         }
-                        sw.owed_bits.set(idx(p), true);
+                        .into());
                     }
+                    slice.fill(true);
                 }
                 sw.owed.extend(runs);
             }

@@ -47,6 +47,21 @@ pub fn runs_from_sorted(pfns: impl IntoIterator<Item = Pfn>) -> Vec<PfnRun> {
     runs
 }
 
+/// A bitmap of `n` pfns with the pfns of `runs` set (word-wise fills;
+/// pfns at or past `n` are ignored).
+pub fn runs_to_bits(n: u64, runs: &[PfnRun]) -> bitvec::vec::BitVec {
+    let len = usize::try_from(n).unwrap_or(0);
+    let mut bits = bitvec::vec::BitVec::repeat(false, len);
+    for run in runs {
+        let start = usize::try_from(run.start).unwrap_or(len).min(len);
+        let end = usize::try_from(run.end().unwrap_or(n))
+            .unwrap_or(len)
+            .min(len);
+        bits[start..end.max(start)].fill(true);
+    }
+    bits
+}
+
 /// An error raised by a memory backend. Backends map their own failures
 /// (errno from an ioctl or a hypercall) to these meanings.
 #[derive(Debug, thiserror::Error)]

@@ -49,13 +49,7 @@ impl Scheduler {
         prepager: Box<dyn Prepager>,
     ) -> Result<Scheduler, SentMapError> {
         let sent = SentMap::with_owed(guest_pfns, owed)?;
-        let mut owed_map =
-            bitvec::vec::BitVec::repeat(false, usize::try_from(guest_pfns).unwrap_or(0));
-        for run in owed {
-            for p in run.pfns().take_while(|&p| p < guest_pfns) {
-                owed_map.set(usize::try_from(p).unwrap_or(usize::MAX), true);
-            }
-        }
+        let owed_map = crate::memory::runs_to_bits(guest_pfns, owed);
         Ok(Scheduler {
             owed: sent.undone(),
             sent,

@@ -51,12 +51,7 @@ impl SentMap {
     /// A map of `pfns` pages where only the pfns in `owed` are undone.
     pub fn with_owed(pfns: u64, owed: &[PfnRun]) -> Result<SentMap, SentMapError> {
         let mut map = SentMap::new(pfns)?;
-        let mut owed_bits = bitvec::vec::BitVec::<usize>::repeat(false, idx(pfns));
-        for run in owed {
-            for p in run.pfns().take_while(|&p| p < pfns) {
-                owed_bits.set(idx(p), true);
-            }
-        }
+        let owed_bits = crate::memory::runs_to_bits(pfns, owed);
         for p in owed_bits.iter_zeros() {
             map.mark_done(p as u64);
         }

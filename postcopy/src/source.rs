@@ -180,16 +180,6 @@ fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
     Ok(())
 }
 
-fn bits_from_runs(n: u64, runs: &[PfnRun]) -> BitVec {
-    let mut bits = BitVec::repeat(false, usize::try_from(n).unwrap_or(0));
-    for run in runs {
-        for p in run.pfns().take_while(|&p| p < n) {
-            bits.set(usize::try_from(p).unwrap_or(usize::MAX), true);
-        }
-    }
-    bits
-}
-
 /// Runs the source side of one migration to completion; any link failure
 /// after the switch fails it (see [`run_source_recoverable`]).
 pub fn run_source<M: SourceMemory>(
@@ -328,7 +318,7 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
             if round + 1 == rounds {
                 break;
             }
-            let live = bits_from_runs(n, &mem.populated()?);
+            let live = crate::memory::runs_to_bits(n, &mem.populated()?);
             to_send = mem
                 .take_dirty()?
                 .into_iter()
@@ -356,8 +346,13 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
     info!("guest stopped; computing owed pages");
 
     let live_runs = mem.populated()?;
-    let live = bits_from_runs(n, &live_runs);
-    let (owed, zeroed): (Vec<Pfn>, Vec<Pfn>) = if rounds > 0 {
+    debug!(
+        "populated scan done {:?} after the stop",
+        stopped_at.elapsed()
+    );
+    let live_count: u64 = live_runs.iter().map(|r| r.count).sum();
+    let (owed_runs, zeroed): (Vec<PfnRun>, Vec<Pfn>) = if rounds > 0 {
+        let live = crate::memory::runs_to_bits(n, &live_runs);
         let mut owed_bits = live.clone();
         // Sent and not dirtied since: the destination's copy is current.
         let mut stale = BitVec::<usize>::repeat(false, live.len());
@@ -377,15 +372,19 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
             .filter(|&i| !live[i])
             .map(|i| i as Pfn)
             .collect();
-        (owed_bits.iter_ones().map(|i| i as Pfn).collect(), zeroed)
-    } else {
         (
-            live_runs.iter().flat_map(|r| r.pfns()).collect(),
-            Vec::new(),
+            runs_from_sorted(owed_bits.iter_ones().map(|i| i as Pfn)),
+            zeroed,
         )
+    } else {
+        // Pure post-copy: everything populated is owed, already as runs
+        // (no per-page work inside the downtime).
+        (live_runs, Vec::new())
     };
-    let skipped_now = n - (live.count_ones() as u64).min(n);
-    metrics.pages_skipped.store(skipped_now, Ordering::Relaxed);
+    metrics
+        .pages_skipped
+        .store(n - live_count.min(n), Ordering::Relaxed);
+    let owed_count: u64 = owed_runs.iter().map(|r| r.count).sum();
 
     for chunk in zeroed.chunks(MAX_PFN_LIST) {
         bulk.pfn_list(RecordType::Zero, chunk)?;
@@ -393,16 +392,18 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
     }
     let owed_runs = if matches!(cfg.mode, Mode::Precopy { .. }) {
         // Stop-and-copy: everything still owed goes now, in the downtime.
+        let owed: Vec<Pfn> = owed_runs.iter().flat_map(|r| r.pfns()).collect();
         send_pages(&*mem, bulk, &owed, Cause::Precopy, &mut buf, metrics)?;
         Vec::new()
     } else {
-        runs_from_sorted(owed.iter().copied())
+        owed_runs
     };
     for chunk in owed_runs.chunks(MAX_RUNS) {
         bulk.runs(RecordType::Pfns, chunk)?;
     }
     bulk.vcpu_state(&state)?;
     bulk.flush()?;
+    debug!("CPU state sent {:?} after the stop", stopped_at.elapsed());
     // The destination confirms it has everything and is prepared before the
     // guest changes hands: a link or a destination lost before this point
     // leaves the guest here, never in limbo.
@@ -417,11 +418,13 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
             .into())
         }
     }
+    debug!("READY received {:?} after the stop", stopped_at.elapsed());
     bulk.empty(RecordType::Transition)?;
     bulk.flush()?;
+    // The source's share of the downtime; RESUMED adds the destination's.
+    Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
     info!(
-        "switched: {} pages owed in {} runs, {} zeroed",
-        owed.len(),
+        "switched: {owed_count} pages owed in {} runs, {} zeroed",
         owed_runs.len(),
         zeroed.len()
     );
@@ -837,11 +840,15 @@ fn fault_server<M: SourceMemory + ?Sized>(
         let resumed = shared.resumed.load(Ordering::SeqCst);
         match rec {
             Record::Abort(reason) if !resumed => break Err(Error::PeerAborted(reason)),
-            Record::Resumed(_) if !resumed => {
+            Record::Resumed(dest_ns) if !resumed => {
                 shared.resumed.store(true, Ordering::SeqCst);
-                Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
+                // Downtime = stop → TRANSITION sent (here) + TRANSITION
+                // received → vCPUs running (the destination's clock); the
+                // one-way trip of TRANSITION itself is not counted.
+                Metrics::add(&metrics.downtime_us, dest_ns / 1000);
                 info!(
-                    "destination resumed the guest after {:?}",
+                    "destination resumed the guest ({} µs after TRANSITION); RESUMED seen {:?} after the stop",
+                    dest_ns / 1000,
                     stopped_at.elapsed()
                 );
             }

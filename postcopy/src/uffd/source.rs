@@ -184,9 +184,11 @@ impl SourceMemory for RegionSource {
         if !self.scan {
             return self.populated_from_pagemap_file();
         }
+        // Present or swapped pages. Pages mapping the shared zero page are
+        // included (they read as zero and are sent as ZERO records, pfn
+        // only): filtering them with PAGE_IS_PFNZERO makes this scan, which
+        // runs inside the downtime, ~2.7x slower (65 vs 24 ms for 4 GiB).
         let arg = sys::PmScanArg {
-            category_inverted: sys::PAGE_IS_PFNZERO,
-            category_mask: sys::PAGE_IS_PFNZERO,
             category_anyof_mask: sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED,
             return_mask: sys::PAGE_IS_PRESENT | sys::PAGE_IS_SWAPPED,
             ..Default::default()
@@ -342,10 +344,18 @@ mod tests {
             println!("SKIP (partly) populated via PAGEMAP_SCAN: the ioctl is unavailable");
             return;
         }
-        // Reading a never-touched page maps the zero page: still unpopulated.
+        // Reading a never-touched page maps the zero page. The scan does
+        // not tell it apart (asking the kernel to check PAGE_IS_PFNZERO
+        // makes the scan, which runs inside the downtime, ~2.7x slower):
+        // such a page counts as populated and goes out as a ZERO record.
         let mut buf = vec![0u8; PAGE_SIZE];
         r.read_page(700, &mut buf).unwrap();
-        assert_eq!(s.populated().unwrap(), want);
+        let mut with_zero_page = want.clone();
+        with_zero_page.push(PfnRun {
+            start: 700,
+            count: 1,
+        });
+        assert_eq!(s.populated().unwrap(), with_zero_page);
         let mut out = vec![0u8; 2 * PAGE_SIZE];
         s.read_pages(&[5, 300], &mut out).unwrap();
         assert_eq!(out[24..32], 6u64.to_ne_bytes());
