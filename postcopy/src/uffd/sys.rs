@@ -162,8 +162,6 @@ pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// `PAGE_IS_SWAPPED`.
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
-/// `PAGE_IS_PFNZERO`: mapped to the shared zero page (read, never written).
-pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 /// `PM_SCAN_WP_MATCHING`: write-protect the matched pages.
 pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
