@@ -675,7 +675,13 @@ fn a_corrupt_stream_ends_the_restore_with_an_error() {
     assert_eq!(r.owed_count(), 4);
     assert_eq!(r.memory().absent(), 4);
     // A bad BEGIN.
-    assert!(RestoreSession::begin(dst, d.as_raw_fd(), d.as_raw_fd(), &body[..8]).is_err());
+    assert!(RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body[..8]).is_err());
+    // A BEGIN claiming an absurd guest is refused before any allocation
+    // (found by the records fuzz target: it used to abort the process).
+    let mut huge = begin;
+    huge.guest_pfns = (1u64 << 60).into();
+    let body = zerocopy::IntoBytes::as_bytes(&huge).to_vec();
+    assert!(RestoreSession::begin(dst, d.as_raw_fd(), d.as_raw_fd(), &body).is_err());
 }
 
 /// Drains a stream in the background (the destination's reader).

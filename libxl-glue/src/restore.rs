@@ -152,6 +152,13 @@ impl<O: XenOps> RestoreSession<O> {
             ));
         };
         let guest_pfns = b.guest_pfns.get();
+        // The engine indexes pfns with u32 (16 TiB of guest); a BEGIN past
+        // that is corrupt or hostile, and must not size our bitmaps.
+        if guest_pfns == 0 || guest_pfns >= u64::from(u32::MAX) {
+            return Err(Error::Protocol(format!(
+                "POSTCOPY_BEGIN claims a guest of {guest_pfns} pfns"
+            )));
+        }
         let strategy = StrategySpec::from_wire(b.strategy.get(), b.strategy_arg.get());
         let mem = XenDestination::new(ops, guest_pfns)?;
         info!(
