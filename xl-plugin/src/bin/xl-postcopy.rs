@@ -194,7 +194,6 @@ impl LocalArgs {
             batch_pages: usize::try_from(self.batch_pages)?,
             tail: secs(self.tail, "tail")?,
             floor: self.floor,
-            record_trace: None,
         })
     }
 }

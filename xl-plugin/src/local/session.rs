@@ -67,8 +67,6 @@ pub struct MigrateOpts {
     pub tail: Duration,
     /// Measure the floor first.
     pub floor: bool,
-    /// Record the workload's page-access trace here (simulator input).
-    pub record_trace: Option<PathBuf>,
 }
 
 /// How the two processes connect, and reconnect after a break.
