@@ -36,6 +36,7 @@ use postcopy::records::{
     MAX_RUNS, STREAM_VERSION,
 };
 use postcopy::scheduler::{Request, Scheduler};
+use postcopy::source::send_pages;
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
@@ -67,53 +68,6 @@ pub struct BeginSummary {
     pub special: u64,
     /// vCPUs whose page tables were walked.
     pub vcpus: usize,
-}
-
-/// True if every byte is zero.
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
-}
-
-/// Reads `pfns` and writes them as PAGE_DATA (and ZERO for all-zero pages).
-fn send_pages<M: SourceMemory + ?Sized>(
-    mem: &M,
-    out: &mut RecordWriter<FdIo>,
-    pfns: &[Pfn],
-    cause: Cause,
-    buf: &mut Vec<u8>,
-    metrics: &Metrics,
-) -> Result<(), Error> {
-    for chunk in pfns.chunks(MAX_BATCH_PAGES) {
-        buf.resize(chunk.len() * PAGE_SIZE, 0);
-        mem.read_pages(chunk, buf)?;
-        let mut data_pfns = Vec::with_capacity(chunk.len());
-        let mut zero_pfns = Vec::new();
-        let mut data = Vec::with_capacity(buf.len());
-        for (&pfn, page) in chunk.iter().zip(buf.chunks_exact(PAGE_SIZE)) {
-            if is_zero(page) {
-                zero_pfns.push(pfn);
-            } else {
-                data_pfns.push(pfn);
-                data.extend_from_slice(page);
-            }
-        }
-        if !data_pfns.is_empty() {
-            out.page_data(cause, &data_pfns, &data)?;
-        }
-        if !zero_pfns.is_empty() {
-            out.pfn_list(RecordType::Zero, &zero_pfns)?;
-        }
-        let counter = match cause {
-            Cause::Push => &metrics.pages_pushed,
-            Cause::Fault => &metrics.pages_faulted,
-            Cause::Precopy => &metrics.pages_precopy,
-            Cause::Resend => &metrics.pages_resent,
-        };
-        Metrics::add(counter, data_pfns.len() as u64);
-        Metrics::add(&metrics.pages_zero, zero_pfns.len() as u64);
-    }
-    Ok(())
 }
 
 /// The suspended guest's pages for the page-table walk: read in batches

@@ -139,8 +139,11 @@ fn is_zero_page(page: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-/// Sends `pfns` (read from `mem`) as PAGE_DATA/ZERO records of `cause`.
-fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
+/// Reads `pfns` from `mem` and writes them as PAGE_DATA records of
+/// `cause` (all-zero pages as ZERO records, pfn only), in batches of at
+/// most [`MAX_BATCH_PAGES`], counting them in `metrics`. `buf` is scratch
+/// space reused across calls. Shared with the Xen glue's phased save.
+pub fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
     mem: &M,
     out: &mut RecordWriter<W>,
     pfns: &[Pfn],
