@@ -2,8 +2,10 @@
 //! `--postcopy-after=` options (one source of truth for strategy names is
 //! [`postcopy::prepage::StrategySpec`]), the help text, the metrics report,
 //! and local mode — a real migration of a live mini-VM between two
-//! processes over TCP with userfaultfd ([`local`]).
+//! processes over TCP with userfaultfd ([`local`]) — and the resumable
+//! transport for `xl migrate` on real Xen ([`tunnel`]).
 
 pub mod bench;
 pub mod local;
 pub mod options;
+pub mod tunnel;

@@ -54,6 +54,11 @@ enum Cmd {
     /// Point a running `send` or `receive` whose link broke after the
     /// switch at a new address (through its --control socket).
     Recover(xl_plugin::local::recover::RecoverArgs),
+    /// A byte pipe over TCP that survives a dropped link, to carry `xl
+    /// migrate` between hosts (`connect` as the command of `xl migrate -s
+    /// ''`, `listen ... -- xl migrate-receive --postcopy` on the other).
+    #[command(subcommand)]
+    Tunnel(xl_plugin::tunnel::cli::TunnelCmd),
     /// Run the local-mode benchmark matrix; print min/median/max per figure
     /// and write JSON, Markdown and SVG charts.
     Bench(BenchArgs),
@@ -445,6 +450,7 @@ fn main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Tunnel(t) => Ok(ExitCode::from(t.run()?)),
         Cmd::Recover(r) => {
             println!("{}", r.run()?);
             Ok(ExitCode::SUCCESS)

@@ -51,8 +51,8 @@ pub const MIN_TOKEN: usize = 16;
 /// Longest token file read.
 pub const MAX_TOKEN: usize = 4096;
 
-const NONCE: usize = 32;
-const MAC: usize = 32;
+pub(crate) const NONCE: usize = 32;
+pub(crate) const MAC: usize = 32;
 
 /// First bytes on each connection.
 #[repr(C)]
@@ -119,9 +119,12 @@ pub enum LinkError {
     /// Socket trouble.
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
-    /// Not a local-mode sender.
+    /// Not a local-mode sender (or tunnel end).
     #[error("peer is not an xl-postcopy sender (bad magic)")]
     BadMagic,
+    /// A tunnel hello of another protocol version.
+    #[error("peer speaks tunnel protocol version {0}, this is version 1")]
+    BadVersion(u32),
     /// The hello has the wrong length.
     #[error("hello of {0} bytes, expected 32")]
     BadLength(usize),
@@ -214,13 +217,20 @@ impl Token {
         m
     }
 
-    fn prove(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> [u8; MAC] {
+    pub(crate) fn prove(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> [u8; MAC] {
         let mut out = [0u8; MAC];
         out.copy_from_slice(&self.mac(role, hello, ns, nr).finalize().into_bytes());
         out
     }
 
-    fn check(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8], proof: &[u8]) -> bool {
+    pub(crate) fn check(
+        &self,
+        role: &[u8; 5],
+        hello: &[u8],
+        ns: &[u8],
+        nr: &[u8],
+        proof: &[u8],
+    ) -> bool {
         self.mac(role, hello, ns, nr).verify_slice(proof).is_ok()
     }
 }
@@ -228,7 +238,7 @@ impl Token {
 const ROLE_R: &[u8; 5] = b"XPC-R";
 const ROLE_S: &[u8; 5] = b"XPC-S";
 
-fn random<const N: usize>() -> io::Result<[u8; N]> {
+pub(crate) fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b)
@@ -330,7 +340,7 @@ impl Dial {
 }
 
 /// Reads the receiver's status byte: 0 goes on, anything else is a refusal.
-fn read_status(s: &mut TcpStream) -> Result<(), LinkError> {
+pub(crate) fn read_status(s: &mut TcpStream) -> Result<(), LinkError> {
     let mut status = [0u8; 1];
     s.read_exact(&mut status).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {

@@ -1,0 +1,263 @@
+//! `xl-postcopy tunnel` as real processes: a `connect` end fed from this
+//! test, a `listen` end running `cat`, and the fault-injecting [`Proxy`]
+//! between them. Every byte that goes in must come back out exactly once
+//! and in order, whatever the link does.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    reason = "tests fail loudly on any error; small known values"
+)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postcopy_tests::{xl_postcopy, Action, Dir, Fault, Proxy, Trigger};
+
+const MIB: u64 = 1 << 20;
+
+/// Deterministic test bytes.
+fn payload(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn wait_file(p: &Path, limit: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            if s.ends_with('\n') {
+                return s.trim().to_string();
+            }
+        }
+        assert!(t.elapsed() < limit, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(mut c: Child, limit: Duration) -> (i32, String) {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                e.read_to_string(&mut err).unwrap();
+            }
+            return (st.code().unwrap_or(-1), err);
+        }
+        if t.elapsed() > limit {
+            c.kill().unwrap();
+            c.wait().unwrap();
+            panic!("process overstayed {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Ends {
+    dir: std::path::PathBuf,
+    listener: Child,
+    listen_addr: String,
+}
+
+fn listen(name: &str, extra: &[&str]) -> Ends {
+    let dir = std::env::temp_dir().join(format!("xpc-tunnel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ready = dir.join("ready");
+    let listener = Command::new(xl_postcopy().unwrap())
+        .args(["tunnel", "listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
+        .arg("--stats")
+        .arg(dir.join("listen.json"))
+        .args(extra)
+        .args(["--", "cat"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listen_addr = wait_file(&ready, Duration::from_secs(20));
+    Ends {
+        dir,
+        listener,
+        listen_addr,
+    }
+}
+
+/// Pushes `data` through `connect addr` and returns (exit code, what came
+/// back, stderr).
+fn echo_through(addr: &str, data: &[u8], extra: &[&str], stats: &Path) -> (i32, Vec<u8>, String) {
+    let mut c = Command::new(xl_postcopy().unwrap())
+        .args(["tunnel", "connect", addr, "--stats"])
+        .arg(stats)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    let mut stdout = c.stdout.take().unwrap();
+    let back = std::thread::scope(|s| {
+        s.spawn(move || {
+            for chunk in data.chunks(40_000) {
+                if stdin.write_all(chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let r = s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = stdout.read_to_end(&mut v);
+            v
+        });
+        r.join().unwrap()
+    });
+    let (code, err) = wait_exit(c, Duration::from_secs(120));
+    (code, back, err)
+}
+
+fn stats(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn drop_at(nth: u32, dir: Dir, at: u64) -> Fault {
+    Fault {
+        // The tunnel hello's version field sits where the proxy looks for
+        // a local-mode channel number: 1.
+        channel: 1,
+        nth,
+        dir,
+        at: Trigger::Offset(at),
+        action: Action::Drop,
+    }
+}
+
+#[test]
+fn every_byte_crosses_repeated_link_drops_exactly_once() {
+    let ends = listen("drops", &["--silence", "3", "--recover-timeout", "30"]);
+    let plan = vec![
+        drop_at(0, Dir::Up, 3 * MIB),
+        drop_at(1, Dir::Down, 2 * MIB),
+        drop_at(2, Dir::Up, 5 * MIB),
+        drop_at(3, Dir::Down, 64 * 1024 + 7),
+        // Cut inside the next hello: a failed dial, not an outage.
+        drop_at(4, Dir::Up, 1),
+    ];
+    let proxy = Proxy::start(ends.listen_addr.parse().unwrap(), plan).unwrap();
+    let data = payload(24 * MIB as usize, 7);
+    let cstats = ends.dir.join("connect.json");
+    let (code, back, err) = echo_through(&proxy.addr.to_string(), &data, &[], &cstats);
+    assert_eq!(code, 0, "connect failed: {err}");
+    assert_eq!(back.len(), data.len(), "{err}");
+    assert!(back == data, "bytes changed on the way");
+    let (lcode, lerr) = wait_exit(ends.listener, Duration::from_secs(30));
+    assert_eq!(lcode, 0, "listen failed: {lerr}");
+    let s = stats(&cstats);
+    assert_eq!(s["bytes_sent"], data.len() as u64);
+    assert_eq!(s["bytes_received"], data.len() as u64);
+    assert_eq!(s["outages"], 4, "{s}");
+    assert_eq!(s["connections"], 5, "{s}");
+    assert!(s["bytes_resent"].as_u64().unwrap() > 0, "{s}");
+    assert!(err.contains("4 outage(s)"), "{err}");
+    let l = stats(&ends.dir.join("listen.json"));
+    assert_eq!(l["outages"], 4, "{l}");
+    assert_eq!(l["bytes_received"], data.len() as u64);
+}
+
+#[test]
+fn a_silent_link_is_taken_for_broken_and_resumed() {
+    let ends = listen("silent", &["--silence", "2", "--recover-timeout", "30"]);
+    let plan = vec![Fault {
+        channel: 1,
+        nth: 0,
+        dir: Dir::Up,
+        at: Trigger::Offset(MIB),
+        action: Action::Stall(Duration::from_secs(30)),
+    }];
+    let proxy = Proxy::start(ends.listen_addr.parse().unwrap(), plan).unwrap();
+    let data = payload(4 * MIB as usize, 9);
+    let cstats = ends.dir.join("connect.json");
+    let t = Instant::now();
+    let (code, back, err) = echo_through(&proxy.addr.to_string(), &data, &[], &cstats);
+    assert_eq!(code, 0, "connect failed: {err}");
+    assert!(back == data, "bytes changed on the way");
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "the stall was waited out, not detected"
+    );
+    let (lcode, lerr) = wait_exit(ends.listener, Duration::from_secs(30));
+    assert_eq!(lcode, 0, "{lerr}");
+    assert!(lerr.contains("nothing from the peer"), "{lerr}");
+    assert_eq!(stats(&cstats)["outages"], 1);
+}
+
+#[test]
+fn a_link_gone_for_good_ends_both_sides_with_an_error() {
+    let ends = listen("gone", &["--silence", "3", "--recover-timeout", "2"]);
+    let plan = vec![Fault {
+        channel: 1,
+        nth: 0,
+        dir: Dir::Up,
+        at: Trigger::Offset(MIB),
+        action: Action::DropAndClose,
+    }];
+    let proxy = Proxy::start(ends.listen_addr.parse().unwrap(), plan).unwrap();
+    let data = payload(4 * MIB as usize, 11);
+    let cstats = ends.dir.join("connect.json");
+    let (code, _, err) = echo_through(
+        &proxy.addr.to_string(),
+        &data,
+        &["--recover-timeout", "2"],
+        &cstats,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no link for"), "{err}");
+    let (lcode, lerr) = wait_exit(ends.listener, Duration::from_secs(30));
+    assert_eq!(lcode, 1, "{lerr}");
+    assert!(lerr.contains("no link for"), "{lerr}");
+}
+
+#[test]
+fn a_wrong_token_is_refused_before_any_byte_moves() {
+    let dir = std::env::temp_dir().join(format!("xpc-tunnel-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ka, kb) = (dir.join("a"), dir.join("b"));
+    std::fs::write(&ka, "token-number-one-0123456789\n").unwrap();
+    std::fs::write(&kb, "token-number-two-0123456789\n").unwrap();
+    let ends = listen(
+        "token",
+        &[
+            "--token-file",
+            kb.to_str().unwrap(),
+            "--accept-timeout",
+            "3",
+        ],
+    );
+    let cstats = dir.join("c.json");
+    let (code, back, err) = echo_through(
+        &ends.listen_addr,
+        b"secret guest memory",
+        &["--token-file", ka.to_str().unwrap()],
+        &cstats,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(back.is_empty());
+    assert!(
+        err.contains("authentication") || err.contains("token"),
+        "{err}"
+    );
+    let (lcode, lerr) = wait_exit(ends.listener, Duration::from_secs(30));
+    assert_eq!(lcode, 1, "{lerr}");
+    assert!(lerr.contains("refused a connection"), "{lerr}");
+}

@@ -1,0 +1,303 @@
+//! Opening and resuming a tunnel connection: a 32-byte [`Hello`] from the
+//! dialing end, the optional challenge–response of local mode's links
+//! ([`crate::local::link`], same token file, other role labels), then the
+//! listener's status byte and, when it accepts, how many bytes of the
+//! dialer's stream it already holds.
+//!
+//! ```text
+//! dialer                                     listener
+//!   hello (received) [‖ Ns]              ──►
+//!                                        ◄──  [status ‖ Nr ‖ HMAC(K, "XPT-L" ‖ hello ‖ Ns ‖ Nr)]
+//!   [HMAC(K, "XPT-D" ‖ hello ‖ Ns ‖ Nr)] ──►
+//!                                        ◄──  status (0 = accepted) ‖ received (u64 LE)
+//! ```
+//!
+//! Each side then resends its stream from the offset the other holds.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::local::link::{random, read_status, LinkError, Refusal, Token, MAC, NONCE};
+
+/// "XPCTUN01".
+pub const MAGIC: [u8; 8] = *b"XPCTUN01";
+/// The protocol version in every hello.
+pub const VERSION: u32 = 1;
+/// Hello flag: this connection resumes a session whose link broke.
+pub const FLAG_RESUME: u32 = 1;
+/// Hello flag: a challenge–response follows.
+pub const FLAG_AUTH: u32 = 2;
+
+const ROLE_LISTENER: &[u8; 5] = b"XPT-L";
+const ROLE_DIALER: &[u8; 5] = b"XPT-D";
+
+/// First bytes on each tunnel connection.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct Hello {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`VERSION`].
+    pub version: U32,
+    /// [`FLAG_RESUME`], [`FLAG_AUTH`]; other bits must be zero.
+    pub flags: U32,
+    /// Random id of the session, the same on every reconnection.
+    pub session: U64,
+    /// Bytes of the listener's stream the dialer holds.
+    pub received: U64,
+}
+const _: () = assert!(size_of::<Hello>() == 32);
+
+/// Decodes and checks a hello (for the listener and the fuzzer).
+pub fn parse_hello(bytes: &[u8]) -> Result<Hello, LinkError> {
+    let h = Hello::read_from_bytes(bytes).map_err(|_| LinkError::BadLength(bytes.len()))?;
+    if h.magic != MAGIC {
+        return Err(LinkError::BadMagic);
+    }
+    if h.version.get() != VERSION {
+        return Err(LinkError::BadVersion(h.version.get()));
+    }
+    let flags = h.flags.get();
+    if flags & !(FLAG_RESUME | FLAG_AUTH) != 0 {
+        return Err(LinkError::BadFlags(flags));
+    }
+    Ok(h)
+}
+
+/// Dials `addr`: returns the connection and how many bytes of our stream
+/// the listener holds. Every step is bounded by `timeout`.
+pub fn dial(
+    addr: SocketAddr,
+    session: u64,
+    resume: bool,
+    received: u64,
+    token: Option<&Token>,
+    timeout: Duration,
+) -> Result<(TcpStream, u64), LinkError> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut flags = if resume { FLAG_RESUME } else { 0 };
+    if token.is_some() {
+        flags |= FLAG_AUTH;
+    }
+    let hello = Hello {
+        magic: MAGIC,
+        version: VERSION.into(),
+        flags: flags.into(),
+        session: session.into(),
+        received: received.into(),
+    };
+    s.write_all(hello.as_bytes())?;
+    if let Some(token) = token {
+        let ns = random::<NONCE>()?;
+        s.write_all(&ns)?;
+        read_status(&mut s)?;
+        let mut reply = [0u8; NONCE + MAC];
+        s.read_exact(&mut reply)?;
+        let (nr, proof) = reply.split_at(NONCE);
+        if !token.check(ROLE_LISTENER, hello.as_bytes(), &ns, nr, proof) {
+            return Err(LinkError::AuthFailed(Refusal::AuthFailed));
+        }
+        s.write_all(&token.prove(ROLE_DIALER, hello.as_bytes(), &ns, nr))?;
+    }
+    read_status(&mut s)?;
+    let mut peer = [0u8; 8];
+    s.read_exact(&mut peer)?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok((s, u64::from_le_bytes(peer)))
+}
+
+/// What the listener accepts: a new session (`session` None) or a resume
+/// of this one.
+#[derive(Debug, Clone, Default)]
+pub struct Expect<'a> {
+    /// Shared secret, if required.
+    pub token: Option<&'a Token>,
+    /// The session being resumed, if any.
+    pub session: Option<u64>,
+}
+
+/// Listener side: vets one accepted connection's hello (and proof) and
+/// answers; on acceptance tells the dialer `received`, the bytes of its
+/// stream held here. Bounded by `timeout`.
+pub fn vet(
+    s: &mut TcpStream,
+    expect: &Expect<'_>,
+    received: u64,
+    timeout: Duration,
+) -> Result<Hello, LinkError> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut buf = [0u8; 32];
+    s.read_exact(&mut buf)?;
+    let refuse = |s: &mut TcpStream, why: Refusal| {
+        let _ = s.write_all(&[why as u8]);
+        why
+    };
+    let h = match parse_hello(&buf) {
+        Ok(h) => h,
+        Err(e) => {
+            refuse(s, Refusal::BadHello);
+            return Err(e);
+        }
+    };
+    let flags = h.flags.get();
+    match (expect.token, flags & FLAG_AUTH != 0) {
+        (Some(token), true) => {
+            let mut ns = [0u8; NONCE];
+            s.read_exact(&mut ns)?;
+            s.write_all(&[0])?;
+            let nr = random::<NONCE>()?;
+            s.write_all(&nr)?;
+            s.write_all(&token.prove(ROLE_LISTENER, &buf, &ns, &nr))?;
+            let mut proof = [0u8; MAC];
+            s.read_exact(&mut proof)?;
+            if !token.check(ROLE_DIALER, &buf, &ns, &nr, &proof) {
+                return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
+            }
+        }
+        (Some(_), false) => return Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
+        (None, true) => return Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
+        (None, false) => {}
+    }
+    let resume = flags & FLAG_RESUME != 0;
+    let ok = match expect.session {
+        None => !resume,
+        Some(id) => resume && h.session.get() == id,
+    };
+    if !ok {
+        return Err(LinkError::Refused(refuse(s, Refusal::UnknownSession)));
+    }
+    let mut reply = [0u8; 9];
+    reply[1..].copy_from_slice(&received.to_le_bytes());
+    s.write_all(&reply)?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(h)
+}
+
+/// True for errors of the connection itself (worth another try), false
+/// for a refusal or a misconfiguration that another try cannot fix.
+pub fn is_transient(e: &LinkError) -> bool {
+    matches!(e, LinkError::Io(_) | LinkError::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(
+        token_l: Option<Token>,
+        token_d: Option<Token>,
+        expect_session: Option<u64>,
+        dial_session: u64,
+        resume: bool,
+    ) -> (
+        Result<Hello, LinkError>,
+        Result<(TcpStream, u64), LinkError>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let expect = Expect {
+                token: token_l.as_ref(),
+                session: expect_session,
+            };
+            vet(&mut s, &expect, 777, Duration::from_secs(5))
+        });
+        let d = dial(
+            addr,
+            dial_session,
+            resume,
+            555,
+            token_d.as_ref(),
+            Duration::from_secs(5),
+        );
+        (t.join().unwrap(), d)
+    }
+
+    #[test]
+    fn new_and_resumed_sessions_exchange_offsets() {
+        let (l, d) = pair(None, None, None, 42, false);
+        let h = l.unwrap();
+        assert_eq!((h.session.get(), h.received.get()), (42, 555));
+        assert_eq!(d.unwrap().1, 777);
+        let (l, d) = pair(None, None, Some(42), 42, true);
+        assert!(l.is_ok());
+        assert_eq!(d.unwrap().1, 777);
+    }
+
+    #[test]
+    fn strangers_and_wrong_tokens_are_refused() {
+        let (l, d) = pair(None, None, Some(42), 43, true);
+        assert!(matches!(
+            l,
+            Err(LinkError::Refused(Refusal::UnknownSession))
+        ));
+        assert!(matches!(
+            d,
+            Err(LinkError::Refused(Refusal::UnknownSession))
+        ));
+        let (l, _) = pair(None, None, None, 42, true);
+        assert!(matches!(
+            l,
+            Err(LinkError::Refused(Refusal::UnknownSession))
+        ));
+        let k1 = Token::new(b"0123456789abcdef-one").unwrap();
+        let k2 = Token::new(b"0123456789abcdef-two").unwrap();
+        let (l, d) = pair(Some(k1.clone()), Some(k1.clone()), None, 1, false);
+        assert!(l.is_ok() && d.is_ok());
+        let (_, d) = pair(Some(k1.clone()), Some(k2), None, 1, false);
+        assert!(matches!(d, Err(LinkError::AuthFailed(_))));
+        let (l, d) = pair(Some(k1.clone()), None, None, 1, false);
+        assert!(matches!(l, Err(LinkError::Refused(Refusal::AuthRequired))));
+        assert!(matches!(d, Err(LinkError::Refused(Refusal::AuthRequired))));
+        let (l, _) = pair(None, Some(k1), None, 1, false);
+        assert!(matches!(l, Err(LinkError::Refused(Refusal::NoToken))));
+    }
+
+    #[test]
+    fn malformed_hellos() {
+        let good = Hello {
+            magic: MAGIC,
+            version: VERSION.into(),
+            flags: 0.into(),
+            session: 1.into(),
+            received: 0.into(),
+        };
+        assert!(parse_hello(good.as_bytes()).is_ok());
+        assert!(matches!(
+            parse_hello(&good.as_bytes()[..31]),
+            Err(LinkError::BadLength(31))
+        ));
+        let mut b = good;
+        b.magic[0] ^= 1;
+        assert!(matches!(
+            parse_hello(b.as_bytes()),
+            Err(LinkError::BadMagic)
+        ));
+        let mut b = good;
+        b.version = 2.into();
+        assert!(matches!(
+            parse_hello(b.as_bytes()),
+            Err(LinkError::BadVersion(2))
+        ));
+        let mut b = good;
+        b.flags = 4.into();
+        assert!(matches!(
+            parse_hello(b.as_bytes()),
+            Err(LinkError::BadFlags(4))
+        ));
+    }
+}
