@@ -76,10 +76,17 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0
+	mib=64 settle=0 drops=0 outage=5 kept=
 	for o in $gopts; do
-		case $o in memtest_mib=*) mib=${o#*=} ;; settle=*) settle=${o#*=} ;; esac
+		case $o in
+		memtest_mib=*) mib=${o#*=} ;;
+		settle=*) settle=${o#*=} ;;
+		link_drops=*) drops=${o#*=}; continue ;;
+		link_outage=*) outage=${o#*=}; continue ;;
+		esac
+		kept="$kept $o"
 	done
+	gopts=$kept
 	mem=${GUEST_MEM:-256}
 	cat > /tmp/$dom.cfg <<CFG
 name="$dom"
@@ -105,9 +112,37 @@ CFG
 	[ "$settle" -gt 0 ] && { ts "settling ${settle}s"; sleep "$settle"; }
 	recv="xl -vvv migrate-receive"
 	case " $margs " in *" --postcopy "*) recv="$recv --postcopy" ;; esac
-	ts "migrate: xl -vvv migrate $margs -s '' $dom '$recv'"
+	: > "$out/migrate.log"
+	cmd=$recv lpid= dpid=
+	if [ "$drops" -gt 0 ]; then
+		# link-drop: xl's pipe runs through xl-postcopy's resumable
+		# tunnel on 127.0.0.1:7000; its TCP connections are killed
+		# (ss -K) $drops times during post-copy, each time for
+		# $outage s (every reconnection is killed too), then let be.
+		RUST_LOG=info /usr/local/bin/xl-postcopy tunnel listen 127.0.0.1:7000 --stats "$out/tunnel-listen.json" \
+			-- $recv >> "$out/migrate.log" 2>&1 &
+		lpid=$!
+		cmd="env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7000 --stats $out/tunnel-connect.json"
+		(
+			waitfor "$out/migrate.log" 'Post-copy pages' 1 600 || exit 0
+			for i in $(seq 1 "$drops"); do
+				sleep 3
+				ts "link-drop $i/$drops: the link goes down for ${outage}s"
+				end=$(( $(date +%s) + outage )) k=0
+				while [ "$(date +%s)" -lt $end ]; do
+					n=$(ss -K -t state established '( dport = :7000 or sport = :7000 )' 2>/dev/null | grep -c ':7000' || true)
+					k=$((k + n))
+					sleep 0.2
+				done
+				ts "link-drop $i/$drops: link restored ($k connection ends killed)"
+				echo "drop=$i killed=$k outage_s=$outage" >> "$out/drops.log"
+			done
+		) >> "$out/autorun-drops.log" 2>&1 &
+		dpid=$!
+	fi
+	ts "migrate: xl -vvv migrate $margs -s '' $dom '$cmd'"
 	s=$(now)
-	timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$recv" > "$out/migrate.log" 2>&1 &
+	timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$out/migrate.log" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid &
 	monpid=$!
@@ -116,6 +151,11 @@ CFG
 	e=$(now)
 	kill $monpid 2>/dev/null; wait $monpid 2>/dev/null
 	ts "migrate rc=$mrc $(ms "$s" "$e") ms"
+	if [ -n "$lpid" ]; then
+		[ -n "$dpid" ] && { kill $dpid 2>/dev/null; wait $dpid 2>/dev/null; }
+		timeout 60 tail --pid=$lpid -f /dev/null
+		wait $lpid; ts "tunnel listener rc=$?"
+	fi
 	xl list > "$out/xl-list.txt" 2>&1
 	dlog=$(ls -t $cons/guest-$dom--incoming.log 2>/dev/null | head -1)
 	[ -n "$dlog" ] || dlog=$slog
@@ -137,6 +177,8 @@ CFG
 		echo "migrate_rc=$mrc"
 		echo "migrate_ms=$(ms "$s" "$e")"
 		echo "verify_rc=$vrc"
+		echo "link_drops=$drops"
+		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"
 		echo "xl_version='$(xl info | sed -n 's/^xen_extra *: //p')'"

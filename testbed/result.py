@@ -100,6 +100,36 @@ r["integrity_ok"] = bool(
 r["guest_max_stall_ms"] = max(gaps) if gaps else None
 r["guest_kernel"] = kernel
 r["ok"] = r["integrity_ok"]
+# link-drop: the tunnel's counters from both ends, the cuts made.
+link = {}
+for end in ("connect", "listen"):
+    try:
+        link[end] = json.load(open(os.path.join(d, "tunnel-%s.json" % end)))
+    except (OSError, ValueError):
+        pass
+drops = int(meta.get("link_drops", 0) or 0)
+if drops:
+    killed = 0
+    try:
+        for line in open(os.path.join(d, "drops.log")):
+            killed += int(num(line, r"killed=([0-9]+)") or 0)
+    except OSError:
+        pass
+    c = link.get("connect", {})
+    r["link"] = {
+        "drops_planned": drops,
+        "outage_s_each": int(meta.get("link_outage_s", 0) or 0),
+        "connection_ends_killed": killed,
+        "outages": c.get("outages"),
+        "outage_ms_max": c.get("outage_ms_max"),
+        "outage_ms_total": c.get("outage_ms_total"),
+        "bytes_resent": c.get("bytes_resent"),
+        "connections": c.get("connections"),
+        "listen_outages": link.get("listen", {}).get("outages"),
+    }
+    # Passes only if the link really went down during the migration and
+    # the tunnel came back every time.
+    r["ok"] = bool(r["integrity_ok"] and (c.get("outages") or 0) >= 1 and killed >= 1)
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))

@@ -377,5 +377,32 @@ fn main() {
         &out.join("link_hello"),
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n12345",
     );
+    {
+        use xl_plugin::tunnel::frame::{encode, Frame};
+        use xl_plugin::tunnel::hello::{Hello, FLAG_RESUME, MAGIC, VERSION};
+        use zerocopy::IntoBytes;
+        for (flags, received) in [(0, 0), (FLAG_RESUME, 1 << 20)] {
+            let h = Hello {
+                magic: MAGIC,
+                version: VERSION.into(),
+                flags: flags.into(),
+                session: 0x5eed_u64.into(),
+                received: received.into(),
+            };
+            let mut v = h.as_bytes().to_vec();
+            let page = [0xa5u8; 512];
+            encode(
+                &Frame::Data {
+                    offset: received,
+                    bytes: &page,
+                },
+                &mut v,
+            );
+            encode(&Frame::Ack(4096), &mut v);
+            encode(&Frame::Ping, &mut v);
+            encode(&Frame::Fin(received + 512), &mut v);
+            save(&out.join("tunnel_frames"), &v);
+        }
+    }
     println!("{count}+ stream seeds written under {}", out.display());
 }

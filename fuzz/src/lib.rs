@@ -574,3 +574,37 @@ fn check_hello(bytes: &[u8]) {
         }
     }
 }
+
+/// Target `tunnel_frames`: `xl-postcopy tunnel`'s wire. The first 32
+/// bytes go to the listener's hello check (`tunnel::hello::parse_hello`,
+/// accepted exactly when well formed, round-trips); the rest is read as
+/// frames until the first error: every frame decoded must re-encode to
+/// exactly the bytes it came from, and DATA must be 1..=MAX_DATA bytes
+/// without wrapping the stream offset.
+pub fn tunnel_frames(data: &[u8]) {
+    use xl_plugin::tunnel::frame::{encode, Frame, FrameReader, MAX_DATA};
+    use xl_plugin::tunnel::hello::{parse_hello, FLAG_AUTH, FLAG_RESUME, MAGIC, VERSION};
+    use zerocopy::IntoBytes;
+    let (head, rest) = data.split_at(data.len().min(32));
+    if let Ok(h) = parse_hello(head) {
+        assert_eq!(h.as_bytes(), head, "hello does not round-trip");
+        assert_eq!(h.magic, MAGIC);
+        assert_eq!(h.version.get(), VERSION);
+        assert_eq!(h.flags.get() & !(FLAG_RESUME | FLAG_AUTH), 0);
+    }
+    let mut cursor = std::io::Cursor::new(rest);
+    let mut at = 0usize;
+    loop {
+        let mut r = FrameReader::new(&mut cursor);
+        let Ok(frame) = r.next_frame() else { break };
+        if let Frame::Data { offset, bytes } = &frame {
+            assert!(!bytes.is_empty() && bytes.len() <= MAX_DATA);
+            assert!(offset.checked_add(bytes.len() as u64).is_some());
+        }
+        let mut again = Vec::new();
+        encode(&frame, &mut again);
+        let end = usize::try_from(cursor.position()).expect("position fits");
+        assert_eq!(&rest[at..end], &again[..], "frame does not round-trip");
+        at = end;
+    }
+}

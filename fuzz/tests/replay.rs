@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("strategy", xen_postcopy_fuzz::strategy),
     ("trace", xen_postcopy_fuzz::trace),
     ("link_hello", xen_postcopy_fuzz::link_hello),
+    ("tunnel_frames", xen_postcopy_fuzz::tunnel_frames),
 ];
 
 fn replay(dir: &str, name: &str, f: Target) -> usize {
