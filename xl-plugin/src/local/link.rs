@@ -51,8 +51,8 @@ pub const MIN_TOKEN: usize = 16;
 /// Longest token file read.
 pub const MAX_TOKEN: usize = 4096;
 
-pub(crate) const NONCE: usize = 32;
-pub(crate) const MAC: usize = 32;
+const NONCE: usize = 32;
+const MAC: usize = 32;
 
 /// First bytes on each connection.
 #[repr(C)]
@@ -217,7 +217,7 @@ impl Token {
         m
     }
 
-    pub(crate) fn prove(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> [u8; MAC] {
+    fn prove(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> [u8; MAC] {
         let mut out = [0u8; MAC];
         out.copy_from_slice(&self.mac(role, hello, ns, nr).finalize().into_bytes());
         out
@@ -235,10 +235,81 @@ impl Token {
     }
 }
 
-const ROLE_R: &[u8; 5] = b"XPC-R";
-const ROLE_S: &[u8; 5] = b"XPC-S";
+/// The labels that bind a proof to its side of one protocol, so that a
+/// proof can never be replayed from one side (or protocol) to another.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Roles {
+    /// Label of the accepting side's proof.
+    pub listener: &'static [u8; 5],
+    /// Label of the connecting side's proof.
+    pub dialer: &'static [u8; 5],
+}
 
-pub(crate) fn random<const N: usize>() -> io::Result<[u8; N]> {
+const ROLES: Roles = Roles {
+    listener: b"XPC-R",
+    dialer: b"XPC-S",
+};
+
+/// Connecting side of the challenge–response, right after its `hello`
+/// (sent with the auth flag): sends Ns, checks the listener's proof, sends
+/// its own.
+pub(crate) fn dialer_auth(
+    s: &mut TcpStream,
+    token: &Token,
+    hello: &[u8],
+    roles: Roles,
+) -> Result<(), LinkError> {
+    let ns = random::<NONCE>()?;
+    s.write_all(&ns)?;
+    read_status(s)?;
+    let mut reply = [0u8; NONCE + MAC];
+    s.read_exact(&mut reply)?;
+    let (nr, proof) = reply.split_at(NONCE);
+    if !token.check(roles.listener, hello, &ns, nr, proof) {
+        return Err(LinkError::AuthFailed(Refusal::AuthFailed));
+    }
+    s.write_all(&token.prove(roles.dialer, hello, &ns, nr))?;
+    Ok(())
+}
+
+/// Answers a refusal with its status byte (best effort) and returns it.
+pub(crate) fn refuse(s: &mut TcpStream, why: Refusal) -> Refusal {
+    let _ = s.write_all(&[why as u8]);
+    why
+}
+
+/// Accepting side, after reading `hello`: applies the token policy (a
+/// token here must be proven; one offered to a side without a token is
+/// refused) and runs the challenge–response; refusals are answered.
+pub(crate) fn listener_auth(
+    s: &mut TcpStream,
+    token: Option<&Token>,
+    offered: bool,
+    hello: &[u8],
+    roles: Roles,
+) -> Result<(), LinkError> {
+    match (token, offered) {
+        (Some(token), true) => {
+            let mut ns = [0u8; NONCE];
+            s.read_exact(&mut ns)?;
+            s.write_all(&[0])?;
+            let nr = random::<NONCE>()?;
+            s.write_all(&nr)?;
+            s.write_all(&token.prove(roles.listener, hello, &ns, &nr))?;
+            let mut proof = [0u8; MAC];
+            s.read_exact(&mut proof)?;
+            if !token.check(roles.dialer, hello, &ns, &nr, &proof) {
+                return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
+            }
+            Ok(())
+        }
+        (Some(_), false) => Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
+        (None, true) => Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
+        (None, false) => Ok(()),
+    }
+}
+
+fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b)
@@ -321,16 +392,7 @@ impl Dial {
         };
         s.write_all(hello.as_bytes())?;
         if let Some(token) = &self.token {
-            let ns = random::<NONCE>()?;
-            s.write_all(&ns)?;
-            read_status(&mut s)?;
-            let mut reply = [0u8; NONCE + MAC];
-            s.read_exact(&mut reply)?;
-            let (nr, proof) = reply.split_at(NONCE);
-            if !token.check(ROLE_R, hello.as_bytes(), &ns, nr, proof) {
-                return Err(LinkError::AuthFailed(Refusal::AuthFailed));
-            }
-            s.write_all(&token.prove(ROLE_S, hello.as_bytes(), &ns, nr))?;
+            dialer_auth(&mut s, token, hello.as_bytes(), ROLES)?;
         }
         read_status(&mut s)?;
         s.set_read_timeout(None)?;
@@ -391,10 +453,6 @@ fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, L
     s.set_write_timeout(Some(timeout))?;
     let mut buf = [0u8; 32];
     s.read_exact(&mut buf)?;
-    let refuse = |s: &mut TcpStream, why: Refusal| {
-        let _ = s.write_all(&[why as u8]);
-        why
-    };
     let h = match parse_hello(&buf) {
         Ok(h) => h,
         Err(e) => {
@@ -403,24 +461,13 @@ fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, L
         }
     };
     let flags = h.flags.get();
-    match (&expect.token, flags & FLAG_AUTH != 0) {
-        (Some(token), true) => {
-            let mut ns = [0u8; NONCE];
-            s.read_exact(&mut ns)?;
-            s.write_all(&[0])?;
-            let nr = random::<NONCE>()?;
-            s.write_all(&nr)?;
-            s.write_all(&token.prove(ROLE_R, &buf, &ns, &nr))?;
-            let mut proof = [0u8; MAC];
-            s.read_exact(&mut proof)?;
-            if !token.check(ROLE_S, &buf, &ns, &nr, &proof) {
-                return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
-            }
-        }
-        (Some(_), false) => return Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
-        (None, true) => return Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
-        (None, false) => {}
-    }
+    listener_auth(
+        s,
+        expect.token.as_ref(),
+        flags & FLAG_AUTH != 0,
+        &buf,
+        ROLES,
+    )?;
     let resume = flags & FLAG_RESUME != 0;
     let ok = match expect.resume {
         None => !resume,

@@ -21,7 +21,9 @@ use std::time::Duration;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::local::link::{random, read_status, LinkError, Refusal, Token, MAC, NONCE};
+use crate::local::link::{
+    dialer_auth, listener_auth, read_status, refuse, LinkError, Refusal, Roles, Token,
+};
 
 /// "XPCTUN01".
 pub const MAGIC: [u8; 8] = *b"XPCTUN01";
@@ -32,8 +34,10 @@ pub const FLAG_RESUME: u32 = 1;
 /// Hello flag: a challenge–response follows.
 pub const FLAG_AUTH: u32 = 2;
 
-const ROLE_LISTENER: &[u8; 5] = b"XPT-L";
-const ROLE_DIALER: &[u8; 5] = b"XPT-D";
+const ROLES: Roles = Roles {
+    listener: b"XPT-L",
+    dialer: b"XPT-D",
+};
 
 /// First bytes on each tunnel connection.
 #[repr(C)]
@@ -96,16 +100,7 @@ pub fn dial(
     };
     s.write_all(hello.as_bytes())?;
     if let Some(token) = token {
-        let ns = random::<NONCE>()?;
-        s.write_all(&ns)?;
-        read_status(&mut s)?;
-        let mut reply = [0u8; NONCE + MAC];
-        s.read_exact(&mut reply)?;
-        let (nr, proof) = reply.split_at(NONCE);
-        if !token.check(ROLE_LISTENER, hello.as_bytes(), &ns, nr, proof) {
-            return Err(LinkError::AuthFailed(Refusal::AuthFailed));
-        }
-        s.write_all(&token.prove(ROLE_DIALER, hello.as_bytes(), &ns, nr))?;
+        dialer_auth(&mut s, token, hello.as_bytes(), ROLES)?;
     }
     read_status(&mut s)?;
     let mut peer = [0u8; 8];
@@ -139,10 +134,6 @@ pub fn vet(
     s.set_write_timeout(Some(timeout))?;
     let mut buf = [0u8; 32];
     s.read_exact(&mut buf)?;
-    let refuse = |s: &mut TcpStream, why: Refusal| {
-        let _ = s.write_all(&[why as u8]);
-        why
-    };
     let h = match parse_hello(&buf) {
         Ok(h) => h,
         Err(e) => {
@@ -151,24 +142,7 @@ pub fn vet(
         }
     };
     let flags = h.flags.get();
-    match (expect.token, flags & FLAG_AUTH != 0) {
-        (Some(token), true) => {
-            let mut ns = [0u8; NONCE];
-            s.read_exact(&mut ns)?;
-            s.write_all(&[0])?;
-            let nr = random::<NONCE>()?;
-            s.write_all(&nr)?;
-            s.write_all(&token.prove(ROLE_LISTENER, &buf, &ns, &nr))?;
-            let mut proof = [0u8; MAC];
-            s.read_exact(&mut proof)?;
-            if !token.check(ROLE_DIALER, &buf, &ns, &nr, &proof) {
-                return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
-            }
-        }
-        (Some(_), false) => return Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
-        (None, true) => return Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
-        (None, false) => {}
-    }
+    listener_auth(s, expect.token, flags & FLAG_AUTH != 0, &buf, ROLES)?;
     let resume = flags & FLAG_RESUME != 0;
     let ok = match expect.session {
         None => !resume,
