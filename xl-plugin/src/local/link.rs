@@ -272,6 +272,27 @@ pub(crate) fn dialer_auth(
     Ok(())
 }
 
+/// Accepting side: bounds the connection's steps by `timeout`, reads a
+/// 32-byte hello and decodes it with `parse`, refusing a malformed one.
+pub(crate) fn read_hello<H>(
+    s: &mut TcpStream,
+    timeout: Duration,
+    parse: fn(&[u8]) -> Result<H, LinkError>,
+) -> Result<(H, [u8; 32]), LinkError> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut buf = [0u8; 32];
+    s.read_exact(&mut buf)?;
+    match parse(&buf) {
+        Ok(h) => Ok((h, buf)),
+        Err(e) => {
+            refuse(s, Refusal::BadHello);
+            Err(e)
+        }
+    }
+}
+
 /// Answers a refusal with its status byte (best effort) and returns it.
 pub(crate) fn refuse(s: &mut TcpStream, why: Refusal) -> Refusal {
     let _ = s.write_all(&[why as u8]);
@@ -448,18 +469,7 @@ pub struct Expect {
 /// Reads and vets one connection's hello (and proof), answering with the
 /// status byte.
 fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, LinkError> {
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut buf = [0u8; 32];
-    s.read_exact(&mut buf)?;
-    let h = match parse_hello(&buf) {
-        Ok(h) => h,
-        Err(e) => {
-            refuse(s, Refusal::BadHello);
-            return Err(e);
-        }
-    };
+    let (h, buf) = read_hello(s, timeout, parse_hello)?;
     let flags = h.flags.get();
     listener_auth(
         s,

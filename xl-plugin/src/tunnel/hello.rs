@@ -22,7 +22,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::local::link::{
-    dialer_auth, listener_auth, read_status, refuse, LinkError, Refusal, Roles, Token,
+    dialer_auth, listener_auth, read_hello, read_status, refuse, LinkError, Refusal, Roles, Token,
 };
 
 /// "XPCTUN01".
@@ -129,18 +129,7 @@ pub fn vet(
     received: u64,
     timeout: Duration,
 ) -> Result<Hello, LinkError> {
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut buf = [0u8; 32];
-    s.read_exact(&mut buf)?;
-    let h = match parse_hello(&buf) {
-        Ok(h) => h,
-        Err(e) => {
-            refuse(s, Refusal::BadHello);
-            return Err(e);
-        }
-    };
+    let (h, buf) = read_hello(s, timeout, parse_hello)?;
     let flags = h.flags.get();
     listener_auth(s, expect.token, flags & FLAG_AUTH != 0, &buf, ROLES)?;
     let resume = flags & FLAG_RESUME != 0;
