@@ -122,6 +122,7 @@ fn main() {
         .allowlist_function("xc_get_pfn_type_batch")
         .allowlist_function("xc_vm_event_enable")
         .allowlist_function("xc_mem_paging_.*")
+        .allowlist_function("xc_memory_op")
         .allowlist_function("xc_shadow_control|xc_logdirty_control")
         .allowlist_function("xc__hypercall_buffer_(alloc|free)_pages")
         .allowlist_function("xc_(report_progress_single|set_progress_prefix|report_progress_step)")
@@ -132,6 +133,7 @@ fn main() {
         .allowlist_function("libxl_(ctx_alloc|ctx_free|domain_info|dominfo_init|dominfo_dispose)")
         // Types: what those need plus the vm_event ring and HVM save records.
         .allowlist_type("vm_event_(request|response)_t")
+        .allowlist_type("xen_mem_paging_op_t")
         .allowlist_type("vm_event_(sring|sring_entry|back_ring|front_ring)")
         .allowlist_type("hvm_hw_cpu|hvm_save_descriptor")
         .allowlist_type("xc_shadow_op_stats_t|xc_hypercall_buffer_t|xc_stream_type_t")
@@ -140,7 +142,7 @@ fn main() {
         // Constants (object-like macros bindgen can evaluate).
         .allowlist_var("XC_PAGE_(SHIFT|SIZE)")
         .allowlist_var("XCFLAGS_.*|XGS_POLICY_.*")
-        .allowlist_var("XENMEM_paging_op_.*")
+        .allowlist_var("XENMEM_paging_op|XENMEM_paging_op_.*")
         .allowlist_var("XEN_DOMCTL_PFINFO_.*|XEN_DOMCTL_SHADOW_(OP|LOGDIRTY)_.*")
         .allowlist_var("VM_EVENT_(INTERFACE_VERSION|FLAG_.*|REASON_MEM_PAGING)|MEM_PAGING_.*")
         .allowlist_var("HVM_PARAM_.*")

@@ -76,7 +76,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh kept=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= kept=
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -84,6 +84,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		link_drops=*) drops=${o#*=}; continue ;;
 		link_outage=*) outage=${o#*=}; continue ;;
 		guest=*) gtype=${o#*=}; continue ;;
+		evict=*) evict=${o#*=}; continue ;;
 		esac
 		kept="$kept $o"
 	done
@@ -157,7 +158,9 @@ CFG
 	fi
 	ts "migrate: xl -vvv migrate $margs -s '' $dom '$cmd'"
 	s=$(now)
-	timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$out/migrate.log" 2>&1 &
+	# evict=per-page: the destination pages owed pfns out with populate +
+	# nominate + evict, not the hypervisor's range op (for comparison).
+	LIBXL_POSTCOPY_EVICT=$evict timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$out/migrate.log" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid &
 	monpid=$!
@@ -194,6 +197,7 @@ CFG
 		echo "verify_rc=$vrc"
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
+		echo "evict=${evict:-range}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"

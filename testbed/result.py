@@ -93,6 +93,13 @@ for f in glob.glob(os.path.join(d, "guest-*.log")):
         if m:
             kernel = m.group(1)
 r["verified_passes_after_migration"] = passes
+# The destination's page-out of the owed pfns (inside the downtime).
+m = re.search(r"paged out (\d+) owed pfns in ([0-9.]+)(ms|s|µs|us) \((\d+) by range, (\d+) page by page\)", log)
+if m:
+    scale = {"s": 1000.0, "ms": 1.0, "µs": 0.001, "us": 0.001}[m.group(3)]
+    r["page_out"] = {"pfns": int(m.group(1)), "ms": round(float(m.group(2)) * scale, 1),
+                     "by_range": int(m.group(4)), "by_page": int(m.group(5))}
+r["evict"] = meta.get("evict")
 r["integrity_ok"] = bool(
     meta.get("migrate_rc") == "0" and meta.get("verify_rc") == "0" and bad == 0 and passes >= 2
     and syscalls_bad == 0

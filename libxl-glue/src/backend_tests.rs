@@ -202,6 +202,21 @@ fn mark_absent_populates_then_evicts_every_owed_pfn() {
     assert!((0..5).all(|p| st.pages.contains_key(&p)));
     drop(st);
     assert_eq!(d.absent(), 2003);
+    // Pfns 5..10 had pages (page by page); the holes went by range.
+    let (by_range, by_page, _) = d.page_out_stats();
+    assert_eq!((by_range, by_page), (1998, 5));
+    let calls = x.state().calls.clone();
+    let ranges = calls
+        .iter()
+        .filter(|c| *c == "XENMEM_paging_op_absent_range")
+        .count();
+    // One per batch of holes (1024 pfns a batch: 10..1029, 1029..2005 +
+    // 2500..2503 as two runs), plus one stopping at each of 5..10.
+    assert_eq!(ranges, 8, "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| *c == "xc_mem_paging_evict").count(),
+        5
+    );
     // Repeating a run does nothing (no double populate: the fake asserts).
     d.mark_absent(&[PfnRun {
         start: 5,
@@ -215,6 +230,32 @@ fn mark_absent_populates_then_evicts_every_owed_pfn() {
         count: 1,
     }]);
     assert!(e.is_err());
+}
+
+#[test]
+fn without_the_range_op_every_owed_pfn_goes_out_page_by_page() {
+    // An unpatched hypervisor: ENOSYS for the op, once; then the old way.
+    let x = dest_domain(3000);
+    x.state()
+        .fail
+        .insert("XENMEM_paging_op_absent_range", libc::ENOSYS);
+    let d = XenDestination::new(x.clone(), 3000).unwrap();
+    d.mark_absent(&[PfnRun {
+        start: 100,
+        count: 1500,
+    }])
+    .unwrap();
+    assert_eq!(d.page_out_stats().0, 0);
+    assert_eq!(d.page_out_stats().1, 1500);
+    let st = x.state();
+    assert!((100..1600).all(|p| st.paged.contains(&p)));
+    assert_eq!(
+        st.calls
+            .iter()
+            .filter(|c| *c == "XENMEM_paging_op_absent_range")
+            .count(),
+        1
+    );
 }
 
 #[test]

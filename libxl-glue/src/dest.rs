@@ -29,7 +29,7 @@ use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::ring::{paging_response, BackRing};
 use crate::source::mem_err;
-use crate::xc::{has_content, XcError, XenOps, MAX_BATCH};
+use crate::xc::{has_content, XcError, XenOps, ABSENT_RANGE_MAX, MAX_BATCH};
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
@@ -55,7 +55,20 @@ struct State {
     faults: VecDeque<Fault>,
     /// Evicted and not yet loaded or dropped.
     absent: u64,
+    /// How the owed pfns were paged out: by range, page by page, and the
+    /// time it took (the destination's share of the downtime).
+    by_range: u64,
+    by_page: u64,
+    page_out_time: Duration,
+    /// False once the hypervisor turned the range op down (or
+    /// `LIBXL_POSTCOPY_EVICT=per-page` asked for the old way).
+    range_op: bool,
 }
+
+/// Environment switch: `per-page` pages owed pfns out with populate +
+/// nominate + evict even when the hypervisor has the range op (to compare
+/// the two on one host).
+pub const EVICT_ENV: &str = "LIBXL_POSTCOPY_EVICT";
 
 fn bit(b: &BitVec, p: Pfn) -> bool {
     usize::try_from(p)
@@ -97,6 +110,7 @@ impl<O: XenOps> XenDestination<O> {
                 evicted: BitVec::repeat(false, n),
                 loaded: BitVec::repeat(false, n),
                 dropped: BitVec::repeat(false, n),
+                range_op: std::env::var(EVICT_ENV).map_or(true, |v| v != "per-page"),
                 ..State::default()
             }),
         })
@@ -114,6 +128,69 @@ impl<O: XenOps> XenDestination<O> {
             });
         }
         Ok(())
+    }
+
+    /// Pages out `pfns` (none paged out yet, ascending): consecutive ones
+    /// by range with one hypercall per [`ABSENT_RANGE_MAX`], a pfn that
+    /// already has a page (or all of them, without the range op) with
+    /// populate + nominate + evict.
+    fn page_out(&self, pfns: &[Pfn]) -> MemResult<()> {
+        let mut i = 0;
+        while i < pfns.len() {
+            if !self.lock().range_op {
+                return self.evict_each(&pfns[i..]);
+            }
+            let mut j = i + 1;
+            while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 && j - i < ABSENT_RANGE_MAX as usize
+            {
+                j += 1;
+            }
+            let nr = u32::try_from(j - i).unwrap_or(ABSENT_RANGE_MAX);
+            let done = match self.ops.paging_absent_range(pfns[i], nr) {
+                Ok(d) => usize::try_from(d).unwrap_or(0).min(j - i),
+                Err(e @ XcError::PagingUnavailable { .. }) => {
+                    info!("paging owed pfns out page by page: {e}");
+                    self.lock().range_op = false;
+                    continue;
+                }
+                Err(e) => return Err(mem_err(e)),
+            };
+            {
+                let mut st = self.lock();
+                for &p in &pfns[i..i + done] {
+                    set(&mut st.evicted, p);
+                }
+                st.absent += done as u64;
+                st.by_range += done as u64;
+            }
+            i += done;
+            if i < j {
+                // Not a hole: it has a page already.
+                self.evict_each(&pfns[i..=i])?;
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Populate (where needed) + nominate + evict, page by page.
+    fn evict_each(&self, pfns: &[Pfn]) -> MemResult<()> {
+        self.populate_missing(pfns)?;
+        for &p in pfns {
+            self.ops.paging_nominate(p).map_err(mem_err)?;
+            self.ops.paging_evict(p).map_err(mem_err)?;
+            let mut st = self.lock();
+            set(&mut st.evicted, p);
+            st.absent += 1;
+            st.by_page += 1;
+        }
+        Ok(())
+    }
+
+    /// How the owed pfns went out so far: (by range, page by page, time).
+    pub fn page_out_stats(&self) -> (u64, u64, Duration) {
+        let st = self.lock();
+        (st.by_range, st.by_page, st.page_out_time)
     }
 
     /// Owed pages still absent (evicted, not loaded, not dropped).
@@ -386,14 +463,9 @@ impl<O: XenOps> DestinationMemory for XenDestination<O> {
                 let st = self.lock();
                 batch.retain(|&p| !bit(&st.evicted, p));
             }
-            self.populate_missing(&batch)?;
-            for &p in &batch {
-                self.ops.paging_nominate(p).map_err(mem_err)?;
-                self.ops.paging_evict(p).map_err(mem_err)?;
-                let mut st = self.lock();
-                set(&mut st.evicted, p);
-                st.absent += 1;
-            }
+            let t = Instant::now();
+            self.page_out(&batch)?;
+            self.lock().page_out_time += t.elapsed();
         }
         Ok(())
     }

@@ -385,6 +385,28 @@ impl XenOps for FakeXen {
         Ok(())
     }
 
+    fn paging_absent_range(&self, first: Pfn, nr: u32) -> XcResult<u32> {
+        let mut st = self.state();
+        self.call(&mut st, "XENMEM_paging_op_absent_range")?;
+        if !st.paging {
+            return Err(XcError::from_errno(
+                "XENMEM_paging_op_absent_range",
+                libc::ENODEV,
+                Some(first),
+            ));
+        }
+        let mut done = 0;
+        for p in first..first + u64::from(nr) {
+            // As Xen: stop at the first gfn that is not a hole.
+            if st.pages.contains_key(&p) || st.paged.contains(&p) {
+                break;
+            }
+            st.paged.insert(p);
+            done += 1;
+        }
+        Ok(done)
+    }
+
     fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()> {
         let mut st = self.state();
         self.call(&mut st, "xc_mem_paging_load")?;

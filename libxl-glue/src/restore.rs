@@ -279,6 +279,11 @@ impl<O: XenOps> RestoreSession<O> {
                     "end of the pre-switch records ({}-byte marker): READY",
                     s.len()
                 );
+                let (by_range, by_page, took) = self.mem.page_out_stats();
+                info!(
+                    "paged out {} owed pfns in {took:?} ({by_range} by range, {by_page} page by page)",
+                    by_range + by_page
+                );
                 let mut back = RecordWriter::new(FdIo::new(self.back_fd));
                 back.empty(RecordType::Ready)?;
                 back.flush()?;

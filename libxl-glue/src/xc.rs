@@ -41,6 +41,20 @@ pub fn has_content(t: PfnType) -> bool {
 /// MAX_BATCH_SIZE in xg_sr_common.h).
 pub const MAX_BATCH: usize = 1024;
 
+/// `XENMEM_paging_op_absent_range`, added to the public `memory.h` by
+/// `patches/xen-4.17/xen-mem-paging-absent-range.patch` (Debian's
+/// headers, which the bindings use, do not have it).
+const XENMEM_PAGING_OP_ABSENT_RANGE: u8 = 3;
+/// `XENMEM_paging_absent_range_max` of the same patch.
+pub const ABSENT_RANGE_MAX: u32 = 1024;
+/// The name errors carry for that op.
+const ABSENT_RANGE_OP: &str = "XENMEM_paging_op_absent_range";
+
+/// The domain id as Xen's 16-bit `domid_t`.
+fn domid_t(domid: u32) -> XcResult<u16> {
+    u16::try_from(domid).map_err(|_| XcError::from_errno("domid_t", libc::EINVAL, None))
+}
+
 /// A failed Xen call, by meaning.
 #[derive(Debug, thiserror::Error)]
 pub enum XcError {
@@ -115,7 +129,7 @@ pub enum XcError {
 impl XcError {
     /// Maps an errno from call `op` (about `pfn`, if any) to its meaning.
     pub fn from_errno(op: &'static str, errno: i32, pfn: Option<Pfn>) -> XcError {
-        let paging_op = op.starts_with("xc_mem_paging");
+        let paging_op = op.starts_with("xc_mem_paging") || op == ABSENT_RANGE_OP;
         match errno {
             libc::ENOENT if op == "xc_mem_paging_load" => XcError::NotPagedOut {
                 op,
@@ -132,6 +146,10 @@ impl XcError {
             libc::ENODEV if paging_op => XcError::PagingUnavailable {
                 op,
                 why: "mem_paging is not enabled on the domain",
+            },
+            libc::ENOSYS if op == ABSENT_RANGE_OP => XcError::PagingUnavailable {
+                op,
+                why: "the hypervisor lacks XENMEM_paging_op_absent_range (patches/xen-4.17/xen-mem-paging-absent-range.patch)",
             },
             libc::ENOSYS if paging_op => XcError::PagingUnavailable {
                 op,
@@ -217,6 +235,13 @@ pub trait XenOps: Send + Sync {
     fn paging_nominate(&self, pfn: Pfn) -> XcResult<()>;
     /// `xc_mem_paging_evict`.
     fn paging_evict(&self, pfn: Pfn) -> XcResult<()>;
+    /// `XENMEM_paging_op_absent_range` (our hypervisor patch
+    /// `xen-mem-paging-absent-range.patch`): marks up to
+    /// [`ABSENT_RANGE_MAX`] never-populated gfns from `first` as paged out
+    /// in one call. Returns how many were marked: fewer than `nr` when
+    /// the next gfn has a page (that one must be paged out the old way).
+    /// [`XcError::PagingUnavailable`] when the hypervisor lacks the op.
+    fn paging_absent_range(&self, first: Pfn, nr: u32) -> XcResult<u32>;
     /// `xc_mem_paging_load` (one page).
     fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()>;
     /// `xenforeignmemory_map` of one page read-write, kept mapped (the
@@ -601,6 +626,39 @@ impl XenOps for LibXc {
             return Err(err("xc_mem_paging_evict", Some(pfn)));
         }
         Ok(())
+    }
+
+    fn paging_absent_range(&self, first: Pfn, nr: u32) -> XcResult<u32> {
+        let mut mpo = sys::xen_mem_paging_op_t {
+            op: XENMEM_PAGING_OP_ABSENT_RANGE,
+            domain: domid_t(self.domid)?,
+            // For this op the handle's value is the count, in and out.
+            buffer: sys::__guest_handle_const_uint8 {
+                p: std::ptr::without_provenance(nr as usize),
+            },
+            gfn: first,
+        };
+        let h = self.lock();
+        // SAFETY: xch is live; mpo is a complete xen_mem_paging_op that
+        // xc_memory_op bounces into a hypercall buffer and back.
+        let rc = unsafe {
+            sys::xc_memory_op(
+                h.xch,
+                sys::XENMEM_paging_op,
+                std::ptr::from_mut(&mut mpo).cast(),
+                size_of_val(&mpo),
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let done = u32::try_from(mpo.buffer.p.addr()).unwrap_or(0).min(nr);
+        if rc == 0 || errno == libc::EEXIST {
+            return Ok(done);
+        }
+        Err(XcError::from_errno(
+            ABSENT_RANGE_OP,
+            errno,
+            Some(first + u64::from(done)),
+        ))
     }
 
     fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()> {
