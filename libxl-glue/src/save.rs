@@ -209,6 +209,7 @@ impl<O: XenOps> SaveSession<O> {
         let mem = XenSource::new(ops)?;
         let n = mem.pfn_count();
         let populated = mem.populated_in(0, n)?;
+        let scanned = stopped_at.elapsed();
         let pop_bits = bits_of(n, populated.iter().copied());
         let pop = |p: Pfn| {
             usize::try_from(p)
@@ -270,6 +271,7 @@ impl<O: XenOps> SaveSession<O> {
         } else {
             Vec::new()
         };
+        let walked = stopped_at.elapsed();
         let owed = runs_from_sorted(owed);
         let (sid, sarg) = strategy.wire_id();
         let mut stream = RecordWriter::new(FdIo::new(stream_fd));
@@ -303,6 +305,12 @@ impl<O: XenOps> SaveSession<O> {
         info!(
             "post-copy source: {} pfns, {} populated, {} owed in {} runs, {} sent before the switch ({} special, {} vCPUs walked), strategy {strategy}",
             n, summary.populated, owed_count, owed.len(), summary.sent_now, special_count, summary.vcpus
+        );
+        info!(
+            "post-copy source: begin took {:?} (populated scan {scanned:?}, page-table walks {:?}, must-present pages {:?})",
+            stopped_at.elapsed(),
+            walked - scanned,
+            stopped_at.elapsed() - walked
         );
         Ok((
             SaveSession {
@@ -358,7 +366,10 @@ impl<O: XenOps> SaveSession<O> {
             let n = self.mem.pfn_count();
             let mut back = RecordReader::new(FdIo::new(self.back_fd), Some(n));
             match back.next_record()? {
-                Record::Ready => debug!("destination READY"),
+                Record::Ready => info!(
+                    "post-copy source: destination READY {:?} after the stop",
+                    self.stopped_at.elapsed()
+                ),
                 Record::Abort(reason) => {
                     warn!("destination refused the switch: {reason}");
                     return Err(Error::PeerAborted(reason));
