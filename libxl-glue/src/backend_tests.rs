@@ -57,44 +57,6 @@ fn source_lists_populated_pfns_in_batches_and_skips_holes() {
     assert_eq!(type_calls, 3, "1024 pfns a call");
 }
 
-fn type_calls(x: &FakeXen) -> usize {
-    x.state()
-        .calls
-        .iter()
-        .filter(|c| *c == "xc_get_pfn_type_batch")
-        .count()
-}
-
-#[test]
-fn the_populated_scan_stops_once_every_owned_page_is_found() {
-    // RAM low, special pages near the top of a 0x40000-pfn space.
-    let n: Pfn = 0x40000;
-    let x = Arc::new(FakeXen::new(1, n - 1));
-    let low: Vec<Pfn> = (0..2500).filter(|p| p % 5 != 0).collect();
-    let high = [n - 8, n - 2];
-    for &p in low.iter().chain(&high) {
-        x.fill(p, page_byte(p));
-    }
-    let src = XenSource::new(x.clone()).unwrap();
-    let owned = crate::xc::XenOps::tot_pages(&*x).unwrap();
-    let (pfns, upto) = src
-        .populated_counted(owned, &[n - 8, n - 5, n - 2, n + 10])
-        .unwrap();
-    let full = src.populated_in(0, n).unwrap();
-    assert_eq!(pfns, full, "the counted scan misses or adds pfns");
-    assert_eq!(upto, 3072, "stops after the batch holding the last RAM pfn");
-    // 1 call for the special pfns + 3 for pfns 0..3072, then the full
-    // scan's 256 for the comparison.
-    assert_eq!(type_calls(&x), 1 + 3 + 256);
-
-    // A page the domain owns outside its physmap: the count is never
-    // reached, and the scan covers everything (still exact).
-    x.state().unmapped_pages = 1;
-    let (pfns, upto) = src.populated_counted(owned + 1, &high).unwrap();
-    assert_eq!(pfns, full);
-    assert_eq!(upto, n);
-}
-
 #[test]
 fn source_reads_pages_and_maps_errors() {
     let x = Arc::new(FakeXen::new(1, 2047));

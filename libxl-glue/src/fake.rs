@@ -41,9 +41,6 @@ pub struct FakeState {
     pub overflow: Vec<Pfn>,
     /// Log-dirty mode on, and the dirty set.
     pub logdirty: Option<BTreeSet<Pfn>>,
-    /// Pages the domain owns that are not in its physmap (counted in
-    /// `tot_pages`, like Xen's ioreq server pages).
-    pub unmapped_pages: u64,
     paging: bool,
     ring_mapped: bool,
     evtchn_pending: bool,
@@ -85,7 +82,6 @@ impl FakeXen {
                 responses: Vec::new(),
                 overflow: Vec::new(),
                 logdirty: None,
-                unmapped_pages: 0,
                 paging: false,
                 ring_mapped: false,
                 evtchn_pending: false,
@@ -217,12 +213,6 @@ impl XenOps for FakeXen {
         let mut st = self.state();
         self.call(&mut st, "xc_domain_maximum_gpfn")?;
         Ok(st.max_gpfn)
-    }
-
-    fn tot_pages(&self) -> XcResult<u64> {
-        let mut st = self.state();
-        self.call(&mut st, "xc_domain_getinfolist")?;
-        Ok(st.pages.len() as u64 + st.unmapped_pages)
     }
 
     fn pfn_types(&self, pfns: &[Pfn]) -> XcResult<Vec<PfnType>> {

@@ -208,21 +208,7 @@ impl<O: XenOps> SaveSession<O> {
         let metrics = Metrics::new();
         let mem = XenSource::new(ops)?;
         let n = mem.pfn_count();
-        // What Xen touches on the guest's behalf: the special pages sit
-        // just below 4 GiB, far above the RAM of a small guest.
-        let special = special_pfns(|param| mem.ops().hvm_param(param).ok());
-        let populated = match mem.ops().tot_pages() {
-            Ok(owned) => {
-                let high: Vec<Pfn> = special.iter().copied().collect();
-                let (pfns, upto) = mem.populated_counted(owned, &high)?;
-                debug!("populated scan: {upto:#x} of {n:#x} pfns for {owned} owned pages");
-                pfns
-            }
-            Err(e) => {
-                warn!("cannot read the domain's page count ({e}): scanning every pfn");
-                mem.populated_in(0, n)?
-            }
-        };
+        let populated = mem.populated_in(0, n)?;
         let scanned = stopped_at.elapsed();
         let pop_bits = bits_of(n, populated.iter().copied());
         let pop = |p: Pfn| {
@@ -232,7 +218,9 @@ impl<O: XenOps> SaveSession<O> {
                 .unwrap_or(false)
         };
 
+        // What Xen touches on the guest's behalf.
         let ops = mem.ops().clone();
+        let special = special_pfns(|param| ops.hvm_param(param).ok());
         let context = ops.hvm_context().map_err(mem_err)?;
         let vcpus = parse_hvm_context(&context)
             .map_err(|e| Error::Protocol(format!("cannot read the domain's HVM context: {e}")))?;

@@ -79,58 +79,6 @@ impl<O: XenOps> XenSource<O> {
     }
 }
 
-impl<O: XenOps> XenSource<O> {
-    /// The populated pfns, sorted, with as few type queries as possible:
-    /// `high` (pfns that may sit anywhere, like the special pages just
-    /// below 4 GiB) is checked first; the scan then goes up from pfn 0
-    /// only until the domain's `owned` page count is accounted for. Xen
-    /// reports a pfn as populated only for a page the domain owns (a
-    /// grant or foreign mapping reads as a hole), so the count is reached
-    /// only once every populated pfn is found; pages owned but not mapped
-    /// keep it from being reached, and the scan then covers every pfn as
-    /// [`XenSource::populated_in`] does. Returns the pfns and where the
-    /// scan stopped.
-    pub fn populated_counted(&self, owned: u64, high: &[Pfn]) -> MemResult<(Vec<Pfn>, Pfn)> {
-        let n = self.pfns;
-        let mut high: Vec<Pfn> = high.iter().copied().filter(|&p| p < n).collect();
-        high.sort_unstable();
-        high.dedup();
-        let mut found_high = Vec::new();
-        for chunk in high.chunks(MAX_BATCH) {
-            let types = self.ops.pfn_types(chunk).map_err(mem_err)?;
-            found_high.extend(
-                chunk
-                    .iter()
-                    .zip(&types)
-                    .filter(|(_, &t)| has_content(t))
-                    .map(|(&p, _)| p),
-            );
-        }
-        let target = owned.saturating_sub(found_high.len() as u64);
-        let mut out = Vec::new();
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut p = 0;
-        while p < n && (out.len() as u64) < target {
-            batch.clear();
-            batch.extend(
-                (p..n.min(p + MAX_BATCH as u64)).filter(|q| high.binary_search(q).is_err()),
-            );
-            let types = self.ops.pfn_types(&batch).map_err(mem_err)?;
-            out.extend(
-                batch
-                    .iter()
-                    .zip(&types)
-                    .filter(|(_, &t)| has_content(t))
-                    .map(|(&q, _)| q),
-            );
-            p = n.min(p + MAX_BATCH as u64);
-        }
-        out.extend(found_high);
-        out.sort_unstable();
-        Ok((out, p))
-    }
-}
-
 impl<O: XenOps> SourceMemory for XenSource<O> {
     fn pfn_count(&self) -> u64 {
         self.pfns

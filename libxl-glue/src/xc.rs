@@ -212,9 +212,6 @@ pub trait XenOps: Send + Sync {
     fn domid(&self) -> u32;
     /// `xc_domain_maximum_gpfn`: the highest gpfn the domain has.
     fn maximum_gpfn(&self) -> XcResult<Pfn>;
-    /// `xc_domain_getinfolist` for this domain: the pages it owns
-    /// (`tot_pages`).
-    fn tot_pages(&self) -> XcResult<u64>;
     /// `xc_get_pfn_type_batch` (at most [`MAX_BATCH`] pfns).
     fn pfn_types(&self, pfns: &[Pfn]) -> XcResult<Vec<PfnType>>;
     /// `xenforeignmemory_map` read-only, copy into `out`
@@ -474,22 +471,6 @@ impl XenOps for LibXc {
             return Err(err("xc_domain_maximum_gpfn", None));
         }
         Ok(gpfns as Pfn)
-    }
-
-    fn tot_pages(&self) -> XcResult<u64> {
-        let op = "xc_domain_getinfolist";
-        // SAFETY: xc_domaininfo_t is plain data; all-zero is a valid value.
-        let mut info: sys::xc_domaininfo_t = unsafe { std::mem::zeroed() };
-        let h = self.lock();
-        // SAFETY: xch is live; info is a valid out-pointer for one entry.
-        let rc = unsafe { sys::xc_domain_getinfolist(h.xch, self.domid, 1, &mut info) };
-        if rc < 0 {
-            return Err(err(op, None));
-        }
-        if rc != 1 || u32::from(info.domain) != self.domid {
-            return Err(XcError::from_errno(op, libc::ESRCH, None));
-        }
-        Ok(info.tot_pages)
     }
 
     fn pfn_types(&self, pfns: &[Pfn]) -> XcResult<Vec<PfnType>> {
