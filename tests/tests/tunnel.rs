@@ -261,3 +261,20 @@ fn a_wrong_token_is_refused_before_any_byte_moves() {
     assert_eq!(lcode, 1, "{lerr}");
     assert!(lerr.contains("refused a connection"), "{lerr}");
 }
+
+#[test]
+fn off_loopback_both_ends_insist_on_a_token() {
+    for args in [
+        &["tunnel", "connect", "192.0.2.1:7000"][..],
+        &["tunnel", "listen", "0.0.0.0:0", "--", "cat"][..],
+    ] {
+        let out = Command::new(xl_postcopy().unwrap())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("--token-file"), "{err}");
+    }
+}

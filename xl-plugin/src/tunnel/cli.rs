@@ -17,7 +17,8 @@ use crate::local::link::Token;
 #[derive(Subcommand, Debug)]
 pub enum TunnelCmd {
     /// Source end: relay stdin/stdout to a listening end (use as the
-    /// command of `xl migrate -s ''`).
+    /// command of `xl migrate -s ''`; a non-loopback one needs
+    /// --token-file).
     Connect {
         /// The listening end.
         addr: SocketAddr,
@@ -116,9 +117,15 @@ impl TunnelCmd {
                 connect_timeout,
                 common,
             } => {
+                let token = common.token()?;
+                if token.is_none() && !addr.ip().is_loopback() {
+                    return Err(TunnelError::Fatal(format!(
+                        "sending guest memory to {addr} without proof of who listens there: give --token-file"
+                    )));
+                }
                 let opts = DialOpts {
                     addr: *addr,
-                    token: common.token()?,
+                    token,
                     cfg: common.config()?,
                     connect_timeout: secs("connect-timeout", *connect_timeout)?,
                 };
