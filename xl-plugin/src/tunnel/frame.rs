@@ -10,7 +10,8 @@
 //! - DATA: `len` bytes starting at stream offset `offset` (1..=[`MAX_DATA`]);
 //! - ACK: the sender of the frame holds every byte below `offset`;
 //! - FIN: the sender's input ended; its stream is `offset` bytes long;
-//! - PING: nothing; keeps a silent peer distinguishable from a dead one.
+//! - PING: nothing (offset 0); keeps a silent peer distinguishable from a
+//!   dead one.
 
 use std::io::{self, Read, Write};
 
@@ -88,7 +89,7 @@ pub enum FrameError {
     /// Unknown kind byte.
     #[error("unknown tunnel frame kind {0}")]
     UnknownKind(u8),
-    /// Reserved bytes not zero.
+    /// Reserved bytes (or a PING's offset) not zero.
     #[error("tunnel frame has nonzero reserved bytes")]
     Reserved,
     /// DATA with no payload or too much.
@@ -129,6 +130,8 @@ pub fn parse_header(bytes: &[u8; 16]) -> Result<(Kind, usize, u64), FrameError> 
             Ok((kind, n, offset))
         }
         _ if len != 0 => Err(FrameError::UnexpectedPayload { kind, len }),
+        // A PING carries nothing; its offset is reserved like the rest.
+        Kind::Ping if offset != 0 => Err(FrameError::Reserved),
         _ => Ok((kind, 0, offset)),
     }
 }
