@@ -131,9 +131,9 @@ impl<O: XenOps> XenDestination<O> {
     }
 
     /// Pages out `pfns` (none paged out yet, ascending): consecutive ones
-    /// by range with one hypercall per [`ABSENT_RANGE_MAX`], a pfn that
-    /// already has a page (or all of them, without the range op) with
-    /// populate + nominate + evict.
+    /// by range with one hypercall per [`ABSENT_RANGE_MAX`] (holes and
+    /// pages alike); a pfn the range op stops at, or all of them without
+    /// the op, with populate + nominate + evict.
     fn page_out(&self, pfns: &[Pfn]) -> MemResult<()> {
         let mut i = 0;
         while i < pfns.len() {
@@ -165,7 +165,7 @@ impl<O: XenOps> XenDestination<O> {
             }
             i += done;
             if i < j {
-                // Not a hole: it has a page already.
+                // Neither a hole nor a page: the old way says why.
                 self.evict_each(&pfns[i..=i])?;
                 i += 1;
             }

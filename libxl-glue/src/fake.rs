@@ -397,10 +397,13 @@ impl XenOps for FakeXen {
         }
         let mut done = 0;
         for p in first..first + u64::from(nr) {
-            // As Xen: stop at the first gfn that is not a hole.
-            if st.pages.contains_key(&p) || st.paged.contains(&p) {
+            // As Xen: a page is nominated and evicted, a hole marked; a
+            // gfn already paged out is neither and stops the call.
+            if st.paged.contains(&p) {
                 break;
             }
+            st.pages.remove(&p);
+            st.nominated.remove(&p);
             st.paged.insert(p);
             done += 1;
         }

@@ -236,11 +236,12 @@ pub trait XenOps: Send + Sync {
     /// `xc_mem_paging_evict`.
     fn paging_evict(&self, pfn: Pfn) -> XcResult<()>;
     /// `XENMEM_paging_op_absent_range` (our hypervisor patch
-    /// `xen-mem-paging-absent-range.patch`): marks up to
-    /// [`ABSENT_RANGE_MAX`] never-populated gfns from `first` as paged out
-    /// in one call. Returns how many were marked: fewer than `nr` when
-    /// the next gfn has a page (that one must be paged out the old way).
-    /// [`XcError::PagingUnavailable`] when the hypervisor lacks the op.
+    /// `xen-mem-paging-absent-range.patch`): pages out up to
+    /// [`ABSENT_RANGE_MAX`] gfns from `first` in one call — holes without
+    /// allocating a page, pages by nominate + evict. Returns how many went
+    /// out: fewer than `nr` when the next gfn is neither (it is left to
+    /// the caller). [`XcError::PagingUnavailable`] when the hypervisor
+    /// lacks the op.
     fn paging_absent_range(&self, first: Pfn, nr: u32) -> XcResult<u32>;
     /// `xc_mem_paging_load` (one page).
     fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()>;
