@@ -89,12 +89,20 @@ impl Common {
         })
     }
 
-    fn token(&self) -> Result<Option<Token>, TunnelError> {
-        Ok(self
+    /// The token; required unless `addr` is loopback (`doing` says what
+    /// would happen without one).
+    fn token_for(&self, addr: SocketAddr, doing: &str) -> Result<Option<Token>, TunnelError> {
+        let token = self
             .token_file
             .as_deref()
             .map(Token::from_file)
-            .transpose()?)
+            .transpose()?;
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(TunnelError::Fatal(format!(
+                "{doing} {addr} without proof of who is at the other end: give --token-file"
+            )));
+        }
+        Ok(token)
     }
 
     fn report(&self, stats: &Stats) -> Result<(), TunnelError> {
@@ -117,12 +125,7 @@ impl TunnelCmd {
                 connect_timeout,
                 common,
             } => {
-                let token = common.token()?;
-                if token.is_none() && !addr.ip().is_loopback() {
-                    return Err(TunnelError::Fatal(format!(
-                        "sending guest memory to {addr} without proof of who listens there: give --token-file"
-                    )));
-                }
+                let token = common.token_for(*addr, "sending guest memory to")?;
                 let opts = DialOpts {
                     addr: *addr,
                     token,
@@ -144,12 +147,7 @@ impl TunnelCmd {
                 common,
                 command,
             } => {
-                let token = common.token()?;
-                if token.is_none() && !addr.ip().is_loopback() {
-                    return Err(TunnelError::Fatal(format!(
-                        "listening on {addr} carries guest memory off this host: give --token-file"
-                    )));
-                }
+                let token = common.token_for(*addr, "accepting guest memory on")?;
                 let listener = TcpListener::bind(addr)?;
                 let bound = listener.local_addr()?;
                 info!("tunnel: listening on {bound}");
