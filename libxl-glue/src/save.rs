@@ -339,7 +339,7 @@ impl<O: XenOps> SaveSession<O> {
         &self.metrics
     }
 
-    fn expect(&self, want: Phase, what: &'static str) -> Result<(), Error> {
+    fn require_phase(&self, want: Phase, what: &'static str) -> Result<(), Error> {
         if self.phase != want {
             return Err(Error::Protocol(format!(
                 "{what} called in phase {:?} (expected {want:?})",
@@ -356,7 +356,7 @@ impl<O: XenOps> SaveSession<O> {
     /// [`Error::PeerAborted`]: the guest never ran there and may be resumed
     /// here (the C ABI returns -ECANCELED).
     pub fn transition(&mut self) -> Result<(), Error> {
-        self.expect(Phase::Begun, "transition")?;
+        self.require_phase(Phase::Begun, "transition")?;
         let r = (|| -> Result<(), Error> {
             for chunk in self.owed.chunks(MAX_RUNS) {
                 self.stream.runs(RecordType::Pfns, chunk)?;
@@ -396,7 +396,7 @@ impl<O: XenOps> SaveSession<O> {
 
     /// Phase 3: serve until the destination holds every owed page.
     pub fn serve(&mut self) -> Result<(), Error> {
-        self.expect(Phase::Transitioned, "serve")?;
+        self.require_phase(Phase::Transitioned, "serve")?;
         let stop = Arc::new(AtomicBool::new(false));
         let back = FdIo::with_stop(self.back_fd, stop.clone());
         let n = self.mem.pfn_count();

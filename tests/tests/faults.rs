@@ -18,6 +18,7 @@
     reason = "tests fail loudly on any error; small known values"
 )]
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use postcopy_tests::{rec, receiver, sender, Action, Dir, Fault, Proc, Proxy, Trigger};
@@ -400,100 +401,13 @@ fn an_outage_past_the_timeout_fails_loudly() {
     assert!(t.elapsed() < Duration::from_secs(30));
 }
 
-/// The path to the destination disappears after the switch; an admin
-/// points the sender at a new one with `xl-postcopy recover`.
-#[test]
-fn recover_redirects_a_stuck_sender() {
-    let dir = std::env::temp_dir().join(format!("xpc-rec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ctl = dir.join("send.sock");
-    let (recv, addr) = receiver(&["--recover-timeout", "30"], LIMIT).unwrap();
-    let old = Proxy::start(
-        addr,
-        vec![Fault {
-            channel: 0,
-            nth: 0,
-            dir: Dir::Up,
-            at: Trigger::Offset(1 << 20),
-            action: Action::DropAndClose,
-        }],
-    )
-    .unwrap();
-    let send = sender(
-        old.addr,
-        &[
-            "--recover-timeout",
-            "30",
-            "--mem",
-            "8M",
-            "--control",
-            ctl.to_str().unwrap(),
-        ],
-        LIMIT,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while old.stats.cuts.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the drop never fired");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(old);
-    std::thread::sleep(Duration::from_millis(300));
-    let new = Proxy::start(addr, Vec::new()).unwrap();
-    let admin = Proc::spawn(
-        &[
-            "recover".into(),
-            "--control".into(),
-            ctl.to_str().unwrap().into(),
-            "--to".into(),
-            new.addr.to_string(),
-        ],
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    let (code, out, err) = admin.finish().unwrap();
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&new.addr.to_string()), "{out}");
-    let (code, out, err) = send.finish().unwrap();
-    assert_eq!(code, 0, "{err}");
-    let r = json(&out);
-    assert_eq!(get(&r, &["integrity_ok"]), true);
-    assert_eq!(get(&r, &["source", "outages"]), 1);
-    assert!(
-        new.stats
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst)
-            >= 2
-    );
-    assert_eq!(recv.finish().unwrap().0, 0);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The proxy alone changes nothing.
-#[test]
-fn a_clean_run_through_the_proxy() {
-    let (d, _) = run(|_| Vec::new(), &["--mem", "8M"], &[]);
-    assert_eq!(d.code, 0, "{}\n{}", d.err, d.recv_err);
-    assert_eq!(get(&json(&d.out), &["integrity_ok"]), true);
-}
-
-/// Both sides move: the receiver opens a new listener and the sender is
-/// pointed at it, each through its control socket.
-#[test]
-fn recover_moves_both_sides_to_a_new_address() {
-    let dir = std::env::temp_dir().join(format!("xpc-mv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (sctl, rctl) = (dir.join("send.sock"), dir.join("recv.sock"));
-    let (recv, addr) = receiver(
-        &[
-            "--recover-timeout",
-            "30",
-            "--control",
-            rctl.to_str().unwrap(),
-        ],
-        LIMIT,
-    )
-    .unwrap();
+/// A migration whose only path to the receiver breaks for good after
+/// 1 MiB: a receiver with `recv_extra`, a sender with `--control sctl`,
+/// both waiting up to 30 s for a recovery; returns once the path is gone.
+fn migration_cut_for_good(recv_extra: &[&str], sctl: &std::path::Path) -> (Proc, SocketAddr, Proc) {
+    let mut rargs = vec!["--recover-timeout", "30"];
+    rargs.extend_from_slice(recv_extra);
+    let (recv, addr) = receiver(&rargs, LIMIT).unwrap();
     let old = Proxy::start(
         addr,
         vec![Fault {
@@ -524,24 +438,73 @@ fn recover_moves_both_sides_to_a_new_address() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(old);
-    let admin = |args: &[&str]| {
-        let mut v = vec!["recover".to_string()];
-        v.extend(args.iter().map(|s| s.to_string()));
-        let (code, out, err) = Proc::spawn(&v, Duration::from_secs(20))
-            .unwrap()
-            .finish()
-            .unwrap();
-        assert_eq!(code, 0, "{out}{err}");
-        out
-    };
-    let said = admin(&[
+    (recv, addr, send)
+}
+
+/// `xl-postcopy recover ARGS`, which must succeed; its stdout.
+fn admin_recover(args: &[&str]) -> String {
+    let mut v = vec!["recover".to_string()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    let (code, out, err) = Proc::spawn(&v, Duration::from_secs(20))
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
+/// The path to the destination disappears after the switch; an admin
+/// points the sender at a new one with `xl-postcopy recover`.
+#[test]
+fn recover_redirects_a_stuck_sender() {
+    let dir = std::env::temp_dir().join(format!("xpc-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctl = dir.join("send.sock");
+    let (recv, addr, send) = migration_cut_for_good(&[], &ctl);
+    std::thread::sleep(Duration::from_millis(300));
+    let new = Proxy::start(addr, Vec::new()).unwrap();
+    let new_addr = new.addr.to_string();
+    let out = admin_recover(&["--control", ctl.to_str().unwrap(), "--to", &new_addr]);
+    assert!(out.contains(&new_addr), "{out}");
+    let (code, out, err) = send.finish().unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r = json(&out);
+    assert_eq!(get(&r, &["integrity_ok"]), true);
+    assert_eq!(get(&r, &["source", "outages"]), 1);
+    assert!(
+        new.stats
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
+    assert_eq!(recv.finish().unwrap().0, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The proxy alone changes nothing.
+#[test]
+fn a_clean_run_through_the_proxy() {
+    let (d, _) = run(|_| Vec::new(), &["--mem", "8M"], &[]);
+    assert_eq!(d.code, 0, "{}\n{}", d.err, d.recv_err);
+    assert_eq!(get(&json(&d.out), &["integrity_ok"]), true);
+}
+
+/// Both sides move: the receiver opens a new listener and the sender is
+/// pointed at it, each through its control socket.
+#[test]
+fn recover_moves_both_sides_to_a_new_address() {
+    let dir = std::env::temp_dir().join(format!("xpc-mv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sctl, rctl) = (dir.join("send.sock"), dir.join("recv.sock"));
+    let (recv, _, send) = migration_cut_for_good(&["--control", rctl.to_str().unwrap()], &sctl);
+    let said = admin_recover(&[
         "--control",
         rctl.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
     ]);
     let new_addr = said.trim().rsplit(' ').next().unwrap().to_string();
-    let said = admin(&["--control", sctl.to_str().unwrap(), "--to", &new_addr]);
+    let said = admin_recover(&["--control", sctl.to_str().unwrap(), "--to", &new_addr]);
     assert!(said.contains(&new_addr), "{said}");
     let (code, out, err) = send.finish().unwrap();
     assert_eq!(code, 0, "{err}");
