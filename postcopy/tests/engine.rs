@@ -20,61 +20,13 @@ use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{RecordError, RecordWriter};
 use postcopy::source::{run_source, GuestControl, Mode, SourceConfig, SourceFailure};
-use postcopy::testmem::{MemDestination, MemSource};
+use postcopy::testmem::MemDestination;
 use postcopy::transport::unix_pair;
 use postcopy::{Error, PAGE_SIZE};
 use proptest::prelude::*;
 
-#[derive(Default)]
-struct Guest {
-    stopped: bool,
-    resumed_on_source: bool,
-}
-
-impl GuestControl for Guest {
-    fn stop(&mut self) -> Result<Vec<u8>, HookError> {
-        self.stopped = true;
-        Ok(b"rip=0xffff8000;rsp=0x1000".to_vec())
-    }
-    fn resume(&mut self) -> Result<(), HookError> {
-        self.resumed_on_source = true;
-        Ok(())
-    }
-}
-
-/// Starts the destination's vCPU when the engine resumes the guest.
-struct Resume {
-    state: Option<Vec<u8>>,
-    go: Arc<AtomicBool>,
-}
-
-impl GuestResume for Resume {
-    fn resume(&mut self, state: &[u8]) -> Result<(), HookError> {
-        self.state = Some(state.to_vec());
-        self.go.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-fn source_image(n: u64, seed: u64, holes: &[u64]) -> MemSource {
-    let mut m = MemSource::new(n, |p, page| {
-        // Every page distinct, some all-zero (sent as ZERO records).
-        if (p + seed) % 7 == 3 {
-            return;
-        }
-        let mut x = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-        for chunk in page.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-    });
-    for &h in holes {
-        m.unpopulate(h);
-    }
-    m
-}
+mod common;
+use common::{source_image, Guest, Resume, REGS};
 
 struct Run {
     src: Metrics,
@@ -138,7 +90,7 @@ fn migrate(
         assert_eq!(d.owed, out.owed);
         out.owed
     });
-    let state_ok = resume.state.as_deref() == Some(&b"rip=0xffff8000;rsp=0x1000"[..]);
+    let state_ok = resume.state.as_deref() == Some(REGS);
     assert!(!guest.resumed_on_source);
     assert_eq!(dst_mem.absent(), 0, "pages still absent after completion");
     Run {

@@ -15,57 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use postcopy::destination::{run_destination_recoverable, DestConfig, GuestResume};
-use postcopy::error::HookError;
+use postcopy::destination::{run_destination_recoverable, DestConfig};
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::recovery::Recovery;
-use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
-use postcopy::testmem::{MemDestination, MemSource};
+use postcopy::source::{run_source_recoverable, Mode, SourceConfig};
+use postcopy::testmem::MemDestination;
 use postcopy::transport::{tripwire, unix_pair, DestLinks, SourceLinks};
 use postcopy::Error;
 
 mod common;
-use common::Limit;
-
-#[derive(Default)]
-struct Guest {
-    resumed_on_source: bool,
-}
-
-impl GuestControl for Guest {
-    fn stop(&mut self) -> Result<Vec<u8>, HookError> {
-        Ok(b"regs".to_vec())
-    }
-    fn resume(&mut self) -> Result<(), HookError> {
-        self.resumed_on_source = true;
-        Ok(())
-    }
-}
-
-struct Resume(Arc<AtomicBool>);
-
-impl GuestResume for Resume {
-    fn resume(&mut self, _state: &[u8]) -> Result<(), HookError> {
-        self.0.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-fn image(n: u64, seed: u64) -> MemSource {
-    MemSource::new(n, |p, page| {
-        if (p + seed) % 5 == 1 {
-            return;
-        }
-        let mut x = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed ^ 0xabcdef;
-        for chunk in page.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-    })
-}
+use common::{source_image, Guest, Limit, Resume, REGS};
 
 /// xorshift64*, enough for picking cut points reproducibly.
 struct Rng(u64);
@@ -103,7 +63,7 @@ fn migrate_with_cuts(
     touches: Vec<u64>,
     mut cut: impl FnMut(u32) -> Option<u64> + Send,
 ) -> Outcome {
-    let mut src_mem = image(n, seed);
+    let mut src_mem = source_image(n, seed, &[]);
     let expected = src_mem.image().to_vec();
     let dst_mem = Arc::new(MemDestination::new(n));
     let (src_metrics, dst_metrics) = (Metrics::new(), Metrics::new());
@@ -161,7 +121,7 @@ fn migrate_with_cuts(
                     &*dst_mem,
                     dst_links,
                     &DestConfig::default(),
-                    &mut Resume(go),
+                    &mut Resume::new(go),
                     dst_metrics,
                     Some(rec),
                 )
@@ -272,7 +232,7 @@ fn random_cuts_after_the_switch_lose_no_page() {
 fn an_outage_past_the_timeout_fails_loudly_on_both_sides() {
     let _limit = Limit::secs(60, "an_outage_past_the_timeout_fails_loudly_on_both_sides");
     let n = 512;
-    let mut src_mem = image(n, 7);
+    let mut src_mem = source_image(n, 7, &[]);
     let dst_mem = MemDestination::new(n);
     let (s, d) = unix_pair().unwrap();
     let (s, _flag) = tripwire(s, 2000);
@@ -294,7 +254,7 @@ fn an_outage_past_the_timeout_fails_loudly_on_both_sides() {
                 &dst_mem,
                 d,
                 &DestConfig::default(),
-                &mut Resume(go.clone()),
+                &mut Resume::new(go.clone()),
                 &dm,
                 Some(Recovery {
                     timeout: Duration::from_millis(300),
@@ -343,7 +303,7 @@ fn a_cut_before_the_switch_is_a_clean_abort() {
     let _limit = Limit::secs(60, "a_cut_before_the_switch_is_a_clean_abort");
     for budget in [0u64, 8, 40, 100, 103] {
         let n = 64;
-        let mut src_mem = image(n, 3);
+        let mut src_mem = source_image(n, 3, &[]);
         let before = src_mem.image().to_vec();
         let dst_mem = MemDestination::new(n);
         let (s, d) = unix_pair().unwrap();
@@ -361,7 +321,7 @@ fn a_cut_before_the_switch_is_a_clean_abort() {
                     &dst_mem,
                     d,
                     &DestConfig::default(),
-                    &mut Resume(Arc::new(AtomicBool::new(false))),
+                    &mut Resume::new(Arc::new(AtomicBool::new(false))),
                     &dm,
                     Some(Recovery {
                         timeout: Duration::from_millis(200),
@@ -431,14 +391,16 @@ impl std::io::Write for Blackhole {
 fn a_cut_that_swallows_transition_hands_the_guest_back() {
     let _limit = Limit::secs(60, "a_cut_that_swallows_transition_hands_the_guest_back");
     let n = 64;
-    let mut src_mem = image(n, 11);
+    let mut src_mem = source_image(n, 11, &[]);
     let before = src_mem.image().to_vec();
     let dst_mem = MemDestination::new(n);
     let (mut s, d) = unix_pair().unwrap();
-    // BEGIN 40 + PFNS (one run) 32 + VCPU_STATE ("regs") 16 = 88 bytes.
+    // BEGIN 40 + PFNS (one run) 32 + VCPU_STATE (8-byte header, REGS
+    // padded to 8).
+    let keep = 40 + 32 + 8 + REGS.len().next_multiple_of(8);
     s.bulk = Box::new(Blackhole {
         inner: s.bulk,
-        keep: 88,
+        keep,
         closer: s.closer.clone(),
     });
     let (sm, dm) = (Metrics::new(), Metrics::new());
@@ -458,7 +420,7 @@ fn a_cut_that_swallows_transition_hands_the_guest_back() {
                 dst_mem,
                 d,
                 &DestConfig::default(),
-                &mut Resume(resumed_here2),
+                &mut Resume::new(resumed_here2),
                 dm,
                 Some(Recovery {
                     timeout: Duration::from_secs(5),
