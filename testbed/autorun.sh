@@ -275,6 +275,9 @@ $actions
 CFG
 	ts "=== scenario $name: guest '$gopts', xl migrate $margs${soak:+ (soak=$soak)}"
 	rm -f $cons/guest-$dom*.log $cons/mig-$dom-*.log
+	# the previous scenario's domains must be gone (a dying one would show
+	# up in this scenario's domstates.log)
+	for t in $(seq 1 30); do [ "$(xl list | wc -l)" -le 2 ] && break; sleep 1; done
 	domstates 5 > /tmp/domstates.log 2>&1 &
 	dspid=$!
 	tf0=$(xl dmesg | grep -ac 'Triple fault')
