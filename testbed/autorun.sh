@@ -273,7 +273,7 @@ maxmem=$mem
 vcpus=1
 $actions
 CFG
-	ts "=== scenario $name: guest '$gopts', xl migrate $margs${soak:+ (soak=$soak)}"
+	ts "=== scenario $name: guest '$gopts', xl migrate $margs$([ "$soak" -gt 0 ] && echo " (soak=$soak)")"
 	rm -f $cons/guest-$dom*.log $cons/mig-$dom-*.log
 	# the previous scenario's domains must be gone (a dying one would show
 	# up in this scenario's domstates.log)
