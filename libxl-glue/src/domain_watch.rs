@@ -40,6 +40,9 @@ use crate::xc::XenOps;
 /// at most 100 ms).
 pub const WATCH_POLL: Duration = Duration::from_millis(50);
 
+/// How long a serve that got every page waits for libxl's unpause.
+pub const UNPAUSE_GRACE: Duration = Duration::from_secs(5);
+
 /// How every guest-death reason starts, on both hosts: the source
 /// recognises a death in the ABORT reason by it ([`PeerFailed::guest_died`]).
 pub const GUEST_DIED: &str = "guest died on the destination during post-copy";
@@ -130,6 +133,14 @@ pub fn peer_failed(reason: String) -> Error {
     Error::Guest {
         what: "run the guest on the destination",
         source: Box::new(PeerFailed(reason)),
+    }
+}
+
+/// The destination's [`GuestDied`] inside `e`, if that is what it is.
+pub fn guest_died(e: &Error) -> Option<&GuestDied> {
+    match e {
+        Error::Guest { source, .. } => source.downcast_ref::<GuestDied>(),
+        _ => None,
     }
 }
 
@@ -251,11 +262,15 @@ impl<O: XenOps> std::fmt::Debug for ServeWatch<'_, O> {
 }
 
 impl<O: XenOps> ServeWatch<'_, O> {
-    /// Watches until `done` (then once more), sending RESUMED at the
-    /// unpause; returns the death, if the guest died.
+    /// Watches until `done` (then once more, or until the unpause for up
+    /// to [`UNPAUSE_GRACE`]), sending RESUMED at the unpause; returns the
+    /// death, if the guest died.
     pub fn run(self) -> Option<GuestDied> {
         let mut watch = GuestWatch::new(self.ops.clone());
-        info!("post-copy destination: page service started; waiting for libxl to unpause the domain");
+        info!(
+            "post-copy destination: page service started; waiting for libxl to unpause the domain"
+        );
+        let mut done_at = None;
         loop {
             let last = self.done.load(Ordering::SeqCst);
             match watch.poll() {
@@ -264,12 +279,20 @@ impl<O: XenOps> ServeWatch<'_, O> {
                 None => {}
             }
             if last {
-                break;
+                // Every page is in before libxl unpaused the domain (a
+                // small guest): wait a little for the unpause, so that
+                // RESUMED precedes COMPLETE and the downtime is measured.
+                let since: &mut Instant = done_at.get_or_insert_with(Instant::now);
+                if watch.unpaused_at().is_some() || since.elapsed() >= UNPAUSE_GRACE {
+                    break;
+                }
             }
             std::thread::sleep(WATCH_POLL);
         }
         if watch.unpaused_at().is_none() {
-            info!("post-copy destination: the domain stayed paused for the whole page service; RESUMED not sent");
+            info!(
+                "post-copy destination: the domain stayed paused for the whole page service and {UNPAUSE_GRACE:?} after (xl migrate-receive -p?); RESUMED not sent"
+            );
         }
         None
     }
@@ -308,5 +331,123 @@ impl<O: XenOps> ServeWatch<'_, O> {
             Err(e) => warn!("post-copy destination: cannot tell the source (ABORT): {e}"),
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use postcopy::records::{Record, RecordReader};
+
+    use super::*;
+    use crate::fake::FakeXen;
+
+    #[test]
+    fn a_shutdown_is_a_death_and_the_unpause_is_seen_once() {
+        let x = Arc::new(FakeXen::new(7, 0xff));
+        x.set_paused(true);
+        let mut w = GuestWatch::new(x.clone());
+        assert_eq!(w.poll(), None);
+        x.set_paused(false);
+        assert_eq!(w.poll(), Some(WatchEvent::Unpaused));
+        assert!(w.unpaused_at().is_some());
+        assert_eq!(w.poll(), None);
+        x.guest_shutdown(sys::SHUTDOWN_reboot, "(XEN) d7v0 Triple fault");
+        assert_eq!(
+            w.poll(),
+            Some(WatchEvent::Died(Death::Shutdown(sys::SHUTDOWN_reboot)))
+        );
+        x.state().domain = None;
+        assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Gone)));
+        // A failing getinfo is not a death.
+        let y = Arc::new(FakeXen::new(8, 0xff));
+        y.state().fail.insert("xc_domain_getinfolist", libc::EPERM);
+        assert_eq!(GuestWatch::new(y).poll(), None);
+    }
+
+    #[test]
+    fn the_reason_names_what_happened() {
+        let d = GuestDied {
+            death: Death::Shutdown(sys::SHUTDOWN_crash),
+            absent: 3712,
+            owed: 65551,
+        };
+        let s = d.to_string();
+        assert!(s.starts_with(GUEST_DIED), "{s}");
+        assert!(s.contains("shutdown reason crash"), "{s}");
+        assert!(
+            s.contains("with 3712 of 65551 owed pages still absent"),
+            "{s}"
+        );
+        let e = d.clone().into_error();
+        assert_eq!(guest_died(&e), Some(&d));
+        assert!(is_guest_death(&e));
+        assert!(is_guest_death(&peer_failed(s)));
+        assert!(!is_guest_death(&peer_failed("out of memory".into())));
+        assert!(!is_guest_death(&Error::PeerAborted(d.to_string())));
+        let r = Death::Shutdown(sys::SHUTDOWN_reboot).to_string();
+        assert!(r.contains("reboot") && r.contains("triple fault"), "{r}");
+    }
+
+    #[test]
+    fn resumed_waits_for_the_unpause() {
+        let x = Arc::new(FakeXen::new(3, 0xff));
+        x.set_paused(true);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let back = Mutex::new(RecordWriter::new(FdIo::new(ours.as_raw_fd())));
+        let done = AtomicBool::new(false);
+        let stop = AtomicBool::new(false);
+        let transition_at = Instant::now();
+        let absent = || 0u64;
+        let is_owed = |_| false;
+        std::thread::scope(|s| {
+            let w = s.spawn(|| {
+                ServeWatch {
+                    ops: x.clone(),
+                    done: &done,
+                    stop: &stop,
+                    back: &back,
+                    transition_at,
+                    owed: 0,
+                    absent: &absent,
+                    is_owed: &is_owed,
+                    guest_pfns: 0x100,
+                }
+                .run()
+            });
+            // Paused: nothing on the back channel.
+            theirs
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            let e = theirs.read(&mut b).unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            );
+            let unpaused = Instant::now();
+            x.set_paused(false);
+            theirs
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut r = RecordReader::new(&theirs, None);
+            let Ok(Record::Resumed(ns)) = r.next_record() else {
+                panic!("expected RESUMED");
+            };
+            // It measures from TRANSITION up to the unpause, not less.
+            assert!(
+                Duration::from_nanos(ns) >= unpaused - transition_at,
+                "{ns} ns"
+            );
+            done.store(true, Ordering::SeqCst);
+            assert_eq!(w.join().unwrap(), None);
+        });
+        assert!(!stop.load(Ordering::SeqCst));
     }
 }

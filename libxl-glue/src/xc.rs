@@ -291,9 +291,8 @@ impl DomainInfo {
         DomainInfo {
             paused: flags & sys::XEN_DOMINF_paused != 0,
             dying: flags & sys::XEN_DOMINF_dying != 0,
-            shutdown: (flags & sys::XEN_DOMINF_shutdown != 0).then_some(
-                (flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask,
-            ),
+            shutdown: (flags & sys::XEN_DOMINF_shutdown != 0)
+                .then_some((flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask),
         }
     }
 }
