@@ -301,17 +301,7 @@ fn vcpu_lines<O: XenOps>(
     is_owed: &dyn Fn(Pfn) -> bool,
     out: &mut Vec<String>,
 ) {
-    let regs = VcpuRegs {
-        vcpu,
-        cr0: cpu.cr0,
-        cr3: cpu.cr3,
-        cr4: cpu.cr4,
-        efer: cpu.msr_efer,
-        rsp: cpu.rsp,
-        rip: cpu.rip,
-        gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
-        idtr: (cpu.idtr_base, cpu.idtr_limit),
-    };
+    let regs = VcpuRegs::from_cpu(vcpu, cpu);
     out.push(format!(
         "vCPU {vcpu}: RIP {:#x} RSP {:#x} RFLAGS {:#x} CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
         cpu.rip, cpu.rsp, cpu.rflags, cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.msr_efer

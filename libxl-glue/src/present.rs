@@ -78,8 +78,15 @@ const CODE_CPU: u16 = 2;
 pub fn parse_hvm_context(buf: &[u8]) -> Result<Vec<VcpuRegs>, ContextError> {
     Ok(hvm_cpu_records(buf)?
         .iter()
-        .map(|(vcpu, cpu)| VcpuRegs {
-            vcpu: *vcpu,
+        .map(|(vcpu, cpu)| VcpuRegs::from_cpu(*vcpu, cpu))
+        .collect())
+}
+
+impl VcpuRegs {
+    /// The registers of vCPU `vcpu` from its CPU record.
+    pub fn from_cpu(vcpu: u16, cpu: &sys::hvm_hw_cpu) -> VcpuRegs {
+        VcpuRegs {
+            vcpu,
             cr0: cpu.cr0,
             cr3: cpu.cr3,
             cr4: cpu.cr4,
@@ -88,8 +95,8 @@ pub fn parse_hvm_context(buf: &[u8]) -> Result<Vec<VcpuRegs>, ContextError> {
             rip: cpu.rip,
             gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
             idtr: (cpu.idtr_base, cpu.idtr_limit),
-        })
-        .collect())
+        }
+    }
 }
 
 /// Every CPU record (vCPU number, `struct hvm_hw_cpu`) of an
