@@ -60,6 +60,35 @@ pub enum Error {
     /// The migration was aborted because another thread failed first.
     #[error("aborted after another failure")]
     Aborted,
+    /// A worker thread could not be started (a local failure).
+    #[error("cannot start the {what} thread: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The caller drove a session out of order (a local bug, never the
+    /// peer's doing).
+    #[error("{call} called in phase {phase} (expected {expected})")]
+    WrongPhase {
+        /// The call.
+        call: &'static str,
+        /// The session's phase.
+        phase: &'static str,
+        /// The phase the call needs.
+        expected: &'static str,
+    },
+    /// The guest crashed, rebooted or was shut down on the destination
+    /// before its last page arrived (reported by the adapter's watch).
+    #[error("the guest ended on the destination before the migration completed: {0}")]
+    GuestDied(String),
+    /// The destination failed after the switch and said why (ABORT after
+    /// RESUMED): the guest belongs to it, so the source keeps its copy
+    /// stopped.
+    #[error("destination failed after the switch: {0}")]
+    DestinationFailed(String),
 }
 
 impl Error {
@@ -67,6 +96,21 @@ impl Error {
     /// timed out), as opposed to a peer that broke the protocol.
     pub fn is_recoverable(&self) -> bool {
         self.is_disconnect() || matches!(self, Error::Record(RecordError::Io(_)))
+    }
+
+    /// True if the failure happened here (memory, guest, threads, API
+    /// misuse) rather than on the link or at the peer: after the switch the
+    /// destination tells the source about these before giving up.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Error::Memory(_)
+                | Error::Guest { .. }
+                | Error::ThreadPanicked(_)
+                | Error::Spawn { .. }
+                | Error::WrongPhase { .. }
+                | Error::GuestDied(_)
+        )
     }
 
     /// True if the failure is the peer going away (closed or reset link),

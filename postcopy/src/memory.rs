@@ -183,6 +183,15 @@ pub trait DestinationMemory: Send + Sync {
     /// content of `pfn`, overwriting any earlier copy.
     fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()>;
 
+    /// Before the switch: [`write_page`](Self::write_page) for each of
+    /// `pfns`, page `i` of `data` at `pfns[i]` (backends batch this).
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        for (p, page) in pfns.iter().zip(data.chunks_exact(crate::PAGE_SIZE)) {
+            self.write_page(*p, page)?;
+        }
+        Ok(())
+    }
+
     /// At the switch, before the guest resumes: makes `runs` absent, so
     /// that a guest access to any of them raises a [`Fault`]. Pfns in no
     /// run and never written read as zero.
@@ -198,6 +207,42 @@ pub trait DestinationMemory: Send + Sync {
     /// Waits up to `timeout` for the next guest access to an absent page.
     /// `Ok(None)` on timeout. Called from one thread only.
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>>;
+
+    /// After the last owed page is installed, before COMPLETE: answers
+    /// guest accesses that raced with the last installs and were not read
+    /// as faults (a backend whose installs wake every waiter has nothing
+    /// to do). Fails if some access still waits for an absent page.
+    fn settle(&self) -> MemResult<()> {
+        Ok(())
+    }
+}
+
+/// A borrowed backend is a backend (the engine's phases own theirs).
+impl<M: DestinationMemory + ?Sized> DestinationMemory for &M {
+    fn pfn_count(&self) -> u64 {
+        (**self).pfn_count()
+    }
+    fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()> {
+        (**self).write_page(pfn, data)
+    }
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        (**self).write_pages(pfns, data)
+    }
+    fn mark_absent(&self, runs: &[PfnRun]) -> MemResult<()> {
+        (**self).mark_absent(runs)
+    }
+    fn install(&self, first: Pfn, pages: &[u8]) -> MemResult<Installed> {
+        (**self).install(first, pages)
+    }
+    fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
+        (**self).install_zero(pfn)
+    }
+    fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {
+        (**self).wait_fault(timeout)
+    }
+    fn settle(&self) -> MemResult<()> {
+        (**self).settle()
+    }
 }
 
 #[cfg(test)]
