@@ -436,10 +436,30 @@ impl<O: XenOps> DestinationMemory for XenDestination<O> {
     }
 
     fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()> {
-        self.write_pages(&[pfn], data)
+        XenDestination::write_pages(self, &[pfn], data)
+    }
+
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        XenDestination::write_pages(self, pfns, data)
+    }
+
+    fn settle(&self) -> MemResult<()> {
+        match XenDestination::settle(self)? {
+            0 => Ok(()),
+            waiting => Err(MemoryError::os(
+                "answer the paging requests left on the ring",
+                std::io::Error::other(format!(
+                    "{waiting} paging requests wait for pages that never came"
+                )),
+            )),
+        }
     }
 
     fn mark_absent(&self, runs: &[PfnRun]) -> MemResult<()> {
+        if runs.is_empty() {
+            // Nothing owed: mem_paging stays off.
+            return Ok(());
+        }
         self.enable_paging()?;
         let ring_pfn = self.ring_pfn();
         let mut batch = Vec::with_capacity(MAX_BATCH);

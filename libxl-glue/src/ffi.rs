@@ -97,6 +97,12 @@ pub fn errno_of(e: &Error) -> c_int {
         // The destination refused the switch (ABORT before READY): the
         // guest never ran there, the source may resume it.
         Error::PeerAborted(_) => libc::ECANCELED,
+        // After the switch the destination failed and said why: the guest
+        // is its, never resume it here.
+        Error::DestinationFailed(_) => libc::ECONNABORTED,
+        Error::GuestDied(_) => libc::ESRCH,
+        Error::Spawn { source, .. } => source.raw_os_error().unwrap_or(libc::EAGAIN),
+        Error::WrongPhase { .. } => libc::EINVAL,
         _ => libc::EIO,
     }
 }

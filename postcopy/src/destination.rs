@@ -3,8 +3,9 @@
 //! Phases ([`DestSession`]), driven by local mode
 //! ([`run_destination_recoverable`]) and by the Xen glue alike: before the
 //! switch, [`record`](DestSession::record) stores pre-copied pages and
-//! collects the owed pfn list; at the end-of-pre-switch marker the owed
-//! pages are made absent and [`ready`](DestSession::ready) answers READY;
+//! collects the owed pfn list, making those pages absent; the
+//! end-of-pre-switch marker ends the phase and [`ready`](DestSession::ready)
+//! answers READY;
 //! after TRANSITION the guest runs and [`serve`](DestSession::serve) runs
 //! these threads:
 //!
@@ -331,15 +332,16 @@ impl<M: DestinationMemory> DestSession<M> {
     }
 
     /// Phase 2: one record before the switch. Pre-copied pages and zero
-    /// pages are written, POSTCOPY_PFNS extend the owed set, and the
-    /// end-of-pre-switch marker (VCPU_STATE) makes every owed page absent.
+    /// pages are written, POSTCOPY_PFNS extend the owed set and make its
+    /// pages absent, and the end-of-pre-switch marker (VCPU_STATE) ends the
+    /// phase.
     pub fn record(&mut self, rec: Record<'_>, metrics: &Metrics) -> Result<Step, Error> {
         self.require(DestPhase::Receiving, "record")?;
         let r = self.record_inner(rec, metrics);
-        match &r {
-            Ok(Step::Switch) => self.phase = DestPhase::Prepared,
-            Ok(Step::More) => {}
-            Err(_) => self.phase = DestPhase::Failed,
+        // A rejected record leaves the session as it was (the caller
+        // decides whether to abort).
+        if let Ok(Step::Switch) = r {
+            self.phase = DestPhase::Prepared;
         }
         r
     }
@@ -383,6 +385,9 @@ impl<M: DestinationMemory> DestSession<M> {
                     }
                     slice.fill(true);
                 }
+                // Absent from now on (on Xen, paging must start while the
+                // ring pfn set by HVM_PARAMS is fresh).
+                self.mem.mark_absent(&runs)?;
                 self.owed_count += runs.iter().map(|r| r.count).sum::<u64>();
                 self.owed.extend(runs);
                 debug!("{} pfns owed so far", self.owed_count);
@@ -390,7 +395,10 @@ impl<M: DestinationMemory> DestSession<M> {
             Record::VcpuState(state) => {
                 // The last record before the switch.
                 self.state = state.to_vec();
-                self.mem.mark_absent(&self.owed)?;
+                if self.owed.is_empty() {
+                    // Nothing owed: the backend still gets ready to serve.
+                    self.mem.mark_absent(&[])?;
+                }
                 return Ok(Step::Switch);
             }
             other => {
