@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use libxl_sys as sys;
 use postcopy::memory::{DestinationMemory, Installed, MemoryError, PfnRun, SourceMemory};
 use postcopy::prepage::StrategySpec;
-use postcopy::records::RecordType;
+use postcopy::records::{Record, RecordError, RecordReader, RecordType};
 use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::dest::XenDestination;
@@ -970,4 +970,243 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
         rd.next_record().unwrap(),
         postcopy::records::Record::Abort(_)
     ));
+}
+
+/// One record as libxenguest hands it over: its type and body.
+fn encode(
+    f: impl FnOnce(&mut postcopy::records::RecordWriter<&mut Vec<u8>>) -> Result<(), RecordError>,
+) -> (u32, Vec<u8>) {
+    let mut buf = Vec::new();
+    f(&mut postcopy::records::RecordWriter::new(&mut buf)).unwrap();
+    let t = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    (t, buf[8..8 + len].to_vec())
+}
+
+/// A destination at READY owing `owed` (content `page_byte`), with the
+/// fake source's ends of the stream and the back channel.
+fn dest_at_ready(
+    n: Pfn,
+    owed: std::ops::Range<Pfn>,
+    cfg: Option<postcopy::destination::DestConfig>,
+) -> (
+    Arc<FakeXen>,
+    RestoreSession<FakeXen>,
+    UnixStream,
+    UnixStream,
+) {
+    let dst = dest_domain(n);
+    let (s_stream, d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let begin = postcopy::records::BeginBody {
+        version: postcopy::records::STREAM_VERSION.into(),
+        flags: 0.into(),
+        strategy: 0.into(),
+        strategy_arg: 0.into(),
+        guest_pfns: n.into(),
+        populated_pages: n.into(),
+    };
+    let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
+    let mut r = RestoreSession::begin(dst.clone(), d_stream.as_raw_fd(), d_back.as_raw_fd(), &body)
+        .unwrap();
+    if let Some(cfg) = cfg {
+        r.set_config(cfg);
+    }
+    let run = PfnRun {
+        start: owed.start,
+        count: owed.end - owed.start,
+    };
+    let (t, b) = encode(|w| w.runs(RecordType::Pfns, &[run]));
+    r.record(t, &b).unwrap();
+    let (t, b) = encode(|w| w.vcpu_state(&[]));
+    r.record(t, &b).unwrap();
+    assert!(r.ready_sent());
+    // The session only borrows the destination's fds: keep them open.
+    std::mem::forget(d_stream);
+    std::mem::forget(d_back);
+    (dst, r, s_stream, s_back)
+}
+
+/// The fake source's reader of the back channel, `wait` per record.
+fn back_reader(s_back: &UnixStream, n: Pfn, wait: Duration) -> RecordReader<UnixStream> {
+    let r = s_back.try_clone().unwrap();
+    r.set_read_timeout(Some(wait)).unwrap();
+    RecordReader::new(r, Some(n))
+}
+
+fn next_back(rd: &mut RecordReader<UnixStream>) -> Option<Record<'_>> {
+    match rd.next_record() {
+        Ok(r) => Some(r),
+        Err(RecordError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("back channel: {e}"),
+    }
+}
+
+fn pages_of(pfns: &[Pfn]) -> Vec<u8> {
+    pfns.iter()
+        .flat_map(|&p| [page_byte(p); PAGE_SIZE])
+        .collect()
+}
+
+#[test]
+fn a_destination_flooding_fault_requests_is_disconnected() {
+    let (mut s, d_stream, d_back, _keep) = source_session(StrategySpec::None);
+    let reader = drain(d_stream);
+    let owed: Vec<Pfn> = s.owed().iter().flat_map(|r| r.pfns()).collect();
+    assert!(!owed.is_empty() && owed.len() <= postcopy::records::MAX_PFN_LIST);
+    // A well-behaved destination asks for each page once; this one asks
+    // for every owed page over and over.
+    let flood = std::thread::spawn(move || {
+        let mut w = postcopy::records::RecordWriter::new(d_back);
+        let rounds = 3 + postcopy::records::MAX_PFN_LIST / owed.len();
+        for _ in 0..rounds {
+            if w.pfn_list(RecordType::Fault, &owed).is_err() || w.flush().is_err() {
+                break;
+            }
+        }
+        w
+    });
+    let t = Instant::now();
+    let e = s.serve().unwrap_err();
+    assert!(matches!(e, postcopy::Error::Flood(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    drop(s);
+    drop(flood.join().unwrap());
+    drop(_keep);
+    let _ = reader.join();
+}
+
+#[test]
+fn outstanding_faults_are_capped_on_the_xen_path() {
+    let n = 64;
+    let cap = 3;
+    let cfg = postcopy::destination::DestConfig {
+        max_outstanding: cap,
+        ..Default::default()
+    };
+    let (dst, mut r, s_stream, s_back) = dest_at_ready(n, 16..48, Some(cfg));
+    let serve = std::thread::spawn(move || {
+        let res = r.serve();
+        (res, r)
+    });
+    let mut rd = back_reader(&s_back, n, Duration::from_millis(300));
+    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
+    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    // Seven vCPUs fault on seven distinct owed pages at once (the fake's
+    // ring holds eight requests).
+    let touched: Vec<Pfn> = (20..27).collect();
+    for (v, &p) in touched.iter().enumerate() {
+        assert!(dst.guest_touch(p, v as u32), "touch {p:#x}");
+    }
+    let mut w = postcopy::records::RecordWriter::new(s_stream.try_clone().unwrap());
+    let mut asked: BTreeSet<Pfn> = BTreeSet::new();
+    let mut answered: BTreeSet<Pfn> = BTreeSet::new();
+    let t = Instant::now();
+    while answered.len() < touched.len() {
+        assert!(t.elapsed() < Duration::from_secs(20), "asked {asked:?}");
+        // Whatever comes within the wait is everything in flight.
+        let mut fresh = Vec::new();
+        while let Some(rec) = next_back(&mut rd) {
+            let Record::Fault(pfns) = rec else {
+                panic!("unexpected {rec:?}");
+            };
+            for p in pfns {
+                assert!(asked.insert(p), "pfn {p:#x} asked twice");
+                fresh.push(p);
+            }
+            assert!(
+                asked.len() - answered.len() <= cap,
+                "{} faults in flight, cap {cap}",
+                asked.len() - answered.len()
+            );
+        }
+        assert!(!fresh.is_empty(), "the forwarder stalled");
+        fresh.sort_unstable();
+        w.page_data(postcopy::records::Cause::Fault, &fresh, &pages_of(&fresh))
+            .unwrap();
+        w.flush().unwrap();
+        answered.extend(fresh);
+    }
+    assert_eq!(asked, touched.iter().copied().collect::<BTreeSet<_>>());
+    // The rest is pushed, then COMPLETE; the destination confirms.
+    let rest: Vec<Pfn> = (16..48).filter(|p| !answered.contains(p)).collect();
+    w.page_data(postcopy::records::Cause::Push, &rest, &pages_of(&rest))
+        .unwrap();
+    w.count(RecordType::Complete, 32).unwrap();
+    w.flush().unwrap();
+    let mut rd = back_reader(&s_back, n, Duration::from_secs(10));
+    assert!(matches!(next_back(&mut rd), Some(Record::Complete(32))));
+    let (res, r) = serve.join().unwrap();
+    res.unwrap();
+    for (v, &p) in touched.iter().enumerate() {
+        assert!(dst.wait_response(v as u32, p, Duration::from_secs(5)));
+    }
+    let st = dst.state();
+    assert!(st.paged.is_empty());
+    for p in 16..48 {
+        assert_eq!(
+            st.pages[&p][..],
+            [page_byte(p); PAGE_SIZE][..],
+            "pfn {p:#x}"
+        );
+    }
+    assert_eq!(r.metrics().snapshot().pages_faulted, touched.len() as u64);
+}
+
+#[test]
+fn a_fault_raised_while_its_page_is_installed_is_not_lost() {
+    let n = 64;
+    let racy: Pfn = 20;
+    let (dst, mut r, s_stream, s_back) = dest_at_ready(n, 16..48, None);
+    // The guest touches pfn 20 while its pushed copy is being loaded, and
+    // the fault forwarder gets to see the request before the load ends.
+    dst.on_load(Box::new(move |x, p| {
+        if p == racy {
+            assert!(x.guest_touch(p, 1));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }));
+    let serve = std::thread::spawn(move || {
+        let res = r.serve();
+        (res, r)
+    });
+    let mut rd = back_reader(&s_back, n, Duration::from_secs(10));
+    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
+    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    let mut w = postcopy::records::RecordWriter::new(s_stream.try_clone().unwrap());
+    let all: Vec<Pfn> = (16..48).collect();
+    w.page_data(postcopy::records::Cause::Push, &all, &pages_of(&all))
+        .unwrap();
+    w.count(RecordType::Complete, 32).unwrap();
+    w.flush().unwrap();
+    // No request for the page being installed reaches the source: only
+    // the destination's COMPLETE.
+    match next_back(&mut rd) {
+        Some(Record::Complete(32)) => {}
+        other => panic!("expected COMPLETE, got {other:?}"),
+    }
+    let (res, r) = serve.join().unwrap();
+    res.unwrap();
+    // The vCPU that faulted mid-install was resumed, onto the right data.
+    assert!(
+        dst.wait_response(1, racy, Duration::from_secs(5)),
+        "the vCPU on pfn {racy:#x} was never resumed"
+    );
+    let st = dst.state();
+    assert!(st.paged.is_empty());
+    for p in 16..48 {
+        assert_eq!(
+            st.pages[&p][..],
+            [page_byte(p); PAGE_SIZE][..],
+            "pfn {p:#x}"
+        );
+    }
+    assert_eq!(r.metrics().snapshot().pages_duplicate, 0);
 }
