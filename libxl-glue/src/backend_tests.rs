@@ -1210,3 +1210,26 @@ fn a_fault_raised_while_its_page_is_installed_is_not_lost() {
     }
     assert_eq!(r.metrics().snapshot().pages_duplicate, 0);
 }
+
+#[test]
+fn a_failed_xen_call_stays_the_source_of_the_memory_error() {
+    let x = Arc::new(FakeXen::new(1, 15));
+    for p in 0..16 {
+        x.fill(p, page_byte(p));
+    }
+    let src = XenSource::new(x.clone()).unwrap();
+    x.state().paged.insert(9);
+    let mut one = vec![0u8; PAGE_SIZE];
+    let e = src.read_pages(&[9], &mut one).unwrap_err();
+    let MemoryError::Backend { errno, source } = &e else {
+        panic!("not a backend error: {e:?}");
+    };
+    assert_eq!(*errno, Some(libc::ENOENT));
+    let xc = source.downcast_ref::<crate::xc::XcError>();
+    assert!(
+        matches!(xc, Some(crate::xc::XcError::PagedOut { pfn: 9, .. })),
+        "{source:?}"
+    );
+    let engine = postcopy::Error::from(e);
+    assert_eq!(crate::ffi::errno_of(&engine), libc::ENOENT);
+}

@@ -93,6 +93,7 @@ pub fn errno_of(e: &Error) -> c_int {
         Error::Memory(MemoryError::GuestGone(_)) => libc::ESRCH,
         Error::Memory(MemoryError::OutOfRange { .. }) => libc::EINVAL,
         Error::Memory(MemoryError::Os { source, .. }) => source.raw_os_error().unwrap_or(libc::EIO),
+        Error::Memory(MemoryError::Backend { errno, .. }) => errno.unwrap_or(libc::EIO),
         Error::Size(_) => libc::ENOMEM,
         // The destination refused the switch (ABORT before READY): the
         // guest never ran there, the source may resume it.

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 use postcopy::destination::{DestConfig, DestSession, Replies, ServeHooks, ServeLinks, Step};
+use postcopy::memory::MemoryError;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{decode, Record, RecordError, RecordReader, RecordType, RecordWriter};
@@ -165,9 +166,10 @@ impl<O: XenOps> RestoreSession<O> {
         // in HVM_CONTEXT, processed by now): every owed pfn is paged out.
         let mem = self.session.memory();
         if self.session.owed_count() > 0 && mem.ring_pfn().is_none() {
-            return Err(Error::Protocol(
-                "pages are owed but mem_paging was never enabled".into(),
-            ));
+            return Err(Error::Memory(MemoryError::Unsupported {
+                what: "serve the owed pages",
+                why: "pages are owed but mem_paging was never enabled".into(),
+            }));
         }
         let (by_range, by_page, took) = mem.page_out_stats();
         info!(

@@ -190,8 +190,13 @@ impl<O: XenOps> SaveSession<O> {
         let ops = mem.ops().clone();
         let special = special_pfns(|param| ops.hvm_param(param).ok());
         let context = ops.hvm_context().map_err(mem_err)?;
-        let vcpus = parse_hvm_context(&context)
-            .map_err(|e| Error::Protocol(format!("cannot read the domain's HVM context: {e}")))?;
+        let vcpus = parse_hvm_context(&context).map_err(|e| {
+            // Our own domain's context: a local failure, typed.
+            Error::Memory(postcopy::memory::MemoryError::Backend {
+                errno: None,
+                source: Box::new(e),
+            })
+        })?;
         let mut must: BTreeSet<Pfn> = special.iter().copied().filter(|&p| pop(p)).collect();
         let special_count = must.len() as u64;
         let mut reader = GuestPages {

@@ -85,6 +85,15 @@ pub enum MemoryError {
     /// The guest went away (destroyed, or its address space was torn down).
     #[error("guest memory is gone: {0}")]
     GuestGone(String),
+    /// A backend's own call failed; its typed error stays the source.
+    #[error("memory backend call failed: {source}")]
+    Backend {
+        /// The errno the call reported, if any.
+        errno: Option<i32>,
+        /// The backend's error (e.g. the Xen glue's `XcError`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An operating system or hypervisor call failed.
     #[error("{op} failed: {source}")]
     Os {
