@@ -20,11 +20,11 @@ use postcopy::prepage::StrategySpec;
 use postcopy::records::{Record, RecordError, RecordReader, RecordType};
 use postcopy::{Pfn, PAGE_SIZE};
 
-use crate::dest::XenDestination;
 use crate::fake::FakeXen;
 use crate::restore::RestoreSession;
 use crate::save::SaveSession;
-use crate::source::XenSource;
+use crate::xen_dest::XenDestination;
+use crate::xen_source::XenSource;
 
 const RING_PFN: Pfn = 0xfeff8;
 

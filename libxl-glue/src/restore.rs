@@ -29,9 +29,9 @@ use postcopy::prepage::StrategySpec;
 use postcopy::records::{decode, Record, RecordError, RecordReader, RecordType, RecordWriter};
 use postcopy::Error;
 
-use crate::dest::XenDestination;
 use crate::fdio::FdIo;
 use crate::xc::XenOps;
+use crate::xen_dest::XenDestination;
 use crate::xtl::Progress;
 
 /// The destination side of one migration.

@@ -35,8 +35,8 @@ use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
 use crate::present::{parse_hvm_context, special_pfns, vcpu_pages, PageReader};
-use crate::source::{mem_err, XenSource};
 use crate::xc::XenOps;
+use crate::xen_source::{mem_err, XenSource};
 use crate::xtl::Progress;
 
 /// What [`SaveSession::begin`] found.
@@ -219,7 +219,7 @@ impl<O: XenOps> SaveSession<O> {
         // Candidates: everything populated, or with pre-copy only what was
         // dirtied since it was sent.
         let dirty_bits =
-            dirty.map(|(words, nbits)| crate::source::bitmap_pfns(words, nbits.min(n)));
+            dirty.map(|(words, nbits)| crate::xen_source::bitmap_pfns(words, nbits.min(n)));
         let candidates: Vec<Pfn> = match &dirty_bits {
             Some(d) => d.iter().copied().filter(|&p| pop(p)).collect(),
             None => populated.clone(),

@@ -28,8 +28,8 @@ use postcopy::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryErr
 use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::ring::{paging_response, BackRing};
-use crate::source::mem_err;
 use crate::xc::{has_content, XcError, XenOps, ABSENT_RANGE_MAX, MAX_BATCH};
+use crate::xen_source::mem_err;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
