@@ -1049,6 +1049,38 @@ fn next_back(rd: &mut RecordReader<UnixStream>) -> Option<Record<'_>> {
     }
 }
 
+type Served = std::thread::JoinHandle<(Result<(), postcopy::Error>, RestoreSession<FakeXen>)>;
+
+/// Serves `r` on a thread; the fake source has seen READY and RESUMED.
+fn serve_in_background(
+    mut r: RestoreSession<FakeXen>,
+    s_back: &UnixStream,
+    n: Pfn,
+    wait: Duration,
+) -> (Served, RecordReader<UnixStream>) {
+    let serve = std::thread::spawn(move || {
+        let res = r.serve();
+        (res, r)
+    });
+    let mut rd = back_reader(s_back, n, wait);
+    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
+    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    (serve, rd)
+}
+
+/// Nothing is paged out and `owed` holds the source's data.
+fn assert_all_loaded(dst: &FakeXen, owed: std::ops::Range<Pfn>) {
+    let st = dst.state();
+    assert!(st.paged.is_empty());
+    for p in owed {
+        assert_eq!(
+            st.pages[&p][..],
+            [page_byte(p); PAGE_SIZE][..],
+            "pfn {p:#x}"
+        );
+    }
+}
+
 fn pages_of(pfns: &[Pfn]) -> Vec<u8> {
     pfns.iter()
         .flat_map(|&p| [page_byte(p); PAGE_SIZE])
@@ -1091,14 +1123,8 @@ fn outstanding_faults_are_capped_on_the_xen_path() {
         max_outstanding: cap,
         ..Default::default()
     };
-    let (dst, mut r, s_stream, s_back) = dest_at_ready(n, 16..48, Some(cfg));
-    let serve = std::thread::spawn(move || {
-        let res = r.serve();
-        (res, r)
-    });
-    let mut rd = back_reader(&s_back, n, Duration::from_millis(300));
-    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
-    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    let (dst, r, s_stream, s_back) = dest_at_ready(n, 16..48, Some(cfg));
+    let (serve, mut rd) = serve_in_background(r, &s_back, n, Duration::from_millis(300));
     // Seven vCPUs fault on seven distinct owed pages at once (the fake's
     // ring holds eight requests).
     let touched: Vec<Pfn> = (20..27).collect();
@@ -1148,15 +1174,7 @@ fn outstanding_faults_are_capped_on_the_xen_path() {
     for (v, &p) in touched.iter().enumerate() {
         assert!(dst.wait_response(v as u32, p, Duration::from_secs(5)));
     }
-    let st = dst.state();
-    assert!(st.paged.is_empty());
-    for p in 16..48 {
-        assert_eq!(
-            st.pages[&p][..],
-            [page_byte(p); PAGE_SIZE][..],
-            "pfn {p:#x}"
-        );
-    }
+    assert_all_loaded(&dst, 16..48);
     assert_eq!(r.metrics().snapshot().pages_faulted, touched.len() as u64);
 }
 
@@ -1164,7 +1182,7 @@ fn outstanding_faults_are_capped_on_the_xen_path() {
 fn a_fault_raised_while_its_page_is_installed_is_not_lost() {
     let n = 64;
     let racy: Pfn = 20;
-    let (dst, mut r, s_stream, s_back) = dest_at_ready(n, 16..48, None);
+    let (dst, r, s_stream, s_back) = dest_at_ready(n, 16..48, None);
     // The guest touches pfn 20 while its pushed copy is being loaded, and
     // the fault forwarder gets to see the request before the load ends.
     dst.on_load(Box::new(move |x, p| {
@@ -1173,13 +1191,7 @@ fn a_fault_raised_while_its_page_is_installed_is_not_lost() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }));
-    let serve = std::thread::spawn(move || {
-        let res = r.serve();
-        (res, r)
-    });
-    let mut rd = back_reader(&s_back, n, Duration::from_secs(10));
-    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
-    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    let (serve, mut rd) = serve_in_background(r, &s_back, n, Duration::from_secs(10));
     let mut w = postcopy::records::RecordWriter::new(s_stream.try_clone().unwrap());
     let all: Vec<Pfn> = (16..48).collect();
     w.page_data(postcopy::records::Cause::Push, &all, &pages_of(&all))
@@ -1199,15 +1211,7 @@ fn a_fault_raised_while_its_page_is_installed_is_not_lost() {
         dst.wait_response(1, racy, Duration::from_secs(5)),
         "the vCPU on pfn {racy:#x} was never resumed"
     );
-    let st = dst.state();
-    assert!(st.paged.is_empty());
-    for p in 16..48 {
-        assert_eq!(
-            st.pages[&p][..],
-            [page_byte(p); PAGE_SIZE][..],
-            "pfn {p:#x}"
-        );
-    }
+    assert_all_loaded(&dst, 16..48);
     assert_eq!(r.metrics().snapshot().pages_duplicate, 0);
 }
 

@@ -116,25 +116,8 @@ impl ServeHooks for ResumedAt {
     }
 }
 
-/// Where fault replies arrive: a setting of the session.
-pub enum Replies {
-    /// On their own channel, read by the reply reader; the source
-    /// acknowledges COMPLETE on it.
-    Channel(Box<dyn Read + Send>),
-    /// In-band on the forward stream, between pushed pages (xl's one
-    /// pipe); the source's COMPLETE follows every reply, and the
-    /// destination's COMPLETE is the last word.
-    InBand,
-}
-
-impl std::fmt::Debug for Replies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Replies::Channel(_) => "Replies::Channel",
-            Replies::InBand => "Replies::InBand",
-        })
-    }
-}
+/// Where the destination's fault replies arrive.
+pub type Replies = crate::transport::Replies<Box<dyn Read + Send>>;
 
 /// The destination's ends of one connection, for the serve phase.
 pub struct ServeLinks {
@@ -802,8 +785,13 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
             return Ok(());
         };
         let paused = at.saturating_duration_since(self.switch_at);
-        Metrics::set_duration(&self.metrics.downtime_us, paused);
+        // Checked again under the writer's lock: the bulk reader may send
+        // it too, at the end.
         let mut w = lock(tx);
+        if self.resumed_sent.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Metrics::set_duration(&self.metrics.downtime_us, paused);
         w.count(RecordType::Resumed, ns(paused))?;
         w.flush()?;
         self.resumed_sent.store(true, Ordering::SeqCst);

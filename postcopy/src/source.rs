@@ -198,27 +198,8 @@ pub type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
 /// The source's forward stream.
 pub type BulkWriter = RecordWriter<Box<dyn std::io::Write + Send>>;
 
-/// Where fault replies travel: a setting of the session, not a second
-/// implementation.
-pub enum Replies {
-    /// On their own channel, so a reply never waits behind queued pushes
-    /// (local mode's sockets). The source acknowledges the destination's
-    /// COMPLETE on it.
-    Channel(Box<dyn std::io::Write + Send>),
-    /// In-band on the forward stream, between pushed batches (xl's one
-    /// pipe). The destination's COMPLETE is the last word: nothing follows
-    /// on the stream, which goes back to the caller.
-    InBand,
-}
-
-impl std::fmt::Debug for Replies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Replies::Channel(_) => "Replies::Channel",
-            Replies::InBand => "Replies::InBand",
-        })
-    }
-}
+/// Where the source's fault replies go.
+pub type Replies = crate::transport::Replies<Box<dyn std::io::Write + Send>>;
 
 /// The ends the serve phase needs besides the forward stream.
 pub struct ServeLinks {
@@ -382,56 +363,48 @@ impl SourceSession {
         metrics: &Metrics,
     ) -> Result<(), Error> {
         self.require(SourcePhase::Begun, "switch")?;
-        let r = self.switch_inner(owed, state, back, metrics);
+        let r = (|| -> Result<(), Error> {
+            let stopped_at = self.stopped_at;
+            let Some(bulk) = self.stream.as_mut() else {
+                return Err(Error::Aborted);
+            };
+            for chunk in owed.chunks(MAX_RUNS) {
+                bulk.runs(RecordType::Pfns, chunk)?;
+            }
+            bulk.vcpu_state(state)?;
+            bulk.flush()?;
+            debug!("CPU state sent {:?} after the stop", stopped_at.elapsed());
+            // The destination confirms it has everything and is prepared before
+            // the guest changes hands: a link or a destination lost before this
+            // point leaves the guest here, never in limbo.
+            match back.next_record()? {
+                Record::Ready => {}
+                Record::Abort(reason) => {
+                    warn!("destination refused the switch: {reason}");
+                    return Err(Error::PeerAborted(reason));
+                }
+                other => {
+                    return Err(crate::records::RecordError::Unexpected {
+                        name: other.rtype().name(),
+                        state: "while waiting for POSTCOPY_READY",
+                    }
+                    .into())
+                }
+            }
+            debug!("READY received {:?} after the stop", stopped_at.elapsed());
+            bulk.empty(RecordType::Transition)?;
+            bulk.flush()?;
+            // The source's share of the downtime; RESUMED adds the destination's.
+            Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
+            self.owed = owed;
+            Ok(())
+        })();
         self.phase = if r.is_ok() {
             SourcePhase::Switched
         } else {
             SourcePhase::Failed
         };
         r
-    }
-
-    fn switch_inner(
-        &mut self,
-        owed: Vec<PfnRun>,
-        state: &[u8],
-        back: &mut FaultReader,
-        metrics: &Metrics,
-    ) -> Result<(), Error> {
-        let stopped_at = self.stopped_at;
-        let Some(bulk) = self.stream.as_mut() else {
-            return Err(Error::Aborted);
-        };
-        for chunk in owed.chunks(MAX_RUNS) {
-            bulk.runs(RecordType::Pfns, chunk)?;
-        }
-        bulk.vcpu_state(state)?;
-        bulk.flush()?;
-        debug!("CPU state sent {:?} after the stop", stopped_at.elapsed());
-        // The destination confirms it has everything and is prepared before
-        // the guest changes hands: a link or a destination lost before this
-        // point leaves the guest here, never in limbo.
-        match back.next_record()? {
-            Record::Ready => {}
-            Record::Abort(reason) => {
-                warn!("destination refused the switch: {reason}");
-                return Err(Error::PeerAborted(reason));
-            }
-            other => {
-                return Err(crate::records::RecordError::Unexpected {
-                    name: other.rtype().name(),
-                    state: "while waiting for POSTCOPY_READY",
-                }
-                .into())
-            }
-        }
-        debug!("READY received {:?} after the stop", stopped_at.elapsed());
-        bulk.empty(RecordType::Transition)?;
-        bulk.flush()?;
-        // The source's share of the downtime; RESUMED adds the destination's.
-        Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
-        self.owed = owed;
-        Ok(())
     }
 
     /// Phase 3: serves until the destination holds every owed page. With
