@@ -1237,3 +1237,44 @@ fn a_failed_xen_call_stays_the_source_of_the_memory_error() {
     let engine = postcopy::Error::from(e);
     assert_eq!(crate::ffi::errno_of(&engine), libc::ENOENT);
 }
+
+/// A domain that crashes `after` into serving.
+struct Crashes {
+    start: Instant,
+    after: Duration,
+}
+
+impl postcopy::destination::ServeHooks for Crashes {
+    fn resumed_at(&self) -> Option<Instant> {
+        Some(self.start)
+    }
+    fn watch(&self) -> Result<(), postcopy::Error> {
+        if self.start.elapsed() >= self.after {
+            return Err(postcopy::Error::GuestDied("domain 2 crashed".into()));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_guest_watch_error_ends_the_restore_and_is_told_to_the_source() {
+    let n = 64;
+    let (_dst, mut r, _s_stream, s_back) = dest_at_ready(n, 16..48, None);
+    let hooks = Crashes {
+        start: Instant::now(),
+        after: Duration::from_millis(150),
+    };
+    let t = Instant::now();
+    let e = r.serve_with(&hooks).unwrap_err();
+    assert!(matches!(e, postcopy::Error::GuestDied(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(crate::ffi::errno_of(&e), libc::ESRCH);
+    // The source hears RESUMED, then ABORT with the destination's reason.
+    let mut rd = back_reader(&s_back, n, Duration::from_secs(5));
+    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
+    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    match next_back(&mut rd) {
+        Some(Record::Abort(why)) => assert!(why.contains("domain 2 crashed"), "{why}"),
+        other => panic!("expected ABORT, got {other:?}"),
+    }
+}

@@ -1053,20 +1053,26 @@ fn rerequest_pending<M: DestinationMemory + ?Sized, W: Write>(
     Ok(())
 }
 
-/// The first error that is not merely [`Error::Aborted`] (a consequence).
+/// The root cause among the threads' results: a local failure first (the
+/// others only saw the links it closed), then the first error that is not
+/// merely [`Error::Aborted`] (a consequence).
 fn first_real_error<const N: usize>(results: [Result<(), Error>; N]) -> Result<(), Error> {
     let mut aborted = false;
+    let mut first = None;
     for r in results {
         match r {
             Ok(()) => {}
             Err(Error::Aborted) => aborted = true,
-            Err(e) => return Err(e),
+            Err(e) if e.is_local() => return Err(e),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
         }
     }
-    if aborted {
-        Err(Error::Aborted)
-    } else {
-        Ok(())
+    match first {
+        Some(e) => Err(e),
+        None if aborted => Err(Error::Aborted),
+        None => Ok(()),
     }
 }
 
