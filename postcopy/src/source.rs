@@ -9,12 +9,20 @@
 //! exactly once. The migration is complete when the destination says it
 //! holds every owed page.
 //!
+//! The phases are public as [`SourceSession`] (begin → switch → serve), so
+//! every transport and backend drives the same code: local mode through
+//! [`run_source_recoverable`], the Xen glue through its libxenguest
+//! callbacks. Where fault replies travel ([`Replies`]: their own channel,
+//! or in-band on the forward stream) and how pushes are batched
+//! ([`PushPolicy`]) are settings of the session.
+//!
 //! Failure rule: until TRANSITION has been written the destination cannot
 //! have resumed the guest, so any failure resumes it here
 //! ([`GuestControl::resume`]) and memory is untouched; the same holds when
 //! the destination answers TRANSITION with ABORT (it refused the stream and
 //! never resumed). Otherwise, after TRANSITION the guest lives on the
-//! destination and is never resumed here.
+//! destination and is never resumed here; a destination that fails after
+//! RESUMED says why with ABORT ([`Error::DestinationFailed`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
