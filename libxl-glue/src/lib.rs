@@ -10,13 +10,15 @@
 //! - [`xen_source`] and [`xen_dest`]: the Xen backends of the engine's
 //!   `SourceMemory` / `DestinationMemory` traits.
 //! - [`present`]: what must be present before the guest runs (special
-//!   pfns, page tables walked from CR3, stacks).
+//!   pfns, page tables walked from CR3, stacks); [`pagewalk`]: the x86
+//!   page-table walker it uses.
 //! - [`ring`]: the vm_event back ring; [`xc`]: one safe wrapper per Xen
 //!   call behind the [`xc::XenOps`] trait; [`xtl`]: logging and progress
 //!   through xentoollog.
 
 pub mod fdio;
 pub mod ffi;
+pub mod pagewalk;
 pub mod present;
 pub mod restore;
 pub mod ring;

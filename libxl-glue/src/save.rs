@@ -34,7 +34,8 @@ use postcopy::source::{send_pages, Replies, ServeLinks, SourceSession};
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
-use crate::present::{parse_hvm_context, special_pfns, vcpu_pages, PageReader};
+use crate::pagewalk::PageReader;
+use crate::present::{parse_hvm_context, special_pfns, vcpu_pages};
 use crate::xc::XenOps;
 use crate::xen_source::{mem_err, XenSource};
 use crate::xtl::Progress;
