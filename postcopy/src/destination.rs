@@ -40,7 +40,7 @@ use bitvec::vec::BitVec;
 use log::{debug, info, warn};
 
 use crate::error::{Error, HookError};
-use crate::memory::{DestinationMemory, PfnRun};
+use crate::memory::DestinationMemory;
 use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
 use crate::records::{
@@ -217,7 +217,6 @@ pub struct DestSession<M> {
     cfg: DestConfig,
     guest_pfns: u64,
     strategy: Option<StrategySpec>,
-    owed: Vec<PfnRun>,
     owed_bits: BitVec,
     owed_count: u64,
     state: Vec<u8>,
@@ -253,7 +252,6 @@ impl<M: DestinationMemory> DestSession<M> {
             cfg,
             guest_pfns,
             strategy,
-            owed: Vec::new(),
             owed_bits: BitVec::repeat(false, idx(guest_pfns)),
             owed_count: 0,
             state: Vec::new(),
@@ -372,13 +370,12 @@ impl<M: DestinationMemory> DestSession<M> {
                 // ring pfn set by HVM_PARAMS is fresh).
                 self.mem.mark_absent(&runs)?;
                 self.owed_count += runs.iter().map(|r| r.count).sum::<u64>();
-                self.owed.extend(runs);
                 debug!("{} pfns owed so far", self.owed_count);
             }
             Record::VcpuState(state) => {
                 // The last record before the switch.
                 self.state = state.to_vec();
-                if self.owed.is_empty() {
+                if self.owed_count == 0 {
                     // Nothing owed: the backend still gets ready to serve.
                     self.mem.mark_absent(&[])?;
                 }

@@ -351,11 +351,8 @@ impl SourceSession {
     /// The forward stream, for the caller's pre-switch records.
     pub fn stream(&mut self) -> Result<&mut BulkWriter, Error> {
         self.require(SourcePhase::Begun, "stream")?;
-        self.stream.as_mut().ok_or(Error::WrongPhase {
-            call: "stream",
-            phase: "served",
-            expected: "begun",
-        })
+        // require() saw the stream.
+        self.stream.as_mut().ok_or(Error::Aborted)
     }
 
     /// Phase 2: POSTCOPY_PFNS (`owed`), POSTCOPY_VCPU_STATE (`state`; the
@@ -1051,9 +1048,10 @@ fn push_loop<M: SourceMemory + ?Sized>(
         // Faults first: a reply being written goes ahead of this batch.
         if shared.outstanding.load(Ordering::Acquire) > 0 {
             if in_band {
+                // Sleep, never spin: on the Xen host dom0's CPUs are few.
                 let until = Instant::now() + REPLY_FIRST;
                 while shared.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < until {
-                    std::thread::yield_now();
+                    std::thread::sleep(Duration::from_micros(100));
                 }
             } else {
                 std::thread::yield_now();
