@@ -26,11 +26,12 @@ use postcopy::transport::{DestLinks, SourceLinks};
 use postcopy_uffd::{GuestRegion, RegionSource, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
-use super::link::{self, Dial, Expect, Token};
+use super::link::{self, Dial, Expect};
 use super::recover::{Command, Control};
 use super::report::{DestSummary, Floor, LocalReport};
 use super::vcpu::{GuestWords, Vcpu};
 use super::workload::{fill_page, Regs, Workload};
+use crate::auth::Token;
 
 impl GuestWords for GuestRegion {
     fn words(&self) -> &[std::sync::atomic::AtomicU64] {
