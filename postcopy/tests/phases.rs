@@ -78,35 +78,61 @@ fn destination(
     )
 }
 
+/// What one migration with scripted destination hooks gave.
+struct Outcome {
+    source: Result<postcopy::source::SourceOutcome, SourceFailure>,
+    dest: Result<(), Error>,
+    guest: Guest,
+    image_ok: bool,
+    src_metrics: Metrics,
+}
+
+/// Migrates a guest of `n` pages by demand paging (`--prepage=none`,
+/// residue flushed after `idle_flush`), the destination serving with
+/// `hooks`.
+fn migrate(n: u64, idle_flush: Duration, hooks: &Scripted) -> Outcome {
+    let mut src = source_image(n, 7, &[5, 6]);
+    let expected = src.image().to_vec();
+    let dst = MemDestination::new(n);
+    let (s_links, d_links) = unix_pair().expect("socket pairs");
+    let cfg = SourceConfig {
+        strategy: StrategySpec::None,
+        idle_flush,
+        ..SourceConfig::default()
+    };
+    let (src_metrics, dst_m) = (Metrics::new(), Metrics::new());
+    let mut guest = Guest::default();
+    let (source, dest) = std::thread::scope(|sc| {
+        let d = sc.spawn(|| destination(&dst, d_links, hooks, &dst_m));
+        let s = run_source(&mut src, s_links, &cfg, &mut guest, &src_metrics);
+        (s, d.join().expect("the destination thread panicked"))
+    });
+    Outcome {
+        source,
+        dest,
+        guest,
+        image_ok: dst.image() == expected,
+        src_metrics,
+    }
+}
+
 #[test]
 fn a_guest_that_dies_after_the_switch_is_reported_to_the_source() {
     let _limit = Limit::secs(60, "a_guest_that_dies_after_the_switch");
-    let n = 256;
-    let mut src = source_image(n, 7, &[]);
-    let dst = MemDestination::new(n);
-    let (s_links, d_links) = unix_pair().unwrap();
-    // Demand paging with a long idle flush: the migration is still going
-    // when the guest dies.
-    let cfg = SourceConfig {
-        strategy: StrategySpec::None,
-        idle_flush: Duration::from_secs(60),
-        ..SourceConfig::default()
-    };
+    // A long idle flush: the migration is still going when the guest dies.
     let hooks = Scripted {
         start: Instant::now(),
         resume_after: Duration::ZERO,
         die_after: Some(Duration::from_millis(200)),
         go: Arc::new(AtomicBool::new(false)),
     };
-    let (src_m, dst_m) = (Metrics::new(), Metrics::new());
-    let mut guest = Guest::default();
-    let (s, d) = std::thread::scope(|sc| {
-        let d = sc.spawn(|| destination(&dst, d_links, &hooks, &dst_m));
-        let s = run_source(&mut src, s_links, &cfg, &mut guest, &src_m);
-        (s, d.join().unwrap())
-    });
-    assert!(matches!(d, Err(Error::GuestDied(_))), "{d:?}");
-    match s {
+    let out = migrate(256, Duration::from_secs(60), &hooks);
+    assert!(
+        matches!(out.dest, Err(Error::GuestDied(_))),
+        "{:?}",
+        out.dest
+    );
+    match out.source {
         Err(SourceFailure {
             error: Error::DestinationFailed(why),
             after_switch: true,
@@ -114,45 +140,28 @@ fn a_guest_that_dies_after_the_switch_is_reported_to_the_source() {
         other => panic!("source: {other:?}"),
     }
     // The guest belongs to the destination: never resumed here.
-    assert!(guest.stopped && !guest.resumed_on_source);
+    assert!(out.guest.stopped && !out.guest.resumed_on_source);
 }
 
 #[test]
 fn resumed_goes_out_when_the_adapter_says_the_guest_runs() {
     let _limit = Limit::secs(60, "resumed_goes_out_when_the_adapter_says");
-    let n = 128;
-    let mut src = source_image(n, 3, &[5, 6]);
-    let expected = src.image().to_vec();
-    let dst = MemDestination::new(n);
-    let (s_links, d_links) = unix_pair().unwrap();
-    // Demand paging with a 1 s idle flush: still migrating when the
-    // adapter lets the guest run.
-    let cfg = SourceConfig {
-        strategy: StrategySpec::None,
-        idle_flush: Duration::from_secs(1),
-        ..SourceConfig::default()
-    };
-    let paused = Duration::from_millis(300);
+    // A 1 s idle flush: still migrating when the adapter lets the guest
+    // run, 300 ms after the switch.
     let hooks = Scripted {
         start: Instant::now(),
-        resume_after: paused,
+        resume_after: Duration::from_millis(300),
         die_after: None,
         go: Arc::new(AtomicBool::new(false)),
     };
-    let (src_m, dst_m) = (Metrics::new(), Metrics::new());
-    let mut guest = Guest::default();
-    let (s, d) = std::thread::scope(|sc| {
-        let d = sc.spawn(|| destination(&dst, d_links, &hooks, &dst_m));
-        let s = run_source(&mut src, s_links, &cfg, &mut guest, &src_m);
-        (s, d.join().unwrap())
-    });
-    s.unwrap();
-    d.unwrap();
+    let out = migrate(128, Duration::from_secs(1), &hooks);
+    out.source.unwrap();
+    out.dest.unwrap();
     assert!(hooks.go.load(Ordering::SeqCst));
-    assert_eq!(dst.image(), expected);
+    assert!(out.image_ok, "destination image differs");
     // The source's downtime includes the time the adapter kept the guest
     // paused after the switch.
-    let down = src_m.snapshot().downtime_ms;
+    let down = out.src_metrics.snapshot().downtime_ms;
     assert!(down >= 250.0, "downtime {down} ms");
 }
 
