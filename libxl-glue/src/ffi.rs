@@ -98,10 +98,14 @@ pub fn errno_of(e: &Error) -> c_int {
         // The destination refused the switch (ABORT before READY): the
         // guest never ran there, the source may resume it.
         Error::PeerAborted(_) => libc::ECANCELED,
-        // After the switch the destination failed and said why: the guest
-        // is its, never resume it here.
-        Error::DestinationFailed(_) => libc::ECONNABORTED,
-        Error::GuestDied(_) => libc::ESRCH,
+        // The guest died on the destination after the switch: there
+        // (GuestDied) or as the destination reported it here (its ABORT
+        // reason). libxl turns it into ERROR_DOMAIN_DESTROYED on the source
+        // and xl keeps both copies for the admin.
+        e if e.is_guest_death() => libc::EOWNERDEAD,
+        // After the switch the destination failed otherwise and said why:
+        // the guest is its, never resume it here.
+        Error::DestinationFailed { .. } => libc::ECONNABORTED,
         Error::Spawn { source, .. } => source.raw_os_error().unwrap_or(libc::EAGAIN),
         Error::WrongPhase { .. } => libc::EINVAL,
         _ => libc::EIO,
@@ -509,6 +513,20 @@ mod tests {
             ))),
             libc::EBUSY
         );
+        let died = crate::domain_watch::GuestDied {
+            death: crate::domain_watch::Death::Shutdown(libxl_sys::SHUTDOWN_crash),
+            absent: 3,
+            owed: 9,
+        };
+        assert_eq!(errno_of(&died.clone().into_error()), libc::EOWNERDEAD);
+        // The source gets the destination error's text in ABORT.
+        let told = Error::destination_failed(died.clone().into_error().to_string());
+        assert_eq!(errno_of(&told), libc::EOWNERDEAD);
+        // Any other failure after the switch: ECONNABORTED (the engine's
+        // scheme; death's branch had EIO), never the ECANCELED that resumes
+        // the source.
+        let other = Error::destination_failed("disk full".into());
+        assert_eq!(errno_of(&other), libc::ECONNABORTED);
     }
 
     #[test]

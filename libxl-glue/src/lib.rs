@@ -12,12 +12,17 @@
 //! - [`present`]: what must be present before the guest runs (special
 //!   pfns, page tables walked from CR3, stacks); [`pagewalk`]: the x86
 //!   page-table walker it uses.
+//! - [`domain_watch`] and [`forensics`]: a guest that dies on the
+//!   destination during post-copy fails the migration (the serve hooks of
+//!   a Xen domain), with a post-mortem in the log.
 //! - [`ring`]: the vm_event back ring; [`xc`]: one safe wrapper per Xen
 //!   call behind the [`xc::XenOps`] trait; [`xtl`]: logging and progress
 //!   through xentoollog.
 
+pub mod domain_watch;
 pub mod fdio;
 pub mod ffi;
+pub mod forensics;
 pub mod pagewalk;
 pub mod present;
 pub mod restore;

@@ -7,18 +7,21 @@
 //!    now), POSTCOPY_PFNS (the owed set), and the end-of-pre-switch marker,
 //!    at which mem_paging is enabled (HVM_PARAMS has set the ring pfn by
 //!    then), every owed pfn is paged out and READY goes to the source;
-//! 3. [`RestoreSession::serve`] after libxl has unpaused the guest: the
-//!    engine's serve phase with fault replies in-band on the stream
-//!    ([`Replies::InBand`]). The stream is read record by record with no
-//!    read-ahead, so libxenguest reads its END record next.
+//! 3. [`RestoreSession::serve`] as libxl unpauses the guest: the engine's
+//!    serve phase with fault replies in-band on the stream
+//!    ([`Replies::InBand`]) and the guest watch of
+//!    [`crate::domain_watch`] as its [`ServeHooks`] (RESUMED at the
+//!    unpause, a guest death fails the migration). The stream is read
+//!    record by record with no read-ahead, so libxenguest reads its END
+//!    record next.
 //!
 //! The phases are the engine's [`DestSession`]; this module adds what is
-//! Xen: the memory backend, record I/O on xl's fds ([`FdIo`]), progress
-//! through xentoollog, and the [`ServeHooks`] of a Xen domain.
+//! Xen: the memory backend, record I/O on xl's fds ([`FdIo`]) and the
+//! serve hooks of a Xen domain.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info};
@@ -29,10 +32,10 @@ use postcopy::prepage::StrategySpec;
 use postcopy::records::{decode, Record, RecordError, RecordReader, RecordType, RecordWriter};
 use postcopy::Error;
 
+use crate::domain_watch::{GuestDied, WatchHooks, UNPAUSE_GRACE};
 use crate::fdio::FdIo;
 use crate::xc::XenOps;
 use crate::xen_dest::XenDestination;
-use crate::xtl::Progress;
 
 /// The destination side of one migration.
 pub struct RestoreSession<O: XenOps> {
@@ -40,6 +43,7 @@ pub struct RestoreSession<O: XenOps> {
     stream_fd: RawFd,
     back_fd: RawFd,
     metrics: Metrics,
+    death: Option<GuestDied>,
 }
 
 impl<O: XenOps> std::fmt::Debug for RestoreSession<O> {
@@ -47,38 +51,6 @@ impl<O: XenOps> std::fmt::Debug for RestoreSession<O> {
         f.debug_struct("RestoreSession")
             .field("session", &self.session)
             .finish_non_exhaustive()
-    }
-}
-
-/// The serve hooks of a Xen domain that libxl unpaused before
-/// [`RestoreSession::serve`]: the guest runs from the start of serving;
-/// progress goes to xentoollog.
-#[derive(Debug)]
-pub struct XenHooks {
-    started: Instant,
-    progress: Mutex<Progress>,
-}
-
-impl XenHooks {
-    /// Hooks for a guest already running, `owed` pages to come.
-    pub fn new(owed: u64) -> XenHooks {
-        XenHooks {
-            started: Instant::now(),
-            progress: Mutex::new(Progress::new("Post-copy pages", owed)),
-        }
-    }
-}
-
-impl ServeHooks for XenHooks {
-    fn resumed_at(&self) -> Option<Instant> {
-        Some(self.started)
-    }
-
-    fn progress(&self, installed: u64, _owed: u64) {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .update(installed);
     }
 }
 
@@ -106,7 +78,14 @@ impl<O: XenOps> RestoreSession<O> {
             )));
         }
         let mem = XenDestination::new(ops, guest_pfns)?;
-        let session = DestSession::begin(mem, &b, DestConfig::default())?;
+        // Every page in before libxl unpaused the domain (a small guest):
+        // wait a little for the unpause, so that RESUMED precedes COMPLETE
+        // and the source measures the downtime.
+        let cfg = DestConfig {
+            resume_grace: UNPAUSE_GRACE,
+            ..DestConfig::default()
+        };
+        let session = DestSession::begin(mem, &b, cfg)?;
         info!(
             "post-copy destination: {guest_pfns} pfns, {} populated at the source, strategy {}",
             b.populated_pages.get(),
@@ -120,6 +99,7 @@ impl<O: XenOps> RestoreSession<O> {
             stream_fd,
             back_fd,
             metrics: Metrics::new(),
+            death: None,
         })
     }
 
@@ -202,10 +182,29 @@ impl<O: XenOps> RestoreSession<O> {
         self.session.ready_sent()
     }
 
-    /// Phase 3: the guest runs; serve its faults and load every owed page.
+    /// Phase 3: the guest runs (once libxl unpauses it); serve its faults
+    /// and load every owed page, watching the domain ([`WatchHooks`]).
     pub fn serve(&mut self) -> Result<(), Error> {
-        let hooks = XenHooks::new(self.session.owed_count());
-        self.serve_with(&hooks)
+        let hooks = self.watch_hooks();
+        let r = self.serve_with(&hooks);
+        self.death = hooks.death();
+        r
+    }
+
+    /// The guest watch of this domain, for [`Self::serve_with`].
+    pub fn watch_hooks(&self) -> WatchHooks<O> {
+        let mem = self.session.memory();
+        WatchHooks::new(
+            mem.ops().clone(),
+            mem.absent_view(),
+            self.session.owed_count(),
+            self.session.guest_pfns(),
+        )
+    }
+
+    /// The guest's death that failed [`Self::serve`], if it died.
+    pub fn guest_death(&self) -> Option<&GuestDied> {
+        self.death.as_ref()
     }
 
     /// [`Self::serve`] with the adapter's own hooks (guest watch, the

@@ -83,11 +83,43 @@ fn set(b: &mut BitVec, p: Pfn) {
     }
 }
 
+/// The owed/absent bookkeeping of a [`XenDestination`], readable from
+/// another thread while the engine serves.
+#[derive(Clone)]
+pub struct AbsentView {
+    st: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for AbsentView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbsentView")
+            .field("absent", &self.absent())
+            .finish()
+    }
+}
+
+impl AbsentView {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Owed pages still absent (evicted, not loaded, not dropped).
+    pub fn absent(&self) -> u64 {
+        self.lock().absent
+    }
+
+    /// True for a pfn owed after the switch (paged out at READY).
+    pub fn is_owed(&self, pfn: Pfn) -> bool {
+        bit(&self.lock().evicted, pfn)
+    }
+}
+
 /// A destination domain's memory with mem_paging.
 pub struct XenDestination<O: XenOps> {
     ops: Arc<O>,
     pfns: u64,
-    st: Mutex<State>,
+    /// Shared with the [`AbsentView`]s of the guest watch.
+    st: Arc<Mutex<State>>,
 }
 
 impl<O: XenOps> std::fmt::Debug for XenDestination<O> {
@@ -106,13 +138,13 @@ impl<O: XenOps> XenDestination<O> {
         Ok(XenDestination {
             ops,
             pfns,
-            st: Mutex::new(State {
+            st: Arc::new(Mutex::new(State {
                 evicted: BitVec::repeat(false, n),
                 loaded: BitVec::repeat(false, n),
                 dropped: BitVec::repeat(false, n),
                 range_op: std::env::var(EVICT_ENV).map_or(true, |v| v != "per-page"),
                 ..State::default()
-            }),
+            })),
         })
     }
 
@@ -193,9 +225,22 @@ impl<O: XenOps> XenDestination<O> {
         (st.by_range, st.by_page, st.page_out_time)
     }
 
+    /// The Xen calls of the domain.
+    pub fn ops(&self) -> &Arc<O> {
+        &self.ops
+    }
+
     /// Owed pages still absent (evicted, not loaded, not dropped).
     pub fn absent(&self) -> u64 {
         self.lock().absent
+    }
+
+    /// A handle that reads the owed and absent pages while the engine
+    /// holds the backend (the guest watch's counts and post-mortem).
+    pub fn absent_view(&self) -> AbsentView {
+        AbsentView {
+            st: self.st.clone(),
+        }
     }
 
     /// The paging ring pfn, once paging is enabled.
@@ -546,7 +591,7 @@ impl<O: XenOps> Drop for XenDestination<O> {
         if let Err(e) = self.settle() {
             warn!("could not answer the last paging requests: {e}");
         }
-        let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         let Some(ring) = st.ring.take() else {
             return;
         };

@@ -76,6 +76,12 @@ pub struct DestConfig {
     pub fault_poll: Duration,
     /// Most fault requests in flight at once.
     pub max_outstanding: usize,
+    /// How long a destination that holds every page waits for the guest
+    /// to run ([`ServeHooks::resumed_at`]) before it completes, so that
+    /// RESUMED precedes COMPLETE and the source measures the real paused
+    /// time (zero: complete at once; RESUMED is then never sent for a
+    /// guest still paused).
+    pub resume_grace: Duration,
 }
 
 impl Default for DestConfig {
@@ -83,6 +89,7 @@ impl Default for DestConfig {
         DestConfig {
             fault_poll: Duration::from_millis(20),
             max_outstanding: MAX_OUTSTANDING_FAULTS,
+            resume_grace: Duration::ZERO,
         }
     }
 }
@@ -1017,6 +1024,7 @@ fn finish<M: DestinationMemory + ?Sized, W: Write>(
         }
     }
     shared.mem.settle()?;
+    wait_resumed(shared)?;
     // A guest that never ran still gets its RESUMED before the end.
     shared.send_resumed(fault_tx)?;
     // Set before COMPLETE goes out: the acknowledgement may come back
@@ -1026,6 +1034,35 @@ fn finish<M: DestinationMemory + ?Sized, W: Write>(
     tx.count(RecordType::Complete, shared.owed)?;
     tx.flush()?;
     Ok(())
+}
+
+/// Every page is in: waits up to [`DestConfig::resume_grace`] for the
+/// guest to run, watching it meanwhile (a guest that dies while still
+/// paused fails the migration all the same).
+fn wait_resumed<M: DestinationMemory + ?Sized>(shared: &Shared<'_, M>) -> Result<(), Error> {
+    let grace = shared.cfg.resume_grace;
+    if grace.is_zero() || shared.resumed_sent.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let poll = shared.cfg.fault_poll.min(WATCH_INTERVAL);
+    let until = Instant::now() + grace;
+    loop {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        shared.hooks.watch()?;
+        if shared.hooks.resumed_at().is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= until {
+            info!(
+                "the guest stayed paused {grace:?} after the last page; completing without RESUMED"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(poll.min(until - now));
+    }
 }
 
 /// After a reconnect: asks again for every page a vCPU is waiting on.

@@ -42,7 +42,7 @@ pub mod source;
 pub mod testmem;
 pub mod transport;
 
-pub use error::Error;
+pub use error::{DestinationCause, Error, GUEST_DIED};
 
 /// A guest page frame number: the index of a 4 KiB page in guest memory.
 pub type Pfn = u64;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bitvec::vec::BitVec;
 use log::{debug, info, warn};
 
-use crate::error::{Error, HookError};
+use crate::error::{DestinationCause, Error, HookError};
 use crate::memory::{runs_from_sorted, PfnRun, SourceMemory};
 use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
@@ -840,9 +840,12 @@ fn serve<M: SourceMemory + ?Sized>(
                     c();
                     if let Error::PeerAborted(why) = &e {
                         if shared.resumed.load(Ordering::SeqCst) {
-                            return Err(Error::DestinationFailed(format!(
-                                "destination aborted after it said it resumed the guest: {why}"
-                            )));
+                            return Err(Error::DestinationFailed {
+                                cause: DestinationCause::of_reason(why),
+                                reason: format!(
+                                    "destination aborted after it said it resumed the guest: {why}"
+                                ),
+                            });
                         }
                         // The guest never ran there: run_source resumes it.
                         return Err(e);
@@ -991,7 +994,7 @@ fn serve_session<M: SourceMemory + ?Sized>(
         shared.server_done.store(true, Ordering::SeqCst);
         match (pushed, served) {
             // The destination's word is the root cause of a broken push.
-            (_, Err(e @ (Error::PeerAborted(_) | Error::DestinationFailed(_)))) => Err(e),
+            (_, Err(e @ (Error::PeerAborted(_) | Error::DestinationFailed { .. }))) => Err(e),
             (Err(Error::Aborted), Err(e)) => Err(e),
             // The fault server hung up on a misbehaving peer; the push
             // only saw the closed link.
@@ -1130,7 +1133,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
             // is reported, and the copy here stays stopped.
             Record::Abort(reason) => {
                 warn!("destination failed after the switch: {reason}");
-                break Err(Error::DestinationFailed(reason));
+                break Err(Error::destination_failed(reason));
             }
             Record::Resumed(dest_ns) if !resumed => {
                 shared.resumed.store(true, Ordering::SeqCst);

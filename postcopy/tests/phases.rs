@@ -134,7 +134,7 @@ fn a_guest_that_dies_after_the_switch_is_reported_to_the_source() {
     );
     match out.source {
         Err(SourceFailure {
-            error: Error::DestinationFailed(why),
+            error: Error::DestinationFailed { reason: why, .. },
             after_switch: true,
         }) => assert!(why.contains("the domain crashed"), "{why}"),
         other => panic!("source: {other:?}"),
