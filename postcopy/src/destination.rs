@@ -1024,6 +1024,9 @@ fn finish<M: DestinationMemory + ?Sized, W: Write>(
         }
     }
     shared.mem.settle()?;
+    // The watch's last look: a guest that died before this is a failed
+    // migration whatever the stream did.
+    shared.hooks.watch()?;
     wait_resumed(shared)?;
     // A guest that never ran still gets its RESUMED before the end.
     shared.send_resumed(fault_tx)?;

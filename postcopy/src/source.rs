@@ -22,7 +22,8 @@
 //! the destination answers TRANSITION with ABORT (it refused the stream and
 //! never resumed). Otherwise, after TRANSITION the guest lives on the
 //! destination and is never resumed here; a destination that fails after
-//! RESUMED says why with ABORT ([`Error::DestinationFailed`]).
+//! RESUMED says why with ABORT ([`Error::DestinationFailed`], whose
+//! [`DestinationCause`] tells a guest that died there from other failures).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};

@@ -134,9 +134,13 @@ fn a_guest_that_dies_after_the_switch_is_reported_to_the_source() {
     );
     match out.source {
         Err(SourceFailure {
-            error: Error::DestinationFailed { reason: why, .. },
+            error: Error::DestinationFailed { reason: why, cause },
             after_switch: true,
-        }) => assert!(why.contains("the domain crashed"), "{why}"),
+        }) => {
+            assert!(why.contains("the domain crashed"), "{why}");
+            // The source tells a guest death from other failures.
+            assert_eq!(cause, postcopy::DestinationCause::GuestDied);
+        }
         other => panic!("source: {other:?}"),
     }
     // The guest belongs to the destination: never resumed here.
