@@ -2,8 +2,12 @@
 //!
 //! Pure Rust, no Xen: this crate owns the wire records ([`records`]), the
 //! pre-paging strategies ([`prepage`]), the bookkeeping of which pages are
-//! still owed ([`sentmap`], [`scheduler`]), the source and destination state
-//! machines ([`source`], [`destination`]) that run over any byte transport,
+//! still owed ([`sentmap`], [`scheduler`], with the one push policy every
+//! path uses, [`scheduler::PushPolicy`]), the source and destination
+//! phases ([`source::SourceSession`]: begin → switch → serve;
+//! [`destination::DestSession`]: records → ready → serve) that local mode,
+//! the Xen glue and the simulator all drive over any byte transport, with
+//! fault replies on their own channel or in-band ([`transport::Replies`]),
 //! and the metrics report ([`metrics`]).
 //!
 //! Backends plug in through the two traits of [`memory`]: the Xen backends
