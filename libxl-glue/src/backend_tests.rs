@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use libxl_sys as sys;
 use postcopy::memory::{DestinationMemory, Installed, MemoryError, PfnRun, SourceMemory};
 use postcopy::prepage::StrategySpec;
-use postcopy::records::RecordType;
+use postcopy::records::{Record, RecordError, RecordReader, RecordType};
 use postcopy::{Pfn, PAGE_SIZE};
 
-use crate::dest::XenDestination;
 use crate::fake::FakeXen;
 use crate::restore::RestoreSession;
 use crate::save::SaveSession;
-use crate::source::XenSource;
+use crate::xen_dest::XenDestination;
+use crate::xen_source::XenSource;
 
 const RING_PFN: Pfn = 0xfeff8;
 
@@ -977,6 +977,315 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     ));
 }
 
+/// One record as libxenguest hands it over: its type and body.
+fn encode(
+    f: impl FnOnce(&mut postcopy::records::RecordWriter<&mut Vec<u8>>) -> Result<(), RecordError>,
+) -> (u32, Vec<u8>) {
+    let mut buf = Vec::new();
+    f(&mut postcopy::records::RecordWriter::new(&mut buf)).unwrap();
+    let t = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    (t, buf[8..8 + len].to_vec())
+}
+
+/// A destination at READY owing `owed` (content `page_byte`), with the
+/// fake source's ends of the stream and the back channel.
+fn dest_at_ready(
+    n: Pfn,
+    owed: std::ops::Range<Pfn>,
+    cfg: Option<postcopy::destination::DestConfig>,
+) -> (
+    Arc<FakeXen>,
+    RestoreSession<FakeXen>,
+    UnixStream,
+    UnixStream,
+) {
+    let dst = dest_domain(n);
+    let (s_stream, d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let begin = postcopy::records::BeginBody {
+        version: postcopy::records::STREAM_VERSION.into(),
+        flags: 0.into(),
+        strategy: 0.into(),
+        strategy_arg: 0.into(),
+        guest_pfns: n.into(),
+        populated_pages: n.into(),
+    };
+    let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
+    let mut r = RestoreSession::begin(dst.clone(), d_stream.as_raw_fd(), d_back.as_raw_fd(), &body)
+        .unwrap();
+    if let Some(cfg) = cfg {
+        r.set_config(cfg);
+    }
+    let run = PfnRun {
+        start: owed.start,
+        count: owed.end - owed.start,
+    };
+    let (t, b) = encode(|w| w.runs(RecordType::Pfns, &[run]));
+    r.record(t, &b).unwrap();
+    let (t, b) = encode(|w| w.vcpu_state(&[]));
+    r.record(t, &b).unwrap();
+    assert!(r.ready_sent());
+    // The session only borrows the destination's fds: keep them open.
+    std::mem::forget(d_stream);
+    std::mem::forget(d_back);
+    (dst, r, s_stream, s_back)
+}
+
+/// The fake source's reader of the back channel, `wait` per record.
+fn back_reader(s_back: &UnixStream, n: Pfn, wait: Duration) -> RecordReader<UnixStream> {
+    let r = s_back.try_clone().unwrap();
+    r.set_read_timeout(Some(wait)).unwrap();
+    RecordReader::new(r, Some(n))
+}
+
+fn next_back(rd: &mut RecordReader<UnixStream>) -> Option<Record<'_>> {
+    match rd.next_record() {
+        Ok(r) => Some(r),
+        Err(RecordError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("back channel: {e}"),
+    }
+}
+
+type Served = std::thread::JoinHandle<(Result<(), postcopy::Error>, RestoreSession<FakeXen>)>;
+
+/// Serves `r` on a thread; the fake source has seen READY and RESUMED.
+fn serve_in_background(
+    mut r: RestoreSession<FakeXen>,
+    s_back: &UnixStream,
+    n: Pfn,
+    wait: Duration,
+) -> (Served, RecordReader<UnixStream>) {
+    let serve = std::thread::spawn(move || {
+        let res = r.serve();
+        (res, r)
+    });
+    let mut rd = back_reader(s_back, n, wait);
+    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
+    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    (serve, rd)
+}
+
+/// Nothing is paged out and `owed` holds the source's data.
+fn assert_all_loaded(dst: &FakeXen, owed: std::ops::Range<Pfn>) {
+    let st = dst.state();
+    assert!(st.paged.is_empty());
+    for p in owed {
+        assert_eq!(
+            st.pages[&p][..],
+            [page_byte(p); PAGE_SIZE][..],
+            "pfn {p:#x}"
+        );
+    }
+}
+
+fn pages_of(pfns: &[Pfn]) -> Vec<u8> {
+    pfns.iter()
+        .flat_map(|&p| [page_byte(p); PAGE_SIZE])
+        .collect()
+}
+
+#[test]
+fn a_destination_flooding_fault_requests_is_disconnected() {
+    let (mut s, d_stream, d_back, _keep) = source_session(StrategySpec::None);
+    let reader = drain(d_stream);
+    let owed: Vec<Pfn> = s.owed().iter().flat_map(|r| r.pfns()).collect();
+    assert!(!owed.is_empty() && owed.len() <= postcopy::records::MAX_PFN_LIST);
+    // A well-behaved destination asks for each page once; this one asks
+    // for every owed page over and over.
+    let flood = std::thread::spawn(move || {
+        let mut w = postcopy::records::RecordWriter::new(d_back);
+        let rounds = 3 + postcopy::records::MAX_PFN_LIST / owed.len();
+        for _ in 0..rounds {
+            if w.pfn_list(RecordType::Fault, &owed).is_err() || w.flush().is_err() {
+                break;
+            }
+        }
+        w
+    });
+    let t = Instant::now();
+    let e = s.serve().unwrap_err();
+    assert!(matches!(e, postcopy::Error::Flood(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    drop(s);
+    drop(flood.join().unwrap());
+    drop(_keep);
+    let _ = reader.join();
+}
+
+#[test]
+fn outstanding_faults_are_capped_on_the_xen_path() {
+    let n = 64;
+    let cap = 3;
+    let cfg = postcopy::destination::DestConfig {
+        max_outstanding: cap,
+        ..Default::default()
+    };
+    let (dst, r, s_stream, s_back) = dest_at_ready(n, 16..48, Some(cfg));
+    let (serve, mut rd) = serve_in_background(r, &s_back, n, Duration::from_millis(300));
+    // Seven vCPUs fault on seven distinct owed pages at once (the fake's
+    // ring holds eight requests).
+    let touched: Vec<Pfn> = (20..27).collect();
+    for (v, &p) in touched.iter().enumerate() {
+        assert!(dst.guest_touch(p, v as u32), "touch {p:#x}");
+    }
+    let mut w = postcopy::records::RecordWriter::new(s_stream.try_clone().unwrap());
+    let mut asked: BTreeSet<Pfn> = BTreeSet::new();
+    let mut answered: BTreeSet<Pfn> = BTreeSet::new();
+    let t = Instant::now();
+    while answered.len() < touched.len() {
+        assert!(t.elapsed() < Duration::from_secs(20), "asked {asked:?}");
+        // Whatever comes within the wait is everything in flight.
+        let mut fresh = Vec::new();
+        while let Some(rec) = next_back(&mut rd) {
+            let Record::Fault(pfns) = rec else {
+                panic!("unexpected {rec:?}");
+            };
+            for p in pfns {
+                assert!(asked.insert(p), "pfn {p:#x} asked twice");
+                fresh.push(p);
+            }
+            assert!(
+                asked.len() - answered.len() <= cap,
+                "{} faults in flight, cap {cap}",
+                asked.len() - answered.len()
+            );
+        }
+        assert!(!fresh.is_empty(), "the forwarder stalled");
+        fresh.sort_unstable();
+        w.page_data(postcopy::records::Cause::Fault, &fresh, &pages_of(&fresh))
+            .unwrap();
+        w.flush().unwrap();
+        answered.extend(fresh);
+    }
+    assert_eq!(asked, touched.iter().copied().collect::<BTreeSet<_>>());
+    // The rest is pushed, then COMPLETE; the destination confirms.
+    let rest: Vec<Pfn> = (16..48).filter(|p| !answered.contains(p)).collect();
+    w.page_data(postcopy::records::Cause::Push, &rest, &pages_of(&rest))
+        .unwrap();
+    w.count(RecordType::Complete, 32).unwrap();
+    w.flush().unwrap();
+    let mut rd = back_reader(&s_back, n, Duration::from_secs(10));
+    assert!(matches!(next_back(&mut rd), Some(Record::Complete(32))));
+    let (res, r) = serve.join().unwrap();
+    res.unwrap();
+    for (v, &p) in touched.iter().enumerate() {
+        assert!(dst.wait_response(v as u32, p, Duration::from_secs(5)));
+    }
+    assert_all_loaded(&dst, 16..48);
+    assert_eq!(r.metrics().snapshot().pages_faulted, touched.len() as u64);
+}
+
+#[test]
+fn a_fault_raised_while_its_page_is_installed_is_not_lost() {
+    let n = 64;
+    let racy: Pfn = 20;
+    let (dst, r, s_stream, s_back) = dest_at_ready(n, 16..48, None);
+    // The guest touches pfn 20 while its pushed copy is being loaded, and
+    // the fault forwarder gets to see the request before the load ends.
+    dst.on_load(Box::new(move |x, p| {
+        if p == racy {
+            assert!(x.guest_touch(p, 1));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }));
+    let (serve, mut rd) = serve_in_background(r, &s_back, n, Duration::from_secs(10));
+    let mut w = postcopy::records::RecordWriter::new(s_stream.try_clone().unwrap());
+    let all: Vec<Pfn> = (16..48).collect();
+    w.page_data(postcopy::records::Cause::Push, &all, &pages_of(&all))
+        .unwrap();
+    w.count(RecordType::Complete, 32).unwrap();
+    w.flush().unwrap();
+    // No request for the page being installed reaches the source: only
+    // the destination's COMPLETE.
+    match next_back(&mut rd) {
+        Some(Record::Complete(32)) => {}
+        other => panic!("expected COMPLETE, got {other:?}"),
+    }
+    let (res, r) = serve.join().unwrap();
+    res.unwrap();
+    // The vCPU that faulted mid-install was resumed, onto the right data.
+    assert!(
+        dst.wait_response(1, racy, Duration::from_secs(5)),
+        "the vCPU on pfn {racy:#x} was never resumed"
+    );
+    assert_all_loaded(&dst, 16..48);
+    assert_eq!(r.metrics().snapshot().pages_duplicate, 0);
+}
+
+#[test]
+fn a_failed_xen_call_stays_the_source_of_the_memory_error() {
+    let x = Arc::new(FakeXen::new(1, 15));
+    for p in 0..16 {
+        x.fill(p, page_byte(p));
+    }
+    let src = XenSource::new(x.clone()).unwrap();
+    x.state().paged.insert(9);
+    let mut one = vec![0u8; PAGE_SIZE];
+    let e = src.read_pages(&[9], &mut one).unwrap_err();
+    let MemoryError::Backend { errno, source } = &e else {
+        panic!("not a backend error: {e:?}");
+    };
+    assert_eq!(*errno, Some(libc::ENOENT));
+    let xc = source.downcast_ref::<crate::xc::XcError>();
+    assert!(
+        matches!(xc, Some(crate::xc::XcError::PagedOut { pfn: 9, .. })),
+        "{source:?}"
+    );
+    let engine = postcopy::Error::from(e);
+    assert_eq!(crate::ffi::errno_of(&engine), libc::ENOENT);
+}
+
+/// A domain that crashes `after` into serving.
+struct Crashes {
+    start: Instant,
+    after: Duration,
+}
+
+impl postcopy::destination::ServeHooks for Crashes {
+    fn resumed_at(&self) -> Option<Instant> {
+        Some(self.start)
+    }
+    fn watch(&self) -> Result<(), postcopy::Error> {
+        if self.start.elapsed() >= self.after {
+            return Err(postcopy::Error::GuestDied("domain 2 crashed".into()));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_guest_watch_error_ends_the_restore_and_is_told_to_the_source() {
+    let n = 64;
+    let (_dst, mut r, _s_stream, s_back) = dest_at_ready(n, 16..48, None);
+    let hooks = Crashes {
+        start: Instant::now(),
+        after: Duration::from_millis(150),
+    };
+    let t = Instant::now();
+    let e = r.serve_with(&hooks).unwrap_err();
+    assert!(matches!(e, postcopy::Error::GuestDied(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // One errno for a guest death on both hosts, the one the libxl patches
+    // check (was ESRCH before the guest-death scheme).
+    assert_eq!(crate::ffi::errno_of(&e), libc::EOWNERDEAD);
+    // The source hears RESUMED, then ABORT with the destination's reason.
+    let mut rd = back_reader(&s_back, n, Duration::from_secs(5));
+    assert!(matches!(next_back(&mut rd), Some(Record::Ready)));
+    assert!(matches!(next_back(&mut rd), Some(Record::Resumed(_))));
+    match next_back(&mut rd) {
+        Some(Record::Abort(why)) => assert!(why.contains("domain 2 crashed"), "{why}"),
+        other => panic!("expected ABORT, got {other:?}"),
+    }
+}
+
 // ------------------------------------ a guest that dies during post-copy
 
 /// The end-to-end setup of [`migrate`] up to the switch, with the source
@@ -1019,7 +1328,16 @@ fn switched(
 }
 
 /// The guest faults on `touch`, gets it, then dies with `reason`.
-fn guest_dies_mid_serve(reason: u32) -> (postcopy::Error, postcopy::Error, u64, Arc<FakeXen>) {
+#[allow(clippy::type_complexity)]
+fn guest_dies_mid_serve(
+    reason: u32,
+) -> (
+    postcopy::Error,
+    postcopy::Error,
+    u64,
+    Arc<FakeXen>,
+    Option<crate::domain_watch::GuestDied>,
+) {
     let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::None, false);
     let owed = session.owed_count();
     let guest = {
@@ -1046,7 +1364,8 @@ fn guest_dies_mid_serve(reason: u32) -> (postcopy::Error, postcopy::Error, u64, 
     let reader = drain(d_stream);
     let (r, _) = source.join().unwrap();
     drop(reader);
-    (e, r.unwrap_err(), owed, dst)
+    let death = session.guest_death().cloned();
+    (e, r.unwrap_err(), owed, dst, death)
 }
 
 /// A guest dies with `reason` mid-serve: both sides fail with the typed
@@ -1054,10 +1373,9 @@ fn guest_dies_mid_serve(reason: u32) -> (postcopy::Error, postcopy::Error, u64, 
 /// source, the source's errno is not the ECANCELED that resumes it, and the
 /// dead domain is left as it was. Returns the destination's death.
 fn both_sides_fail_on_death(reason: u32, what: &str) -> crate::domain_watch::GuestDied {
-    let (e, se, owed, dst) = guest_dies_mid_serve(reason);
-    let d = crate::domain_watch::guest_died(&e)
-        .cloned()
-        .unwrap_or_else(|| panic!("not a death: {e}"));
+    let (e, se, owed, dst, death) = guest_dies_mid_serve(reason);
+    assert!(matches!(e, postcopy::Error::GuestDied(_)), "{e}");
+    let d = death.unwrap_or_else(|| panic!("not a death: {e}"));
     assert_eq!(d.death, crate::domain_watch::Death::Shutdown(reason));
     assert_eq!(d.owed, owed);
     // The faulted page came; with demand paging nothing else did yet.
@@ -1100,8 +1418,8 @@ fn a_guest_that_reboots_mid_serve_fails_both_sides() {
 
 #[test]
 fn the_post_mortem_names_registers_absent_pages_and_console_lines() {
-    let (e, _se, _owed, dst) = guest_dies_mid_serve(sys::SHUTDOWN_crash);
-    let d = crate::domain_watch::guest_died(&e).cloned().unwrap();
+    let (_e, _se, _owed, dst, death) = guest_dies_mid_serve(sys::SHUTDOWN_crash);
+    let d = death.unwrap();
     // The dead vCPU: the source's context, with its IDT at va 0x2000,
     // mapped (PT pfn 0x106, present) to pfn 0x401 (owed, never sent), and
     // FS base at va 0x3000 behind a page table that is owed and absent.

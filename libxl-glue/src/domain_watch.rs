@@ -1,51 +1,49 @@
-//! Watching the destination domain while post-copy serves its memory.
+//! Watching the destination domain while post-copy serves its memory:
+//! the engine's [`ServeHooks`] of a Xen domain ([`WatchHooks`]).
 //!
 //! After the switch the guest runs on the destination with part of its
 //! memory still on the source. If it shuts down (crash, reboot — Xen turns
 //! a triple fault into a `reboot` shutdown unless the guest chose
 //! otherwise —, poweroff, suspend, watchdog) or is destroyed before its
 //! last page arrived, the migration has failed, whatever the page stream
-//! does next. [`ServeWatch`] polls the domain every [`WATCH_POLL`] during
-//! the serve phase and, on such a death:
+//! does next. [`WatchHooks`] looks at the domain every [`WATCH_POLL`]
+//! while the engine serves and, on such a death:
 //!
-//! - writes the post-mortem to the helper log ([`crate::forensics`]);
-//! - tells the source: POSTCOPY_ABORT with the reason on the back channel
-//!   (best effort; the source turns it into [`PeerFailed`], see
-//!   [`peer_failed`], and keeps its copy paused);
-//! - stops the stream reader and ends the serve with [`GuestDied`]
-//!   (errno `EOWNERDEAD` through the C ABI, see [`is_guest_death`]).
+//! - writes the post-mortem to the helper log, once ([`crate::forensics`]);
+//! - fails the engine's guest watch ([`ServeHooks::watch`]) with
+//!   [`Error::GuestDied`] naming the shutdown reason and the owed/absent
+//!   counts ([`GuestDied`]). The engine then tells the source (RESUMED if
+//!   not sent, then ABORT with that text); the source reports
+//!   [`Error::DestinationFailed`] with the cause
+//!   [`postcopy::DestinationCause::GuestDied`], and never resumes its copy.
+//!   Both sides return `EOWNERDEAD` through the C ABI
+//!   ([`crate::ffi::errno_of`]), which the libxl patches turn into
+//!   `ERROR_DOMAIN_DESTROYED`.
 //!
-//! The same poll sees libxl unpause the domain: that, not the start of the
-//! serve, is when the guest resumes, so RESUMED (which ends the source's
-//! measured downtime) is sent then.
-//!
-//! Hook points: today's `restore.rs` runs [`ServeWatch::run`] on a thread
-//! of its serve and `save.rs` maps ABORT with [`peer_failed`]; the
-//! engine's guest-watch callback can call [`GuestWatch::poll`] instead.
+//! The same look sees libxl unpause the domain: that, not the start of the
+//! serve, is when the guest resumes ([`ServeHooks::resumed_at`]), so
+//! RESUMED (which ends the source's measured downtime) goes out then. A
+//! serve that got every page first waits up to [`UNPAUSE_GRACE`] for the
+//! unpause (the engine's `DestConfig::resume_grace`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use libxl_sys as sys;
 use log::{debug, error, info, warn};
-use postcopy::records::{RecordType, RecordWriter};
-use postcopy::{Error, Pfn};
+use postcopy::destination::ServeHooks;
+use postcopy::Error;
 
-use crate::fdio::FdIo;
 use crate::forensics;
 use crate::xc::XenOps;
-
+use crate::xen_dest::AbsentView;
+use crate::xtl::Progress;
 /// How often the domain is looked at during the serve (the issue asks for
 /// at most 100 ms).
 pub const WATCH_POLL: Duration = Duration::from_millis(50);
 
 /// How long a serve that got every page waits for libxl's unpause.
 pub const UNPAUSE_GRACE: Duration = Duration::from_secs(5);
-
-/// How every guest-death reason starts, on both hosts: the source
-/// recognises a death in the ABORT reason by it ([`PeerFailed::guest_died`]).
-pub const GUEST_DIED: &str = "guest died on the destination during post-copy";
 
 /// How the domain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +89,11 @@ impl std::fmt::Display for Death {
 }
 
 /// The guest died on the destination before its last page arrived.
+/// Its text is the engine's [`Error::GuestDied`] text: it starts with
+/// [`postcopy::GUEST_DIED`], by which the source recognises a death in the
+/// ABORT reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{GUEST_DIED}: {death} with {absent} of {owed} owed pages still absent")]
+#[error("{}{}", postcopy::GUEST_DIED, self.detail())]
 pub struct GuestDied {
     /// How.
     pub death: Death,
@@ -103,57 +104,24 @@ pub struct GuestDied {
 }
 
 impl GuestDied {
-    /// The engine error the serve returns (glue-local cause inside).
+    /// How it died and the counts, after the common prefix.
+    fn detail(&self) -> String {
+        format!(
+            "{} with {} of {} owed pages still absent",
+            self.death, self.absent, self.owed
+        )
+    }
+
+    /// The engine error the guest watch returns (its text is this death's).
     pub fn into_error(self) -> Error {
-        Error::Guest {
-            what: "keep the guest alive on the destination",
-            source: Box::new(self),
-        }
+        Error::GuestDied(self.detail())
     }
 }
 
-/// The source's view: the destination failed after the switch and said
-/// why (POSTCOPY_ABORT after READY).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the destination reports: {0}")]
-pub struct PeerFailed(pub String);
-
-impl PeerFailed {
-    /// True if the reason is a guest death ([`GUEST_DIED`]).
-    pub fn guest_died(&self) -> bool {
-        self.0.starts_with(GUEST_DIED)
-    }
-}
-
-/// The error the source's serve ends with when the destination sends ABORT
-/// after the switch: never "aborted before resuming" (the guest ran
-/// there), so the source keeps its copy paused.
-pub fn peer_failed(reason: String) -> Error {
-    warn!("destination failed after the switch: {reason}");
-    Error::Guest {
-        what: "run the guest on the destination",
-        source: Box::new(PeerFailed(reason)),
-    }
-}
-
-/// The destination's [`GuestDied`] inside `e`, if that is what it is.
-pub fn guest_died(e: &Error) -> Option<&GuestDied> {
-    match e {
-        Error::Guest { source, .. } => source.downcast_ref::<GuestDied>(),
-        _ => None,
-    }
-}
-
-/// True if `e` says the guest died on the destination (there, or as
-/// reported to the source).
+/// True if `e` says the guest died on the destination (there, or as the
+/// destination reported it to the source).
 pub fn is_guest_death(e: &Error) -> bool {
-    let Error::Guest { source, .. } = e else {
-        return false;
-    };
-    source.downcast_ref::<GuestDied>().is_some()
-        || source
-            .downcast_ref::<PeerFailed>()
-            .is_some_and(PeerFailed::guest_died)
+    e.is_guest_death()
 }
 
 /// What one poll saw.
@@ -229,121 +197,110 @@ impl<O: XenOps> GuestWatch<O> {
     }
 }
 
-/// The guest watch of one serve, on its own thread: what it needs of the
-/// serve's state.
-pub struct ServeWatch<'a, O: XenOps> {
-    /// The destination domain.
-    pub ops: Arc<O>,
-    /// Set by the serve when it is over (the watch takes one last look).
-    pub done: &'a AtomicBool,
-    /// Set by the watch on a death: the stream reader gives up.
-    pub stop: &'a AtomicBool,
-    /// The back channel (RESUMED, ABORT).
-    pub back: &'a Mutex<RecordWriter<FdIo>>,
-    /// When TRANSITION was read: RESUMED carries the time since.
-    pub transition_at: Instant,
-    /// Pages owed after the switch.
-    pub owed: u64,
-    /// Owed pages not received yet.
-    pub absent: &'a (dyn Fn() -> u64 + Sync),
-    /// True for a pfn owed after the switch.
-    pub is_owed: &'a (dyn Fn(Pfn) -> bool + Sync),
-    /// Pfns the guest has (the source's guest size).
-    pub guest_pfns: u64,
+/// What the hooks saw of the domain so far.
+#[derive(Debug)]
+struct Seen<O: XenOps> {
+    watch: GuestWatch<O>,
+    last_look: Option<Instant>,
+    died: Option<GuestDied>,
 }
 
-impl<O: XenOps> std::fmt::Debug for ServeWatch<'_, O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeWatch")
-            .field("domid", &self.ops.domid())
-            .field("owed", &self.owed)
-            .finish_non_exhaustive()
-    }
+/// The engine's serve hooks of a Xen domain: the guest watch, the instant
+/// libxl unpaused the domain, progress through xentoollog.
+#[derive(Debug)]
+pub struct WatchHooks<O: XenOps> {
+    ops: Arc<O>,
+    view: AbsentView,
+    owed: u64,
+    guest_pfns: u64,
+    seen: Mutex<Seen<O>>,
+    progress: Mutex<Progress>,
 }
 
-impl<O: XenOps> ServeWatch<'_, O> {
-    /// Watches until `done` (then once more, or until the unpause for up
-    /// to [`UNPAUSE_GRACE`]), sending RESUMED at the unpause; returns the
-    /// death, if the guest died.
-    pub fn run(self) -> Option<GuestDied> {
-        let mut watch = GuestWatch::new(self.ops.clone());
+impl<O: XenOps> WatchHooks<O> {
+    /// Hooks for `ops`' domain, `owed` pages to come of a guest of
+    /// `guest_pfns` pfns; `view` counts the absent ones.
+    pub fn new(ops: Arc<O>, view: AbsentView, owed: u64, guest_pfns: u64) -> WatchHooks<O> {
         info!(
             "post-copy destination: page service started; waiting for libxl to unpause the domain"
         );
-        let mut done_at = None;
-        loop {
-            let last = self.done.load(Ordering::SeqCst);
-            match watch.poll() {
-                Some(WatchEvent::Unpaused) => self.resumed(&watch),
-                Some(WatchEvent::Died(death)) => return Some(self.died(death)),
-                None => {}
-            }
-            if last {
-                // Every page is in before libxl unpaused the domain (a
-                // small guest): wait a little for the unpause, so that
-                // RESUMED precedes COMPLETE and the downtime is measured.
-                let since: &mut Instant = done_at.get_or_insert_with(Instant::now);
-                if watch.unpaused_at().is_some() || since.elapsed() >= UNPAUSE_GRACE {
-                    break;
-                }
-            }
-            std::thread::sleep(WATCH_POLL);
-        }
-        if watch.unpaused_at().is_none() {
-            info!(
-                "post-copy destination: the domain stayed paused for the whole page service and {UNPAUSE_GRACE:?} after (xl migrate-receive -p?); RESUMED not sent"
-            );
-        }
-        None
-    }
-
-    fn resumed(&self, watch: &GuestWatch<O>) {
-        let now = Instant::now();
-        let ns = u64::try_from((now - self.transition_at).as_nanos()).unwrap_or(u64::MAX);
-        info!(
-            "post-copy destination: libxl unpaused the domain {:?} after the page service started ({:?} after TRANSITION): sending RESUMED",
-            now - watch.started(),
-            now - self.transition_at
-        );
-        let mut back = self.back.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = back
-            .count(RecordType::Resumed, ns)
-            .and_then(|()| back.flush())
-        {
-            // The stream's own failure will tell; RESUMED is a measurement.
-            warn!("post-copy destination: cannot send RESUMED: {e}");
+        WatchHooks {
+            seen: Mutex::new(Seen {
+                watch: GuestWatch::new(ops.clone()),
+                last_look: None,
+                died: None,
+            }),
+            ops,
+            view,
+            owed,
+            guest_pfns,
+            progress: Mutex::new(Progress::new("Post-copy pages", owed)),
         }
     }
 
-    fn died(&self, death: Death) -> GuestDied {
-        self.stop.store(true, Ordering::SeqCst);
-        let d = GuestDied {
-            death,
-            absent: (self.absent)(),
-            owed: self.owed,
-        };
-        error!("{d}");
-        forensics::post_mortem(&*self.ops, &d, self.guest_pfns, self.is_owed);
-        let reason = d.to_string();
-        let mut back = self.back.lock().unwrap_or_else(|e| e.into_inner());
-        match back.abort(&reason).and_then(|()| back.flush()) {
-            Ok(()) => info!("post-copy destination: told the source (ABORT)"),
-            Err(e) => warn!("post-copy destination: cannot tell the source (ABORT): {e}"),
+    /// The guest's death, if the watch saw one.
+    pub fn death(&self) -> Option<GuestDied> {
+        self.look().died.clone()
+    }
+
+    /// Looks at the domain if [`WATCH_POLL`] passed since the last look
+    /// (the engine asks more often); a death is recorded once, with its
+    /// post-mortem.
+    fn look(&self) -> MutexGuard<'_, Seen<O>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let due = seen.last_look.is_none_or(|t| t.elapsed() >= WATCH_POLL);
+        if seen.died.is_some() || !due {
+            return seen;
         }
-        d
+        seen.last_look = Some(Instant::now());
+        match seen.watch.poll() {
+            Some(WatchEvent::Unpaused) => info!(
+                "post-copy destination: libxl unpaused the domain {:?} after the page service started: sending RESUMED",
+                seen.watch.started().elapsed()
+            ),
+            Some(WatchEvent::Died(death)) => {
+                let d = GuestDied {
+                    death,
+                    absent: self.view.absent(),
+                    owed: self.owed,
+                };
+                error!("{d}");
+                forensics::post_mortem(&*self.ops, &d, self.guest_pfns, &|p| {
+                    self.view.is_owed(p)
+                });
+                seen.died = Some(d);
+            }
+            None => {}
+        }
+        seen
+    }
+}
+
+impl<O: XenOps> ServeHooks for WatchHooks<O> {
+    fn resumed_at(&self) -> Option<Instant> {
+        self.look().watch.unpaused_at()
+    }
+
+    fn watch(&self) -> Result<(), Error> {
+        match &self.look().died {
+            Some(d) => Err(d.clone().into_error()),
+            None => Ok(()),
+        }
+    }
+
+    fn progress(&self, installed: u64, _owed: u64) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(installed);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
-
-    use postcopy::records::{Record, RecordReader};
-
     use super::*;
     use crate::fake::FakeXen;
+    use crate::xen_dest::XenDestination;
 
     #[test]
     fn a_shutdown_is_a_death_and_the_unpause_is_seen_once() {
@@ -376,17 +333,21 @@ mod tests {
             owed: 65551,
         };
         let s = d.to_string();
-        assert!(s.starts_with(GUEST_DIED), "{s}");
+        assert!(s.starts_with(postcopy::GUEST_DIED), "{s}");
         assert!(s.contains("shutdown reason crash"), "{s}");
         assert!(
             s.contains("with 3712 of 65551 owed pages still absent"),
             "{s}"
         );
         let e = d.clone().into_error();
-        assert_eq!(guest_died(&e), Some(&d));
+        assert_eq!(e.to_string(), s);
+        assert!(matches!(&e, Error::GuestDied(_)), "{e}");
         assert!(is_guest_death(&e));
-        assert!(is_guest_death(&peer_failed(s)));
-        assert!(!is_guest_death(&peer_failed("out of memory".into())));
+        // The source gets the destination error's text as the ABORT reason.
+        assert!(is_guest_death(&Error::destination_failed(e.to_string())));
+        assert!(!is_guest_death(&Error::destination_failed(
+            "out of memory".into()
+        )));
         assert!(!is_guest_death(&Error::PeerAborted(d.to_string())));
         let r = Death::Shutdown(sys::SHUTDOWN_reboot).to_string();
         assert!(r.contains("reboot") && r.contains("triple fault"), "{r}");
@@ -396,58 +357,26 @@ mod tests {
     fn resumed_waits_for_the_unpause() {
         let x = Arc::new(FakeXen::new(3, 0xff));
         x.set_paused(true);
-        let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let back = Mutex::new(RecordWriter::new(FdIo::new(ours.as_raw_fd())));
-        let done = AtomicBool::new(false);
-        let stop = AtomicBool::new(false);
-        let transition_at = Instant::now();
-        let absent = || 0u64;
-        let is_owed = |_| false;
-        std::thread::scope(|s| {
-            let w = s.spawn(|| {
-                ServeWatch {
-                    ops: x.clone(),
-                    done: &done,
-                    stop: &stop,
-                    back: &back,
-                    transition_at,
-                    owed: 0,
-                    absent: &absent,
-                    is_owed: &is_owed,
-                    guest_pfns: 0x100,
-                }
-                .run()
-            });
-            // Paused: nothing on the back channel.
-            theirs
-                .set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let mut b = [0u8; 1];
-            let e = theirs.read(&mut b).unwrap_err();
-            assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ),
-                "{e}"
-            );
-            let unpaused = Instant::now();
-            x.set_paused(false);
-            theirs
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let mut r = RecordReader::new(&theirs, None);
-            let Ok(Record::Resumed(ns)) = r.next_record() else {
-                panic!("expected RESUMED");
-            };
-            // It measures from TRANSITION up to the unpause, not less.
-            assert!(
-                Duration::from_nanos(ns) >= unpaused - transition_at,
-                "{ns} ns"
-            );
-            done.store(true, Ordering::SeqCst);
-            assert_eq!(w.join().unwrap(), None);
-        });
-        assert!(!stop.load(Ordering::SeqCst));
+        let mem = XenDestination::new(x.clone(), 0x100).unwrap();
+        let hooks = WatchHooks::new(x.clone(), mem.absent_view(), 0, 0x100);
+        let started = Instant::now();
+        // Paused: no resume instant, whatever the engine's pace.
+        while started.elapsed() < Duration::from_millis(300) {
+            assert_eq!(hooks.resumed_at(), None);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let unpaused = Instant::now();
+        x.set_paused(false);
+        let at = loop {
+            if let Some(at) = hooks.resumed_at() {
+                break at;
+            }
+            assert!(unpaused.elapsed() < Duration::from_secs(5), "never resumed");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // It measures up to the unpause, not less.
+        assert!(at >= unpaused, "{:?} before the unpause", unpaused - at);
+        assert!(hooks.watch().is_ok());
+        assert_eq!(hooks.death(), None);
     }
 }

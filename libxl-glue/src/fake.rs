@@ -52,10 +52,16 @@ pub struct FakeState {
     front: Vec<u64>,
 }
 
+/// What a test runs when a page is loaded.
+pub type LoadHook = Box<dyn Fn(&FakeXen, Pfn) + Send>;
+
 /// The fake.
 pub struct FakeXen {
     domid: u32,
     st: Mutex<FakeState>,
+    /// Runs at the start of each `xc_mem_paging_load`, outside the state
+    /// lock (a guest can touch the page while it is being loaded).
+    on_load: Mutex<Option<LoadHook>>,
     ring: Box<Page>,
     cv: Condvar,
 }
@@ -74,6 +80,7 @@ impl FakeXen {
         let front_words = unsafe { c::libxl_sys_test_front_ring_size() }.div_ceil(8);
         FakeXen {
             domid,
+            on_load: Mutex::new(None),
             st: Mutex::new(FakeState {
                 pages: HashMap::new(),
                 paged: HashSet::new(),
@@ -102,6 +109,11 @@ impl FakeXen {
     /// The state, for setup and checks.
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `hook` at the start of every page load.
+    pub fn on_load(&self, hook: LoadHook) {
+        *self.on_load.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// Populates `pfn` with a page filled by `byte`.
@@ -436,6 +448,9 @@ impl XenOps for FakeXen {
     }
 
     fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()> {
+        if let Some(hook) = &*self.on_load.lock().unwrap_or_else(|e| e.into_inner()) {
+            hook(self, pfn);
+        }
         let mut st = self.state();
         self.call(&mut st, "xc_mem_paging_load")?;
         if !st.paged.remove(&pfn) {

@@ -93,13 +93,21 @@ pub fn errno_of(e: &Error) -> c_int {
         Error::Memory(MemoryError::GuestGone(_)) => libc::ESRCH,
         Error::Memory(MemoryError::OutOfRange { .. }) => libc::EINVAL,
         Error::Memory(MemoryError::Os { source, .. }) => source.raw_os_error().unwrap_or(libc::EIO),
+        Error::Memory(MemoryError::Backend { errno, .. }) => errno.unwrap_or(libc::EIO),
         Error::Size(_) => libc::ENOMEM,
         // The destination refused the switch (ABORT before READY): the
         // guest never ran there, the source may resume it.
         Error::PeerAborted(_) => libc::ECANCELED,
-        // The guest died on the destination after the switch (there, or
-        // as the destination reported it here): libxl tells xl.
-        e if crate::domain_watch::is_guest_death(e) => libc::EOWNERDEAD,
+        // The guest died on the destination after the switch: there
+        // (GuestDied) or as the destination reported it here (its ABORT
+        // reason). libxl turns it into ERROR_DOMAIN_DESTROYED on the source
+        // and xl keeps both copies for the admin.
+        e if e.is_guest_death() => libc::EOWNERDEAD,
+        // After the switch the destination failed otherwise and said why:
+        // the guest is its, never resume it here.
+        Error::DestinationFailed { .. } => libc::ECONNABORTED,
+        Error::Spawn { source, .. } => source.raw_os_error().unwrap_or(libc::EAGAIN),
+        Error::WrongPhase { .. } => libc::EINVAL,
         _ => libc::EIO,
     }
 }
@@ -511,10 +519,14 @@ mod tests {
             owed: 9,
         };
         assert_eq!(errno_of(&died.clone().into_error()), libc::EOWNERDEAD);
-        let told = crate::domain_watch::peer_failed(died.to_string());
+        // The source gets the destination error's text in ABORT.
+        let told = Error::destination_failed(died.clone().into_error().to_string());
         assert_eq!(errno_of(&told), libc::EOWNERDEAD);
-        let other = crate::domain_watch::peer_failed("disk full".into());
-        assert_eq!(errno_of(&other), libc::EIO);
+        // Any other failure after the switch: ECONNABORTED (the engine's
+        // scheme; death's branch had EIO), never the ECANCELED that resumes
+        // the source.
+        let other = Error::destination_failed("disk full".into());
+        assert_eq!(errno_of(&other), libc::ECONNABORTED);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   and shadow-GS bases, the pending event;
 //! - the pages those registers point at (code, stack, IDT, GDT, TSS and
 //!   the stacks it names, per-CPU areas), translated through the guest's
-//!   page tables with [`crate::present::translate`] while the table pages
+//!   page tables with [`crate::pagewalk::translate`] while the table pages
 //!   are present, and which of them — tables or leaves — are owed pfns
 //!   still absent;
 //! - owed / received / absent counts;
@@ -21,7 +21,8 @@ use log::{error, warn};
 use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::domain_watch::GuestDied;
-use crate::present::{hvm_cpu_records, pending_event, translate, PageReader, VcpuRegs};
+use crate::pagewalk::{translate, PageReader};
+use crate::present::{hvm_cpu_records, pending_event, VcpuRegs};
 use crate::xc::{XcError, XenOps};
 
 /// Most pages translated per register range (a bogus limit stays cheap).

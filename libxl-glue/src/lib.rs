@@ -3,31 +3,34 @@
 //! - [`ffi`]: the C ABI of `include/libxl_postcopy.h` (save: begin /
 //!   transition / serve / free; restore: begin / record / serve / free;
 //!   the ABI version and the `--prepage=` parser). No panic crosses it.
-//! - [`save`] and [`restore`]: the phased sessions behind those calls,
-//!   built from the engine's public pieces (record reader/writer,
-//!   scheduler, pre-pagers).
-//! - [`source`] and [`dest`]: the Xen backends of the engine's
+//! - [`save`] and [`restore`]: the phased sessions behind those calls:
+//!   the engine's `SourceSession` / `DestSession` phases (serving, fault
+//!   forwarding, the push policy are the engine's) over xl's fds
+//!   ([`fdio`]), with fault replies in-band on the stream.
+//! - [`xen_source`] and [`xen_dest`]: the Xen backends of the engine's
 //!   `SourceMemory` / `DestinationMemory` traits.
 //! - [`present`]: what must be present before the guest runs (special
-//!   pfns, page tables walked from CR3, stacks).
+//!   pfns, page tables walked from CR3, stacks); [`pagewalk`]: the x86
+//!   page-table walker it uses.
 //! - [`domain_watch`] and [`forensics`]: a guest that dies on the
-//!   destination during post-copy fails the migration, with a post-mortem
-//!   in the log.
+//!   destination during post-copy fails the migration (the serve hooks of
+//!   a Xen domain), with a post-mortem in the log.
 //! - [`ring`]: the vm_event back ring; [`xc`]: one safe wrapper per Xen
 //!   call behind the [`xc::XenOps`] trait; [`xtl`]: logging and progress
 //!   through xentoollog.
 
-pub mod dest;
 pub mod domain_watch;
 pub mod fdio;
 pub mod ffi;
 pub mod forensics;
+pub mod pagewalk;
 pub mod present;
 pub mod restore;
 pub mod ring;
 pub mod save;
-pub mod source;
 pub mod xc;
+pub mod xen_dest;
+pub mod xen_source;
 pub mod xtl;
 
 #[cfg(test)]

@@ -7,23 +7,20 @@
 //!    guest runs ([`crate::present`]);
 //! 2. [`SaveSession::transition`] — after libxenguest's CPU records: write
 //!    POSTCOPY_PFNS (the owed runs) and POSTCOPY_TRANSITION;
-//! 3. [`SaveSession::serve`] — after libxl's records: answer fault requests
-//!    from the back channel first, push the pre-pager's choice between
-//!    them, all on the one stream; then POSTCOPY_COMPLETE, and return once
-//!    the destination confirms with its own COMPLETE.
+//! 3. [`SaveSession::serve`] — after libxl's records: the engine's serve
+//!    phase with fault replies in-band on the one stream
+//!    ([`Replies::InBand`]) and the Xen push policy ([`PushPolicy::XEN`]);
+//!    it returns once the destination confirms with its own COMPLETE.
 //!
-//! The engine's `run_source` is one-shot (it stops the guest itself and
-//! replies to faults on a separate channel), so the phases are built from
-//! its public pieces: [`RecordWriter`]/[`RecordReader`], [`Scheduler`] and
-//! the pre-pagers. Each owed pfn is claimed through one scheduler, so it is
-//! sent exactly once whichever path gets there first.
+//! The phases are the engine's [`SourceSession`]; this module adds what is
+//! Xen: the owed set and the must-present pages from the suspended domain,
+//! and record I/O on xl's fds ([`FdIo`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bitvec::vec::BitVec;
 use libxl_sys as sys;
@@ -31,27 +28,17 @@ use log::{debug, info, warn};
 use postcopy::memory::{runs_from_sorted, PfnRun, SourceMemory};
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
-use postcopy::records::{
-    BeginBody, Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_BATCH_PAGES,
-    MAX_RUNS, STREAM_VERSION,
-};
-use postcopy::scheduler::{Request, Scheduler};
-use postcopy::source::send_pages;
+use postcopy::records::{Cause, RecordReader, MAX_BATCH_PAGES};
+use postcopy::scheduler::PushPolicy;
+use postcopy::source::{send_pages, Replies, ServeLinks, SourceSession};
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
-use crate::present::{parse_hvm_context, special_pfns, vcpu_pages, PageReader};
-use crate::source::{mem_err, XenSource};
+use crate::pagewalk::PageReader;
+use crate::present::{parse_hvm_context, special_pfns, vcpu_pages};
 use crate::xc::XenOps;
+use crate::xen_source::{mem_err, XenSource};
 use crate::xtl::Progress;
-
-/// Pages per pushed PAGE_DATA record: a faulted page waits behind at
-/// most one batch (plus what the pipe holds). On the emulated Xen host the
-/// destination installs ~700 pages/s, and 64-page batches gave a median
-/// fault latency of 44-91 ms; 16 cuts the wait by four.
-pub const PUSH_BATCH: usize = 16;
-/// With `--prepage=none`: push the rest once no fault came for this long.
-pub const IDLE_FLUSH: Duration = Duration::from_millis(500);
 
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,28 +126,18 @@ impl<M: SourceMemory> PageReader for GuestPages<'_, M> {
     }
 }
 
-/// What the back channel said.
-enum Back {
-    Faults(Vec<Pfn>),
-    Resumed(u64),
-    Complete(u64),
-    Failed(Error),
-}
-
 /// The source side of one migration.
 pub struct SaveSession<O: XenOps> {
     mem: XenSource<O>,
+    session: SourceSession,
     strategy: StrategySpec,
     owed: Vec<PfnRun>,
     owed_count: u64,
     /// For `--prepage=history`: the owed pages the guest wrote during the
     /// last pre-copy round (its recent working set), empty without one.
     history: Vec<Pfn>,
-    stream: RecordWriter<FdIo>,
     back_fd: RawFd,
-    phase: Phase,
     metrics: Metrics,
-    stopped_at: Instant,
 }
 
 impl<O: XenOps> std::fmt::Debug for SaveSession<O> {
@@ -168,17 +145,9 @@ impl<O: XenOps> std::fmt::Debug for SaveSession<O> {
         f.debug_struct("SaveSession")
             .field("strategy", &self.strategy)
             .field("owed", &self.owed_count)
-            .field("phase", &self.phase)
+            .field("session", &self.session)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Begun,
-    Transitioned,
-    Served,
-    Failed,
 }
 
 /// Sets bits of `pfns` (below `n`).
@@ -222,8 +191,13 @@ impl<O: XenOps> SaveSession<O> {
         let ops = mem.ops().clone();
         let special = special_pfns(|param| ops.hvm_param(param).ok());
         let context = ops.hvm_context().map_err(mem_err)?;
-        let vcpus = parse_hvm_context(&context)
-            .map_err(|e| Error::Protocol(format!("cannot read the domain's HVM context: {e}")))?;
+        let vcpus = parse_hvm_context(&context).map_err(|e| {
+            // Our own domain's context: a local failure, typed.
+            Error::Memory(postcopy::memory::MemoryError::Backend {
+                errno: None,
+                source: Box::new(e),
+            })
+        })?;
         let mut must: BTreeSet<Pfn> = special.iter().copied().filter(|&p| pop(p)).collect();
         let special_count = must.len() as u64;
         let mut reader = GuestPages {
@@ -246,7 +220,7 @@ impl<O: XenOps> SaveSession<O> {
         // Candidates: everything populated, or with pre-copy only what was
         // dirtied since it was sent.
         let dirty_bits =
-            dirty.map(|(words, nbits)| crate::source::bitmap_pfns(words, nbits.min(n)));
+            dirty.map(|(words, nbits)| crate::xen_source::bitmap_pfns(words, nbits.min(n)));
         let candidates: Vec<Pfn> = match &dirty_bits {
             Some(d) => d.iter().copied().filter(|&p| pop(p)).collect(),
             None => populated.clone(),
@@ -273,25 +247,17 @@ impl<O: XenOps> SaveSession<O> {
         };
         let walked = stopped_at.elapsed();
         let owed = runs_from_sorted(owed);
-        let (sid, sarg) = strategy.wire_id();
-        let mut stream = RecordWriter::new(FdIo::new(stream_fd));
-        stream.begin(&BeginBody {
-            version: STREAM_VERSION.into(),
-            flags: 0.into(),
-            strategy: sid.into(),
-            strategy_arg: sarg.into(),
-            guest_pfns: n.into(),
-            populated_pages: (populated.len() as u64).into(),
-        })?;
-        let mut buf = Vec::new();
-        send_pages(
-            &mem,
-            &mut stream,
-            &send_now,
-            Cause::Precopy,
-            &mut buf,
-            &metrics,
+        let mut session = SourceSession::begin(
+            Box::new(FdIo::new(stream_fd)),
+            n,
+            populated.len() as u64,
+            strategy,
+            PushPolicy::XEN,
         )?;
+        session.set_stopped_at(stopped_at);
+        let stream = session.stream()?;
+        let mut buf = Vec::new();
+        send_pages(&mem, stream, &send_now, Cause::Precopy, &mut buf, &metrics)?;
         stream.flush()?;
         Metrics::add(&metrics.pages_skipped, n - populated.len() as u64);
         let summary = BeginSummary {
@@ -315,15 +281,13 @@ impl<O: XenOps> SaveSession<O> {
         Ok((
             SaveSession {
                 mem,
+                session,
                 strategy,
                 owed,
                 owed_count,
                 history,
-                stream,
                 back_fd,
-                phase: Phase::Begun,
                 metrics,
-                stopped_at,
             },
             summary,
         ))
@@ -339,16 +303,6 @@ impl<O: XenOps> SaveSession<O> {
         &self.metrics
     }
 
-    fn require_phase(&self, want: Phase, what: &'static str) -> Result<(), Error> {
-        if self.phase != want {
-            return Err(Error::Protocol(format!(
-                "{what} called in phase {:?} (expected {want:?})",
-                self.phase
-            )));
-        }
-        Ok(())
-    }
-
     /// Phase 2: POSTCOPY_PFNS, the end-of-pre-switch marker (an empty
     /// POSTCOPY_VCPU_STATE: on Xen the CPU state travels in HVM_CONTEXT,
     /// already sent), then wait for the destination's READY on the back
@@ -356,252 +310,51 @@ impl<O: XenOps> SaveSession<O> {
     /// [`Error::PeerAborted`]: the guest never ran there and may be resumed
     /// here (the C ABI returns -ECANCELED).
     pub fn transition(&mut self) -> Result<(), Error> {
-        self.require_phase(Phase::Begun, "transition")?;
-        let r = (|| -> Result<(), Error> {
-            for chunk in self.owed.chunks(MAX_RUNS) {
-                self.stream.runs(RecordType::Pfns, chunk)?;
-            }
-            self.stream.vcpu_state(&[])?;
-            self.stream.flush()?;
-            let n = self.mem.pfn_count();
-            let mut back = RecordReader::new(FdIo::new(self.back_fd), Some(n));
-            match back.next_record()? {
-                Record::Ready => info!(
-                    "post-copy source: destination READY {:?} after the stop",
-                    self.stopped_at.elapsed()
-                ),
-                Record::Abort(reason) => {
-                    warn!("destination refused the switch: {reason}");
-                    return Err(Error::PeerAborted(reason));
-                }
-                other => {
-                    return Err(RecordError::Unexpected {
-                        name: other.rtype().name(),
-                        state: "while waiting for POSTCOPY_READY",
-                    }
-                    .into())
-                }
-            }
-            self.stream.empty(RecordType::Transition)?;
-            self.stream.flush()?;
-            Ok(())
-        })();
-        self.phase = if r.is_ok() {
-            Phase::Transitioned
-        } else {
-            Phase::Failed
-        };
-        r
+        let n = self.mem.pfn_count();
+        let mut back = RecordReader::new(
+            Box::new(FdIo::new(self.back_fd)) as Box<dyn std::io::Read + Send>,
+            Some(n),
+        );
+        self.session
+            .switch(self.owed.clone(), &[], &mut back, &self.metrics)?;
+        info!(
+            "post-copy source: TRANSITION sent {:?} after the stop",
+            self.session.stopped_at().elapsed()
+        );
+        Ok(())
     }
 
     /// Phase 3: serve until the destination holds every owed page.
     pub fn serve(&mut self) -> Result<(), Error> {
-        self.require_phase(Phase::Transitioned, "serve")?;
         let stop = Arc::new(AtomicBool::new(false));
-        let back = FdIo::with_stop(self.back_fd, stop.clone());
         let n = self.mem.pfn_count();
-        let (tx, rx) = mpsc::channel();
-        let r = std::thread::scope(|s| {
-            let reader = std::thread::Builder::new()
-                .name("pc-fault-rx".into())
-                .spawn_scoped(s, move || read_back(back, n, &tx))
-                .map_err(|e| Error::Protocol(format!("cannot start the fault reader: {e}")))?;
-            let r = self.serve_loop(&rx);
-            if r.is_err() {
-                stop.store(true, Ordering::SeqCst);
-            }
-            if reader.join().is_err() {
-                return Err(Error::ThreadPanicked("fault reader"));
-            }
-            r
-        });
-        Metrics::set_duration(&self.metrics.postcopy_time_us, self.stopped_at.elapsed());
-        Metrics::add(&self.metrics.bytes_sent, self.stream.bytes_written());
-        self.phase = if r.is_ok() {
-            Phase::Served
-        } else {
-            Phase::Failed
+        let fault_rx = RecordReader::new(
+            Box::new(FdIo::with_stop(self.back_fd, stop.clone())) as Box<dyn std::io::Read + Send>,
+            Some(n),
+        );
+        let progress = Mutex::new(Progress::new("Post-copy pages", self.owed_count));
+        self.session.set_progress(Box::new(move |done, _owed| {
+            progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(done);
+        }));
+        let links = ServeLinks {
+            fault_rx,
+            replies: Replies::InBand,
+            closer: Arc::new(move || stop.store(true, Ordering::SeqCst)),
         };
+        let history = std::mem::take(&mut self.history);
+        let r = self
+            .session
+            .serve(&self.mem, links, history, &self.metrics, None);
+        Metrics::set_duration(
+            &self.metrics.postcopy_time_us,
+            self.session.stopped_at().elapsed(),
+        );
         if r.is_ok() {
             info!("post-copy source done:\n{}", self.metrics.snapshot());
         }
         r
-    }
-
-    fn serve_loop(&mut self, rx: &mpsc::Receiver<Back>) -> Result<(), Error> {
-        let n = self.mem.pfn_count();
-        let history = std::mem::take(&mut self.history);
-        let mut sched = Scheduler::new(n, &self.owed, self.strategy.build(history))?;
-        let mut progress = Progress::new("Post-copy pages", self.owed_count);
-        let mut buf = Vec::new();
-        let mut urgent = Vec::new();
-        let mut batch = Vec::with_capacity(PUSH_BATCH);
-        let mut last_fault = Instant::now();
-        let mut complete_sent = false;
-        loop {
-            // Fault requests first, always.
-            // The reader's last message (COMPLETE, or its failure) comes
-            // before the disconnection: handle the messages first.
-            let mut msgs = Vec::new();
-            let mut gone = false;
-            loop {
-                match rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        gone = true;
-                        break;
-                    }
-                }
-            }
-            if msgs.is_empty()
-                && !gone
-                && (complete_sent || sched.unsent() > 0 && self.idle(&sched, last_fault))
-            {
-                // Nothing to push right now: wait for the back channel.
-                let wait = if complete_sent {
-                    Duration::from_secs(1)
-                } else {
-                    Duration::from_millis(2)
-                };
-                match rx.recv_timeout(wait) {
-                    Ok(m) => msgs.push(m),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => gone = true,
-                }
-            }
-            for m in msgs {
-                match m {
-                    Back::Faults(pfns) => {
-                        last_fault = Instant::now();
-                        Metrics::add(&self.metrics.network_faults, pfns.len() as u64);
-                        for p in pfns {
-                            match sched.request(p) {
-                                Request::Queued => urgent.extend(sched.take_urgent()),
-                                Request::AlreadySent => {
-                                    Metrics::add(&self.metrics.faults_in_flight, 1)
-                                }
-                                Request::NotOwed => {
-                                    return Err(Error::Protocol(format!(
-                                        "destination asked for pfn {p:#x}, which it is not owed"
-                                    )))
-                                }
-                            }
-                        }
-                    }
-                    Back::Resumed(ns) => {
-                        Metrics::set_duration(&self.metrics.downtime_us, self.stopped_at.elapsed());
-                        info!(
-                            "destination resumed the guest {:?} after the stop ({} us after TRANSITION there)",
-                            self.stopped_at.elapsed(),
-                            ns / 1000
-                        );
-                    }
-                    Back::Complete(received) => {
-                        if !complete_sent || sched.unsent() != 0 || received != self.owed_count {
-                            return Err(Error::Protocol(format!(
-                                "destination reports {received} of {} owed pages complete with {} unsent",
-                                self.owed_count,
-                                sched.unsent()
-                            )));
-                        }
-                        progress.update(self.owed_count);
-                        return Ok(());
-                    }
-                    Back::Failed(e) => return Err(e),
-                }
-            }
-            if gone {
-                return Err(Error::Protocol("the back channel reader stopped".into()));
-            }
-            if !urgent.is_empty() {
-                send_pages(
-                    &self.mem,
-                    &mut self.stream,
-                    &urgent,
-                    Cause::Fault,
-                    &mut buf,
-                    &self.metrics,
-                )?;
-                self.stream.flush()?;
-                urgent.clear();
-            }
-            if complete_sent {
-                continue;
-            }
-            batch.clear();
-            while batch.len() < PUSH_BATCH {
-                match sched.next_push() {
-                    Some(p) => batch.push(p),
-                    None => break,
-                }
-            }
-            if batch.is_empty() && sched.unsent() > 0 && last_fault.elapsed() >= IDLE_FLUSH {
-                while batch.len() < PUSH_BATCH {
-                    match sched.next_linear() {
-                        Some(p) => batch.push(p),
-                        None => break,
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                send_pages(
-                    &self.mem,
-                    &mut self.stream,
-                    &batch,
-                    Cause::Push,
-                    &mut buf,
-                    &self.metrics,
-                )?;
-            } else if sched.unsent() == 0 {
-                let m = self.metrics.snapshot();
-                self.stream.count(
-                    RecordType::Complete,
-                    m.pages_pushed + m.pages_faulted + m.pages_zero,
-                )?;
-                self.stream.flush()?;
-                complete_sent = true;
-                debug!("every owed page sent; waiting for the destination's COMPLETE");
-            }
-            progress.update(self.owed_count - sched.unsent());
-        }
-    }
-
-    /// True if the pre-pager has nothing to offer now (demand-only before
-    /// the idle flush).
-    fn idle(&self, sched: &Scheduler, last_fault: Instant) -> bool {
-        matches!(self.strategy, StrategySpec::None)
-            && sched.unsent() > 0
-            && last_fault.elapsed() < IDLE_FLUSH
-    }
-}
-
-fn read_back(back: FdIo, n: u64, tx: &mpsc::Sender<Back>) {
-    let mut reader = RecordReader::new(back, Some(n));
-    loop {
-        let msg = match reader.next_record() {
-            Ok(Record::Fault(pfns)) => Back::Faults(pfns),
-            Ok(Record::Resumed(ns)) => Back::Resumed(ns),
-            // Guest-watch hook (domain_watch.rs): the destination failed
-            // after the switch (its guest died): never resume here.
-            Ok(Record::Abort(reason)) => Back::Failed(crate::domain_watch::peer_failed(reason)),
-            Ok(Record::Complete(v)) => {
-                let _ = tx.send(Back::Complete(v));
-                return;
-            }
-            Ok(other) => Back::Failed(
-                RecordError::Unexpected {
-                    name: other.rtype().name(),
-                    state: "on the back channel of the source",
-                }
-                .into(),
-            ),
-            Err(RecordError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionAborted => return,
-            Err(e) => Back::Failed(e.into()),
-        };
-        let last = matches!(msg, Back::Failed(_));
-        if tx.send(msg).is_err() || last {
-            return;
-        }
     }
 }

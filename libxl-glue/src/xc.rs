@@ -4,7 +4,7 @@
 //! that backend code matches on meaning (e.g. [`XcError::PagedOut`]).
 //!
 //! The calls are collected in the [`XenOps`] trait so the backends
-//! ([`crate::source`], [`crate::dest`]) are unit-tested against a fake;
+//! ([`crate::xen_source`], [`crate::xen_dest`]) are unit-tested against a fake;
 //! [`LibXc`] is the one real implementation.
 
 use std::io;

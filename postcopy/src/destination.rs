@@ -1,39 +1,50 @@
 //! The destination side of a migration.
 //!
-//! Before the switch it stores pre-copied pages and collects the owed pfn
-//! list; after the CPU state it makes the owed pages absent and answers
-//! READY; at TRANSITION it resumes the guest.
-//! After that three threads run:
+//! Phases ([`DestSession`]), driven by local mode
+//! ([`run_destination_recoverable`]) and by the Xen glue alike: before the
+//! switch, [`record`](DestSession::record) stores pre-copied pages and
+//! collects the owed pfn list, making those pages absent; the
+//! end-of-pre-switch marker ends the phase and [`ready`](DestSession::ready)
+//! answers READY;
+//! after TRANSITION the guest runs and [`serve`](DestSession::serve) runs
+//! these threads:
 //!
-//! - the **bulk reader** (the caller's thread) installs pushed pages;
+//! - the **bulk reader** (the caller's thread) installs pushed pages (and,
+//!   with [`Replies::InBand`], fault replies);
 //! - the **fault forwarder** waits for guest accesses to absent pages and
-//!   sends FAULT requests (each page requested once; unowed pages are
-//!   served locally with a zero page);
-//! - the **reply reader** installs fault replies from the fault channel.
+//!   sends FAULT requests (each page requested once, at most
+//!   [`DestConfig::max_outstanding`] at a time; unowed pages are served
+//!   locally with a zero page); it also sends RESUMED when the adapter says
+//!   the guest runs, and polls the adapter's guest watch ([`ServeHooks`]);
+//! - the **reply reader** installs fault replies from their own channel
+//!   ([`Replies::Channel`] only).
 //!
 //! Every page is accepted through one received-map, which turns a page
 //! delivered twice or a page never owed into a typed error. The migration
 //! completes when every owed page is installed: the destination then sends
-//! COMPLETE and waits for the source's acknowledgement.
+//! COMPLETE (on its own channel the source acknowledges it).
 //!
 //! Before the switch any failure is a clean abort: nothing ran on the
-//! destination, and the caller discards what was built.
+//! destination, and the caller discards what was built. After it, a local
+//! failure (memory, the guest watch, threads) is told to the source with
+//! ABORT after RESUMED, best effort, so it reports the destination's reason
+//! and keeps its copy of the guest stopped.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bitvec::vec::BitVec;
 use log::{debug, info, warn};
 
 use crate::error::{Error, HookError};
-use crate::memory::{DestinationMemory, PfnRun};
+use crate::memory::DestinationMemory;
 use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
 use crate::records::{
-    Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
+    BeginBody, Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
 };
 use crate::recovery::{self, Recovery, Watchdog};
 use crate::transport::{Closer, DestLinks};
@@ -49,6 +60,10 @@ pub trait GuestResume {
 /// backend's queue until replies arrive (bounds both sides' work).
 pub const MAX_OUTSTANDING_FAULTS: usize = MAX_PFN_LIST;
 
+/// The guest watch ([`ServeHooks::watch`]) is polled at least this often
+/// while serving.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long a destination that holds every page waits for a source that
 /// may have missed its COMPLETE.
 const DONE_GRACE: Duration = Duration::from_secs(3);
@@ -56,15 +71,78 @@ const DONE_GRACE: Duration = Duration::from_secs(3);
 /// Destination settings.
 #[derive(Debug, Clone)]
 pub struct DestConfig {
-    /// How long the fault forwarder waits per poll (bounds shutdown time).
+    /// How long the fault forwarder waits per poll (bounds shutdown time;
+    /// at most [`WATCH_INTERVAL`]).
     pub fault_poll: Duration,
+    /// Most fault requests in flight at once.
+    pub max_outstanding: usize,
+    /// How long a destination that holds every page waits for the guest
+    /// to run ([`ServeHooks::resumed_at`]) before it completes, so that
+    /// RESUMED precedes COMPLETE and the source measures the real paused
+    /// time (zero: complete at once; RESUMED is then never sent for a
+    /// guest still paused).
+    pub resume_grace: Duration,
 }
 
 impl Default for DestConfig {
     fn default() -> Self {
         DestConfig {
             fault_poll: Duration::from_millis(20),
+            max_outstanding: MAX_OUTSTANDING_FAULTS,
+            resume_grace: Duration::ZERO,
         }
+    }
+}
+
+/// What the adapter tells the serve phase, polled by the fault forwarder.
+pub trait ServeHooks: Sync {
+    /// When the guest started running here, or `None` while it is still
+    /// paused. RESUMED goes to the source (carrying the time since
+    /// TRANSITION) once this is `Some`, so the downtime the source measures
+    /// is the real paused time. Polled every [`DestConfig::fault_poll`].
+    fn resumed_at(&self) -> Option<Instant>;
+
+    /// The guest watch, polled at least every [`WATCH_INTERVAL`]: an error
+    /// (e.g. [`Error::GuestDied`]: the guest crashed, rebooted or was shut
+    /// down) ends the migration and is told to the source.
+    fn watch(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Owed pages installed so far, of `owed`.
+    fn progress(&self, _installed: u64, _owed: u64) {}
+}
+
+/// Hooks of a guest resumed before serving began (local mode).
+#[derive(Debug, Clone, Copy)]
+pub struct ResumedAt(pub Instant);
+
+impl ServeHooks for ResumedAt {
+    fn resumed_at(&self) -> Option<Instant> {
+        Some(self.0)
+    }
+}
+
+/// Where the destination's fault replies arrive.
+pub type Replies = crate::transport::Replies<Box<dyn Read + Send>>;
+
+/// The destination's ends of one connection, for the serve phase.
+pub struct ServeLinks {
+    /// The forward stream, read record by record.
+    pub bulk: RecordReader<Box<dyn Read + Send>>,
+    /// Where fault replies arrive.
+    pub replies: Replies,
+    /// The back channel (FAULT, RESUMED, ABORT, COMPLETE).
+    pub back: RecordWriter<Box<dyn Write + Send>>,
+    /// Unblocks every blocked read and write of this connection.
+    pub closer: Closer,
+}
+
+impl std::fmt::Debug for ServeLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeLinks")
+            .field("replies", &self.replies)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,19 +178,528 @@ fn idx(p: Pfn) -> usize {
     usize::try_from(p).unwrap_or(usize::MAX)
 }
 
-/// The pre-switch part of the stream.
-struct Switch {
-    guest_pfns: u64,
-    strategy: Option<StrategySpec>,
-    owed: Vec<PfnRun>,
-    owed_bits: BitVec,
-    state: Vec<u8>,
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Bookkeeping shared by the three post-switch threads.
+/// What [`DestSession::record`] made of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// More pre-switch records follow.
+    More,
+    /// The end-of-pre-switch marker: every owed page is absent now; the
+    /// adapter answers with [`DestSession::ready`].
+    Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DestPhase {
+    Receiving,
+    Prepared,
+    Ready,
+    Serving,
+    Served,
+    Failed,
+}
+
+impl DestPhase {
+    fn name(self) -> &'static str {
+        match self {
+            DestPhase::Receiving => "receiving",
+            DestPhase::Prepared => "prepared",
+            DestPhase::Ready => "ready",
+            DestPhase::Serving => "serving",
+            DestPhase::Served => "served",
+            DestPhase::Failed => "failed",
+        }
+    }
+}
+
+/// The destination side of one migration as phases any transport and
+/// backend can drive: [`begin`](Self::begin) → [`record`](Self::record)
+/// for each record before the switch → [`ready`](Self::ready) →
+/// (TRANSITION, the guest runs) → [`serve`](Self::serve).
+pub struct DestSession<M> {
+    mem: M,
+    cfg: DestConfig,
+    guest_pfns: u64,
+    strategy: Option<StrategySpec>,
+    owed_bits: BitVec,
+    owed_count: u64,
+    state: Vec<u8>,
+    phase: DestPhase,
+    switch_at: Instant,
+    ready_sent: bool,
+    abort_sent: bool,
+}
+
+impl<M> std::fmt::Debug for DestSession<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestSession")
+            .field("guest_pfns", &self.guest_pfns)
+            .field("owed", &self.owed_count)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: DestinationMemory> DestSession<M> {
+    /// Phase 1: checks BEGIN against the memory.
+    pub fn begin(mem: M, begin: &BeginBody, cfg: DestConfig) -> Result<DestSession<M>, Error> {
+        let guest_pfns = begin.guest_pfns.get();
+        if guest_pfns != mem.pfn_count() {
+            return Err(Error::Protocol(format!(
+                "source guest has {guest_pfns} pfns, destination memory has {}",
+                mem.pfn_count()
+            )));
+        }
+        let strategy = StrategySpec::from_wire(begin.strategy.get(), begin.strategy_arg.get());
+        Ok(DestSession {
+            mem,
+            cfg,
+            guest_pfns,
+            strategy,
+            owed_bits: BitVec::repeat(false, idx(guest_pfns)),
+            owed_count: 0,
+            state: Vec::new(),
+            phase: DestPhase::Receiving,
+            switch_at: Instant::now(),
+            ready_sent: false,
+            abort_sent: false,
+        })
+    }
+
+    /// The memory backend.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Guest size in pfns.
+    pub fn guest_pfns(&self) -> u64 {
+        self.guest_pfns
+    }
+
+    /// The strategy the source announced (None if unknown here).
+    pub fn strategy(&self) -> Option<StrategySpec> {
+        self.strategy
+    }
+
+    /// Pages owed so far.
+    pub fn owed_count(&self) -> u64 {
+        self.owed_count
+    }
+
+    /// The CPU state of the end-of-pre-switch marker.
+    pub fn state(&self) -> &[u8] {
+        &self.state
+    }
+
+    /// Replaces the settings (before serving).
+    pub fn set_config(&mut self, cfg: DestConfig) {
+        self.cfg = cfg;
+    }
+
+    /// True once READY went to the source.
+    pub fn ready_sent(&self) -> bool {
+        self.ready_sent
+    }
+
+    fn require(&self, want: DestPhase, call: &'static str) -> Result<(), Error> {
+        if self.phase != want {
+            return Err(Error::WrongPhase {
+                call,
+                phase: self.phase.name(),
+                expected: want.name(),
+            });
+        }
+        Ok(())
+    }
+
+    fn is_owed(&self, p: Pfn) -> bool {
+        self.owed_bits.get(idx(p)).is_some_and(|b| *b)
+    }
+
+    /// Phase 2: one record before the switch. Pre-copied pages and zero
+    /// pages are written, POSTCOPY_PFNS extend the owed set and make its
+    /// pages absent, and the end-of-pre-switch marker (VCPU_STATE) ends the
+    /// phase.
+    pub fn record(&mut self, rec: Record<'_>, metrics: &Metrics) -> Result<Step, Error> {
+        self.require(DestPhase::Receiving, "record")?;
+        let r = self.record_inner(rec, metrics);
+        // A rejected record leaves the session as it was (the caller
+        // decides whether to abort).
+        if let Ok(Step::Switch) = r {
+            self.phase = DestPhase::Prepared;
+        }
+        r
+    }
+
+    fn record_inner(&mut self, rec: Record<'_>, metrics: &Metrics) -> Result<Step, Error> {
+        match rec {
+            Record::PageData {
+                cause: Cause::Precopy,
+                pfns,
+                data,
+            } => {
+                if let Some(&p) = pfns.iter().find(|&&p| self.is_owed(p)) {
+                    return Err(Error::Protocol(format!(
+                        "page {p:#x} sent before the switch is already owed"
+                    )));
+                }
+                self.mem.write_pages(&pfns, data)?;
+                Metrics::add(&metrics.pages_precopy, pfns.len() as u64);
+            }
+            Record::Zero(pfns) => {
+                if let Some(&p) = pfns.iter().find(|&&p| self.is_owed(p)) {
+                    return Err(Error::Protocol(format!(
+                        "zero page {p:#x} sent before the switch is already owed"
+                    )));
+                }
+                let zeros = vec![0u8; pfns.len() * PAGE_SIZE];
+                self.mem.write_pages(&pfns, &zeros)?;
+                Metrics::add(&metrics.pages_zero, pfns.len() as u64);
+            }
+            Record::Pfns(runs) => {
+                for run in &runs {
+                    // Runs are validated against the guest size already.
+                    let (start, end) = (idx(run.start), idx(run.start + run.count));
+                    let slice = &mut self.owed_bits[start..end];
+                    if let Some(i) = slice.first_one() {
+                        return Err(RecordError::DuplicatePfn {
+                            name: RecordType::Pfns.name(),
+                            pfn: run.start + i as u64,
+                        }
+                        .into());
+                    }
+                    slice.fill(true);
+                }
+                // Absent from now on (on Xen, paging must start while the
+                // ring pfn set by HVM_PARAMS is fresh).
+                self.mem.mark_absent(&runs)?;
+                self.owed_count += runs.iter().map(|r| r.count).sum::<u64>();
+                debug!("{} pfns owed so far", self.owed_count);
+            }
+            Record::VcpuState(state) => {
+                // The last record before the switch.
+                self.state = state.to_vec();
+                if self.owed_count == 0 {
+                    // Nothing owed: the backend still gets ready to serve.
+                    self.mem.mark_absent(&[])?;
+                }
+                return Ok(Step::Switch);
+            }
+            other => {
+                return Err(RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "before POSTCOPY_VCPU_STATE",
+                }
+                .into())
+            }
+        }
+        Ok(Step::More)
+    }
+
+    /// Answers the marker with READY on the back channel.
+    pub fn ready<W: Write>(&mut self, back: &mut RecordWriter<W>) -> Result<(), Error> {
+        self.require(DestPhase::Prepared, "ready")?;
+        let sent = back.empty(RecordType::Ready).and_then(|()| back.flush());
+        if let Err(e) = sent {
+            self.phase = DestPhase::Failed;
+            return Err(e.into());
+        }
+        self.phase = DestPhase::Ready;
+        self.ready_sent = true;
+        self.switch_at = Instant::now();
+        Ok(())
+    }
+
+    /// TRANSITION arrived (the downtime here counts from now; without this
+    /// call, from READY).
+    pub fn transitioned(&mut self) {
+        self.switch_at = Instant::now();
+    }
+
+    /// When TRANSITION arrived (or READY went out).
+    pub fn switch_at(&self) -> Instant {
+        self.switch_at
+    }
+
+    /// Before READY: tells the source, best effort and once, that the
+    /// guest never ran here (it may resume its own). After READY it does
+    /// nothing: only [`serve`](Self::serve) speaks then.
+    pub fn abort<W: Write>(&mut self, back: &mut RecordWriter<W>, reason: &str) {
+        if self.abort_sent || self.ready_sent {
+            return;
+        }
+        self.abort_sent = true;
+        self.phase = DestPhase::Failed;
+        match back.abort(reason).and_then(|()| back.flush()) {
+            Ok(()) => info!("post-copy destination: sent ABORT ({reason})"),
+            Err(e) => debug!("could not send ABORT: {e}"),
+        }
+    }
+}
+
+impl<M: DestinationMemory> DestSession<M> {
+    /// Phase 3, once the guest runs (or is about to: see
+    /// [`ServeHooks::resumed_at`]): forwards its faults, installs every
+    /// owed page, and completes. With `recovery`, a link that breaks
+    /// leaves the guest running (its accesses to absent pages wait) while
+    /// the hook gets fresh links; the received-map then tells the source
+    /// what to resend, and pending faults are asked for again
+    /// ([`crate::recovery`]).
+    pub fn serve(
+        &mut self,
+        links: ServeLinks,
+        hooks: &dyn ServeHooks,
+        metrics: &Metrics,
+        recovery: Option<Recovery<'_, DestLinks>>,
+    ) -> Result<(), Error> {
+        self.require(DestPhase::Ready, "serve")?;
+        self.phase = DestPhase::Serving;
+        let result = self.serve_inner(links, hooks, metrics, recovery);
+        self.phase = if result.is_ok() {
+            DestPhase::Served
+        } else {
+            DestPhase::Failed
+        };
+        result
+    }
+
+    fn serve_inner(
+        &self,
+        links: ServeLinks,
+        hooks: &dyn ServeHooks,
+        metrics: &Metrics,
+        mut recovery: Option<Recovery<'_, DestLinks>>,
+    ) -> Result<(), Error> {
+        let shared = Shared {
+            mem: &self.mem,
+            owed_bits: &self.owed_bits,
+            owed: self.owed_count,
+            received: Mutex::new(BitVec::repeat(false, idx(self.guest_pfns))),
+            remaining: Mutex::new(self.owed_count),
+            all_in: Condvar::new(),
+            pending: Mutex::new(HashMap::new()),
+            failed: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            resumed_sent: AtomicBool::new(false),
+            told: AtomicBool::new(false),
+            in_band: matches!(links.replies, Replies::InBand),
+            switch_at: self.switch_at,
+            hooks,
+            cfg: &self.cfg,
+            metrics,
+            closer: Mutex::new(links.closer.clone()),
+        };
+        let mut link = SessionLinks {
+            bulk: links.bulk,
+            replies: links.replies,
+            fault_tx: links.back,
+            closer: links.closer,
+        };
+        let mut sessions = 0u32;
+        let result = loop {
+            let r = run_session(&shared, link, self.guest_pfns, sessions > 0);
+            sessions += 1;
+            let error = match r {
+                Ok(()) => break Ok(()),
+                Err(e) => e,
+            };
+            let Some(rec) = recovery.as_mut() else {
+                break Err(error);
+            };
+            if !error.is_recoverable() {
+                break Err(error);
+            }
+            // Everything is in and COMPLETE went out: only the source's
+            // acknowledgement can be missing, so wait briefly for a source
+            // that did not see our COMPLETE, then finish.
+            let saved = rec.timeout;
+            if shared.done.load(Ordering::SeqCst) && *lock(&shared.remaining) == 0 {
+                rec.timeout = rec.timeout.min(DONE_GRACE);
+            }
+            let restored = recover(&shared, rec, self.guest_pfns, &error);
+            rec.timeout = saved;
+            match restored {
+                Ok(l) => link = l,
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            // Every page is here: only the source's acknowledgement was lost.
+            Err(Error::LinkLost { .. }) if *lock(&shared.remaining) == 0 => {
+                warn!("every page arrived; the source's final acknowledgement did not");
+                Ok(())
+            }
+            Err(error) => {
+                (lock(&shared.closer))();
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Runs the destination side of one migration to completion; any link
+/// failure after the switch fails it (see [`run_destination_recoverable`]).
+pub fn run_destination<M: DestinationMemory>(
+    mem: &M,
+    links: DestLinks,
+    cfg: &DestConfig,
+    guest: &mut dyn GuestResume,
+    metrics: &Metrics,
+) -> Result<DestOutcome, DestFailure> {
+    run_destination_recoverable(mem, links, cfg, guest, metrics, None)
+}
+
+/// Runs the destination side of one migration to completion: the phases
+/// of [`DestSession`] over local mode's two channels. With `recovery`, a
+/// link that breaks after the switch is re-established
+/// ([`DestSession::serve`]).
+pub fn run_destination_recoverable<M: DestinationMemory>(
+    mem: &M,
+    links: DestLinks,
+    cfg: &DestConfig,
+    guest: &mut dyn GuestResume,
+    metrics: &Metrics,
+    recovery: Option<Recovery<'_, DestLinks>>,
+) -> Result<DestOutcome, DestFailure> {
+    let start = Instant::now();
+    let closer = links.closer.clone();
+    let mut bulk: RecordReader<Box<dyn Read + Send>> = RecordReader::new(links.bulk, None);
+    let before = |error: Error| DestFailure {
+        error,
+        after_switch: false,
+    };
+    let mut fault_tx: RecordWriter<Box<dyn Write + Send>> = RecordWriter::new(links.fault_tx);
+    // Tells the source we never resumed the guest, so it may (best effort:
+    // the link may be what failed).
+    let abort = |fault_tx: &mut RecordWriter<_>, e: Error| {
+        let _ = fault_tx
+            .abort(&e.to_string())
+            .and_then(|()| fault_tx.flush());
+        closer();
+        before(e)
+    };
+    let mut recovery = recovery;
+    let mut ready_sent = false;
+    let prepared = (|| -> Result<DestSession<&M>, Error> {
+        let begin = match bulk.next_record()? {
+            Record::Begin(b) => b,
+            other => {
+                return Err(RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "before POSTCOPY_BEGIN",
+                }
+                .into())
+            }
+        };
+        let mut session = DestSession::begin(mem, &begin, cfg.clone())?;
+        while session.record(bulk.next_record()?, metrics)? == Step::More {}
+        session.ready(&mut fault_tx)?;
+        ready_sent = true;
+        match bulk.next_record()? {
+            Record::Transition => session.transitioned(),
+            other => {
+                return Err(RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "after POSTCOPY_READY (expected TRANSITION)",
+                }
+                .into())
+            }
+        }
+        Ok(session)
+    })();
+    let mut session = match prepared {
+        Ok(s) => s,
+        Err(e) => {
+            // After READY the source may have sent TRANSITION into the
+            // break and now believe the guest is here: if it reconnects,
+            // tell it the guest never resumed, so it resumes its own.
+            if let (true, true, Some(rec)) = (ready_sent, e.is_recoverable(), recovery.as_mut()) {
+                closer();
+                refuse_recovery(rec, &e);
+            }
+            return Err(abort(&mut fault_tx, e));
+        }
+    };
+    let owed_count = session.owed_count();
+    if let Err(source) = guest.resume(session.state()) {
+        return Err(abort(
+            &mut fault_tx,
+            Error::Guest {
+                what: "resume the guest",
+                source,
+            },
+        ));
+    }
+    let resumed_at = Instant::now();
+    info!("guest resumed; {owed_count} pages owed");
+    let result = session.serve(
+        ServeLinks {
+            bulk,
+            replies: Replies::Channel(links.fault_rx),
+            back: fault_tx,
+            closer,
+        },
+        &ResumedAt(resumed_at),
+        metrics,
+        recovery,
+    );
+    Metrics::set_duration(&metrics.total_time_us, start.elapsed());
+    Metrics::set_duration(&metrics.postcopy_time_us, resumed_at.elapsed());
+    match result {
+        Ok(()) => Ok(DestOutcome {
+            guest_pfns: session.guest_pfns(),
+            strategy: session.strategy(),
+            owed: owed_count,
+            resumed_at,
+        }),
+        Err(error) => Err(DestFailure {
+            error,
+            after_switch: true,
+        }),
+    }
+}
+
+/// Waits (up to the recovery timeout) for the source to reconnect after a
+/// break between READY and TRANSITION, and answers with ABORT: the guest
+/// never ran here. Best effort: without a reconnect the source reports the
+/// guest's state as unknown.
+fn refuse_recovery(rec: &mut Recovery<'_, DestLinks>, why: &Error) {
+    let deadline = Instant::now() + rec.timeout;
+    warn!(
+        "link lost before TRANSITION ({why}); waiting for the source to tell it to keep the guest"
+    );
+    match recovery::reconnect(rec, deadline) {
+        Ok(links) => {
+            let mut tx = RecordWriter::new(links.fault_tx);
+            let said = tx
+                .abort(&format!("link lost before TRANSITION: {why}"))
+                .and_then(|()| tx.flush());
+            if let Err(e) = said {
+                warn!("could not tell the source: {e}");
+            }
+            // Let the ABORT reach the source before the links close.
+            let mut rx = links.fault_rx;
+            let _dog = Watchdog::new(
+                links.closer.clone(),
+                Instant::now() + Duration::from_secs(2),
+            );
+            let mut sink = [0u8; 64];
+            let _ = rx.read(&mut sink);
+            (links.closer)();
+        }
+        Err(last) => warn!("the source did not come back: {last}"),
+    }
+}
+
+/// Bookkeeping shared by the post-switch threads.
 struct Shared<'m, M: ?Sized> {
     mem: &'m M,
-    owed_bits: BitVec,
+    owed_bits: &'m BitVec,
+    owed: u64,
     received: Mutex<BitVec>,
     remaining: Mutex<u64>,
     all_in: Condvar,
@@ -120,6 +707,14 @@ struct Shared<'m, M: ?Sized> {
     pending: Mutex<HashMap<Pfn, Instant>>,
     failed: AtomicBool,
     done: AtomicBool,
+    /// RESUMED went to the source (or a reconnect told it as much).
+    resumed_sent: AtomicBool,
+    /// A local failure was told to the source.
+    told: AtomicBool,
+    in_band: bool,
+    switch_at: Instant,
+    hooks: &'m dyn ServeHooks,
+    cfg: &'m DestConfig,
     metrics: &'m Metrics,
     /// The current connection's closer.
     closer: Mutex<Closer>,
@@ -178,9 +773,33 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         }
         let mut left = lock(&self.remaining);
         *left -= pfns.len() as u64;
+        self.hooks.progress(self.owed - *left, self.owed);
         if *left == 0 {
             self.all_in.notify_all();
         }
+        Ok(())
+    }
+
+    /// Sends RESUMED once the adapter says the guest runs.
+    fn send_resumed<W: Write>(&self, tx: &Mutex<RecordWriter<W>>) -> Result<(), Error> {
+        if self.resumed_sent.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(at) = self.hooks.resumed_at() else {
+            return Ok(());
+        };
+        let paused = at.saturating_duration_since(self.switch_at);
+        // Checked again under the writer's lock: the bulk reader may send
+        // it too, at the end.
+        let mut w = lock(tx);
+        if self.resumed_sent.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        Metrics::set_duration(&self.metrics.downtime_us, paused);
+        w.count(RecordType::Resumed, ns(paused))?;
+        w.flush()?;
+        self.resumed_sent.store(true, Ordering::SeqCst);
+        debug!("RESUMED sent: the guest ran {paused:?} after the switch");
         Ok(())
     }
 
@@ -193,211 +812,41 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         let _left = lock(&self.remaining);
         self.all_in.notify_all();
     }
-}
 
-/// Runs the destination side of one migration to completion; any link
-/// failure after the switch fails it (see [`run_destination_recoverable`]).
-pub fn run_destination<M: DestinationMemory>(
-    mem: &M,
-    links: DestLinks,
-    cfg: &DestConfig,
-    guest: &mut dyn GuestResume,
-    metrics: &Metrics,
-) -> Result<DestOutcome, DestFailure> {
-    run_destination_recoverable(mem, links, cfg, guest, metrics, None)
-}
-
-/// Runs the destination side of one migration to completion. With
-/// `recovery`, a link that breaks after the switch leaves the guest running
-/// (its accesses to absent pages wait) while the hook gets fresh links;
-/// the received-map then tells the source what to resend, and pending
-/// faults are asked for again ([`crate::recovery`]).
-pub fn run_destination_recoverable<M: DestinationMemory>(
-    mem: &M,
-    links: DestLinks,
-    cfg: &DestConfig,
-    guest: &mut dyn GuestResume,
-    metrics: &Metrics,
-    recovery: Option<Recovery<'_, DestLinks>>,
-) -> Result<DestOutcome, DestFailure> {
-    let start = Instant::now();
-    let closer = links.closer.clone();
-    let mut bulk: RecordReader<Box<dyn Read + Send>> = RecordReader::new(links.bulk, None);
-    let before = |error: Error| DestFailure {
-        error,
-        after_switch: false,
-    };
-    let mut fault_tx: RecordWriter<Box<dyn Write + Send>> = RecordWriter::new(links.fault_tx);
-    // Tells the source we never resumed the guest, so it may (best effort:
-    // the link may be what failed).
-    let abort = |fault_tx: &mut RecordWriter<_>, e: Error| {
-        let _ = fault_tx
-            .abort(&e.to_string())
-            .and_then(|()| fault_tx.flush());
-        closer();
-        before(e)
-    };
-    let mut recovery = recovery;
-    let mut ready_sent = false;
-    let prepared = receive_until_switch(mem, &mut bulk, metrics).and_then(|sw| {
-        mem.mark_absent(&sw.owed)?;
-        fault_tx.empty(RecordType::Ready)?;
-        fault_tx.flush()?;
-        ready_sent = true;
-        match bulk.next_record()? {
-            Record::Transition => Ok(sw),
-            other => Err(RecordError::Unexpected {
-                name: other.rtype().name(),
-                state: "after POSTCOPY_READY (expected TRANSITION)",
-            }
-            .into()),
-        }
-    });
-    let sw = match prepared {
-        Ok(sw) => sw,
-        Err(e) => {
-            // After READY the source may have sent TRANSITION into the
-            // break and now believe the guest is here: if it reconnects,
-            // tell it the guest never resumed, so it resumes its own.
-            if let (true, true, Some(rec)) = (ready_sent, e.is_recoverable(), recovery.as_mut()) {
-                closer();
-                refuse_recovery(rec, &e);
-            }
-            return Err(abort(&mut fault_tx, e));
-        }
-    };
-    let transition_at = Instant::now();
-    let owed_count: u64 = sw.owed.iter().map(|r| r.count).sum();
-    if let Err(source) = guest.resume(&sw.state) {
-        return Err(abort(
-            &mut fault_tx,
-            Error::Guest {
-                what: "resume the guest",
-                source,
-            },
-        ));
-    }
-    let resumed_at = Instant::now();
-    Metrics::set_duration(&metrics.downtime_us, resumed_at - transition_at);
-    info!("guest resumed; {owed_count} pages owed");
-    let ns = u64::try_from((resumed_at - transition_at).as_nanos()).unwrap_or(u64::MAX);
-    let resumed_sent = fault_tx
-        .count(RecordType::Resumed, ns)
-        .and_then(|()| fault_tx.flush());
-
-    let shared = Shared {
-        mem,
-        owed_bits: sw.owed_bits,
-        received: Mutex::new(BitVec::repeat(false, idx(sw.guest_pfns))),
-        remaining: Mutex::new(owed_count),
-        all_in: Condvar::new(),
-        pending: Mutex::new(HashMap::new()),
-        failed: AtomicBool::new(false),
-        done: AtomicBool::new(false),
-        metrics,
-        closer: Mutex::new(closer.clone()),
-    };
-    let mut link = SessionLinks {
-        bulk,
-        fault_rx: links.fault_rx,
-        fault_tx,
-        closer,
-    };
-    let mut first_error = resumed_sent.err().map(Error::from);
-    let mut sessions = 0u32;
-    let result = loop {
-        let error = match first_error.take() {
-            Some(e) => e,
-            None => {
-                let r = run_session(&shared, link, cfg, sw.guest_pfns, sessions > 0);
-                sessions += 1;
-                match r {
-                    Ok(()) => break Ok(()),
-                    Err(e) => e,
+    /// [`Self::fail`], first telling the source about a local failure
+    /// (best effort, once): RESUMED if it has not gone out yet (the guest
+    /// may be running here, so the source must not resume its copy), then
+    /// ABORT with the reason.
+    fn fail_with<W: Write>(&self, e: &Error, tx: &Mutex<RecordWriter<W>>) {
+        if e.is_local() && !self.told.swap(true, Ordering::SeqCst) {
+            let guard = match tx.try_lock() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                // A writer is stuck on the link: nobody would hear it.
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut w) = guard {
+                let mut said = Ok(());
+                if !self.resumed_sent.swap(true, Ordering::SeqCst) {
+                    said = w.count(RecordType::Resumed, ns(self.switch_at.elapsed()));
+                }
+                let said = said
+                    .and_then(|()| w.abort(&e.to_string()))
+                    .and_then(|()| w.flush());
+                match said {
+                    Ok(()) => info!("told the source: {e}"),
+                    Err(io) => debug!("could not tell the source ({e}): {io}"),
                 }
             }
-        };
-        let Some(rec) = recovery.as_mut() else {
-            break Err(error);
-        };
-        if !error.is_recoverable() {
-            break Err(error);
         }
-        // Everything is in and COMPLETE went out: only the source's
-        // acknowledgement can be missing, so wait briefly for a source
-        // that did not see our COMPLETE, then finish.
-        let saved = rec.timeout;
-        if shared.done.load(Ordering::SeqCst) && *lock(&shared.remaining) == 0 {
-            rec.timeout = rec.timeout.min(DONE_GRACE);
-        }
-        let restored = recover(&shared, rec, sw.guest_pfns, &error);
-        rec.timeout = saved;
-        match restored {
-            Ok(l) => link = l,
-            Err(e) => break Err(e),
-        }
-    };
-    Metrics::set_duration(&metrics.total_time_us, start.elapsed());
-    Metrics::set_duration(&metrics.postcopy_time_us, resumed_at.elapsed());
-    let outcome = DestOutcome {
-        guest_pfns: sw.guest_pfns,
-        strategy: sw.strategy,
-        owed: owed_count,
-        resumed_at,
-    };
-    match result {
-        Ok(()) => Ok(outcome),
-        // Every page is here: only the source's acknowledgement was lost.
-        Err(Error::LinkLost { .. }) if *lock(&shared.remaining) == 0 => {
-            warn!("every page arrived; the source's final acknowledgement did not");
-            Ok(outcome)
-        }
-        Err(error) => {
-            (lock(&shared.closer))();
-            Err(DestFailure {
-                error,
-                after_switch: true,
-            })
-        }
-    }
-}
-
-/// Waits (up to the recovery timeout) for the source to reconnect after a
-/// break between READY and TRANSITION, and answers with ABORT: the guest
-/// never ran here. Best effort: without a reconnect the source reports the
-/// guest's state as unknown.
-fn refuse_recovery(rec: &mut Recovery<'_, DestLinks>, why: &Error) {
-    let deadline = Instant::now() + rec.timeout;
-    warn!(
-        "link lost before TRANSITION ({why}); waiting for the source to tell it to keep the guest"
-    );
-    match recovery::reconnect(rec, deadline) {
-        Ok(links) => {
-            let mut tx = RecordWriter::new(links.fault_tx);
-            let said = tx
-                .abort(&format!("link lost before TRANSITION: {why}"))
-                .and_then(|()| tx.flush());
-            if let Err(e) = said {
-                warn!("could not tell the source: {e}");
-            }
-            // Let the ABORT reach the source before the links close.
-            let mut rx = links.fault_rx;
-            let _dog = Watchdog::new(
-                links.closer.clone(),
-                Instant::now() + Duration::from_secs(2),
-            );
-            let mut sink = [0u8; 64];
-            let _ = rx.read(&mut sink);
-            (links.closer)();
-        }
-        Err(last) => warn!("the source did not come back: {last}"),
+        self.fail();
     }
 }
 
 /// The destination's ends of one connection.
 struct SessionLinks {
     bulk: RecordReader<Box<dyn Read + Send>>,
-    fault_rx: Box<dyn Read + Send>,
+    replies: Replies,
     fault_tx: RecordWriter<Box<dyn Write + Send>>,
     closer: Closer,
 }
@@ -433,6 +882,8 @@ fn recover<M: DestinationMemory + ?Sized>(
         drop(dog);
         match sent {
             Ok(()) => {
+                // The reconnect tells the source the guest runs here.
+                shared.resumed_sent.store(true, Ordering::SeqCst);
                 let took = outage.elapsed();
                 Metrics::add(
                     &shared.metrics.outage_us,
@@ -451,7 +902,11 @@ fn recover<M: DestinationMemory + ?Sized>(
                 );
                 return Ok(SessionLinks {
                     bulk: RecordReader::new(links.bulk, Some(guest_pfns)),
-                    fault_rx: links.fault_rx,
+                    replies: if shared.in_band {
+                        Replies::InBand
+                    } else {
+                        Replies::Channel(links.fault_rx)
+                    },
                     fault_tx,
                     closer: links.closer,
                 });
@@ -467,18 +922,17 @@ fn recover<M: DestinationMemory + ?Sized>(
     }
 }
 
-/// One connection's worth of the three post-switch threads, until
-/// completion or the first failure.
+/// One connection's worth of the post-switch threads, until completion or
+/// the first failure.
 fn run_session<M: DestinationMemory + ?Sized>(
     shared: &Shared<'_, M>,
     link: SessionLinks,
-    cfg: &DestConfig,
     guest_pfns: u64,
     rerequest: bool,
 ) -> Result<(), Error> {
     let SessionLinks {
         mut bulk,
-        fault_rx,
+        replies,
         fault_tx,
         closer,
     } = link;
@@ -494,51 +948,55 @@ fn run_session<M: DestinationMemory + ?Sized>(
                 } else {
                     Ok(())
                 }
-                .and_then(|()| forward_faults(shared, &fault_tx, cfg));
-                if r.is_err() {
-                    shared.fail();
+                .and_then(|()| forward_faults(shared, &fault_tx));
+                if let Err(e) = &r {
+                    shared.fail_with(e, &fault_tx);
                 }
                 r
             })
-            .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?;
-        let replies = std::thread::Builder::new()
-            .name("pc-fault-rx".into())
-            .spawn_scoped(scope, move || {
-                let r = read_replies(shared, fault_rx, guest_pfns);
-                if r.is_err() {
-                    shared.fail();
+            .map_err(|source| Error::Spawn {
+                what: "fault forwarder",
+                source,
+            })?;
+        let replies = match replies {
+            Replies::Channel(rx) => {
+                let fault_tx = &fault_tx;
+                let spawned = std::thread::Builder::new()
+                    .name("pc-fault-rx".into())
+                    .spawn_scoped(scope, move || {
+                        let r = read_replies(shared, rx, guest_pfns);
+                        if let Err(e) = &r {
+                            shared.fail_with(e, fault_tx);
+                        }
+                        r
+                    });
+                match spawned {
+                    Ok(h) => Some(h),
+                    Err(source) => {
+                        // The forwarder must not outlive this.
+                        shared.fail();
+                        return Err(Error::Spawn {
+                            what: "fault reply reader",
+                            source,
+                        });
+                    }
                 }
-                r
-            })
-            .map_err(|e| Error::Protocol(format!("cannot start a thread: {e}")))?;
-        let bulk_result = read_bulk(shared, &mut bulk).and_then(|()| {
-            // Wait for fault replies still on their way.
-            let mut left = lock(&shared.remaining);
-            while *left > 0 && !shared.failed.load(Ordering::SeqCst) {
-                left = shared.all_in.wait(left).unwrap_or_else(|e| e.into_inner());
             }
-            if *left > 0 {
-                return Err(Error::Aborted);
-            }
-            drop(left);
-            // Set before COMPLETE goes out: the acknowledgement may come
-            // back before this thread runs again.
-            shared.done.store(true, Ordering::SeqCst);
-            let mut tx = lock(&fault_tx);
-            let owed = shared.owed_bits.count_ones() as u64;
-            tx.count(RecordType::Complete, owed)?;
-            tx.flush()?;
-            Ok(())
-        });
-        if bulk_result.is_err() {
-            shared.fail();
+            Replies::InBand => None,
+        };
+        let bulk_result = read_bulk(shared, &mut bulk).and_then(|()| finish(shared, &fault_tx));
+        if let Err(e) = &bulk_result {
+            shared.fail_with(e, &fault_tx);
         }
         let fwd = forwarder
             .join()
             .map_err(|_| Error::ThreadPanicked("fault forwarder"))?;
-        let rep = replies
-            .join()
-            .map_err(|_| Error::ThreadPanicked("fault reply reader"))?;
+        let rep = match replies {
+            Some(h) => h
+                .join()
+                .map_err(|_| Error::ThreadPanicked("fault reply reader"))?,
+            None => Ok(()),
+        };
         if let (Err(_), Err(e)) = (&fwd, &rep) {
             debug!("fault forwarder and reply reader both failed; reply reader: {e}");
         }
@@ -547,6 +1005,67 @@ fn run_session<M: DestinationMemory + ?Sized>(
     Metrics::add(&shared.metrics.bytes_received, bulk.bytes_read());
     Metrics::add(&shared.metrics.bytes_sent, lock(&fault_tx).bytes_written());
     result
+}
+
+/// After the source's COMPLETE: waits for fault replies still on their
+/// way (their own channel), lets the backend answer requests that raced
+/// with the last installs, and sends COMPLETE.
+fn finish<M: DestinationMemory + ?Sized, W: Write>(
+    shared: &Shared<'_, M>,
+    fault_tx: &Mutex<RecordWriter<W>>,
+) -> Result<(), Error> {
+    {
+        let mut left = lock(&shared.remaining);
+        while *left > 0 && !shared.failed.load(Ordering::SeqCst) {
+            left = shared.all_in.wait(left).unwrap_or_else(|e| e.into_inner());
+        }
+        if *left > 0 {
+            return Err(Error::Aborted);
+        }
+    }
+    shared.mem.settle()?;
+    // The watch's last look: a guest that died before this is a failed
+    // migration whatever the stream did.
+    shared.hooks.watch()?;
+    wait_resumed(shared)?;
+    // A guest that never ran still gets its RESUMED before the end.
+    shared.send_resumed(fault_tx)?;
+    // Set before COMPLETE goes out: the acknowledgement may come back
+    // before this thread runs again.
+    shared.done.store(true, Ordering::SeqCst);
+    let mut tx = lock(fault_tx);
+    tx.count(RecordType::Complete, shared.owed)?;
+    tx.flush()?;
+    Ok(())
+}
+
+/// Every page is in: waits up to [`DestConfig::resume_grace`] for the
+/// guest to run, watching it meanwhile (a guest that dies while still
+/// paused fails the migration all the same).
+fn wait_resumed<M: DestinationMemory + ?Sized>(shared: &Shared<'_, M>) -> Result<(), Error> {
+    let grace = shared.cfg.resume_grace;
+    if grace.is_zero() || shared.resumed_sent.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let poll = shared.cfg.fault_poll.min(WATCH_INTERVAL);
+    let until = Instant::now() + grace;
+    loop {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        shared.hooks.watch()?;
+        if shared.hooks.resumed_at().is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= until {
+            info!(
+                "the guest stayed paused {grace:?} after the last page; completing without RESUMED"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(poll.min(until - now));
+    }
 }
 
 /// After a reconnect: asks again for every page a vCPU is waiting on.
@@ -571,101 +1090,26 @@ fn rerequest_pending<M: DestinationMemory + ?Sized, W: Write>(
     Ok(())
 }
 
-/// The first error that is not merely [`Error::Aborted`] (a consequence).
+/// The root cause among the threads' results: a local failure first (the
+/// others only saw the links it closed), then the first error that is not
+/// merely [`Error::Aborted`] (a consequence).
 fn first_real_error<const N: usize>(results: [Result<(), Error>; N]) -> Result<(), Error> {
     let mut aborted = false;
+    let mut first = None;
     for r in results {
         match r {
             Ok(()) => {}
             Err(Error::Aborted) => aborted = true,
-            Err(e) => return Err(e),
-        }
-    }
-    if aborted {
-        Err(Error::Aborted)
-    } else {
-        Ok(())
-    }
-}
-
-fn receive_until_switch<M: DestinationMemory, R: Read>(
-    mem: &M,
-    bulk: &mut RecordReader<R>,
-    metrics: &Metrics,
-) -> Result<Switch, Error> {
-    let begin = match bulk.next_record()? {
-        Record::Begin(b) => b,
-        other => {
-            return Err(RecordError::Unexpected {
-                name: other.rtype().name(),
-                state: "before POSTCOPY_BEGIN",
-            }
-            .into())
-        }
-    };
-    let guest_pfns = begin.guest_pfns.get();
-    if guest_pfns != mem.pfn_count() {
-        return Err(Error::Protocol(format!(
-            "source guest has {guest_pfns} pfns, destination memory has {}",
-            mem.pfn_count()
-        )));
-    }
-    let strategy = StrategySpec::from_wire(begin.strategy.get(), begin.strategy_arg.get());
-    let mut sw = Switch {
-        guest_pfns,
-        strategy,
-        owed: Vec::new(),
-        owed_bits: BitVec::repeat(false, idx(guest_pfns)),
-        state: Vec::new(),
-    };
-    let zero = [0u8; PAGE_SIZE];
-    loop {
-        match bulk.next_record()? {
-            Record::PageData {
-                cause: Cause::Precopy,
-                pfns,
-                data,
-            } => {
-                for (p, page) in pfns.iter().zip(data.chunks_exact(PAGE_SIZE)) {
-                    mem.write_page(*p, page)?;
-                }
-                Metrics::add(&metrics.pages_precopy, pfns.len() as u64);
-            }
-            Record::Zero(pfns) => {
-                for p in &pfns {
-                    mem.write_page(*p, &zero)?;
-                }
-                Metrics::add(&metrics.pages_zero, pfns.len() as u64);
-            }
-            Record::Pfns(runs) => {
-                for run in &runs {
-                    // Runs are validated against the guest size already.
-                    let (start, end) = (idx(run.start), idx(run.start + run.count));
-                    let slice = &mut sw.owed_bits[start..end];
-                    if let Some(i) = slice.first_one() {
-                        return Err(RecordError::DuplicatePfn {
-                            name: RecordType::Pfns.name(),
-                            pfn: run.start + i as u64,
-                        }
-                        .into());
-                    }
-                    slice.fill(true);
-                }
-                sw.owed.extend(runs);
-            }
-            Record::VcpuState(state) => {
-                // The last record before the switch.
-                sw.state = state.to_vec();
-                return Ok(sw);
-            }
-            other => {
-                return Err(RecordError::Unexpected {
-                    name: other.rtype().name(),
-                    state: "before POSTCOPY_VCPU_STATE",
-                }
-                .into())
+            Err(e) if e.is_local() => return Err(e),
+            Err(e) => {
+                first.get_or_insert(e);
             }
         }
+    }
+    match first {
+        Some(e) => Err(e),
+        None if aborted => Err(Error::Aborted),
+        None => Ok(()),
     }
 }
 
@@ -678,24 +1122,32 @@ fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
             return Err(Error::Aborted);
         }
         match bulk.next_record()? {
-            Record::PageData {
-                cause: cause @ (Cause::Push | Cause::Resend),
-                pfns,
-                data,
-            } => {
-                let counter = if cause == Cause::Push {
-                    &shared.metrics.pages_pushed
-                } else {
-                    &shared.metrics.pages_resent
-                };
+            Record::PageData { cause, pfns, data }
+                if matches!(cause, Cause::Push | Cause::Resend)
+                    || (shared.in_band && cause == Cause::Fault) =>
+            {
                 shared.accept(&pfns, Some(data))?;
+                let counter = match cause {
+                    Cause::Push => &shared.metrics.pages_pushed,
+                    Cause::Fault => &shared.metrics.pages_faulted,
+                    _ => &shared.metrics.pages_resent,
+                };
                 Metrics::add(counter, pfns.len() as u64);
             }
             Record::Zero(pfns) => {
                 shared.accept(&pfns, None)?;
                 Metrics::add(&shared.metrics.pages_zero, pfns.len() as u64);
             }
-            Record::Complete(_) => return Ok(()),
+            Record::Complete(sent) => {
+                // In-band, every reply came before COMPLETE.
+                let left = *lock(&shared.remaining);
+                if shared.in_band && left != 0 {
+                    return Err(Error::Protocol(format!(
+                        "source completed after {sent} pages with {left} owed pages missing"
+                    )));
+                }
+                return Ok(());
+            }
             other => {
                 return Err(RecordError::Unexpected {
                     name: other.rtype().name(),
@@ -758,8 +1210,10 @@ fn read_replies<M: DestinationMemory + ?Sized>(
 fn forward_faults<M: DestinationMemory + ?Sized, W: Write>(
     shared: &Shared<'_, M>,
     tx: &Mutex<RecordWriter<W>>,
-    cfg: &DestConfig,
 ) -> Result<(), Error> {
+    let cfg = shared.cfg;
+    let poll = cfg.fault_poll.min(WATCH_INTERVAL);
+    let cap = cfg.max_outstanding.max(1);
     let mut batch: Vec<Pfn> = Vec::new();
     loop {
         if shared.failed.load(Ordering::SeqCst) {
@@ -768,14 +1222,17 @@ fn forward_faults<M: DestinationMemory + ?Sized, W: Write>(
         if shared.done.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut wait = cfg.fault_poll;
+        shared.hooks.watch()?;
+        shared.send_resumed(tx)?;
+        let mut wait = poll;
         batch.clear();
-        if lock(&shared.pending).len() >= MAX_OUTSTANDING_FAULTS {
+        let room = cap.saturating_sub(lock(&shared.pending).len());
+        if room == 0 {
             // Enough requests in flight: let the source catch up.
-            std::thread::sleep(cfg.fault_poll);
+            std::thread::sleep(poll);
             continue;
         }
-        while batch.len() < MAX_PFN_LIST {
+        while batch.len() < room.min(MAX_PFN_LIST) {
             let Some(fault) = shared.mem.wait_fault(wait)? else {
                 break;
             };

@@ -60,13 +60,113 @@ pub enum Error {
     /// The migration was aborted because another thread failed first.
     #[error("aborted after another failure")]
     Aborted,
+    /// A worker thread could not be started (a local failure).
+    #[error("cannot start the {what} thread: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The caller drove a session out of order (a local bug, never the
+    /// peer's doing).
+    #[error("{call} called in phase {phase} (expected {expected})")]
+    WrongPhase {
+        /// The call.
+        call: &'static str,
+        /// The session's phase.
+        phase: &'static str,
+        /// The phase the call needs.
+        expected: &'static str,
+    },
+    /// The guest crashed, rebooted or was shut down on the destination
+    /// before its last page arrived (reported by the adapter's watch). Its
+    /// text starts with [`GUEST_DIED`], which is how the source tells a
+    /// death from other failures in the ABORT reason
+    /// ([`DestinationCause::of_reason`]).
+    #[error("{GUEST_DIED}{0}")]
+    GuestDied(String),
+    /// The destination failed after the switch and said why (ABORT after
+    /// RESUMED): the guest belongs to it, so the source keeps its copy
+    /// stopped.
+    #[error("destination failed after the switch: {reason}")]
+    DestinationFailed {
+        /// What kind of failure the reason reports.
+        cause: DestinationCause,
+        /// The destination's words (its error's text).
+        reason: String,
+    },
+}
+
+/// How every [`Error::GuestDied`] text starts, on the wire (the ABORT
+/// reason after the switch is the destination error's text) and in logs.
+pub const GUEST_DIED: &str = "guest died on the destination during post-copy: ";
+
+/// What failed at the destination after the switch, as the source learns
+/// it from the ABORT reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationCause {
+    /// The guest died there ([`Error::GuestDied`] at the destination).
+    GuestDied,
+    /// Anything else (memory, threads, protocol, ...).
+    Other,
+}
+
+impl DestinationCause {
+    /// The cause an ABORT reason reports: the destination sends its error's
+    /// text, so a guest death starts with [`GUEST_DIED`].
+    pub fn of_reason(reason: &str) -> DestinationCause {
+        if reason.starts_with(GUEST_DIED) {
+            DestinationCause::GuestDied
+        } else {
+            DestinationCause::Other
+        }
+    }
 }
 
 impl Error {
+    /// [`Error::DestinationFailed`] with the cause its reason reports.
+    pub fn destination_failed(reason: String) -> Error {
+        Error::DestinationFailed {
+            cause: DestinationCause::of_reason(&reason),
+            reason,
+        }
+    }
+
+    /// True if the guest died on the destination: there
+    /// ([`Error::GuestDied`]) or as the destination reported it to the
+    /// source.
+    pub fn is_guest_death(&self) -> bool {
+        matches!(
+            self,
+            Error::GuestDied(_)
+                | Error::DestinationFailed {
+                    cause: DestinationCause::GuestDied,
+                    ..
+                }
+        )
+    }
+
     /// True if a fresh connection may cure the failure (the link broke or
     /// timed out), as opposed to a peer that broke the protocol.
     pub fn is_recoverable(&self) -> bool {
         self.is_disconnect() || matches!(self, Error::Record(RecordError::Io(_)))
+    }
+
+    /// True if the failure happened here (memory, guest, threads, API
+    /// misuse) rather than on the link or at the peer: after the switch the
+    /// destination tells the source about these before giving up.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Error::Memory(_)
+                | Error::Guest { .. }
+                | Error::ThreadPanicked(_)
+                | Error::Spawn { .. }
+                | Error::WrongPhase { .. }
+                | Error::GuestDied(_)
+        )
     }
 
     /// True if the failure is the peer going away (closed or reset link),
@@ -86,5 +186,40 @@ impl Error {
             ),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_death_is_recognised_in_the_abort_reason() {
+        // The destination sends its error's text as the ABORT reason.
+        let died = Error::GuestDied("domain 2: shutdown reason crash (3)".into());
+        assert!(died.is_guest_death());
+        let told = Error::destination_failed(died.to_string());
+        assert!(matches!(
+            told,
+            Error::DestinationFailed {
+                cause: DestinationCause::GuestDied,
+                ..
+            }
+        ));
+        assert!(told.is_guest_death());
+        assert!(
+            told.to_string().contains("shutdown reason crash (3)"),
+            "{told}"
+        );
+        let other = Error::destination_failed("out of memory".into());
+        assert!(matches!(
+            other,
+            Error::DestinationFailed {
+                cause: DestinationCause::Other,
+                ..
+            }
+        ));
+        assert!(!other.is_guest_death());
+        assert!(!Error::PeerAborted(died.to_string()).is_guest_death());
     }
 }

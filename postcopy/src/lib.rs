@@ -2,13 +2,20 @@
 //!
 //! Pure Rust, no Xen: this crate owns the wire records ([`records`]), the
 //! pre-paging strategies ([`prepage`]), the bookkeeping of which pages are
-//! still owed ([`sentmap`], [`scheduler`]), the source and destination state
-//! machines ([`source`], [`destination`]) that run over any byte transport,
+//! still owed ([`sentmap`], [`scheduler`], with the one push policy every
+//! path uses, [`scheduler::PushPolicy`]), the source and destination
+//! phases ([`source::SourceSession`]: begin → switch → serve;
+//! [`destination::DestSession`]: records → ready → serve) that local mode,
+//! the Xen glue and the simulator all drive over any byte transport, with
+//! fault replies on their own channel or in-band ([`transport::Replies`]),
 //! and the metrics report ([`metrics`]).
 //!
 //! Backends plug in through the two traits of [`memory`]: the Xen backends
-//! live in `libxl-glue`, the Linux userfaultfd backend in `postcopy::uffd`,
-//! and an in-memory test double in [`testmem`].
+//! live in `libxl-glue`, the Linux userfaultfd backend in the crate
+//! `postcopy-uffd` beside this one (it holds all the `unsafe` and `libc`
+//! of local mode; this crate forbids `unsafe`), and an in-memory test
+//! double in `testmem`, compiled only for tests and with the `test-util`
+//! feature (other crates enable it in their dev-dependencies).
 //!
 //! ```text
 //!   source host                                destination host
@@ -23,6 +30,8 @@
 //!  +------------------+                        +--------------------+
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod destination;
 pub mod error;
 pub mod memory;
@@ -33,11 +42,11 @@ pub mod recovery;
 pub mod scheduler;
 pub mod sentmap;
 pub mod source;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testmem;
 pub mod transport;
-pub mod uffd;
 
-pub use error::Error;
+pub use error::{DestinationCause, Error, GUEST_DIED};
 
 /// A guest page frame number: the index of a 4 KiB page in guest memory.
 pub type Pfn = u64;

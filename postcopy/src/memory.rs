@@ -3,8 +3,8 @@
 //! [`SourceMemory`] is the stopped (or, during pre-copy, still running)
 //! guest on the source host; [`DestinationMemory`] is the new guest on the
 //! destination host, whose absent pages fault. Every backend — Xen
-//! (`libxl-glue`), Linux userfaultfd (`postcopy::uffd`) and the in-memory
-//! test double ([`crate::testmem`]) — implements these and nothing else, so
+//! (`libxl-glue`), Linux userfaultfd (the `postcopy-uffd` crate) and the
+//! in-memory test double (`testmem`, feature `test-util`) — implements these and nothing else, so
 //! the same state machines drive all of them.
 
 use std::time::{Duration, Instant};
@@ -85,6 +85,15 @@ pub enum MemoryError {
     /// The guest went away (destroyed, or its address space was torn down).
     #[error("guest memory is gone: {0}")]
     GuestGone(String),
+    /// A backend's own call failed; its typed error stays the source.
+    #[error("memory backend call failed: {source}")]
+    Backend {
+        /// The errno the call reported, if any.
+        errno: Option<i32>,
+        /// The backend's error (e.g. the Xen glue's `XcError`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An operating system or hypervisor call failed.
     #[error("{op} failed: {source}")]
     Os {
@@ -183,6 +192,15 @@ pub trait DestinationMemory: Send + Sync {
     /// content of `pfn`, overwriting any earlier copy.
     fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()>;
 
+    /// Before the switch: [`write_page`](Self::write_page) for each of
+    /// `pfns`, page `i` of `data` at `pfns[i]` (backends batch this).
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        for (p, page) in pfns.iter().zip(data.chunks_exact(crate::PAGE_SIZE)) {
+            self.write_page(*p, page)?;
+        }
+        Ok(())
+    }
+
     /// At the switch, before the guest resumes: makes `runs` absent, so
     /// that a guest access to any of them raises a [`Fault`]. Pfns in no
     /// run and never written read as zero.
@@ -198,6 +216,42 @@ pub trait DestinationMemory: Send + Sync {
     /// Waits up to `timeout` for the next guest access to an absent page.
     /// `Ok(None)` on timeout. Called from one thread only.
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>>;
+
+    /// After the last owed page is installed, before COMPLETE: answers
+    /// guest accesses that raced with the last installs and were not read
+    /// as faults (a backend whose installs wake every waiter has nothing
+    /// to do). Fails if some access still waits for an absent page.
+    fn settle(&self) -> MemResult<()> {
+        Ok(())
+    }
+}
+
+/// A borrowed backend is a backend (the engine's phases own theirs).
+impl<M: DestinationMemory + ?Sized> DestinationMemory for &M {
+    fn pfn_count(&self) -> u64 {
+        (**self).pfn_count()
+    }
+    fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()> {
+        (**self).write_page(pfn, data)
+    }
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        (**self).write_pages(pfns, data)
+    }
+    fn mark_absent(&self, runs: &[PfnRun]) -> MemResult<()> {
+        (**self).mark_absent(runs)
+    }
+    fn install(&self, first: Pfn, pages: &[u8]) -> MemResult<Installed> {
+        (**self).install(first, pages)
+    }
+    fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
+        (**self).install_zero(pfn)
+    }
+    fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {
+        (**self).wait_fault(timeout)
+    }
+    fn settle(&self) -> MemResult<()> {
+        (**self).settle()
+    }
 }
 
 #[cfg(test)]

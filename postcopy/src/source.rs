@@ -9,12 +9,21 @@
 //! exactly once. The migration is complete when the destination says it
 //! holds every owed page.
 //!
+//! The phases are public as [`SourceSession`] (begin → switch → serve), so
+//! every transport and backend drives the same code: local mode through
+//! [`run_source_recoverable`], the Xen glue through its libxenguest
+//! callbacks. Where fault replies travel ([`Replies`]: their own channel,
+//! or in-band on the forward stream) and how pushes are batched
+//! ([`PushPolicy`]) are settings of the session.
+//!
 //! Failure rule: until TRANSITION has been written the destination cannot
 //! have resumed the guest, so any failure resumes it here
 //! ([`GuestControl::resume`]) and memory is untouched; the same holds when
 //! the destination answers TRANSITION with ABORT (it refused the stream and
 //! never resumed). Otherwise, after TRANSITION the guest lives on the
-//! destination and is never resumed here.
+//! destination and is never resumed here; a destination that fails after
+//! RESUMED says why with ABORT ([`Error::DestinationFailed`], whose
+//! [`DestinationCause`] tells a guest that died there from other failures).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -23,7 +32,7 @@ use std::time::{Duration, Instant};
 use bitvec::vec::BitVec;
 use log::{debug, info, warn};
 
-use crate::error::{Error, HookError};
+use crate::error::{DestinationCause, Error, HookError};
 use crate::memory::{runs_from_sorted, PfnRun, SourceMemory};
 use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
@@ -32,7 +41,7 @@ use crate::records::{
     MAX_PFN_LIST, MAX_RUNS, STREAM_VERSION,
 };
 use crate::recovery::{self, Recovery, Watchdog};
-use crate::scheduler::{Request, Scheduler};
+use crate::scheduler::{PushPolicy, PushStep, Request, Scheduler};
 use crate::transport::SourceLinks;
 use crate::{Pfn, PAGE_SIZE};
 
@@ -80,13 +89,23 @@ pub struct SourceConfig {
     pub idle_flush: Duration,
 }
 
+impl SourceConfig {
+    /// The push policy these settings give.
+    pub fn push_policy(&self) -> PushPolicy {
+        PushPolicy {
+            batch_pages: self.batch_pages,
+            idle_flush: self.idle_flush,
+        }
+    }
+}
+
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             strategy: StrategySpec::Bubble,
             mode: Mode::Postcopy,
-            batch_pages: 64,
-            idle_flush: Duration::from_millis(500),
+            batch_pages: PushPolicy::LOCAL.batch_pages,
+            idle_flush: PushPolicy::LOCAL.idle_flush,
         }
     }
 }
@@ -183,6 +202,250 @@ pub fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
     Ok(())
 }
 
+/// The source's end of the back channel (READY, faults, RESUMED, COMPLETE).
+pub type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
+/// The source's forward stream.
+pub type BulkWriter = RecordWriter<Box<dyn std::io::Write + Send>>;
+
+/// Where the source's fault replies go.
+pub type Replies = crate::transport::Replies<Box<dyn std::io::Write + Send>>;
+
+/// The ends the serve phase needs besides the forward stream.
+pub struct ServeLinks {
+    /// The back channel.
+    pub fault_rx: FaultReader,
+    /// Where replies go.
+    pub replies: Replies,
+    /// Unblocks every blocked read and write of this connection.
+    pub closer: crate::transport::Closer,
+}
+
+impl std::fmt::Debug for ServeLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeLinks")
+            .field("replies", &self.replies)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called with (owed pages claimed so far, owed pages) as serving goes.
+pub type ProgressHook = Box<dyn Fn(u64, u64) + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourcePhase {
+    Begun,
+    Switched,
+    Served,
+    Failed,
+}
+
+impl SourcePhase {
+    fn name(self) -> &'static str {
+        match self {
+            SourcePhase::Begun => "begun",
+            SourcePhase::Switched => "switched",
+            SourcePhase::Served => "served",
+            SourcePhase::Failed => "failed",
+        }
+    }
+}
+
+/// The source side of one migration as phases any transport and backend
+/// can drive: [`begin`](Self::begin) (BEGIN, then the caller's pre-switch
+/// records on [`stream`](Self::stream)) → [`switch`](Self::switch) (the
+/// owed set, the CPU state, the READY/TRANSITION handshake) →
+/// [`serve`](Self::serve) (faults first, the pre-pager, resends,
+/// completion). Local mode ([`run_source_recoverable`]) and the Xen glue
+/// both drive these.
+pub struct SourceSession {
+    stream: Option<BulkWriter>,
+    guest_pfns: u64,
+    strategy: StrategySpec,
+    policy: PushPolicy,
+    owed: Vec<PfnRun>,
+    stopped_at: Instant,
+    phase: SourcePhase,
+    progress: Option<ProgressHook>,
+}
+
+impl std::fmt::Debug for SourceSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSession")
+            .field("guest_pfns", &self.guest_pfns)
+            .field("strategy", &self.strategy)
+            .field("policy", &self.policy)
+            .field("owed_runs", &self.owed.len())
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceSession {
+    /// Phase 1: writes POSTCOPY_BEGIN on `stream`. The caller then writes
+    /// its pre-switch records (pre-copy rounds, must-present pages) on
+    /// [`stream`](Self::stream).
+    pub fn begin(
+        stream: Box<dyn std::io::Write + Send>,
+        guest_pfns: u64,
+        populated_pages: u64,
+        strategy: StrategySpec,
+        policy: PushPolicy,
+    ) -> Result<SourceSession, Error> {
+        let mut stream: BulkWriter = RecordWriter::new(stream);
+        let (sid, sarg) = strategy.wire_id();
+        stream.begin(&BeginBody {
+            version: STREAM_VERSION.into(),
+            flags: 0.into(),
+            strategy: sid.into(),
+            strategy_arg: sarg.into(),
+            guest_pfns: guest_pfns.into(),
+            populated_pages: populated_pages.into(),
+        })?;
+        Ok(SourceSession {
+            stream: Some(stream),
+            guest_pfns,
+            strategy,
+            policy,
+            owed: Vec::new(),
+            stopped_at: Instant::now(),
+            phase: SourcePhase::Begun,
+            progress: None,
+        })
+    }
+
+    /// Reports serving progress to `hook` (e.g. a progress bar).
+    pub fn set_progress(&mut self, hook: ProgressHook) {
+        self.progress = Some(hook);
+    }
+
+    /// The push policy.
+    pub fn policy(&self) -> PushPolicy {
+        self.policy
+    }
+
+    /// The owed runs (after [`switch`](Self::switch)).
+    pub fn owed(&self) -> &[PfnRun] {
+        &self.owed
+    }
+
+    /// When the guest stopped (the start of the downtime).
+    pub fn stopped_at(&self) -> Instant {
+        self.stopped_at
+    }
+
+    /// Records when the guest stopped (default: when the session began).
+    pub fn set_stopped_at(&mut self, at: Instant) {
+        self.stopped_at = at;
+    }
+
+    fn require(&self, want: SourcePhase, call: &'static str) -> Result<(), Error> {
+        if self.phase != want || self.stream.is_none() {
+            return Err(Error::WrongPhase {
+                call,
+                phase: self.phase.name(),
+                expected: want.name(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The forward stream, for the caller's pre-switch records.
+    pub fn stream(&mut self) -> Result<&mut BulkWriter, Error> {
+        self.require(SourcePhase::Begun, "stream")?;
+        // require() saw the stream.
+        self.stream.as_mut().ok_or(Error::Aborted)
+    }
+
+    /// Phase 2: POSTCOPY_PFNS (`owed`), POSTCOPY_VCPU_STATE (`state`; the
+    /// end-of-pre-switch marker), then the destination's READY on `back`
+    /// before POSTCOPY_TRANSITION. An ABORT instead is
+    /// [`Error::PeerAborted`]: the guest never ran there and may be resumed
+    /// here. Sets the source's share of the downtime.
+    pub fn switch(
+        &mut self,
+        owed: Vec<PfnRun>,
+        state: &[u8],
+        back: &mut FaultReader,
+        metrics: &Metrics,
+    ) -> Result<(), Error> {
+        self.require(SourcePhase::Begun, "switch")?;
+        let r = (|| -> Result<(), Error> {
+            let stopped_at = self.stopped_at;
+            let Some(bulk) = self.stream.as_mut() else {
+                return Err(Error::Aborted);
+            };
+            for chunk in owed.chunks(MAX_RUNS) {
+                bulk.runs(RecordType::Pfns, chunk)?;
+            }
+            bulk.vcpu_state(state)?;
+            bulk.flush()?;
+            debug!("CPU state sent {:?} after the stop", stopped_at.elapsed());
+            // The destination confirms it has everything and is prepared before
+            // the guest changes hands: a link or a destination lost before this
+            // point leaves the guest here, never in limbo.
+            match back.next_record()? {
+                Record::Ready => {}
+                Record::Abort(reason) => {
+                    warn!("destination refused the switch: {reason}");
+                    return Err(Error::PeerAborted(reason));
+                }
+                other => {
+                    return Err(crate::records::RecordError::Unexpected {
+                        name: other.rtype().name(),
+                        state: "while waiting for POSTCOPY_READY",
+                    }
+                    .into())
+                }
+            }
+            debug!("READY received {:?} after the stop", stopped_at.elapsed());
+            bulk.empty(RecordType::Transition)?;
+            bulk.flush()?;
+            // The source's share of the downtime; RESUMED adds the destination's.
+            Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
+            self.owed = owed;
+            Ok(())
+        })();
+        self.phase = if r.is_ok() {
+            SourcePhase::Switched
+        } else {
+            SourcePhase::Failed
+        };
+        r
+    }
+
+    /// Phase 3: serves until the destination holds every owed page. With
+    /// `recovery`, a link that breaks is re-established through its hook
+    /// and serving resumes where it stopped ([`crate::recovery`]).
+    /// `history` feeds the `history` pre-pager.
+    pub fn serve<M: SourceMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        links: ServeLinks,
+        history: Vec<Pfn>,
+        metrics: &Metrics,
+        recovery: Option<Recovery<'_, SourceLinks>>,
+    ) -> Result<(), Error> {
+        self.require(SourcePhase::Switched, "serve")?;
+        let Some(bulk) = self.stream.take() else {
+            return Err(Error::Aborted);
+        };
+        let ctx = ServeCtx {
+            policy: self.policy,
+            strategy: self.strategy,
+            stopped_at: self.stopped_at,
+            progress: self.progress.as_deref(),
+            metrics,
+        };
+        let r = serve(mem, bulk, links, &self.owed, history, &ctx, recovery);
+        self.phase = if r.is_ok() {
+            SourcePhase::Served
+        } else {
+            SourcePhase::Failed
+        };
+        r
+    }
+}
+
 /// Runs the source side of one migration to completion; any link failure
 /// after the switch fails it (see [`run_source_recoverable`]).
 pub fn run_source<M: SourceMemory>(
@@ -209,20 +472,19 @@ pub fn run_source_recoverable<M: SourceMemory>(
 ) -> Result<SourceOutcome, SourceFailure> {
     let start = Instant::now();
     let closer = links.closer.clone();
-    let mut bulk: BulkWriter = RecordWriter::new(links.bulk);
     let mut fault_rx: FaultReader = RecordReader::new(links.fault_rx, Some(mem.pfn_count()));
     let mut stopped = false;
     let pre = pre_switch(
         mem,
-        &mut bulk,
+        links.bulk,
         &mut fault_rx,
         cfg,
         guest,
         metrics,
         &mut stopped,
     );
-    let (owed, stopped_at) = match pre {
-        Ok(v) => v,
+    let mut session = match pre {
+        Ok(s) => s,
         Err(error) => {
             closer();
             if stopped {
@@ -236,15 +498,18 @@ pub fn run_source_recoverable<M: SourceMemory>(
             });
         }
     };
-    let owed_count: u64 = owed.iter().map(|r| r.count).sum();
-    let result = serve(
+    let owed_count: u64 = session.owed().iter().map(|r| r.count).sum();
+    let stopped_at = session.stopped_at();
+    let history = mem.access_history();
+    let result = session.serve(
         &*mem,
-        bulk,
-        (fault_rx, links.fault_tx, closer.clone()),
-        &owed,
-        cfg,
+        ServeLinks {
+            fault_rx,
+            replies: Replies::Channel(links.fault_tx),
+            closer: closer.clone(),
+        },
+        history,
         metrics,
-        stopped_at,
         recovery,
     );
     Metrics::set_duration(&metrics.total_time_us, start.elapsed());
@@ -273,30 +538,24 @@ pub fn run_source_recoverable<M: SourceMemory>(
     }
 }
 
-/// BEGIN, pre-copy rounds, stop, owed list, state, TRANSITION. Returns
-/// the owed runs and when the guest stopped.
-fn pre_switch<M: SourceMemory, W: std::io::Write>(
+/// Local mode's begin and switch: BEGIN, pre-copy rounds, stop, owed
+/// list, state, TRANSITION.
+fn pre_switch<M: SourceMemory>(
     mem: &mut M,
-    bulk: &mut RecordWriter<W>,
+    stream: Box<dyn std::io::Write + Send>,
     fault_rx: &mut FaultReader,
     cfg: &SourceConfig,
     guest: &mut dyn GuestControl,
     metrics: &Metrics,
     stopped: &mut bool,
-) -> Result<(Vec<PfnRun>, Instant), Error> {
+) -> Result<SourceSession, Error> {
     let n = mem.pfn_count();
     let populated = mem.populated()?;
     let populated_pages: u64 = populated.iter().map(|r| r.count).sum();
     Metrics::add(&metrics.pages_skipped, n - populated_pages.min(n));
-    let (sid, sarg) = cfg.strategy.wire_id();
-    bulk.begin(&BeginBody {
-        version: STREAM_VERSION.into(),
-        flags: 0.into(),
-        strategy: sid.into(),
-        strategy_arg: sarg.into(),
-        guest_pfns: n.into(),
-        populated_pages: populated_pages.into(),
-    })?;
+    let mut session =
+        SourceSession::begin(stream, n, populated_pages, cfg.strategy, cfg.push_policy())?;
+    let bulk = session.stream()?;
 
     let rounds = match cfg.mode {
         Mode::Postcopy => 0,
@@ -401,43 +660,15 @@ fn pre_switch<M: SourceMemory, W: std::io::Write>(
     } else {
         owed_runs
     };
-    for chunk in owed_runs.chunks(MAX_RUNS) {
-        bulk.runs(RecordType::Pfns, chunk)?;
-    }
-    bulk.vcpu_state(&state)?;
-    bulk.flush()?;
-    debug!("CPU state sent {:?} after the stop", stopped_at.elapsed());
-    // The destination confirms it has everything and is prepared before the
-    // guest changes hands: a link or a destination lost before this point
-    // leaves the guest here, never in limbo.
-    match fault_rx.next_record()? {
-        Record::Ready => {}
-        Record::Abort(reason) => return Err(Error::PeerAborted(reason)),
-        other => {
-            return Err(crate::records::RecordError::Unexpected {
-                name: other.rtype().name(),
-                state: "while waiting for POSTCOPY_READY",
-            }
-            .into())
-        }
-    }
-    debug!("READY received {:?} after the stop", stopped_at.elapsed());
-    bulk.empty(RecordType::Transition)?;
-    bulk.flush()?;
-    // The source's share of the downtime; RESUMED adds the destination's.
-    Metrics::set_duration(&metrics.downtime_us, stopped_at.elapsed());
+    session.set_stopped_at(stopped_at);
+    let runs = owed_runs.len();
+    session.switch(owed_runs, &state, fault_rx, metrics)?;
     info!(
-        "switched: {owed_count} pages owed in {} runs, {} zeroed",
-        owed_runs.len(),
+        "switched: {owed_count} pages owed in {runs} runs, {} zeroed",
         zeroed.len()
     );
-    Ok((owed_runs, stopped_at))
+    Ok(session)
 }
-
-/// The source's end of the fault channel, read by one thread at a time.
-type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
-/// The source's bulk channel.
-type BulkWriter = RecordWriter<Box<dyn std::io::Write + Send>>;
 
 /// Pages to send again after a reconnect: sent before the break, never
 /// received. Each is taken exactly once, by the push loop (bulk, ahead of
@@ -508,28 +739,35 @@ impl Shared {
     }
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of one migration"
-)]
+/// What every serving thread reads: the session's settings.
+struct ServeCtx<'a> {
+    policy: PushPolicy,
+    strategy: StrategySpec,
+    stopped_at: Instant,
+    progress: Option<&'a (dyn Fn(u64, u64) + Send + Sync)>,
+    metrics: &'a Metrics,
+}
+
 fn serve<M: SourceMemory + ?Sized>(
     mem: &M,
     bulk: BulkWriter,
-    fault: (
-        FaultReader,
-        Box<dyn std::io::Write + Send>,
-        crate::transport::Closer,
-    ),
+    links: ServeLinks,
     owed: &[PfnRun],
-    cfg: &SourceConfig,
-    metrics: &Metrics,
-    stopped_at: Instant,
+    history: Vec<Pfn>,
+    ctx: &ServeCtx<'_>,
     mut recovery: Option<Recovery<'_, SourceLinks>>,
 ) -> Result<(), Error> {
-    let (mut fault_rx, mut fault_tx, mut closer) = fault;
-    let mut bulk = bulk;
+    let metrics = ctx.metrics;
+    let ServeLinks {
+        mut fault_rx,
+        replies,
+        mut closer,
+    } = links;
+    let in_band = matches!(replies, Replies::InBand);
+    let mut replies = Some(replies);
+    let bulk = Mutex::new(bulk);
     let n = mem.pfn_count();
-    let prepager = cfg.strategy.build(mem.access_history());
+    let prepager = ctx.strategy.build(history);
     let shared = Shared {
         sched: Mutex::new(Scheduler::new(n, owed, prepager)?),
         resend: Mutex::new(Resend::default()),
@@ -547,14 +785,12 @@ fn serve<M: SourceMemory + ?Sized>(
         shared.outstanding.store(0, Ordering::SeqCst);
         let r = serve_session(
             mem,
-            &mut bulk,
-            (fault_rx, fault_tx, closer.clone()),
+            &bulk,
+            (fault_rx, replies.take(), closer.clone()),
             &shared,
-            cfg,
-            metrics,
-            stopped_at,
+            ctx,
         );
-        Metrics::add(&metrics.bytes_sent, bulk.bytes_written());
+        Metrics::add(&metrics.bytes_sent, lock(&bulk).bytes_written());
         let error = match r {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -605,9 +841,12 @@ fn serve<M: SourceMemory + ?Sized>(
                     c();
                     if let Error::PeerAborted(why) = &e {
                         if shared.resumed.load(Ordering::SeqCst) {
-                            return Err(Error::Protocol(format!(
-                                "destination aborted after it said it resumed the guest: {why}"
-                            )));
+                            return Err(Error::DestinationFailed {
+                                cause: DestinationCause::of_reason(why),
+                                reason: format!(
+                                    "destination aborted after it said it resumed the guest: {why}"
+                                ),
+                            });
                         }
                         // The guest never ran there: run_source resumes it.
                         return Err(e);
@@ -629,9 +868,13 @@ fn serve<M: SourceMemory + ?Sized>(
             .confirmed
             .store(received.count_ones() as u64, Ordering::SeqCst);
         let (b, ftx, c) = links;
-        bulk = RecordWriter::new(b);
+        *lock(&bulk) = RecordWriter::new(b);
         fault_rx = rx;
-        fault_tx = ftx;
+        replies = Some(if in_band {
+            Replies::InBand
+        } else {
+            Replies::Channel(ftx)
+        });
         closer = c;
         let took = outage.elapsed();
         Metrics::add(
@@ -644,9 +887,6 @@ fn serve<M: SourceMemory + ?Sized>(
         );
     }
 }
-
-/// Fills the resend set from the destination's received-map: sent (or
-/// claimed) but not received. Returns how many.
 fn plan_resend(shared: &Shared, n: u64, received: &BitVec) -> Result<u64, Error> {
     let s = lock(&shared.sched);
     let mut rs = lock(&shared.resend);
@@ -670,29 +910,51 @@ fn plan_resend(shared: &Shared, n: u64, received: &BitVec) -> Result<u64, Error>
     Ok(rs.left)
 }
 
+/// The fault server's writer: its own channel, or the forward stream.
+enum ReplyTx<'a> {
+    Own(BulkWriter),
+    InBand(&'a Mutex<BulkWriter>),
+}
+
+impl ReplyTx<'_> {
+    fn with<T>(&mut self, f: impl FnOnce(&mut BulkWriter) -> Result<T, Error>) -> Result<T, Error> {
+        match self {
+            ReplyTx::Own(w) => f(w),
+            ReplyTx::InBand(m) => f(&mut lock(m)),
+        }
+    }
+
+    fn bytes_written(&self) -> u64 {
+        match self {
+            ReplyTx::Own(w) => w.bytes_written(),
+            // Counted with the stream's.
+            ReplyTx::InBand(_) => 0,
+        }
+    }
+}
+
 /// One connection's worth of serving: the fault server and the push loop,
 /// until completion or the first failure.
 fn serve_session<M: SourceMemory + ?Sized>(
     mem: &M,
-    bulk: &mut BulkWriter,
-    fault: (
-        FaultReader,
-        Box<dyn std::io::Write + Send>,
-        crate::transport::Closer,
-    ),
+    bulk: &Mutex<BulkWriter>,
+    fault: (FaultReader, Option<Replies>, crate::transport::Closer),
     shared: &Shared,
-    cfg: &SourceConfig,
-    metrics: &Metrics,
-    stopped_at: Instant,
+    ctx: &ServeCtx<'_>,
 ) -> Result<(), Error> {
-    let (fault_rx, fault_tx, closer) = fault;
+    let (fault_rx, replies, closer) = fault;
+    let tx = match replies {
+        Some(Replies::Channel(w)) => ReplyTx::Own(RecordWriter::new(w)),
+        Some(Replies::InBand) | None => ReplyTx::InBand(bulk),
+    };
+    let in_band = matches!(tx, ReplyTx::InBand(_));
     std::thread::scope(|scope| {
         let server = {
             let closer = closer.clone();
             std::thread::Builder::new()
                 .name("pc-fault-server".into())
                 .spawn_scoped(scope, move || {
-                    let r = fault_server(mem, fault_rx, fault_tx, shared, metrics, stopped_at);
+                    let r = fault_server(mem, fault_rx, tx, shared, ctx);
                     shared.server_done.store(true, Ordering::SeqCst);
                     if r.is_err() {
                         shared.failed.store(true, Ordering::SeqCst);
@@ -700,9 +962,12 @@ fn serve_session<M: SourceMemory + ?Sized>(
                     }
                     r
                 })
-                .map_err(|e| Error::Protocol(format!("cannot start the fault server: {e}")))?
+                .map_err(|source| Error::Spawn {
+                    what: "fault server",
+                    source,
+                })?
         };
-        let pushed = push_loop(mem, bulk, shared, cfg, metrics);
+        let pushed = push_loop(mem, bulk, shared, ctx, in_band);
         if let Err(e) = &pushed {
             shared.failed.store(true, Ordering::SeqCst);
             // A dead link ends the fault server by itself, and it may still
@@ -730,7 +995,7 @@ fn serve_session<M: SourceMemory + ?Sized>(
         shared.server_done.store(true, Ordering::SeqCst);
         match (pushed, served) {
             // The destination's word is the root cause of a broken push.
-            (_, Err(e @ Error::PeerAborted(_))) => Err(e),
+            (_, Err(e @ (Error::PeerAborted(_) | Error::DestinationFailed { .. }))) => Err(e),
             (Err(Error::Aborted), Err(e)) => Err(e),
             // The fault server hung up on a misbehaving peer; the push
             // only saw the closed link.
@@ -745,15 +1010,20 @@ fn serve_session<M: SourceMemory + ?Sized>(
     })
 }
 
-fn push_loop<M: SourceMemory + ?Sized, W: std::io::Write>(
+/// How long a push waits for an in-band fault reply to take the stream
+/// first (bounded: a reply is one record).
+const REPLY_FIRST: Duration = Duration::from_millis(20);
+
+fn push_loop<M: SourceMemory + ?Sized>(
     mem: &M,
-    bulk: &mut RecordWriter<W>,
+    bulk: &Mutex<BulkWriter>,
     shared: &Shared,
-    cfg: &SourceConfig,
-    metrics: &Metrics,
+    ctx: &ServeCtx<'_>,
+    in_band: bool,
 ) -> Result<(), Error> {
+    let metrics = ctx.metrics;
     let mut buf = Vec::new();
-    let batch_pages = cfg.batch_pages.clamp(1, MAX_BATCH_PAGES);
+    let batch_pages = ctx.policy.batch();
     let mut batch = Vec::with_capacity(batch_pages);
     // Pages lost in flight at a break go first, before any push.
     loop {
@@ -765,53 +1035,71 @@ fn push_loop<M: SourceMemory + ?Sized, W: std::io::Write>(
         if batch.is_empty() {
             break;
         }
-        send_pages(mem, bulk, &batch, Cause::Resend, &mut buf, metrics)?;
+        send_pages(
+            mem,
+            &mut *lock(bulk),
+            &batch,
+            Cause::Resend,
+            &mut buf,
+            metrics,
+        )?;
     }
+    let owed = lock(&shared.sched).owed();
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
         }
+        // Faults first: a reply being written goes ahead of this batch.
         if shared.outstanding.load(Ordering::Acquire) > 0 {
-            std::thread::yield_now();
+            if in_band {
+                // Sleep, never spin: on the Xen host dom0's CPUs are few.
+                let until = Instant::now() + REPLY_FIRST;
+                while shared.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            } else {
+                std::thread::yield_now();
+            }
         }
-        batch.clear();
-        let unsent = {
+        let (step, unsent) = {
             let mut s = lock(&shared.sched);
-            while batch.len() < batch_pages {
-                match s.next_push() {
-                    Some(p) => batch.push(p),
-                    None => break,
-                }
-            }
-            if batch.is_empty() && s.unsent() > 0 {
-                let quiet_ms = ms(shared.epoch.elapsed())
-                    .saturating_sub(shared.last_fault_ms.load(Ordering::Relaxed));
-                if quiet_ms >= ms(cfg.idle_flush) {
-                    while batch.len() < batch_pages {
-                        match s.next_linear() {
-                            Some(p) => batch.push(p),
-                            None => break,
-                        }
-                    }
-                }
-            }
-            s.unsent()
+            let quiet_ms = ms(shared.epoch.elapsed())
+                .saturating_sub(shared.last_fault_ms.load(Ordering::Relaxed));
+            let step = ctx
+                .policy
+                .next_batch(&mut s, Duration::from_millis(quiet_ms), &mut batch);
+            (step, s.unsent())
         };
-        if batch.is_empty() {
-            if unsent == 0 {
-                break;
+        match step {
+            PushStep::Batch => {
+                send_pages(
+                    mem,
+                    &mut *lock(bulk),
+                    &batch,
+                    Cause::Push,
+                    &mut buf,
+                    metrics,
+                )?;
+                if let Some(p) = ctx.progress {
+                    p(owed - unsent, owed);
+                }
             }
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
+            PushStep::Idle(_) => std::thread::sleep(Duration::from_millis(1)),
+            PushStep::Done => break,
         }
-        send_pages(mem, bulk, &batch, Cause::Push, &mut buf, metrics)?;
     }
-    let sent = {
-        let r = metrics.snapshot();
-        r.pages_pushed + r.pages_faulted + r.pages_zero + r.pages_resent
-    };
-    bulk.count(RecordType::Complete, sent)?;
-    bulk.flush()?;
+    // A reply claimed before the last push is still being written: it
+    // goes before COMPLETE (in-band, the destination reads nothing after).
+    while shared.outstanding.load(Ordering::Acquire) > 0 {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(Error::Aborted);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let sent = PushPolicy::complete_count(&metrics.snapshot());
+    let mut w = lock(bulk);
+    w.count(RecordType::Complete, sent)?;
+    w.flush()?;
     debug!("push complete");
     Ok(())
 }
@@ -826,12 +1114,11 @@ fn flood_limit(owed: u64) -> u64 {
 fn fault_server<M: SourceMemory + ?Sized>(
     mem: &M,
     mut reader: FaultReader,
-    tx: Box<dyn std::io::Write + Send>,
+    mut tx: ReplyTx<'_>,
     shared: &Shared,
-    metrics: &Metrics,
-    stopped_at: Instant,
+    ctx: &ServeCtx<'_>,
 ) -> Result<(), Error> {
-    let mut writer = RecordWriter::new(tx);
+    let metrics = ctx.metrics;
     let mut buf = Vec::new();
     let mut redundant = 0u64;
     let limit = flood_limit(lock(&shared.sched).owed());
@@ -843,6 +1130,12 @@ fn fault_server<M: SourceMemory + ?Sized>(
         let resumed = shared.resumed.load(Ordering::SeqCst);
         match rec {
             Record::Abort(reason) if !resumed => break Err(Error::PeerAborted(reason)),
+            // After RESUMED the guest is the destination's: its failure
+            // is reported, and the copy here stays stopped.
+            Record::Abort(reason) => {
+                warn!("destination failed after the switch: {reason}");
+                break Err(Error::destination_failed(reason));
+            }
             Record::Resumed(dest_ns) if !resumed => {
                 shared.resumed.store(true, Ordering::SeqCst);
                 // Downtime = stop → TRANSITION sent (here) + TRANSITION
@@ -852,20 +1145,14 @@ fn fault_server<M: SourceMemory + ?Sized>(
                 info!(
                     "destination resumed the guest ({} µs after TRANSITION); RESUMED seen {:?} after the stop",
                     dest_ns / 1000,
-                    stopped_at.elapsed()
+                    ctx.stopped_at.elapsed()
                 );
             }
             Record::Fault(pfns) => {
                 shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                let r = serve_fault(
-                    mem,
-                    &mut writer,
-                    &pfns,
-                    shared,
-                    metrics,
-                    &mut buf,
-                    &mut redundant,
-                );
+                let r = tx.with(|w| {
+                    serve_fault(mem, w, &pfns, shared, metrics, &mut buf, &mut redundant)
+                });
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 if let Err(e) = r {
                     break Err(e);
@@ -887,11 +1174,18 @@ fn fault_server<M: SourceMemory + ?Sized>(
                     )));
                 }
                 drop(s);
-                let acked = writer
-                    .count(RecordType::Complete, received)
-                    .and_then(|()| writer.flush());
-                if let Err(e) = acked {
-                    break Err(e.into());
+                if let Some(p) = ctx.progress {
+                    p(received, received);
+                }
+                // On its own channel the reply is acknowledged; in-band,
+                // the stream after COMPLETE belongs to the caller.
+                if let ReplyTx::Own(w) = &mut tx {
+                    let acked = w
+                        .count(RecordType::Complete, received)
+                        .and_then(|()| w.flush());
+                    if let Err(e) = acked {
+                        break Err(e.into());
+                    }
                 }
                 break Ok(());
             }
@@ -908,7 +1202,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
         }
     };
     Metrics::add(&metrics.bytes_received, reader.bytes_read());
-    Metrics::add(&metrics.bytes_sent, writer.bytes_written());
+    Metrics::add(&metrics.bytes_sent, tx.bytes_written());
     result
 }
 

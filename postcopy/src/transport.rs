@@ -15,6 +15,30 @@ use std::sync::Arc;
 /// Unblocks every blocked read and write on the links (idempotent).
 pub type Closer = Arc<dyn Fn() + Send + Sync>;
 
+/// Where fault replies travel: a setting of the session, not a second
+/// implementation. `T` is the end a side holds of the reply channel (the
+/// source writes replies, the destination reads them).
+pub enum Replies<T> {
+    /// On their own channel, so a reply never waits behind queued pushes
+    /// (local mode's sockets); the source acknowledges the destination's
+    /// COMPLETE on it.
+    Channel(T),
+    /// In-band on the forward stream, between pushed pages (xl's one
+    /// pipe): the source's COMPLETE follows every reply, and the
+    /// destination's COMPLETE is the last word (the stream then goes back
+    /// to its caller).
+    InBand,
+}
+
+impl<T> std::fmt::Debug for Replies<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Replies::Channel(_) => "Replies::Channel",
+            Replies::InBand => "Replies::InBand",
+        })
+    }
+}
+
 /// The source's ends of the two channels.
 pub struct SourceLinks {
     /// Stream to the destination.

@@ -5,10 +5,10 @@
 //! - **Which page goes next** after the switch is decided by the engine's
 //!   [`Scheduler`] with the engine's pre-pager ([`StrategySpec::build`]):
 //!   fault requests go through [`Scheduler::request`] (queued first,
-//!   claimed once), the background push through [`Scheduler::next_push`] in
-//!   batches of `batch_pages`, and `--prepage=none`'s residual flush through
-//!   [`Scheduler::next_linear`] once no fault has come for `idle_flush`,
-//!   exactly as `postcopy::source`'s push loop does.
+//!   claimed once), the background push through the engine's
+//!   [`PushPolicy::next_batch`] (batches of `batch_pages`, and
+//!   `--prepage=none`'s residual flush once no fault has come for
+//!   `idle_flush`) — the same code as `postcopy::source`'s push loop.
 //! - **Counters** are the engine's [`Metrics`]; the report embeds its
 //!   [`EngineReport`], so field names match a real run's.
 //! - **Pre-copy rounds** follow the engine's [`Mode`] (Xen 4.17's
@@ -36,7 +36,7 @@ use postcopy::memory::{runs_from_sorted, PfnRun};
 use postcopy::metrics::{EngineReport, Metrics};
 use postcopy::prepage::StrategySpec;
 use postcopy::records::Cause;
-use postcopy::scheduler::{Request, Scheduler};
+use postcopy::scheduler::{PushPolicy, PushStep, Request, Scheduler};
 use postcopy::source::{Mode, SourceConfig};
 use postcopy::Pfn;
 use serde::Serialize;
@@ -80,16 +80,27 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         let engine = SourceConfig::default();
+        let push = engine.push_policy();
         SimConfig {
             strategy: engine.strategy,
             mode: engine.mode,
             net: NetModel::default(),
-            batch_pages: engine.batch_pages as u64,
-            idle_flush_ns: u64::try_from(engine.idle_flush.as_nanos()).unwrap_or(u64::MAX),
+            batch_pages: push.batch_pages as u64,
+            idle_flush_ns: u64::try_from(push.idle_flush.as_nanos()).unwrap_or(u64::MAX),
             send_window_batches: 1,
             free_page_elimination: false,
             free_pages_zero: false,
             time_limit_ns: 7_200 * 1_000_000_000,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The engine's push policy with these settings.
+    pub fn push_policy(&self) -> PushPolicy {
+        PushPolicy {
+            batch_pages: usize::try_from(self.batch_pages).unwrap_or(usize::MAX),
+            idle_flush: Duration::from_nanos(self.idle_flush_ns),
         }
     }
 }
@@ -371,7 +382,8 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
         return Err(SimError::BadWorkload(w.name.clone(), w.used.len(), n));
     }
     let net = &cfg.net;
-    let batch = cfg.batch_pages.max(1);
+    let push = cfg.push_policy();
+    let batch = push.batch() as u64;
     let metrics = Metrics::new();
     // What exists on the source, and what of it is all zeros.
     let populated = if cfg.free_page_elimination {
@@ -576,29 +588,18 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
                     q.schedule(bulk_free - (window - 1) * full_batch_ns, Event::PushReady);
                     continue;
                 }
-                batch_buf.clear();
-                while (batch_buf.len() as u64) < batch {
-                    match sched.next_push() {
-                        Some(p) => batch_buf.push(p),
-                        None => break,
-                    }
-                }
-                if batch_buf.is_empty() && sched.unsent() > 0 {
-                    if now >= last_fault + cfg.idle_flush_ns {
-                        while (batch_buf.len() as u64) < batch {
-                            match sched.next_linear() {
-                                Some(p) => batch_buf.push(p),
-                                None => break,
-                            }
-                        }
-                    } else {
-                        q.schedule(last_fault + cfg.idle_flush_ns, Event::PushReady);
+                // The engine's push policy decides, as in the source's push
+                // loop: a batch, a wait for the idle flush, or the end.
+                let quiet = Duration::from_nanos(now.saturating_sub(last_fault));
+                match push.next_batch(&mut sched, quiet, &mut batch_buf) {
+                    PushStep::Batch => {}
+                    PushStep::Idle(left) => {
+                        let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+                        q.schedule(now.saturating_add(left), Event::PushReady);
                         continue;
                     }
-                }
-                if batch_buf.is_empty() {
                     // Everything claimed: the push is over.
-                    continue;
+                    PushStep::Done => continue,
                 }
                 let zeros = batch_buf.iter().filter(|&&p| zero_set.get(p)).count() as u64;
                 let data = batch_buf.len() as u64 - zeros;

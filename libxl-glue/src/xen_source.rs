@@ -23,13 +23,10 @@ pub fn mem_err(e: XcError) -> MemoryError {
             what: op,
             why: why.to_string(),
         },
-        other => {
-            let errno = other.errno();
-            MemoryError::Os {
-                op: other.to_string(),
-                source: std::io::Error::from_raw_os_error(errno),
-            }
-        }
+        other => MemoryError::Backend {
+            errno: Some(other.errno()),
+            source: Box::new(other),
+        },
     }
 }
 

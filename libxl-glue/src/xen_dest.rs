@@ -28,8 +28,8 @@ use postcopy::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryErr
 use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::ring::{paging_response, BackRing};
-use crate::source::mem_err;
 use crate::xc::{has_content, XcError, XenOps, ABSENT_RANGE_MAX, MAX_BATCH};
+use crate::xen_source::mem_err;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
@@ -83,11 +83,43 @@ fn set(b: &mut BitVec, p: Pfn) {
     }
 }
 
+/// The owed/absent bookkeeping of a [`XenDestination`], readable from
+/// another thread while the engine serves.
+#[derive(Clone)]
+pub struct AbsentView {
+    st: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for AbsentView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbsentView")
+            .field("absent", &self.absent())
+            .finish()
+    }
+}
+
+impl AbsentView {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Owed pages still absent (evicted, not loaded, not dropped).
+    pub fn absent(&self) -> u64 {
+        self.lock().absent
+    }
+
+    /// True for a pfn owed after the switch (paged out at READY).
+    pub fn is_owed(&self, pfn: Pfn) -> bool {
+        bit(&self.lock().evicted, pfn)
+    }
+}
+
 /// A destination domain's memory with mem_paging.
 pub struct XenDestination<O: XenOps> {
     ops: Arc<O>,
     pfns: u64,
-    st: Mutex<State>,
+    /// Shared with the [`AbsentView`]s of the guest watch.
+    st: Arc<Mutex<State>>,
 }
 
 impl<O: XenOps> std::fmt::Debug for XenDestination<O> {
@@ -106,13 +138,13 @@ impl<O: XenOps> XenDestination<O> {
         Ok(XenDestination {
             ops,
             pfns,
-            st: Mutex::new(State {
+            st: Arc::new(Mutex::new(State {
                 evicted: BitVec::repeat(false, n),
                 loaded: BitVec::repeat(false, n),
                 dropped: BitVec::repeat(false, n),
                 range_op: std::env::var(EVICT_ENV).map_or(true, |v| v != "per-page"),
                 ..State::default()
-            }),
+            })),
         })
     }
 
@@ -201,6 +233,14 @@ impl<O: XenOps> XenDestination<O> {
     /// Owed pages still absent (evicted, not loaded, not dropped).
     pub fn absent(&self) -> u64 {
         self.lock().absent
+    }
+
+    /// A handle that reads the owed and absent pages while the engine
+    /// holds the backend (the guest watch's counts and post-mortem).
+    pub fn absent_view(&self) -> AbsentView {
+        AbsentView {
+            st: self.st.clone(),
+        }
     }
 
     /// The paging ring pfn, once paging is enabled.
@@ -441,10 +481,30 @@ impl<O: XenOps> DestinationMemory for XenDestination<O> {
     }
 
     fn write_page(&self, pfn: Pfn, data: &[u8]) -> MemResult<()> {
-        self.write_pages(&[pfn], data)
+        XenDestination::write_pages(self, &[pfn], data)
+    }
+
+    fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
+        XenDestination::write_pages(self, pfns, data)
+    }
+
+    fn settle(&self) -> MemResult<()> {
+        match XenDestination::settle(self)? {
+            0 => Ok(()),
+            waiting => Err(MemoryError::os(
+                "answer the paging requests left on the ring",
+                std::io::Error::other(format!(
+                    "{waiting} paging requests wait for pages that never came"
+                )),
+            )),
+        }
     }
 
     fn mark_absent(&self, runs: &[PfnRun]) -> MemResult<()> {
+        if runs.is_empty() {
+            // Nothing owed: mem_paging stays off.
+            return Ok(());
+        }
         self.enable_paging()?;
         let ring_pfn = self.ring_pfn();
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -531,7 +591,7 @@ impl<O: XenOps> Drop for XenDestination<O> {
         if let Err(e) = self.settle() {
             warn!("could not answer the last paging requests: {e}");
         }
-        let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         let Some(ring) = st.ring.take() else {
             return;
         };
