@@ -44,6 +44,16 @@ pub struct VcpuRegs {
     pub gdtr: (u64, u32),
     /// IDT base and limit.
     pub idtr: (u64, u32),
+    /// TR base and limit: the task-state segment (x86-64: RSP0-2, IST1-7).
+    pub tr: (u64, u32),
+    /// GS base (the kernel's per-CPU area while the vCPU is in the kernel).
+    pub gs_base: u64,
+    /// The other GS base (`MSR_KERNEL_GS_BASE`, swapped in by SWAPGS).
+    pub shadow_gs: u64,
+    /// `MSR_LSTAR`: the SYSCALL entry point.
+    pub lstar: u64,
+    /// `MSR_SYSENTER_EIP`: the SYSENTER entry point.
+    pub sysenter_eip: u64,
 }
 
 /// A malformed HVM context.
@@ -121,6 +131,11 @@ pub fn parse_hvm_context(buf: &[u8]) -> Result<Vec<VcpuRegs>, ContextError> {
                 rip: cpu.rip,
                 gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
                 idtr: (cpu.idtr_base, cpu.idtr_limit),
+                tr: (cpu.tr_base, cpu.tr_limit),
+                gs_base: cpu.gs_base,
+                shadow_gs: cpu.shadow_gs,
+                lstar: cpu.msr_lstar,
+                sysenter_eip: cpu.sysenter_eip,
             });
         }
         at = end;
@@ -449,6 +464,245 @@ pub fn vcpu_pages(
         &mut out,
     );
     (out, truncated)
+}
+
+/// Bytes of the task-state segment the CPU reads to deliver an event: the
+/// 104-byte hardware TSS (x86-64: RSP0-2 at 4, IST1-7 at 36; 32-bit: ESP0
+/// at 4). Linux's TR limit also covers its I/O bitmap, which only IN/OUT
+/// at CPL 3 reads: not needed to deliver anything.
+pub const TSS_HW_BYTES: u64 = 104;
+/// Bytes kept present below RSP0 and RSP1. RSP0 is where the CPU pushes
+/// the frame of an event taken at CPL 3 (Linux x86-64: its one-page entry
+/// stack; 32-bit kernels: the task stack), and Linux x86-64 keeps the top
+/// of the current task's 16 KiB stack in RSP1 (`cpu_current_top_of_stack`),
+/// where its entry code moves the frame next.
+pub const PRIV_STACK_WINDOW: u64 = 16 * 1024;
+/// Bytes kept present below each non-zero IST entry: a gate with an IST
+/// index makes the CPU switch to that stack whatever the CPL (Linux x86-64:
+/// #DF, NMI, #DB, #MC, #VC; 8 KiB each, 16 KiB with KASAN). The stacks sit
+/// between unmapped guard pages, so reaching past one costs nothing.
+pub const IST_STACK_WINDOW: u64 = 16 * 1024;
+/// Bytes of code kept present at each IDT gate's target and at the
+/// SYSCALL/SYSENTER entry points: the first instructions the vCPU runs
+/// after a delivery (Linux: the `asm_exc_*`/`asm_sysvec_*` stubs and the
+/// irq entry stubs, a few pages of `.entry.text` in all).
+pub const HANDLER_BYTES: u64 = 64;
+/// Bytes kept present from a kernel GS base (the per-CPU area: Linux's
+/// entry code reads it with SWAPGS before anything else; its first pages
+/// hold the stack canary and, page-aligned, the GDT, TSS and entry stack).
+pub const PERCPU_WINDOW: u64 = 64 * 1024;
+/// IDT gates looked at (the IDT has at most 256).
+const MAX_GATES: usize = 256;
+
+const CR0_PE: u64 = 1;
+
+/// The pages, besides those [`vcpu_pages`] finds, that the CPU or the
+/// guest's first instructions need to deliver an exception or an interrupt
+/// on one vCPU, by class.
+///
+/// Why they must be present before the guest resumes: while it delivers an
+/// event the CPU reads the IDT gate, the GDT (the handler's code segment,
+/// and the TSS descriptor), the TSS (RSP0 or an IST entry) and pushes the
+/// frame on the new stack. A nested page fault on any of these is, on
+/// paper, retried by Xen (SVM's EXITINTINFO / VMX's IDT-vectoring info are
+/// re-injected once the page is in), but it makes every delivery that
+/// touches an owed page a round trip to the source, and a fault while
+/// delivering #DF is a triple fault: the guest is shut down. Post-copy
+/// must not depend on the hypervisor (or an emulated CPU) getting every
+/// one of those re-injections right: a post-copy guest died with a triple
+/// fault on the emulated host (issue #21), so the whole delivery path is
+/// made present before it resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryPages {
+    /// The hardware part of the TSS ([`TSS_HW_BYTES`] from TR base).
+    pub tss: BTreeSet<Pfn>,
+    /// Below RSP0 and RSP1 ([`PRIV_STACK_WINDOW`]) and below each non-zero
+    /// IST entry ([`IST_STACK_WINDOW`]).
+    pub stacks: BTreeSet<Pfn>,
+    /// Handler code at every present IDT gate (which includes the
+    /// event-channel upcall vector, whatever it is) and at the
+    /// SYSCALL/SYSENTER entry points ([`HANDLER_BYTES`] each).
+    pub handlers: BTreeSet<Pfn>,
+    /// From each kernel-half GS base ([`PERCPU_WINDOW`]): the per-CPU area.
+    pub percpu: BTreeSet<Pfn>,
+}
+
+impl DeliveryPages {
+    /// Every class together.
+    pub fn all(&self) -> BTreeSet<Pfn> {
+        let mut out = self.tss.clone();
+        for class in [&self.stacks, &self.handlers, &self.percpu] {
+            out.extend(class.iter().copied());
+        }
+        out
+    }
+}
+
+/// True if `va` is canonical for the vCPU's paging mode (non-canonical
+/// values in a saved register are garbage or hostile: skipped).
+fn canonical(regs: &VcpuRegs, va: u64) -> bool {
+    let bits = match PagingMode::of(regs) {
+        PagingMode::FourLevel => 48,
+        PagingMode::FiveLevel => 57,
+        // Outside long mode addresses are 32 bits.
+        _ => return va <= u64::from(u32::MAX),
+    };
+    let top = va >> (bits - 1);
+    top == 0 || top == (1u64 << (65 - bits)) - 1
+}
+
+/// Reads `out.len()` bytes of linear memory at `va` through the vCPU's
+/// page tables; false if a page is unmapped or unreadable.
+fn read_linear(
+    regs: &VcpuRegs,
+    va: u64,
+    out: &mut [u8],
+    guest_pfns: u64,
+    reader: &mut impl PageReader,
+) -> bool {
+    let mut page = [0u8; PAGE_SIZE];
+    let mut done = 0usize;
+    while done < out.len() {
+        let at = va.wrapping_add(done as u64);
+        let Some(pfn) = translate(regs, at, guest_pfns, reader) else {
+            return false;
+        };
+        if !reader.read(pfn, &mut page) {
+            return false;
+        }
+        let off = (at & 0xfff) as usize;
+        let n = (PAGE_SIZE - off).min(out.len() - done);
+        out[done..done + n].copy_from_slice(&page[off..off + n]);
+        done += n;
+    }
+    true
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+/// The stack pages below `top` (a stack pointer: the stack grows down, so
+/// the page at `top` itself is not used when `top` is page-aligned).
+fn stack_below(
+    regs: &VcpuRegs,
+    top: u64,
+    window: u64,
+    guest_pfns: u64,
+    reader: &mut impl PageReader,
+    out: &mut BTreeSet<Pfn>,
+) {
+    if top == 0 || !canonical(regs, top) {
+        return;
+    }
+    let lo = top.saturating_sub(window);
+    linear_range(regs, lo, top - lo, guest_pfns, reader, out);
+}
+
+/// What one vCPU needs present to deliver an exception or an event, from
+/// its TR, IDTR, GS bases and entry-point MSRs (see [`DeliveryPages`]).
+/// Flat code and stack segments are assumed outside long mode (every
+/// paged 32-bit OS uses them). Bounded whatever the registers say: at most
+/// 2 TSS pages, 2 x 5 + 7 x 5 stack pages, 256 gates x 2 + 2 x 2 handler
+/// pages and 2 x 17 per-CPU pages.
+pub fn delivery_pages(
+    regs: &VcpuRegs,
+    guest_pfns: u64,
+    reader: &mut impl PageReader,
+) -> DeliveryPages {
+    let mut d = DeliveryPages::default();
+    // Real mode delivers through the IVT with no TSS or stack switch; the
+    // IDT pages (the IVT) are already in vcpu_pages.
+    if regs.cr0 & CR0_PE == 0 {
+        return d;
+    }
+    let long = matches!(
+        PagingMode::of(regs),
+        PagingMode::FourLevel | PagingMode::FiveLevel
+    );
+
+    // The TSS and the stacks it names.
+    let (tr_base, tr_limit) = regs.tr;
+    let tss_len = (u64::from(tr_limit) + 1).min(TSS_HW_BYTES);
+    if tss_len > 0 && canonical(regs, tr_base) {
+        linear_range(regs, tr_base, tss_len, guest_pfns, reader, &mut d.tss);
+        let mut tss = [0u8; TSS_HW_BYTES as usize];
+        // Past the limit reads as zero: no stack named there.
+        let got = &mut tss[..tss_len as usize];
+        if read_linear(regs, tr_base, got, guest_pfns, reader) {
+            if long {
+                // RSP0 and RSP1; RSP2 is left out (Linux keeps a user RSP
+                // there as SYSCALL scratch, and no 64-bit OS runs ring 2).
+                for at in [4, 12] {
+                    let sp = le64(&tss, at);
+                    stack_below(regs, sp, PRIV_STACK_WINDOW, guest_pfns, reader, &mut d.stacks);
+                }
+                for i in 0..7 {
+                    let ist = le64(&tss, 36 + 8 * i);
+                    stack_below(regs, ist, IST_STACK_WINDOW, guest_pfns, reader, &mut d.stacks);
+                }
+            } else {
+                // 32-bit TSS: ESP0 at 4, ESP1 at 12.
+                for at in [4, 12] {
+                    let sp = le32(&tss, at);
+                    stack_below(regs, sp, PRIV_STACK_WINDOW, guest_pfns, reader, &mut d.stacks);
+                }
+            }
+        }
+    }
+
+    // The handler behind every present interrupt or trap gate.
+    let (idt_base, idt_limit) = regs.idtr;
+    let gate = if long { 16usize } else { 8 };
+    let gates = usize::try_from((u64::from(idt_limit) + 1) / gate as u64)
+        .unwrap_or(MAX_GATES)
+        .min(MAX_GATES);
+    if gates > 0 && canonical(regs, idt_base) {
+        let mut idt = vec![0u8; gates * gate];
+        if read_linear(regs, idt_base, &mut idt, guest_pfns, reader) {
+            for g in idt.chunks_exact(gate) {
+                let kind = g[5] & 0x0f;
+                let present = g[5] & 0x80 != 0;
+                // 64-bit: 0xe interrupt, 0xf trap gate; 32-bit also the
+                // 16-bit 0x6/0x7. A task gate (0x5) has no offset.
+                let is_gate = matches!(kind, 0xe | 0xf) || (!long && matches!(kind, 0x6 | 0x7));
+                if !present || !is_gate {
+                    continue;
+                }
+                let mut off = u64::from(u16::from_le_bytes([g[0], g[1]]))
+                    | u64::from(u16::from_le_bytes([g[6], g[7]])) << 16;
+                if long {
+                    off |= le32(g, 8) << 32;
+                }
+                if canonical(regs, off) {
+                    linear_range(regs, off, HANDLER_BYTES, guest_pfns, reader, &mut d.handlers);
+                }
+            }
+        }
+    }
+    for entry in [regs.lstar, regs.sysenter_eip] {
+        if entry != 0 && canonical(regs, entry) {
+            linear_range(regs, entry, HANDLER_BYTES, guest_pfns, reader, &mut d.handlers);
+        }
+    }
+
+    // The per-CPU area: whichever GS base is in the kernel half (GS base
+    // in the kernel, the shadow one at user level; the user's TLS base is
+    // no use to a delivery).
+    if long {
+        for base in [regs.gs_base, regs.shadow_gs] {
+            if base >> 63 == 1 && canonical(regs, base) {
+                linear_range(regs, base, PERCPU_WINDOW, guest_pfns, reader, &mut d.percpu);
+            }
+        }
+    }
+    d
 }
 
 /// HVM params naming one special pfn each.
