@@ -3,9 +3,14 @@
 # listed in /mnt/host/scenarios, one per line:
 #   RESULT_NAME GUEST_OPTS... -- XL_MIGRATE_ARGS...
 # GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
-# memtest_syscalls=1 balloon=1 settle=SECS).  Each scenario's logs and
-# a meta.env go to /mnt/host/results/RESULT_NAME/; the host turns them
-# into result.json.  The body sits in { } so that editing this file
+# memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
+# and words for this script: settle=SECS, guest=hvm, evict=per-page,
+# link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
+# one boot, stopping at the first guest death), kill_dest=1 (crash the
+# destination guest mid-post-copy).  Each scenario's logs, a meta.env and
+# (per migration) migrations.env go to /mnt/host/results/RESULT_NAME/;
+# domstates (dom0's poller of every domain's paused/shutdown state) writes
+# domstates.log there; the host turns them into result.json.  The body sits in { } so that editing this file
 # during a run cannot break the run.
 {
 export PATH=/usr/lib/xen-4.17/bin:$PATH
@@ -15,7 +20,7 @@ ts() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
 now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%d", (b-a)*1000}'; }
 # count_in FILE REGEX: matching lines
-count_in() { grep -ac -e "$2" "$1" 2>/dev/null || true; }
+count_in() { local c; c=$(grep -ac -e "$2" "$1" 2>/dev/null); echo "${c:-0}"; }
 waitfor() { # waitfor FILE REGEX N TIMEOUT: N matching lines
 	local t=0
 	while [ "$(count_in "$1" "$2")" -lt "$3" ]; do
@@ -42,13 +47,14 @@ diag() {
 	xl debug-keys q >/dev/null 2>&1
 	echo "-- xl dmesg (tail)"; xl dmesg | tail -n 120
 }
-# monitor OUT PID: one line every 5 s; diag when migrate.log stops growing.
+# monitor OUT PID [LOG]: one line every 5 s; diag when LOG (OUT/migrate.log)
+# stops growing.
 monitor() {
-	local out=$1 pid=$2 last=-1 same=0 n
+	local out=$1 pid=$2 mlog=${3:-$1/migrate.log} last=-1 same=0 n
 	while kill -0 "$pid" 2>/dev/null; do
 		sleep 5
-		n=$(stat -c %s "$out/migrate.log" 2>/dev/null || echo 0)
-		echo "[$(cut -d' ' -f1 /proc/uptime)] log=$n $(grep -a 'Post-copy pages' "$out/migrate.log" | tail -n 1)" >> "$out/monitor.log"
+		n=$(stat -c %s "$mlog" 2>/dev/null || echo 0)
+		echo "[$(cut -d' ' -f1 /proc/uptime)] log=$n $(grep -a 'Post-copy pages' "$mlog" | tail -n 1)" >> "$out/monitor.log"
 		if [ "$n" = "$last" ]; then same=$((same + 5)); else same=0; fi
 		last=$n
 		if [ $same -eq 30 ] || [ $same -eq 120 ]; then
@@ -61,6 +67,148 @@ monitor() {
 			break
 		fi
 	done
+}
+# alive_problem: why the guest $dom (expected as domid $cur) is dead, or
+# nothing when it lives: its domain gone, shut down, crashed or dying, a
+# new domid (restarted), a triple fault in xl dmesg, a second GUEST-UP
+# (fresh boot under the same name), or a shutdown other than suspend seen
+# by domstates.
+alive_problem() {
+	local st id
+	read -r id st <<< "$(xl list 2>/dev/null | awk -v n="$dom" '$1 == n { print $2, $5 }')"
+	if [ -z "$id" ]; then echo "domain $dom is no longer listed"; return; fi
+	case $st in *s* | *c* | *d*) echo "domain $dom (id $id) is in state $st"; return ;; esac
+	[ -n "$cur" ] && [ "$id" != "$cur" ] && { echo "domain $dom restarted: id $id, expected $cur"; return; }
+	[ "$(xl dmesg | grep -ac 'Triple fault')" -gt "$tf0" ] && { echo "xl dmesg: $(xl dmesg | grep -a 'Triple fault' | tail -n 1)"; return; }
+	[ "$(cat $cons/guest-$dom*.log $cons/mig-$dom-*.log 2>/dev/null | grep -ac GUEST-UP)" -gt 1 ] && { echo "fresh boot of $dom (a second GUEST-UP on its console)"; return; }
+	grep -aqE 'shutdown=(poweroff|reboot|crash|watchdog|soft_reset|other)' /tmp/domstates.log && { echo "domstates: $(grep -aE 'shutdown=(poweroff|reboot|crash|watchdog|soft_reset|other)' /tmp/domstates.log | head -n 1)"; return; }
+	true
+}
+# forensics DIR DOMID...: everything about a dead guest, into DIR.
+forensics() {
+	local dir=$1 d
+	shift
+	mkdir -p "$dir"
+	{ xl list -v; echo; xl vcpu-list; } > "$dir/xl-list.txt" 2>&1
+	xl dmesg > "$dir/xl-dmesg.txt" 2>&1
+	for d in "$@"; do
+		[ -n "$d" ] || continue
+		timeout 20 xenctx -a -C -s /proc/kallsyms "$d" > "$dir/xenctx-$d.txt" 2>&1
+		timeout 20 xen-hvmctx "$d" > "$dir/hvmctx-$d.txt" 2>&1
+	done
+	# q: every domain's state and vCPUs on Xen's console
+	xl debug-keys q > /dev/null 2>&1
+	sleep 1
+	xl dmesg > "$dir/xen-console-after-debug-keys-q.txt" 2>&1
+	cp /tmp/domstates.log "$dir/" 2>/dev/null
+	cp "$out"/migrate*.log "$out"/monitor*.log "$out"/diag*.log "$dir/" 2>/dev/null
+	cp /var/log/xen/*.log "$dir/" 2>/dev/null
+	cp $cons/guest-$dom*.log $cons/mig-$dom-*.log "$dir/" 2>/dev/null
+	ts "forensics saved in $dir"
+}
+# migrate_once I: one xl migrate of $dom (logs to migrate-I.log, appended
+# to migrate.log), with the stall monitor; sets mrc, mig_ms, src, dst, and
+# appends one line to migrations.env.  With kill_dest=1 the destination
+# guest is crashed by xen-hvmcrash once it runs and pages are still owed.
+migrate_once() {
+	local i=$1 mlog=$out/migrate-$1.log s e mpid monpid kpid=
+	src=$(xl domid "$dom" 2>/dev/null)
+	: > "$mlog"
+	ts "migrate $i: xl -vvv migrate $margs -s '' $dom '$cmd' (from id $src)"
+	s=$(now)
+	# evict=per-page: the destination pages owed pfns out with populate +
+	# nominate + evict, not the hypervisor's range op (for comparison).
+	LIBXL_POSTCOPY_EVICT=$evict timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
+	mpid=$!
+	monitor "$out" $mpid "$mlog" &
+	monpid=$!
+	if [ "$kill_dest" = 1 ]; then kill_destination "$mlog" $mpid $src & kpid=$!; fi
+	wait $mpid
+	mrc=$?
+	e=$(now)
+	kill $monpid 2>/dev/null; wait $monpid 2>/dev/null
+	[ -n "$kpid" ] && wait $kpid
+	mig_ms=$(ms "$s" "$e")
+	dst=$(xl domid "$dom" 2>/dev/null)
+	ts "migrate $i rc=$mrc $mig_ms ms (now id ${dst:-none})"
+	cat "$mlog" >> "$out/migrate.log"
+	echo "i=$i rc=$mrc start=$s end=$e ms=$mig_ms src=$src dst=${dst:-}" >> "$out/migrations.env"
+}
+# kill_destination MLOG MPID SRC: waits for the destination domain (an id
+# other than SRC named $dom*) to run while the post-copy stream is still
+# going, waits KILL_AFTER (3) s more, then crashes it with xen-hvmcrash
+# (its vCPU jumps to 0xf001: the guest kernel dies) and writes kill.env.
+kill_destination() {
+	local mlog=$1 mpid=$2 srcid=$3 t=0 d= st= prog off
+	while kill -0 "$mpid" 2>/dev/null && [ $t -lt 1200 ]; do
+		read -r d st <<< "$(xl list 2>/dev/null | awk -v n="$dom" -v s="$srcid" 'index($1, n) == 1 && $2 != s { print $2, $5 }')"
+		if [ -n "$d" ] && [ "${st#*p}" = "$st" ] && grep -aq 'Post-copy pages' "$mlog"; then break; fi
+		d=
+		sleep 0.5; t=$((t + 1))
+	done
+	if [ -z "$d" ]; then
+		ts "kill_dest: the destination never ran during post-copy"
+		echo "kill_rc=none" > "$out/kill.env"
+		return
+	fi
+	sleep "${KILL_AFTER:-3}"
+	prog=$(grep -a 'Post-copy pages' "$mlog" | tail -n 1 | tr -d '\r' | sed 's/.*Post-copy pages/Post-copy pages/')
+	off=$(stat -c %s "$mlog")
+	ts "kill_dest: xen-hvmcrash $d (source $srcid; $prog)"
+	xen-hvmcrash "$d" > "$out/kill.log" 2>&1
+	{
+		echo "kill_rc=$?"
+		echo "kill_time=$(now)"
+		echo "kill_dst=$d"
+		echo "kill_src=$srcid"
+		echo "kill_log_offset=$off"
+		echo "kill_progress='$prog'"
+		echo "kill_done_before=$(grep -acE 'Post-copy restore successful|post-copy destination done' "$mlog")"
+	} > "$out/kill.env"
+}
+# death_checks: after a kill_dest migration, is the dead destination
+# preserved (listed, not restarted) and the source copy paused?
+death_checks() {
+	local dd ds sd ss
+	. "$out/kill.env"
+	# xl's domain monitor would restart a crashed guest within seconds
+	sleep "${DEATH_GRACE:-20}"
+	read -r dd ds <<< "$(xl list 2>/dev/null | awk -v i="${kill_dst:-x}" '$2 == i { print $1, $5 }')"
+	read -r sd ss <<< "$(xl list 2>/dev/null | awk -v i="${kill_src:-x}" '$2 == i { print $1, $5 }')"
+	{
+		echo "dst_listed=$([ -n "$dd" ] && echo 1 || echo 0)"
+		echo "dst_name='$dd'"
+		echo "dst_state='$ds'"
+		echo "src_listed=$([ -n "$sd" ] && echo 1 || echo 0)"
+		echo "src_name='$sd'"
+		echo "src_state='$ss'"
+		echo "src_last='$(grep -a "dom=${kill_src:-x} " /tmp/domstates.log | tail -n 1)'"
+		echo "dst_last='$(grep -a "dom=${kill_dst:-x} " /tmp/domstates.log | tail -n 1)'"
+		echo "guest_ups=$(cat $cons/guest-$dom*.log 2>/dev/null | grep -ac GUEST-UP)"
+		echo "restarted_as='$(xl list 2>/dev/null | awk -v n="$dom" -v a="${kill_dst:-x}" -v b="${kill_src:-x}" 'index($1, n) == 1 && $2 != a && $2 != b { print $1 "/" $2 }' | tr '\n' ' ')'"
+	} > "$out/death.env"
+	cat "$out/death.env"
+	forensics "$out/death" "${kill_dst:-}" "${kill_src:-}"
+}
+# verify_after I DLOG: the guest on DLOG (its console after migration I)
+# runs and every check passes there: heartbeat lines, two full memtest
+# passes, and with the stress workload a tmpfs check and a stress-ng run;
+# no failure anywhere.  Returns 0, 1 (timeout: console stopped) or 2 (a
+# verification failed).
+verify_after() {
+	local dlog=$2 t=${VERIFY_TIMEOUT:-400}
+	waitfor "$dlog" 'HEARTBEAT' 2 120 || return 1
+	waitfor "$dlog" 'MEMTEST pass [0-9]* ' 2 "$t" || return 1
+	if [ "$workload" = stress ]; then
+		waitfor "$dlog" 'TMPFS check' 1 "$t" || return 1
+		waitfor "$dlog" 'STRESS run' 1 "$t" || return 1
+	fi
+	verify_failed && return 2
+	return 0
+}
+verify_failed() {
+	cat $cons/guest-$dom*.log $cons/mig-$dom-*.log 2>/dev/null |
+		grep -aqE 'MEMTEST BAD|ok=0|STRESS run [0-9]+ rc=[1-9]|fail_lines=[1-9]|TMPFS check [0-9]+ ok=0'
 }
 ts "autorun start"
 xl info | grep -E 'xen_version|xen_extra|virt_caps|free_memory|xen_commandline'
@@ -76,15 +224,18 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= kept=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= kept= workload=memtest soak=0 kill_dest=0
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
 		settle=*) settle=${o#*=} ;;
+		workload=*) workload=${o#*=} ;;
 		link_drops=*) drops=${o#*=}; continue ;;
 		link_outage=*) outage=${o#*=}; continue ;;
 		guest=*) gtype=${o#*=}; continue ;;
 		evict=*) evict=${o#*=}; continue ;;
+		soak=*) soak=${o#*=}; continue ;;
+		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		esac
 		kept="$kept $o"
 	done
@@ -99,20 +250,37 @@ vga="none"
 vnc=0
 sdl=0
 serial="none"'
+	# soak: a dead guest stays for diagnosis (xenctx); kill_dest: xl's
+	# harshest actions, so that only the migration's own preservation of
+	# the dead domain can keep it.
+	actions='on_crash="preserve"'
+	[ "$soak" -gt 0 ] && actions='on_crash="preserve"
+on_reboot="preserve"
+on_poweroff="preserve"'
+	[ "$kill_dest" = 1 ] && actions='on_crash="restart"
+on_reboot="restart"'
+	ramdisk=/mnt/host/guest.cpio.gz
+	[ "$workload" = stress ] && ramdisk=/mnt/host/guest-stress.cpio.gz
 	cat > /tmp/$dom.cfg <<CFG
 name="$dom"
 type="$gtype"
 $hvm_cfg
 kernel="/mnt/host/vmlinuz"
-ramdisk="/mnt/host/guest.cpio.gz"
+ramdisk="$ramdisk"
 extra="console=hvc0 memtest_mib=$mib $gopts"
 memory=$mem
 maxmem=$mem
 vcpus=1
-on_crash="preserve"
+$actions
 CFG
-	ts "=== scenario $name: guest '$gopts', xl migrate $margs"
-	rm -f $cons/guest-$dom*.log
+	ts "=== scenario $name: guest '$gopts', xl migrate $margs${soak:+ (soak=$soak)}"
+	rm -f $cons/guest-$dom*.log $cons/mig-$dom-*.log
+	# the previous scenario's domains must be gone (a dying one would show
+	# up in this scenario's domstates.log)
+	for t in $(seq 1 30); do [ "$(xl list | wc -l)" -le 2 ] && break; sleep 1; done
+	domstates 5 > /tmp/domstates.log 2>&1 &
+	dspid=$!
+	tf0=$(xl dmesg | grep -ac 'Triple fault')
 	s=$(now)
 	xl create /tmp/$dom.cfg > "$out/create.log" 2>&1
 	crc=$?
@@ -120,11 +288,14 @@ CFG
 	slog=$cons/guest-$dom.log
 	# the first two full passes: the pattern is written and verified once
 	waitfor $slog 'MEMTEST pass [0-9]* ok=1' 2 300
+	[ "$workload" = stress ] && waitfor $slog 'TMPFS ready' 1 120
 	boot_ms=$(ms "$s" "$(now)")
 	[ "$settle" -gt 0 ] && { ts "settling ${settle}s"; sleep "$settle"; }
 	recv="xl -vvv migrate-receive"
 	case " $margs " in *" --postcopy "*) recv="$recv --postcopy" ;; esac
 	: > "$out/migrate.log"
+	: > "$out/migrations.env"
+	: > "$out/migrate-1.log"
 	cmd=$recv lpid= dpid=
 	if [ "$drops" -gt 0 ]; then
 		# link-drop: xl's pipe runs through xl-postcopy's resumable
@@ -141,7 +312,7 @@ CFG
 		lpid=$!
 		cmd="env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7000 --stats $out/tunnel-connect.json"
 		(
-			waitfor "$out/migrate.log" 'Post-copy pages' 1 600 || exit 0
+			waitfor "$out/migrate-1.log" 'Post-copy pages' 1 600 || exit 0
 			for i in $(seq 1 "$drops"); do
 				sleep 3
 				ts "link-drop $i/$drops: the link goes down for ${outage}s"
@@ -156,45 +327,96 @@ CFG
 		) >> "$out/autorun-drops.log" 2>&1 &
 		dpid=$!
 	fi
-	ts "migrate: xl -vvv migrate $margs -s '' $dom '$cmd'"
-	s=$(now)
-	# evict=per-page: the destination pages owed pfns out with populate +
-	# nominate + evict, not the hypervisor's range op (for comparison).
-	LIBXL_POSTCOPY_EVICT=$evict timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$out/migrate.log" 2>&1 &
-	mpid=$!
-	monitor "$out" $mpid &
-	monpid=$!
-	wait $mpid
-	mrc=$?
-	e=$(now)
-	kill $monpid 2>/dev/null; wait $monpid 2>/dev/null
-	ts "migrate rc=$mrc $(ms "$s" "$e") ms"
-	if [ -n "$lpid" ]; then
-		[ -n "$dpid" ] && { kill $dpid 2>/dev/null; wait $dpid 2>/dev/null; }
-		timeout 60 tail --pid=$lpid -f /dev/null
-		wait $lpid; ts "tunnel listener rc=$?"
+	deaths=0 death= vrc=1 done_n=0 cur=
+	if [ "$soak" -gt 0 ]; then
+		# soak: $soak migrations of the same guest (each time to a new
+		# domid), every check after each; the console of the guest that
+		# ran after migration I is renamed to mig-$dom-I.log (xenconsoled
+		# keeps writing to it) so that each migration has its own.  The
+		# soak stops at the first death: the dead domain is preserved and
+		# its forensics saved in death-I/.
+		vrc=0
+		for i in $(seq 1 "$soak"); do
+			cur=$(xl domid "$dom" 2>/dev/null)
+			death=$(alive_problem)
+			if [ -n "$death" ]; then
+				ts "soak: guest dead before migration $i: $death"
+				deaths=1; forensics "$out/death-before-$i" $cur; break
+			fi
+			migrate_once "$i"
+			done_n=$i
+			cur=$dst
+			if [ $mrc -ne 0 ]; then
+				vrc=1
+				death=$(alive_problem)
+				ts "soak: migration $i failed (rc=$mrc)${death:+; guest dead: $death}"
+				[ -n "$death" ] && deaths=1
+				forensics "$out/death-$i" $src $dst
+				break
+			fi
+			dlog=$cons/guest-$dom--incoming.log
+			verify_after "$i" "$dlog"
+			r=$?
+			mv "$dlog" "$cons/mig-$dom-$i.log"
+			death=$(alive_problem)
+			[ -z "$death" ] && [ $r = 1 ] && death="guest console stopped after migration $i"
+			if [ -n "$death" ]; then
+				ts "soak: guest death after migration $i: $death"
+				deaths=1
+				forensics "$out/death-$i" $src $dst
+				break
+			fi
+			if [ $r != 0 ]; then
+				ts "soak: verification failed after migration $i"
+				vrc=2; break
+			fi
+			ts "soak: migration $i of $soak verified"
+		done
+		# the last guest still runs: one more look
+		if [ $deaths = 0 ] && [ $vrc = 0 ]; then
+			sleep 10
+			death=$(alive_problem)
+			[ -n "$death" ] && { deaths=1; forensics "$out/death-end" $cur; }
+			verify_failed && vrc=2
+		fi
+	else
+		migrate_once 1
+		done_n=1
+		if [ -n "$lpid" ]; then
+			[ -n "$dpid" ] && { kill $dpid 2>/dev/null; wait $dpid 2>/dev/null; }
+			timeout 60 tail --pid=$lpid -f /dev/null
+			wait $lpid; ts "tunnel listener rc=$?"
+		fi
+		dlog=$(ls -t $cons/guest-$dom--incoming.log 2>/dev/null | head -1)
+		[ -n "$dlog" ] || dlog=$slog
+		if [ "$kill_dest" = 1 ]; then
+			death_checks
+		elif [ $mrc -eq 0 ]; then
+			# two full passes on the destination: every page checked there
+			verify_after 1 "$dlog" && vrc=0
+		fi
+		grep -aq 'MEMTEST BAD\|ok=0' $cons/guest-$dom*.log && vrc=2
 	fi
+	kill $dspid 2>/dev/null; wait $dspid 2>/dev/null
+	cp /tmp/domstates.log "$out/domstates.log"
 	xl list > "$out/xl-list.txt" 2>&1
-	dlog=$(ls -t $cons/guest-$dom--incoming.log 2>/dev/null | head -1)
-	[ -n "$dlog" ] || dlog=$slog
-	vrc=1
-	if [ $mrc -eq 0 ]; then
-		# two full passes on the destination: every page checked there
-		waitfor "$dlog" 'MEMTEST pass [0-9]* ' 2 "${VERIFY_TIMEOUT:-400}" && vrc=0
-	fi
-	grep -aq 'MEMTEST BAD\|ok=0' $cons/guest-$dom*.log && vrc=2
-	xl list >> "$out/xl-list.txt" 2>&1
 	{
 		echo "name=$name"
 		echo "migrate_args='$margs'"
 		echo "guest_opts='$gopts'"
 		echo "guest_mem_mib=$mem"
 		echo "memtest_mib=$mib"
+		echo "workload=$workload"
 		echo "create_rc=$crc"
 		echo "boot_ms=$boot_ms"
 		echo "migrate_rc=$mrc"
-		echo "migrate_ms=$(ms "$s" "$e")"
+		echo "migrate_ms=$mig_ms"
 		echo "verify_rc=$vrc"
+		echo "soak=$soak"
+		echo "migrations_done=$done_n"
+		echo "guest_deaths=$deaths"
+		echo "death='${death//\'/}'"
+		echo "kill_dest=$kill_dest"
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
 		echo "evict=${evict:-range}"
@@ -203,11 +425,13 @@ CFG
 		echo "dom0_kernel='$(uname -r)'"
 		echo "xl_version='$(xl info | sed -n 's/^xen_extra *: //p')'"
 	} > "$out/meta.env"
-	cp $cons/guest-$dom*.log "$out/" 2>/dev/null
+	cp $cons/guest-$dom*.log $cons/mig-$dom-*.log "$out/" 2>/dev/null
 	xl dmesg > "$out/xl-dmesg.txt" 2>&1
 	cp /var/log/xen/*.log "$out/" 2>/dev/null
 	for d in $(xl list | awk -v n="$dom" 'index($1, n) == 1 { print $1 }'); do xl destroy "$d"; done
-	ts "=== scenario $name done: migrate_rc=$mrc verify_rc=$vrc"
+	# a preserved crashed domain may carry another name: destroy every guest
+	for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy "$d" 2>/dev/null; done
+	ts "=== scenario $name done: migrate_rc=$mrc verify_rc=$vrc deaths=$deaths migrations=$done_n"
 	sync
 done
 ts "autorun end"

@@ -1,6 +1,14 @@
 #!/usr/bin/env python3
-"""Turns one scenario's dom0 output (meta.env, migrate.log, guest consoles)
-into result.json with the local-mode report's keys; prints one table row.
+"""Turns one scenario's dom0 output (meta.env, migrate.log, migrations.env,
+domstates.log, guest consoles) into result.json with the local-mode
+report's keys; prints one table row.
+
+Besides the engine's figures: paused_ms (source suspended or paused →
+destination unpaused, from dom0's domstates poller), guest_stall_ms (the
+longest heartbeat gap on the destination console, i.e. after the guest
+resumed), the stress guest's counters (stress-ng runs and failures, tmpfs
+checksum checks and failures), and for the soak and guest-death scenarios
+migrations, guest_deaths, per_migration and the death checks.
 
 Usage: result.py RESULT_DIR [EXTRA_JSON]"""
 import glob
@@ -27,13 +35,14 @@ except OSError:
     pass
 
 
-def block(header):
+def block(header, text=None):
     """The engine's report table after HEADER ('post-copy source done:')."""
-    i = log.rfind(header)
+    log_ = log if text is None else text
+    i = log_.rfind(header)
     if i < 0:
         return {}
     rows = {}
-    for line in log[i:].splitlines()[1:20]:
+    for line in log_[i:].splitlines()[1:20]:
         m = re.match(r"\s+([a-z][a-z0-9 ()-]+?)\s{2,}(.*)$", line)
         if not m:
             break
@@ -76,8 +85,10 @@ r["fault_latency_us"] = (
 )
 # In-guest view: every page verified, the longest stall seen by the workload.
 passes, bad, gaps, kernel, syscalls_bad = 0, 0, [], None, 0
-inc = sorted(glob.glob(os.path.join(d, "guest-*--incoming.log")))
-for f in glob.glob(os.path.join(d, "guest-*.log")):
+# After a migration: the destination's console; for the soak, the console of
+# the guest that ran after migration I is mig-<domain>-I.log.
+inc = sorted(glob.glob(os.path.join(d, "guest-*--incoming.log"))) + sorted(glob.glob(os.path.join(d, "mig-*.log")))
+for f in glob.glob(os.path.join(d, "guest-*.log")) + glob.glob(os.path.join(d, "mig-*.log")):
     for line in open(f, errors="replace"):
         m = re.search(r"MEMTEST pass \d+ ok=(\d) pages=\d+ bad=(\d+).*maxgap_ms=(\d+)", line)
         if m:
@@ -137,6 +148,183 @@ if drops:
     # Passes only if the link really went down during the migration and
     # the tunnel came back every time.
     r["ok"] = bool(r["integrity_ok"] and (c.get("outages") or 0) >= 1 and killed >= 1)
+
+
+def env_file(path):
+    """KEY=VALUE lines (shell quoting) as a dict."""
+    out = {}
+    try:
+        for line in open(path, errors="replace"):
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                out[k] = " ".join(shlex.split(v)) if v else ""
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+# dom0's poller: per domid, its (time, state) transitions.
+dstates = {}
+try:
+    for line in open(os.path.join(d, "domstates.log"), errors="replace"):
+        m = re.match(r"([0-9.]+) dom=(\d+) (.*)$", line.strip())
+        if m:
+            dstates.setdefault(int(m.group(2)), []).append((float(m.group(1)), m.group(3)))
+except OSError:
+    pass
+
+
+def paused_window(start, src):
+    """paused_ms of the migration that began at START from domid SRC: the
+    source's first stop (paused=1 or shutdown=suspend) after START to the
+    first paused=0 of the domain created after START (the destination)."""
+    stop = next((t for t, st in dstates.get(src, []) if t >= start
+                 and ("paused=1" in st or "shutdown=suspend" in st)), None)
+    dst = None
+    for dom, ev in dstates.items():
+        if dom != src and ev and ev[0][0] >= start and (dst is None or ev[0][0] < dstates[dst][0][0]):
+            dst = dom
+    resume = next((t for t, st in dstates.get(dst, []) if "paused=0" in st), None) if dst is not None else None
+    if stop is None or resume is None or resume < stop:
+        return None, dst
+    return int(round((resume - stop) * 1000)), dst
+
+
+def heartbeat_max(path):
+    """The longest heartbeat gap on one console (None without heartbeats)."""
+    gaps = []
+    try:
+        for line in open(path, errors="replace"):
+            m = re.search(r"HEARTBEAT n=\d+ maxgap_ms=(\d+)", line)
+            if m:
+                gaps.append(int(m.group(1)))
+    except OSError:
+        pass
+    return max(gaps) if gaps else None
+
+
+def median(v):
+    v = sorted(x for x in v if x is not None)
+    return v[len(v) // 2] if v else None
+
+
+# The stress guest: stress-ng runs and the tmpfs file's checksum checks.
+consoles = glob.glob(os.path.join(d, "guest-*.log")) + glob.glob(os.path.join(d, "mig-*.log"))
+stress_runs = stress_fail = tmpfs_checks = tmpfs_fail = guest_ups = 0
+for f in consoles:
+    for line in open(f, errors="replace"):
+        m = re.search(r"STRESS run \d+ rc=(\d+) fail_lines=(\d+)", line)
+        if m:
+            stress_runs += 1
+            stress_fail += int(m.group(1) != "0" or m.group(2) != "0")
+        m = re.search(r"TMPFS check \d+ ok=(\d)", line)
+        if m:
+            tmpfs_checks += 1
+            tmpfs_fail += int(m.group(1) != "1")
+        if "GUEST-UP" in line:
+            guest_ups += 1
+r["workload"] = meta.get("workload") or "memtest"
+if r["workload"] == "stress":
+    r["stress"] = {"runs": stress_runs, "failed": stress_fail, "tmpfs_checks": tmpfs_checks,
+                   "tmpfs_failed": tmpfs_fail}
+r["guest_boots"] = guest_ups
+
+# Per migration: xl's exit, its time, the engine's downtime, paused time
+# (dom0's view) and the guest's longest stall after resume.
+soak = int(meta.get("soak", 0) or 0)
+migs = []
+try:
+    for n, line in enumerate(open(os.path.join(d, "migrations.env"), errors="replace"), 1):
+        kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        if not kv.get("start"):
+            continue
+        src_id = int(kv["src"]) if kv.get("src", "").isdigit() else None
+        pm, dst_id = paused_window(float(kv["start"]), src_id) if src_id is not None else (None, None)
+        try:
+            mtext = open(os.path.join(d, "migrate-%s.log" % kv.get("i", n)), errors="replace").read()
+        except OSError:
+            mtext = ""
+        msrc = block("post-copy source done:", mtext)
+        cons = (os.path.join(d, "mig-%s-%s.log" % ("t-" + r["scenario"], kv.get("i", n))) if soak
+                else (inc[0] if inc else None))
+        migs.append({
+            "i": int(kv.get("i", n)), "migrate_rc": int(kv.get("rc", -1)), "xl_migrate_ms": int(kv.get("ms", 0)),
+            "src_domid": src_id, "dst_domid": dst_id,
+            "downtime_ms": num(msrc.get("downtime")) if msrc.get("downtime") else None,
+            "paused_ms": pm,
+            "guest_stall_ms": heartbeat_max(cons) if cons else None,
+        })
+except OSError:
+    pass
+r["paused_ms"] = max((m["paused_ms"] for m in migs if m["paused_ms"] is not None), default=None)
+r["guest_stall_ms"] = max((m["guest_stall_ms"] for m in migs if m["guest_stall_ms"] is not None), default=None)
+stress_ok = r["workload"] != "stress" or (stress_runs >= 1 and stress_fail == 0 and tmpfs_checks >= 1
+                                           and tmpfs_fail == 0)
+if r["workload"] == "stress":
+    r["integrity_ok"] = bool(r["integrity_ok"] and stress_ok)
+    r["ok"] = r["integrity_ok"]
+
+if soak:
+    # N migrations of one guest: every one verified, not one death.
+    r["soak_planned"] = soak
+    r["migrations"] = len(migs)
+    r["migrations_ok"] = sum(1 for m in migs if m["migrate_rc"] == 0)
+    r["guest_deaths"] = int(meta.get("guest_deaths", 0) or 0)
+    r["death"] = meta.get("death") or None
+    r["death_forensics"] = sorted(os.path.basename(p) for p in glob.glob(os.path.join(d, "death*")))
+    r["paused_ms_median"] = median([m["paused_ms"] for m in migs])
+    r["guest_stall_ms_median"] = median([m["guest_stall_ms"] for m in migs])
+    r["downtime_ms_median"] = median([m["downtime_ms"] for m in migs])
+    r["per_migration"] = migs
+    r["integrity_ok"] = bool(
+        meta.get("verify_rc") == "0" and bad == 0 and syscalls_bad == 0 and stress_ok and passes >= 2 * soak
+        and r["migrations_ok"] == soak == len(migs))
+    r["ok"] = bool(r["integrity_ok"] and r["guest_deaths"] == 0 and guest_ups == 1)
+
+kill = env_file(os.path.join(d, "kill.env"))
+if meta.get("kill_dest") == "1":
+    # guest-death: xl migrate must fail loudly (non-zero and a line naming
+    # the death, written after the kill), the dead destination domain must
+    # still be listed and never rebooted, the source copy must be paused.
+    death = env_file(os.path.join(d, "death.env"))
+    try:
+        mtext = open(os.path.join(d, "migrate-1.log"), "rb").read()
+        tail = mtext[int(kill.get("kill_log_offset") or 0):].decode("utf-8", "replace")
+    except (OSError, ValueError):
+        tail = ""
+    line = next((ln.strip() for ln in tail.splitlines()
+                 if re.search(r"(?i)crash|triple|died|dead|death|reboot|shut ?down|destroyed", ln)
+                 and re.search(r"(?i)guest|domain|domid|vcpu|\bd\d+", ln) and '"on_' not in ln), None)
+    src_state = death.get("src_state") or ""
+    src_last = death.get("src_last") or ""
+    r["guest_death"] = {
+        "kill_rc": kill.get("kill_rc"),
+        "killed_domid": kill.get("kill_dst"),
+        "killed_at": kill.get("kill_progress"),
+        "restore_done_before_kill": kill.get("kill_done_before"),
+        "migrate_failed": r["migrate_rc"] not in (None, 0),
+        "death_line": line,
+        "dst_listed": death.get("dst_listed") == "1",
+        "dst_state": death.get("dst_state"),
+        "dst_last": death.get("dst_last"),
+        "restarted_as": death.get("restarted_as") or None,
+        "guest_boots": guest_ups,
+        "src_listed": death.get("src_listed") == "1",
+        "src_state": src_state,
+        "src_last": src_last,
+    }
+    g = r["guest_death"]
+    g["src_paused"] = bool(g["src_listed"] and ("p" in src_state or "s" in src_state)
+                           and "dying=1" not in src_last)
+    r["migrations"] = len(migs)
+    r["guest_deaths"] = 1 if kill.get("kill_rc") == "0" else 0
+    r["ok"] = bool(kill.get("kill_rc") == "0" and g["restore_done_before_kill"] == "0" and g["migrate_failed"]
+                   and line and g["dst_listed"] and not g["restarted_as"] and guest_ups == 1
+                   and g["src_paused"])
+    r["integrity_ok"] = None
+elif not soak:
+    r["migrations"] = len(migs)
+    r["guest_deaths"] = 0 if guest_ups == 1 else guest_ups - 1
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
