@@ -46,6 +46,9 @@ pub struct VcpuRegs {
     pub idtr: (u64, u32),
     /// TR base and limit: the task-state segment (x86-64: RSP0-2, IST1-7).
     pub tr: (u64, u32),
+    /// TR is loaded: the P bit (7) of its saved attributes (a zeroed or
+    /// never-loaded TR names no stacks).
+    pub tr_present: bool,
     /// GS base (the kernel's per-CPU area while the vCPU is in the kernel).
     pub gs_base: u64,
     /// The other GS base (`MSR_KERNEL_GS_BASE`, swapped in by SWAPGS).
@@ -132,6 +135,7 @@ pub fn parse_hvm_context(buf: &[u8]) -> Result<Vec<VcpuRegs>, ContextError> {
                 gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
                 idtr: (cpu.idtr_base, cpu.idtr_limit),
                 tr: (cpu.tr_base, cpu.tr_limit),
+                tr_present: cpu.tr_arbytes & SEG_ATTR_P != 0,
                 gs_base: cpu.gs_base,
                 shadow_gs: cpu.shadow_gs,
                 lstar: cpu.msr_lstar,
@@ -495,6 +499,9 @@ pub const PERCPU_WINDOW: u64 = 64 * 1024;
 const MAX_GATES: usize = 256;
 
 const CR0_PE: u64 = 1;
+/// The present bit of a saved segment's attributes (`hvm_hw_cpu.*_arbytes`:
+/// type 0-3, S 4, DPL 5-6, P 7, ...).
+const SEG_ATTR_P: u32 = 1 << 7;
 
 /// The pages, besides those [`vcpu_pages`] finds, that the CPU or the
 /// guest's first instructions need to deliver an exception or an interrupt
@@ -630,7 +637,7 @@ pub fn delivery_pages(
     // The TSS and the stacks it names.
     let (tr_base, tr_limit) = regs.tr;
     let tss_len = (u64::from(tr_limit) + 1).min(TSS_HW_BYTES);
-    if tss_len > 0 && canonical(regs, tr_base) {
+    if regs.tr_present && canonical(regs, tr_base) {
         linear_range(regs, tr_base, tss_len, guest_pfns, reader, &mut d.tss);
         let mut tss = [0u8; TSS_HW_BYTES as usize];
         // Past the limit reads as zero: no stack named there.
@@ -784,6 +791,21 @@ mod tests {
                 .entry(pfn)
                 .or_insert_with(|| Box::new([0; PAGE_SIZE]));
             p[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        fn put(&mut self, pfn: Pfn, off: usize, bytes: &[u8]) {
+            let p = self
+                .pages
+                .entry(pfn)
+                .or_insert_with(|| Box::new([0; PAGE_SIZE]));
+            p[off..off + bytes.len()].copy_from_slice(bytes);
+        }
+        /// Writes `bytes` at a linear address of `delivery_fixture`'s low
+        /// map (va = i * 4 KiB → pfn 1000 + i), across pages.
+        fn put_va(&mut self, va: u64, bytes: &[u8]) {
+            for (k, b) in bytes.iter().enumerate() {
+                let a = va + k as u64;
+                self.put(1000 + (a >> 12), (a & 0xfff) as usize, &[*b]);
+            }
         }
         fn reader(&mut self) -> impl FnMut(Pfn, &mut [u8; PAGE_SIZE]) -> bool + '_ {
             move |pfn, buf| {
@@ -1020,6 +1042,190 @@ mod tests {
         assert!(!pages.contains(&(100 + 0xd)), "beyond the stack window");
     }
 
+    /// `four_level` plus: low va i * 4 KiB (i in 16..512) → pfn 1000 + i,
+    /// and kernel va 0xffff_ffff_8000_0000 + i * 4 KiB (i < 32) → pfn
+    /// 300 + i.
+    fn delivery_fixture() -> Mem {
+        let mut m = four_level();
+        for i in 16..512u64 {
+            m.set64(13, i as usize, ((1000 + i) << 12) | 3);
+        }
+        for i in 0..32u64 {
+            m.set64(22, i as usize, ((300 + i) << 12) | 3);
+        }
+        m
+    }
+
+    /// A 64-bit IDT gate.
+    fn gate64(off: u64, kind: u8, present: bool, ist: u8) -> [u8; 16] {
+        let mut g = [0u8; 16];
+        g[0..2].copy_from_slice(&(off as u16).to_le_bytes());
+        g[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        g[4] = ist;
+        g[5] = kind | if present { 0x80 } else { 0 };
+        g[6..8].copy_from_slice(&((off >> 16) as u16).to_le_bytes());
+        g[8..12].copy_from_slice(&((off >> 32) as u32).to_le_bytes());
+        g
+    }
+
+    fn range(lo: Pfn, hi: Pfn) -> BTreeSet<Pfn> {
+        (lo..=hi).collect()
+    }
+
+    #[test]
+    fn delivery_covers_the_tss_its_stacks_and_each_ist_stack() {
+        let mut m = delivery_fixture();
+        // A TSS straddling two pages (pfns 1016, 1017): IST2 is read
+        // across the boundary.
+        let tss = 0x10fd0u64;
+        let field = |m: &mut Mem, at: u64, v: u64| m.put_va(tss + at, &v.to_le_bytes());
+        field(&mut m, 4, 0x30000); // RSP0, page-aligned top
+        field(&mut m, 12, 0x50008); // RSP1
+        field(&mut m, 20, 0x90000); // RSP2: scratch, left out
+        field(&mut m, 36, 0x70000); // IST1
+        field(&mut m, 44, 0xa0000); // IST2 (straddles)
+        field(&mut m, 52, 0); // IST3 unused
+        field(&mut m, 60, 0x0000_8000_0000_0000); // IST4 non-canonical
+        let mut regs = long_mode(10);
+        regs.tr = (tss, 0x206f);
+        regs.tr_present = true;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.tss, range(1016, 1017));
+        let mut want = range(0x2c + 1000, 0x2f + 1000); // below RSP0, not its page
+        want.extend(range(0x4c + 1000, 0x50 + 1000)); // RSP1 - 16 KiB ..= RSP1
+        want.extend(range(0x6c + 1000, 0x6f + 1000)); // IST1
+        want.extend(range(0x9c + 1000, 0x9f + 1000)); // IST2
+        assert_eq!(d.stacks, want);
+        assert!(d.handlers.is_empty() && d.percpu.is_empty());
+        // A TSS limit below the hardware size reads past it as zero: RSP0
+        // only (bytes 0..12).
+        regs.tr = (tss, 11);
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.stacks, range(0x2c + 1000, 0x2f + 1000));
+        assert_eq!(d.tss, range(1016, 1016));
+        // TR not loaded (P clear): it names nothing.
+        regs.tr_present = false;
+        assert_eq!(
+            delivery_pages(&regs, 1 << 20, &mut m.reader()),
+            DeliveryPages::default()
+        );
+    }
+
+    #[test]
+    fn delivery_covers_the_handler_of_every_present_gate_and_the_entry_msrs() {
+        let mut m = delivery_fixture();
+        let idt = 0x20000u64;
+        let mut put_gate = |v: u64, g: [u8; 16]| m.put_va(idt + 16 * v, &g);
+        put_gate(14, gate64(0x41010, 0xe, true, 0)); // #PF
+        put_gate(0xf3, gate64(0x42ff0, 0xe, true, 0)); // upcall, crosses a page
+        put_gate(3, gate64(0x44000, 0xe, false, 0)); // not present
+        put_gate(8, gate64(0x45000, 0xf, true, 1)); // #DF, trap gate on IST1
+        put_gate(5, gate64(0x46000, 0x5, true, 0)); // task gate: no offset
+        put_gate(200, gate64(0x0000_9000_0000_0000, 0xe, true, 0)); // non-canonical
+        let mut regs = long_mode(10);
+        regs.idtr = (idt, 0xfff);
+        regs.lstar = 0x47000;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        let want: BTreeSet<Pfn> = [1065, 1066, 1067, 1069, 1071].into_iter().collect();
+        assert_eq!(d.handlers, want);
+        assert!(d.tss.is_empty() && d.stacks.is_empty());
+        // A shorter IDT limit drops the gates beyond it (vectors 0..=8
+        // left: only #DF's handler, and LSTAR's).
+        regs.idtr = (idt, 16 * 9 - 1);
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        let want: BTreeSet<Pfn> = [1069, 1071].into_iter().collect();
+        assert_eq!(d.handlers, want);
+    }
+
+    #[test]
+    fn delivery_covers_the_kernel_per_cpu_area_whichever_gs_holds_it() {
+        let mut m = delivery_fixture();
+        let percpu = 0xffff_ffff_8000_0000u64;
+        let user_tls = 0x7f00_0000_0000u64;
+        let mut regs = long_mode(10);
+        // In the kernel: GS base is the per-CPU area, the shadow the TLS.
+        regs.gs_base = percpu;
+        regs.shadow_gs = user_tls;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.percpu, range(300, 315));
+        // At user level SWAPGS has not run yet: the other way round.
+        regs.gs_base = user_tls;
+        regs.shadow_gs = percpu;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.percpu, range(300, 315));
+        assert_eq!(d.all(), range(300, 315));
+        // Neither in the kernel half: nothing.
+        regs.shadow_gs = 0;
+        assert!(delivery_pages(&regs, 1 << 20, &mut m.reader())
+            .percpu
+            .is_empty());
+    }
+
+    #[test]
+    fn delivery_in_32_bit_protected_mode_reads_a_32_bit_tss_and_8_byte_gates() {
+        let mut m = Mem::default();
+        // Paging off: linear = physical. TSS at 0x5000, ESP0 0x9000.
+        m.put(5, 4, &0x9000u32.to_le_bytes());
+        m.put(5, 12, &0u32.to_le_bytes());
+        // IDT at 0x3000: #PF 32-bit interrupt gate to 0x7010, vector 32 a
+        // 16-bit interrupt gate to 0xa000, #DF a task gate.
+        let gate32 = |off: u32, kind: u8| {
+            let mut g = [0u8; 8];
+            g[0..2].copy_from_slice(&(off as u16).to_le_bytes());
+            g[5] = kind | 0x80;
+            g[6..8].copy_from_slice(&((off >> 16) as u16).to_le_bytes());
+            g
+        };
+        m.put(3, 14 * 8, &gate32(0x7010, 0xe));
+        m.put(3, 32 * 8, &gate32(0xa000, 0x6));
+        m.put(3, 8 * 8, &gate32(0xb000, 0x5));
+        let regs = VcpuRegs {
+            cr0: CR0_PE,
+            tr: (0x5000, 0x67),
+            tr_present: true,
+            idtr: (0x3000, 0x7ff),
+            // Ignored outside long mode.
+            gs_base: 0xffff_ffff_8000_0000,
+            ..Default::default()
+        };
+        let d = delivery_pages(&regs, 100, &mut m.reader());
+        assert_eq!(d.tss, range(5, 5));
+        assert_eq!(d.stacks, range(5, 8));
+        let want: BTreeSet<Pfn> = [7, 10].into_iter().collect();
+        assert_eq!(d.handlers, want);
+        assert!(d.percpu.is_empty());
+        // Real mode: the IVT needs no TSS and no stack switch.
+        let real = VcpuRegs { cr0: 0, ..regs };
+        assert_eq!(
+            delivery_pages(&real, 100, &mut m.reader()),
+            DeliveryPages::default()
+        );
+    }
+
+    #[test]
+    fn delivery_is_bounded_whatever_the_registers_say() {
+        let mut m = delivery_fixture();
+        // 256 present gates, each to the end of a different page: every
+        // handler crosses into the next page.
+        let idt = 0x20000u64;
+        for v in 0..256u64 {
+            m.put_va(idt + 16 * v, &gate64((16 + v) * 0x1000 + 0xff0, 0xe, true, 0));
+        }
+        let mut regs = long_mode(10);
+        regs.idtr = (idt, u32::MAX);
+        regs.tr = (0xffff_8000_0000_0000, u32::MAX); // canonical, unmapped
+        regs.tr_present = true;
+        regs.gs_base = 0x8000_0000_0000_0000; // non-canonical
+        regs.shadow_gs = u64::MAX; // canonical kernel half, unmapped
+        regs.lstar = 0x1234_5678_9abc_def0; // non-canonical
+        regs.sysenter_eip = u64::MAX - 10; // wraps: one page at most
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert!(d.tss.is_empty() && d.stacks.is_empty() && d.percpu.is_empty());
+        // Pages 16..=272 of the low map, nothing else.
+        assert_eq!(d.handlers, range(1016, 1272));
+        assert!(d.all().len() <= 2 * MAX_GATES + 4);
+    }
+
     #[test]
     fn special_pfns_skip_unset_and_the_paging_ring() {
         let params: HashMap<u32, u64> = [
@@ -1062,6 +1268,13 @@ mod tests {
             msr_efer: EFER_LMA,
             rsp,
             rip: 0x1234,
+            tr_base: 0xfffffe00_00003000,
+            tr_limit: 0x206f,
+            tr_arbytes: 0x8b, // present busy 64-bit TSS
+            gs_base: 0xffff_8880_0fa0_0000,
+            shadow_gs: 0x7f00_0000_1000,
+            msr_lstar: 0xffff_ffff_8160_0080,
+            sysenter_eip: 0xffff_ffff_8160_1000,
             ..Default::default()
         };
         let size = size_of::<sys::hvm_hw_cpu>();
@@ -1089,6 +1302,12 @@ mod tests {
         assert_eq!(regs[1].vcpu, 1);
         assert_eq!(regs[1].rsp, 0x5000);
         assert_eq!(regs[1].rip, 0x1234);
+        assert_eq!(regs[1].tr, (0xfffffe00_00003000, 0x206f));
+        assert!(regs[1].tr_present);
+        assert_eq!(regs[1].gs_base, 0xffff_8880_0fa0_0000);
+        assert_eq!(regs[1].shadow_gs, 0x7f00_0000_1000);
+        assert_eq!(regs[1].lstar, 0xffff_ffff_8160_0080);
+        assert_eq!(regs[1].sysenter_eip, 0xffff_ffff_8160_1000);
         assert_eq!(PagingMode::of(&regs[0]), PagingMode::FourLevel);
     }
 
