@@ -648,17 +648,38 @@ pub fn delivery_pages(
                 // there as SYSCALL scratch, and no 64-bit OS runs ring 2).
                 for at in [4, 12] {
                     let sp = le64(&tss, at);
-                    stack_below(regs, sp, PRIV_STACK_WINDOW, guest_pfns, reader, &mut d.stacks);
+                    stack_below(
+                        regs,
+                        sp,
+                        PRIV_STACK_WINDOW,
+                        guest_pfns,
+                        reader,
+                        &mut d.stacks,
+                    );
                 }
                 for i in 0..7 {
                     let ist = le64(&tss, 36 + 8 * i);
-                    stack_below(regs, ist, IST_STACK_WINDOW, guest_pfns, reader, &mut d.stacks);
+                    stack_below(
+                        regs,
+                        ist,
+                        IST_STACK_WINDOW,
+                        guest_pfns,
+                        reader,
+                        &mut d.stacks,
+                    );
                 }
             } else {
                 // 32-bit TSS: ESP0 at 4, ESP1 at 12.
                 for at in [4, 12] {
                     let sp = le32(&tss, at);
-                    stack_below(regs, sp, PRIV_STACK_WINDOW, guest_pfns, reader, &mut d.stacks);
+                    stack_below(
+                        regs,
+                        sp,
+                        PRIV_STACK_WINDOW,
+                        guest_pfns,
+                        reader,
+                        &mut d.stacks,
+                    );
                 }
             }
         }
@@ -688,14 +709,28 @@ pub fn delivery_pages(
                     off |= le32(g, 8) << 32;
                 }
                 if canonical(regs, off) {
-                    linear_range(regs, off, HANDLER_BYTES, guest_pfns, reader, &mut d.handlers);
+                    linear_range(
+                        regs,
+                        off,
+                        HANDLER_BYTES,
+                        guest_pfns,
+                        reader,
+                        &mut d.handlers,
+                    );
                 }
             }
         }
     }
     for entry in [regs.lstar, regs.sysenter_eip] {
         if entry != 0 && canonical(regs, entry) {
-            linear_range(regs, entry, HANDLER_BYTES, guest_pfns, reader, &mut d.handlers);
+            linear_range(
+                regs,
+                entry,
+                HANDLER_BYTES,
+                guest_pfns,
+                reader,
+                &mut d.handlers,
+            );
         }
     }
 
@@ -1209,7 +1244,10 @@ mod tests {
         // handler crosses into the next page.
         let idt = 0x20000u64;
         for v in 0..256u64 {
-            m.put_va(idt + 16 * v, &gate64((16 + v) * 0x1000 + 0xff0, 0xe, true, 0));
+            m.put_va(
+                idt + 16 * v,
+                &gate64((16 + v) * 0x1000 + 0xff0, 0xe, true, 0),
+            );
         }
         let mut regs = long_mode(10);
         regs.idtr = (idt, u32::MAX);

@@ -242,7 +242,9 @@ impl<O: XenOps> SaveSession<O> {
         };
         let with_delivery = std::env::var(PRESENT_ENV).map_or(true, |v| v != "legacy");
         if !with_delivery {
-            warn!("{PRESENT_ENV}=legacy: event-delivery pages are left out of the must-present set");
+            warn!(
+                "{PRESENT_ENV}=legacy: event-delivery pages are left out of the must-present set"
+            );
         }
         let mut delivery_added = 0u64;
         for regs in &vcpus {
