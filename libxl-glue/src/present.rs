@@ -474,7 +474,8 @@ pub fn vcpu_pages(
 /// 104-byte hardware TSS (x86-64: RSP0-2 at 4, IST1-7 at 36; 32-bit: ESP0
 /// at 4). Linux's TR limit also covers its I/O bitmap, which only IN/OUT
 /// at CPL 3 reads: not needed to deliver anything.
-pub const TSS_HW_BYTES: u64 = 104;
+pub const TSS_HW_BYTES: u64 = TSS_HW_LEN as u64;
+const TSS_HW_LEN: usize = 104;
 /// Bytes kept present below RSP0 and RSP1. RSP0 is where the CPU pushes
 /// the frame of an event taken at CPL 3 (Linux x86-64: its one-page entry
 /// stack; 32-bit kernels: the task stack), and Linux x86-64 keeps the top
@@ -639,9 +640,9 @@ pub fn delivery_pages(
     let tss_len = (u64::from(tr_limit) + 1).min(TSS_HW_BYTES);
     if regs.tr_present && canonical(regs, tr_base) {
         linear_range(regs, tr_base, tss_len, guest_pfns, reader, &mut d.tss);
-        let mut tss = [0u8; TSS_HW_BYTES as usize];
+        let mut tss = [0u8; TSS_HW_LEN];
         // Past the limit reads as zero: no stack named there.
-        let got = &mut tss[..tss_len as usize];
+        let got = &mut tss[..usize::try_from(tss_len).unwrap_or(TSS_HW_LEN)];
         if read_linear(regs, tr_base, got, guest_pfns, reader) {
             if long {
                 // RSP0 and RSP1; RSP2 is left out (Linux keeps a user RSP
