@@ -644,44 +644,18 @@ pub fn delivery_pages(
         // Past the limit reads as zero: no stack named there.
         let got = &mut tss[..usize::try_from(tss_len).unwrap_or(TSS_HW_LEN)];
         if read_linear(regs, tr_base, got, guest_pfns, reader) {
+            // (stack top, window): 64-bit RSP0 and RSP1 (RSP2 is left out:
+            // Linux keeps a user RSP there as SYSCALL scratch, and no
+            // 64-bit OS runs ring 2) and IST1-7; 32-bit ESP0 and ESP1.
+            let mut tops: Vec<(u64, u64)> = Vec::with_capacity(9);
             if long {
-                // RSP0 and RSP1; RSP2 is left out (Linux keeps a user RSP
-                // there as SYSCALL scratch, and no 64-bit OS runs ring 2).
-                for at in [4, 12] {
-                    let sp = le64(&tss, at);
-                    stack_below(
-                        regs,
-                        sp,
-                        PRIV_STACK_WINDOW,
-                        guest_pfns,
-                        reader,
-                        &mut d.stacks,
-                    );
-                }
-                for i in 0..7 {
-                    let ist = le64(&tss, 36 + 8 * i);
-                    stack_below(
-                        regs,
-                        ist,
-                        IST_STACK_WINDOW,
-                        guest_pfns,
-                        reader,
-                        &mut d.stacks,
-                    );
-                }
+                tops.extend([4, 12].map(|at| (le64(&tss, at), PRIV_STACK_WINDOW)));
+                tops.extend((0..7).map(|i| (le64(&tss, 36 + 8 * i), IST_STACK_WINDOW)));
             } else {
-                // 32-bit TSS: ESP0 at 4, ESP1 at 12.
-                for at in [4, 12] {
-                    let sp = le32(&tss, at);
-                    stack_below(
-                        regs,
-                        sp,
-                        PRIV_STACK_WINDOW,
-                        guest_pfns,
-                        reader,
-                        &mut d.stacks,
-                    );
-                }
+                tops.extend([4, 12].map(|at| (le32(&tss, at), PRIV_STACK_WINDOW)));
+            }
+            for (top, window) in tops {
+                stack_below(regs, top, window, guest_pfns, reader, &mut d.stacks);
             }
         }
     }
