@@ -13,7 +13,11 @@
 //! - for each vCPU, every page-table page reachable from CR3 (walked here
 //!   as a pure function over a page reader, [`walk_page_tables`]);
 //! - the kernel stack around each vCPU's RSP, the code at RIP, and the
-//!   GDT and IDT (the emulator reads descriptors and instructions).
+//!   GDT and IDT (the emulator reads descriptors and instructions);
+//! - for each vCPU, what delivering an exception or an event needs
+//!   ([`delivery_pages`]): the TSS, the stacks it names (RSP0, RSP1,
+//!   IST1-7), the handler code behind every IDT gate and the SYSCALL /
+//!   SYSENTER entries, and the kernel's per-CPU area at GS base.
 //!
 //! Everything is computed from the HVM context
 //! ([`parse_hvm_context`]) of the suspended source domain.
