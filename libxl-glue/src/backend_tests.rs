@@ -116,10 +116,15 @@ fn source_dirty_log_round_trip() {
 // ----------------------------------------------------------- destination
 
 fn dest_domain(n: Pfn) -> Arc<FakeXen> {
+    dest_domain_with_ring(n, RING_PFN)
+}
+
+/// Destination domain 2 of `n` pfns whose paging ring is at `ring`.
+fn dest_domain_with_ring(n: Pfn, ring: Pfn) -> Arc<FakeXen> {
     let x = Arc::new(FakeXen::new(2, n - 1));
     x.state()
         .params
-        .insert(sys::HVM_PARAM_PAGING_RING_PFN, RING_PFN);
+        .insert(sys::HVM_PARAM_PAGING_RING_PFN, ring);
     x
 }
 
@@ -987,4 +992,213 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
         rd.next_record().unwrap(),
         postcopy::records::Record::Abort(_)
     ));
+}
+
+// ------------------------------------ a guest that dies during post-copy
+
+/// The end-to-end setup of [`migrate`] up to the switch, with the source
+/// serving on a thread: (source, destination, the destination session,
+/// its stream end, the source's result, the sockets the sessions borrow).
+#[allow(clippy::type_complexity)]
+fn switched(
+    strategy: StrategySpec,
+    dest_paused: bool,
+) -> (
+    Arc<FakeXen>,
+    Arc<FakeXen>,
+    RestoreSession<FakeXen>,
+    UnixStream,
+    std::thread::JoinHandle<(Result<(), postcopy::Error>, postcopy::metrics::EngineReport)>,
+    (UnixStream, UnixStream, UnixStream),
+) {
+    let n = 0x800;
+    let (src, _) = build_source(n);
+    let dst = dest_domain_with_ring(n, 0x7f8);
+    dst.set_paused(dest_paused);
+    let ((s_stream, mut d_stream), (s_back, d_back)) =
+        (UnixStream::pair().unwrap(), UnixStream::pair().unwrap());
+    let (s_fd, sb_fd, src2) = (s_stream.as_raw_fd(), s_back.as_raw_fd(), src.clone());
+    let source = std::thread::spawn(move || {
+        let (mut s, _) = SaveSession::begin(src2, s_fd, sb_fd, strategy, None).unwrap();
+        s.transition().unwrap();
+        let r = s.serve();
+        (r, s.metrics().snapshot())
+    });
+    let session = restore_until_transition(&mut d_stream, &dst, d_back.as_raw_fd());
+    (
+        src,
+        dst,
+        session,
+        d_stream,
+        source,
+        (s_stream, s_back, d_back),
+    )
+}
+
+/// The guest faults on `touch`, gets it, then dies with `reason`.
+fn guest_dies_mid_serve(reason: u32) -> (postcopy::Error, postcopy::Error, u64, Arc<FakeXen>) {
+    let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::None, false);
+    let owed = session.owed_count();
+    let guest = {
+        let dst = dst.clone();
+        std::thread::spawn(move || {
+            let touch = 0x400;
+            assert!(dst.guest_touch(touch, 0));
+            assert!(
+                dst.wait_response(0, touch, Duration::from_secs(10)),
+                "vCPU never resumed"
+            );
+            dst.guest_shutdown(
+                reason,
+                "(XEN) d2v0 Triple fault - invoking HVM shutdown action",
+            );
+            dst.guest_shutdown(reason, "(XEN) d12v0 another domain");
+        })
+    };
+    let t = Instant::now();
+    let e = session.serve().unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    guest.join().unwrap();
+    // The destination stopped reading: let the source's writes drain.
+    let reader = drain(d_stream);
+    let (r, _) = source.join().unwrap();
+    drop(reader);
+    (e, r.unwrap_err(), owed, dst)
+}
+
+/// A guest dies with `reason` mid-serve: both sides fail with the typed
+/// death, the destination's message (`what`, then the counts) reaches the
+/// source, the source's errno is not the ECANCELED that resumes it, and the
+/// dead domain is left as it was. Returns the destination's death.
+fn both_sides_fail_on_death(reason: u32, what: &str) -> crate::domain_watch::GuestDied {
+    let (e, se, owed, dst) = guest_dies_mid_serve(reason);
+    let d = crate::domain_watch::guest_died(&e)
+        .cloned()
+        .unwrap_or_else(|| panic!("not a death: {e}"));
+    assert_eq!(d.death, crate::domain_watch::Death::Shutdown(reason));
+    assert_eq!(d.owed, owed);
+    // The faulted page came; with demand paging nothing else did yet.
+    assert!(d.absent < owed && d.absent > 0, "{d}");
+    let msg = e.to_string();
+    let want = format!(
+        "guest died on the destination during post-copy: {what} with {} of {owed} owed pages still absent",
+        d.absent
+    );
+    assert!(msg.contains(&want), "{msg}");
+    assert_eq!(crate::ffi::errno_of(&e), libc::EOWNERDEAD);
+    // The source learnt why.
+    assert!(crate::domain_watch::is_guest_death(&se), "{se}");
+    assert!(se.to_string().contains(&want), "{se}");
+    assert_eq!(crate::ffi::errno_of(&se), libc::EOWNERDEAD);
+    assert_ne!(crate::ffi::errno_of(&se), libc::ECANCELED);
+    // The dead domain is left as it was: shut down, pages still out.
+    let st = dst.state();
+    assert_eq!(st.domain.and_then(|i| i.shutdown), Some(reason));
+    assert_eq!(st.paged.len() as u64, d.absent);
+    assert!(!st.calls.iter().any(|c| c == "xc_mem_paging_disable"));
+    d
+}
+
+#[test]
+fn a_guest_that_crashes_mid_serve_fails_both_sides_with_the_counts() {
+    both_sides_fail_on_death(
+        sys::SHUTDOWN_crash,
+        "shutdown reason crash (3), crashed (triple fault?)",
+    );
+}
+
+#[test]
+fn a_guest_that_reboots_mid_serve_fails_both_sides() {
+    both_sides_fail_on_death(
+        sys::SHUTDOWN_reboot,
+        "shutdown reason reboot (1), a guest reboot or a triple fault (Xen's default action)",
+    );
+}
+
+#[test]
+fn the_post_mortem_names_registers_absent_pages_and_console_lines() {
+    let (e, _se, _owed, dst) = guest_dies_mid_serve(sys::SHUTDOWN_crash);
+    let d = crate::domain_watch::guest_died(&e).cloned().unwrap();
+    // The dead vCPU: the source's context, with its IDT at va 0x2000,
+    // mapped (PT pfn 0x106, present) to pfn 0x401 (owed, never sent), and
+    // FS base at va 0x3000 behind a page table that is owed and absent.
+    let (src, _) = build_source(0x800);
+    let mut ctx = src.state().context.clone();
+    let mut cpu: sys::hvm_hw_cpu =
+        // SAFETY: the context's first record is the CPU record.
+        unsafe { std::ptr::read_unaligned(ctx[8..].as_ptr().cast()) };
+    cpu.idtr_base = 0x2000;
+    cpu.idtr_limit = 0xfff;
+    cpu.fs_base = 0xffff_8880_0000_0000;
+    cpu.__bindgen_anon_1.pending_event = (1 << 31) | (1 << 11) | (3 << 8) | 8;
+    cpu.error_code = 0;
+    // SAFETY: writing the plain-data record back over itself.
+    unsafe { std::ptr::write_unaligned(ctx[8..].as_mut_ptr().cast(), cpu) };
+    {
+        let mut st = dst.state();
+        st.context = ctx;
+        let pt = st.pages.get_mut(&0x106).expect("PT present");
+        pt[2 * 8..3 * 8].copy_from_slice(&((0x401u64 << 12) | 3).to_le_bytes());
+        let l4 = st.pages.get_mut(&0x100).expect("L4 present");
+        let i = ((0xffff_8880_0000_0000u64 >> 39) & 0x1ff) as usize;
+        l4[i * 8..i * 8 + 8].copy_from_slice(&((0x402u64 << 12) | 3).to_le_bytes());
+        assert!(st.paged.contains(&0x401) && st.paged.contains(&0x402));
+    }
+    let owed = |p: Pfn| p > 0x300 && p < 0x7f0;
+    let lines = crate::forensics::post_mortem(&*dst, &d, 0x800, &owed);
+    let all = lines.join("\n");
+    assert!(
+        all.contains(&format!("post-mortem of domain 2: {}", d.death)),
+        "{all}"
+    );
+    assert!(
+        all.contains("vCPU 0: RIP 0x1010 RSP 0xffffc90000018000"),
+        "{all}"
+    );
+    assert!(
+        all.contains("pending event: vector 8 type 3 error code 0x0"),
+        "{all}"
+    );
+    assert!(all.contains("IDT 0x2000: pfn 0x401 ABSENT (owed)"), "{all}");
+    assert!(
+        all.contains("code at RIP 0x1010: pfn 0x300 present"),
+        "{all}"
+    );
+    assert!(
+        all.contains("FS base 0xffff888000000000: not translatable (page-table pfns absent on the way: 0x402)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("owed pfns still absent among the pages its registers point at: 0x401 0x402"),
+        "{all}"
+    );
+    assert!(
+        all.contains("xen console: (XEN) d2v0 Triple fault"),
+        "{all}"
+    );
+    assert!(!all.contains("d12v0"), "{all}");
+}
+
+#[test]
+fn resumed_ends_the_downtime_only_when_libxl_unpauses() {
+    let hold = Duration::from_millis(400);
+    let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::Linear, true);
+    let unpause = {
+        let dst = dst.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(hold);
+            dst.set_paused(false);
+        })
+    };
+    session.serve().unwrap();
+    unpause.join().unwrap();
+    let (r, m) = source.join().unwrap();
+    r.unwrap();
+    drop(d_stream);
+    assert!(
+        m.downtime_ms >= hold.as_secs_f64() * 1000.0,
+        "downtime {} ms, held paused {hold:?}",
+        m.downtime_ms
+    );
+    assert!(dst.state().paged.is_empty());
 }

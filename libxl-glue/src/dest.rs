@@ -193,6 +193,11 @@ impl<O: XenOps> XenDestination<O> {
         (st.by_range, st.by_page, st.page_out_time)
     }
 
+    /// The Xen calls of the domain.
+    pub fn ops(&self) -> &Arc<O> {
+        &self.ops
+    }
+
     /// Owed pages still absent (evicted, not loaded, not dropped).
     pub fn absent(&self) -> u64 {
         self.lock().absent

@@ -12,7 +12,7 @@ use libxl_sys as sys;
 use libxl_sys::ring_oracle as c;
 use postcopy::{Pfn, PAGE_SIZE};
 
-use crate::xc::{PfnType, XcError, XcResult, XenOps, PFINFO_XTAB};
+use crate::xc::{DomainInfo, PfnType, XcError, XcResult, XenOps, PFINFO_XTAB};
 
 #[repr(C, align(4096))]
 struct Page([u8; PAGE_SIZE]);
@@ -41,6 +41,10 @@ pub struct FakeState {
     pub overflow: Vec<Pfn>,
     /// Log-dirty mode on, and the dirty set.
     pub logdirty: Option<BTreeSet<Pfn>>,
+    /// The domain's run state (`None`: destroyed); running by default.
+    pub domain: Option<DomainInfo>,
+    /// Xen's console ring.
+    pub console: Vec<u8>,
     paging: bool,
     ring_mapped: bool,
     evtchn_pending: bool,
@@ -82,6 +86,8 @@ impl FakeXen {
                 responses: Vec::new(),
                 overflow: Vec::new(),
                 logdirty: None,
+                domain: Some(DomainInfo::default()),
+                console: Vec::new(),
                 paging: false,
                 ring_mapped: false,
                 evtchn_pending: false,
@@ -201,6 +207,25 @@ impl FakeXen {
     /// Notifications received from the pager.
     pub fn notifications(&self) -> u64 {
         self.state().notifications
+    }
+
+    /// The toolstack pauses (true) or unpauses the domain.
+    pub fn set_paused(&self, paused: bool) {
+        if let Some(d) = self.state().domain.as_mut() {
+            d.paused = paused;
+        }
+    }
+
+    /// The guest shuts down with `SHUTDOWN_*` `reason` (a triple fault is
+    /// `reboot` unless the guest set HVM_PARAM_TRIPLE_FAULT_REASON), and
+    /// Xen logs `line` on its console.
+    pub fn guest_shutdown(&self, reason: u32, line: &str) {
+        let mut st = self.state();
+        if let Some(d) = st.domain.as_mut() {
+            d.shutdown = Some(reason);
+        }
+        st.console.extend_from_slice(line.as_bytes());
+        st.console.push(b'\n');
     }
 }
 
@@ -501,5 +526,20 @@ impl XenOps for FakeXen {
         self.call(&mut st, "xc_logdirty_control(OFF)")?;
         st.logdirty = None;
         Ok(())
+    }
+
+    fn domain_info(&self) -> XcResult<Option<DomainInfo>> {
+        // Not in `calls`: the watch polls it all the time.
+        let st = self.state();
+        if let Some(&e) = st.fail.get("xc_domain_getinfolist") {
+            return Err(XcError::from_errno("xc_domain_getinfolist", e, None));
+        }
+        Ok(st.domain)
+    }
+
+    fn read_console(&self) -> XcResult<Vec<u8>> {
+        let mut st = self.state();
+        self.call(&mut st, "xc_readconsolering")?;
+        Ok(st.console.clone())
     }
 }

@@ -97,6 +97,9 @@ pub fn errno_of(e: &Error) -> c_int {
         // The destination refused the switch (ABORT before READY): the
         // guest never ran there, the source may resume it.
         Error::PeerAborted(_) => libc::ECANCELED,
+        // The guest died on the destination after the switch (there, or
+        // as the destination reported it here): libxl tells xl.
+        e if crate::domain_watch::is_guest_death(e) => libc::EOWNERDEAD,
         _ => libc::EIO,
     }
 }
@@ -502,6 +505,16 @@ mod tests {
             ))),
             libc::EBUSY
         );
+        let died = crate::domain_watch::GuestDied {
+            death: crate::domain_watch::Death::Shutdown(libxl_sys::SHUTDOWN_crash),
+            absent: 3,
+            owed: 9,
+        };
+        assert_eq!(errno_of(&died.clone().into_error()), libc::EOWNERDEAD);
+        let told = crate::domain_watch::peer_failed(died.to_string());
+        assert_eq!(errno_of(&told), libc::EOWNERDEAD);
+        let other = crate::domain_watch::peer_failed("disk full".into());
+        assert_eq!(errno_of(&other), libc::EIO);
     }
 
     #[test]

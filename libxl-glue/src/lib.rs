@@ -10,13 +10,18 @@
 //!   `SourceMemory` / `DestinationMemory` traits.
 //! - [`present`]: what must be present before the guest runs (special
 //!   pfns, page tables walked from CR3, stacks).
+//! - [`domain_watch`] and [`forensics`]: a guest that dies on the
+//!   destination during post-copy fails the migration, with a post-mortem
+//!   in the log.
 //! - [`ring`]: the vm_event back ring; [`xc`]: one safe wrapper per Xen
 //!   call behind the [`xc::XenOps`] trait; [`xtl`]: logging and progress
 //!   through xentoollog.
 
 pub mod dest;
+pub mod domain_watch;
 pub mod fdio;
 pub mod ffi;
+pub mod forensics;
 pub mod present;
 pub mod restore;
 pub mod ring;

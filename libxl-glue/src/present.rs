@@ -93,6 +93,39 @@ const CODE_CPU: u16 = 2;
 /// Extracts every vCPU's registers from an `xc_domain_hvm_getcontext`
 /// buffer: a sequence of (`struct hvm_save_descriptor`, body) up to END.
 pub fn parse_hvm_context(buf: &[u8]) -> Result<Vec<VcpuRegs>, ContextError> {
+    Ok(hvm_cpu_records(buf)?
+        .iter()
+        .map(|(vcpu, cpu)| VcpuRegs::from_cpu(*vcpu, cpu))
+        .collect())
+}
+
+impl VcpuRegs {
+    /// The registers of vCPU `vcpu` from its CPU record.
+    pub fn from_cpu(vcpu: u16, cpu: &sys::hvm_hw_cpu) -> VcpuRegs {
+        VcpuRegs {
+            vcpu,
+            cr0: cpu.cr0,
+            cr3: cpu.cr3,
+            cr4: cpu.cr4,
+            efer: cpu.msr_efer,
+            rsp: cpu.rsp,
+            rip: cpu.rip,
+            gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
+            idtr: (cpu.idtr_base, cpu.idtr_limit),
+            tr: (cpu.tr_base, cpu.tr_limit),
+            tr_present: cpu.tr_arbytes & SEG_ATTR_P != 0,
+            gs_base: cpu.gs_base,
+            shadow_gs: cpu.shadow_gs,
+            lstar: cpu.msr_lstar,
+            sysenter_eip: cpu.sysenter_eip,
+        }
+    }
+}
+
+/// Every CPU record (vCPU number, `struct hvm_hw_cpu`) of an
+/// `xc_domain_hvm_getcontext` buffer, for callers that need more of the
+/// registers than [`VcpuRegs`] (the post-mortem of a dead guest).
+pub fn hvm_cpu_records(buf: &[u8]) -> Result<Vec<(u16, sys::hvm_hw_cpu)>, ContextError> {
     let mut out = Vec::new();
     let mut at = 0usize;
     loop {
@@ -128,26 +161,18 @@ pub fn parse_hvm_context(buf: &[u8]) -> Result<Vec<VcpuRegs>, ContextError> {
             // with the byte buffer's alignment.
             let cpu: sys::hvm_hw_cpu =
                 unsafe { std::ptr::read_unaligned(buf[body_at..].as_ptr().cast()) };
-            out.push(VcpuRegs {
-                vcpu: instance,
-                cr0: cpu.cr0,
-                cr3: cpu.cr3,
-                cr4: cpu.cr4,
-                efer: cpu.msr_efer,
-                rsp: cpu.rsp,
-                rip: cpu.rip,
-                gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
-                idtr: (cpu.idtr_base, cpu.idtr_limit),
-                tr: (cpu.tr_base, cpu.tr_limit),
-                tr_present: cpu.tr_arbytes & SEG_ATTR_P != 0,
-                gs_base: cpu.gs_base,
-                shadow_gs: cpu.shadow_gs,
-                lstar: cpu.msr_lstar,
-                sysenter_eip: cpu.sysenter_eip,
-            });
+            out.push((instance, cpu));
         }
         at = end;
     }
+}
+
+/// The `pending_event` word of a CPU record (vector in bits 0-7, type in
+/// 8-10, error-code-valid bit 11, valid bit 31).
+pub fn pending_event(cpu: &sys::hvm_hw_cpu) -> u32 {
+    // SAFETY: both union members are plain integers over the same 4 bytes;
+    // any bit pattern is a valid u32.
+    unsafe { cpu.__bindgen_anon_1.pending_event }
 }
 
 const CR0_PG: u64 = 1 << 31;

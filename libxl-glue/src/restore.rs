@@ -33,6 +33,7 @@ use postcopy::records::{
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::dest::XenDestination;
+use crate::domain_watch::ServeWatch;
 use crate::fdio::FdIo;
 use crate::xc::XenOps;
 use crate::xtl::Progress;
@@ -339,10 +340,11 @@ impl<O: XenOps> RestoreSession<O> {
                 "pages are owed but mem_paging was never enabled".into(),
             ));
         }
-        let resumed_ns = u64::try_from(self.last_record.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let mut back = RecordWriter::new(FdIo::new(self.back_fd));
-        back.count(RecordType::Resumed, resumed_ns)?;
-        back.flush()?;
+        // Guest-watch hook (domain_watch.rs): RESUMED goes out when libxl
+        // unpauses the domain, not here; a death stops the stream reader.
+        let transition_at = self.last_record;
+        let stop = Arc::new(AtomicBool::new(false));
+        let back = RecordWriter::new(FdIo::new(self.back_fd));
         let start = Instant::now();
         let shared = Shared {
             mem: &self.mem,
@@ -353,19 +355,53 @@ impl<O: XenOps> RestoreSession<O> {
             done: AtomicBool::new(false),
             metrics: &self.metrics,
         };
-        let mut stream = RecordReader::new(FdIo::new(self.stream_fd), Some(self.guest_pfns));
+        let mut stream = RecordReader::new(
+            FdIo::with_stop(self.stream_fd, stop.clone()),
+            Some(self.guest_pfns),
+        );
         let total = self.owed_count;
         let back = Mutex::new(back);
+        let guest_pfns = self.guest_pfns;
+        let absent = || *lock(&shared.remaining);
+        let is_owed = |p| shared.is_owed(p);
         let result = std::thread::scope(|s| -> Result<(), Error> {
+            let watch = ServeWatch {
+                ops: shared.mem.ops().clone(),
+                done: &shared.done,
+                stop: &stop,
+                back: &back,
+                transition_at,
+                owed: total,
+                absent: &absent,
+                is_owed: &is_owed,
+                guest_pfns,
+            };
+            let watch = std::thread::Builder::new()
+                .name("pc-guest-watch".into())
+                .spawn_scoped(s, || watch.run());
             let fwd = std::thread::Builder::new()
                 .name("pc-fault-fwd".into())
-                .spawn_scoped(s, || forward_faults(&shared, &back))
-                .map_err(|e| Error::Protocol(format!("cannot start the fault forwarder: {e}")))?;
+                .spawn_scoped(s, || forward_faults(&shared, &back));
+            let (watch, fwd) = match (watch, fwd) {
+                (Ok(w), Ok(f)) => (w, f),
+                (Err(e), _) | (_, Err(e)) => {
+                    shared.done.store(true, Ordering::SeqCst);
+                    return Err(Error::Protocol(format!("cannot start a serve thread: {e}")));
+                }
+            };
             let r = read_stream(&shared, &mut stream, total);
             shared.done.store(true, Ordering::SeqCst);
             let f = fwd
                 .join()
                 .map_err(|_| Error::ThreadPanicked("fault forwarder"))?;
+            // The watch took its last look: a guest that died before the
+            // last page is a failed migration whatever the stream did.
+            let died = watch
+                .join()
+                .map_err(|_| Error::ThreadPanicked("guest watch"))?;
+            if let Some(d) = died {
+                return Err(d.into_error());
+            }
             r?;
             f?;
             // Requests that raced with the load of their page and were not

@@ -613,6 +613,9 @@ fn read_back(back: FdIo, n: u64, tx: &mpsc::Sender<Back>) {
         let msg = match reader.next_record() {
             Ok(Record::Fault(pfns)) => Back::Faults(pfns),
             Ok(Record::Resumed(ns)) => Back::Resumed(ns),
+            // Guest-watch hook (domain_watch.rs): the destination failed
+            // after the switch (its guest died): never resume here.
+            Ok(Record::Abort(reason)) => Back::Failed(crate::domain_watch::peer_failed(reason)),
             Ok(Record::Complete(v)) => {
                 let _ = tx.send(Back::Complete(v));
                 return;

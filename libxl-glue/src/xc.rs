@@ -265,7 +265,41 @@ pub trait XenOps: Send + Sync {
     fn logdirty_clean(&self, bitmap: &mut [u64], pages: u64) -> XcResult<()>;
     /// `XEN_DOMCTL_SHADOW_OP_OFF`.
     fn logdirty_disable(&self) -> XcResult<()>;
+    /// `xc_domain_getinfolist` for this domain: its run state, `None` once
+    /// it no longer exists.
+    fn domain_info(&self) -> XcResult<Option<DomainInfo>>;
+    /// `xc_readconsolering` (no clear, not incremental): Xen's console
+    /// ring as it stands, oldest line first (what `xl dmesg` prints).
+    fn read_console(&self) -> XcResult<Vec<u8>>;
 }
+
+/// A domain's run state as `xc_domain_getinfolist` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DomainInfo {
+    /// Paused by the toolstack (`XEN_DOMINF_paused`; the vCPU pauses of
+    /// mem_paging do not count).
+    pub paused: bool,
+    /// Being destroyed (`XEN_DOMINF_dying`).
+    pub dying: bool,
+    /// Shut down, with the `SHUTDOWN_*` reason (`XEN_DOMINF_shutdown`).
+    pub shutdown: Option<u32>,
+}
+
+impl DomainInfo {
+    /// Decodes `xc_domaininfo_t.flags`.
+    pub fn from_flags(flags: u32) -> DomainInfo {
+        DomainInfo {
+            paused: flags & sys::XEN_DOMINF_paused != 0,
+            dying: flags & sys::XEN_DOMINF_dying != 0,
+            shutdown: (flags & sys::XEN_DOMINF_shutdown != 0)
+                .then_some((flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask),
+        }
+    }
+}
+
+/// Bytes asked of `xc_readconsolering`: more than Xen's default ring
+/// (16 KiB, or 4 KiB per CPU with `conring_size` unset on a big host).
+const CONSOLE_BYTES: usize = 1 << 20;
 
 fn pfn_vec(pfns: &[Pfn]) -> Vec<sys::xen_pfn_t> {
     pfns.iter().map(|&p| p as sys::xen_pfn_t).collect()
@@ -886,6 +920,39 @@ impl XenOps for LibXc {
             return Err(err("xc_logdirty_control(OFF)", None));
         }
         Ok(())
+    }
+
+    fn domain_info(&self) -> XcResult<Option<DomainInfo>> {
+        let h = self.lock();
+        let mut info = sys::xc_domaininfo_t::default();
+        // SAFETY: xch is live; info is one valid out-element.
+        let rc = unsafe { sys::xc_domain_getinfolist(h.xch, self.domid, 1, &mut info) };
+        if rc < 0 {
+            return Err(err("xc_domain_getinfolist", None));
+        }
+        // The call lists domains from domid on: another one means ours is gone.
+        if rc == 0 || u32::from(info.domain) != self.domid {
+            return Ok(None);
+        }
+        Ok(Some(DomainInfo::from_flags(info.flags)))
+    }
+
+    fn read_console(&self) -> XcResult<Vec<u8>> {
+        let op = "xc_readconsolering";
+        let mut buf = vec![0u8; CONSOLE_BYTES];
+        let mut nr = c_len(op, buf.len())?;
+        let mut index = 0u32;
+        let h = self.lock();
+        // SAFETY: xch is live; buf holds nr bytes; libxenctrl bounces it
+        // and writes back at most nr bytes and the count.
+        let rc = unsafe {
+            sys::xc_readconsolering(h.xch, buf.as_mut_ptr().cast(), &mut nr, 0, 0, &mut index)
+        };
+        if rc != 0 {
+            return Err(err(op, None));
+        }
+        buf.truncate((nr as usize).min(CONSOLE_BYTES));
+        Ok(buf)
     }
 }
 
