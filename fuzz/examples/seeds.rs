@@ -4,7 +4,8 @@
 //!
 //! Runs the engine's source and destination (`postcopy::source::run_source`,
 //! `postcopy::destination::run_destination`) on the in-memory backends of
-//! `postcopy::testmem` over `postcopy::transport::unix_pair()`, as
+//! `postcopy::testmem` (the `test-util` feature, enabled in this crate's
+//! dev-dependencies) over `postcopy::transport::unix_pair()`, as
 //! `postcopy/tests/engine.rs` does, with a vCPU faulting on the destination,
 //! and records all three byte streams: the bulk stream, the fault replies
 //! (source → destination) and the fault channel (destination → source).

@@ -7,8 +7,11 @@
 //! and the metrics report ([`metrics`]).
 //!
 //! Backends plug in through the two traits of [`memory`]: the Xen backends
-//! live in `libxl-glue`, the Linux userfaultfd backend in `postcopy::uffd`,
-//! and an in-memory test double in [`testmem`].
+//! live in `libxl-glue`, the Linux userfaultfd backend in the crate
+//! `postcopy-uffd` beside this one (it holds all the `unsafe` and `libc`
+//! of local mode; this crate forbids `unsafe`), and an in-memory test
+//! double in `testmem`, compiled only for tests and with the `test-util`
+//! feature (other crates enable it in their dev-dependencies).
 //!
 //! ```text
 //!   source host                                destination host
@@ -23,6 +26,8 @@
 //!  +------------------+                        +--------------------+
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod destination;
 pub mod error;
 pub mod memory;
@@ -33,9 +38,9 @@ pub mod recovery;
 pub mod scheduler;
 pub mod sentmap;
 pub mod source;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testmem;
 pub mod transport;
-pub mod uffd;
 
 pub use error::Error;
 

@@ -3,8 +3,8 @@
 //! [`SourceMemory`] is the stopped (or, during pre-copy, still running)
 //! guest on the source host; [`DestinationMemory`] is the new guest on the
 //! destination host, whose absent pages fault. Every backend — Xen
-//! (`libxl-glue`), Linux userfaultfd (`postcopy::uffd`) and the in-memory
-//! test double ([`crate::testmem`]) — implements these and nothing else, so
+//! (`libxl-glue`), Linux userfaultfd (the `postcopy-uffd` crate) and the
+//! in-memory test double (`testmem`, feature `test-util`) — implements these and nothing else, so
 //! the same state machines drive all of them.
 
 use std::time::{Duration, Instant};

@@ -4,7 +4,11 @@
 //! dirty log; [`MemDestination`] is an image whose absent pages block a
 //! simulated vCPU ([`MemDestination::touch`]) until the engine installs
 //! them, exactly as a vCPU blocks on a userfaultfd or mem_paging fault.
-//! Logic tests only: real migrations run on `postcopy::uffd` or Xen.
+//! Logic tests only: real migrations run on `postcopy-uffd` or Xen.
+//!
+//! Not public API: compiled for this crate's tests and behind the
+//! `test-util` cargo feature, which other crates enable only in their
+//! dev-dependencies.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};

@@ -3,8 +3,10 @@
 //! [`postcopy::prepage::StrategySpec`]), the help text, the metrics report,
 //! and local mode — a real migration of a live mini-VM between two
 //! processes over TCP with userfaultfd ([`local`]) — and the resumable
-//! transport for `xl migrate` on real Xen ([`tunnel`]).
+//! transport for `xl migrate` on real Xen ([`tunnel`]); both authenticate
+//! their connections with the shared-token handshake of [`auth`].
 
+pub mod auth;
 pub mod bench;
 pub mod local;
 pub mod options;

@@ -19,7 +19,8 @@
 //!                                    ◄──   status (1 byte, 0 = accepted)
 //! ```
 //!
-//! HMAC-SHA-256, compared in constant time (`hmac`'s `verify_slice`). A
+//! HMAC-SHA-256, compared in constant time (`hmac`'s `verify_slice`); the
+//! exchange itself lives in [`crate::auth`], which the tunnel shares. A
 //! stray connection without the token can neither inject pages (the
 //! receiver refuses it) nor read memory (the sender refuses a receiver that
 //! cannot prove the token, so a fake receiver never gets to ask for pages).
@@ -30,13 +31,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::auth::{dialer_auth, listener_auth, random, Roles, Token};
 
 /// "XPCLINK1".
 pub const MAGIC: [u8; 8] = *b"XPCLINK1";
@@ -46,13 +46,6 @@ pub const MAX_GUEST_PAGES: u64 = 1 << 28;
 pub const FLAG_RESUME: u32 = 1;
 /// Hello flag: a challenge–response follows the hello.
 pub const FLAG_AUTH: u32 = 2;
-/// Shortest token accepted.
-pub const MIN_TOKEN: usize = 16;
-/// Longest token file read.
-pub const MAX_TOKEN: usize = 4096;
-
-const NONCE: usize = 32;
-const MAC: usize = 32;
 
 /// First bytes on each connection.
 #[repr(C)]
@@ -162,115 +155,11 @@ pub enum LinkError {
     },
 }
 
-/// A shared secret for the challenge–response.
-#[derive(Clone)]
-pub struct Token(Vec<u8>);
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(..)")
-    }
-}
-
-impl Token {
-    /// A token from bytes (at least [`MIN_TOKEN`]).
-    pub fn new(bytes: &[u8]) -> Result<Token, LinkError> {
-        if bytes.len() < MIN_TOKEN {
-            return Err(LinkError::Token {
-                path: "(inline)".into(),
-                why: format!("shorter than {MIN_TOKEN} bytes"),
-            });
-        }
-        Ok(Token(bytes.to_vec()))
-    }
-
-    /// Reads a token file; surrounding whitespace is ignored.
-    pub fn from_file(path: &Path) -> Result<Token, LinkError> {
-        let bad = |why: String| LinkError::Token {
-            path: path.display().to_string(),
-            why,
-        };
-        let mut raw = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_TOKEN as u64 + 1).read_to_end(&mut raw))
-            .map_err(|e| bad(e.to_string()))?;
-        if raw.len() > MAX_TOKEN {
-            return Err(bad(format!("longer than {MAX_TOKEN} bytes")));
-        }
-        let trimmed = raw.trim_ascii();
-        if trimmed.len() < MIN_TOKEN {
-            return Err(bad(format!(
-                "shorter than {MIN_TOKEN} bytes (use e.g. `head -c 32 /dev/urandom | base64`)"
-            )));
-        }
-        Ok(Token(trimmed.to_vec()))
-    }
-
-    fn mac(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> Hmac<Sha256> {
-        // Any key length is valid for HMAC.
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        m.update(role);
-        m.update(hello);
-        m.update(ns);
-        m.update(nr);
-        m
-    }
-
-    fn prove(&self, role: &[u8; 5], hello: &[u8], ns: &[u8], nr: &[u8]) -> [u8; MAC] {
-        let mut out = [0u8; MAC];
-        out.copy_from_slice(&self.mac(role, hello, ns, nr).finalize().into_bytes());
-        out
-    }
-
-    pub(crate) fn check(
-        &self,
-        role: &[u8; 5],
-        hello: &[u8],
-        ns: &[u8],
-        nr: &[u8],
-        proof: &[u8],
-    ) -> bool {
-        self.mac(role, hello, ns, nr).verify_slice(proof).is_ok()
-    }
-}
-
-/// The labels that bind a proof to its side of one protocol, so that a
-/// proof can never be replayed from one side (or protocol) to another.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Roles {
-    /// Label of the accepting side's proof.
-    pub listener: &'static [u8; 5],
-    /// Label of the connecting side's proof.
-    pub dialer: &'static [u8; 5],
-}
-
+/// The labels of local mode's proofs (the tunnel has its own).
 const ROLES: Roles = Roles {
     listener: b"XPC-R",
     dialer: b"XPC-S",
 };
-
-/// Connecting side of the challenge–response, right after its `hello`
-/// (sent with the auth flag): sends Ns, checks the listener's proof, sends
-/// its own.
-pub(crate) fn dialer_auth(
-    s: &mut TcpStream,
-    token: &Token,
-    hello: &[u8],
-    roles: Roles,
-) -> Result<(), LinkError> {
-    let ns = random::<NONCE>()?;
-    s.write_all(&ns)?;
-    read_status(s)?;
-    let mut reply = [0u8; NONCE + MAC];
-    s.read_exact(&mut reply)?;
-    let (nr, proof) = reply.split_at(NONCE);
-    if !token.check(roles.listener, hello, &ns, nr, proof) {
-        return Err(LinkError::AuthFailed(Refusal::AuthFailed));
-    }
-    s.write_all(&token.prove(roles.dialer, hello, &ns, nr))?;
-    Ok(())
-}
 
 /// Accepting side: bounds the connection's steps by `timeout`, reads a
 /// 32-byte hello and decodes it with `parse`, refusing a malformed one.
@@ -297,43 +186,6 @@ pub(crate) fn read_hello<H>(
 pub(crate) fn refuse(s: &mut TcpStream, why: Refusal) -> Refusal {
     let _ = s.write_all(&[why as u8]);
     why
-}
-
-/// Accepting side, after reading `hello`: applies the token policy (a
-/// token here must be proven; one offered to a side without a token is
-/// refused) and runs the challenge–response; refusals are answered.
-pub(crate) fn listener_auth(
-    s: &mut TcpStream,
-    token: Option<&Token>,
-    offered: bool,
-    hello: &[u8],
-    roles: Roles,
-) -> Result<(), LinkError> {
-    match (token, offered) {
-        (Some(token), true) => {
-            let mut ns = [0u8; NONCE];
-            s.read_exact(&mut ns)?;
-            s.write_all(&[0])?;
-            let nr = random::<NONCE>()?;
-            s.write_all(&nr)?;
-            s.write_all(&token.prove(roles.listener, hello, &ns, &nr))?;
-            let mut proof = [0u8; MAC];
-            s.read_exact(&mut proof)?;
-            if !token.check(roles.dialer, hello, &ns, &nr, &proof) {
-                return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
-            }
-            Ok(())
-        }
-        (Some(_), false) => Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
-        (None, true) => Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
-        (None, false) => Ok(()),
-    }
-}
-
-fn random<const N: usize>() -> io::Result<[u8; N]> {
-    let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b)
 }
 
 /// A fresh random session id.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`workload`] | the workloads and the vCPU registers |
 //! | [`vcpu`] | the vCPU thread: run, stop between steps, stall timing |
-//! | [`link`] | the two TCP connections and their hello |
+//! | [`link`] | the two TCP connections and their hello (the token handshake is [`crate::auth`]) |
 //! | [`integrity`] | the source/destination memory digests |
 //! | [`recover`] | redirecting a running side after a break (`xl-postcopy recover`), link options |
 //! | [`session`] | the sender and receiver processes |

@@ -28,8 +28,9 @@ use std::time::Duration;
 use clap::Args;
 use log::warn;
 
-use super::link::{LinkError, Token};
+use super::link::LinkError;
 use super::session::LinkOpts;
+use crate::auth::Token;
 
 /// Longest command line accepted.
 const MAX_LINE: u64 = 256;

@@ -23,14 +23,15 @@ use postcopy::prepage::StrategySpec;
 use postcopy::recovery::Recovery;
 use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
 use postcopy::transport::{DestLinks, SourceLinks};
-use postcopy::uffd::{GuestRegion, RegionSource, UffdDestination};
+use postcopy_uffd::{GuestRegion, RegionSource, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
-use super::link::{self, Dial, Expect, Token};
+use super::link::{self, Dial, Expect};
 use super::recover::{Command, Control};
 use super::report::{DestSummary, Floor, LocalReport};
 use super::vcpu::{GuestWords, Vcpu};
 use super::workload::{fill_page, Regs, Workload};
+use crate::auth::Token;
 
 impl GuestWords for GuestRegion {
     fn words(&self) -> &[std::sync::atomic::AtomicU64] {
@@ -235,9 +236,9 @@ pub fn run_sender_with(
     m: &MigrateOpts,
     l: &LinkOpts,
 ) -> Result<LocalReport, LocalError> {
-    postcopy::uffd::probe().map_err(setup("userfaultfd"))?;
+    postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
     let floor = if m.floor {
-        let f = postcopy::uffd::measure_floor(2000).map_err(setup("measuring the floor"))?;
+        let f = postcopy_uffd::measure_floor(2000).map_err(setup("measuring the floor"))?;
         Some(Floor {
             p50: f.p50_us,
             p99: f.p99_us,
@@ -487,7 +488,7 @@ pub fn run_receiver_with(
     tail: Duration,
     l: &LinkOpts,
 ) -> Result<DestSummary, LocalError> {
-    postcopy::uffd::probe().map_err(setup("userfaultfd"))?;
+    postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
     let first = link::accept(
         listener,
         Duration::from_secs(30),

@@ -11,7 +11,7 @@ use log::info;
 
 use super::relay::{Config, Stats};
 use super::{run_dialer, run_listener, summary, DialOpts, ListenOpts, TunnelError};
-use crate::local::link::Token;
+use crate::auth::Token;
 
 /// `xl-postcopy tunnel …`.
 #[derive(Subcommand, Debug)]

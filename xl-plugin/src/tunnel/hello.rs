@@ -1,6 +1,6 @@
 //! Opening and resuming a tunnel connection: a 32-byte [`Hello`] from the
 //! dialing end, the optional challenge–response of local mode's links
-//! ([`crate::local::link`], same token file, other role labels), then the
+//! ([`crate::auth`], same token file, other role labels), then the
 //! listener's status byte and, when it accepts, how many bytes of the
 //! dialer's stream it already holds.
 //!
@@ -21,9 +21,8 @@ use std::time::Duration;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::local::link::{
-    dialer_auth, listener_auth, read_hello, read_status, refuse, LinkError, Refusal, Roles, Token,
-};
+use crate::auth::{dialer_auth, listener_auth, Roles, Token};
+use crate::local::link::{read_hello, read_status, refuse, LinkError, Refusal};
 
 /// "XPCTUN01".
 pub const MAGIC: [u8; 8] = *b"XPCTUN01";

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::local::link::{new_session, LinkError, Token};
+use crate::auth::Token;
+use crate::local::link::{new_session, LinkError};
 use hello::{dial, is_transient, vet, Expect, Hello};
 use relay::{Config, Ended, Relay, Stats};
 

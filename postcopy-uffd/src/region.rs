@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::sys;
-use crate::memory::{MemResult, MemoryError, PfnRun};
-use crate::{Pfn, PAGE_SIZE};
+use crate::sys;
+use postcopy::memory::{MemResult, MemoryError, PfnRun};
+use postcopy::{Pfn, PAGE_SIZE};
 
 /// 64-bit words per page.
 const WORDS: usize = PAGE_SIZE / 8;
@@ -73,13 +73,13 @@ impl GuestRegion {
 
     /// Address of `pfn`'s first byte (no range check).
     pub(crate) fn page_addr(&self, pfn: Pfn) -> u64 {
-        self.addr() + (pfn << crate::PAGE_SHIFT)
+        self.addr() + (pfn << postcopy::PAGE_SHIFT)
     }
 
     /// The pfn of an address inside the region.
     pub(crate) fn pfn_of(&self, addr: u64) -> Option<Pfn> {
         let off = addr.checked_sub(self.addr())?;
-        let pfn = off >> crate::PAGE_SHIFT;
+        let pfn = off >> postcopy::PAGE_SHIFT;
         (pfn < self.pages).then_some(pfn)
     }
 
@@ -161,11 +161,11 @@ impl GuestRegion {
     ///
     /// Reads every page: on a userfaultfd destination call it only after
     /// the migration completed *and* the destination was detached
-    /// ([`super::UffdDestination::detach`]), or it blocks on (or, with
+    /// ([`crate::UffdDestination::detach`]), or it blocks on (or, with
     /// nobody serving faults, hangs in) the first absent page. On the
     /// source, reading never-touched pages maps the shared zero page
     /// (no memory is allocated and they stay unpopulated for
-    /// [`super::RegionSource::populated`]).
+    /// [`crate::RegionSource::populated`]).
     pub fn hash(&self) -> u64 {
         let mut h = Xxh3::new();
         let mut buf = vec![0u8; 16 * PAGE_SIZE];

@@ -35,11 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::probe;
-use super::region::GuestRegion;
-use super::sys::{self, Fill};
-use crate::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryError, PfnRun};
-use crate::{Pfn, PAGE_SIZE};
+use crate::probe;
+use crate::region::GuestRegion;
+use crate::sys::{self, Fill};
+use postcopy::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryError, PfnRun};
+use postcopy::{Pfn, PAGE_SIZE};
 
 /// Messages read per `read(2)` of the uffd.
 const MSG_BATCH: usize = 64;
@@ -222,7 +222,7 @@ impl UffdDestination {
                         let (s, e) = (word(8), word(16));
                         bump(
                             &self.stats.removed_pages,
-                            e.saturating_sub(s) >> crate::PAGE_SHIFT,
+                            e.saturating_sub(s) >> postcopy::PAGE_SHIFT,
                         );
                     }
                     other => log::debug!("ignoring userfaultfd event {other:#x}"),
@@ -436,7 +436,7 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
-    use crate::uffd::uffd_available;
+    use crate::uffd_available;
 
     /// Page content: every word is `pfn * 1000 + word index + 1`.
     fn page(pfn: Pfn) -> Vec<u8> {
@@ -659,7 +659,7 @@ mod bench {
     use std::time::Instant;
 
     use super::*;
-    use crate::uffd::uffd_available;
+    use crate::uffd_available;
 
     /// A measurement: `cargo test -p postcopy --release -- --ignored
     /// install_rate --nocapture`.
@@ -671,7 +671,7 @@ mod bench {
         }
         const PAGES: u64 = 1 << 30 >> 12;
         // Pre-warm: first touches of memory the VM gave back are slow.
-        drop(super::super::floor::prewarm_for_bench(1 << 30));
+        drop(crate::floor::prewarm_for_bench(1 << 30));
         for batch in [1u64, 16, 64, 256] {
             let d = UffdDestination::new(Arc::new(GuestRegion::new(PAGES).unwrap())).unwrap();
             d.mark_absent(&[PfnRun {

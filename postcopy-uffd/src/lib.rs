@@ -1,4 +1,7 @@
-//! The Linux userfaultfd backend of local mode (DESIGN.md §3).
+//! The Linux userfaultfd backend of local mode (DESIGN.md §3): the
+//! [`postcopy`] engine's [`SourceMemory`](postcopy::memory::SourceMemory)
+//! and [`DestinationMemory`](postcopy::memory::DestinationMemory) over a
+//! mini-VM's memory in this process.
 //!
 //! A mini-VM's guest memory is a [`GuestRegion`]: one private anonymous
 //! mapping that its workload thread reads and writes through relaxed
@@ -29,7 +32,7 @@
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use postcopy::uffd::{probe, GuestRegion, RegionSource, UffdDestination};
+//! use postcopy_uffd::{probe, GuestRegion, RegionSource, UffdDestination};
 //!
 //! let caps = probe()?; // first: names the fix if uffd is unavailable
 //! caps.require_postcopy()?;
@@ -53,9 +56,10 @@
 //! unavailable; [`measure_floor`] measures the latency floor that the
 //! benchmarks' fault latency targets are ratios to.
 //!
-//! This is the one module of the engine crate with `unsafe`: all of it is
-//! in `sys` (one wrapper per system call or ioctl) and in `GuestRegion`'s
-//! mapping, each block with its `SAFETY` argument.
+//! This crate holds all of the project's local-mode `unsafe`, kept out of
+//! the engine (which forbids it): all of it is in `sys` (one wrapper per
+//! system call or ioctl) and in `GuestRegion`'s mapping, each block with
+//! its `SAFETY` argument.
 
 mod dest;
 mod floor;

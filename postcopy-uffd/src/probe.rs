@@ -11,9 +11,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 
-use super::region::GuestRegion;
-use super::sys;
-use crate::memory::MemoryError;
+use crate::region::GuestRegion;
+use crate::sys;
+use postcopy::memory::MemoryError;
 
 /// How the userfaultfd was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

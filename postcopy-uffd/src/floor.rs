@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::probe;
-use super::region::GuestRegion;
-use super::sys::{self, Fill};
-use crate::PAGE_SIZE;
+use crate::probe;
+use crate::region::GuestRegion;
+use crate::sys::{self, Fill};
+use postcopy::PAGE_SIZE;
 
 /// Longest any single spin waits before the measurement gives up.
 const SPIN_LIMIT: Duration = Duration::from_secs(2);
@@ -297,7 +297,7 @@ pub fn measure_floor(samples: usize) -> io::Result<FloorReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uffd::uffd_available;
+    use crate::uffd_available;
 
     #[test]
     fn floor_is_measured_and_ordered() {

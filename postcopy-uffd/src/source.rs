@@ -13,11 +13,11 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::probe::{self, pagemap_scan_works};
-use super::region::GuestRegion;
-use super::sys;
-use crate::memory::{runs_from_sorted, MemResult, MemoryError, PfnRun, SourceMemory};
-use crate::{Pfn, PAGE_SHIFT, PAGE_SIZE};
+use crate::probe::{self, pagemap_scan_works};
+use crate::region::GuestRegion;
+use crate::sys;
+use postcopy::memory::{runs_from_sorted, MemResult, MemoryError, PfnRun, SourceMemory};
+use postcopy::{Pfn, PAGE_SHIFT, PAGE_SIZE};
 
 /// Regions fetched per `PAGEMAP_SCAN` call.
 const SCAN_BATCH: usize = 4096;
@@ -303,7 +303,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::uffd::dirty_log_available;
+    use crate::dirty_log_available;
 
     const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
 

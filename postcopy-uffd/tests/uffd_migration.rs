@@ -23,8 +23,8 @@ use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::source::{run_source, GuestControl, Mode, SourceConfig};
 use postcopy::transport::unix_pair;
-use postcopy::uffd::{probe, GuestRegion, RegionSource, UffdDestination};
 use postcopy::PAGE_SIZE;
+use postcopy_uffd::{probe, GuestRegion, RegionSource, UffdDestination};
 
 /// 32 MiB guests.
 const PAGES: u64 = 8192;
