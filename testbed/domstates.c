@@ -29,7 +29,7 @@
 #define MAXDOM 256
 
 struct seen {
-	int present;
+	unsigned int domid;
 	unsigned int key;
 };
 
@@ -70,12 +70,23 @@ static unsigned int key(unsigned int flags)
 	return k;
 }
 
+/* Was DOMID in the previous sample (PREV, N entries)?  Its index or -1. */
+static int find(const struct seen *prev, int n, unsigned int domid)
+{
+	for (int i = 0; i < n; i++)
+		if (prev[i].domid == domid)
+			return i;
+	return -1;
+}
+
 int main(int argc, char **argv)
 {
 	long period_ms = argc > 1 ? atol(argv[1]) : 5;
 	struct timespec p = { .tv_sec = 0, .tv_nsec = period_ms * 1000000L };
 	static xc_domaininfo_t info[MAXDOM];
-	static struct seen seen[65536];
+	static struct seen a[MAXDOM], b[MAXDOM];
+	struct seen *prev = a, *cur = b, *tmp;
+	int nprev = 0;
 	xc_interface *xch;
 	double last;
 
@@ -96,7 +107,6 @@ int main(int argc, char **argv)
 	while (!stop) {
 		int n = xc_domain_getinfolist(xch, 1, MAXDOM, info);
 		double t = now();
-		unsigned char here[65536 / 8] = { 0 };
 
 		if (n < 0) {
 			printf("%.3f getinfolist failed: %s\n", t, strerror(errno));
@@ -106,22 +116,28 @@ int main(int argc, char **argv)
 			printf("%.3f lag_ms=%.0f\n", t, (t - last) * 1000);
 		last = t;
 		for (int i = 0; i < n; i++) {
-			unsigned int d = info[i].domain & 0xffff, f = info[i].flags;
+			unsigned int d = info[i].domain, f = info[i].flags;
+			int j = find(prev, nprev, d);
 
-			here[d / 8] |= 1 << (d % 8);
-			if (seen[d].present && seen[d].key == key(f))
+			cur[i].domid = d;
+			cur[i].key = key(f);
+			if (j >= 0 && prev[j].key == cur[i].key)
 				continue;
-			seen[d].present = 1;
-			seen[d].key = key(f);
 			printf("%.3f dom=%u paused=%d shutdown=%s dying=%d\n", t, d,
 			       !!(f & XEN_DOMINF_paused), reason(f), !!(f & XEN_DOMINF_dying));
 		}
-		for (unsigned int d = 1; d < 65536; d++) {
-			if (seen[d].present && !(here[d / 8] & (1 << (d % 8)))) {
-				seen[d].present = 0;
-				printf("%.3f dom=%u gone\n", t, d);
-			}
+		for (int j = 0; j < nprev; j++) {
+			int i;
+
+			for (i = 0; i < n && cur[i].domid != prev[j].domid; i++)
+				;
+			if (i == n)
+				printf("%.3f dom=%u gone\n", t, prev[j].domid);
 		}
+		tmp = prev;
+		prev = cur;
+		cur = tmp;
+		nprev = n;
 		nanosleep(&p, NULL);
 	}
 	printf("%.3f stop\n", now());

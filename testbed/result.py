@@ -174,6 +174,12 @@ except OSError:
     pass
 
 
+# Domains that shut down for another reason than a migration's suspend:
+# guests that died (or were killed).
+died = sorted(dom for dom, ev in dstates.items()
+              if any(re.search(r"shutdown=(poweroff|reboot|crash|watchdog|soft_reset|other)", st) for _, st in ev))
+
+
 def paused_window(start, src):
     """paused_ms of the migration that began at START from domid SRC: the
     source's first stop (paused=1 or shutdown=suspend) after START to the
@@ -279,7 +285,7 @@ if soak:
     r["integrity_ok"] = bool(
         meta.get("verify_rc") == "0" and bad == 0 and syscalls_bad == 0 and stress_ok and passes >= 2 * soak
         and r["migrations_ok"] == soak == len(migs))
-    r["ok"] = bool(r["integrity_ok"] and r["guest_deaths"] == 0 and guest_ups == 1)
+    r["ok"] = bool(r["integrity_ok"] and max(r["guest_deaths"], len(died)) == 0 and guest_ups == 1)
 
 kill = env_file(os.path.join(d, "kill.env"))
 if meta.get("kill_dest") == "1":
@@ -324,7 +330,12 @@ if meta.get("kill_dest") == "1":
     r["integrity_ok"] = None
 elif not soak:
     r["migrations"] = len(migs)
-    r["guest_deaths"] = 0 if guest_ups == 1 else guest_ups - 1
+    r["guest_deaths"] = max(len(died), guest_ups - 1 if guest_ups else 0)
+    if r["guest_deaths"]:
+        r["ok"] = False
+if soak:
+    r["guest_deaths"] = max(r["guest_deaths"], len(died))
+r["died_domids"] = died
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
