@@ -460,6 +460,15 @@ fn build_source(n: Pfn) -> (Arc<FakeXen>, BTreeSet<Pfn>) {
     set(0x104, 0, (0x105 << 12) | 3);
     set(0x105, 0, (0x106 << 12) | 3);
     set(0x106, 1, (0x300 << 12) | 3);
+    // Event delivery: a TSS at PT index 2 whose RSP0 tops index 5 and
+    // IST1 index 14, and the per-CPU area (GS base) from index 28.
+    let base = stack_va & !0x1f_ffff;
+    {
+        let mut st = x.state();
+        let tss = st.pages.get_mut(&0x202).unwrap();
+        tss[4..12].copy_from_slice(&(base + 0x6000).to_le_bytes());
+        tss[36..44].copy_from_slice(&(base + 0xf000).to_le_bytes());
+    }
     let cpu = sys::hvm_hw_cpu {
         cr0: (1 << 31) | 1,
         cr3: 0x100 << 12,
@@ -467,6 +476,10 @@ fn build_source(n: Pfn) -> (Arc<FakeXen>, BTreeSet<Pfn>) {
         msr_efer: (1 << 10) | (1 << 8),
         rsp: stack_va + 0x8000,
         rip: 0x1010,
+        tr_base: base + 0x2000,
+        tr_limit: 0x206f,
+        tr_arbytes: 0x8b,
+        gs_base: base + 0x1c000,
         ..Default::default()
     };
     let mut ctx = Vec::new();
@@ -490,6 +503,9 @@ fn build_source(n: Pfn) -> (Arc<FakeXen>, BTreeSet<Pfn>) {
     must.extend(0x100..=0x106);
     // Stack window: rsp (PT index 24) ± 16 KiB → PT indices 20..=27.
     must.extend(0x214..=0x21b);
+    // Event delivery: the TSS (2), below RSP0 (2..=5) and IST1 (11..=14),
+    // and the mapped part of the per-CPU window (28..=31).
+    must.extend((0x202..=0x205).chain(0x20b..=0x20e).chain(0x21c..=0x21f));
     must.retain(|p| p % 97 != 5);
     (x, must)
 }
@@ -609,6 +625,7 @@ fn migrate(strategy: StrategySpec, touches: &[Pfn]) {
         );
     }
     assert_eq!(summary.sent_now as usize, must.len());
+    assert_eq!(summary.delivery, 12, "TSS, RSP0 and IST1 stacks, per-CPU");
     assert_eq!(summary.owed + summary.sent_now + 1, summary.populated);
     assert_eq!(sm.pages_duplicate, 0);
     // Each owed page exactly once (the all-zero pfn 0x50 as a ZERO record).

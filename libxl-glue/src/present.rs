@@ -13,7 +13,11 @@
 //! - for each vCPU, every page-table page reachable from CR3 (walked by
 //!   [`crate::pagewalk`] as a pure function over a page reader);
 //! - the kernel stack around each vCPU's RSP, the code at RIP, and the
-//!   GDT and IDT (the emulator reads descriptors and instructions).
+//!   GDT and IDT (the emulator reads descriptors and instructions);
+//! - for each vCPU, what delivering an exception or an event needs
+//!   ([`delivery_pages`]): the TSS, the stacks it names (RSP0, RSP1,
+//!   IST1-7), the handler code behind every IDT gate and the SYSCALL /
+//!   SYSENTER entries, and the kernel's per-CPU area at GS base.
 //!
 //! Everything is computed from the HVM context
 //! ([`parse_hvm_context`]) of the suspended source domain.
@@ -21,9 +25,9 @@
 use std::collections::BTreeSet;
 
 use libxl_sys as sys;
-use postcopy::Pfn;
+use postcopy::{Pfn, PAGE_SIZE};
 
-use crate::pagewalk::{translate, walk_page_tables, PageReader};
+use crate::pagewalk::{translate, walk_page_tables, PageReader, PagingMode};
 
 /// The registers of one vCPU that locate its page tables and stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +50,19 @@ pub struct VcpuRegs {
     pub gdtr: (u64, u32),
     /// IDT base and limit.
     pub idtr: (u64, u32),
+    /// TR base and limit: the task-state segment (x86-64: RSP0-2, IST1-7).
+    pub tr: (u64, u32),
+    /// TR is loaded: the P bit (7) of its saved attributes (a zeroed or
+    /// never-loaded TR names no stacks).
+    pub tr_present: bool,
+    /// GS base (the kernel's per-CPU area while the vCPU is in the kernel).
+    pub gs_base: u64,
+    /// The other GS base (`MSR_KERNEL_GS_BASE`, swapped in by SWAPGS).
+    pub shadow_gs: u64,
+    /// `MSR_LSTAR`: the SYSCALL entry point.
+    pub lstar: u64,
+    /// `MSR_SYSENTER_EIP`: the SYSENTER entry point.
+    pub sysenter_eip: u64,
 }
 
 /// A malformed HVM context.
@@ -97,6 +114,12 @@ impl VcpuRegs {
             rip: cpu.rip,
             gdtr: (cpu.gdtr_base, cpu.gdtr_limit),
             idtr: (cpu.idtr_base, cpu.idtr_limit),
+            tr: (cpu.tr_base, cpu.tr_limit),
+            tr_present: cpu.tr_arbytes & SEG_ATTR_P != 0,
+            gs_base: cpu.gs_base,
+            shadow_gs: cpu.shadow_gs,
+            lstar: cpu.msr_lstar,
+            sysenter_eip: cpu.sysenter_eip,
         }
     }
 }
@@ -217,6 +240,258 @@ pub fn vcpu_pages(
     (out, truncated)
 }
 
+/// Bytes of the task-state segment the CPU reads to deliver an event: the
+/// 104-byte hardware TSS (x86-64: RSP0-2 at 4, IST1-7 at 36; 32-bit: ESP0
+/// at 4). Linux's TR limit also covers its I/O bitmap, which only IN/OUT
+/// at CPL 3 reads: not needed to deliver anything.
+pub const TSS_HW_BYTES: u64 = TSS_HW_LEN as u64;
+const TSS_HW_LEN: usize = 104;
+/// Bytes kept present below RSP0 and RSP1. RSP0 is where the CPU pushes
+/// the frame of an event taken at CPL 3 (Linux x86-64: its one-page entry
+/// stack; 32-bit kernels: the task stack), and Linux x86-64 keeps the top
+/// of the current task's 16 KiB stack in RSP1 (`cpu_current_top_of_stack`),
+/// where its entry code moves the frame next.
+pub const PRIV_STACK_WINDOW: u64 = 16 * 1024;
+/// Bytes kept present below each non-zero IST entry: a gate with an IST
+/// index makes the CPU switch to that stack whatever the CPL (Linux x86-64:
+/// #DF, NMI, #DB, #MC, #VC; 8 KiB each, 16 KiB with KASAN). The stacks sit
+/// between unmapped guard pages, so reaching past one costs nothing.
+pub const IST_STACK_WINDOW: u64 = 16 * 1024;
+/// Bytes of code kept present at each IDT gate's target and at the
+/// SYSCALL/SYSENTER entry points: the first instructions the vCPU runs
+/// after a delivery (Linux: the `asm_exc_*`/`asm_sysvec_*` stubs and the
+/// irq entry stubs, a few pages of `.entry.text` in all).
+pub const HANDLER_BYTES: u64 = 64;
+/// Bytes kept present from a kernel GS base (the per-CPU area: Linux's
+/// entry code reads it with SWAPGS before anything else; its first pages
+/// hold the stack canary and, page-aligned, the GDT, TSS and entry stack).
+pub const PERCPU_WINDOW: u64 = 64 * 1024;
+/// IDT gates looked at (the IDT has at most 256).
+const MAX_GATES: usize = 256;
+
+const CR0_PE: u64 = 1;
+/// The present bit of a saved segment's attributes (`hvm_hw_cpu.*_arbytes`:
+/// type 0-3, S 4, DPL 5-6, P 7, ...).
+const SEG_ATTR_P: u32 = 1 << 7;
+
+/// The pages, besides those [`vcpu_pages`] finds, that the CPU or the
+/// guest's first instructions need to deliver an exception or an interrupt
+/// on one vCPU, by class.
+///
+/// Why they must be present before the guest resumes: while it delivers an
+/// event the CPU reads the IDT gate, the GDT (the handler's code segment,
+/// and the TSS descriptor), the TSS (RSP0 or an IST entry) and pushes the
+/// frame on the new stack. A nested page fault on any of these is, on
+/// paper, retried by Xen (SVM's EXITINTINFO / VMX's IDT-vectoring info are
+/// re-injected once the page is in), but it makes every delivery that
+/// touches an owed page a round trip to the source, and a fault while
+/// delivering #DF is a triple fault: the guest is shut down. Post-copy
+/// must not depend on the hypervisor (or an emulated CPU) getting every
+/// one of those re-injections right: a post-copy guest died with a triple
+/// fault on the emulated host (issue #21), so the whole delivery path is
+/// made present before it resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryPages {
+    /// The hardware part of the TSS ([`TSS_HW_BYTES`] from TR base).
+    pub tss: BTreeSet<Pfn>,
+    /// Below RSP0 and RSP1 ([`PRIV_STACK_WINDOW`]) and below each non-zero
+    /// IST entry ([`IST_STACK_WINDOW`]).
+    pub stacks: BTreeSet<Pfn>,
+    /// Handler code at every present IDT gate (which includes the
+    /// event-channel upcall vector, whatever it is) and at the
+    /// SYSCALL/SYSENTER entry points ([`HANDLER_BYTES`] each).
+    pub handlers: BTreeSet<Pfn>,
+    /// From each kernel-half GS base ([`PERCPU_WINDOW`]): the per-CPU area.
+    pub percpu: BTreeSet<Pfn>,
+}
+
+impl DeliveryPages {
+    /// Every class together.
+    pub fn all(&self) -> BTreeSet<Pfn> {
+        let mut out = self.tss.clone();
+        for class in [&self.stacks, &self.handlers, &self.percpu] {
+            out.extend(class.iter().copied());
+        }
+        out
+    }
+}
+
+/// True if `va` is canonical for the vCPU's paging mode (non-canonical
+/// values in a saved register are garbage or hostile: skipped).
+fn canonical(regs: &VcpuRegs, va: u64) -> bool {
+    let bits = match PagingMode::of(regs) {
+        PagingMode::FourLevel => 48,
+        PagingMode::FiveLevel => 57,
+        // Outside long mode addresses are 32 bits.
+        _ => return va <= u64::from(u32::MAX),
+    };
+    let top = va >> (bits - 1);
+    top == 0 || top == (1u64 << (65 - bits)) - 1
+}
+
+/// Reads `out.len()` bytes of linear memory at `va` through the vCPU's
+/// page tables; false if a page is unmapped or unreadable.
+fn read_linear(
+    regs: &VcpuRegs,
+    va: u64,
+    out: &mut [u8],
+    guest_pfns: u64,
+    reader: &mut impl PageReader,
+) -> bool {
+    let mut page = [0u8; PAGE_SIZE];
+    let mut done = 0usize;
+    while done < out.len() {
+        let at = va.wrapping_add(done as u64);
+        let Some(pfn) = translate(regs, at, guest_pfns, reader) else {
+            return false;
+        };
+        if !reader.read(pfn, &mut page) {
+            return false;
+        }
+        let off = (at & 0xfff) as usize;
+        let n = (PAGE_SIZE - off).min(out.len() - done);
+        out[done..done + n].copy_from_slice(&page[off..off + n]);
+        done += n;
+    }
+    true
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+/// The stack pages below `top` (a stack pointer: the stack grows down, so
+/// the page at `top` itself is not used when `top` is page-aligned).
+fn stack_below(
+    regs: &VcpuRegs,
+    top: u64,
+    window: u64,
+    guest_pfns: u64,
+    reader: &mut impl PageReader,
+    out: &mut BTreeSet<Pfn>,
+) {
+    if top == 0 || !canonical(regs, top) {
+        return;
+    }
+    let lo = top.saturating_sub(window);
+    linear_range(regs, lo, top - lo, guest_pfns, reader, out);
+}
+
+/// What one vCPU needs present to deliver an exception or an event, from
+/// its TR, IDTR, GS bases and entry-point MSRs (see [`DeliveryPages`]).
+/// Flat code and stack segments are assumed outside long mode (every
+/// paged 32-bit OS uses them). Bounded whatever the registers say: at most
+/// 2 TSS pages, 2 x 5 + 7 x 5 stack pages, 256 gates x 2 + 2 x 2 handler
+/// pages and 2 x 17 per-CPU pages.
+pub fn delivery_pages(
+    regs: &VcpuRegs,
+    guest_pfns: u64,
+    reader: &mut impl PageReader,
+) -> DeliveryPages {
+    let mut d = DeliveryPages::default();
+    // Real mode delivers through the IVT with no TSS or stack switch; the
+    // IDT pages (the IVT) are already in vcpu_pages.
+    if regs.cr0 & CR0_PE == 0 {
+        return d;
+    }
+    let long = matches!(
+        PagingMode::of(regs),
+        PagingMode::FourLevel | PagingMode::FiveLevel
+    );
+
+    // The TSS and the stacks it names.
+    let (tr_base, tr_limit) = regs.tr;
+    let tss_len = (u64::from(tr_limit) + 1).min(TSS_HW_BYTES);
+    if regs.tr_present && canonical(regs, tr_base) {
+        linear_range(regs, tr_base, tss_len, guest_pfns, reader, &mut d.tss);
+        let mut tss = [0u8; TSS_HW_LEN];
+        // Past the limit reads as zero: no stack named there.
+        let got = &mut tss[..usize::try_from(tss_len).unwrap_or(TSS_HW_LEN)];
+        if read_linear(regs, tr_base, got, guest_pfns, reader) {
+            // (stack top, window): 64-bit RSP0 and RSP1 (RSP2 is left out:
+            // Linux keeps a user RSP there as SYSCALL scratch, and no
+            // 64-bit OS runs ring 2) and IST1-7; 32-bit ESP0 and ESP1.
+            let mut tops: Vec<(u64, u64)> = Vec::with_capacity(9);
+            if long {
+                tops.extend([4, 12].map(|at| (le64(&tss, at), PRIV_STACK_WINDOW)));
+                tops.extend((0..7).map(|i| (le64(&tss, 36 + 8 * i), IST_STACK_WINDOW)));
+            } else {
+                tops.extend([4, 12].map(|at| (le32(&tss, at), PRIV_STACK_WINDOW)));
+            }
+            for (top, window) in tops {
+                stack_below(regs, top, window, guest_pfns, reader, &mut d.stacks);
+            }
+        }
+    }
+
+    // The handler behind every present interrupt or trap gate.
+    let (idt_base, idt_limit) = regs.idtr;
+    let gate = if long { 16usize } else { 8 };
+    let gates = usize::try_from((u64::from(idt_limit) + 1) / gate as u64)
+        .unwrap_or(MAX_GATES)
+        .min(MAX_GATES);
+    if gates > 0 && canonical(regs, idt_base) {
+        let mut idt = vec![0u8; gates * gate];
+        if read_linear(regs, idt_base, &mut idt, guest_pfns, reader) {
+            for g in idt.chunks_exact(gate) {
+                let kind = g[5] & 0x0f;
+                let present = g[5] & 0x80 != 0;
+                // 64-bit: 0xe interrupt, 0xf trap gate; 32-bit also the
+                // 16-bit 0x6/0x7. A task gate (0x5) has no offset.
+                let is_gate = matches!(kind, 0xe | 0xf) || (!long && matches!(kind, 0x6 | 0x7));
+                if !present || !is_gate {
+                    continue;
+                }
+                let mut off = u64::from(u16::from_le_bytes([g[0], g[1]]))
+                    | u64::from(u16::from_le_bytes([g[6], g[7]])) << 16;
+                if long {
+                    off |= le32(g, 8) << 32;
+                }
+                if canonical(regs, off) {
+                    linear_range(
+                        regs,
+                        off,
+                        HANDLER_BYTES,
+                        guest_pfns,
+                        reader,
+                        &mut d.handlers,
+                    );
+                }
+            }
+        }
+    }
+    for entry in [regs.lstar, regs.sysenter_eip] {
+        if entry != 0 && canonical(regs, entry) {
+            linear_range(
+                regs,
+                entry,
+                HANDLER_BYTES,
+                guest_pfns,
+                reader,
+                &mut d.handlers,
+            );
+        }
+    }
+
+    // The per-CPU area: whichever GS base is in the kernel half (GS base
+    // in the kernel, the shadow one at user level; the user's TLS base is
+    // no use to a delivery).
+    if long {
+        for base in [regs.gs_base, regs.shadow_gs] {
+            if base >> 63 == 1 && canonical(regs, base) {
+                linear_range(regs, base, PERCPU_WINDOW, guest_pfns, reader, &mut d.percpu);
+            }
+        }
+    }
+    d
+}
+
 /// HVM params naming one special pfn each.
 const PFN_PARAMS: [u32; 6] = [
     sys::HVM_PARAM_STORE_PFN,
@@ -298,6 +573,21 @@ mod tests {
                 .entry(pfn)
                 .or_insert_with(|| Box::new([0; PAGE_SIZE]));
             p[idx * 4..idx * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        fn put(&mut self, pfn: Pfn, off: usize, bytes: &[u8]) {
+            let p = self
+                .pages
+                .entry(pfn)
+                .or_insert_with(|| Box::new([0; PAGE_SIZE]));
+            p[off..off + bytes.len()].copy_from_slice(bytes);
+        }
+        /// Writes `bytes` at a linear address of `delivery_fixture`'s low
+        /// map (va = i * 4 KiB → pfn 1000 + i), across pages.
+        fn put_va(&mut self, va: u64, bytes: &[u8]) {
+            for (k, b) in bytes.iter().enumerate() {
+                let a = va + k as u64;
+                self.put(1000 + (a >> 12), (a & 0xfff) as usize, &[*b]);
+            }
         }
         fn reader(&mut self) -> impl FnMut(Pfn, &mut [u8; PAGE_SIZE]) -> bool + '_ {
             move |pfn, buf| {
@@ -534,6 +824,193 @@ mod tests {
         assert!(!pages.contains(&(100 + 0xd)), "beyond the stack window");
     }
 
+    /// `four_level` plus: low va i * 4 KiB (i in 16..512) → pfn 1000 + i,
+    /// and kernel va 0xffff_ffff_8000_0000 + i * 4 KiB (i < 32) → pfn
+    /// 300 + i.
+    fn delivery_fixture() -> Mem {
+        let mut m = four_level();
+        for i in 16..512u64 {
+            m.set64(13, i as usize, ((1000 + i) << 12) | 3);
+        }
+        for i in 0..32u64 {
+            m.set64(22, i as usize, ((300 + i) << 12) | 3);
+        }
+        m
+    }
+
+    /// A 64-bit IDT gate.
+    fn gate64(off: u64, kind: u8, present: bool, ist: u8) -> [u8; 16] {
+        let mut g = [0u8; 16];
+        g[0..2].copy_from_slice(&(off as u16).to_le_bytes());
+        g[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        g[4] = ist;
+        g[5] = kind | if present { 0x80 } else { 0 };
+        g[6..8].copy_from_slice(&((off >> 16) as u16).to_le_bytes());
+        g[8..12].copy_from_slice(&((off >> 32) as u32).to_le_bytes());
+        g
+    }
+
+    fn range(lo: Pfn, hi: Pfn) -> BTreeSet<Pfn> {
+        (lo..=hi).collect()
+    }
+
+    #[test]
+    fn delivery_covers_the_tss_its_stacks_and_each_ist_stack() {
+        let mut m = delivery_fixture();
+        // A TSS straddling two pages (pfns 1016, 1017): IST2 is read
+        // across the boundary.
+        let tss = 0x10fd0u64;
+        let field = |m: &mut Mem, at: u64, v: u64| m.put_va(tss + at, &v.to_le_bytes());
+        field(&mut m, 4, 0x30000); // RSP0, page-aligned top
+        field(&mut m, 12, 0x50008); // RSP1
+        field(&mut m, 20, 0x90000); // RSP2: scratch, left out
+        field(&mut m, 36, 0x70000); // IST1
+        field(&mut m, 44, 0xa0000); // IST2 (straddles)
+        field(&mut m, 52, 0); // IST3 unused
+        field(&mut m, 60, 0x0000_8000_0000_0000); // IST4 non-canonical
+        let mut regs = long_mode(10);
+        regs.tr = (tss, 0x206f);
+        regs.tr_present = true;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.tss, range(1016, 1017));
+        let mut want = range(0x2c + 1000, 0x2f + 1000); // below RSP0, not its page
+        want.extend(range(0x4c + 1000, 0x50 + 1000)); // RSP1 - 16 KiB ..= RSP1
+        want.extend(range(0x6c + 1000, 0x6f + 1000)); // IST1
+        want.extend(range(0x9c + 1000, 0x9f + 1000)); // IST2
+        assert_eq!(d.stacks, want);
+        assert!(d.handlers.is_empty() && d.percpu.is_empty());
+        // A TSS limit below the hardware size reads past it as zero: RSP0
+        // only (bytes 0..12).
+        regs.tr = (tss, 11);
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.stacks, range(0x2c + 1000, 0x2f + 1000));
+        assert_eq!(d.tss, range(1016, 1016));
+        // TR not loaded (P clear): it names nothing.
+        regs.tr_present = false;
+        assert_eq!(
+            delivery_pages(&regs, 1 << 20, &mut m.reader()),
+            DeliveryPages::default()
+        );
+    }
+
+    #[test]
+    fn delivery_covers_the_handler_of_every_present_gate_and_the_entry_msrs() {
+        let mut m = delivery_fixture();
+        let idt = 0x20000u64;
+        let mut put_gate = |v: u64, g: [u8; 16]| m.put_va(idt + 16 * v, &g);
+        put_gate(14, gate64(0x41010, 0xe, true, 0)); // #PF
+        put_gate(0xf3, gate64(0x42ff0, 0xe, true, 0)); // upcall, crosses a page
+        put_gate(3, gate64(0x44000, 0xe, false, 0)); // not present
+        put_gate(8, gate64(0x45000, 0xf, true, 1)); // #DF, trap gate on IST1
+        put_gate(5, gate64(0x46000, 0x5, true, 0)); // task gate: no offset
+        put_gate(200, gate64(0x0000_9000_0000_0000, 0xe, true, 0)); // non-canonical
+        let mut regs = long_mode(10);
+        regs.idtr = (idt, 0xfff);
+        regs.lstar = 0x47000;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        let want: BTreeSet<Pfn> = [1065, 1066, 1067, 1069, 1071].into_iter().collect();
+        assert_eq!(d.handlers, want);
+        assert!(d.tss.is_empty() && d.stacks.is_empty());
+        // A shorter IDT limit drops the gates beyond it (vectors 0..=8
+        // left: only #DF's handler, and LSTAR's).
+        regs.idtr = (idt, 16 * 9 - 1);
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        let want: BTreeSet<Pfn> = [1069, 1071].into_iter().collect();
+        assert_eq!(d.handlers, want);
+    }
+
+    #[test]
+    fn delivery_covers_the_kernel_per_cpu_area_whichever_gs_holds_it() {
+        let mut m = delivery_fixture();
+        let percpu = 0xffff_ffff_8000_0000u64;
+        let user_tls = 0x7f00_0000_0000u64;
+        let mut regs = long_mode(10);
+        // In the kernel: GS base is the per-CPU area, the shadow the TLS.
+        regs.gs_base = percpu;
+        regs.shadow_gs = user_tls;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.percpu, range(300, 315));
+        // At user level SWAPGS has not run yet: the other way round.
+        regs.gs_base = user_tls;
+        regs.shadow_gs = percpu;
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert_eq!(d.percpu, range(300, 315));
+        assert_eq!(d.all(), range(300, 315));
+        // Neither in the kernel half: nothing.
+        regs.shadow_gs = 0;
+        assert!(delivery_pages(&regs, 1 << 20, &mut m.reader())
+            .percpu
+            .is_empty());
+    }
+
+    #[test]
+    fn delivery_in_32_bit_protected_mode_reads_a_32_bit_tss_and_8_byte_gates() {
+        let mut m = Mem::default();
+        // Paging off: linear = physical. TSS at 0x5000, ESP0 0x9000.
+        m.put(5, 4, &0x9000u32.to_le_bytes());
+        m.put(5, 12, &0u32.to_le_bytes());
+        // IDT at 0x3000: #PF 32-bit interrupt gate to 0x7010, vector 32 a
+        // 16-bit interrupt gate to 0xa000, #DF a task gate.
+        let gate32 = |off: u32, kind: u8| {
+            let mut g = [0u8; 8];
+            g[0..2].copy_from_slice(&(off as u16).to_le_bytes());
+            g[5] = kind | 0x80;
+            g[6..8].copy_from_slice(&((off >> 16) as u16).to_le_bytes());
+            g
+        };
+        m.put(3, 14 * 8, &gate32(0x7010, 0xe));
+        m.put(3, 32 * 8, &gate32(0xa000, 0x6));
+        m.put(3, 8 * 8, &gate32(0xb000, 0x5));
+        let regs = VcpuRegs {
+            cr0: CR0_PE,
+            tr: (0x5000, 0x67),
+            tr_present: true,
+            idtr: (0x3000, 0x7ff),
+            // Ignored outside long mode.
+            gs_base: 0xffff_ffff_8000_0000,
+            ..Default::default()
+        };
+        let d = delivery_pages(&regs, 100, &mut m.reader());
+        assert_eq!(d.tss, range(5, 5));
+        assert_eq!(d.stacks, range(5, 8));
+        let want: BTreeSet<Pfn> = [7, 10].into_iter().collect();
+        assert_eq!(d.handlers, want);
+        assert!(d.percpu.is_empty());
+        // Real mode: the IVT needs no TSS and no stack switch.
+        let real = VcpuRegs { cr0: 0, ..regs };
+        assert_eq!(
+            delivery_pages(&real, 100, &mut m.reader()),
+            DeliveryPages::default()
+        );
+    }
+
+    #[test]
+    fn delivery_is_bounded_whatever_the_registers_say() {
+        let mut m = delivery_fixture();
+        // 256 present gates, each to the end of a different page: every
+        // handler crosses into the next page.
+        let idt = 0x20000u64;
+        for v in 0..256u64 {
+            m.put_va(
+                idt + 16 * v,
+                &gate64((16 + v) * 0x1000 + 0xff0, 0xe, true, 0),
+            );
+        }
+        let mut regs = long_mode(10);
+        regs.idtr = (idt, u32::MAX);
+        regs.tr = (0xffff_8000_0000_0000, u32::MAX); // canonical, unmapped
+        regs.tr_present = true;
+        regs.gs_base = 0x8000_0000_0000_0000; // non-canonical
+        regs.shadow_gs = u64::MAX; // canonical kernel half, unmapped
+        regs.lstar = 0x1234_5678_9abc_def0; // non-canonical
+        regs.sysenter_eip = u64::MAX - 10; // wraps: one page at most
+        let d = delivery_pages(&regs, 1 << 20, &mut m.reader());
+        assert!(d.tss.is_empty() && d.stacks.is_empty() && d.percpu.is_empty());
+        // Pages 16..=272 of the low map, nothing else.
+        assert_eq!(d.handlers, range(1016, 1272));
+        assert!(d.all().len() <= 2 * MAX_GATES + 4);
+    }
+
     #[test]
     fn special_pfns_skip_unset_and_the_paging_ring() {
         let params: HashMap<u32, u64> = [
@@ -576,6 +1053,13 @@ mod tests {
             msr_efer: EFER_LMA,
             rsp,
             rip: 0x1234,
+            tr_base: 0xfffffe00_00003000,
+            tr_limit: 0x206f,
+            tr_arbytes: 0x8b, // present busy 64-bit TSS
+            gs_base: 0xffff_8880_0fa0_0000,
+            shadow_gs: 0x7f00_0000_1000,
+            msr_lstar: 0xffff_ffff_8160_0080,
+            sysenter_eip: 0xffff_ffff_8160_1000,
             ..Default::default()
         };
         let size = size_of::<sys::hvm_hw_cpu>();
@@ -603,6 +1087,12 @@ mod tests {
         assert_eq!(regs[1].vcpu, 1);
         assert_eq!(regs[1].rsp, 0x5000);
         assert_eq!(regs[1].rip, 0x1234);
+        assert_eq!(regs[1].tr, (0xfffffe00_00003000, 0x206f));
+        assert!(regs[1].tr_present);
+        assert_eq!(regs[1].gs_base, 0xffff_8880_0fa0_0000);
+        assert_eq!(regs[1].shadow_gs, 0x7f00_0000_1000);
+        assert_eq!(regs[1].lstar, 0xffff_ffff_8160_0080);
+        assert_eq!(regs[1].sysenter_eip, 0xffff_ffff_8160_1000);
         assert_eq!(PagingMode::of(&regs[0]), PagingMode::FourLevel);
     }
 

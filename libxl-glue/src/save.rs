@@ -35,10 +35,15 @@ use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
 use crate::pagewalk::PageReader;
-use crate::present::{parse_hvm_context, special_pfns, vcpu_pages};
+use crate::present::{delivery_pages, parse_hvm_context, special_pfns, vcpu_pages};
 use crate::xc::XenOps;
 use crate::xen_source::{mem_err, XenSource};
 use crate::xtl::Progress;
+
+/// Environment switch: `legacy` leaves the event-delivery pages
+/// ([`delivery_pages`]) out of the must-present set, as before issue #21
+/// (to compare the two in one soak).
+pub const PRESENT_ENV: &str = "LIBXL_POSTCOPY_PRESENT";
 
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +60,10 @@ pub struct BeginSummary {
     pub special: u64,
     /// vCPUs whose page tables were walked.
     pub vcpus: usize,
+    /// Pages needed to deliver an event that the page-table walk, stack
+    /// window, code, GDT and IDT did not already bring in (TSS, RSP0/IST
+    /// stacks, handler code, per-CPU area).
+    pub delivery: u64,
 }
 
 /// The suspended guest's pages for the page-table walk: read in batches
@@ -205,12 +214,33 @@ impl<O: XenOps> SaveSession<O> {
             populated: &pop_bits,
             cache: HashMap::new(),
         };
+        let with_delivery = std::env::var(PRESENT_ENV).map_or(true, |v| v != "legacy");
+        if !with_delivery {
+            warn!(
+                "{PRESENT_ENV}=legacy: event-delivery pages are left out of the must-present set"
+            );
+        }
+        let mut delivery_added = 0u64;
         for regs in &vcpus {
             let (pages, cut) = vcpu_pages(regs, n, &mut reader);
             if cut {
                 warn!("vCPU {}: page-table walk stopped at its limit", regs.vcpu);
             }
             must.extend(pages.into_iter().filter(|&p| pop(p)));
+            if with_delivery {
+                let d = delivery_pages(regs, n, &mut reader);
+                let before = must.len();
+                must.extend(d.all().into_iter().filter(|&p| pop(p)));
+                delivery_added += (must.len() - before) as u64;
+                debug!(
+                    "vCPU {}: event delivery needs {} TSS, {} stack, {} handler, {} per-CPU pages",
+                    regs.vcpu,
+                    d.tss.len(),
+                    d.stacks.len(),
+                    d.handlers.len(),
+                    d.percpu.len()
+                );
+            }
         }
         let ring = ops
             .hvm_param(sys::HVM_PARAM_PAGING_RING_PFN)
@@ -267,10 +297,11 @@ impl<O: XenOps> SaveSession<O> {
             sent_now: send_now.len() as u64,
             special: special_count,
             vcpus: vcpus.len(),
+            delivery: delivery_added,
         };
         info!(
-            "post-copy source: {} pfns, {} populated, {} owed in {} runs, {} sent before the switch ({} special, {} vCPUs walked), strategy {strategy}",
-            n, summary.populated, owed_count, owed.len(), summary.sent_now, special_count, summary.vcpus
+            "post-copy source: {} pfns, {} populated, {} owed in {} runs, {} sent before the switch ({} special, {} vCPUs walked, {} more for event delivery), strategy {strategy}",
+            n, summary.populated, owed_count, owed.len(), summary.sent_now, special_count, summary.vcpus, summary.delivery
         );
         info!(
             "post-copy source: begin took {:?} (populated scan {scanned:?}, page-table walks {:?}, must-present pages {:?})",
