@@ -20,5 +20,9 @@ if [ "${TESTBED_SKIP:-0}" = 1 ]; then
 	step "testbed: skipped (TESTBED_SKIP=1)"
 	exit 0
 fi
-step "testbed: postcopy and a short soak (SOAK_N=${SOAK_N:-3}) on the emulated Xen host"
-SOAK_N=${SOAK_N:-3} scripts/testbed postcopy soak
+# The soak (`scripts/testbed soak`, SOAK_N=30) runs by command: on this
+# emulated host (QEMU 7.2 TCG's nested SVM) guests also triple-fault at
+# boot and in pre-copy (docs/issue-21-triple-fault.md), so a soak in CI
+# would fail on the emulator, not on post-copy, until that is settled.
+step "testbed: postcopy scenario on the emulated Xen host"
+scripts/testbed postcopy
