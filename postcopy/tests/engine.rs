@@ -214,6 +214,7 @@ fn corrupt_stream_before_switch_aborts_cleanly() {
     let DestFailure {
         error,
         after_switch,
+        ..
     } = err;
     assert!(!after_switch);
     assert!(

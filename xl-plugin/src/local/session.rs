@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use postcopy::destination::{run_destination_recoverable, DestConfig, GuestResume};
+use postcopy::destination::{run_destination_recoverable, DestConfig, DestFailure, GuestResume};
 use postcopy::error::HookError;
 use postcopy::memory::PfnRun;
 use postcopy::metrics::Metrics;
@@ -473,6 +473,36 @@ impl GuestResume for DestGuest {
     }
 }
 
+/// The receiver's error for a failed migration, once the fault handler is
+/// detached (`detached`): stops the vCPU if it ran (the guest cannot go on
+/// without its lost pages) and says how many pages were lost.
+fn dest_failed(
+    f: DestFailure,
+    detached: Result<(), postcopy::memory::MemoryError>,
+    vcpu: Option<Vcpu>,
+) -> LocalError {
+    let side = "destination";
+    let mut error = f.error.to_string();
+    if let Err(e) = detached {
+        // The vCPU may stay blocked on an absent page: leave its thread
+        // behind rather than wait for it (the process exits next).
+        warn!("detaching userfaultfd: {e}");
+        std::mem::forget(vcpu);
+    } else if let Some(v) = vcpu {
+        if let Err(e) = v.stop() {
+            warn!("stopping the vCPU: {e}");
+        }
+    }
+    if !f.after_switch {
+        // Nothing ran here: dropping the region discards what was built.
+        return LocalError::BeforeSwitch { side, error };
+    }
+    if !matches!(f.error, postcopy::Error::LinkLost { .. }) {
+        error = format!("{error}; {} owed pages were lost", f.lost_pages);
+    }
+    LocalError::AfterSwitch { side, error }
+}
+
 /// Receives one migration on `listener` with the default [`LinkOpts`];
 /// returns the summary it sent.
 pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummary, LocalError> {
@@ -571,26 +601,17 @@ pub fn run_receiver_with(
         &metrics,
         recovery,
     );
+    // On every path out nobody serves faults any more: detaching wakes a
+    // vCPU blocked on an absent page (it reads zero from now on), so it
+    // can be stopped. On success every owed page is in and pages never
+    // owed read as zero anyway.
+    let detached = mem.inner().detach();
     let outcome = match outcome {
         Ok(o) => {
-            // Every owed page is in; pages never owed are unpopulated and
-            // read as zero from now on without anyone serving faults.
-            mem.inner()
-                .detach()
-                .map_err(setup("detaching userfaultfd"))?;
+            detached.map_err(setup("detaching userfaultfd"))?;
             o
         }
-        Err(f) => {
-            // Before the switch nothing ran here: dropping the region
-            // discards what was built. After it, the guest is stuck.
-            let side = "destination";
-            let error = f.error.to_string();
-            return Err(if f.after_switch {
-                LocalError::AfterSwitch { side, error }
-            } else {
-                LocalError::BeforeSwitch { side, error }
-            });
-        }
+        Err(f) => return Err(dest_failed(f, detached, guest.vcpu.take())),
     };
     let complete_at = Instant::now();
     let (mut rate_during, mut stall_us, mut postcopy_secs, mut rate_after) =

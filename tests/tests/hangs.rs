@@ -1,0 +1,84 @@
+//! Waits that must end: real `xl-postcopy send` and `receive` processes
+//! through the fault-injecting proxy, where a peer goes away or breaks the
+//! protocol while the other side waits (issue #17).
+//!
+//! - after the switch the receiver always ends: recovery window, then
+//!   exit 2 with the count of pages lost, even with the guest's vCPU
+//!   blocked on a missing page (the fault handler is detached on every
+//!   path out).
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
+
+use std::time::{Duration, Instant};
+
+use postcopy_tests::{rec, receiver, sender, Action, Dir, Fault, Proxy, Trigger};
+
+/// Long enough for any bounded wait below, short enough to catch a hang.
+const LIMIT: Duration = Duration::from_secs(25);
+
+/// Runs one migration through a proxy with `plan` (given the receiver's
+/// pid); returns (sender code, sender stderr, receiver code, receiver
+/// stderr, how long the receiver took to end after the sender did).
+fn run(plan: Vec<Fault>, send_args: &[&str], recv_args: &[&str]) -> (i32, String, i32, String) {
+    let (recv, addr) = receiver(recv_args, LIMIT).unwrap();
+    let proxy = Proxy::start(addr, plan).unwrap();
+    let send = sender(proxy.addr, send_args, LIMIT).unwrap();
+    let (code, _, err) = send.finish().unwrap();
+    // A receiver that hangs is killed at its deadline and reports -9.
+    let (recv_code, _, recv_err) = recv.finish_within(LIMIT);
+    (code, err, recv_code, recv_err)
+}
+
+fn bulk_up(at: Trigger, action: Action) -> Fault {
+    Fault {
+        channel: 0,
+        nth: 0,
+        dir: Dir::Up,
+        at,
+        action,
+    }
+}
+
+/// The path to the source breaks for good right after TRANSITION, with
+/// every page still owed, so the resumed vCPU blocks on its first access:
+/// the receiver waits out its recovery window, then exits 2 and says how
+/// many pages were lost.
+#[test]
+fn the_receiver_ends_when_the_source_vanishes_after_the_switch() {
+    let t = Instant::now();
+    let (code, err, recv_code, recv_err) = run(
+        vec![bulk_up(
+            Trigger::Record(rec::PAGE_DATA),
+            Action::DropAndClose,
+        )],
+        &["--recover-timeout", "2", "--mem", "8M"],
+        &["--recover-timeout", "2"],
+    );
+    assert_ne!(code, 0, "the sender cannot have completed: {err}");
+    assert_eq!(recv_code, 2, "receiver: {recv_err}");
+    assert!(recv_err.contains("after the switch"), "{recv_err}");
+    assert!(
+        recv_err.contains("owed pages are not confirmed"),
+        "{recv_err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+/// A protocol error after the switch (garbage where a record starts) with
+/// the vCPU blocked on a missing page: the receiver exits 2 with the count
+/// of pages lost instead of waiting forever for the vCPU.
+#[test]
+fn the_receiver_ends_after_garbage_after_the_switch() {
+    let (code, err, recv_code, recv_err) = run(
+        vec![bulk_up(
+            Trigger::Record(rec::PAGE_DATA),
+            Action::Corrupt(0xff),
+        )],
+        &["--recover-timeout", "2", "--mem", "8M"],
+        &["--recover-timeout", "2"],
+    );
+    assert_ne!(code, 0, "the sender cannot have completed: {err}");
+    assert_eq!(recv_code, 2, "receiver: {recv_err}");
+    assert!(recv_err.contains("after the switch"), "{recv_err}");
+    assert!(recv_err.contains("pages were lost"), "{recv_err}");
+}
