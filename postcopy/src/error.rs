@@ -54,6 +54,17 @@ pub enum Error {
         /// intact — a decision for the admin, never taken automatically.
         resumed: bool,
     },
+    /// The peer said nothing for longer than a wait's bound (a silent or
+    /// stalled peer, or a link that drops packets without closing).
+    #[error("timed out: the {peer} sent no {waiting_for} within {after_ms} ms")]
+    Timeout {
+        /// Which side was silent.
+        peer: &'static str,
+        /// What was awaited.
+        waiting_for: &'static str,
+        /// The bound.
+        after_ms: u64,
+    },
     /// The peer sent faults faster than any guest could (a flood).
     #[error("peer flooded the fault channel: {0}")]
     Flood(String),

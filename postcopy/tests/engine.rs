@@ -57,6 +57,7 @@ fn migrate(
         mode,
         batch_pages: 4,
         idle_flush: Duration::from_millis(30),
+        ..SourceConfig::default()
     };
     let mut resume = Resume {
         state: None,

@@ -5,7 +5,9 @@
 //! - after the switch the receiver always ends: recovery window, then
 //!   exit 2 with the count of pages lost, even with the guest's vCPU
 //!   blocked on a missing page (the fault handler is detached on every
-//!   path out).
+//!   path out);
+//! - before the switch a silent receiver costs the sender a bounded wait
+//!   for READY, then a clean abort with its guest resumed.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
 
@@ -81,4 +83,33 @@ fn the_receiver_ends_after_garbage_after_the_switch() {
     assert_eq!(recv_code, 2, "receiver: {recv_err}");
     assert!(recv_err.contains("after the switch"), "{recv_err}");
     assert!(recv_err.contains("pages were lost"), "{recv_err}");
+}
+
+/// The receiver goes silent after the CPU state, before READY (its READY
+/// held back by the proxy far longer than the bound): the sender gives up
+/// after `--ready-timeout`, resumes its guest and exits 1 saying so in
+/// words. Unbounded (`--ready-timeout 0`, as before) it waits out the
+/// whole stall.
+#[test]
+fn a_silent_receiver_before_ready_is_a_clean_abort() {
+    let t = Instant::now();
+    let (code, err, _, _) = run(
+        vec![Fault {
+            channel: 1,
+            nth: 0,
+            dir: Dir::Down,
+            at: Trigger::Record(rec::READY),
+            action: Action::Stall(Duration::from_secs(60)),
+        }],
+        &["--ready-timeout", "2", "--mem", "8M"],
+        &["--recover-timeout", "1"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("before the switch"), "{err}");
+    assert!(err.contains("memory intact"), "{err}");
+    assert!(
+        err.contains("sent no READY within 2000 ms"),
+        "the timeout in words: {err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
 }

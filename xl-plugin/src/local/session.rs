@@ -84,6 +84,9 @@ pub struct LinkOpts {
     /// link (a write times out), so a stalled peer costs a reconnect, not
     /// a hang.
     pub stall_timeout: Duration,
+    /// How long the sender waits, its guest stopped, for READY before
+    /// aborting and resuming its guest (zero: forever).
+    pub ready_timeout: Duration,
 }
 
 impl Default for LinkOpts {
@@ -93,6 +96,7 @@ impl Default for LinkOpts {
             token: None,
             control: None,
             stall_timeout: Duration::from_secs(15),
+            ready_timeout: postcopy::source::DEFAULT_READY_TIMEOUT,
         }
     }
 }
@@ -329,6 +333,7 @@ pub fn run_sender_with(
         strategy: m.strategy,
         mode: m.mode,
         batch_pages: m.batch_pages,
+        ready_timeout: l.ready_timeout,
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
