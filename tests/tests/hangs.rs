@@ -7,7 +7,10 @@
 //!   blocked on a missing page (the fault handler is detached on every
 //!   path out);
 //! - before the switch a silent receiver costs the sender a bounded wait
-//!   for READY, then a clean abort with its guest resumed.
+//!   for READY, then a clean abort with its guest resumed;
+//! - the receiver bounds its own waits: the sender's second connection,
+//!   and every read on the bulk stream (`--stall-timeout`): a clean abort
+//!   before the switch, the recovery window then exit 2 after it.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
 
@@ -112,4 +115,94 @@ fn a_silent_receiver_before_ready_is_a_clean_abort() {
         "the timeout in words: {err}"
     );
     assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+}
+
+/// A "source" that sends a valid bulk hello and never opens the fault
+/// channel: the receiver gives up after its stall timeout (exit 1) and
+/// says why in words.
+#[test]
+fn a_bulk_hello_without_a_fault_channel_ends_the_receiver() {
+    use std::io::Write;
+    let (recv, addr) = receiver(&["--stall-timeout", "2"], LIMIT).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut hello = Vec::new();
+    hello.extend_from_slice(b"XPCLINK1");
+    hello.extend_from_slice(&0u32.to_le_bytes()); // bulk
+    hello.extend_from_slice(&0u32.to_le_bytes()); // no flags
+    hello.extend_from_slice(&2048u64.to_le_bytes()); // 8 MiB guest
+    hello.extend_from_slice(&0x5eed_u64.to_le_bytes()); // session
+    s.write_all(&hello).unwrap();
+    let t = Instant::now();
+    let (code, _, err) = recv.finish_within(LIMIT);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("opened its bulk connection but not the other"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// The source stalls in the middle of a record before the switch: the
+/// receiver's read on the bulk stream times out (exit 1, a clean abort,
+/// the timeout in words) and the sender, told so, resumes its guest.
+#[test]
+fn a_source_stalled_before_the_switch_is_a_clean_abort() {
+    let t = Instant::now();
+    let (code, err, recv_code, recv_err) = run(
+        vec![bulk_up(
+            Trigger::Offset(45),
+            Action::Stall(Duration::from_secs(60)),
+        )],
+        &["--mem", "8M", "--stall-timeout", "0"],
+        &["--stall-timeout", "2", "--recover-timeout", "1"],
+    );
+    assert_eq!(recv_code, 1, "receiver: {recv_err}");
+    assert!(recv_err.contains("before the switch"), "{recv_err}");
+    assert!(
+        recv_err.contains("the source sent nothing for 2.0 s"),
+        "{recv_err}"
+    );
+    assert!(!recv_err.contains("os error"), "{recv_err}");
+    assert_eq!(code, 1, "sender: {err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+/// The source's bulk stream stalls after the switch and the path then
+/// breaks for good: the receiver's read times out, it waits out its
+/// recovery window, then exits 2 with the count of pages lost (before,
+/// it waited as long as the stall lasted).
+#[test]
+fn a_source_stalled_after_the_switch_ends_the_receiver() {
+    let t = Instant::now();
+    let (_, _, recv_code, recv_err) = run(
+        vec![
+            bulk_up(
+                Trigger::Record(rec::PAGE_DATA),
+                Action::Stall(Duration::from_secs(60)),
+            ),
+            Fault {
+                channel: 0,
+                nth: 1,
+                dir: Dir::Up,
+                at: Trigger::Offset(0),
+                action: Action::DropAndClose,
+            },
+        ],
+        &[
+            "--mem",
+            "8M",
+            "--stall-timeout",
+            "0",
+            "--recover-timeout",
+            "2",
+        ],
+        &["--stall-timeout", "2", "--recover-timeout", "2"],
+    );
+    assert_eq!(recv_code, 2, "receiver: {recv_err}");
+    assert!(recv_err.contains("after the switch"), "{recv_err}");
+    assert!(
+        recv_err.contains("owed pages are not confirmed"),
+        "{recv_err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }

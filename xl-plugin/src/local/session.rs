@@ -22,7 +22,7 @@ use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::recovery::Recovery;
 use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
-use postcopy::transport::{DestLinks, SourceLinks};
+use postcopy::transport::{DestLinks, Silence, SourceLinks};
 use postcopy_uffd::{GuestRegion, RegionSource, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
@@ -108,6 +108,33 @@ fn bound_writes(l: &LinkOpts, socks: [&TcpStream; 2]) -> std::io::Result<()> {
         s.set_write_timeout(t)?;
     }
     Ok(())
+}
+
+impl LinkOpts {
+    /// How long the receiver waits for a sender's second connection once
+    /// the first passed its handshake.
+    fn pair_window(&self) -> Duration {
+        if self.stall_timeout.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            self.stall_timeout
+        }
+    }
+}
+
+/// The receiver's links, its reads on the bulk stream bounded by the
+/// stall timeout: the source streams until completion, so a silent bulk
+/// stream is a stalled or vanished source (a clean abort before the
+/// switch, the recovery window after it). The fault channel carries
+/// replies only when the guest faults, so it has no read bound.
+fn dest_links(l: &LinkOpts, bulk: TcpStream, fault: TcpStream) -> std::io::Result<DestLinks> {
+    let bound = (!l.stall_timeout.is_zero()).then_some(l.stall_timeout);
+    bulk.set_read_timeout(bound)?;
+    let mut links = DestLinks::from_sockets(bulk, fault)?;
+    if let Some(t) = bound {
+        links.bulk = Box::new(Silence::new(links.bulk, "source", t));
+    }
+    Ok(links)
 }
 
 /// Longest single reconnect attempt (the engine retries until the
@@ -524,9 +551,9 @@ pub fn run_receiver_with(
     l: &LinkOpts,
 ) -> Result<DestSummary, LocalError> {
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
-    let first = link::accept(
+    let first = link::accept_migration(
         listener,
-        Duration::from_secs(30),
+        l.pair_window(),
         &Expect {
             token: l.token.clone(),
             resume: None,
@@ -544,8 +571,7 @@ pub fn run_receiver_with(
             .try_clone()
             .map_err(setup("cloning the socket"))?,
     );
-    let links =
-        DestLinks::from_sockets(first.bulk, first.fault).map_err(setup("setting up links"))?;
+    let links = dest_links(l, first.bulk, first.fault).map_err(setup("setting up links"))?;
     // A listener an admin opened with `xl-postcopy recover --listen`.
     let moved: Arc<Mutex<Option<TcpListener>>> = Arc::default();
     let _control = match &l.control {
@@ -582,7 +608,7 @@ pub fn run_receiver_with(
         .map_err(std::io::Error::other)?;
         bound_writes(l, [&a.bulk, &a.fault])?;
         *lock(&trailer) = a.bulk.try_clone()?;
-        DestLinks::from_sockets(a.bulk, a.fault)
+        dest_links(l, a.bulk, a.fault)
     };
     let recovery = (!l.recover_timeout.is_zero()).then_some(Recovery {
         timeout: l.recover_timeout,
