@@ -37,6 +37,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::auth::{dialer_auth, listener_auth, random, Roles, Token};
+use crate::vetting::Vetting;
 
 /// "XPCLINK1".
 pub const MAGIC: [u8; 8] = *b"XPCLINK1";
@@ -383,9 +384,6 @@ pub fn accept(
 /// legitimate dialer.
 pub const HANDSHAKE: Duration = Duration::from_secs(5);
 
-/// Handshakes vetted at once; further connections wait in the backlog.
-const MAX_VETTING: usize = 16;
-
 /// Receiver side, for a reconnect: accepts until a bulk and a fault
 /// connection of the expected session arrive or `deadline` passes.
 /// Strangers (bad hello, wrong token, other sessions) are refused and
@@ -430,20 +428,16 @@ fn gather(
     Ok(a)
 }
 
-/// One vetted connection, from a handshake thread.
-type Vetted = (SocketAddr, TcpStream, Result<Hello, LinkError>);
-
 fn gather_polling(
     listener: &TcpListener,
     expect: &Expect,
     mut deadline: Option<Instant>,
     pair_within: Duration,
 ) -> Result<Accepted, LinkError> {
-    let (tx, rx) = std::sync::mpsc::channel::<Vetted>();
+    let mut vetting = Vetting::default();
     // Vetted connections by session: (bulk, fault).
     let mut sessions: std::collections::HashMap<u64, [Option<(TcpStream, Hello)>; 2]> =
         std::collections::HashMap::new();
-    let mut vetting = 0usize;
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -457,33 +451,11 @@ fn gather_polling(
                 None => LinkError::TimedOut,
             });
         }
-        let mut idle = true;
-        if vetting < MAX_VETTING {
-            match listener.accept() {
-                Ok((s, peer)) => {
-                    idle = false;
-                    s.set_nonblocking(false)?;
-                    let step = deadline.map_or(HANDSHAKE, |d| (d - now).min(HANDSHAKE));
-                    let (tx, expect) = (tx.clone(), expect.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("xpc-handshake".into())
-                        .spawn(move || {
-                            let mut s = s;
-                            let r = vet(&mut s, &expect, step);
-                            let _ = tx.send((peer, s, r));
-                        });
-                    match spawned {
-                        Ok(_) => vetting += 1,
-                        Err(e) => log::warn!("no thread for a handshake with {peer}: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        while let Ok((peer, s, r)) = rx.try_recv() {
+        let step = deadline.map_or(HANDSHAKE, |d| (d - now).min(HANDSHAKE));
+        let expect_one = expect.clone();
+        let mut idle = !vetting.accept(listener, move |s| vet(s, &expect_one, step))?;
+        while let Some((peer, s, r)) = vetting.finished() {
             idle = false;
-            vetting = vetting.saturating_sub(1);
             let h = match r {
                 Ok(h) => h,
                 Err(e) => {
