@@ -234,3 +234,46 @@ mod tests {
         assert!(!Error::PeerAborted(died.to_string()).is_guest_death());
     }
 }
+
+/// An I/O error in words: a socket timeout (`WouldBlock`, which Linux
+/// reports as `os error 11`, or `TimedOut`) says it timed out, a short
+/// read says the peer closed the connection, a reset says so; anything
+/// else keeps the system's text.
+pub fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        // A worded timeout (transport::Silence) keeps its words.
+        K::TimedOut if e.get_ref().is_some() => e.to_string(),
+        K::WouldBlock | K::TimedOut => "timed out: the peer sent nothing in time".into(),
+        K::UnexpectedEof => "the peer closed the connection in the middle of a message".into(),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            "the peer closed the connection".into()
+        }
+        K::ConnectionRefused => "nothing listens there (connection refused)".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod io_words_tests {
+    use super::io_words;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn timeouts_and_short_reads_are_worded() {
+        let t = io_words(&Error::from(ErrorKind::WouldBlock));
+        assert!(t.contains("timed out") && !t.contains("os error"), "{t}");
+        let t = io_words(&Error::from_raw_os_error(11));
+        assert!(t.contains("timed out") && !t.contains("os error"), "{t}");
+        let t = io_words(&Error::from(ErrorKind::UnexpectedEof));
+        assert!(
+            t.contains("closed") && !t.contains("fill whole buffer"),
+            "{t}"
+        );
+        let t = io_words(&Error::new(
+            ErrorKind::TimedOut,
+            "the source sent nothing for 2.0 s",
+        ));
+        assert_eq!(t, "the source sent nothing for 2.0 s");
+    }
+}

@@ -10,7 +10,9 @@
 //!   for READY, then a clean abort with its guest resumed;
 //! - the receiver bounds its own waits: the sender's second connection,
 //!   and every read on the bulk stream (`--stall-timeout`): a clean abort
-//!   before the switch, the recovery window then exit 2 after it.
+//!   before the switch, the recovery window then exit 2 after it;
+//! - messages: the receiver's failures say what the receiver saw, and
+//!   timeouts are said in words.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
 
@@ -139,6 +141,12 @@ fn a_bulk_hello_without_a_fault_channel_ends_the_receiver() {
         err.contains("opened its bulk connection but not the other"),
         "{err}"
     );
+    // The receiver's own failure names the receiver's view.
+    assert!(err.contains("no migration was received"), "{err}");
+    assert!(
+        !err.contains("could not connect to the destination"),
+        "{err}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
@@ -163,6 +171,9 @@ fn a_source_stalled_before_the_switch_is_a_clean_abort() {
         "{recv_err}"
     );
     assert!(!recv_err.contains("os error"), "{recv_err}");
+    // The receiver cannot vouch for the source's guest.
+    assert!(!recv_err.contains("source guest is running"), "{recv_err}");
+    assert!(recv_err.contains("nothing ran here"), "{recv_err}");
     assert_eq!(code, 1, "sender: {err}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
@@ -204,5 +215,23 @@ fn a_source_stalled_after_the_switch_ends_the_receiver() {
         recv_err.contains("owed pages are not confirmed"),
         "{recv_err}"
     );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+/// A "receiver" that takes the connection and never answers: the sender's
+/// handshake times out and says so in words (not `os error 11`).
+#[test]
+fn a_mute_receiver_is_a_worded_timeout() {
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap();
+    let t = Instant::now();
+    let (code, _, err) = sender(addr, &["--mem", "8M"], LIMIT)
+        .unwrap()
+        .finish()
+        .unwrap();
+    drop(mute);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }

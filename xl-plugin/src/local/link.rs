@@ -111,7 +111,7 @@ impl std::fmt::Display for Refusal {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// Socket trouble.
-    #[error("connection failed: {0}")]
+    #[error("connection failed: {}", postcopy::error::io_words(.0))]
     Io(#[from] io::Error),
     /// Not a local-mode sender (or tunnel end).
     #[error("peer is not an xl-postcopy sender (bad magic)")]

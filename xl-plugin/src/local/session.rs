@@ -154,6 +154,14 @@ pub enum LocalError {
     /// The connection could not be set up; the guest keeps running here.
     #[error("could not connect to the destination: {0}")]
     Link(#[from] link::LinkError),
+    /// The receiver accepted no migration (a sender that never finished
+    /// connecting, or no sender in time); nothing ran here.
+    #[error("no migration was received: {0}")]
+    Accept(link::LinkError),
+    /// The receiver's view of a failure before the switch: nothing ran
+    /// here and what was received is discarded.
+    #[error("migration aborted before the switch (destination side): {0}; nothing ran here and what was received is discarded (the source keeps its guest)")]
+    ReceiverAborted(String),
     /// Failed before the switch: the source guest was resumed, intact.
     #[error("migration aborted before the switch ({side} side): {error}; the source guest is running with its memory intact")]
     BeforeSwitch {
@@ -194,7 +202,11 @@ impl LocalError {
     /// integrity, 4 in doubt.
     pub fn exit_code(&self) -> i32 {
         match self {
-            LocalError::Setup(_) | LocalError::Link(_) | LocalError::BeforeSwitch { .. } => 1,
+            LocalError::Setup(_)
+            | LocalError::Link(_)
+            | LocalError::Accept(_)
+            | LocalError::ReceiverAborted(_)
+            | LocalError::BeforeSwitch { .. } => 1,
             LocalError::AfterSwitch { .. } => 2,
             LocalError::Integrity { .. } => 3,
             LocalError::InDoubt { .. } => 4,
@@ -527,7 +539,7 @@ fn dest_failed(
     }
     if !f.after_switch {
         // Nothing ran here: dropping the region discards what was built.
-        return LocalError::BeforeSwitch { side, error };
+        return LocalError::ReceiverAborted(error);
     }
     if !matches!(f.error, postcopy::Error::LinkLost { .. }) {
         error = format!("{error}; {} owed pages were lost", f.lost_pages);
@@ -558,7 +570,8 @@ pub fn run_receiver_with(
             token: l.token.clone(),
             resume: None,
         },
-    )?;
+    )
+    .map_err(LocalError::Accept)?;
     let pages = first.guest_pages;
     bound_writes(l, [&first.bulk, &first.fault]).map_err(setup("socket options"))?;
     let expect = Expect {
