@@ -79,3 +79,17 @@ impl<T: Send + 'static, E: Send + 'static> Vetting<T, E> {
         Some(v)
     }
 }
+
+/// Runs `f` with `listener` non-blocking (as [`Vetting::accept`] needs),
+/// and blocking again afterwards.
+pub fn nonblocking<T, E: From<io::Error>>(
+    listener: &TcpListener,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    listener.set_nonblocking(true)?;
+    let r = f();
+    let reset = listener.set_nonblocking(false);
+    let v = r?;
+    reset?;
+    Ok(v)
+}

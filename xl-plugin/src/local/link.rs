@@ -37,7 +37,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::auth::{dialer_auth, listener_auth, random, Roles, Token};
-use crate::vetting::Vetting;
+use crate::vetting::{self, Vetting};
 
 /// "XPCLINK1".
 pub const MAGIC: [u8; 8] = *b"XPCLINK1";
@@ -420,12 +420,9 @@ fn gather(
     deadline: Option<Instant>,
     pair_within: Duration,
 ) -> Result<Accepted, LinkError> {
-    listener.set_nonblocking(true)?;
-    let r = gather_polling(listener, expect, deadline, pair_within);
-    let reset = listener.set_nonblocking(false);
-    let a = r?;
-    reset?;
-    Ok(a)
+    vetting::nonblocking(listener, || {
+        gather_polling(listener, expect, deadline, pair_within)
+    })
 }
 
 fn gather_polling(

@@ -39,7 +39,7 @@ use log::{debug, info, warn};
 
 use crate::auth::Token;
 use crate::local::link::{new_session, LinkError};
-use crate::vetting::Vetting;
+use crate::vetting::{self, Vetting};
 use hello::{admit, dial, is_transient, vet_peer, Expect, Hello};
 use relay::{Config, Ended, Relay, Stats};
 
@@ -259,12 +259,9 @@ fn accept_one(
     received: u64,
     deadline: Option<Instant>,
 ) -> Result<(TcpStream, Hello), TunnelError> {
-    listener.set_nonblocking(true)?;
-    let r = accept_vetted(listener, expect, received, deadline);
-    let reset = listener.set_nonblocking(false);
-    let r = r?;
-    reset?;
-    Ok(r)
+    vetting::nonblocking(listener, || {
+        accept_vetted(listener, expect, received, deadline)
+    })
 }
 
 fn accept_vetted(
