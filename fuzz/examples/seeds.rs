@@ -128,6 +128,7 @@ fn migrate(n: u64, spec: StrategySpec, mode: Mode, touches: Vec<u64>, seed: u64)
         mode,
         batch_pages: 2,
         idle_flush: Duration::from_millis(30),
+        ..SourceConfig::default()
     };
     std::thread::scope(|s| {
         let vcpu = {

@@ -166,6 +166,7 @@ fn migrate(mode: Mode, strategy: StrategySpec) {
         mode,
         batch_pages: 64,
         idle_flush: Duration::from_millis(50),
+        ..SourceConfig::default()
     };
 
     let seen = std::thread::scope(|s| {

@@ -168,6 +168,9 @@ pub struct DestFailure {
     pub error: Error,
     /// True if the guest had been resumed here (it is now missing pages).
     pub after_switch: bool,
+    /// Owed pages that never arrived (zero before the switch): the guest
+    /// reads them as zero if it runs on.
+    pub lost_pages: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,6 +234,8 @@ pub struct DestSession<M> {
     switch_at: Instant,
     ready_sent: bool,
     abort_sent: bool,
+    /// Owed pages not installed when [`serve`](Self::serve) ended.
+    unserved: u64,
 }
 
 impl<M> std::fmt::Debug for DestSession<M> {
@@ -266,7 +271,15 @@ impl<M: DestinationMemory> DestSession<M> {
             switch_at: Instant::now(),
             ready_sent: false,
             abort_sent: false,
+            unserved: 0,
         })
+    }
+
+    /// Owed pages that [`serve`](Self::serve) did not install: after a
+    /// failed serve, the pages the guest lost (zero before serving and
+    /// after a complete one).
+    pub fn unserved(&self) -> u64 {
+        self.unserved
     }
 
     /// The memory backend.
@@ -457,7 +470,8 @@ impl<M: DestinationMemory> DestSession<M> {
     ) -> Result<(), Error> {
         self.require(DestPhase::Ready, "serve")?;
         self.phase = DestPhase::Serving;
-        let result = self.serve_inner(links, hooks, metrics, recovery);
+        let (result, unserved) = self.serve_inner(links, hooks, metrics, recovery);
+        self.unserved = unserved;
         self.phase = if result.is_ok() {
             DestPhase::Served
         } else {
@@ -472,7 +486,7 @@ impl<M: DestinationMemory> DestSession<M> {
         hooks: &dyn ServeHooks,
         metrics: &Metrics,
         mut recovery: Option<Recovery<'_, DestLinks>>,
-    ) -> Result<(), Error> {
+    ) -> (Result<(), Error>, u64) {
         let shared = Shared {
             mem: &self.mem,
             owed_bits: &self.owed_bits,
@@ -526,10 +540,11 @@ impl<M: DestinationMemory> DestSession<M> {
                 Err(e) => break Err(e),
             }
         };
-        match result {
+        let remaining = *lock(&shared.remaining);
+        let result = match result {
             Ok(()) => Ok(()),
             // Every page is here: only the source's acknowledgement was lost.
-            Err(Error::LinkLost { .. }) if *lock(&shared.remaining) == 0 => {
+            Err(Error::LinkLost { .. }) if remaining == 0 => {
                 warn!("every page arrived; the source's final acknowledgement did not");
                 Ok(())
             }
@@ -537,7 +552,8 @@ impl<M: DestinationMemory> DestSession<M> {
                 (lock(&shared.closer))();
                 Err(error)
             }
-        }
+        };
+        (result, remaining)
     }
 }
 
@@ -571,6 +587,7 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
     let before = |error: Error| DestFailure {
         error,
         after_switch: false,
+        lost_pages: 0,
     };
     let mut fault_tx: RecordWriter<Box<dyn Write + Send>> = RecordWriter::new(links.fault_tx);
     // Tells the source we never resumed the guest, so it may (best effort:
@@ -659,6 +676,7 @@ pub fn run_destination_recoverable<M: DestinationMemory>(
         Err(error) => Err(DestFailure {
             error,
             after_switch: true,
+            lost_pages: session.unserved(),
         }),
     }
 }

@@ -54,6 +54,17 @@ pub enum Error {
         /// intact — a decision for the admin, never taken automatically.
         resumed: bool,
     },
+    /// The peer said nothing for longer than a wait's bound (a silent or
+    /// stalled peer, or a link that drops packets without closing).
+    #[error("timed out: the {peer} sent no {waiting_for} within {after_ms} ms")]
+    Timeout {
+        /// Which side was silent.
+        peer: &'static str,
+        /// What was awaited.
+        waiting_for: &'static str,
+        /// The bound.
+        after_ms: u64,
+    },
     /// The peer sent faults faster than any guest could (a flood).
     #[error("peer flooded the fault channel: {0}")]
     Flood(String),
@@ -221,5 +232,48 @@ mod tests {
         ));
         assert!(!other.is_guest_death());
         assert!(!Error::PeerAborted(died.to_string()).is_guest_death());
+    }
+}
+
+/// An I/O error in words: a socket timeout (`WouldBlock`, which Linux
+/// reports as `os error 11`, or `TimedOut`) says it timed out, a short
+/// read says the peer closed the connection, a reset says so; anything
+/// else keeps the system's text.
+pub fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        // A worded timeout (transport::Silence) keeps its words.
+        K::TimedOut if e.get_ref().is_some() => e.to_string(),
+        K::WouldBlock | K::TimedOut => "timed out: the peer sent nothing in time".into(),
+        K::UnexpectedEof => "the peer closed the connection in the middle of a message".into(),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            "the peer closed the connection".into()
+        }
+        K::ConnectionRefused => "nothing listens there (connection refused)".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod io_words_tests {
+    use super::io_words;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn timeouts_and_short_reads_are_worded() {
+        let t = io_words(&Error::from(ErrorKind::WouldBlock));
+        assert!(t.contains("timed out") && !t.contains("os error"), "{t}");
+        let t = io_words(&Error::from_raw_os_error(11));
+        assert!(t.contains("timed out") && !t.contains("os error"), "{t}");
+        let t = io_words(&Error::from(ErrorKind::UnexpectedEof));
+        assert!(
+            t.contains("closed") && !t.contains("fill whole buffer"),
+            "{t}"
+        );
+        let t = io_words(&Error::new(
+            ErrorKind::TimedOut,
+            "the source sent nothing for 2.0 s",
+        ));
+        assert_eq!(t, "the source sent nothing for 2.0 s");
     }
 }

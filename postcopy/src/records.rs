@@ -398,7 +398,7 @@ pub enum RecordError {
         want: usize,
     },
     /// Reading or writing failed.
-    #[error("stream I/O failed: {0}")]
+    #[error("stream I/O failed: {}", crate::error::io_words(.0))]
     Io(#[source] io::Error),
 }
 

@@ -172,19 +172,22 @@ pub(crate) fn read_received<R: Read>(r: &mut RecordReader<R>, n: u64) -> Result<
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     armed: Arc<AtomicBool>,
+    fired: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
     pub(crate) fn new(closer: Closer, deadline: Instant) -> Watchdog {
         let armed = Arc::new(AtomicBool::new(true));
-        let flag = Arc::clone(&armed);
+        let fired = Arc::new(AtomicBool::new(false));
+        let (flag, bit) = (Arc::clone(&armed), Arc::clone(&fired));
         let thread = std::thread::Builder::new()
             .name("pc-watchdog".into())
             .spawn(move || {
                 while flag.load(Ordering::SeqCst) {
                     let now = Instant::now();
                     if now >= deadline {
+                        bit.store(true, Ordering::SeqCst);
                         closer();
                         return;
                     }
@@ -192,7 +195,16 @@ impl Watchdog {
                 }
             })
             .ok();
-        Watchdog { armed, thread }
+        Watchdog {
+            armed,
+            fired,
+            thread,
+        }
+    }
+
+    /// True once the deadline passed and the links were closed.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 }
 

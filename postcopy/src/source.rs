@@ -74,6 +74,10 @@ impl Mode {
     };
 }
 
+/// Default bound on the wait for READY: the destination answers in
+/// milliseconds unless it is gone or stalled.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Source settings.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -87,6 +91,10 @@ pub struct SourceConfig {
     /// for this long (demand paging alone never ends for pages the guest
     /// never touches).
     pub idle_flush: Duration,
+    /// Longest wait for the destination's READY after the CPU state (zero:
+    /// unbounded). Past it the links are closed and the migration aborts
+    /// before the switch: the guest resumes here.
+    pub ready_timeout: Duration,
 }
 
 impl SourceConfig {
@@ -106,6 +114,7 @@ impl Default for SourceConfig {
             mode: Mode::Postcopy,
             batch_pages: PushPolicy::LOCAL.batch_pages,
             idle_flush: PushPolicy::LOCAL.idle_flush,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
         }
     }
 }
@@ -266,6 +275,8 @@ pub struct SourceSession {
     stopped_at: Instant,
     phase: SourcePhase,
     progress: Option<ProgressHook>,
+    /// Bound on the wait for READY and how to end that wait.
+    ready_bound: Option<(Duration, crate::transport::Closer)>,
 }
 
 impl std::fmt::Debug for SourceSession {
@@ -310,7 +321,15 @@ impl SourceSession {
             stopped_at: Instant::now(),
             phase: SourcePhase::Begun,
             progress: None,
+            ready_bound: None,
         })
+    }
+
+    /// Bounds [`switch`](Self::switch)'s wait for READY by `timeout`
+    /// (zero: unbounded): past it `closer` ends the blocked read and the
+    /// switch fails with [`Error::Timeout`], before the switch.
+    pub fn bound_ready(&mut self, timeout: Duration, closer: crate::transport::Closer) {
+        self.ready_bound = (!timeout.is_zero()).then_some((timeout, closer));
     }
 
     /// Reports serving progress to `hook` (e.g. a progress bar).
@@ -383,7 +402,20 @@ impl SourceSession {
             // The destination confirms it has everything and is prepared before
             // the guest changes hands: a link or a destination lost before this
             // point leaves the guest here, never in limbo.
-            match back.next_record()? {
+            let dog = self
+                .ready_bound
+                .as_ref()
+                .map(|(t, c)| (*t, Watchdog::new(c.clone(), Instant::now() + *t)));
+            let ready = back.next_record().map_err(|e| match &dog {
+                Some((t, d)) if d.fired() => Error::Timeout {
+                    peer: "destination",
+                    waiting_for: "READY",
+                    after_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                },
+                _ => e.into(),
+            });
+            drop(dog);
+            match ready? {
                 Record::Ready => {}
                 Record::Abort(reason) => {
                     warn!("destination refused the switch: {reason}");
@@ -476,7 +508,7 @@ pub fn run_source_recoverable<M: SourceMemory>(
     let mut stopped = false;
     let pre = pre_switch(
         mem,
-        links.bulk,
+        (links.bulk, &closer),
         &mut fault_rx,
         cfg,
         guest,
@@ -542,7 +574,8 @@ pub fn run_source_recoverable<M: SourceMemory>(
 /// list, state, TRANSITION.
 fn pre_switch<M: SourceMemory>(
     mem: &mut M,
-    stream: Box<dyn std::io::Write + Send>,
+    // The forward stream, and what ends a blocked wait on either channel.
+    (stream, closer): (Box<dyn std::io::Write + Send>, &crate::transport::Closer),
     fault_rx: &mut FaultReader,
     cfg: &SourceConfig,
     guest: &mut dyn GuestControl,
@@ -555,6 +588,7 @@ fn pre_switch<M: SourceMemory>(
     Metrics::add(&metrics.pages_skipped, n - populated_pages.min(n));
     let mut session =
         SourceSession::begin(stream, n, populated_pages, cfg.strategy, cfg.push_policy())?;
+    session.bound_ready(cfg.ready_timeout, closer.clone());
     let bulk = session.stream()?;
 
     let rounds = match cfg.mode {

@@ -245,3 +245,38 @@ pub fn tripwire(links: SourceLinks, budget: u64) -> (SourceLinks, impl Fn() -> b
         flag.tripped.load(std::sync::atomic::Ordering::SeqCst)
     })
 }
+
+/// A reader on a socket with a read timeout that says what a timeout
+/// means: the socket's `WouldBlock`/`TimedOut` becomes a `TimedOut` error
+/// naming the silent peer and the bound (not `os error 11`). The engine
+/// treats it like any broken link: a clean abort before the switch, the
+/// recovery window after it.
+#[derive(Debug)]
+pub struct Silence<R> {
+    inner: R,
+    peer: &'static str,
+    after: std::time::Duration,
+}
+
+impl<R> Silence<R> {
+    /// Wraps `inner`, whose reads time out after `after`, from `peer`.
+    pub fn new(inner: R, peer: &'static str, after: std::time::Duration) -> Silence<R> {
+        Silence { inner, peer, after }
+    }
+}
+
+impl<R: Read> Read for Silence<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "timed out: the {} sent nothing for {:.1} s",
+                    self.peer,
+                    self.after.as_secs_f64()
+                ),
+            ),
+            _ => e,
+        })
+    }
+}

@@ -57,6 +57,7 @@ fn migrate(
         mode,
         batch_pages: 4,
         idle_flush: Duration::from_millis(30),
+        ..SourceConfig::default()
     };
     let mut resume = Resume {
         state: None,
@@ -214,6 +215,7 @@ fn corrupt_stream_before_switch_aborts_cleanly() {
     let DestFailure {
         error,
         after_switch,
+        ..
     } = err;
     assert!(!after_switch);
     assert!(

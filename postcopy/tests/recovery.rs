@@ -89,6 +89,7 @@ fn migrate_with_cuts(
         mode: Mode::Postcopy,
         batch_pages: 8,
         idle_flush: Duration::from_millis(20),
+        ..SourceConfig::default()
     };
     let mut guest = Guest::default();
     std::thread::scope(|s| {

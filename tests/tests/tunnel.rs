@@ -278,3 +278,32 @@ fn off_loopback_both_ends_insist_on_a_token() {
         assert!(err.contains("--token-file"), "{err}");
     }
 }
+
+/// Three connections that say nothing and one that sends garbage, then the
+/// real `connect`: its bytes cross without waiting behind the strangers'
+/// handshakes (each runs on its own, bounded), and the listener survives
+/// them all.
+#[test]
+fn silent_strangers_do_not_delay_the_tunnel() {
+    let ends = listen("strangers", &[]);
+    let silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&ends.listen_addr).unwrap())
+        .collect();
+    let mut junk = std::net::TcpStream::connect(&ends.listen_addr).unwrap();
+    junk.write_all(b"SSH-2.0-OpenSSH_9.6\r\n0123456789abcdef")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let data = payload(64 * 1024, 7);
+    let t = Instant::now();
+    let (code, back, err) = echo_through(&ends.listen_addr, &data, &[], &ends.dir.join("c.json"));
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(back == data, "the bytes came back changed");
+    // One silent stranger used to hold the listener for its whole 10 s
+    // hello timeout, three for 30 s.
+    assert!(took < Duration::from_secs(8), "held up: {took:?}");
+    drop(silent);
+    let (lcode, lerr) = wait_exit(ends.listener, Duration::from_secs(30));
+    assert_eq!(lcode, 0, "{lerr}");
+    assert!(lerr.contains("refused a connection"), "{lerr}");
+}

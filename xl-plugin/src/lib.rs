@@ -11,3 +11,4 @@ pub mod bench;
 pub mod local;
 pub mod options;
 pub mod tunnel;
+pub mod vetting;

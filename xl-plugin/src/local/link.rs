@@ -37,6 +37,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::auth::{dialer_auth, listener_auth, random, Roles, Token};
+use crate::vetting::{self, Vetting};
 
 /// "XPCLINK1".
 pub const MAGIC: [u8; 8] = *b"XPCLINK1";
@@ -110,7 +111,7 @@ impl std::fmt::Display for Refusal {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// Socket trouble.
-    #[error("connection failed: {0}")]
+    #[error("connection failed: {}", postcopy::error::io_words(.0))]
     Io(#[from] io::Error),
     /// Not a local-mode sender (or tunnel end).
     #[error("peer is not an xl-postcopy sender (bad magic)")]
@@ -145,6 +146,9 @@ pub enum LinkError {
     /// No acceptable connection before the deadline.
     #[error("no sender connected in time")]
     TimedOut,
+    /// A sender opened one of its two connections and not the other.
+    #[error("timed out: the sender opened its {0} connection but not the other within {1:.1} s")]
+    Unpaired(&'static str, f64),
     /// The token file is unusable.
     #[error("token file {path}: {why}")]
     Token {
@@ -374,6 +378,12 @@ pub fn accept(
     })
 }
 
+/// Longest handshake (hello, proof, status) of one connection while
+/// [`accept_until`] or [`accept_migration`] wait: a silent stranger holds
+/// one of the concurrent handshakes for this long at most, never the
+/// legitimate dialer.
+pub const HANDSHAKE: Duration = Duration::from_secs(5);
+
 /// Receiver side, for a reconnect: accepts until a bulk and a fault
 /// connection of the expected session arrive or `deadline` passes.
 /// Strangers (bad hello, wrong token, other sessions) are refused and
@@ -383,55 +393,99 @@ pub fn accept_until(
     deadline: Instant,
     expect: &Expect,
 ) -> Result<Accepted, LinkError> {
-    listener.set_nonblocking(true)?;
-    let r = accept_polling(listener, deadline, expect);
-    listener.set_nonblocking(false)?;
-    r
+    gather(
+        listener,
+        expect,
+        Some(deadline),
+        deadline.saturating_duration_since(Instant::now()),
+    )
 }
 
-fn accept_polling(
+/// Receiver side, for a new migration: waits for a sender (unbounded: the
+/// receiver's idle state), then for the other connection of its session
+/// for at most `pair_within` after the first one passed its handshake.
+/// Strangers are refused, each on its own bounded ([`HANDSHAKE`]) and
+/// concurrent handshake, and waiting goes on.
+pub fn accept_migration(
     listener: &TcpListener,
-    deadline: Instant,
+    pair_within: Duration,
     expect: &Expect,
 ) -> Result<Accepted, LinkError> {
-    let mut bulk: Option<(TcpStream, Hello)> = None;
-    let mut fault: Option<(TcpStream, Hello)> = None;
+    gather(listener, expect, None, pair_within)
+}
+
+fn gather(
+    listener: &TcpListener,
+    expect: &Expect,
+    deadline: Option<Instant>,
+    pair_within: Duration,
+) -> Result<Accepted, LinkError> {
+    vetting::nonblocking(listener, || {
+        gather_polling(listener, expect, deadline, pair_within)
+    })
+}
+
+fn gather_polling(
+    listener: &TcpListener,
+    expect: &Expect,
+    mut deadline: Option<Instant>,
+    pair_within: Duration,
+) -> Result<Accepted, LinkError> {
+    let mut vetting = Vetting::default();
+    // Vetted connections by session: (bulk, fault).
+    let mut sessions: std::collections::HashMap<u64, [Option<(TcpStream, Hello)>; 2]> =
+        std::collections::HashMap::new();
     loop {
-        if let (Some((b, hb)), Some((f, hf))) = (&bulk, &fault) {
-            if hb.session.get() == hf.session.get() {
-                let _ = (b, f);
-                break;
-            }
-        }
         let now = Instant::now();
-        if now >= deadline {
-            return Err(LinkError::TimedOut);
+        if deadline.is_some_and(|d| now >= d) {
+            let half = sessions.values().find_map(|p| match p {
+                [Some(_), None] => Some("bulk"),
+                [None, Some(_)] => Some("fault"),
+                _ => None,
+            });
+            return Err(match half {
+                Some(which) => LinkError::Unpaired(which, pair_within.as_secs_f64()),
+                None => LinkError::TimedOut,
+            });
         }
-        match listener.accept() {
-            Ok((mut s, peer)) => {
-                s.set_nonblocking(false)?;
-                let step = (deadline - now).min(Duration::from_secs(5));
-                match vet(&mut s, expect, step) {
-                    Ok(h) if h.channel.get() == 0 => bulk = Some((s, h)),
-                    Ok(h) => fault = Some((s, h)),
-                    Err(e) => log::warn!("refused a connection from {peer}: {e}"),
+        let step = deadline.map_or(HANDSHAKE, |d| (d - now).min(HANDSHAKE));
+        let expect_one = expect.clone();
+        let mut idle = !vetting.accept(listener, move |s| vet(s, &expect_one, step))?;
+        while let Some((peer, s, r)) = vetting.finished() {
+            idle = false;
+            let h = match r {
+                Ok(h) => h,
+                Err(e) => {
+                    log::warn!("refused a connection from {peer}: {e}");
+                    continue;
+                }
+            };
+            let pair = sessions.entry(h.session.get()).or_default();
+            let ch = usize::from(h.channel.get() != 0);
+            pair[ch] = Some((s, h));
+            if let [Some((_, hb)), Some((_, hf))] = &pair {
+                if hb.guest_pages.get() != hf.guest_pages.get() {
+                    log::warn!("refused a pair from {peer}: {}", LinkError::SessionMismatch);
+                    pair[ch] = None;
+                    continue;
+                }
+                if let [Some((bulk, hb)), Some((fault, _))] = std::mem::take(pair) {
+                    return Ok(Accepted {
+                        bulk,
+                        fault,
+                        guest_pages: hb.guest_pages.get(),
+                        session: hb.session.get(),
+                    });
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e.into()),
+            // The first half of a session: the other must follow soon.
+            let by = Instant::now() + pair_within;
+            deadline = Some(deadline.map_or(by, |d| d.min(by)));
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let (Some((bulk, hb)), Some((fault, _))) = (bulk, fault) else {
-        return Err(LinkError::TimedOut);
-    };
-    Ok(Accepted {
-        bulk,
-        fault,
-        guest_pages: hb.guest_pages.get(),
-        session: hb.session.get(),
-    })
 }
 
 #[cfg(test)]

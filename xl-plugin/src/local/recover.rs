@@ -209,6 +209,10 @@ pub struct LinkArgs {
     /// (0: wait forever).
     #[arg(long, value_name = "SECONDS", default_value_t = 15.0)]
     pub stall_timeout: f64,
+    /// Seconds the sender waits, its guest stopped, for the receiver's
+    /// READY before aborting and resuming its guest (0: wait forever).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub ready_timeout: f64,
 }
 
 impl LinkArgs {
@@ -223,11 +227,14 @@ impl LinkArgs {
             .transpose()?;
         let stall_timeout = Duration::try_from_secs_f64(self.stall_timeout)
             .map_err(|_| RecoverError::Timeout(self.stall_timeout))?;
+        let ready_timeout = Duration::try_from_secs_f64(self.ready_timeout)
+            .map_err(|_| RecoverError::Timeout(self.ready_timeout))?;
         Ok(LinkOpts {
             recover_timeout,
             token,
             control: self.control.clone(),
             stall_timeout,
+            ready_timeout,
         })
     }
 }

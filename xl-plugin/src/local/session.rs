@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use postcopy::destination::{run_destination_recoverable, DestConfig, GuestResume};
+use postcopy::destination::{run_destination_recoverable, DestConfig, DestFailure, GuestResume};
 use postcopy::error::HookError;
 use postcopy::memory::PfnRun;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::recovery::Recovery;
 use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
-use postcopy::transport::{DestLinks, SourceLinks};
+use postcopy::transport::{DestLinks, Silence, SourceLinks};
 use postcopy_uffd::{GuestRegion, RegionSource, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
@@ -84,6 +84,9 @@ pub struct LinkOpts {
     /// link (a write times out), so a stalled peer costs a reconnect, not
     /// a hang.
     pub stall_timeout: Duration,
+    /// How long the sender waits, its guest stopped, for READY before
+    /// aborting and resuming its guest (zero: forever).
+    pub ready_timeout: Duration,
 }
 
 impl Default for LinkOpts {
@@ -93,6 +96,7 @@ impl Default for LinkOpts {
             token: None,
             control: None,
             stall_timeout: Duration::from_secs(15),
+            ready_timeout: postcopy::source::DEFAULT_READY_TIMEOUT,
         }
     }
 }
@@ -104,6 +108,33 @@ fn bound_writes(l: &LinkOpts, socks: [&TcpStream; 2]) -> std::io::Result<()> {
         s.set_write_timeout(t)?;
     }
     Ok(())
+}
+
+impl LinkOpts {
+    /// How long the receiver waits for a sender's second connection once
+    /// the first passed its handshake.
+    fn pair_window(&self) -> Duration {
+        if self.stall_timeout.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            self.stall_timeout
+        }
+    }
+}
+
+/// The receiver's links, its reads on the bulk stream bounded by the
+/// stall timeout: the source streams until completion, so a silent bulk
+/// stream is a stalled or vanished source (a clean abort before the
+/// switch, the recovery window after it). The fault channel carries
+/// replies only when the guest faults, so it has no read bound.
+fn dest_links(l: &LinkOpts, bulk: TcpStream, fault: TcpStream) -> std::io::Result<DestLinks> {
+    let bound = (!l.stall_timeout.is_zero()).then_some(l.stall_timeout);
+    bulk.set_read_timeout(bound)?;
+    let mut links = DestLinks::from_sockets(bulk, fault)?;
+    if let Some(t) = bound {
+        links.bulk = Box::new(Silence::new(links.bulk, "source", t));
+    }
+    Ok(links)
 }
 
 /// Longest single reconnect attempt (the engine retries until the
@@ -123,6 +154,14 @@ pub enum LocalError {
     /// The connection could not be set up; the guest keeps running here.
     #[error("could not connect to the destination: {0}")]
     Link(#[from] link::LinkError),
+    /// The receiver accepted no migration (a sender that never finished
+    /// connecting, or no sender in time); nothing ran here.
+    #[error("no migration was received: {0}")]
+    Accept(link::LinkError),
+    /// The receiver's view of a failure before the switch: nothing ran
+    /// here and what was received is discarded.
+    #[error("migration aborted before the switch (destination side): {0}; nothing ran here and what was received is discarded (the source keeps its guest)")]
+    ReceiverAborted(String),
     /// Failed before the switch: the source guest was resumed, intact.
     #[error("migration aborted before the switch ({side} side): {error}; the source guest is running with its memory intact")]
     BeforeSwitch {
@@ -163,7 +202,11 @@ impl LocalError {
     /// integrity, 4 in doubt.
     pub fn exit_code(&self) -> i32 {
         match self {
-            LocalError::Setup(_) | LocalError::Link(_) | LocalError::BeforeSwitch { .. } => 1,
+            LocalError::Setup(_)
+            | LocalError::Link(_)
+            | LocalError::Accept(_)
+            | LocalError::ReceiverAborted(_)
+            | LocalError::BeforeSwitch { .. } => 1,
             LocalError::AfterSwitch { .. } => 2,
             LocalError::Integrity { .. } => 3,
             LocalError::InDoubt { .. } => 4,
@@ -329,6 +372,7 @@ pub fn run_sender_with(
         strategy: m.strategy,
         mode: m.mode,
         batch_pages: m.batch_pages,
+        ready_timeout: l.ready_timeout,
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
@@ -473,6 +517,36 @@ impl GuestResume for DestGuest {
     }
 }
 
+/// The receiver's error for a failed migration, once the fault handler is
+/// detached (`detached`): stops the vCPU if it ran (the guest cannot go on
+/// without its lost pages) and says how many pages were lost.
+fn dest_failed(
+    f: DestFailure,
+    detached: Result<(), postcopy::memory::MemoryError>,
+    vcpu: Option<Vcpu>,
+) -> LocalError {
+    let side = "destination";
+    let mut error = f.error.to_string();
+    if let Err(e) = detached {
+        // The vCPU may stay blocked on an absent page: leave its thread
+        // behind rather than wait for it (the process exits next).
+        warn!("detaching userfaultfd: {e}");
+        std::mem::forget(vcpu);
+    } else if let Some(v) = vcpu {
+        if let Err(e) = v.stop() {
+            warn!("stopping the vCPU: {e}");
+        }
+    }
+    if !f.after_switch {
+        // Nothing ran here: dropping the region discards what was built.
+        return LocalError::ReceiverAborted(error);
+    }
+    if !matches!(f.error, postcopy::Error::LinkLost { .. }) {
+        error = format!("{error}; {} owed pages were lost", f.lost_pages);
+    }
+    LocalError::AfterSwitch { side, error }
+}
+
 /// Receives one migration on `listener` with the default [`LinkOpts`];
 /// returns the summary it sent.
 pub fn run_receiver(listener: &TcpListener, tail: Duration) -> Result<DestSummary, LocalError> {
@@ -489,14 +563,15 @@ pub fn run_receiver_with(
     l: &LinkOpts,
 ) -> Result<DestSummary, LocalError> {
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
-    let first = link::accept(
+    let first = link::accept_migration(
         listener,
-        Duration::from_secs(30),
+        l.pair_window(),
         &Expect {
             token: l.token.clone(),
             resume: None,
         },
-    )?;
+    )
+    .map_err(LocalError::Accept)?;
     let pages = first.guest_pages;
     bound_writes(l, [&first.bulk, &first.fault]).map_err(setup("socket options"))?;
     let expect = Expect {
@@ -509,8 +584,7 @@ pub fn run_receiver_with(
             .try_clone()
             .map_err(setup("cloning the socket"))?,
     );
-    let links =
-        DestLinks::from_sockets(first.bulk, first.fault).map_err(setup("setting up links"))?;
+    let links = dest_links(l, first.bulk, first.fault).map_err(setup("setting up links"))?;
     // A listener an admin opened with `xl-postcopy recover --listen`.
     let moved: Arc<Mutex<Option<TcpListener>>> = Arc::default();
     let _control = match &l.control {
@@ -547,7 +621,7 @@ pub fn run_receiver_with(
         .map_err(std::io::Error::other)?;
         bound_writes(l, [&a.bulk, &a.fault])?;
         *lock(&trailer) = a.bulk.try_clone()?;
-        DestLinks::from_sockets(a.bulk, a.fault)
+        dest_links(l, a.bulk, a.fault)
     };
     let recovery = (!l.recover_timeout.is_zero()).then_some(Recovery {
         timeout: l.recover_timeout,
@@ -571,26 +645,17 @@ pub fn run_receiver_with(
         &metrics,
         recovery,
     );
+    // On every path out nobody serves faults any more: detaching wakes a
+    // vCPU blocked on an absent page (it reads zero from now on), so it
+    // can be stopped. On success every owed page is in and pages never
+    // owed read as zero anyway.
+    let detached = mem.inner().detach();
     let outcome = match outcome {
         Ok(o) => {
-            // Every owed page is in; pages never owed are unpopulated and
-            // read as zero from now on without anyone serving faults.
-            mem.inner()
-                .detach()
-                .map_err(setup("detaching userfaultfd"))?;
+            detached.map_err(setup("detaching userfaultfd"))?;
             o
         }
-        Err(f) => {
-            // Before the switch nothing ran here: dropping the region
-            // discards what was built. After it, the guest is stuck.
-            let side = "destination";
-            let error = f.error.to_string();
-            return Err(if f.after_switch {
-                LocalError::AfterSwitch { side, error }
-            } else {
-                LocalError::BeforeSwitch { side, error }
-            });
-        }
+        Err(f) => return Err(dest_failed(f, detached, guest.vcpu.take())),
     };
     let complete_at = Instant::now();
     let (mut rate_during, mut stall_us, mut postcopy_secs, mut rate_after) =

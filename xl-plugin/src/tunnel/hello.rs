@@ -128,11 +128,33 @@ pub fn vet(
     received: u64,
     timeout: Duration,
 ) -> Result<Hello, LinkError> {
+    let h = vet_peer(s, expect.token, timeout)?;
+    admit(s, h, expect.session, received)
+}
+
+/// Listener side, first half of [`vet`]: the peer's hello and proof
+/// (what a stranger can stall), bounded by `timeout`. Nothing is answered
+/// yet on success.
+pub fn vet_peer(
+    s: &mut TcpStream,
+    token: Option<&Token>,
+    timeout: Duration,
+) -> Result<Hello, LinkError> {
     let (h, buf) = read_hello(s, timeout, parse_hello)?;
-    let flags = h.flags.get();
-    listener_auth(s, expect.token, flags & FLAG_AUTH != 0, &buf, ROLES)?;
-    let resume = flags & FLAG_RESUME != 0;
-    let ok = match expect.session {
+    listener_auth(s, token, h.flags.get() & FLAG_AUTH != 0, &buf, ROLES)?;
+    Ok(h)
+}
+
+/// Listener side, second half of [`vet`]: accepts the new session
+/// (`session` None) or a resume of `session`, and answers.
+pub fn admit(
+    s: &mut TcpStream,
+    h: Hello,
+    session: Option<u64>,
+    received: u64,
+) -> Result<Hello, LinkError> {
+    let resume = h.flags.get() & FLAG_RESUME != 0;
+    let ok = match session {
         None => !resume,
         Some(id) => resume && h.session.get() == id,
     };

@@ -39,7 +39,8 @@ use log::{debug, info, warn};
 
 use crate::auth::Token;
 use crate::local::link::{new_session, LinkError};
-use hello::{dial, is_transient, vet, Expect, Hello};
+use crate::vetting::{self, Vetting};
+use hello::{admit, dial, is_transient, vet_peer, Expect, Hello};
 use relay::{Config, Ended, Relay, Stats};
 
 /// How long one connection's hello may take.
@@ -249,42 +250,59 @@ pub fn run_listener(
 }
 
 /// Accepts connections until one passes [`vet`] or `deadline` passes;
-/// strangers are refused and waiting goes on.
+/// strangers are refused and waiting goes on. Each handshake runs on its
+/// own thread bounded by [`HELLO_TIMEOUT`] ([`Vetting`]), so silent
+/// strangers never hold up the real dialer.
 fn accept_one(
     listener: &TcpListener,
     expect: &Expect<'_>,
     received: u64,
     deadline: Option<Instant>,
 ) -> Result<(TcpStream, Hello), TunnelError> {
-    listener.set_nonblocking(true)?;
+    vetting::nonblocking(listener, || {
+        accept_vetted(listener, expect, received, deadline)
+    })
+}
+
+fn accept_vetted(
+    listener: &TcpListener,
+    expect: &Expect<'_>,
+    received: u64,
+    deadline: Option<Instant>,
+) -> Result<(TcpStream, Hello), TunnelError> {
     let start = Instant::now();
     let mut last = String::from("nobody connected");
-    let r = loop {
-        match listener.accept() {
-            Ok((mut s, from)) => {
-                s.set_nonblocking(false)?;
-                match vet(&mut s, expect, received, HELLO_TIMEOUT) {
-                    Ok(h) => break Ok((s, h)),
-                    Err(e) => {
-                        warn!("tunnel: refused a connection from {from}: {e}");
-                        last = e.to_string();
-                    }
+    let mut vetting = Vetting::default();
+    loop {
+        // Hello and proof concurrently; the session decision and the
+        // answer here, in order, so a dialer's redial that races with its
+        // first connection is never judged against the wrong session (it
+        // is dropped unanswered, a transient failure, and dials again).
+        let token = expect.token.cloned();
+        let took = vetting.accept(listener, move |s| {
+            vet_peer(s, token.as_ref(), HELLO_TIMEOUT)
+        })?;
+        let mut idle = !took;
+        while let Some((from, mut s, r)) = vetting.finished() {
+            idle = false;
+            match r.and_then(|h| admit(&mut s, h, expect.session, received)) {
+                Ok(h) => return Ok((s, h)),
+                Err(e) => {
+                    warn!("tunnel: refused a connection from {from}: {e}");
+                    last = e.to_string();
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break Err(TunnelError::LinkDown {
-                        waited: start.elapsed(),
-                        last,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => break Err(e.into()),
         }
-    };
-    listener.set_nonblocking(false)?;
-    r
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(TunnelError::LinkDown {
+                waited: start.elapsed(),
+                last,
+            });
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// One line for the log: what a session moved and how often it broke.

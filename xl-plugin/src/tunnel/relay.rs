@@ -295,8 +295,13 @@ impl Relay {
             st.ack_sent = st.received;
             st.generation
         };
+        // Both directions are bounded by the silence timeout: a peer that
+        // keeps pinging but stops reading blocks our writes, and a write
+        // that takes no byte for that long breaks the connection as a
+        // silent peer does.
         let reader = match stream
             .set_read_timeout(Some(self.cfg.silence))
+            .and_then(|()| stream.set_write_timeout(Some(self.cfg.silence)))
             .and_then(|()| stream.try_clone())
         {
             Ok(r) => r,
@@ -402,7 +407,14 @@ impl Relay {
             let mut w = stream;
             if let Err(e) = w.write_all(&frames) {
                 if !done {
-                    self.broken(generation, format!("send failed: {e}"));
+                    let why = match e.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+                            "the peer took no bytes for {:?} (it stopped reading)",
+                            self.cfg.silence
+                        ),
+                        _ => format!("send failed: {}", postcopy::error::io_words(&e)),
+                    };
+                    self.broken(generation, why);
                     let _ = stream.shutdown(Shutdown::Both);
                 }
                 return;
@@ -598,6 +610,53 @@ fn pump_out(shared: &Shared, mut output: Box<dyn Write + Send>, rx: &Receiver<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that keeps pinging but never reads: our writes fill the
+    /// socket and then time out, so the connection breaks within about the
+    /// silence timeout instead of blocking forever.
+    #[test]
+    fn a_peer_that_stops_reading_breaks_the_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pinger = {
+            let (mut peer, stop) = (peer.try_clone().unwrap(), stop.clone());
+            std::thread::spawn(move || {
+                let mut ping = Vec::new();
+                encode(&Frame::Ping, &mut ping);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if peer.write_all(&ping).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let cfg = Config {
+            silence: Duration::from_secs(1),
+            ping_every: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let input = std::io::Cursor::new(vec![7u8; 48 << 20]);
+        let relay = Relay::start(Box::new(input), Box::new(std::io::sink()), cfg).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let ended = relay.connection(ours, 0);
+            let _ = tx.send((ended, t.elapsed()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(15));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = peer.shutdown(Shutdown::Both);
+        let _ = pinger.join();
+        let (ended, took) = got.expect("the relay blocked in a write forever");
+        match ended {
+            Ended::Broken(why) => assert!(why.contains("stopped reading"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_secs(8), "{took:?}");
+    }
 
     #[test]
     fn outbox_copies_across_the_ring_seam_and_trims_on_ack() {
