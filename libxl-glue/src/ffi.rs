@@ -331,12 +331,29 @@ pub unsafe extern "C" fn libxl_postcopy_save_transition(h: *mut SaveHandle) -> c
     }
 }
 
+/// Serving writes to xl's stream while the destination may close it (a
+/// guest that died there: ABORT on the back channel, then the stream
+/// shuts). libxl-save-helper keeps SIGPIPE's default action, which would
+/// kill it before the engine reads the destination's reason; with the
+/// signal ignored the write fails with EPIPE and the failure is reported
+/// with its cause. The helper process exists for this one save, so the
+/// process-wide setting touches nothing else.
+fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no
+    // handler code; signal() is async-signal-safe and its result (the
+    // previous disposition) is not needed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// `libxl_postcopy_save_serve`.
 ///
 /// # Safety
 /// `h` is NULL or a live handle from `libxl_postcopy_save_begin`.
 #[no_mangle]
 pub unsafe extern "C" fn libxl_postcopy_save_serve(h: *mut SaveHandle) -> c_int {
+    ignore_sigpipe();
     // SAFETY: forwarded caller contract.
     unsafe { with_handle("post-copy page service", h, |h| h.lg, |h| h.session.serve()) }
 }
