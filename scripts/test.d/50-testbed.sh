@@ -25,4 +25,23 @@ fi
 # boot and in pre-copy (docs/issue-21-triple-fault.md), so a soak in CI
 # would fail on the emulator, not on post-copy, until that is settled.
 step "testbed: postcopy scenario on the emulated Xen host"
-scripts/testbed postcopy
+# A guest that triple-faults fails the scenario.  On this emulated host
+# that also happens to guests that never had a page absent (at boot, or a
+# source during its suspend; Xen's dump then shows the host's state as the
+# guest's after VMRUN: QEMU TCG's nested SVM), so such a run is tried
+# again, at most twice, and says so loudly.  Any other failure (xl
+# migrate, integrity, a verifier pass) fails at once, and so does a third
+# triple fault in a row.
+TB=${TB:-/var/tmp/xen-postcopy-testbed}
+try=1
+while ! scripts/testbed postcopy; do
+	r=$TB/results/postcopy
+	deaths=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("guest_deaths") or 0)' "$r/result.json" 2>/dev/null || echo 0)
+	if [ "$try" -ge 3 ] || [ "$deaths" = 0 ] || ! grep -aq 'Triple fault' "$r/xl-dmesg.txt" 2>/dev/null; then
+		exit 1
+	fi
+	echo "testbed: try $try ended in a guest triple fault (the emulator's, see docs/issue-21-triple-fault.md):"
+	grep -a -A4 'Triple fault' "$r/xl-dmesg.txt" | head -n 10
+	try=$((try + 1))
+	step "testbed: postcopy scenario, try $try"
+done
