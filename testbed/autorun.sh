@@ -110,7 +110,7 @@ forensics() {
 # migrate_once I: one xl migrate of $dom (logs to migrate-I.log, appended
 # to migrate.log), with the stall monitor; sets mrc, mig_ms, src, dst, and
 # appends one line to migrations.env.  With kill_dest=1 the destination
-# guest is crashed by xen-hvmcrash once it runs and pages are still owed.
+# guest is crashed (xl sysrq c) once it runs and pages are still owed.
 migrate_once() {
 	local i=$1 mlog=$out/migrate-$1.log s e mpid monpid kpid=
 	src=$(xl domid "$dom" 2>/dev/null)
