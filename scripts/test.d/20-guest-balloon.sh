@@ -7,7 +7,7 @@
 set -euo pipefail
 . scripts/lib/common.sh
 
-apt_install build-essential linux-headers-amd64
+apt_install build-essential linux-headers-amd64 kmod
 
 kdir=""
 for d in /usr/src/linux-headers-*-amd64; do
