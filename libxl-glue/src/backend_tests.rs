@@ -699,14 +699,7 @@ fn a_corrupt_stream_ends_the_restore_with_an_error() {
     let n = 64;
     let dst = dest_domain(n);
     let (_s, d) = UnixStream::pair().unwrap();
-    let begin = postcopy::records::BeginBody {
-        version: postcopy::records::STREAM_VERSION.into(),
-        flags: 0.into(),
-        strategy: 2.into(),
-        strategy_arg: 0.into(),
-        guest_pfns: n.into(),
-        populated_pages: n.into(),
-    };
+    let begin = postcopy::records::BeginBody::new(postcopy::prepage::StrategySpec::Bubble, n, n);
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
     let mut r = RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body).unwrap();
     assert_eq!(r.strategy(), Some(StrategySpec::Bubble));
@@ -955,14 +948,7 @@ fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
 fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     let n = 64;
     let dst = dest_domain(n);
-    let begin = postcopy::records::BeginBody {
-        version: postcopy::records::STREAM_VERSION.into(),
-        flags: 0.into(),
-        strategy: 2.into(),
-        strategy_arg: 0.into(),
-        guest_pfns: n.into(),
-        populated_pages: n.into(),
-    };
+    let begin = postcopy::records::BeginBody::new(postcopy::prepage::StrategySpec::Bubble, n, n);
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
     let (d_back, s_back) = UnixStream::pair().unwrap();
     let (a, _b) = UnixStream::pair().unwrap();
@@ -1020,14 +1006,7 @@ fn dest_at_ready(
     let dst = dest_domain(n);
     let (s_stream, d_stream) = UnixStream::pair().unwrap();
     let (s_back, d_back) = UnixStream::pair().unwrap();
-    let begin = postcopy::records::BeginBody {
-        version: postcopy::records::STREAM_VERSION.into(),
-        flags: 0.into(),
-        strategy: 0.into(),
-        strategy_arg: 0.into(),
-        guest_pfns: n.into(),
-        populated_pages: n.into(),
-    };
+    let begin = postcopy::records::BeginBody::new(postcopy::prepage::StrategySpec::None, n, n);
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
     let mut r = RestoreSession::begin(dst.clone(), d_stream.as_raw_fd(), d_back.as_raw_fd(), &body)
         .unwrap();

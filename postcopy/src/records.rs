@@ -44,6 +44,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::memory::PfnRun;
+use crate::prepage::StrategySpec;
 use crate::{Pfn, PAGE_SIZE};
 
 /// Highest record type of Xen 4.17's libxc stream (REC_TYPE_X86_MSR_POLICY).
@@ -230,6 +231,22 @@ pub struct BeginBody {
     pub populated_pages: U64,
 }
 const _: () = assert!(size_of::<BeginBody>() == 32);
+
+impl BeginBody {
+    /// The BEGIN of this stream version for a guest of `guest_pfns` pfns
+    /// with `populated_pages` pages, pre-paged with `strategy`.
+    pub fn new(strategy: StrategySpec, guest_pfns: u64, populated_pages: u64) -> BeginBody {
+        let (sid, sarg) = strategy.wire_id();
+        BeginBody {
+            version: STREAM_VERSION.into(),
+            flags: 0.into(),
+            strategy: sid.into(),
+            strategy_arg: sarg.into(),
+            guest_pfns: guest_pfns.into(),
+            populated_pages: populated_pages.into(),
+        }
+    }
+}
 
 /// Leading 8 bytes of PFNS, FAULT, ZERO and PAGE_DATA bodies.
 #[repr(C)]
@@ -971,14 +988,7 @@ mod tests {
     }
 
     fn begin(pfns: u64) -> BeginBody {
-        BeginBody {
-            version: STREAM_VERSION.into(),
-            flags: 0.into(),
-            strategy: 2.into(),
-            strategy_arg: 0.into(),
-            guest_pfns: pfns.into(),
-            populated_pages: pfns.into(),
-        }
+        BeginBody::new(StrategySpec::Bubble, pfns, pfns)
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
 use crate::records::{
     BeginBody, Cause, Record, RecordReader, RecordType, RecordWriter, MAX_BATCH_PAGES,
-    MAX_PFN_LIST, MAX_RUNS, STREAM_VERSION,
+    MAX_PFN_LIST, MAX_RUNS,
 };
 use crate::recovery::{self, Recovery, Watchdog};
 use crate::scheduler::{PushPolicy, PushStep, Request, Scheduler};
@@ -303,15 +303,7 @@ impl SourceSession {
         policy: PushPolicy,
     ) -> Result<SourceSession, Error> {
         let mut stream: BulkWriter = RecordWriter::new(stream);
-        let (sid, sarg) = strategy.wire_id();
-        stream.begin(&BeginBody {
-            version: STREAM_VERSION.into(),
-            flags: 0.into(),
-            strategy: sid.into(),
-            strategy_arg: sarg.into(),
-            guest_pfns: guest_pfns.into(),
-            populated_pages: populated_pages.into(),
-        })?;
+        stream.begin(&BeginBody::new(strategy, guest_pfns, populated_pages))?;
         Ok(SourceSession {
             stream: Some(stream),
             guest_pfns,

@@ -173,14 +173,7 @@ fn resumed_goes_out_when_the_adapter_says_the_guest_runs() {
 fn phases_out_of_order_are_local_errors() {
     let n = 16;
     let dst = MemDestination::new(n);
-    let begin = postcopy::records::BeginBody {
-        version: postcopy::records::STREAM_VERSION.into(),
-        flags: 0.into(),
-        strategy: 0.into(),
-        strategy_arg: 0.into(),
-        guest_pfns: n.into(),
-        populated_pages: n.into(),
-    };
+    let begin = postcopy::records::BeginBody::new(postcopy::prepage::StrategySpec::None, n, n);
     let mut session = DestSession::begin(&dst, &begin, DestConfig::default()).unwrap();
     let mut sink = RecordWriter::new(Vec::new());
     // READY before the marker.
