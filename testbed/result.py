@@ -217,6 +217,7 @@ def median(v):
 # The stress guest: stress-ng runs and the tmpfs file's checksum checks.
 consoles = glob.glob(os.path.join(d, "guest-*.log")) + glob.glob(os.path.join(d, "mig-*.log"))
 stress_runs = stress_fail = tmpfs_checks = tmpfs_fail = guest_ups = 0
+ups_by_console = {}
 for f in consoles:
     for line in open(f, errors="replace"):
         m = re.search(r"STRESS run \d+ rc=(\d+) fail_lines=(\d+)", line)
@@ -229,11 +230,13 @@ for f in consoles:
             tmpfs_fail += int(m.group(1) != "1")
         if "GUEST-UP" in line:
             guest_ups += 1
+            ups_by_console[os.path.basename(f)] = ups_by_console.get(os.path.basename(f), 0) + 1
 r["workload"] = meta.get("workload") or "memtest"
 if r["workload"] == "stress":
     r["stress"] = {"runs": stress_runs, "failed": stress_fail, "tmpfs_checks": tmpfs_checks,
                    "tmpfs_failed": tmpfs_fail}
 r["guest_boots"] = guest_ups
+r["guest_boots_by_console"] = ups_by_console
 
 # Per migration: xl's exit, its time, the engine's downtime, paused time
 # (dom0's view) and the guest's longest stall after resume.
