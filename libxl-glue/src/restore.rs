@@ -221,6 +221,9 @@ impl<O: XenOps> RestoreSession<O> {
             back: RecordWriter::new(Box::new(FdIo::new(self.back_fd))),
             closer: Arc::new(move || stop.store(true, Ordering::SeqCst)),
         };
+        let domid = self.session.memory().ops().domid();
+        self.session
+            .set_status(crate::status_file::status_config(domid));
         let result = self.session.serve(links, hooks, &self.metrics, None);
         Metrics::set_duration(&self.metrics.postcopy_time_us, start.elapsed());
         if result.is_ok() {

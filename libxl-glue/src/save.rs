@@ -373,6 +373,8 @@ impl<O: XenOps> SaveSession<O> {
             closer: Arc::new(move || stop.store(true, Ordering::SeqCst)),
         };
         let history = std::mem::take(&mut self.history);
+        self.session
+            .set_status(crate::status_file::status_config(self.mem.ops().domid()));
         let r = self
             .session
             .serve(&self.mem, links, history, &self.metrics, None);

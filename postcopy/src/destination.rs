@@ -47,6 +47,7 @@ use crate::records::{
     BeginBody, Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
 };
 use crate::recovery::{self, Recovery, Watchdog};
+use crate::status::{publish_while, Role, StatusConfig};
 use crate::transport::{Closer, DestLinks};
 use crate::{Pfn, PAGE_SIZE};
 
@@ -82,6 +83,8 @@ pub struct DestConfig {
     /// time (zero: complete at once; RESUMED is then never sent for a
     /// guest still paused).
     pub resume_grace: Duration,
+    /// Where serving's status goes, if anywhere ([`crate::status`]).
+    pub status: Option<StatusConfig>,
 }
 
 impl Default for DestConfig {
@@ -90,6 +93,7 @@ impl Default for DestConfig {
             fault_poll: Duration::from_millis(20),
             max_outstanding: MAX_OUTSTANDING_FAULTS,
             resume_grace: Duration::ZERO,
+            status: None,
         }
     }
 }
@@ -454,6 +458,11 @@ impl<M: DestinationMemory> DestSession<M> {
 }
 
 impl<M: DestinationMemory> DestSession<M> {
+    /// Publishes where serving stands through `cfg` ([`crate::status`]).
+    pub fn set_status(&mut self, cfg: StatusConfig) {
+        self.cfg.status = Some(cfg);
+    }
+
     /// Phase 3, once the guest runs (or is about to: see
     /// [`ServeHooks::resumed_at`]): forwards its faults, installs every
     /// owed page, and completes. With `recovery`, a link that breaks
@@ -470,7 +479,21 @@ impl<M: DestinationMemory> DestSession<M> {
     ) -> Result<(), Error> {
         self.require(DestPhase::Ready, "serve")?;
         self.phase = DestPhase::Serving;
-        let (result, unserved) = self.serve_inner(links, hooks, metrics, recovery);
+        metrics.set_owed_progress(self.owed_count, 0);
+        let strategy = self.strategy.map(|s| s.to_string()).unwrap_or_default();
+        let mut unserved = self.owed_count;
+        let status = self.cfg.status.clone();
+        let result = publish_while(
+            status.as_ref(),
+            Role::Destination,
+            &strategy,
+            metrics,
+            || {
+                let (r, u) = self.serve_inner(links, hooks, metrics, recovery);
+                unserved = u;
+                r
+            },
+        );
         self.unserved = unserved;
         self.phase = if result.is_ok() {
             DestPhase::Served
@@ -791,6 +814,7 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         }
         let mut left = lock(&self.remaining);
         *left -= pfns.len() as u64;
+        self.metrics.set_owed_progress(self.owed, self.owed - *left);
         self.hooks.progress(self.owed - *left, self.owed);
         if *left == 0 {
             self.all_in.notify_all();

@@ -42,6 +42,7 @@ pub mod recovery;
 pub mod scheduler;
 pub mod sentmap;
 pub mod source;
+pub mod status;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testmem;
 pub mod transport;

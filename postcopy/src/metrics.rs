@@ -53,6 +53,12 @@ pub struct Metrics {
     pub outages: AtomicU64,
     /// Time spent disconnected, in microseconds.
     pub outage_us: AtomicU64,
+    /// Pages owed at the switch (a gauge for the status).
+    owed_pages: AtomicU64,
+    /// Owed pages sent (source) or installed (destination) so far.
+    owed_done: AtomicU64,
+    /// Sum of the fault service latencies, in microseconds.
+    fault_block_us: AtomicU64,
     fault_latency: Mutex<Histogram<u64>>,
 }
 
@@ -88,6 +94,9 @@ impl Metrics {
             postcopy_time_us: AtomicU64::new(0),
             outages: AtomicU64::new(0),
             outage_us: AtomicU64::new(0),
+            owed_pages: AtomicU64::new(0),
+            owed_done: AtomicU64::new(0),
+            fault_block_us: AtomicU64::new(0),
             // 1 µs .. 100 s at 3 significant digits; the bounds are valid
             // constants, so construction cannot fail.
             fault_latency: Mutex::new(
@@ -105,10 +114,30 @@ impl Metrics {
     /// Records one fault's service latency.
     pub fn record_fault_latency(&self, d: Duration) {
         let v = us(d).clamp(1, 100_000_000);
+        self.fault_block_us.fetch_add(us(d), Ordering::Relaxed);
         if let Ok(mut h) = self.fault_latency.lock() {
             // In range by the clamp above.
             let _ = h.record(v);
         }
+    }
+
+    /// Sets the owed-page gauges: `done` of `owed` pages sent or installed.
+    pub fn set_owed_progress(&self, owed: u64, done: u64) {
+        self.owed_pages.store(owed, Ordering::Relaxed);
+        self.owed_done.store(done, Ordering::Relaxed);
+    }
+
+    /// The owed-page gauges: (owed, done).
+    pub fn owed_progress(&self) -> (u64, u64) {
+        (
+            self.owed_pages.load(Ordering::Relaxed),
+            self.owed_done.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Time spent waiting on faults, summed over faults, in ms.
+    pub fn blocktime_ms(&self) -> u64 {
+        self.fault_block_us.load(Ordering::Relaxed) / 1000
     }
 
     /// Sets a duration gauge.

@@ -42,6 +42,7 @@ use crate::records::{
 };
 use crate::recovery::{self, Recovery, Watchdog};
 use crate::scheduler::{PushPolicy, PushStep, Request, Scheduler};
+use crate::status::{publish_while, Role, StatusConfig};
 use crate::transport::SourceLinks;
 use crate::{Pfn, PAGE_SIZE};
 
@@ -95,6 +96,8 @@ pub struct SourceConfig {
     /// unbounded). Past it the links are closed and the migration aborts
     /// before the switch: the guest resumes here.
     pub ready_timeout: Duration,
+    /// Where serving's status goes, if anywhere ([`crate::status`]).
+    pub status: Option<StatusConfig>,
 }
 
 impl SourceConfig {
@@ -115,6 +118,7 @@ impl Default for SourceConfig {
             batch_pages: PushPolicy::LOCAL.batch_pages,
             idle_flush: PushPolicy::LOCAL.idle_flush,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            status: None,
         }
     }
 }
@@ -275,6 +279,7 @@ pub struct SourceSession {
     stopped_at: Instant,
     phase: SourcePhase,
     progress: Option<ProgressHook>,
+    status: Option<StatusConfig>,
     /// Bound on the wait for READY and how to end that wait.
     ready_bound: Option<(Duration, crate::transport::Closer)>,
 }
@@ -313,6 +318,7 @@ impl SourceSession {
             stopped_at: Instant::now(),
             phase: SourcePhase::Begun,
             progress: None,
+            status: None,
             ready_bound: None,
         })
     }
@@ -327,6 +333,11 @@ impl SourceSession {
     /// Reports serving progress to `hook` (e.g. a progress bar).
     pub fn set_progress(&mut self, hook: ProgressHook) {
         self.progress = Some(hook);
+    }
+
+    /// Publishes where serving stands through `cfg` ([`crate::status`]).
+    pub fn set_status(&mut self, cfg: StatusConfig) {
+        self.status = Some(cfg);
     }
 
     /// The push policy.
@@ -460,7 +471,16 @@ impl SourceSession {
             progress: self.progress.as_deref(),
             metrics,
         };
-        let r = serve(mem, bulk, links, &self.owed, history, &ctx, recovery);
+        let owed: u64 = self.owed.iter().map(|r| r.count).sum();
+        metrics.set_owed_progress(owed, 0);
+        let strategy = self.strategy.to_string();
+        let r = publish_while(
+            self.status.as_ref(),
+            Role::Source,
+            &strategy,
+            metrics,
+            || serve(mem, bulk, links, &self.owed, history, &ctx, recovery),
+        );
         self.phase = if r.is_ok() {
             SourcePhase::Served
         } else {
@@ -525,6 +545,9 @@ pub fn run_source_recoverable<M: SourceMemory>(
     let owed_count: u64 = session.owed().iter().map(|r| r.count).sum();
     let stopped_at = session.stopped_at();
     let history = mem.access_history();
+    if let Some(status) = &cfg.status {
+        session.set_status(status.clone());
+    }
     let result = session.serve(
         &*mem,
         ServeLinks {
@@ -1106,6 +1129,7 @@ fn push_loop<M: SourceMemory + ?Sized>(
                     &mut buf,
                     metrics,
                 )?;
+                metrics.set_owed_progress(owed, owed - unsent);
                 if let Some(p) = ctx.progress {
                     p(owed - unsent, owed);
                 }
@@ -1200,6 +1224,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
                     )));
                 }
                 drop(s);
+                ctx.metrics.set_owed_progress(received, received);
                 if let Some(p) = ctx.progress {
                     p(received, received);
                 }

@@ -10,5 +10,6 @@ pub mod auth;
 pub mod bench;
 pub mod local;
 pub mod options;
+pub mod status;
 pub mod tunnel;
 pub mod vetting;

@@ -92,6 +92,25 @@ enum Cmd {
     },
     /// List the pre-paging strategies.
     Strategies,
+    /// Where a post-copy migration stands (or how the last one ended): on
+    /// a Xen host by domain name or id, on either host; in local mode by
+    /// the `--status-file` of a `send` or `receive`.
+    Status {
+        /// Domain name or id (Xen).
+        #[arg(required_unless_present = "file")]
+        domain: Option<String>,
+        /// Read this status file instead (local mode's --status-file).
+        #[arg(long, value_name = "FILE", conflicts_with = "domain")]
+        file: Option<std::path::PathBuf>,
+        /// Folder of the Xen helpers' status files (default:
+        /// $XEN_POSTCOPY_STATUS_DIR, else /run/xen-postcopy).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// Print the snapshot as JSON (stable keys, after QEMU's
+        /// query-migrate).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -456,6 +475,33 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Calibrate { trace, report } => calibrate(&trace, &report),
+        Cmd::Status {
+            domain,
+            file,
+            dir,
+            json,
+        } => {
+            let (path, st) = match (domain, file) {
+                (_, Some(f)) => {
+                    let st = xl_plugin::status::read_status(&f)?;
+                    (f, st)
+                }
+                (Some(d), None) => {
+                    let dir = dir
+                        .or_else(|| std::env::var_os("XEN_POSTCOPY_STATUS_DIR").map(Into::into))
+                        .unwrap_or_else(|| xl_plugin::status::DEFAULT_STATUS_DIR.into());
+                    xl_plugin::status::status_of_domain(&d, &dir)?
+                }
+                (None, None) => bail!("name a domain or --file"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", xl_plugin::status::render(&st));
+                println!("{:<18} {}", "from", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Strategies => {
             for s in postcopy::prepage::StrategySpec::ALL {
                 println!("{s}");

@@ -213,6 +213,11 @@ pub struct LinkArgs {
     /// READY before aborting and resuming its guest (0: wait forever).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub ready_timeout: f64,
+    /// Publish this side's status (JSON, replaced every 0.5 s while it
+    /// serves, and at the end) to this file; `xl-postcopy status --file`
+    /// reads it.
+    #[arg(long, value_name = "FILE")]
+    pub status_file: Option<PathBuf>,
 }
 
 impl LinkArgs {
@@ -235,6 +240,7 @@ impl LinkArgs {
             control: self.control.clone(),
             stall_timeout,
             ready_timeout,
+            status_file: self.status_file.clone(),
         })
     }
 }

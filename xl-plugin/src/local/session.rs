@@ -87,6 +87,23 @@ pub struct LinkOpts {
     /// How long the sender waits, its guest stopped, for READY before
     /// aborting and resuming its guest (zero: forever).
     pub ready_timeout: Duration,
+    /// Where this side publishes its status while it serves
+    /// (`xl-postcopy status --file`), if anywhere.
+    pub status_file: Option<PathBuf>,
+}
+
+impl LinkOpts {
+    /// The engine's status publishing for these options.
+    fn status(&self) -> Option<postcopy::status::StatusConfig> {
+        self.status_file
+            .as_ref()
+            .map(|p| postcopy::status::StatusConfig {
+                sink: Arc::new(postcopy::status::StatusFile::new(p)),
+                domid: None,
+                name: Some("local".to_string()),
+                interval: postcopy::status::DEFAULT_STATUS_INTERVAL,
+            })
+    }
 }
 
 impl Default for LinkOpts {
@@ -97,6 +114,7 @@ impl Default for LinkOpts {
             control: None,
             stall_timeout: Duration::from_secs(15),
             ready_timeout: postcopy::source::DEFAULT_READY_TIMEOUT,
+            status_file: None,
         }
     }
 }
@@ -373,6 +391,7 @@ pub fn run_sender_with(
         mode: m.mode,
         batch_pages: m.batch_pages,
         ready_timeout: l.ready_timeout,
+        status: l.status(),
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
@@ -640,7 +659,10 @@ pub fn run_receiver_with(
     let outcome = run_destination_recoverable(
         &mem,
         links,
-        &DestConfig::default(),
+        &DestConfig {
+            status: l.status(),
+            ..DestConfig::default()
+        },
         &mut guest,
         &metrics,
         recovery,

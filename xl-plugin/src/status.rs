@@ -1,0 +1,282 @@
+//! `xl-postcopy status`: where a post-copy migration stands, read from the
+//! snapshot the engine publishes while it serves ([`postcopy::status`]):
+//! on a Xen host by domain name or id (`/run/xen-postcopy/<domid>.json`,
+//! written by the save and restore helpers), in local mode by the file a
+//! `send` or `receive` was given with `--status-file`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use postcopy::status::{Status, POSTCOPY_ACTIVE};
+use thiserror::Error;
+
+/// The status folder of a Xen host (the helpers' `XEN_POSTCOPY_STATUS_DIR`).
+pub const DEFAULT_STATUS_DIR: &str = "/run/xen-postcopy";
+
+/// Longest wait for `xl domid` (xl may block on a busy toolstack lock).
+const XL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no status could be shown.
+#[derive(Debug, Error)]
+pub enum StatusError {
+    /// No snapshot exists where it was looked for.
+    #[error("no post-copy status at {path}: {why}")]
+    Missing {
+        /// The file looked for.
+        path: PathBuf,
+        /// What that means.
+        why: String,
+    },
+    /// The snapshot could not be read or parsed.
+    #[error("cannot read the post-copy status {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The reason.
+        reason: String,
+    },
+    /// The domain name is not known to xl.
+    #[error("no domain named '{name}' on this host ({why})")]
+    NoDomain {
+        /// The name given.
+        name: String,
+        /// What xl said.
+        why: String,
+    },
+}
+
+/// Reads one snapshot.
+pub fn read_status(path: &Path) -> Result<Status, StatusError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StatusError::Missing {
+                path: path.to_path_buf(),
+                why: "no post-copy migration of it has published one on this host".into(),
+            }
+        } else {
+            StatusError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| StatusError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// `xl domid NAME`, bounded by [`XL_TIMEOUT`].
+fn xl_domid(name: &str) -> Result<u32, String> {
+    let mut child = Command::new("xl")
+        .args(["domid", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run xl: {e}"))?;
+    let deadline = Instant::now() + XL_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("xl domid gave no answer in {XL_TIMEOUT:?}"));
+            }
+            Err(e) => return Err(format!("waiting for xl: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("reading xl's answer: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    text.trim()
+        .parse()
+        .map_err(|_| format!("xl domid printed '{}'", text.trim()))
+}
+
+/// The snapshot of DOMAIN (a domid, or a name xl knows; during post-copy
+/// the destination's copy is `NAME--incoming`, tried too) in `dir`.
+pub fn status_of_domain(domain: &str, dir: &Path) -> Result<(PathBuf, Status), StatusError> {
+    let domid = match domain.parse::<u32>() {
+        Ok(id) => id,
+        Err(_) => match xl_domid(domain) {
+            Ok(id) => id,
+            Err(why) => match xl_domid(&format!("{domain}--incoming")) {
+                Ok(id) => id,
+                Err(_) => {
+                    return Err(StatusError::NoDomain {
+                        name: domain.to_string(),
+                        why,
+                    })
+                }
+            },
+        },
+    };
+    let path = dir.join(format!("{domid}.json"));
+    let status = read_status(&path)?;
+    Ok((path, status))
+}
+
+/// Whether process `pid` still exists.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A one-line verdict on a snapshot's freshness: an active snapshot whose
+/// publisher is gone is stale (the helper died).
+pub fn staleness(s: &Status) -> Option<String> {
+    (s.status == POSTCOPY_ACTIVE && s.pid != 0 && !alive(s.pid)).then(|| {
+        format!(
+            "stale: the publishing process {} is gone (the migration's helper died)",
+            s.pid
+        )
+    })
+}
+
+fn ago(unix_ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    format!("{:.1} s ago", now.saturating_sub(unix_ms) as f64 / 1000.0)
+}
+
+/// The human table of a snapshot.
+pub fn render(s: &Status) -> String {
+    let mut who = Vec::new();
+    if let Some(r) = s.role {
+        who.push(format!("{r:?}").to_lowercase());
+    }
+    if let Some(d) = s.domid {
+        who.push(format!("domid {d}"));
+    }
+    if let Some(n) = &s.name {
+        who.push(n.clone());
+    }
+    who.push(format!("pid {}", s.pid));
+    let r = &s.ram;
+    let pct = if r.owed_pages > 0 {
+        r.done_pages as f64 * 100.0 / r.owed_pages as f64
+    } else {
+        100.0
+    };
+    let eta = r.expected_remaining_ms.map_or("unknown".to_string(), |ms| {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    });
+    let l = &s.fault_latency_us;
+    let mut rows = vec![
+        (
+            "status",
+            format!(
+                "{} ({}; updated {})",
+                s.status,
+                who.join(", "),
+                ago(s.updated_unix_ms)
+            ),
+        ),
+        ("strategy", s.strategy.clone()),
+        (
+            "post-copy time",
+            format!("{:.1} s", s.postcopy_time_ms as f64 / 1000.0),
+        ),
+        ("downtime", format!("{:.1} ms", s.downtime_ms)),
+        (
+            "owed pages",
+            format!(
+                "{} done of {} ({pct:.0}%), {} remaining",
+                r.done_pages, r.owed_pages, r.remaining_pages
+            ),
+        ),
+        (
+            "pages transferred",
+            format!(
+                "{} (pushed {}, faulted {}, zero {}, pre-copy {}, resent {})",
+                r.transferred_pages,
+                r.pushed_pages,
+                r.faulted_pages,
+                r.zero_pages,
+                r.precopy_pages,
+                r.resent_pages
+            ),
+        ),
+        (
+            "bandwidth",
+            format!("{:.1} Mbit/s; expected remaining {eta}", r.mbps),
+        ),
+        (
+            "network faults",
+            format!(
+                "{} ({} met by the push); latency p50 {} us, p99 {} us, max {} us",
+                s.network_faults, s.faults_in_flight, l.p50, l.p99, l.max
+            ),
+        ),
+        ("blocktime", format!("{} ms", s.postcopy_blocktime_ms)),
+        ("outages", s.outages.to_string()),
+    ];
+    if let Some(e) = &s.error {
+        rows.push(("error", e.clone()));
+    }
+    if let Some(st) = staleness(s) {
+        rows.push(("warning", st));
+    }
+    rows.iter().map(|(k, v)| format!("{k:<18} {v}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postcopy::status::{RamStatus, COMPLETED};
+
+    #[test]
+    fn a_missing_file_says_so() {
+        let e = read_status(Path::new("/nonexistent/xen-postcopy/9.json")).unwrap_err();
+        assert!(matches!(e, StatusError::Missing { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_active_snapshot_of_a_dead_process_is_stale() {
+        let mut s = Status {
+            status: POSTCOPY_ACTIVE.into(),
+            pid: std::process::id(),
+            ..Status::default()
+        };
+        assert!(staleness(&s).is_none());
+        s.pid = u32::MAX - 1;
+        assert!(staleness(&s).unwrap().contains("gone"));
+        s.status = COMPLETED.into();
+        assert!(staleness(&s).is_none());
+    }
+
+    #[test]
+    fn the_table_names_every_figure() {
+        let s = Status {
+            status: POSTCOPY_ACTIVE.into(),
+            pid: std::process::id(),
+            domid: Some(3),
+            ram: RamStatus {
+                owed_pages: 200,
+                done_pages: 50,
+                remaining_pages: 150,
+                ..RamStatus::default()
+            },
+            ..Status::default()
+        };
+        let t = render(&s);
+        for k in [
+            "status",
+            "owed pages",
+            "50 done of 200 (25%)",
+            "domid 3",
+            "blocktime",
+        ] {
+            assert!(t.contains(k), "{k} missing in\n{t}");
+        }
+    }
+}
