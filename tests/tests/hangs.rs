@@ -236,3 +236,20 @@ fn a_mute_receiver_is_a_worded_timeout() {
     assert!(!err.contains("os error"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
+
+/// Nobody ever connects to a waiting receiver: it gives up after
+/// `--accept-timeout`, exits 1 and says what it waited for and how long
+/// (before, it waited for ever).
+#[test]
+fn a_receiver_nobody_connects_to_times_out() {
+    let t = Instant::now();
+    let (recv, _addr) = receiver(&["--accept-timeout", "2"], LIMIT).unwrap();
+    let (code, _, err) = recv.finish_within(LIMIT);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no migration was received"), "{err}");
+    assert!(
+        err.contains("no sender connected within 2.0 s"),
+        "the timeout in words: {err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

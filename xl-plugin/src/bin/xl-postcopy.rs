@@ -48,6 +48,11 @@ enum Cmd {
         /// the post-migration rate).
         #[arg(long, default_value_t = 0.3)]
         tail: f64,
+        /// Seconds to wait for a sender to connect before giving up (0:
+        /// wait forever).
+        #[arg(long, value_name = "SECONDS",
+              default_value_t = xl_plugin::local::session::DEFAULT_ACCEPT_TIMEOUT.as_secs_f64())]
+        accept_timeout: f64,
         #[command(flatten)]
         link: xl_plugin::local::recover::LinkArgs,
     },
@@ -378,8 +383,16 @@ fn main() -> Result<ExitCode> {
             }
             Err(e) => Ok(exit_for(&e)),
         },
-        Cmd::Receive { listen, tail, link } => {
-            let link = link.opts()?;
+        Cmd::Receive {
+            listen,
+            tail,
+            accept_timeout,
+            link,
+        } => {
+            let link = xl_plugin::local::session::LinkOpts {
+                accept_timeout: secs(accept_timeout, "accept-timeout")?,
+                ..link.opts()?
+            };
             if !listen.ip().is_loopback() && link.token.is_none() {
                 bail!("refusing to listen on {listen} without --token-file: only loopback is safe unauthenticated");
             }

@@ -146,6 +146,9 @@ pub enum LinkError {
     /// No acceptable connection before the deadline.
     #[error("no sender connected in time")]
     TimedOut,
+    /// Nobody started a migration while the receiver waited.
+    #[error("timed out: no sender connected within {0:.1} s (--accept-timeout)")]
+    NoSender(f64),
     /// A sender opened one of its two connections and not the other.
     #[error("timed out: the sender opened its {0} connection but not the other within {1:.1} s")]
     Unpaired(&'static str, f64),
@@ -396,47 +399,70 @@ pub fn accept_until(
     gather(
         listener,
         expect,
-        Some(deadline),
+        Some(Until::All(deadline)),
         deadline.saturating_duration_since(Instant::now()),
     )
 }
 
-/// Receiver side, for a new migration: waits for a sender (unbounded: the
-/// receiver's idle state), then for the other connection of its session
-/// for at most `pair_within` after the first one passed its handshake.
-/// Strangers are refused, each on its own bounded ([`HANDSHAKE`]) and
-/// concurrent handshake, and waiting goes on.
+/// Receiver side, for a new migration: waits for a sender for at most
+/// `wait` (`None`: for ever), then for the other connection of its
+/// session for at most `pair_within` after the first one passed its
+/// handshake. Strangers are refused, each on its own bounded
+/// ([`HANDSHAKE`]) and concurrent handshake, and waiting goes on.
 pub fn accept_migration(
     listener: &TcpListener,
+    wait: Option<Duration>,
     pair_within: Duration,
     expect: &Expect,
 ) -> Result<Accepted, LinkError> {
-    gather(listener, expect, None, pair_within)
+    let deadline = wait.map(|w| Instant::now() + w);
+    gather(listener, expect, deadline.map(Until::First), pair_within).map_err(|e| match (e, wait) {
+        (LinkError::TimedOut, Some(w)) => LinkError::NoSender(w.as_secs_f64()),
+        (e, _) => e,
+    })
+}
+
+/// How long [`gather`] waits.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// For the first connection of a sender; once one arrived, the pair
+    /// window alone bounds the wait for the other.
+    First(Instant),
+    /// For the whole pair.
+    All(Instant),
 }
 
 fn gather(
     listener: &TcpListener,
     expect: &Expect,
-    deadline: Option<Instant>,
+    until: Option<Until>,
     pair_within: Duration,
 ) -> Result<Accepted, LinkError> {
     vetting::nonblocking(listener, || {
-        gather_polling(listener, expect, deadline, pair_within)
+        gather_polling(listener, expect, until, pair_within)
     })
 }
 
 fn gather_polling(
     listener: &TcpListener,
     expect: &Expect,
-    mut deadline: Option<Instant>,
+    until: Option<Until>,
     pair_within: Duration,
 ) -> Result<Accepted, LinkError> {
+    // Set once the first half of some session arrived.
+    let mut pair_by: Option<Instant> = None;
     let mut vetting = Vetting::default();
     // Vetted connections by session: (bulk, fault).
     let mut sessions: std::collections::HashMap<u64, [Option<(TcpStream, Hello)>; 2]> =
         std::collections::HashMap::new();
     loop {
         let now = Instant::now();
+        let deadline = match (until, pair_by) {
+            (Some(Until::All(d)), Some(p)) => Some(d.min(p)),
+            (Some(Until::All(d)), None) | (Some(Until::First(d)), None) => Some(d),
+            (_, Some(p)) => Some(p),
+            (None, None) => None,
+        };
         if deadline.is_some_and(|d| now >= d) {
             let half = sessions.values().find_map(|p| match p {
                 [Some(_), None] => Some("bulk"),
@@ -480,7 +506,7 @@ fn gather_polling(
             }
             // The first half of a session: the other must follow soon.
             let by = Instant::now() + pair_within;
-            deadline = Some(deadline.map_or(by, |d| d.min(by)));
+            pair_by = Some(pair_by.map_or(by, |p| p.min(by)));
         }
         if idle {
             std::thread::sleep(Duration::from_millis(5));

@@ -235,6 +235,7 @@ impl LinkArgs {
             control: self.control.clone(),
             stall_timeout,
             ready_timeout,
+            accept_timeout: super::session::DEFAULT_ACCEPT_TIMEOUT,
         })
     }
 }

@@ -87,7 +87,15 @@ pub struct LinkOpts {
     /// How long the sender waits, its guest stopped, for READY before
     /// aborting and resuming its guest (zero: forever).
     pub ready_timeout: Duration,
+    /// How long the receiver waits for a sender to connect (zero:
+    /// forever).
+    pub accept_timeout: Duration,
 }
+
+/// Default bound on the receiver's wait for a sender: long enough to start
+/// the sender by hand on another host, short enough that a receiver nobody
+/// uses does not sit on its port for ever.
+pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for LinkOpts {
     fn default() -> Self {
@@ -97,6 +105,7 @@ impl Default for LinkOpts {
             control: None,
             stall_timeout: Duration::from_secs(15),
             ready_timeout: postcopy::source::DEFAULT_READY_TIMEOUT,
+            accept_timeout: DEFAULT_ACCEPT_TIMEOUT,
         }
     }
 }
@@ -565,6 +574,7 @@ pub fn run_receiver_with(
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
     let first = link::accept_migration(
         listener,
+        (!l.accept_timeout.is_zero()).then_some(l.accept_timeout),
         l.pair_window(),
         &Expect {
             token: l.token.clone(),
