@@ -149,6 +149,9 @@ pub struct SourceFailure {
     /// runs on the destination; its unsent pages are lost if the link
     /// cannot be restored.
     pub after_switch: bool,
+    /// After the switch: owed pages the destination never confirmed
+    /// holding ([`SourceSession::unconfirmed`]); zero before it.
+    pub unconfirmed: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -277,6 +280,8 @@ pub struct SourceSession {
     progress: Option<ProgressHook>,
     /// Bound on the wait for READY and how to end that wait.
     ready_bound: Option<(Duration, crate::transport::Closer)>,
+    /// Owed pages the destination had not confirmed when serving failed.
+    unconfirmed: u64,
 }
 
 impl std::fmt::Debug for SourceSession {
@@ -314,6 +319,7 @@ impl SourceSession {
             phase: SourcePhase::Begun,
             progress: None,
             ready_bound: None,
+            unconfirmed: 0,
         })
     }
 
@@ -322,6 +328,14 @@ impl SourceSession {
     /// switch fails with [`Error::Timeout`], before the switch.
     pub fn bound_ready(&mut self, timeout: Duration, closer: crate::transport::Closer) {
         self.ready_bound = (!timeout.is_zero()).then_some((timeout, closer));
+    }
+
+    /// After a failed [`serve`](Self::serve): the owed pages the
+    /// destination had not confirmed holding (all of them if no recovery
+    /// handshake ever told), i.e. the pages the guest may have lost. Zero
+    /// otherwise.
+    pub fn unconfirmed(&self) -> u64 {
+        self.unconfirmed
     }
 
     /// Reports serving progress to `hook` (e.g. a progress bar).
@@ -460,7 +474,8 @@ impl SourceSession {
             progress: self.progress.as_deref(),
             metrics,
         };
-        let r = serve(mem, bulk, links, &self.owed, history, &ctx, recovery);
+        let (r, unconfirmed) = serve(mem, bulk, links, &self.owed, history, &ctx, recovery);
+        self.unconfirmed = unconfirmed;
         self.phase = if r.is_ok() {
             SourcePhase::Served
         } else {
@@ -519,6 +534,7 @@ pub fn run_source_recoverable<M: SourceMemory>(
             return Err(SourceFailure {
                 error,
                 after_switch: false,
+                unconfirmed: 0,
             });
         }
     };
@@ -557,6 +573,11 @@ pub fn run_source_recoverable<M: SourceMemory>(
             Err(SourceFailure {
                 error,
                 after_switch,
+                unconfirmed: if after_switch {
+                    session.unconfirmed()
+                } else {
+                    0
+                },
             })
         }
     }
@@ -781,6 +802,39 @@ fn serve<M: SourceMemory + ?Sized>(
     owed: &[PfnRun],
     history: Vec<Pfn>,
     ctx: &ServeCtx<'_>,
+    recovery: Option<Recovery<'_, SourceLinks>>,
+) -> (Result<(), Error>, u64) {
+    let n = mem.pfn_count();
+    let prepager = ctx.strategy.build(history);
+    let sched = match Scheduler::new(n, owed, prepager) {
+        Ok(s) => s,
+        Err(e) => return (Err(e.into()), owed.iter().map(|r| r.count).sum()),
+    };
+    let shared = Shared {
+        sched: Mutex::new(sched),
+        resend: Mutex::new(Resend::default()),
+        outstanding: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        server_done: AtomicBool::new(false),
+        resumed: AtomicBool::new(false),
+        confirmed: AtomicU64::new(0),
+        last_fault_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+    };
+    let r = serve_recovering(mem, bulk, links, &shared, ctx, recovery);
+    let unconfirmed = if r.is_ok() { 0 } else { shared.unconfirmed() };
+    (r, unconfirmed)
+}
+
+/// Serves on one connection after another: a link that breaks (or a
+/// destination that breaks the protocol) is recovered through
+/// `recovery`.
+fn serve_recovering<M: SourceMemory + ?Sized>(
+    mem: &M,
+    bulk: BulkWriter,
+    links: ServeLinks,
+    shared: &Shared,
+    ctx: &ServeCtx<'_>,
     mut recovery: Option<Recovery<'_, SourceLinks>>,
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
@@ -793,18 +847,7 @@ fn serve<M: SourceMemory + ?Sized>(
     let mut replies = Some(replies);
     let bulk = Mutex::new(bulk);
     let n = mem.pfn_count();
-    let prepager = ctx.strategy.build(history);
-    let shared = Shared {
-        sched: Mutex::new(Scheduler::new(n, owed, prepager)?),
-        resend: Mutex::new(Resend::default()),
-        outstanding: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        server_done: AtomicBool::new(false),
-        resumed: AtomicBool::new(false),
-        confirmed: AtomicU64::new(0),
-        last_fault_ms: AtomicU64::new(0),
-        epoch: Instant::now(),
-    };
+    let mut peer_faults = 0u32;
     loop {
         shared.failed.store(false, Ordering::SeqCst);
         shared.server_done.store(false, Ordering::SeqCst);
@@ -813,7 +856,7 @@ fn serve<M: SourceMemory + ?Sized>(
             mem,
             &bulk,
             (fault_rx, replies.take(), closer.clone()),
-            &shared,
+            shared,
             ctx,
         );
         Metrics::add(&metrics.bytes_sent, lock(&bulk).bytes_written());
@@ -825,12 +868,25 @@ fn serve<M: SourceMemory + ?Sized>(
         let Some(rec) = recovery.as_mut() else {
             return Err(error);
         };
-        if !error.is_recoverable() {
+        if !error.is_link_failure() {
             return Err(error);
+        }
+        if error.is_peer_fault() {
+            peer_faults += 1;
+            if peer_faults > recovery::MAX_PEER_FAULTS {
+                warn!("the destination broke the protocol {peer_faults} times; giving up");
+                return Err(error);
+            }
         }
         let outage = Instant::now();
         Metrics::add(&metrics.outages, 1);
-        if shared.resumed.load(Ordering::SeqCst) {
+        if error.is_peer_fault() {
+            warn!(
+                "the destination broke the protocol after the switch ({error}); link dropped, \
+                 recovering for up to {:?}",
+                rec.timeout
+            );
+        } else if shared.resumed.load(Ordering::SeqCst) {
             warn!(
                 "link lost after the switch ({error}); recovering for up to {:?}",
                 rec.timeout
@@ -844,12 +900,13 @@ fn serve<M: SourceMemory + ?Sized>(
         }
         let deadline = outage + rec.timeout;
         let lost = |last: String| Error::LinkLost {
+            cause: error.to_string(),
             waited_ms: ms(outage.elapsed()),
             missing: shared.unconfirmed(),
             last,
             resumed: shared.resumed.load(Ordering::SeqCst),
         };
-        let (links, rx, received) = loop {
+        let (links, rx, received, resent) = loop {
             let links = recovery::reconnect(rec, deadline).map_err(&lost)?;
             let SourceLinks {
                 bulk: b,
@@ -859,10 +916,11 @@ fn serve<M: SourceMemory + ?Sized>(
             } = links;
             let dog = Watchdog::new(c.clone(), deadline);
             let mut rx: FaultReader = RecordReader::new(frx, Some(n));
-            let got = recovery::read_received(&mut rx, n);
+            let got = recovery::read_received(&mut rx, n)
+                .and_then(|received| Ok((plan_resend(shared, n, &received)?, received)));
             drop(dog);
             match got {
-                Ok(received) => break ((b, ftx, c), rx, received),
+                Ok((resent, received)) => break ((b, ftx, c), rx, received, resent),
                 Err(e) => {
                     c();
                     if let Error::PeerAborted(why) = &e {
@@ -877,7 +935,9 @@ fn serve<M: SourceMemory + ?Sized>(
                         // The guest never ran there: run_source resumes it.
                         return Err(e);
                     }
-                    if !e.is_recoverable() {
+                    // A handshake the destination garbled is tried
+                    // again, within the same outage.
+                    if !e.is_link_failure() {
                         return Err(e);
                     }
                     if Instant::now() >= deadline {
@@ -889,7 +949,6 @@ fn serve<M: SourceMemory + ?Sized>(
         };
         // The destination reconnected: it had resumed the guest.
         shared.resumed.store(true, Ordering::SeqCst);
-        let resent = plan_resend(&shared, n, &received)?;
         shared
             .confirmed
             .store(received.count_ones() as u64, Ordering::SeqCst);

@@ -398,9 +398,17 @@ pub fn run_sender_with(
             });
         }
         return Err(if f.after_switch {
+            let mut error = f.error.to_string();
+            if !matches!(f.error, postcopy::Error::LinkLost { .. }) {
+                // LinkLost says it already.
+                error = format!(
+                    "{error}; {} owed pages are not confirmed at the destination",
+                    f.unconfirmed
+                );
+            }
             LocalError::AfterSwitch {
                 side: "source",
-                error: f.error.to_string(),
+                error,
             }
         } else {
             LocalError::BeforeSwitch {
