@@ -2,7 +2,9 @@
 //! real `xl-postcopy` processes fed crafted bytes.
 //!
 //! - peer text: an ABORT reason with escape sequences or a forged
-//!   `xl-postcopy:` line is printed escaped.
+//!   `xl-postcopy:` line is printed escaped;
+//! - messages: a complete migration whose summary arrives garbled says
+//!   that no page was lost (integrity unchecked), not that pages were.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
 
@@ -10,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use postcopy_tests::sender;
+use postcopy_tests::{receiver, sender, Action, Dir, Fault, Proxy, Trigger};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -61,4 +63,35 @@ fn peer_text_is_printed_escaped() {
         "forged line printed: {err}"
     );
     assert!(err.contains("\\u{1b}[2J"), "{err}");
+}
+
+/// The migration completes, then the destination's summary arrives
+/// garbled: the sender says every page arrived and integrity was not
+/// checked (exit 3), not that pages were lost.
+#[test]
+fn a_garbled_summary_after_a_complete_migration_loses_no_page() {
+    let (recv, addr) = receiver(&[], LIMIT).unwrap();
+    // Downstream on the bulk connection: the status byte, then only the
+    // summary (4-byte length, JSON): garble its first JSON byte.
+    let proxy = Proxy::start(
+        addr,
+        vec![Fault {
+            channel: 0,
+            nth: 0,
+            dir: Dir::Down,
+            at: Trigger::Offset(5),
+            action: Action::Corrupt(0xff),
+        }],
+    )
+    .unwrap();
+    let (code, _, err) = sender(proxy.addr, &["--mem", "8M"], LIMIT)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("every page reached the destination"), "{err}");
+    assert!(err.contains("not checked"), "{err}");
+    assert!(!err.contains("lost"), "{err}");
+    let (recv_code, _, recv_err) = recv.finish_within(LIMIT);
+    assert_eq!(recv_code, 0, "{recv_err}");
 }

@@ -196,6 +196,11 @@ pub enum LocalError {
         /// Why.
         error: String,
     },
+    /// The migration completed (the destination holds every page) but its
+    /// summary, with the digest of its memory, did not arrive intact: no
+    /// page was lost, but integrity could not be checked.
+    #[error("migration complete (every page reached the destination), but its summary could not be read ({0}): the integrity of its memory was not checked")]
+    Unverified(String),
     /// The destination's memory differs from the source's.
     #[error("integrity check failed: destination digest {dest_digest:#x} != source digest {source_digest:#x}")]
     Integrity {
@@ -208,7 +213,7 @@ pub enum LocalError {
 
 impl LocalError {
     /// Process exit code: 1 setup/link/before switch, 2 after, 3
-    /// integrity, 4 in doubt.
+    /// integrity failed or unchecked, 4 in doubt.
     pub fn exit_code(&self) -> i32 {
         match self {
             LocalError::Setup(_)
@@ -217,7 +222,7 @@ impl LocalError {
             | LocalError::ReceiverAborted(_)
             | LocalError::BeforeSwitch { .. } => 1,
             LocalError::AfterSwitch { .. } => 2,
-            LocalError::Integrity { .. } => 3,
+            LocalError::Integrity { .. } | LocalError::Unverified(_) => 3,
             LocalError::InDoubt { .. } => 4,
         }
     }
@@ -423,10 +428,8 @@ pub fn run_sender_with(
             }
         });
     }
-    let summary = read_summary(&mut lock(&trailer)).map_err(|e| LocalError::AfterSwitch {
-        side: "destination",
-        error: format!("no summary from the destination: {e}"),
-    })?;
+    let summary = read_summary(&mut lock(&trailer))
+        .map_err(|e| LocalError::Unverified(postcopy::error::io_words(&e)))?;
     let source_digest = image_digest(g.pages, |pfn, buf| {
         if region.read_page(pfn, buf).is_err() {
             buf.fill(0xee);
@@ -498,8 +501,12 @@ fn read_summary(s: &mut TcpStream) -> std::io::Result<DestSummary> {
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf)?;
-    serde_json::from_slice(&buf)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&buf).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the summary is not valid JSON: {e}"),
+        )
+    })
 }
 
 fn write_summary(s: &mut TcpStream, summary: &DestSummary) -> std::io::Result<()> {
