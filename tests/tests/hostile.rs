@@ -1,6 +1,10 @@
 //! Hostile input that must cost nothing but a clear refusal (issue #17):
-//! real `xl-postcopy` processes fed crafted bytes.
+//! real `xl-postcopy` processes fed crafted bytes and sizes.
 //!
+//! - sizes: a hello declaring a 1 TiB guest is refused in the handshake,
+//!   before anything is allocated, and the receiver goes on waiting; a
+//!   sender asked for a guest beyond the protocol's limit or this host's
+//!   memory refuses before filling any of it;
 //! - peer text: an ABORT reason with escape sequences or a forged
 //!   `xl-postcopy:` line is printed escaped;
 //! - messages: a complete migration whose summary arrives garbled says
@@ -9,12 +13,83 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::time::Duration;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 use postcopy_tests::{receiver, sender, Action, Dir, Fault, Proxy, Trigger};
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+fn hello(channel: u32, pages: u64, session: u64) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"XPCLINK1");
+    h.extend_from_slice(&channel.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&pages.to_le_bytes());
+    h.extend_from_slice(&session.to_le_bytes());
+    h
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Two hellos of one session declaring a 1 TiB guest (the protocol's
+/// limit, beyond this host): each is refused with its status byte in the
+/// handshake, the receiver allocates nothing for them and still receives
+/// the real migration that follows.
+#[test]
+fn a_hello_declaring_a_huge_guest_is_refused_before_any_allocation() {
+    let (recv, addr) = receiver(&[], LIMIT).unwrap();
+    for channel in [0, 1] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&hello(channel, 1 << 28, 0x7e57)).unwrap();
+        let mut status = [0u8; 1];
+        s.read_exact(&mut status).unwrap();
+        assert_eq!(status[0], 6, "channel {channel}: refused as too large");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_kib(recv.pid());
+    assert!(
+        rss < 200 << 10,
+        "receiver resident {rss} KiB after the hellos"
+    );
+    let (code, _, err) = sender(addr, &["--mem", "8M"], LIMIT)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (recv_code, _, recv_err) = recv.finish_within(LIMIT);
+    assert_eq!(recv_code, 0, "{recv_err}");
+    assert!(recv_err.contains("MiB available"), "logged: {recv_err}");
+}
+
+/// A sender asked for a guest beyond the protocol's limit (2 TiB) or this
+/// host's memory (1 TiB) refuses at once, saying which, before filling
+/// any memory.
+#[test]
+fn a_sender_refuses_a_guest_it_cannot_hold_before_filling_it() {
+    let nobody = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = nobody.local_addr().unwrap();
+    for (mem, says) in [("2T", "protocol's limit"), ("1T", "available")] {
+        let t = Instant::now();
+        let (code, _, err) = sender(addr, &["--mem", mem], LIMIT)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(code, 1, "--mem {mem}: {err}");
+        assert!(err.contains(says), "--mem {mem}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+}
 
 /// One framed record (libxc framing: type, length, body, padding to 8).
 fn record(rtype: u32, body: &[u8]) -> Vec<u8> {

@@ -245,7 +245,16 @@ fn local(args: &LocalArgs) -> Result<ExitCode> {
         .context("receiver did not announce its address")?
         .parse()
         .context("receiver announced a bad address")?;
-    let result = run_sender(addr, &args.guest()?, &args.migrate()?);
+    let result = args
+        .guest()
+        .and_then(|g| Ok((g, args.migrate()?)))
+        .map_err(|e| LocalError::Setup(format!("{e:#}")))
+        .and_then(|(g, m)| run_sender(addr, &g, &m));
+    if matches!(result, Err(LocalError::Setup(_) | LocalError::Link(_))) {
+        // No migration reached the receiver (or it saw the link close):
+        // it would wait for one until its accept timeout.
+        let _ = child.kill();
+    }
     // Drain the receiver's output so it can exit.
     for _ in lines.by_ref() {}
     let status = child.wait().context("waiting for the receiver")?;

@@ -80,6 +80,8 @@ pub enum Refusal {
     UnknownSession = 4,
     /// The sender offered a token and the receiver has none.
     NoToken = 5,
+    /// The guest does not fit in the receiver's available memory.
+    TooLarge = 6,
 }
 
 impl Refusal {
@@ -90,6 +92,7 @@ impl Refusal {
             3 => Refusal::AuthFailed,
             4 => Refusal::UnknownSession,
             5 => Refusal::NoToken,
+            6 => Refusal::TooLarge,
             _ => return None,
         })
     }
@@ -103,6 +106,7 @@ impl std::fmt::Display for Refusal {
             Refusal::AuthFailed => "token mismatch",
             Refusal::UnknownSession => "not the migration the receiver is running",
             Refusal::NoToken => "the receiver has no token but the sender offered one",
+            Refusal::TooLarge => "the guest does not fit in the receiver's available memory",
         })
     }
 }
@@ -152,6 +156,9 @@ pub enum LinkError {
     /// A sender opened one of its two connections and not the other.
     #[error("timed out: the sender opened its {0} connection but not the other within {1:.1} s")]
     Unpaired(&'static str, f64),
+    /// The declared guest cannot be held on this host.
+    #[error("refused: {0}")]
+    TooLarge(#[source] super::hostmem::SizeError),
     /// The token file is unusable.
     #[error("token file {path}: {why}")]
     Token {
@@ -346,6 +353,14 @@ fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, L
     };
     if !ok {
         return Err(LinkError::Refused(refuse(s, Refusal::UnknownSession)));
+    }
+    if expect.resume.is_none() {
+        // Before anything is allocated for it (a resume's guest is here
+        // already).
+        if let Err(e) = super::hostmem::check_host(h.guest_pages.get()) {
+            refuse(s, Refusal::TooLarge);
+            return Err(LinkError::TooLarge(e));
+        }
     }
     s.write_all(&[0])?;
     s.set_read_timeout(None)?;

@@ -232,8 +232,11 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> LocalError + '_ 
     move |e| LocalError::Setup(format!("{what}: {e}"))
 }
 
-/// Boots the mini-VM: memory filled, workload running.
+/// Boots the mini-VM: memory filled, workload running. A guest beyond the
+/// protocol's limit or this host's available memory is refused before
+/// anything is allocated.
 pub fn boot(g: &GuestOpts) -> Result<(Arc<GuestRegion>, Vcpu), LocalError> {
+    super::hostmem::check_host(g.pages).map_err(setup("sizing the guest"))?;
     let region = Arc::new(GuestRegion::new(g.pages).map_err(setup("allocating guest memory"))?);
     let words = region.words();
     for pfn in 0..g.pages {
