@@ -1,10 +1,12 @@
 //! Hostile input that must cost nothing but a clear refusal (issue #17):
-//! real `xl-postcopy` processes fed crafted bytes and sizes.
+//! real `xl-postcopy` processes fed crafted bytes, sizes and files.
 //!
 //! - sizes: a hello declaring a 1 TiB guest is refused in the handshake,
 //!   before anything is allocated, and the receiver goes on waiting; a
 //!   sender asked for a guest beyond the protocol's limit or this host's
 //!   memory refuses before filling any of it;
+//! - files: a FIFO or a group/world-readable `--token-file` is refused at
+//!   once; `--control` never deletes a file that is not its stale socket;
 //! - peer text: an ABORT reason with escape sequences or a forged
 //!   `xl-postcopy:` line is printed escaped;
 //! - messages: a complete migration whose summary arrives garbled says
@@ -14,11 +16,19 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use postcopy_tests::{receiver, sender, Action, Dir, Fault, Proxy, Trigger};
+use postcopy_tests::{receiver, sender, write_token, Action, Dir, Fault, Proc, Proxy, Trigger};
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xpc-hostile-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 fn hello(channel: u32, pages: u64, session: u64) -> Vec<u8> {
     let mut h = Vec::new();
@@ -89,6 +99,79 @@ fn a_sender_refuses_a_guest_it_cannot_hold_before_filling_it() {
         assert!(err.contains(says), "--mem {mem}: {err}");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
+}
+
+fn receive(args: &[&str]) -> (i32, String) {
+    let mut all: Vec<String> = [
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--accept-timeout",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all.extend(args.iter().map(|s| s.to_string()));
+    let (code, _, err) = Proc::spawn(&all, LIMIT).unwrap().finish_within(LIMIT);
+    (code, err)
+}
+
+/// A FIFO as `--token-file` is refused at once (opening it used to wait
+/// for a writer for ever); so is a token file group or others can read.
+#[test]
+fn a_token_file_must_be_a_private_regular_file() {
+    let dir = scratch("token");
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let t = Instant::now();
+    let (code, err) = receive(&["--token-file", fifo.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+
+    let open = dir.join("open");
+    std::fs::write(&open, "correct horse battery staple 0123\n").unwrap();
+    let (code, err) = receive(&["--token-file", open.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
+    let short = dir.join("short");
+    write_token(&short, "tiny\n").unwrap();
+    let (code, err) = receive(&["--token-file", short.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("shorter than"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--control PATH` with a regular file at PATH: the receiver refuses to
+/// start (before, it deleted the file once a sender arrived) and the file
+/// is intact.
+#[test]
+fn control_never_deletes_what_is_not_its_stale_socket() {
+    let dir = scratch("control");
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "precious").unwrap();
+    let mut args: Vec<String> = ["receive", "--listen", "127.0.0.1:0", "--tail", "0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--control".into(), file.to_str().unwrap().to_string()]);
+    let recv = Proc::spawn(&args, LIMIT).unwrap();
+    let addr = recv.line().unwrap();
+    let addr = addr.strip_prefix("LISTEN ").unwrap().parse().unwrap();
+    // A sender arrives (if the receiver still waits for one).
+    let send = sender(addr, &["--mem", "8M"], LIMIT).unwrap();
+    let (code, _, err) = recv.finish_within(LIMIT);
+    let _ = send.finish_within(LIMIT);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One framed record (libxc framing: type, length, body, padding to 8).

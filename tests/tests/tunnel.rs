@@ -233,8 +233,8 @@ fn a_wrong_token_is_refused_before_any_byte_moves() {
     let dir = std::env::temp_dir().join(format!("xpc-tunnel-tok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ka, kb) = (dir.join("a"), dir.join("b"));
-    std::fs::write(&ka, "token-number-one-0123456789\n").unwrap();
-    std::fs::write(&kb, "token-number-two-0123456789\n").unwrap();
+    postcopy_tests::write_token(&ka, "token-number-one-0123456789\n").unwrap();
+    postcopy_tests::write_token(&kb, "token-number-two-0123456789\n").unwrap();
     let ends = listen(
         "token",
         &[

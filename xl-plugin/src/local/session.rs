@@ -590,6 +590,31 @@ pub fn run_receiver_with(
     l: &LinkOpts,
 ) -> Result<DestSummary, LocalError> {
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
+    // The control socket comes before the wait for a sender, so a bad
+    // --control path fails at once. `moved`: a listener an admin opened
+    // with `xl-postcopy recover --listen`.
+    let moved: Arc<Mutex<Option<TcpListener>>> = Arc::default();
+    let _control = match &l.control {
+        Some(path) => {
+            let (moved, authenticated) = (Arc::clone(&moved), l.token.is_some());
+            Some(
+                Control::serve(path, move |cmd| match cmd {
+                    Command::Listen(a) => {
+                        if !a.ip().is_loopback() && !authenticated {
+                            return Err(format!("refusing to listen on {a} without --token-file"));
+                        }
+                        let new = TcpListener::bind(a).map_err(|e| format!("binding {a}: {e}"))?;
+                        let at = new.local_addr().map_err(|e| e.to_string())?;
+                        *lock(&moved) = Some(new);
+                        Ok(format!("the receiver now listens on {at}"))
+                    }
+                    Command::To(_) => Err("this is the receiver: use --listen".into()),
+                })
+                .map_err(setup("control socket"))?,
+            )
+        }
+        None => None,
+    };
     let first = link::accept_migration(
         listener,
         (!l.accept_timeout.is_zero()).then_some(l.accept_timeout),
@@ -613,29 +638,6 @@ pub fn run_receiver_with(
             .map_err(setup("cloning the socket"))?,
     );
     let links = dest_links(l, first.bulk, first.fault).map_err(setup("setting up links"))?;
-    // A listener an admin opened with `xl-postcopy recover --listen`.
-    let moved: Arc<Mutex<Option<TcpListener>>> = Arc::default();
-    let _control = match &l.control {
-        Some(path) => {
-            let (moved, authenticated) = (Arc::clone(&moved), l.token.is_some());
-            Some(
-                Control::serve(path, move |cmd| match cmd {
-                    Command::Listen(a) => {
-                        if !a.ip().is_loopback() && !authenticated {
-                            return Err(format!("refusing to listen on {a} without --token-file"));
-                        }
-                        let new = TcpListener::bind(a).map_err(|e| format!("binding {a}: {e}"))?;
-                        let at = new.local_addr().map_err(|e| e.to_string())?;
-                        *lock(&moved) = Some(new);
-                        Ok(format!("the receiver now listens on {at}"))
-                    }
-                    Command::To(_) => Err("this is the receiver: use --listen".into()),
-                })
-                .map_err(setup("control socket"))?,
-            )
-        }
-        None => None,
-    };
     let mut reaccept = |deadline: Instant| -> std::io::Result<DestLinks> {
         let until = deadline.min(Instant::now() + ATTEMPT);
         let guard = lock(&moved);
