@@ -5,6 +5,7 @@
 //!   before anything is allocated, and the receiver goes on waiting; a
 //!   sender asked for a guest beyond the protocol's limit or this host's
 //!   memory refuses before filling any of it;
+//! - a sender off loopback without a token is refused before it boots;
 //! - files: a FIFO or a group/world-readable `--token-file` is refused at
 //!   once; `--control` never deletes a file that is not its stale socket;
 //! - peer text: an ABORT reason with escape sequences or a forged
@@ -99,6 +100,22 @@ fn a_sender_refuses_a_guest_it_cannot_hold_before_filling_it() {
         assert!(err.contains(says), "--mem {mem}: {err}");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
+}
+
+/// `send --to` an address off loopback without a token is refused before
+/// the guest boots (as the tunnel and `receive` refuse): guest memory
+/// never crosses a link nobody authenticated.
+#[test]
+fn a_sender_off_loopback_insists_on_a_token() {
+    let t = Instant::now();
+    // TEST-NET-1: nothing answers there.
+    let (code, _, err) = sender("192.0.2.1:7000".parse().unwrap(), &["--mem", "8M"], LIMIT)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("give --token-file"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 fn receive(args: &[&str]) -> (i32, String) {

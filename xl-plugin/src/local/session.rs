@@ -160,6 +160,10 @@ pub enum LocalError {
     /// Setting up the guest or the uffd failed; nothing was migrated.
     #[error("setup failed: {0}")]
     Setup(String),
+    /// Guest memory would cross a link nobody authenticates: refused
+    /// before the guest boots.
+    #[error("refusing to send guest memory to {0} without proof of who is at the other end: give --token-file (only loopback is safe unauthenticated)")]
+    Unauthenticated(SocketAddr),
     /// The connection could not be set up; the guest keeps running here.
     #[error("could not connect to the destination: {0}")]
     Link(#[from] link::LinkError),
@@ -217,6 +221,7 @@ impl LocalError {
     pub fn exit_code(&self) -> i32 {
         match self {
             LocalError::Setup(_)
+            | LocalError::Unauthenticated(_)
             | LocalError::Link(_)
             | LocalError::Accept(_)
             | LocalError::ReceiverAborted(_)
@@ -296,6 +301,9 @@ pub fn run_sender_with(
     m: &MigrateOpts,
     l: &LinkOpts,
 ) -> Result<LocalReport, LocalError> {
+    if !addr.ip().is_loopback() && l.token.is_none() {
+        return Err(LocalError::Unauthenticated(addr));
+    }
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
     let floor = if m.floor {
         let f = postcopy_uffd::measure_floor(2000).map_err(setup("measuring the floor"))?;
@@ -342,10 +350,15 @@ pub fn run_sender_with(
     let target = Arc::new(Mutex::new(addr));
     let _control = match &l.control {
         Some(path) => {
-            let target = Arc::clone(&target);
+            let (target, authenticated) = (Arc::clone(&target), l.token.is_some());
             Some(
                 Control::serve(path, move |cmd| match cmd {
                     Command::To(a) => {
+                        if !a.ip().is_loopback() && !authenticated {
+                            return Err(format!(
+                                "refusing to send guest memory to {a} without --token-file"
+                            ));
+                        }
                         *lock(&target) = a;
                         Ok(format!("the sender will dial {a}"))
                     }
