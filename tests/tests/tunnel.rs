@@ -307,3 +307,22 @@ fn silent_strangers_do_not_delay_the_tunnel() {
     assert_eq!(lcode, 0, "{lerr}");
     assert!(lerr.contains("refused a connection"), "{lerr}");
 }
+
+/// A listener nobody dials gives up: by default after 600 s (as
+/// `receive`), and after `--accept-timeout` when given, saying so.
+#[test]
+fn a_listener_nobody_dials_gives_up() {
+    let help = Command::new(xl_postcopy().unwrap())
+        .args(["tunnel", "listen", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[default: 600]"), "{help}");
+    let t = Instant::now();
+    let ends = listen("nobody", &["--accept-timeout", "1"]);
+    let (code, err) = wait_exit(ends.listener, Duration::from_secs(15));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("nobody connected"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&ends.dir);
+}
