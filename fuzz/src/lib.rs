@@ -97,10 +97,23 @@ fn check_record(rec: &Record<'_>, bound: Option<u64>) {
             assert_distinct(pfns);
         }
         Record::VcpuState(s) => assert!(s.len() <= MAX_VCPU_STATE, "{} bytes", s.len()),
-        // Lossy UTF-8 turns one bad byte into three.
-        Record::Abort(m) => assert!(m.len() <= 3 * MAX_ABORT, "{} bytes", m.len()),
+        // Lossy UTF-8 turns one bad byte into three; a control byte
+        // becomes an escape of up to six (`\u{1f}`, `records::printable`).
+        Record::Abort(m) => {
+            assert!(m.len() <= 6 * MAX_ABORT, "{} bytes", m.len());
+            assert!(
+                !m.chars().any(char::is_control),
+                "control character in peer text: {m:?}"
+            );
+        }
         Record::Transition | Record::Ready | Record::Complete(_) | Record::Resumed(_) => {}
     }
+}
+
+/// True if an ABORT body decodes to itself: valid UTF-8 that
+/// `records::printable` leaves alone.
+fn exact_text(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok_and(|t| records::printable(t) == t)
 }
 
 fn assert_distinct(pfns: &[Pfn]) {
@@ -147,11 +160,12 @@ fn read_stream(data: &[u8], guest: Option<u64>) {
                     Record::Begin(b) => Some(b.guest_pfns.get()),
                     _ => None,
                 };
-                // ABORT bodies are decoded lossily: only valid UTF-8 round-trips.
+                // ABORT bodies are decoded lossily and made printable:
+                // only printable UTF-8 round-trips.
                 let exact = match &rec {
                     Record::Abort(_) => {
                         let len = usize::try_from(le_u32(&data[before + 4..])).expect("len");
-                        std::str::from_utf8(&data[before + 8..before + 8 + len]).is_ok()
+                        exact_text(&data[before + 8..before + 8 + len])
                     }
                     _ => true,
                 };
@@ -193,7 +207,7 @@ fn decode_direct(rtype: RecordType, body: &[u8], guest: Option<u64>) {
                 body.len(),
                 rtype.info().max_len
             );
-            let exact = !matches!(rec, Record::Abort(_)) || std::str::from_utf8(body).is_ok();
+            let exact = !matches!(rec, Record::Abort(_)) || exact_text(body);
             if exact {
                 let enc = encode(&rec);
                 assert_eq!(

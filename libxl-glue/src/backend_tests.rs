@@ -944,6 +944,58 @@ fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
     drop(d_back);
 }
 
+/// A destination that takes the CPU state and never answers (no READY,
+/// no ABORT, the back channel open): the switch gives up after the ready
+/// timeout, before TRANSITION, with a worded timeout that the C ABI
+/// returns as -ETIMEDOUT (libxl then resumes the guest here).
+#[test]
+fn a_destination_silent_before_ready_costs_a_timeout_not_the_guest() {
+    let (src, _) = build_source(0x800);
+    let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let (mut s, _) = SaveSession::begin(
+        src,
+        s_stream.as_raw_fd(),
+        s_back.as_raw_fd(),
+        StrategySpec::Linear,
+        None,
+    )
+    .unwrap();
+    s.set_ready_timeout(Duration::from_millis(300));
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        d_stream.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    let t = Instant::now();
+    let e = s.transition().unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        matches!(
+            e,
+            postcopy::Error::Timeout {
+                waiting_for: "READY",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("READY within 300 ms"), "{e}");
+    assert_eq!(crate::ffi::errno_of(&e), libc::ETIMEDOUT);
+    assert!(s.serve().is_err(), "no service after an abandoned switch");
+    drop(s);
+    drop(s_stream);
+    // TRANSITION was never written: the stream ends with the marker.
+    let bytes = reader.join().unwrap();
+    let mut r = postcopy::records::RecordReader::new(&bytes[..], Some(0x800));
+    let mut last = None;
+    while let Ok(rec) = r.next_record() {
+        last = Some(rec.rtype());
+    }
+    assert_eq!(last, Some(RecordType::VcpuState));
+    drop(d_back);
+}
+
 #[test]
 fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     let n = 64;

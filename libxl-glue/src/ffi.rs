@@ -98,6 +98,9 @@ pub fn errno_of(e: &Error) -> c_int {
         // The destination refused the switch (ABORT before READY): the
         // guest never ran there, the source may resume it.
         Error::PeerAborted(_) => libc::ECANCELED,
+        // A bounded wait ended (READY before the switch: the guest never
+        // ran there either).
+        Error::Timeout { .. } => libc::ETIMEDOUT,
         // The guest died on the destination after the switch: there
         // (GuestDied) or as the destination reported it here (its ABORT
         // reason). libxl turns it into ERROR_DOMAIN_DESTROYED on the source

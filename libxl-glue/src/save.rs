@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bitvec::vec::BitVec;
 use libxl_sys as sys;
@@ -44,6 +44,39 @@ use crate::xtl::Progress;
 /// ([`delivery_pages`]) out of the must-present set, as before issue #21
 /// (to compare the two in one soak).
 pub const PRESENT_ENV: &str = "LIBXL_POSTCOPY_PRESENT";
+
+/// Environment setting: seconds [`SaveSession::transition`] waits for the
+/// destination's READY (0: for ever); default [`READY_TIMEOUT`].
+pub const READY_TIMEOUT_ENV: &str = "LIBXL_POSTCOPY_READY_TIMEOUT";
+
+/// Default bound on the wait for READY on Xen, longer than the engine's
+/// default: before READY the destination pages out every owed pfn, which
+/// takes seconds per 100k pfns without the range op (the emulated host's
+/// 65k pfns: 5 s). Past it the switch is abandoned and libxl resumes the
+/// guest here.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The bound [`READY_TIMEOUT_ENV`] asks for, or [`READY_TIMEOUT`] (with a
+/// warning if the setting is not a number of seconds).
+fn ready_timeout_setting() -> Duration {
+    let Ok(v) = std::env::var(READY_TIMEOUT_ENV) else {
+        return READY_TIMEOUT;
+    };
+    match v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        Some(d) => d,
+        None => {
+            warn!(
+                "{READY_TIMEOUT_ENV}={v:?} is not a number of seconds; waiting {READY_TIMEOUT:?} for READY"
+            );
+            READY_TIMEOUT
+        }
+    }
+}
 
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,6 +179,9 @@ pub struct SaveSession<O: XenOps> {
     /// last pre-copy round (its recent working set), empty without one.
     history: Vec<Pfn>,
     back_fd: RawFd,
+    /// Bound on [`transition`](Self::transition)'s wait for READY (zero:
+    /// none).
+    ready_timeout: Duration,
     metrics: Metrics,
 }
 
@@ -315,6 +351,7 @@ impl<O: XenOps> SaveSession<O> {
                 owed_count,
                 history,
                 back_fd,
+                ready_timeout: ready_timeout_setting(),
                 metrics,
             },
             summary,
@@ -331,17 +368,31 @@ impl<O: XenOps> SaveSession<O> {
         &self.metrics
     }
 
+    /// Sets the bound on [`transition`](Self::transition)'s wait for
+    /// READY (zero: none); by default [`READY_TIMEOUT`] or what
+    /// [`READY_TIMEOUT_ENV`] says.
+    pub fn set_ready_timeout(&mut self, timeout: Duration) {
+        self.ready_timeout = timeout;
+    }
+
     /// Phase 2: POSTCOPY_PFNS, the end-of-pre-switch marker (an empty
     /// POSTCOPY_VCPU_STATE: on Xen the CPU state travels in HVM_CONTEXT,
     /// already sent), then wait for the destination's READY on the back
     /// channel before POSTCOPY_TRANSITION. An ABORT instead is
     /// [`Error::PeerAborted`]: the guest never ran there and may be resumed
-    /// here (the C ABI returns -ECANCELED).
+    /// here (the C ABI returns -ECANCELED). No READY within the ready
+    /// timeout is [`Error::Timeout`], before the switch as well (the C ABI
+    /// returns -ETIMEDOUT and libxl resumes the guest here).
     pub fn transition(&mut self) -> Result<(), Error> {
         let n = self.mem.pfn_count();
+        let stop = Arc::new(AtomicBool::new(false));
         let mut back = RecordReader::new(
-            Box::new(FdIo::new(self.back_fd)) as Box<dyn std::io::Read + Send>,
+            Box::new(FdIo::with_stop(self.back_fd, stop.clone())) as Box<dyn std::io::Read + Send>,
             Some(n),
+        );
+        self.session.bound_ready(
+            self.ready_timeout,
+            Arc::new(move || stop.store(true, Ordering::SeqCst)),
         );
         self.session
             .switch(self.owed.clone(), &[], &mut back, &self.metrics)?;

@@ -536,6 +536,7 @@ impl<M: DestinationMemory> DestSession<M> {
             closer: links.closer,
         };
         let mut sessions = 0u32;
+        let mut peer_faults = 0u32;
         let result = loop {
             let r = run_session(&shared, link, self.guest_pfns, sessions > 0);
             sessions += 1;
@@ -546,8 +547,15 @@ impl<M: DestinationMemory> DestSession<M> {
             let Some(rec) = recovery.as_mut() else {
                 break Err(error);
             };
-            if !error.is_recoverable() {
+            if !error.is_link_failure() {
                 break Err(error);
+            }
+            if error.is_peer_fault() {
+                peer_faults += 1;
+                if peer_faults > recovery::MAX_PEER_FAULTS {
+                    warn!("the source broke the protocol {peer_faults} times; giving up");
+                    break Err(error);
+                }
             }
             // Everything is in and COMPLETE went out: only the source's
             // acknowledgement can be missing, so wait briefly for a source
@@ -770,6 +778,9 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
     fn accept(&self, pfns: &[Pfn], data: Option<&[u8]>) -> Result<(), Error> {
         {
             let mut rx = lock(&self.received);
+            // Checked in full before any is marked: a rejected record
+            // leaves the received-map as it was, so that after a
+            // recovery the source resends all of it.
             for &p in pfns {
                 if !self.is_owed(p) {
                     return Err(Error::Protocol(format!(
@@ -779,6 +790,20 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
                 if rx[idx(p)] {
                     Metrics::add(&self.metrics.pages_duplicate, 1);
                     return Err(RecordError::PageSentTwice { pfn: p }.into());
+                }
+            }
+            // The decoder checks that the pfns are distinct; a repeat
+            // all the same undoes this record's marks.
+            for (i, &p) in pfns.iter().enumerate() {
+                if rx[idx(p)] {
+                    for &q in &pfns[..i] {
+                        rx.set(idx(q), false);
+                    }
+                    return Err(RecordError::DuplicatePfn {
+                        name: RecordType::PageData.name(),
+                        pfn: p,
+                    }
+                    .into());
                 }
                 rx.set(idx(p), true);
             }
@@ -904,12 +929,18 @@ fn recover<M: DestinationMemory + ?Sized>(
     (lock(&shared.closer))();
     let outage = Instant::now();
     Metrics::add(&shared.metrics.outages, 1);
+    let what = if error.is_peer_fault() {
+        "the source broke the protocol after the switch; link dropped"
+    } else {
+        "link lost after the switch"
+    };
     warn!(
-        "link lost after the switch ({error}); the guest keeps running, waiting up to {:?} for the source",
+        "{what} ({error}); the guest keeps running, waiting up to {:?} for the source",
         rec.timeout
     );
     let deadline = outage + rec.timeout;
     let lost = |last: String| Error::LinkLost {
+        cause: error.to_string(),
         waited_ms: u64::try_from(outage.elapsed().as_millis()).unwrap_or(u64::MAX),
         missing: *lock(&shared.remaining),
         last,

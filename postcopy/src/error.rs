@@ -39,8 +39,11 @@ pub enum Error {
     ThreadPanicked(&'static str),
     /// The link broke after the switch and could not be restored in time:
     /// the guest cannot continue.
-    #[error("link lost after the switch and not restored within {waited_ms} ms ({last}); {missing} owed pages are not confirmed at the destination, the guest cannot continue")]
+    #[error("link lost after the switch ({cause}) and not restored within {waited_ms} ms ({last}); {missing} owed pages are not confirmed at the destination, the guest cannot continue")]
     LinkLost {
+        /// What broke the link: a closed or silent peer, or a peer that
+        /// broke the protocol (which the link is dropped for).
+        cause: String,
         /// How long recovery was attempted.
         waited_ms: u64,
         /// Owed pages the destination does not hold (exact there; on the
@@ -163,6 +166,29 @@ impl Error {
     /// timed out), as opposed to a peer that broke the protocol.
     pub fn is_recoverable(&self) -> bool {
         self.is_disconnect() || matches!(self, Error::Record(RecordError::Io(_)))
+    }
+
+    /// True if the peer broke the protocol: a malformed, unexpected or
+    /// undeliverable record, a page sent twice or never owed, a fault
+    /// flood. After the switch this is handled like a broken link (the
+    /// link is dropped and recovered, [`crate::recovery`]): a stream
+    /// corrupted on its way must not lose the guest.
+    pub fn is_peer_fault(&self) -> bool {
+        match self {
+            Error::Record(r) => !matches!(
+                r,
+                RecordError::Io(_) | RecordError::Closed | RecordError::Truncated { .. }
+            ),
+            Error::Protocol(_) | Error::Flood(_) => true,
+            _ => false,
+        }
+    }
+
+    /// True if, after the switch, the failure is worth a new connection:
+    /// the link broke or timed out ([`Self::is_recoverable`]) or the peer
+    /// broke the protocol ([`Self::is_peer_fault`]).
+    pub fn is_link_failure(&self) -> bool {
+        self.is_recoverable() || self.is_peer_fault()
     }
 
     /// True if the failure happened here (memory, guest, threads, API

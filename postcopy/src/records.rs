@@ -701,8 +701,25 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
             })
         }
         RecordType::VcpuState => Ok(Record::VcpuState(body)),
-        RecordType::Abort => Ok(Record::Abort(String::from_utf8_lossy(body).into_owned())),
+        RecordType::Abort => Ok(Record::Abort(printable(&String::from_utf8_lossy(body)))),
     }
+}
+
+/// Peer-supplied text made safe to print: control characters (escape
+/// sequences, newlines that would start a forged line, C1 controls) and
+/// the bidirectional overrides that reorder what a terminal shows are
+/// written as `\u{..}` escapes; everything else is kept.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Reads one record at a time from a byte stream, with no read-ahead: it
@@ -1106,6 +1123,15 @@ mod tests {
         let e = decode(RecordType::Pfns, &body, Some(1 << 20)).unwrap_err();
         assert!(matches!(e, RecordError::TooLong { .. }), "{e}");
         assert!(decode(RecordType::Abort, &abort[..MAX_ABORT], None).is_ok());
+        // Peer text reaches logs and terminals: no escape sequence, no
+        // forged line.
+        let evil = b"\x1b[2J\nxl-postcopy: done \xe2\x80\xae ok";
+        match decode(RecordType::Abort, evil, None).unwrap() {
+            Record::Abort(r) => {
+                assert_eq!(r, "\\u{1b}[2J\\u{a}xl-postcopy: done \\u{202e} ok");
+            }
+            other => panic!("{:?}", other.rtype()),
+        }
     }
 
     #[test]

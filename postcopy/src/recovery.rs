@@ -18,6 +18,12 @@
 //!   FAULT(every still-pending pfn) ──────────►   (served first, as always)
 //! ```
 //!
+//! A peer that breaks the protocol after the switch (a malformed or
+//! unexpected record, a page never owed or sent twice, a fault flood) is
+//! treated the same way: the link is dropped and recovered, at most
+//! [`MAX_PEER_FAULTS`] times per migration, since bytes corrupted on their
+//! way must not lose the guest.
+//!
 //! The runs go in records of at most [`MAX_RUNS`]; an empty RECOVER ends
 //! the list. Pages sent but never received (in flight when the link broke)
 //! are resent exactly once; pages never sent stay with the pre-pager. When
@@ -57,6 +63,11 @@ impl<L> std::fmt::Debug for Recovery<'_, L> {
             .finish_non_exhaustive()
     }
 }
+
+/// Most protocol errors ([`Error::is_peer_fault`]) one migration
+/// recovers from: a stream corrupted on its way is worth a new connection,
+/// a peer that breaks the protocol on every connection is not.
+pub const MAX_PEER_FAULTS: u32 = 4;
 
 /// First wait between reconnect attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);

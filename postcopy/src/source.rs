@@ -153,6 +153,9 @@ pub struct SourceFailure {
     /// runs on the destination; its unsent pages are lost if the link
     /// cannot be restored.
     pub after_switch: bool,
+    /// After the switch: owed pages the destination never confirmed
+    /// holding ([`SourceSession::unconfirmed`]); zero before it.
+    pub unconfirmed: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -282,6 +285,8 @@ pub struct SourceSession {
     status: Option<StatusConfig>,
     /// Bound on the wait for READY and how to end that wait.
     ready_bound: Option<(Duration, crate::transport::Closer)>,
+    /// Owed pages the destination had not confirmed when serving failed.
+    unconfirmed: u64,
 }
 
 impl std::fmt::Debug for SourceSession {
@@ -320,6 +325,7 @@ impl SourceSession {
             progress: None,
             status: None,
             ready_bound: None,
+            unconfirmed: 0,
         })
     }
 
@@ -328,6 +334,14 @@ impl SourceSession {
     /// switch fails with [`Error::Timeout`], before the switch.
     pub fn bound_ready(&mut self, timeout: Duration, closer: crate::transport::Closer) {
         self.ready_bound = (!timeout.is_zero()).then_some((timeout, closer));
+    }
+
+    /// After a failed [`serve`](Self::serve): the owed pages the
+    /// destination had not confirmed holding (all of them if no recovery
+    /// handshake ever told), i.e. the pages the guest may have lost. Zero
+    /// otherwise.
+    pub fn unconfirmed(&self) -> u64 {
+        self.unconfirmed
     }
 
     /// Reports serving progress to `hook` (e.g. a progress bar).
@@ -474,13 +488,19 @@ impl SourceSession {
         let owed: u64 = self.owed.iter().map(|r| r.count).sum();
         metrics.set_owed_progress(owed, 0);
         let strategy = self.strategy.to_string();
+        let mut unconfirmed = 0;
         let r = publish_while(
             self.status.as_ref(),
             Role::Source,
             &strategy,
             metrics,
-            || serve(mem, bulk, links, &self.owed, history, &ctx, recovery),
+            || {
+                let (r, u) = serve(mem, bulk, links, &self.owed, history, &ctx, recovery);
+                unconfirmed = u;
+                r
+            },
         );
+        self.unconfirmed = unconfirmed;
         self.phase = if r.is_ok() {
             SourcePhase::Served
         } else {
@@ -539,6 +559,7 @@ pub fn run_source_recoverable<M: SourceMemory>(
             return Err(SourceFailure {
                 error,
                 after_switch: false,
+                unconfirmed: 0,
             });
         }
     };
@@ -580,6 +601,11 @@ pub fn run_source_recoverable<M: SourceMemory>(
             Err(SourceFailure {
                 error,
                 after_switch,
+                unconfirmed: if after_switch {
+                    session.unconfirmed()
+                } else {
+                    0
+                },
             })
         }
     }
@@ -804,6 +830,39 @@ fn serve<M: SourceMemory + ?Sized>(
     owed: &[PfnRun],
     history: Vec<Pfn>,
     ctx: &ServeCtx<'_>,
+    recovery: Option<Recovery<'_, SourceLinks>>,
+) -> (Result<(), Error>, u64) {
+    let n = mem.pfn_count();
+    let prepager = ctx.strategy.build(history);
+    let sched = match Scheduler::new(n, owed, prepager) {
+        Ok(s) => s,
+        Err(e) => return (Err(e.into()), owed.iter().map(|r| r.count).sum()),
+    };
+    let shared = Shared {
+        sched: Mutex::new(sched),
+        resend: Mutex::new(Resend::default()),
+        outstanding: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+        server_done: AtomicBool::new(false),
+        resumed: AtomicBool::new(false),
+        confirmed: AtomicU64::new(0),
+        last_fault_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+    };
+    let r = serve_recovering(mem, bulk, links, &shared, ctx, recovery);
+    let unconfirmed = if r.is_ok() { 0 } else { shared.unconfirmed() };
+    (r, unconfirmed)
+}
+
+/// Serves on one connection after another: a link that breaks (or a
+/// destination that breaks the protocol) is recovered through
+/// `recovery`.
+fn serve_recovering<M: SourceMemory + ?Sized>(
+    mem: &M,
+    bulk: BulkWriter,
+    links: ServeLinks,
+    shared: &Shared,
+    ctx: &ServeCtx<'_>,
     mut recovery: Option<Recovery<'_, SourceLinks>>,
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
@@ -816,18 +875,7 @@ fn serve<M: SourceMemory + ?Sized>(
     let mut replies = Some(replies);
     let bulk = Mutex::new(bulk);
     let n = mem.pfn_count();
-    let prepager = ctx.strategy.build(history);
-    let shared = Shared {
-        sched: Mutex::new(Scheduler::new(n, owed, prepager)?),
-        resend: Mutex::new(Resend::default()),
-        outstanding: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        server_done: AtomicBool::new(false),
-        resumed: AtomicBool::new(false),
-        confirmed: AtomicU64::new(0),
-        last_fault_ms: AtomicU64::new(0),
-        epoch: Instant::now(),
-    };
+    let mut peer_faults = 0u32;
     loop {
         shared.failed.store(false, Ordering::SeqCst);
         shared.server_done.store(false, Ordering::SeqCst);
@@ -836,7 +884,7 @@ fn serve<M: SourceMemory + ?Sized>(
             mem,
             &bulk,
             (fault_rx, replies.take(), closer.clone()),
-            &shared,
+            shared,
             ctx,
         );
         Metrics::add(&metrics.bytes_sent, lock(&bulk).bytes_written());
@@ -848,12 +896,25 @@ fn serve<M: SourceMemory + ?Sized>(
         let Some(rec) = recovery.as_mut() else {
             return Err(error);
         };
-        if !error.is_recoverable() {
+        if !error.is_link_failure() {
             return Err(error);
+        }
+        if error.is_peer_fault() {
+            peer_faults += 1;
+            if peer_faults > recovery::MAX_PEER_FAULTS {
+                warn!("the destination broke the protocol {peer_faults} times; giving up");
+                return Err(error);
+            }
         }
         let outage = Instant::now();
         Metrics::add(&metrics.outages, 1);
-        if shared.resumed.load(Ordering::SeqCst) {
+        if error.is_peer_fault() {
+            warn!(
+                "the destination broke the protocol after the switch ({error}); link dropped, \
+                 recovering for up to {:?}",
+                rec.timeout
+            );
+        } else if shared.resumed.load(Ordering::SeqCst) {
             warn!(
                 "link lost after the switch ({error}); recovering for up to {:?}",
                 rec.timeout
@@ -867,12 +928,13 @@ fn serve<M: SourceMemory + ?Sized>(
         }
         let deadline = outage + rec.timeout;
         let lost = |last: String| Error::LinkLost {
+            cause: error.to_string(),
             waited_ms: ms(outage.elapsed()),
             missing: shared.unconfirmed(),
             last,
             resumed: shared.resumed.load(Ordering::SeqCst),
         };
-        let (links, rx, received) = loop {
+        let (links, rx, received, resent) = loop {
             let links = recovery::reconnect(rec, deadline).map_err(&lost)?;
             let SourceLinks {
                 bulk: b,
@@ -882,10 +944,11 @@ fn serve<M: SourceMemory + ?Sized>(
             } = links;
             let dog = Watchdog::new(c.clone(), deadline);
             let mut rx: FaultReader = RecordReader::new(frx, Some(n));
-            let got = recovery::read_received(&mut rx, n);
+            let got = recovery::read_received(&mut rx, n)
+                .and_then(|received| Ok((plan_resend(shared, n, &received)?, received)));
             drop(dog);
             match got {
-                Ok(received) => break ((b, ftx, c), rx, received),
+                Ok((resent, received)) => break ((b, ftx, c), rx, received, resent),
                 Err(e) => {
                     c();
                     if let Error::PeerAborted(why) = &e {
@@ -900,7 +963,9 @@ fn serve<M: SourceMemory + ?Sized>(
                         // The guest never ran there: run_source resumes it.
                         return Err(e);
                     }
-                    if !e.is_recoverable() {
+                    // A handshake the destination garbled is tried
+                    // again, within the same outage.
+                    if !e.is_link_failure() {
                         return Err(e);
                     }
                     if Instant::now() >= deadline {
@@ -912,7 +977,6 @@ fn serve<M: SourceMemory + ?Sized>(
         };
         // The destination reconnected: it had resumed the guest.
         shared.resumed.store(true, Ordering::SeqCst);
-        let resent = plan_resend(&shared, n, &received)?;
         shared
             .confirmed
             .store(received.count_ones() as u64, Ordering::SeqCst);

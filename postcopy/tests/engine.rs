@@ -273,6 +273,7 @@ fn destination_dying_before_switch_resumes_the_source() {
     let SourceFailure {
         error,
         after_switch,
+        ..
     } = err;
     assert!(!after_switch, "{error}");
     assert!(error.is_disconnect(), "{error}");

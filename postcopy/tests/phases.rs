@@ -136,6 +136,7 @@ fn a_guest_that_dies_after_the_switch_is_reported_to_the_source() {
         Err(SourceFailure {
             error: Error::DestinationFailed { reason: why, cause },
             after_switch: true,
+            ..
         }) => {
             assert!(why.contains("the domain crashed"), "{why}");
             // The source tells a guest death from other failures.

@@ -50,6 +50,19 @@ pub fn xl_postcopy() -> io::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Writes a token file readable by its owner only (as `--token-file`
+/// requires).
+pub fn write_token(path: &std::path::Path, text: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// Which way bytes flow through the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {

@@ -302,9 +302,9 @@ fn a_receiver_with_a_token_refuses_a_stranger() {
     let dir = std::env::temp_dir().join(format!("xpc-tok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tok = dir.join("token");
-    std::fs::write(&tok, "correct horse battery staple 0123\n").unwrap();
+    postcopy_tests::write_token(&tok, "correct horse battery staple 0123\n").unwrap();
     let wrong = dir.join("wrong");
-    std::fs::write(&wrong, "incorrect horse battery staple 99\n").unwrap();
+    postcopy_tests::write_token(&wrong, "incorrect horse battery staple 99\n").unwrap();
     let tok_s = tok.to_str().unwrap();
     let (d, _) = run(|_| Vec::new(), &["--mem", "8M"], &["--token-file", tok_s]);
     assert_eq!(d.code, 1, "{}", d.err);

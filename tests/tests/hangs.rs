@@ -77,23 +77,115 @@ fn the_receiver_ends_when_the_source_vanishes_after_the_switch() {
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
 
-/// A protocol error after the switch (garbage where a record starts) with
-/// the vCPU blocked on a missing page: the receiver exits 2 with the count
-/// of pages lost instead of waiting forever for the vCPU.
+/// The sender's `--json` report on stdout.
+fn report(out: &str) -> serde_json::Value {
+    let start = out
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {out:?}"));
+    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Like [`run`], with the sender's stdout too.
+fn run_out(
+    plan: Vec<Fault>,
+    send_args: &[&str],
+    recv_args: &[&str],
+) -> (i32, String, String, i32, String) {
+    let (recv, addr) = receiver(recv_args, LIMIT).unwrap();
+    let proxy = Proxy::start(addr, plan).unwrap();
+    let send = sender(proxy.addr, send_args, LIMIT).unwrap();
+    let (code, out, err) = send.finish().unwrap();
+    let (recv_code, _, recv_err) = recv.finish_within(LIMIT);
+    (code, out, err, recv_code, recv_err)
+}
+
+/// A bad frame injected on the bulk stream after the switch (garbage
+/// where a record starts), with the vCPU blocked on a missing page: the
+/// receiver drops the link as if it broke, the sender redials, and the
+/// migration completes with the memory intact (before, the receiver gave
+/// up at once and the guest was lost).
 #[test]
-fn the_receiver_ends_after_garbage_after_the_switch() {
-    let (code, err, recv_code, recv_err) = run(
+fn garbage_from_the_source_after_the_switch_is_recovered() {
+    let (code, out, err, recv_code, recv_err) = run_out(
         vec![bulk_up(
             Trigger::Record(rec::PAGE_DATA),
             Action::Corrupt(0xff),
         )],
+        &["--recover-timeout", "10", "--mem", "8M"],
+        &["--recover-timeout", "10"],
+    );
+    assert_eq!(code, 0, "sender: {err}\nreceiver: {recv_err}");
+    assert_eq!(recv_code, 0, "receiver: {recv_err}");
+    let r = report(&out);
+    assert_eq!(r["integrity_ok"], true, "{out}");
+    assert_eq!(r["pages_duplicate"], 0, "{out}");
+    assert_eq!(r["source"]["outages"], 1, "{err}");
+    assert!(
+        recv_err.contains("the source broke the protocol after the switch"),
+        "{recv_err}"
+    );
+}
+
+/// A bad frame injected on the fault channel towards the source after the
+/// switch: the source drops the link, the receiver reconnects, and the
+/// migration completes with the memory intact (before, the sender gave
+/// up at once with exit 2).
+#[test]
+fn garbage_from_the_destination_after_the_switch_is_recovered() {
+    let (code, out, err, recv_code, recv_err) = run_out(
+        vec![Fault {
+            channel: 1,
+            nth: 0,
+            dir: Dir::Down,
+            at: Trigger::Record(rec::RESUMED),
+            action: Action::Corrupt(0xff),
+        }],
+        &["--recover-timeout", "10", "--mem", "8M"],
+        &["--recover-timeout", "10"],
+    );
+    assert_eq!(code, 0, "sender: {err}\nreceiver: {recv_err}");
+    assert_eq!(recv_code, 0, "receiver: {recv_err}");
+    let r = report(&out);
+    assert_eq!(r["integrity_ok"], true, "{out}");
+    assert_eq!(r["source"]["outages"], 1, "{err}");
+    assert!(
+        err.contains("the destination broke the protocol after the switch"),
+        "{err}"
+    );
+}
+
+/// A bad frame after the switch and then no path back: both sides wait
+/// out their recovery window and end with exit 2, naming the protocol
+/// error and the count of pages not confirmed.
+#[test]
+fn garbage_after_the_switch_then_no_path_back_ends_both_sides_with_the_count() {
+    let t = Instant::now();
+    let (code, err, recv_code, recv_err) = run(
+        vec![
+            // Time for RESUMED to reach the source first: otherwise it
+            // cannot know the guest ran there (in doubt, exit 4).
+            bulk_up(
+                Trigger::Record(rec::PAGE_DATA),
+                Action::Stall(Duration::from_millis(500)),
+            ),
+            bulk_up(Trigger::Record(rec::PAGE_DATA), Action::Corrupt(0xff)),
+            Fault {
+                channel: 0,
+                nth: 1,
+                dir: Dir::Up,
+                at: Trigger::Offset(0),
+                action: Action::DropAndClose,
+            },
+        ],
         &["--recover-timeout", "2", "--mem", "8M"],
         &["--recover-timeout", "2"],
     );
-    assert_ne!(code, 0, "the sender cannot have completed: {err}");
-    assert_eq!(recv_code, 2, "receiver: {recv_err}");
-    assert!(recv_err.contains("after the switch"), "{recv_err}");
-    assert!(recv_err.contains("pages were lost"), "{recv_err}");
+    assert_link_lost(recv_code, &recv_err);
+    assert!(recv_err.contains("unknown record type"), "{recv_err}");
+    assert_eq!(code, 2, "sender: {err}");
+    assert!(err.contains("after the switch"), "{err}");
+    assert!(err.contains("owed pages are not confirmed"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
 
 /// The receiver goes silent after the CPU state, before READY (its READY
@@ -235,4 +327,21 @@ fn a_mute_receiver_is_a_worded_timeout() {
     assert!(err.contains("timed out"), "{err}");
     assert!(!err.contains("os error"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+/// Nobody ever connects to a waiting receiver: it gives up after
+/// `--accept-timeout`, exits 1 and says what it waited for and how long
+/// (before, it waited for ever).
+#[test]
+fn a_receiver_nobody_connects_to_times_out() {
+    let t = Instant::now();
+    let (recv, _addr) = receiver(&["--accept-timeout", "2"], LIMIT).unwrap();
+    let (code, _, err) = recv.finish_within(LIMIT);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no migration was received"), "{err}");
+    assert!(
+        err.contains("no sender connected within 2.0 s"),
+        "the timeout in words: {err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }

@@ -26,7 +26,7 @@ fn token_dir(tag: &str) -> std::path::PathBuf {
 fn strangers_do_not_end_a_waiting_receiver() {
     let dir = token_dir("bad");
     let tok = dir.join("token");
-    std::fs::write(&tok, "correct horse battery staple 0123\n").unwrap();
+    postcopy_tests::write_token(&tok, "correct horse battery staple 0123\n").unwrap();
     let tok_s = tok.to_str().unwrap();
     let (recv, addr) = receiver(&["--token-file", tok_s], LIMIT).unwrap();
     // Garbage, as a scanner sends.
@@ -38,7 +38,7 @@ fn strangers_do_not_end_a_waiting_receiver() {
     let _ = s.read(&mut b);
     // A real sender with the wrong token, then one without a token.
     let wrong = dir.join("wrong");
-    std::fs::write(&wrong, "incorrect horse battery staple 99\n").unwrap();
+    postcopy_tests::write_token(&wrong, "incorrect horse battery staple 99\n").unwrap();
     let (code, _, err) = sender(
         addr,
         &["--mem", "8M", "--token-file", wrong.to_str().unwrap()],

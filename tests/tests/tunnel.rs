@@ -233,8 +233,8 @@ fn a_wrong_token_is_refused_before_any_byte_moves() {
     let dir = std::env::temp_dir().join(format!("xpc-tunnel-tok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ka, kb) = (dir.join("a"), dir.join("b"));
-    std::fs::write(&ka, "token-number-one-0123456789\n").unwrap();
-    std::fs::write(&kb, "token-number-two-0123456789\n").unwrap();
+    postcopy_tests::write_token(&ka, "token-number-one-0123456789\n").unwrap();
+    postcopy_tests::write_token(&kb, "token-number-two-0123456789\n").unwrap();
     let ends = listen(
         "token",
         &[
@@ -306,4 +306,23 @@ fn silent_strangers_do_not_delay_the_tunnel() {
     let (lcode, lerr) = wait_exit(ends.listener, Duration::from_secs(30));
     assert_eq!(lcode, 0, "{lerr}");
     assert!(lerr.contains("refused a connection"), "{lerr}");
+}
+
+/// A listener nobody dials gives up: by default after 600 s (as
+/// `receive`), and after `--accept-timeout` when given, saying so.
+#[test]
+fn a_listener_nobody_dials_gives_up() {
+    let help = Command::new(xl_postcopy().unwrap())
+        .args(["tunnel", "listen", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[default: 600]"), "{help}");
+    let t = Instant::now();
+    let ends = listen("nobody", &["--accept-timeout", "1"]);
+    let (code, err) = wait_exit(ends.listener, Duration::from_secs(15));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("nobody connected"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&ends.dir);
 }

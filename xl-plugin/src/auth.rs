@@ -61,15 +61,35 @@ impl Token {
         Ok(Token(bytes.to_vec()))
     }
 
-    /// Reads a token file; surrounding whitespace is ignored.
+    /// Reads a token file; surrounding whitespace is ignored. Like ssh
+    /// with a private key, the file must be a regular file (a FIFO or a
+    /// device is refused without blocking on it) that neither group nor
+    /// others may read or write.
     pub fn from_file(path: &Path) -> Result<Token, LinkError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let bad = |why: String| LinkError::Token {
             path: path.display().to_string(),
             why,
         };
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| bad(e.to_string()))?;
+        let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "permissions {:03o} let group or others at the secret (chmod 600)",
+                meta.mode() & 0o777
+            )));
+        }
         let mut raw = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_TOKEN as u64 + 1).read_to_end(&mut raw))
+        f.take(MAX_TOKEN as u64 + 1)
+            .read_to_end(&mut raw)
             .map_err(|e| bad(e.to_string()))?;
         if raw.len() > MAX_TOKEN {
             return Err(bad(format!("longer than {MAX_TOKEN} bytes")));

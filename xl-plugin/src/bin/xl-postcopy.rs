@@ -48,6 +48,11 @@ enum Cmd {
         /// the post-migration rate).
         #[arg(long, default_value_t = 0.3)]
         tail: f64,
+        /// Seconds to wait for a sender to connect before giving up (0:
+        /// wait forever).
+        #[arg(long, value_name = "SECONDS",
+              default_value_t = xl_plugin::local::session::DEFAULT_ACCEPT_TIMEOUT.as_secs_f64())]
+        accept_timeout: f64,
         #[command(flatten)]
         link: xl_plugin::local::recover::LinkArgs,
     },
@@ -259,7 +264,16 @@ fn local(args: &LocalArgs) -> Result<ExitCode> {
         .context("receiver did not announce its address")?
         .parse()
         .context("receiver announced a bad address")?;
-    let result = run_sender(addr, &args.guest()?, &args.migrate()?);
+    let result = args
+        .guest()
+        .and_then(|g| Ok((g, args.migrate()?)))
+        .map_err(|e| LocalError::Setup(format!("{e:#}")))
+        .and_then(|(g, m)| run_sender(addr, &g, &m));
+    if matches!(result, Err(LocalError::Setup(_) | LocalError::Link(_))) {
+        // No migration reached the receiver (or it saw the link close):
+        // it would wait for one until its accept timeout.
+        let _ = child.kill();
+    }
     // Drain the receiver's output so it can exit.
     for _ in lines.by_ref() {}
     let status = child.wait().context("waiting for the receiver")?;
@@ -397,8 +411,16 @@ fn main() -> Result<ExitCode> {
             }
             Err(e) => Ok(exit_for(&e)),
         },
-        Cmd::Receive { listen, tail, link } => {
-            let link = link.opts()?;
+        Cmd::Receive {
+            listen,
+            tail,
+            accept_timeout,
+            link,
+        } => {
+            let link = xl_plugin::local::session::LinkOpts {
+                accept_timeout: secs(accept_timeout, "accept-timeout")?,
+                ..link.opts()?
+            };
             if !listen.ip().is_loopback() && link.token.is_none() {
                 bail!("refusing to listen on {listen} without --token-file: only loopback is safe unauthenticated");
             }

@@ -80,6 +80,8 @@ pub enum Refusal {
     UnknownSession = 4,
     /// The sender offered a token and the receiver has none.
     NoToken = 5,
+    /// The guest does not fit in the receiver's available memory.
+    TooLarge = 6,
 }
 
 impl Refusal {
@@ -90,6 +92,7 @@ impl Refusal {
             3 => Refusal::AuthFailed,
             4 => Refusal::UnknownSession,
             5 => Refusal::NoToken,
+            6 => Refusal::TooLarge,
             _ => return None,
         })
     }
@@ -103,6 +106,7 @@ impl std::fmt::Display for Refusal {
             Refusal::AuthFailed => "token mismatch",
             Refusal::UnknownSession => "not the migration the receiver is running",
             Refusal::NoToken => "the receiver has no token but the sender offered one",
+            Refusal::TooLarge => "the guest does not fit in the receiver's available memory",
         })
     }
 }
@@ -146,9 +150,15 @@ pub enum LinkError {
     /// No acceptable connection before the deadline.
     #[error("no sender connected in time")]
     TimedOut,
+    /// Nobody started a migration while the receiver waited.
+    #[error("timed out: no sender connected within {0:.1} s (--accept-timeout)")]
+    NoSender(f64),
     /// A sender opened one of its two connections and not the other.
     #[error("timed out: the sender opened its {0} connection but not the other within {1:.1} s")]
     Unpaired(&'static str, f64),
+    /// The declared guest cannot be held on this host.
+    #[error("refused: {0}")]
+    TooLarge(#[source] super::hostmem::SizeError),
     /// The token file is unusable.
     #[error("token file {path}: {why}")]
     Token {
@@ -344,6 +354,14 @@ fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, L
     if !ok {
         return Err(LinkError::Refused(refuse(s, Refusal::UnknownSession)));
     }
+    if expect.resume.is_none() {
+        // Before anything is allocated for it (a resume's guest is here
+        // already).
+        if let Err(e) = super::hostmem::check_host(h.guest_pages.get()) {
+            refuse(s, Refusal::TooLarge);
+            return Err(LinkError::TooLarge(e));
+        }
+    }
     s.write_all(&[0])?;
     s.set_read_timeout(None)?;
     s.set_write_timeout(None)?;
@@ -396,47 +414,70 @@ pub fn accept_until(
     gather(
         listener,
         expect,
-        Some(deadline),
+        Some(Until::All(deadline)),
         deadline.saturating_duration_since(Instant::now()),
     )
 }
 
-/// Receiver side, for a new migration: waits for a sender (unbounded: the
-/// receiver's idle state), then for the other connection of its session
-/// for at most `pair_within` after the first one passed its handshake.
-/// Strangers are refused, each on its own bounded ([`HANDSHAKE`]) and
-/// concurrent handshake, and waiting goes on.
+/// Receiver side, for a new migration: waits for a sender for at most
+/// `wait` (`None`: for ever), then for the other connection of its
+/// session for at most `pair_within` after the first one passed its
+/// handshake. Strangers are refused, each on its own bounded
+/// ([`HANDSHAKE`]) and concurrent handshake, and waiting goes on.
 pub fn accept_migration(
     listener: &TcpListener,
+    wait: Option<Duration>,
     pair_within: Duration,
     expect: &Expect,
 ) -> Result<Accepted, LinkError> {
-    gather(listener, expect, None, pair_within)
+    let deadline = wait.map(|w| Instant::now() + w);
+    gather(listener, expect, deadline.map(Until::First), pair_within).map_err(|e| match (e, wait) {
+        (LinkError::TimedOut, Some(w)) => LinkError::NoSender(w.as_secs_f64()),
+        (e, _) => e,
+    })
+}
+
+/// How long [`gather`] waits.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// For the first connection of a sender; once one arrived, the pair
+    /// window alone bounds the wait for the other.
+    First(Instant),
+    /// For the whole pair.
+    All(Instant),
 }
 
 fn gather(
     listener: &TcpListener,
     expect: &Expect,
-    deadline: Option<Instant>,
+    until: Option<Until>,
     pair_within: Duration,
 ) -> Result<Accepted, LinkError> {
     vetting::nonblocking(listener, || {
-        gather_polling(listener, expect, deadline, pair_within)
+        gather_polling(listener, expect, until, pair_within)
     })
 }
 
 fn gather_polling(
     listener: &TcpListener,
     expect: &Expect,
-    mut deadline: Option<Instant>,
+    until: Option<Until>,
     pair_within: Duration,
 ) -> Result<Accepted, LinkError> {
+    // Set once the first half of some session arrived.
+    let mut pair_by: Option<Instant> = None;
     let mut vetting = Vetting::default();
     // Vetted connections by session: (bulk, fault).
     let mut sessions: std::collections::HashMap<u64, [Option<(TcpStream, Hello)>; 2]> =
         std::collections::HashMap::new();
     loop {
         let now = Instant::now();
+        let deadline = match (until, pair_by) {
+            (Some(Until::All(d)), Some(p)) => Some(d.min(p)),
+            (Some(Until::All(d)), None) | (Some(Until::First(d)), None) => Some(d),
+            (_, Some(p)) => Some(p),
+            (None, None) => None,
+        };
         if deadline.is_some_and(|d| now >= d) {
             let half = sessions.values().find_map(|p| match p {
                 [Some(_), None] => Some("bulk"),
@@ -480,7 +521,7 @@ fn gather_polling(
             }
             // The first half of a session: the other must follow soon.
             let by = Instant::now() + pair_within;
-            deadline = Some(deadline.map_or(by, |d| d.min(by)));
+            pair_by = Some(pair_by.map_or(by, |p| p.min(by)));
         }
         if idle {
             std::thread::sleep(Duration::from_millis(5));

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`workload`] | the workloads and the vCPU registers |
 //! | [`vcpu`] | the vCPU thread: run, stop between steps, stall timing |
+//! | [`hostmem`] | whether a guest fits on this host (before any allocation) |
 //! | [`link`] | the two TCP connections and their hello (the token handshake is [`crate::auth`]) |
 //! | [`integrity`] | the source/destination memory digests |
 //! | [`recover`] | redirecting a running side after a break (`xl-postcopy recover`), link options |
@@ -13,6 +14,7 @@
 //! | [`report`] | the report, table and JSON |
 //! | [`trace`] | page-access traces for the simulator |
 
+pub mod hostmem;
 pub mod integrity;
 pub mod link;
 pub mod recover;

@@ -94,25 +94,68 @@ pub enum RecoverError {
     Token(#[from] LinkError),
 }
 
-/// A running control socket; removed when dropped.
+/// A running control socket; removed when dropped (if it is still the
+/// one this created).
 #[derive(Debug)]
 pub struct Control {
     path: PathBuf,
+    /// Device and inode of the socket this created.
+    id: (u64, u64),
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Device and inode of what is at `path` (not following a symlink), if it
+/// is a socket.
+fn socket_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type().is_socket().then(|| (m.dev(), m.ino()))
+}
+
+/// Makes room for a control socket at `path`: nothing there, or a stale
+/// socket (nobody answers on it), which is removed. Anything else — a
+/// file, a directory, a symlink, a socket another process serves — is
+/// refused and left alone.
+fn clear_stale(path: &Path) -> io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let taken = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} {why}; refusing to replace it", path.display()),
+        )
+    };
+    if socket_id(path).is_none() {
+        let what = if meta.is_dir() {
+            "is a directory"
+        } else if meta.file_type().is_symlink() {
+            "is a symbolic link"
+        } else {
+            "exists and is not a socket"
+        };
+        return Err(taken(what));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(taken("is a socket another process serves")),
+        // Nobody listens: left behind by a process that died.
+        Err(_) => std::fs::remove_file(path),
+    }
+}
+
 impl Control {
-    /// Listens on `path` (replacing a stale socket) and hands each command
-    /// to `handle`, whose answer goes back to the admin.
+    /// Listens on `path` and hands each command to `handle`, whose answer
+    /// goes back to the admin. A stale socket at `path` is replaced;
+    /// anything else there is refused ([`clear_stale`]).
     pub fn serve(
         path: &Path,
         handle: impl Fn(Command) -> Result<String, String> + Send + 'static,
     ) -> io::Result<Control> {
-        if path.exists() {
-            std::fs::remove_file(path)?;
-        }
+        clear_stale(path)?;
         let listener = UnixListener::bind(path)?;
+        let id = socket_id(path)
+            .ok_or_else(|| io::Error::other(format!("{}: no socket after bind", path.display())))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -138,6 +181,7 @@ impl Control {
             })?;
         Ok(Control {
             path: path.to_path_buf(),
+            id,
             stop,
             thread: Some(thread),
         })
@@ -150,7 +194,10 @@ impl Drop for Control {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket this created: whatever replaced it stays.
+        if socket_id(&self.path) == Some(self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -241,6 +288,7 @@ impl LinkArgs {
             stall_timeout,
             ready_timeout,
             status_file: self.status_file.clone(),
+            accept_timeout: super::session::DEFAULT_ACCEPT_TIMEOUT,
         })
     }
 }
@@ -310,6 +358,36 @@ mod tests {
         assert!(!path.exists());
         assert!(Command::parse("to nowhere").is_err());
         assert!(Command::parse("jump 1.2.3.4:5").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("xpc-ctl-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let none = |_: Command| -> Result<String, String> { Err("no".into()) };
+        // A file is never deleted.
+        let file = dir.join("file");
+        std::fs::write(&file, "precious").unwrap();
+        let e = Control::serve(&file, none).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+        // A socket another process serves is left alone.
+        let path = dir.join("live.sock");
+        let first = Control::serve(&path, none).unwrap();
+        let e = Control::serve(&path, none).unwrap_err();
+        assert!(e.to_string().contains("another process serves"), "{e}");
+        drop(first);
+        assert!(!path.exists());
+        // A stale one (its owner died without removing it) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let ctl = Control::serve(&path, none).unwrap();
+        // What replaced our socket is not ours to delete.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        drop(ctl);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

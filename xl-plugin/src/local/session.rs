@@ -90,6 +90,9 @@ pub struct LinkOpts {
     /// Where this side publishes its status while it serves
     /// (`xl-postcopy status --file`), if anywhere.
     pub status_file: Option<PathBuf>,
+    /// How long the receiver waits for a sender to connect (zero:
+    /// forever).
+    pub accept_timeout: Duration,
 }
 
 impl LinkOpts {
@@ -106,6 +109,11 @@ impl LinkOpts {
     }
 }
 
+/// Default bound on the receiver's wait for a sender: long enough to start
+/// the sender by hand on another host, short enough that a receiver nobody
+/// uses does not sit on its port for ever.
+pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl Default for LinkOpts {
     fn default() -> Self {
         LinkOpts {
@@ -115,6 +123,7 @@ impl Default for LinkOpts {
             stall_timeout: Duration::from_secs(15),
             ready_timeout: postcopy::source::DEFAULT_READY_TIMEOUT,
             status_file: None,
+            accept_timeout: DEFAULT_ACCEPT_TIMEOUT,
         }
     }
 }
@@ -169,6 +178,10 @@ pub enum LocalError {
     /// Setting up the guest or the uffd failed; nothing was migrated.
     #[error("setup failed: {0}")]
     Setup(String),
+    /// Guest memory would cross a link nobody authenticates: refused
+    /// before the guest boots.
+    #[error("refusing to send guest memory to {0} without proof of who is at the other end: give --token-file (only loopback is safe unauthenticated)")]
+    Unauthenticated(SocketAddr),
     /// The connection could not be set up; the guest keeps running here.
     #[error("could not connect to the destination: {0}")]
     Link(#[from] link::LinkError),
@@ -205,6 +218,11 @@ pub enum LocalError {
         /// Why.
         error: String,
     },
+    /// The migration completed (the destination holds every page) but its
+    /// summary, with the digest of its memory, did not arrive intact: no
+    /// page was lost, but integrity could not be checked.
+    #[error("migration complete (every page reached the destination), but its summary could not be read ({0}): the integrity of its memory was not checked")]
+    Unverified(String),
     /// The destination's memory differs from the source's.
     #[error("integrity check failed: destination digest {dest_digest:#x} != source digest {source_digest:#x}")]
     Integrity {
@@ -217,16 +235,17 @@ pub enum LocalError {
 
 impl LocalError {
     /// Process exit code: 1 setup/link/before switch, 2 after, 3
-    /// integrity, 4 in doubt.
+    /// integrity failed or unchecked, 4 in doubt.
     pub fn exit_code(&self) -> i32 {
         match self {
             LocalError::Setup(_)
+            | LocalError::Unauthenticated(_)
             | LocalError::Link(_)
             | LocalError::Accept(_)
             | LocalError::ReceiverAborted(_)
             | LocalError::BeforeSwitch { .. } => 1,
             LocalError::AfterSwitch { .. } => 2,
-            LocalError::Integrity { .. } => 3,
+            LocalError::Integrity { .. } | LocalError::Unverified(_) => 3,
             LocalError::InDoubt { .. } => 4,
         }
     }
@@ -236,8 +255,11 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> LocalError + '_ 
     move |e| LocalError::Setup(format!("{what}: {e}"))
 }
 
-/// Boots the mini-VM: memory filled, workload running.
+/// Boots the mini-VM: memory filled, workload running. A guest beyond the
+/// protocol's limit or this host's available memory is refused before
+/// anything is allocated.
 pub fn boot(g: &GuestOpts) -> Result<(Arc<GuestRegion>, Vcpu), LocalError> {
+    super::hostmem::check_host(g.pages).map_err(setup("sizing the guest"))?;
     let region = Arc::new(GuestRegion::new(g.pages).map_err(setup("allocating guest memory"))?);
     let words = region.words();
     for pfn in 0..g.pages {
@@ -297,6 +319,9 @@ pub fn run_sender_with(
     m: &MigrateOpts,
     l: &LinkOpts,
 ) -> Result<LocalReport, LocalError> {
+    if !addr.ip().is_loopback() && l.token.is_none() {
+        return Err(LocalError::Unauthenticated(addr));
+    }
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
     let floor = if m.floor {
         let f = postcopy_uffd::measure_floor(2000).map_err(setup("measuring the floor"))?;
@@ -343,10 +368,15 @@ pub fn run_sender_with(
     let target = Arc::new(Mutex::new(addr));
     let _control = match &l.control {
         Some(path) => {
-            let target = Arc::clone(&target);
+            let (target, authenticated) = (Arc::clone(&target), l.token.is_some());
             Some(
                 Control::serve(path, move |cmd| match cmd {
                     Command::To(a) => {
+                        if !a.ip().is_loopback() && !authenticated {
+                            return Err(format!(
+                                "refusing to send guest memory to {a} without --token-file"
+                            ));
+                        }
                         *lock(&target) = a;
                         Ok(format!("the sender will dial {a}"))
                     }
@@ -408,9 +438,17 @@ pub fn run_sender_with(
             });
         }
         return Err(if f.after_switch {
+            let mut error = f.error.to_string();
+            if !matches!(f.error, postcopy::Error::LinkLost { .. }) {
+                // LinkLost says it already.
+                error = format!(
+                    "{error}; {} owed pages are not confirmed at the destination",
+                    f.unconfirmed
+                );
+            }
             LocalError::AfterSwitch {
                 side: "source",
-                error: f.error.to_string(),
+                error,
             }
         } else {
             LocalError::BeforeSwitch {
@@ -425,10 +463,8 @@ pub fn run_sender_with(
             }
         });
     }
-    let summary = read_summary(&mut lock(&trailer)).map_err(|e| LocalError::AfterSwitch {
-        side: "destination",
-        error: format!("no summary from the destination: {e}"),
-    })?;
+    let summary = read_summary(&mut lock(&trailer))
+        .map_err(|e| LocalError::Unverified(postcopy::error::io_words(&e)))?;
     let source_digest = image_digest(g.pages, |pfn, buf| {
         if region.read_page(pfn, buf).is_err() {
             buf.fill(0xee);
@@ -500,8 +536,12 @@ fn read_summary(s: &mut TcpStream) -> std::io::Result<DestSummary> {
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf)?;
-    serde_json::from_slice(&buf)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&buf).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the summary is not valid JSON: {e}"),
+        )
+    })
 }
 
 fn write_summary(s: &mut TcpStream, summary: &DestSummary) -> std::io::Result<()> {
@@ -582,29 +622,9 @@ pub fn run_receiver_with(
     l: &LinkOpts,
 ) -> Result<DestSummary, LocalError> {
     postcopy_uffd::probe().map_err(setup("userfaultfd"))?;
-    let first = link::accept_migration(
-        listener,
-        l.pair_window(),
-        &Expect {
-            token: l.token.clone(),
-            resume: None,
-        },
-    )
-    .map_err(LocalError::Accept)?;
-    let pages = first.guest_pages;
-    bound_writes(l, [&first.bulk, &first.fault]).map_err(setup("socket options"))?;
-    let expect = Expect {
-        token: l.token.clone(),
-        resume: Some((first.session, pages)),
-    };
-    let trailer = Mutex::new(
-        first
-            .bulk
-            .try_clone()
-            .map_err(setup("cloning the socket"))?,
-    );
-    let links = dest_links(l, first.bulk, first.fault).map_err(setup("setting up links"))?;
-    // A listener an admin opened with `xl-postcopy recover --listen`.
+    // The control socket comes before the wait for a sender, so a bad
+    // --control path fails at once. `moved`: a listener an admin opened
+    // with `xl-postcopy recover --listen`.
     let moved: Arc<Mutex<Option<TcpListener>>> = Arc::default();
     let _control = match &l.control {
         Some(path) => {
@@ -627,6 +647,29 @@ pub fn run_receiver_with(
         }
         None => None,
     };
+    let first = link::accept_migration(
+        listener,
+        (!l.accept_timeout.is_zero()).then_some(l.accept_timeout),
+        l.pair_window(),
+        &Expect {
+            token: l.token.clone(),
+            resume: None,
+        },
+    )
+    .map_err(LocalError::Accept)?;
+    let pages = first.guest_pages;
+    bound_writes(l, [&first.bulk, &first.fault]).map_err(setup("socket options"))?;
+    let expect = Expect {
+        token: l.token.clone(),
+        resume: Some((first.session, pages)),
+    };
+    let trailer = Mutex::new(
+        first
+            .bulk
+            .try_clone()
+            .map_err(setup("cloning the socket"))?,
+    );
+    let links = dest_links(l, first.bulk, first.fault).map_err(setup("setting up links"))?;
     let mut reaccept = |deadline: Instant| -> std::io::Result<DestLinks> {
         let until = deadline.min(Instant::now() + ATTEMPT);
         let guard = lock(&moved);

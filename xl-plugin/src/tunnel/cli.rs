@@ -34,7 +34,8 @@ pub enum TunnelCmd {
         /// Address to listen on (a non-loopback one needs --token-file).
         addr: SocketAddr,
         /// Seconds to wait for the first connection (0: for ever).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, value_name = "SECONDS",
+              default_value_t = crate::local::session::DEFAULT_ACCEPT_TIMEOUT.as_secs_f64())]
         accept_timeout: f64,
         /// Write the bound address here once listening (for port 0).
         #[arg(long, value_name = "FILE")]
