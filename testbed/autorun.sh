@@ -123,17 +123,42 @@ migrate_once() {
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
+	sample_status "$out/status-$i" $mpid &
+	stpid=$!
 	if [ "$kill_dest" = 1 ]; then kill_destination "$mlog" $mpid $src & kpid=$!; fi
 	wait $mpid
 	mrc=$?
 	e=$(now)
 	kill $monpid 2>/dev/null; wait $monpid 2>/dev/null
+	wait $stpid 2>/dev/null
+	# each side's last word (completed / failed), by domid
+	cp /run/xen-postcopy/"$src".json "$out/status-$i-final-source.json" 2>/dev/null
+	for f in /run/xen-postcopy/*.json; do
+		[ -e "$f" ] && [ "$f" != /run/xen-postcopy/"$src".json ] && cp "$f" "$out/status-$i-final-destination.json"
+	done
+	rm -f /run/xen-postcopy/*.json
 	[ -n "$kpid" ] && wait $kpid
 	mig_ms=$(ms "$s" "$e")
 	dst=$(xl domid "$dom" 2>/dev/null)
 	ts "migrate $i rc=$mrc $mig_ms ms (now id ${dst:-none})"
 	cat "$mlog" >> "$out/migrate.log"
 	echo "i=$i rc=$mrc start=$s end=$e ms=$mig_ms src=$src dst=${dst:-}" >> "$out/migrations.env"
+}
+# sample_status PREFIX MPID: what an admin sees, once a second while xl
+# migrate runs: `xl-postcopy status --json` of the source (by name, the
+# guest keeps it) and of the destination copy (NAME--incoming), one JSON
+# object a line in PREFIX-source.jsonl / PREFIX-destination.jsonl, plus
+# the text form of the destination's last sample in PREFIX-destination.txt.
+sample_status() {
+	local pfx=$1 mpid=$2 j
+	while kill -0 "$mpid" 2>/dev/null; do
+		j=$(timeout 10 /usr/local/bin/xl-postcopy status --json "$dom" 2>/dev/null) &&
+			echo "$j" | tr -d '\n' >> "$pfx-source.jsonl" && echo >> "$pfx-source.jsonl"
+		j=$(timeout 10 /usr/local/bin/xl-postcopy status --json "$dom--incoming" 2>/dev/null) &&
+			echo "$j" | tr -d '\n' >> "$pfx-destination.jsonl" && echo >> "$pfx-destination.jsonl" &&
+			timeout 10 /usr/local/bin/xl-postcopy status "$dom--incoming" > "$pfx-destination.txt" 2>&1
+		sleep 1
+	done
 }
 # kill_destination MLOG MPID SRC: waits for the destination domain (an id
 # other than SRC named $dom*) to run while the post-copy stream is still

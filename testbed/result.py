@@ -339,6 +339,54 @@ elif not soak:
 if soak:
     r["guest_deaths"] = max(r["guest_deaths"], len(died))
 r["died_domids"] = died
+
+
+def status_of(i):
+    """What `xl-postcopy status` showed during migration I: per role, the
+    samples taken while post-copy was active, the last of them, and each
+    side's final snapshot."""
+    out = {}
+    for role in ("source", "destination"):
+        samples = []
+        try:
+            for line in open(os.path.join(d, "status-%s-%s.jsonl" % (i, role)), errors="replace"):
+                try:
+                    j = json.loads(line)
+                except ValueError:
+                    continue
+                if j.get("role") == role:
+                    samples.append(j)
+        except OSError:
+            pass
+        active = [j for j in samples if j.get("status") == "postcopy-active"]
+        try:
+            final = json.load(open(os.path.join(d, "status-%s-final-%s.json" % (i, role))))
+        except (OSError, ValueError):
+            final = None
+        last = active[-1] if active else None
+        out[role] = {
+            "active_samples": len(active),
+            "last_active": None if last is None else {
+                "done_pages": last["ram"]["done_pages"], "owed_pages": last["ram"]["owed_pages"],
+                "mbps": round(last["ram"]["mbps"], 1), "network_faults": last["network_faults"],
+                "expected_remaining_ms": last["ram"]["expected_remaining_ms"],
+                "postcopy_blocktime_ms": last["postcopy_blocktime_ms"]},
+            "final": None if final is None else {
+                "status": final.get("status"), "error": final.get("error"),
+                "transferred_pages": final["ram"]["transferred_pages"],
+                "remaining_pages": final["ram"]["remaining_pages"]},
+        }
+    return out
+
+
+if migs:
+    r["admin_status"] = {str(m["i"]): status_of(m["i"]) for m in migs}
+    st = r["admin_status"][str(migs[-1]["i"])]
+    fin = (st["destination"]["final"] or {})
+    # the admin's view agrees with the engine's report at the end
+    r["admin_status_ok"] = bool(
+        st["destination"]["active_samples"] >= 1 and fin.get("status") == "completed"
+        and fin.get("transferred_pages") == r.get("pages_transferred")) if r.get("migrate_rc") == 0 else None
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
