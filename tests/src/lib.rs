@@ -126,6 +126,10 @@ pub struct ProxyStats {
     pub cuts: AtomicU64,
     /// Bytes forwarded upstream.
     pub bytes_up: AtomicU64,
+    /// Faults the proxy could not inject (a test that relied on one
+    /// fails when the proxy is dropped: a fault not injected must not
+    /// pass for a fault survived).
+    pub not_injected: Mutex<Vec<String>>,
 }
 
 struct Live {
@@ -209,6 +213,10 @@ impl Drop for Proxy {
             let _ = t.join();
         }
         lock(&self.live).drop_all();
+        let missed = lock(&self.stats.not_injected).clone();
+        if !missed.is_empty() && !std::thread::panicking() {
+            panic!("the proxy could not inject its faults: {missed:?}");
+        }
     }
 }
 
@@ -420,7 +428,19 @@ fn pump(
                         lock(&ctx.live).drop_all();
                     }
                     Action::Kill(pid) => {
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        // A syscall, not the kill program (procps is not
+                        // on every machine).
+                        let sent = i32::try_from(pid)
+                            .ok()
+                            .and_then(rustix::process::Pid::from_raw)
+                            .ok_or_else(|| format!("pid {pid} is not a process id"))
+                            .and_then(|p| {
+                                rustix::process::kill_process(p, rustix::process::Signal::KILL)
+                                    .map_err(|e| format!("SIGKILL to {pid}: {e}"))
+                            });
+                        if let Err(e) = sent {
+                            lock(&ctx.stats.not_injected).push(e);
+                        }
                         lock(&ctx.live).drop_all();
                     }
                     _ => lock(&ctx.live).drop_all(),
