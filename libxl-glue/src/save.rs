@@ -78,6 +78,20 @@ fn ready_timeout_setting() -> Duration {
     }
 }
 
+/// Environment setting: a cap on the post-copy push in bytes per second
+/// (K/M/G suffixes, binary: `50M` is 50 MiB/s), fault replies exempt
+/// (xl has no option for it; the save helper inherits xl's environment).
+pub const MAX_BANDWIDTH_ENV: &str = "LIBXL_POSTCOPY_MAX_BANDWIDTH";
+
+/// The cap [`MAX_BANDWIDTH_ENV`] asks for (`None`, with a warning, when
+/// it is not a rate).
+fn max_bandwidth_setting() -> Option<u64> {
+    let v = std::env::var(MAX_BANDWIDTH_ENV).ok()?;
+    postcopy::scheduler::parse_rate(&v)
+        .map_err(|e| warn!("{MAX_BANDWIDTH_ENV}: {e}; the push is not capped"))
+        .ok()
+}
+
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeginSummary {
@@ -315,7 +329,10 @@ impl<O: XenOps> SaveSession<O> {
             n,
             populated.len() as u64,
             strategy,
-            PushPolicy::XEN,
+            PushPolicy {
+                max_bandwidth: max_bandwidth_setting(),
+                ..PushPolicy::XEN
+            },
         )?;
         session.set_stopped_at(stopped_at);
         let stream = session.stream()?;

@@ -141,6 +141,10 @@ pub struct PushPolicy {
     pub batch_pages: usize,
     /// Quiet time after the last fault before the residual flush.
     pub idle_flush: std::time::Duration,
+    /// Cap on the push's bandwidth in bytes/s of page data (`None`: as
+    /// fast as the link takes it). Fault replies are exempt: a vCPU
+    /// waiting on a page never waits for the cap ([`Pacer`]).
+    pub max_bandwidth: Option<u64>,
 }
 
 /// What the push should do next.
@@ -160,6 +164,7 @@ impl PushPolicy {
     pub const LOCAL: PushPolicy = PushPolicy {
         batch_pages: 64,
         idle_flush: std::time::Duration::from_millis(500),
+        max_bandwidth: None,
     };
 
     /// The Xen path: a faulted page waits behind at most one pushed batch
@@ -170,6 +175,7 @@ impl PushPolicy {
     pub const XEN: PushPolicy = PushPolicy {
         batch_pages: 16,
         idle_flush: std::time::Duration::from_millis(500),
+        max_bandwidth: None,
     };
 
     /// The batch size actually used.
@@ -218,6 +224,80 @@ impl PushPolicy {
     }
 }
 
+/// Parses a push bandwidth cap: bytes per second with an optional K, M or
+/// G suffix (binary: `50M` is 50 MiB/s), at least one page a second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: the suffix must be K, M or G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    match num
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+    {
+        Some(r) if r >= crate::PAGE_SIZE as u64 => Ok(r),
+        Some(_) => Err(format!("{s:?}: at least 4K per second")),
+        None => Err(format!("{s:?} is not a rate (bytes per second, K/M/G)")),
+    }
+}
+
+/// Paces the push to a bandwidth cap: the bytes pushed since the start
+/// may not run ahead of `rate × elapsed` by more than one burst (so the
+/// first batch goes at once and the average holds over any longer span).
+/// The push asks [`Pacer::wait`] before claiming a batch, so pages it has
+/// not claimed stay free for fault replies, which bypass the pacer.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: u64,
+    burst: u64,
+    start: std::time::Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    /// A pacer at `rate` bytes/s (at least 1), allowing `burst` bytes
+    /// ahead.
+    pub fn new(rate: u64, burst: u64) -> Pacer {
+        Pacer {
+            rate: rate.max(1),
+            burst,
+            start: std::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// The pacer of `policy`, if it has a cap (a burst of one batch).
+    pub fn for_policy(policy: &PushPolicy) -> Option<Pacer> {
+        policy
+            .max_bandwidth
+            .map(|r| Pacer::new(r, (policy.batch() * crate::PAGE_SIZE) as u64))
+    }
+
+    /// Counts `bytes` pushed.
+    pub fn sent(&mut self, bytes: u64) {
+        self.sent = self.sent.saturating_add(bytes);
+    }
+
+    /// How long to wait before pushing more, `at` this instant (zero: go).
+    pub fn wait(&self, at: std::time::Instant) -> std::time::Duration {
+        let allowed = self.sent.saturating_sub(self.burst);
+        let due = std::time::Duration::from_secs_f64(allowed as f64 / self.rate as f64);
+        let elapsed = at.saturating_duration_since(self.start);
+        due.saturating_sub(elapsed)
+    }
+}
+
 impl Default for PushPolicy {
     fn default() -> Self {
         PushPolicy::LOCAL
@@ -236,6 +316,39 @@ mod tests {
     use super::*;
     use crate::prepage::StrategySpec;
     use proptest::prelude::*;
+
+    #[test]
+    fn rates_parse_with_binary_suffixes() {
+        assert_eq!(parse_rate("50M"), Ok(50 << 20));
+        assert_eq!(parse_rate("8k"), Ok(8192));
+        assert_eq!(parse_rate("1048576"), Ok(1 << 20));
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("5X").is_err());
+        assert!(parse_rate("M").is_err());
+        assert!(parse_rate("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn the_pacer_holds_the_average_and_lets_a_burst_go() {
+        let mut p = Pacer::new(1_000_000, 4096);
+        let t0 = p.start;
+        assert!(p.wait(t0).is_zero(), "the first batch goes at once");
+        p.sent(4096);
+        assert!(p.wait(t0).is_zero(), "within the burst");
+        p.sent(1_000_000);
+        // 1 MB over the burst at 1 MB/s: due at 1 s.
+        let w = p.wait(t0);
+        assert!(
+            w > std::time::Duration::from_millis(990) && w <= std::time::Duration::from_secs(1),
+            "{w:?}"
+        );
+        assert!(
+            p.wait(t0 + std::time::Duration::from_millis(600))
+                <= std::time::Duration::from_millis(400)
+        );
+        assert!(p.wait(t0 + std::time::Duration::from_secs(2)).is_zero());
+        assert!(Pacer::for_policy(&PushPolicy::LOCAL).is_none());
+    }
 
     fn all(n: u64) -> Vec<PfnRun> {
         vec![PfnRun { start: 0, count: n }]

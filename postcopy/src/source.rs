@@ -41,7 +41,7 @@ use crate::records::{
     MAX_PFN_LIST, MAX_RUNS,
 };
 use crate::recovery::{self, Recovery, Watchdog};
-use crate::scheduler::{PushPolicy, PushStep, Request, Scheduler};
+use crate::scheduler::{Pacer, PushPolicy, PushStep, Request, Scheduler};
 use crate::status::{publish_while, Role, StatusConfig};
 use crate::transport::SourceLinks;
 use crate::{Pfn, PAGE_SIZE};
@@ -98,6 +98,8 @@ pub struct SourceConfig {
     pub ready_timeout: Duration,
     /// Where serving's status goes, if anywhere ([`crate::status`]).
     pub status: Option<StatusConfig>,
+    /// Cap on the push's bandwidth in bytes/s (faults exempt).
+    pub max_bandwidth: Option<u64>,
 }
 
 impl SourceConfig {
@@ -106,6 +108,7 @@ impl SourceConfig {
         PushPolicy {
             batch_pages: self.batch_pages,
             idle_flush: self.idle_flush,
+            max_bandwidth: self.max_bandwidth,
         }
     }
 }
@@ -119,6 +122,7 @@ impl Default for SourceConfig {
             idle_flush: PushPolicy::LOCAL.idle_flush,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             status: None,
+            max_bandwidth: None,
         }
     }
 }
@@ -1123,6 +1127,10 @@ fn serve_session<M: SourceMemory + ?Sized>(
     })
 }
 
+/// Longest single sleep of a capped push (it re-checks for failure and
+/// faults in between).
+const PACE_STEP: Duration = Duration::from_millis(10);
+
 /// How long a push waits for an in-band fault reply to take the stream
 /// first (bounded: a reply is one record).
 const REPLY_FIRST: Duration = Duration::from_millis(20);
@@ -1158,9 +1166,19 @@ fn push_loop<M: SourceMemory + ?Sized>(
         )?;
     }
     let owed = lock(&shared.sched).owed();
+    let mut pacer = Pacer::for_policy(&ctx.policy);
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
+        }
+        // The bandwidth cap: wait before claiming, so the pages not yet
+        // claimed stay free for fault replies (which bypass the cap).
+        if let Some(p) = &pacer {
+            let w = p.wait(Instant::now());
+            if !w.is_zero() {
+                std::thread::sleep(w.min(PACE_STEP));
+                continue;
+            }
         }
         // Faults first: a reply being written goes ahead of this batch.
         if shared.outstanding.load(Ordering::Acquire) > 0 {
@@ -1185,6 +1203,7 @@ fn push_loop<M: SourceMemory + ?Sized>(
         };
         match step {
             PushStep::Batch => {
+                let before = metrics.pages_pushed.load(Ordering::Relaxed);
                 send_pages(
                     mem,
                     &mut *lock(bulk),
@@ -1193,6 +1212,14 @@ fn push_loop<M: SourceMemory + ?Sized>(
                     &mut buf,
                     metrics,
                 )?;
+                if let Some(p) = &mut pacer {
+                    // Page data pushed (a zero page is a pfn, not counted).
+                    let pages = metrics
+                        .pages_pushed
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(before);
+                    p.sent(pages * crate::PAGE_SIZE as u64);
+                }
                 metrics.set_owed_progress(owed, owed - unsent);
                 if let Some(p) = ctx.progress {
                     p(owed - unsent, owed);

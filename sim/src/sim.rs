@@ -101,6 +101,7 @@ impl SimConfig {
         PushPolicy {
             batch_pages: usize::try_from(self.batch_pages).unwrap_or(usize::MAX),
             idle_flush: Duration::from_nanos(self.idle_flush_ns),
+            max_bandwidth: None,
         }
     }
 }

@@ -25,6 +25,17 @@ pub struct MigrationArgs {
     #[arg(long, value_name = "STRATEGY", default_value = "bubble", value_parser = parse_strategy,
           long_help = format!("Pre-paging strategy for the post-copy phase: {STRATEGY_HELP}"))]
     pub prepage: StrategySpec,
+    /// Cap on the post-copy push in bytes per second (K, M, G suffixes:
+    /// `50M` is 50 MiB/s); fault replies are exempt, so the guest's
+    /// accesses never wait for it.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_bandwidth: Option<u64>,
+}
+
+/// Parses `--max-bandwidth` with the engine's rule
+/// ([`postcopy::scheduler::parse_rate`]).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    postcopy::scheduler::parse_rate(s)
 }
 
 /// Parses `--prepage=` with the engine's error message.

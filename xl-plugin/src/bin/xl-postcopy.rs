@@ -223,6 +223,7 @@ impl LocalArgs {
             batch_pages: usize::try_from(self.batch_pages)?,
             tail: secs(self.tail, "tail")?,
             floor: self.floor,
+            max_bandwidth: self.migration.max_bandwidth,
         })
     }
 }

@@ -55,6 +55,8 @@ pub struct GuestOpts {
 /// How to migrate it.
 #[derive(Debug, Clone)]
 pub struct MigrateOpts {
+    /// Cap on the push in bytes/s (faults exempt).
+    pub max_bandwidth: Option<u64>,
     /// Post-copy, pre-copy or hybrid.
     pub mode: Mode,
     /// Pre-paging strategy.
@@ -422,6 +424,7 @@ pub fn run_sender_with(
         batch_pages: m.batch_pages,
         ready_timeout: l.ready_timeout,
         status: l.status(),
+        max_bandwidth: m.max_bandwidth,
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
