@@ -133,7 +133,8 @@ impl Scheduler {
 /// serves queued faults before asking for a batch); a push is a batch of
 /// up to `batch_pages` pre-pager picks; a demand-only pre-pager
 /// (`--prepage=none`) offers nothing, so the rest is flushed in pfn order
-/// once no fault has come for `idle_flush`; and COMPLETE counts every page
+/// once no fault has come for `idle_flush` (or, on a guest that never
+/// stops faulting, once `residual_after` has passed); and COMPLETE counts every page
 /// sent after the switch, resends included ([`PushPolicy::complete_count`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PushPolicy {
@@ -141,6 +142,11 @@ pub struct PushPolicy {
     pub batch_pages: usize,
     /// Quiet time after the last fault before the residual flush.
     pub idle_flush: std::time::Duration,
+    /// Longest the push leaves the residue to demand paging: past this
+    /// much serving time the residual flush starts even while faults keep
+    /// coming, so a busy guest never needs its source for ever
+    /// (`--prepage=none`; the other pre-pagers never idle).
+    pub residual_after: std::time::Duration,
     /// Cap on the push's bandwidth in bytes/s of page data (`None`: as
     /// fast as the link takes it). Fault replies are exempt: a vCPU
     /// waiting on a page never waits for the cap ([`Pacer`]).
@@ -159,11 +165,16 @@ pub enum PushStep {
     Done,
 }
 
+/// Default [`PushPolicy::residual_after`]: a few seconds of pure demand
+/// paging, then the residue goes in pfn order.
+pub const DEFAULT_RESIDUAL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl PushPolicy {
     /// Local mode (sockets): 64-page batches.
     pub const LOCAL: PushPolicy = PushPolicy {
         batch_pages: 64,
         idle_flush: std::time::Duration::from_millis(500),
+        residual_after: DEFAULT_RESIDUAL_AFTER,
         max_bandwidth: None,
     };
 
@@ -175,6 +186,7 @@ impl PushPolicy {
     pub const XEN: PushPolicy = PushPolicy {
         batch_pages: 16,
         idle_flush: std::time::Duration::from_millis(500),
+        residual_after: DEFAULT_RESIDUAL_AFTER,
         max_bandwidth: None,
     };
 
@@ -184,11 +196,13 @@ impl PushPolicy {
     }
 
     /// Claims the next push batch into `out` (cleared first). `quiet` is
-    /// the time since the last fault request.
+    /// the time since the last fault request, `served` the time since
+    /// serving began.
     pub fn next_batch(
         &self,
         sched: &mut Scheduler,
         quiet: std::time::Duration,
+        served: std::time::Duration,
         out: &mut Vec<Pfn>,
     ) -> PushStep {
         let batch = self.batch();
@@ -200,8 +214,8 @@ impl PushPolicy {
             }
         }
         if out.is_empty() && sched.unsent() > 0 {
-            if quiet < self.idle_flush {
-                return PushStep::Idle(self.idle_flush - quiet);
+            if quiet < self.idle_flush && served < self.residual_after {
+                return PushStep::Idle((self.idle_flush - quiet).min(self.residual_after - served));
             }
             while out.len() < batch {
                 match sched.next_linear() {
@@ -316,6 +330,31 @@ mod tests {
     use super::*;
     use crate::prepage::StrategySpec;
     use proptest::prelude::*;
+
+    #[test]
+    fn demand_paging_gives_way_to_the_residual_flush_in_bounded_time() {
+        use std::time::Duration;
+        let mut s = Scheduler::new(100, &all(100), StrategySpec::None.build(Vec::new())).unwrap();
+        let p = PushPolicy::LOCAL;
+        let mut out = Vec::new();
+        // Faults keep coming (quiet 0): wait, but never past residual_after.
+        let step = p.next_batch(&mut s, Duration::ZERO, Duration::from_secs(1), &mut out);
+        assert_eq!(step, PushStep::Idle(p.idle_flush));
+        let step = p.next_batch(
+            &mut s,
+            Duration::ZERO,
+            p.residual_after - Duration::from_millis(100),
+            &mut out,
+        );
+        assert_eq!(step, PushStep::Idle(Duration::from_millis(100)));
+        let step = p.next_batch(&mut s, Duration::ZERO, p.residual_after, &mut out);
+        assert_eq!(step, PushStep::Batch);
+        assert_eq!(out, (0..64).collect::<Vec<_>>());
+        // A quiet guest flushes earlier, as before.
+        let mut s = Scheduler::new(100, &all(100), StrategySpec::None.build(Vec::new())).unwrap();
+        let step = p.next_batch(&mut s, p.idle_flush, Duration::ZERO, &mut out);
+        assert_eq!(step, PushStep::Batch);
+    }
 
     #[test]
     fn rates_parse_with_binary_suffixes() {

@@ -100,6 +100,9 @@ pub struct SourceConfig {
     pub status: Option<StatusConfig>,
     /// Cap on the push's bandwidth in bytes/s (faults exempt).
     pub max_bandwidth: Option<u64>,
+    /// Longest pure demand paging before the residual flush
+    /// ([`PushPolicy::residual_after`]).
+    pub residual_after: Duration,
 }
 
 impl SourceConfig {
@@ -108,6 +111,7 @@ impl SourceConfig {
         PushPolicy {
             batch_pages: self.batch_pages,
             idle_flush: self.idle_flush,
+            residual_after: self.residual_after,
             max_bandwidth: self.max_bandwidth,
         }
     }
@@ -123,6 +127,7 @@ impl Default for SourceConfig {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             status: None,
             max_bandwidth: None,
+            residual_after: crate::scheduler::DEFAULT_RESIDUAL_AFTER,
         }
     }
 }
@@ -1196,9 +1201,12 @@ fn push_loop<M: SourceMemory + ?Sized>(
             let mut s = lock(&shared.sched);
             let quiet_ms = ms(shared.epoch.elapsed())
                 .saturating_sub(shared.last_fault_ms.load(Ordering::Relaxed));
-            let step = ctx
-                .policy
-                .next_batch(&mut s, Duration::from_millis(quiet_ms), &mut batch);
+            let step = ctx.policy.next_batch(
+                &mut s,
+                Duration::from_millis(quiet_ms),
+                shared.epoch.elapsed(),
+                &mut batch,
+            );
             (step, s.unsent())
         };
         match step {

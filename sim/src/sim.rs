@@ -101,6 +101,7 @@ impl SimConfig {
         PushPolicy {
             batch_pages: usize::try_from(self.batch_pages).unwrap_or(usize::MAX),
             idle_flush: Duration::from_nanos(self.idle_flush_ns),
+            residual_after: postcopy::scheduler::DEFAULT_RESIDUAL_AFTER,
             max_bandwidth: None,
         }
     }
@@ -592,7 +593,8 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
                 // The engine's push policy decides, as in the source's push
                 // loop: a batch, a wait for the idle flush, or the end.
                 let quiet = Duration::from_nanos(now.saturating_sub(last_fault));
-                match push.next_batch(&mut sched, quiet, &mut batch_buf) {
+                let served = Duration::from_nanos(now.saturating_sub(resumed_at));
+                match push.next_batch(&mut sched, quiet, served, &mut batch_buf) {
                     PushStep::Batch => {}
                     PushStep::Idle(left) => {
                         let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);

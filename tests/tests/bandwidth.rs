@@ -18,7 +18,10 @@ fn json(out: &str) -> Value {
 
 fn migrate(extra: &[&str]) -> Value {
     let (recv, addr) = receiver(&[], LIMIT).unwrap();
-    let mut args = vec!["--mem", "64M", "--workload", "stress"];
+    let mut args = vec![];
+    if !extra.contains(&"--mem") {
+        args.extend_from_slice(&["--mem", "64M", "--workload", "stress"]);
+    }
     args.extend_from_slice(extra);
     let (code, out, err) = sender(addr, &args, LIMIT).unwrap().finish().unwrap();
     let (rcode, _, rerr) = recv.finish().unwrap();
@@ -64,4 +67,35 @@ fn a_rate_below_a_page_a_second_is_refused() {
     .unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("4K per second"), "{err}");
+}
+
+/// `--prepage=none` on a guest that never stops faulting (random access
+/// over 512 MiB: a quiet spell of `idle_flush` never comes while pages are
+/// missing): the residual flush starts after `--residual-after` (here
+/// 0.5 s) at the latest, so most of the memory goes as one push instead of
+/// one fault at a time, and the source is released in bounded time.
+#[test]
+fn demand_paging_of_a_busy_guest_ends_in_bounded_time() {
+    let r = migrate(&[
+        "--mem",
+        "512M",
+        "--workload",
+        "random",
+        "--prepage",
+        "none",
+        "--residual-after",
+        "0.5",
+    ]);
+    let s = &r["source"];
+    let pushed = s["pages_pushed"].as_u64().unwrap();
+    let faulted = s["pages_faulted"].as_u64().unwrap();
+    let postcopy_ms = s["postcopy_time_ms"].as_f64().unwrap();
+    assert!(
+        pushed > faulted,
+        "the residue went fault by fault ({faulted} faulted, {pushed} pushed in {postcopy_ms} ms): {r}"
+    );
+    assert!(
+        postcopy_ms < 60_000.0,
+        "post-copy took {postcopy_ms} ms: {r}"
+    );
 }

@@ -171,6 +171,10 @@ struct LocalArgs {
     /// Seconds the guest keeps running after completion.
     #[arg(long, default_value_t = 0.3)]
     tail: f64,
+    /// Seconds of pure demand paging (`--prepage none`) before the rest is
+    /// pushed in pfn order even while the guest keeps faulting.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    residual_after: f64,
     /// Pages per pushed record.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     batch_pages: u64,
@@ -224,6 +228,7 @@ impl LocalArgs {
             tail: secs(self.tail, "tail")?,
             floor: self.floor,
             max_bandwidth: self.migration.max_bandwidth,
+            residual_after: secs(self.residual_after, "residual-after")?,
         })
     }
 }

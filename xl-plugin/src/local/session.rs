@@ -57,6 +57,8 @@ pub struct GuestOpts {
 pub struct MigrateOpts {
     /// Cap on the push in bytes/s (faults exempt).
     pub max_bandwidth: Option<u64>,
+    /// Longest pure demand paging before the residual flush.
+    pub residual_after: Duration,
     /// Post-copy, pre-copy or hybrid.
     pub mode: Mode,
     /// Pre-paging strategy.
@@ -425,6 +427,7 @@ pub fn run_sender_with(
         ready_timeout: l.ready_timeout,
         status: l.status(),
         max_bandwidth: m.max_bandwidth,
+        residual_after: m.residual_after,
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
