@@ -2,6 +2,8 @@
 //! takes as long as the cap says (pushed bytes ÷ rate) and keeps every
 //! byte; fault replies are not held to the cap.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
+
 use std::time::Duration;
 
 use postcopy_tests::{receiver, sender};

@@ -3,6 +3,8 @@
 //! sees the migration active and then completed with the figures of the
 //! final report, and `xl-postcopy status --file` prints them.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on any error")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
