@@ -258,7 +258,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= kept= workload=memtest soak=0 kill_dest=0
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -270,6 +270,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		evict=*) evict=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
+		vcpus=*) vcpus=${o#*=}; continue ;;
 		esac
 		kept="$kept $o"
 	done
@@ -304,7 +305,7 @@ ramdisk="$ramdisk"
 extra="console=hvc0 memtest_mib=$mib $gopts"
 memory=$mem
 maxmem=$mem
-vcpus=1
+vcpus=$vcpus
 $actions
 CFG
 	ts "=== scenario $name: guest '$gopts', xl migrate $margs$([ "$soak" -gt 0 ] && echo " (soak=$soak)")"
@@ -453,6 +454,7 @@ CFG
 		echo "kill_dest=$kill_dest"
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
+		echo "vcpus=$vcpus"
 		echo "evict=${evict:-range}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"

@@ -339,6 +339,7 @@ elif not soak:
 if soak:
     r["guest_deaths"] = max(r["guest_deaths"], len(died))
 r["died_domids"] = died
+r["vcpus"] = int(meta.get("vcpus", 1) or 1)
 
 
 def status_of(i):
