@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libxl_sys as sys;
-use postcopy::memory::{DestinationMemory, Installed, MemoryError, PfnRun, SourceMemory};
+use postcopy::memory::{
+    DestinationMemory, FaultOrigin, Installed, MemoryError, PfnRun, SourceMemory,
+};
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{Record, RecordError, RecordReader, RecordType};
 use postcopy::{Pfn, PAGE_SIZE};
@@ -259,6 +261,31 @@ fn without_the_range_op_every_owed_pfn_goes_out_page_by_page() {
 }
 
 #[test]
+fn a_backend_touching_an_absent_page_is_a_foreign_fault() {
+    let x = dest_domain(64);
+    let d = XenDestination::new(x.clone(), 64).unwrap();
+    d.mark_absent(&[PfnRun {
+        start: 10,
+        count: 20,
+    }])
+    .unwrap();
+    // dom0's vCPU 1 maps the page (a grant copy by netback, say).
+    assert!(x.foreign_touch(20, 1));
+    let f = d
+        .wait_fault(Duration::from_secs(5))
+        .unwrap()
+        .expect("fault");
+    assert_eq!((f.pfn, f.origin), (20, FaultOrigin::Foreign));
+    let page = vec![0x11u8; PAGE_SIZE];
+    assert_eq!(d.install(20, &page).unwrap(), Installed::Installed);
+    assert_eq!(
+        x.collect_responses(),
+        1,
+        "the backend's request is answered"
+    );
+}
+
+#[test]
 fn a_guest_fault_becomes_a_fault_event_and_the_load_resumes_the_vcpu() {
     let x = dest_domain(64);
     let d = XenDestination::new(x.clone(), 64).unwrap();
@@ -276,11 +303,13 @@ fn a_guest_fault_becomes_a_fault_event_and_the_load_resumes_the_vcpu() {
         .unwrap()
         .expect("fault");
     assert_eq!(f.pfn, 12);
+    assert_eq!(f.origin, FaultOrigin::Vcpu(0), "the first toucher");
     let f = d
         .wait_fault(Duration::from_secs(5))
         .unwrap()
         .expect("fault");
     assert_eq!(f.pfn, 13, "one event per page, not per vCPU");
+    assert_eq!(f.origin, FaultOrigin::Vcpu(2));
     assert_eq!(d.wait_fault(Duration::from_millis(5)).unwrap(), None);
     assert_eq!(x.collect_responses(), 0, "nobody resumed before the load");
     let page = vec![0x5au8; PAGE_SIZE];

@@ -136,6 +136,13 @@ impl FakeXen {
         self.request(pfn, vcpu, sys::VM_EVENT_FLAG_VCPU_PAUSED, 0)
     }
 
+    /// A dom0 backend (or the device model) maps `pfn` for the guest:
+    /// Xen queues the paging request from dom0's vCPU `vcpu`, flagged
+    /// FOREIGN, without pausing any of the guest's vCPUs.
+    pub fn foreign_touch(&self, pfn: Pfn, vcpu: u32) -> bool {
+        self.request(pfn, vcpu, sys::VM_EVENT_FLAG_FOREIGN, 0)
+    }
+
     /// The guest balloons out a paged-out pfn (DROP_PAGE request).
     pub fn guest_drop(&self, pfn: Pfn) -> bool {
         let queued = self.request(pfn, 0, 0, sys::MEM_PAGING_DROP_PAGE);

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use bitvec::vec::BitVec;
 use libxl_sys as sys;
 use log::{debug, info, warn};
-use postcopy::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryError, PfnRun};
+use postcopy::memory::{
+    DestinationMemory, Fault, FaultOrigin, Installed, MemResult, MemoryError, PfnRun,
+};
 use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::ring::{paging_response, BackRing};
@@ -447,9 +449,17 @@ impl<O: XenOps> XenDestination<O> {
             let w = st.waiters.entry(gfn).or_default();
             w.push(req);
             if w.len() == 1 {
+                // A request raised by another domain's access (a dom0
+                // backend, the device model) carries that domain's vCPU.
+                let origin = if req.flags & sys::VM_EVENT_FLAG_FOREIGN != 0 {
+                    FaultOrigin::Foreign
+                } else {
+                    FaultOrigin::Vcpu(req.vcpu_id)
+                };
                 st.faults.push_back(Fault {
                     pfn: gfn,
                     at: Instant::now(),
+                    origin,
                 });
             }
         }

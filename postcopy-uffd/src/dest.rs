@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use crate::probe;
 use crate::region::GuestRegion;
 use crate::sys::{self, Fill};
-use postcopy::memory::{DestinationMemory, Fault, Installed, MemResult, MemoryError, PfnRun};
+use postcopy::memory::{
+    DestinationMemory, Fault, FaultOrigin, Installed, MemResult, MemoryError, PfnRun,
+};
 use postcopy::{Pfn, PAGE_SIZE};
 
 /// Messages read per `read(2)` of the uffd.
@@ -214,7 +216,12 @@ impl UffdDestination {
                         if self.is_installed(pfn) {
                             ev.local.push(pfn);
                         } else {
-                            ev.faults.push_back(Fault { pfn, at });
+                            // The mini-VM has one vCPU thread.
+                            ev.faults.push_back(Fault {
+                                pfn,
+                                at,
+                                origin: FaultOrigin::Vcpu(0),
+                            });
                         }
                     }
                     sys::EVENT_REMOVE => {

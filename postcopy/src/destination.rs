@@ -40,7 +40,7 @@ use bitvec::vec::BitVec;
 use log::{debug, info, warn};
 
 use crate::error::{Error, HookError};
-use crate::memory::DestinationMemory;
+use crate::memory::{DestinationMemory, FaultOrigin};
 use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
 use crate::records::{
@@ -753,7 +753,7 @@ struct Shared<'m, M: ?Sized> {
     remaining: Mutex<u64>,
     all_in: Condvar,
     /// Faults sent to the source and not yet satisfied: pfn → when seen.
-    pending: Mutex<HashMap<Pfn, Instant>>,
+    pending: Mutex<HashMap<Pfn, (Instant, FaultOrigin)>>,
     failed: AtomicBool,
     done: AtomicBool,
     /// RESUMED went to the source (or a reconnect told it as much).
@@ -832,8 +832,9 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         {
             let mut pending = lock(&self.pending);
             for p in pfns {
-                if let Some(at) = pending.remove(p) {
+                if let Some((at, origin)) = pending.remove(p) {
                     self.metrics.record_fault_latency(now - at);
+                    self.metrics.record_block(origin, now - at);
                 }
             }
         }
@@ -965,7 +966,7 @@ fn recover<M: DestinationMemory + ?Sized>(
                 let (waiting, longest) = {
                     let pending = lock(&shared.pending);
                     let now = Instant::now();
-                    let longest = pending.values().map(|&at| now - at).max();
+                    let longest = pending.values().map(|&(at, _)| now - at).max();
                     (pending.len(), longest.unwrap_or_default())
                 };
                 info!(
@@ -1325,7 +1326,7 @@ fn forward_faults<M: DestinationMemory + ?Sized, W: Write>(
             if pending.contains_key(&pfn) {
                 continue;
             }
-            pending.insert(pfn, fault.at);
+            pending.insert(pfn, (fault.at, fault.origin));
             drop(pending);
             // Re-check: the page may have landed while we registered it.
             if lock(&shared.received)[idx(pfn)] {

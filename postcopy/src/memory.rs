@@ -170,6 +170,28 @@ pub enum Installed {
     AlreadyPresent,
 }
 
+/// Who touched an absent page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultOrigin {
+    /// One of the guest's vCPUs (by index).
+    Vcpu(u32),
+    /// Another domain on the guest's behalf (Xen: a dom0 backend or the
+    /// device model mapping the page; `VM_EVENT_FLAG_FOREIGN`).
+    Foreign,
+    /// The backend cannot tell.
+    Unknown,
+}
+
+impl std::fmt::Display for FaultOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FaultOrigin::Vcpu(v) => write!(f, "vcpu{v}"),
+            FaultOrigin::Foreign => f.write_str("foreign"),
+            FaultOrigin::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
 /// A guest access to an absent page, as reported by the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
@@ -177,6 +199,8 @@ pub struct Fault {
     pub pfn: Pfn,
     /// When the backend saw it (start of the fault latency).
     pub at: Instant,
+    /// Who touched it (blocktime is counted per origin).
+    pub origin: FaultOrigin,
 }
 
 /// The guest's memory on the destination host.

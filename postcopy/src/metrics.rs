@@ -5,12 +5,15 @@
 //! (`total_time_ms`, `downtime_ms`, `pages_transferred`...). Page counts are
 //! broken down by cause; `pages_duplicate` must always be 0.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::memory::FaultOrigin;
 use serde::{Deserialize, Serialize};
 
 /// Counters shared by the threads of one side of a migration.
@@ -59,6 +62,8 @@ pub struct Metrics {
     owed_done: AtomicU64,
     /// Sum of the fault service latencies, in microseconds.
     fault_block_us: AtomicU64,
+    /// The same sum per origin (vCPU, foreign), in microseconds.
+    block_by_origin: Mutex<BTreeMap<FaultOrigin, u64>>,
     fault_latency: Mutex<Histogram<u64>>,
 }
 
@@ -97,6 +102,7 @@ impl Metrics {
             owed_pages: AtomicU64::new(0),
             owed_done: AtomicU64::new(0),
             fault_block_us: AtomicU64::new(0),
+            block_by_origin: Mutex::new(BTreeMap::new()),
             // 1 µs .. 100 s at 3 significant digits; the bounds are valid
             // constants, so construction cannot fail.
             fault_latency: Mutex::new(
@@ -133,6 +139,26 @@ impl Metrics {
             self.owed_pages.load(Ordering::Relaxed),
             self.owed_done.load(Ordering::Relaxed),
         )
+    }
+
+    /// Adds `d` to the time `origin` waited on absent pages.
+    pub fn record_block(&self, origin: FaultOrigin, d: Duration) {
+        if let Ok(mut m) = self.block_by_origin.lock() {
+            *m.entry(origin).or_insert(0) += us(d);
+        }
+    }
+
+    /// Time each origin waited on absent pages, in ms, keyed `vcpu0`,
+    /// `vcpu1`, ..., `foreign` (QEMU's per-vCPU postcopy blocktime).
+    pub fn blocktime_by_origin(&self) -> BTreeMap<String, f64> {
+        self.block_by_origin
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(o, &v)| (o.to_string(), v as f64 / 1000.0))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Time spent waiting on faults, summed over faults, in ms.
@@ -183,6 +209,7 @@ impl Metrics {
             outages: get(&self.outages),
             outage_ms: get(&self.outage_us) as f64 / 1000.0,
             fault_latency_us: lat,
+            blocktime_ms: self.blocktime_by_origin(),
         }
     }
 }
@@ -261,6 +288,10 @@ pub struct EngineReport {
     pub outage_ms: f64,
     /// Fault service latency (fault seen → page installed).
     pub fault_latency_us: LatencySummary,
+    /// Time spent waiting on absent pages per origin (`vcpu0`, ...,
+    /// `foreign`), in ms (destination only).
+    #[serde(default)]
+    pub blocktime_ms: BTreeMap<String, f64>,
 }
 
 impl fmt::Display for EngineReport {
@@ -310,6 +341,14 @@ impl fmt::Display for EngineReport {
         ];
         for (k, v) in rows {
             writeln!(f, "  {k:<22} {v}")?;
+        }
+        if !self.blocktime_ms.is_empty() {
+            let per: Vec<String> = self
+                .blocktime_ms
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1} ms"))
+                .collect();
+            writeln!(f, "  {:<22} {}", "blocktime", per.join(", "))?;
         }
         Ok(())
     }

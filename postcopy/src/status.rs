@@ -174,6 +174,10 @@ pub struct Status {
     /// Time the guest spent waiting on network faults, summed over faults
     /// (QEMU's `postcopy-blocktime`; destination only, 0 on the source).
     pub postcopy_blocktime_ms: u64,
+    /// The same per origin (`vcpu0`, ..., `foreign`: QEMU's
+    /// `postcopy-vcpu-blocktime`), in ms.
+    #[serde(default)]
+    pub postcopy_vcpu_blocktime_ms: std::collections::BTreeMap<String, f64>,
     /// Link outages survived.
     pub outages: u64,
 }
@@ -252,6 +256,7 @@ impl Sampler<'_> {
             faults_in_flight: r.faults_in_flight,
             fault_latency_us: r.fault_latency_us,
             postcopy_blocktime_ms: self.metrics.blocktime_ms(),
+            postcopy_vcpu_blocktime_ms: r.blocktime_ms.clone(),
             outages: r.outages,
         }
     }

@@ -189,6 +189,7 @@ impl MemDestination {
             s.faults.push_back(Fault {
                 pfn,
                 at: Instant::now(),
+                origin: crate::memory::FaultOrigin::Vcpu(0),
             });
             self.changed.notify_all();
         }

@@ -217,7 +217,19 @@ pub fn render(s: &Status) -> String {
                 s.network_faults, s.faults_in_flight, l.p50, l.p99, l.max
             ),
         ),
-        ("blocktime", format!("{} ms", s.postcopy_blocktime_ms)),
+        (
+            "blocktime",
+            if s.postcopy_vcpu_blocktime_ms.is_empty() {
+                format!("{} ms", s.postcopy_blocktime_ms)
+            } else {
+                let per: Vec<String> = s
+                    .postcopy_vcpu_blocktime_ms
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.0} ms"))
+                    .collect();
+                format!("{} ms ({})", s.postcopy_blocktime_ms, per.join(", "))
+            },
+        ),
         ("outages", s.outages.to_string()),
     ];
     if let Some(e) = &s.error {
