@@ -156,7 +156,8 @@ sample_status() {
 			echo "$j" | tr -d '\n' >> "$pfx-source.jsonl" && echo >> "$pfx-source.jsonl"
 		j=$(timeout 10 /usr/local/bin/xl-postcopy status --json "$dom--incoming" 2>/dev/null) &&
 			echo "$j" | tr -d '\n' >> "$pfx-destination.jsonl" && echo >> "$pfx-destination.jsonl" &&
-			timeout 10 /usr/local/bin/xl-postcopy status "$dom--incoming" > "$pfx-destination.txt" 2>&1
+			timeout 10 /usr/local/bin/xl-postcopy status "$dom--incoming" > "$pfx-destination.tmp" 2>&1 &&
+			mv "$pfx-destination.tmp" "$pfx-destination.txt"
 		sleep 1
 	done
 }

@@ -132,7 +132,8 @@ pub struct RamStatus {
     pub bytes_sent: u64,
     /// Bytes read from the peer.
     pub bytes_received: u64,
-    /// Bandwidth over the last period, both directions, in Mbit/s.
+    /// Page data moved over the last period (pages with data, not zero
+    /// pages, ×4 KiB), in Mbit/s.
     pub mbps: f64,
     /// Remaining pages at the current page rate, in ms (`None` before a
     /// rate is known).
@@ -204,7 +205,10 @@ impl Sampler<'_> {
         let r = self.metrics.snapshot();
         let (owed, done) = self.metrics.owed_progress();
         let now = Instant::now();
-        let bytes = r.bytes_sent + r.bytes_received;
+        // Page data, from the live page counters (the byte counters are
+        // settled only at the end).
+        let bytes = (r.pages_pushed + r.pages_faulted + r.pages_precopy + r.pages_resent)
+            * crate::PAGE_SIZE as u64;
         let (mbps, rate) = match self.last.lock() {
             Ok(mut last) => {
                 let (at, b0, d0) = *last;
