@@ -930,12 +930,20 @@ fn end_to_end_four_vcpus_touching_concurrently() {
     );
 }
 
-#[test]
-fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
+/// A source session up to the CPU state, its stream read to the end by a
+/// thread: (session, source stream end, destination back end, reader).
+#[allow(clippy::type_complexity, reason = "a test fixture's parts")]
+fn switch_fixture() -> (
+    SaveSession<FakeXen>,
+    UnixStream,
+    UnixStream,
+    std::thread::JoinHandle<Vec<u8>>,
+    UnixStream,
+) {
     let (src, _) = build_source(0x800);
     let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
     let (s_back, d_back) = UnixStream::pair().unwrap();
-    let (mut s, _) = SaveSession::begin(
+    let (s, _) = SaveSession::begin(
         src,
         s_stream.as_raw_fd(),
         s_back.as_raw_fd(),
@@ -948,6 +956,24 @@ fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
         d_stream.read_to_end(&mut bytes).unwrap();
         bytes
     });
+    (s, s_stream, d_back, reader, s_back)
+}
+
+/// Ends a switch that never happened: TRANSITION was never written, the
+/// stream ends with the marker.
+fn assert_no_transition(reader: std::thread::JoinHandle<Vec<u8>>) {
+    let bytes = reader.join().unwrap();
+    let mut r = postcopy::records::RecordReader::new(&bytes[..], Some(0x800));
+    let mut last = None;
+    while let Ok(rec) = r.next_record() {
+        last = Some(rec.rtype());
+    }
+    assert_eq!(last, Some(RecordType::VcpuState));
+}
+
+#[test]
+fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
+    let (mut s, s_stream, d_back, reader, _s_back) = switch_fixture();
     {
         let mut w = postcopy::records::RecordWriter::new(&d_back);
         w.abort("no room for the guest").unwrap();
@@ -962,14 +988,7 @@ fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
     assert!(s.serve().is_err(), "no service after a refused switch");
     drop(s);
     drop(s_stream);
-    // TRANSITION was never written: the stream ends with the marker.
-    let bytes = reader.join().unwrap();
-    let mut r = postcopy::records::RecordReader::new(&bytes[..], Some(0x800));
-    let mut last = None;
-    while let Ok(rec) = r.next_record() {
-        last = Some(rec.rtype());
-    }
-    assert_eq!(last, Some(RecordType::VcpuState));
+    assert_no_transition(reader);
     drop(d_back);
 }
 
@@ -979,23 +998,8 @@ fn the_switch_waits_for_ready_and_an_abort_cancels_it() {
 /// returns as -ETIMEDOUT (libxl then resumes the guest here).
 #[test]
 fn a_destination_silent_before_ready_costs_a_timeout_not_the_guest() {
-    let (src, _) = build_source(0x800);
-    let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
-    let (s_back, d_back) = UnixStream::pair().unwrap();
-    let (mut s, _) = SaveSession::begin(
-        src,
-        s_stream.as_raw_fd(),
-        s_back.as_raw_fd(),
-        StrategySpec::Linear,
-        None,
-    )
-    .unwrap();
+    let (mut s, s_stream, d_back, reader, _s_back) = switch_fixture();
     s.set_ready_timeout(Duration::from_millis(300));
-    let reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        d_stream.read_to_end(&mut bytes).unwrap();
-        bytes
-    });
     let t = Instant::now();
     let e = s.transition().unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -1014,14 +1018,7 @@ fn a_destination_silent_before_ready_costs_a_timeout_not_the_guest() {
     assert!(s.serve().is_err(), "no service after an abandoned switch");
     drop(s);
     drop(s_stream);
-    // TRANSITION was never written: the stream ends with the marker.
-    let bytes = reader.join().unwrap();
-    let mut r = postcopy::records::RecordReader::new(&bytes[..], Some(0x800));
-    let mut last = None;
-    while let Ok(rec) = r.next_record() {
-        last = Some(rec.rtype());
-    }
-    assert_eq!(last, Some(RecordType::VcpuState));
+    assert_no_transition(reader);
     drop(d_back);
 }
 
