@@ -260,8 +260,8 @@ fn without_the_range_op_every_owed_pfn_goes_out_page_by_page() {
     );
 }
 
-#[test]
-fn a_backend_touching_an_absent_page_is_a_foreign_fault() {
+/// A 64-pfn destination domain with pfns 10..30 paged out.
+fn absent_10_to_30() -> (Arc<FakeXen>, XenDestination<FakeXen>) {
     let x = dest_domain(64);
     let d = XenDestination::new(x.clone(), 64).unwrap();
     d.mark_absent(&[PfnRun {
@@ -269,6 +269,12 @@ fn a_backend_touching_an_absent_page_is_a_foreign_fault() {
         count: 20,
     }])
     .unwrap();
+    (x, d)
+}
+
+#[test]
+fn a_backend_touching_an_absent_page_is_a_foreign_fault() {
+    let (x, d) = absent_10_to_30();
     // dom0's vCPU 1 maps the page (a grant copy by netback, say).
     assert!(x.foreign_touch(20, 1));
     let f = d
@@ -287,13 +293,7 @@ fn a_backend_touching_an_absent_page_is_a_foreign_fault() {
 
 #[test]
 fn a_guest_fault_becomes_a_fault_event_and_the_load_resumes_the_vcpu() {
-    let x = dest_domain(64);
-    let d = XenDestination::new(x.clone(), 64).unwrap();
-    d.mark_absent(&[PfnRun {
-        start: 10,
-        count: 20,
-    }])
-    .unwrap();
+    let (x, d) = absent_10_to_30();
     assert_eq!(d.wait_fault(Duration::from_millis(5)).unwrap(), None);
     assert!(x.guest_touch(12, 0));
     assert!(x.guest_touch(12, 1)); // a second vCPU on the same page
