@@ -131,6 +131,7 @@ migrate_once() {
 	e=$(now)
 	kill $monpid 2>/dev/null; wait $monpid 2>/dev/null
 	wait $stpid 2>/dev/null
+	sample_status_by_name "$out/status-$i"
 	# each side's last word (completed / failed), by domid
 	cp /run/xen-postcopy/"$src".json "$out/status-$i-final-source.json" 2>/dev/null
 	for f in /run/xen-postcopy/*.json; do
@@ -144,22 +145,29 @@ migrate_once() {
 	cat "$mlog" >> "$out/migrate.log"
 	echo "i=$i rc=$mrc start=$s end=$e ms=$mig_ms src=$src dst=${dst:-}" >> "$out/migrations.env"
 }
-# sample_status PREFIX MPID: what an admin sees, once a second while xl
-# migrate runs: `xl-postcopy status --json` of the source (by name, the
-# guest keeps it) and of the destination copy (NAME--incoming), one JSON
-# object a line in PREFIX-source.jsonl / PREFIX-destination.jsonl, plus
-# the text form of the destination's last sample in PREFIX-destination.txt.
+# sample_status PREFIX MPID: what an admin sees, every 2 s while xl
+# migrate runs: `xl-postcopy status --json --file` of each helper's status
+# file (/run/xen-postcopy/<domid>.json), one JSON object a line in
+# PREFIX-source.jsonl / PREFIX-destination.jsonl by the snapshot's role.
+# Reading the files costs dom0 nothing; resolving names costs an `xl
+# domid` each (seconds of emulated dom0 CPU), so the name lookup is made
+# once, at the end (sample_status_by_name).
 sample_status() {
-	local pfx=$1 mpid=$2 j
+	local pfx=$1 mpid=$2 f j role
 	while kill -0 "$mpid" 2>/dev/null; do
-		j=$(timeout 10 /usr/local/bin/xl-postcopy status --json "$dom" 2>/dev/null) &&
-			echo "$j" | tr -d '\n' >> "$pfx-source.jsonl" && echo >> "$pfx-source.jsonl"
-		j=$(timeout 10 /usr/local/bin/xl-postcopy status --json "$dom--incoming" 2>/dev/null) &&
-			echo "$j" | tr -d '\n' >> "$pfx-destination.jsonl" && echo >> "$pfx-destination.jsonl" &&
-			timeout 10 /usr/local/bin/xl-postcopy status "$dom--incoming" > "$pfx-destination.tmp" 2>&1 &&
-			mv "$pfx-destination.tmp" "$pfx-destination.txt"
-		sleep 1
+		for f in /run/xen-postcopy/*.json; do
+			[ -e "$f" ] || continue
+			j=$(timeout 10 /usr/local/bin/xl-postcopy status --json --file "$f" 2>/dev/null | tr -d '\n') || continue
+			case $j in *'"role": "source"'*) role=source ;; *) role=destination ;; esac
+			echo "$j" >> "$pfx-$role.jsonl"
+		done
+		sleep 2
 	done
+}
+# sample_status_by_name PREFIX: the admin's command by domain name, once,
+# after the migration (the guest's name is the destination's by then).
+sample_status_by_name() {
+	timeout 30 /usr/local/bin/xl-postcopy status "$dom" > "$1-byname.txt" 2>&1
 }
 # kill_destination MLOG MPID SRC: waits for the destination domain (an id
 # other than SRC named $dom*) to run while the post-copy stream is still
