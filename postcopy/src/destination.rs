@@ -19,6 +19,11 @@
 //! - the **reply reader** installs fault replies from their own channel
 //!   ([`Replies::Channel`] only).
 //!
+//! Both readers hand the pages of each record to the backend as one batch
+//! ([`DestinationMemory::install_batch`]: on Xen one hypercall for up to
+//! 256 pages, zero pages without a copy) as soon as the record is read;
+//! nothing waits for a batch to fill.
+//!
 //! Every page is accepted through one received-map, which turns a page
 //! delivered twice or a page never owed into a typed error. The migration
 //! completes when every owed page is installed: the destination then sends
@@ -40,7 +45,7 @@ use bitvec::vec::BitVec;
 use log::{debug, info, warn};
 
 use crate::error::{Error, HookError};
-use crate::memory::{DestinationMemory, FaultOrigin};
+use crate::memory::{DestinationMemory, FaultOrigin, PageIn};
 use crate::metrics::Metrics;
 use crate::prepage::StrategySpec;
 use crate::records::{
@@ -808,26 +813,27 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
                 rx.set(idx(p), true);
             }
         }
-        match data {
+        // What the record carried goes to the backend as one batch (runs
+        // of consecutive pfns as one entry each), at once: a batch never
+        // waits for more input, so a fault reply is installed as soon as
+        // its record is read.
+        let batch: Vec<(Pfn, PageIn<'_>)> = match data {
             Some(data) => {
-                // Install runs of consecutive pfns with one call each.
+                let mut batch = Vec::new();
                 let mut i = 0;
                 while i < pfns.len() {
                     let mut j = i + 1;
                     while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 {
                         j += 1;
                     }
-                    self.mem
-                        .install(pfns[i], &data[i * PAGE_SIZE..j * PAGE_SIZE])?;
+                    batch.push((pfns[i], PageIn::Data(&data[i * PAGE_SIZE..j * PAGE_SIZE])));
                     i = j;
                 }
+                batch
             }
-            None => {
-                for &p in pfns {
-                    self.mem.install_zero(p)?;
-                }
-            }
-        }
+            None => pfns.iter().map(|&p| (p, PageIn::Zero)).collect(),
+        };
+        self.mem.install_batch(&batch)?;
         let now = Instant::now();
         {
             let mut pending = lock(&self.pending);

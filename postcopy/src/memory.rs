@@ -192,6 +192,44 @@ impl std::fmt::Display for FaultOrigin {
     }
 }
 
+/// What one entry of [`DestinationMemory::install_batch`] installs at its
+/// pfn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageIn<'a> {
+    /// Whole pages of content for consecutive pfns from the entry's pfn
+    /// (`len() / PAGE_SIZE` of them, at least one).
+    Data(&'a [u8]),
+    /// One zero page.
+    Zero,
+}
+
+impl PageIn<'_> {
+    /// The number of pages of the entry.
+    pub fn pages(&self) -> usize {
+        match self {
+            PageIn::Data(d) => d.len() / crate::PAGE_SIZE,
+            PageIn::Zero => 1,
+        }
+    }
+}
+
+/// [`DestinationMemory::install_batch`] done entry by entry: a data run
+/// with one [`install`](DestinationMemory::install), a zero page with
+/// [`install_zero`](DestinationMemory::install_zero). The default of the
+/// trait, for a backend that overrides it to look at its batches.
+pub fn install_each<M: DestinationMemory + ?Sized>(
+    mem: &M,
+    batch: &[(Pfn, PageIn<'_>)],
+) -> MemResult<()> {
+    for &(pfn, page) in batch {
+        match page {
+            PageIn::Data(data) => mem.install(pfn, data)?,
+            PageIn::Zero => mem.install_zero(pfn)?,
+        };
+    }
+    Ok(())
+}
+
 /// A guest access to an absent page, as reported by the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
@@ -237,6 +275,18 @@ pub trait DestinationMemory: Send + Sync {
     /// After the switch: installs a zero page at `pfn` and wakes waiters.
     fn install_zero(&self, pfn: Pfn) -> MemResult<Installed>;
 
+    /// After the switch: installs every entry of `batch` (the pages one
+    /// record carried: runs of data and zero pages) and wakes every vCPU
+    /// waiting on any of them, as [`install`](Self::install) and
+    /// [`install_zero`](Self::install_zero) would one by one (the
+    /// default, [`install_each`]). A backend with a cheaper way to install
+    /// many pages at once (Xen: one hypercall per batch) overrides it;
+    /// pages already present are skipped and their waiters woken, as by
+    /// `install`.
+    fn install_batch(&self, batch: &[(Pfn, PageIn<'_>)]) -> MemResult<()> {
+        install_each(self, batch)
+    }
+
     /// Waits up to `timeout` for the next guest access to an absent page.
     /// `Ok(None)` on timeout. Called from one thread only.
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>>;
@@ -269,6 +319,9 @@ impl<M: DestinationMemory + ?Sized> DestinationMemory for &M {
     }
     fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
         (**self).install_zero(pfn)
+    }
+    fn install_batch(&self, batch: &[(Pfn, PageIn<'_>)]) -> MemResult<()> {
+        (**self).install_batch(batch)
     }
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {
         (**self).wait_fault(timeout)

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bitvec::vec::BitVec;
 
 use crate::memory::{
-    runs_from_sorted, DestinationMemory, Fault, Installed, MemResult, MemoryError, PfnRun,
-    SourceMemory,
+    install_each, runs_from_sorted, DestinationMemory, Fault, Installed, MemResult, MemoryError,
+    PageIn, PfnRun, SourceMemory,
 };
 use crate::{Pfn, PAGE_SIZE};
 
@@ -149,6 +149,9 @@ struct DestState {
     /// Pages with a fault already queued (one event per absent page).
     faulted: BitVec,
     installs: u64,
+    /// Calls of `install_batch`, and the pages they carried.
+    batches: u64,
+    batch_pages: u64,
 }
 
 /// A destination guest held in memory, with blocking simulated vCPUs.
@@ -169,6 +172,8 @@ impl MemDestination {
                 faults: VecDeque::new(),
                 faulted: BitVec::repeat(false, idx(pfns)),
                 installs: 0,
+                batches: 0,
+                batch_pages: 0,
             }),
             changed: Condvar::new(),
         }
@@ -202,6 +207,13 @@ impl MemDestination {
     /// The whole image (all pages must be present to compare it).
     pub fn image(&self) -> Vec<u8> {
         self.lock().pages.clone()
+    }
+
+    /// Calls of [`DestinationMemory::install_batch`] so far, and the
+    /// pages they carried in all.
+    pub fn batches(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.batches, s.batch_pages)
     }
 
     /// Number of absent pages.
@@ -265,6 +277,15 @@ impl DestinationMemory for MemDestination {
 
     fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
         self.put(pfn, None, false)
+    }
+
+    fn install_batch(&self, batch: &[(Pfn, PageIn<'_>)]) -> MemResult<()> {
+        {
+            let mut s = self.lock();
+            s.batches += 1;
+            s.batch_pages += batch.iter().map(|(_, p)| p.pages() as u64).sum::<u64>();
+        }
+        install_each(self, batch)
     }
 
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {

@@ -34,6 +34,8 @@ struct Run {
     image_ok: bool,
     owed: u64,
     state_ok: bool,
+    /// The destination backend's install_batch calls and their pages.
+    batches: (u64, u64),
 }
 
 fn migrate(
@@ -100,6 +102,7 @@ fn migrate(
         dst: dst_metrics,
         owed,
         state_ok,
+        batches: dst_mem.batches(),
     }
 }
 
@@ -169,6 +172,27 @@ fn faults_are_served_and_counted() {
     assert!(d.network_faults > 0, "{d}");
     assert_eq!(d.fault_latency_us.count, d.network_faults);
     assert!(r.src.snapshot().downtime_ms > 0.0);
+}
+
+#[test]
+fn pages_reach_the_backend_one_batch_per_record() {
+    // 4-page pushes in pfn order: each is a PAGE_DATA record and at most
+    // one ZERO record, and each record is one install_batch call.
+    let r = migrate(
+        512,
+        3,
+        &[],
+        StrategySpec::Linear,
+        Mode::Postcopy,
+        Vec::new(),
+    );
+    assert!(r.image_ok);
+    let (batches, pages) = r.batches;
+    assert_eq!(pages, r.owed, "every owed page goes through install_batch");
+    assert!(
+        batches <= r.owed / 2,
+        "{batches} batches for {pages} pages: not batched"
+    );
 }
 
 /// A corrupted stream before the switch: the destination reports the
