@@ -12,7 +12,9 @@ use libxl_sys as sys;
 use libxl_sys::ring_oracle as c;
 use postcopy::{Pfn, PAGE_SIZE};
 
-use crate::xc::{DomainInfo, PfnType, XcError, XcResult, XenOps, PFINFO_XTAB};
+use crate::xc::{
+    DomainInfo, PfnType, XcError, XcResult, XenOps, LOAD_BATCH_MAX, LOAD_BATCH_OP, PFINFO_XTAB,
+};
 
 #[repr(C, align(4096))]
 struct Page([u8; PAGE_SIZE]);
@@ -45,6 +47,11 @@ pub struct FakeState {
     pub domain: Option<DomainInfo>,
     /// Xen's console ring.
     pub console: Vec<u8>,
+    /// `XENMEM_paging_op_load_batch` stops (as if preempted) after this
+    /// many entries of a call.
+    pub preempt_after: Option<u32>,
+    /// Pages the batch op loaded as zero pages (no content passed).
+    pub zero_loads: u64,
     paging: bool,
     ring_mapped: bool,
     evtchn_pending: bool,
@@ -95,6 +102,8 @@ impl FakeXen {
                 logdirty: None,
                 domain: Some(DomainInfo::default()),
                 console: Vec::new(),
+                preempt_after: None,
+                zero_loads: 0,
                 paging: false,
                 ring_mapped: false,
                 evtchn_pending: false,
@@ -471,6 +480,41 @@ impl XenOps for FakeXen {
         b.copy_from_slice(page);
         st.pages.insert(pfn, b);
         Ok(())
+    }
+
+    fn paging_load_batch(&self, pages: &[(Pfn, Option<&[u8]>)]) -> XcResult<u32> {
+        assert!(pages.len() <= LOAD_BATCH_MAX, "batch too large");
+        {
+            let mut st = self.state();
+            self.call(&mut st, LOAD_BATCH_OP)?;
+        }
+        let mut done = 0u32;
+        for &(pfn, page) in pages {
+            // As Xen: a preemption check between entries, never before
+            // the first.
+            if done > 0 && self.state().preempt_after.is_some_and(|n| done >= n) {
+                break;
+            }
+            if let Some(hook) = &*self.on_load.lock().unwrap_or_else(|e| e.into_inner()) {
+                hook(self, pfn);
+            }
+            let mut st = self.state();
+            if !st.paged.remove(&pfn) {
+                // Stops at the failing entry; its error only if first.
+                if done == 0 {
+                    return Err(XcError::from_errno(LOAD_BATCH_OP, libc::ENOENT, Some(pfn)));
+                }
+                break;
+            }
+            let mut b = Box::new([0u8; PAGE_SIZE]);
+            match page {
+                Some(p) => b.copy_from_slice(p),
+                None => st.zero_loads += 1,
+            }
+            st.pages.insert(pfn, b);
+            done += 1;
+        }
+        Ok(done)
     }
 
     fn map_ring(&self, pfn: Pfn) -> XcResult<NonNull<u8>> {

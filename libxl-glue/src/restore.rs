@@ -225,7 +225,19 @@ impl<O: XenOps> RestoreSession<O> {
         self.session
             .set_status(crate::status_file::status_config(domid));
         let result = self.session.serve(links, hooks, &self.metrics, None);
-        Metrics::set_duration(&self.metrics.postcopy_time_us, start.elapsed());
+        let took = start.elapsed();
+        Metrics::set_duration(&self.metrics.postcopy_time_us, took);
+        let loads = self.session.memory().load_stats();
+        let total = loads.batched + loads.per_page;
+        info!(
+            "loaded {total} owed pages in {took:?} ({:.0} pages/s): {} by batch in {} calls \
+             ({} of them zero pages, not copied), {} page by page",
+            total as f64 / took.as_secs_f64().max(1e-9),
+            loads.batched,
+            loads.batch_calls,
+            loads.batched_zero,
+            loads.per_page
+        );
         if result.is_ok() {
             info!("post-copy destination done:\n{}", self.metrics.snapshot());
         }

@@ -50,6 +50,19 @@ pub const ABSENT_RANGE_MAX: u32 = 1024;
 /// The name errors carry for that op.
 const ABSENT_RANGE_OP: &str = "XENMEM_paging_op_absent_range";
 
+/// `XENMEM_paging_op_load_batch`, added to the public `memory.h` by
+/// `patches/xen-4.17/xen-mem-paging-load-batch.patch`.
+const XENMEM_PAGING_OP_LOAD_BATCH: u8 = 4;
+/// `XENMEM_paging_load_batch_max` of the same patch: most entries per call.
+pub const LOAD_BATCH_MAX: usize = 256;
+/// `XENMEM_paging_load_zero`: the entry's page is cleared, not copied.
+const LOAD_ZERO: u64 = 1 << 63;
+/// The name errors carry for that op.
+pub const LOAD_BATCH_OP: &str = "XENMEM_paging_op_load_batch";
+/// Pages of the batch buffer: the entries (8 bytes each), then a page of
+/// content per data entry.
+const LOAD_BUF_PAGES: usize = (LOAD_BATCH_MAX * 8).div_ceil(PAGE_SIZE) + LOAD_BATCH_MAX;
+
 /// The domain id as Xen's 16-bit `domid_t`.
 fn domid_t(domid: u32) -> XcResult<u16> {
     u16::try_from(domid).map_err(|_| XcError::from_errno("domid_t", libc::EINVAL, None))
@@ -129,9 +142,10 @@ pub enum XcError {
 impl XcError {
     /// Maps an errno from call `op` (about `pfn`, if any) to its meaning.
     pub fn from_errno(op: &'static str, errno: i32, pfn: Option<Pfn>) -> XcError {
-        let paging_op = op.starts_with("xc_mem_paging") || op == ABSENT_RANGE_OP;
+        let paging_op =
+            op.starts_with("xc_mem_paging") || op == ABSENT_RANGE_OP || op == LOAD_BATCH_OP;
         match errno {
-            libc::ENOENT if op == "xc_mem_paging_load" => XcError::NotPagedOut {
+            libc::ENOENT if op == "xc_mem_paging_load" || op == LOAD_BATCH_OP => XcError::NotPagedOut {
                 op,
                 pfn: pfn.unwrap_or(0),
             },
@@ -150,6 +164,10 @@ impl XcError {
             libc::ENOSYS if op == ABSENT_RANGE_OP => XcError::PagingUnavailable {
                 op,
                 why: "the hypervisor lacks XENMEM_paging_op_absent_range (patches/xen-4.17/xen-mem-paging-absent-range.patch)",
+            },
+            libc::ENOSYS if op == LOAD_BATCH_OP => XcError::PagingUnavailable {
+                op,
+                why: "the hypervisor lacks XENMEM_paging_op_load_batch (patches/xen-4.17/xen-mem-paging-load-batch.patch)",
             },
             libc::ENOSYS if paging_op => XcError::PagingUnavailable {
                 op,
@@ -245,6 +263,18 @@ pub trait XenOps: Send + Sync {
     fn paging_absent_range(&self, first: Pfn, nr: u32) -> XcResult<u32>;
     /// `xc_mem_paging_load` (one page).
     fn paging_load(&self, pfn: Pfn, page: &[u8]) -> XcResult<()>;
+    /// `XENMEM_paging_op_load_batch` (our hypervisor patch
+    /// `xen-mem-paging-load-batch.patch`): loads up to
+    /// [`LOAD_BATCH_MAX`] paged-out pfns in one call, each as
+    /// [`paging_load`](Self::paging_load) would (`Some(page)`) or with a
+    /// cleared page and nothing copied (`None`). Returns how many leading
+    /// entries were loaded: fewer than `pages.len()` when Xen stopped early
+    /// (preempted, or the next entry failed: the caller goes on from
+    /// there, and a failing entry fails again, alone, at the head of the
+    /// next call). [`XcError::NotPagedOut`] when the first entry is not
+    /// paged out; [`XcError::PagingUnavailable`] when the hypervisor
+    /// lacks the op.
+    fn paging_load_batch(&self, pages: &[(Pfn, Option<&[u8]>)]) -> XcResult<u32>;
     /// `xenforeignmemory_map` of one page read-write, kept mapped (the
     /// vm_event ring).
     fn map_ring(&self, pfn: Pfn) -> XcResult<NonNull<u8>>;
@@ -331,6 +361,17 @@ struct Handles {
     xce: *mut sys::xenevtchn_handle,
     local_port: Option<u32>,
     load_buf: Box<AlignedPage>,
+    /// The hypercall buffer of `paging_load_batch` ([`LOAD_BUF_PAGES`]),
+    /// allocated at its first use and kept until drop.
+    batch_buf: Option<BatchBuf>,
+}
+
+/// Hypercall-safe memory from `xc_hypercall_buffer_alloc_pages`.
+#[derive(Debug)]
+struct BatchBuf {
+    hbuf: sys::xc_hypercall_buffer_t,
+    mem: NonNull<u8>,
+    pages: i32,
 }
 
 /// The real [`XenOps`]: libxenctrl through the caller's `xc_interface`
@@ -401,6 +442,7 @@ impl LibXc {
                 xce,
                 local_port: None,
                 load_buf: Box::new(AlignedPage([0; PAGE_SIZE])),
+                batch_buf: None,
             }),
         })
     }
@@ -476,9 +518,44 @@ impl Drop for MappedBatch<'_> {
     }
 }
 
+impl Handles {
+    /// The batch buffer, allocated on first use.
+    fn batch_buf(&mut self, op: &'static str) -> XcResult<NonNull<u8>> {
+        if let Some(b) = &self.batch_buf {
+            return Ok(b.mem);
+        }
+        // DECLARE_HYPERCALL_BUFFER: no bounce buffer (ubuf = (void *)-1).
+        let mut hbuf = sys::xc_hypercall_buffer_t {
+            ubuf: usize::MAX as *mut libc::c_void,
+            ..Default::default()
+        };
+        let nr = i32::try_from(LOAD_BUF_PAGES).map_err(|_| XcError::Invalid {
+            op,
+            what: "batch buffer too large".into(),
+        })?;
+        // SAFETY: xch is live; hbuf is a fresh unbounced descriptor that
+        // libxenctrl fills in; freed in LibXc's drop with the same count.
+        let mem = unsafe { sys::xc__hypercall_buffer_alloc_pages(self.xch, &mut hbuf, nr) };
+        let Some(mem) = NonNull::new(mem.cast::<u8>()) else {
+            return Err(err("xc_hypercall_buffer_alloc_pages", None));
+        };
+        self.batch_buf = Some(BatchBuf {
+            hbuf,
+            mem,
+            pages: nr,
+        });
+        Ok(mem)
+    }
+}
+
 impl Drop for LibXc {
     fn drop(&mut self) {
-        let h = self.lock();
+        let mut h = self.lock();
+        if let Some(mut b) = h.batch_buf.take() {
+            // SAFETY: allocated by Handles::batch_buf on this live xch with
+            // b.pages pages, freed once here.
+            unsafe { sys::xc__hypercall_buffer_free_pages(h.xch, &mut b.hbuf, b.pages) };
+        }
         if !h.xce.is_null() {
             if let Some(port) = h.local_port {
                 // SAFETY: port was bound on this live handle.
@@ -714,6 +791,78 @@ impl XenOps for LibXc {
             return Err(err(op, Some(pfn)));
         }
         Ok(())
+    }
+
+    fn paging_load_batch(&self, pages: &[(Pfn, Option<&[u8]>)]) -> XcResult<u32> {
+        let op = LOAD_BATCH_OP;
+        if pages.is_empty() {
+            return Ok(0);
+        }
+        if pages.len() > LOAD_BATCH_MAX {
+            return Err(XcError::Invalid {
+                op,
+                what: format!("batch of {} pages (at most {LOAD_BATCH_MAX})", pages.len()),
+            });
+        }
+        if let Some((p, d)) = pages
+            .iter()
+            .find_map(|(p, d)| d.filter(|d| d.len() != PAGE_SIZE).map(|d| (p, d)))
+        {
+            return Err(XcError::Invalid {
+                op,
+                what: format!("page of {} bytes for pfn {p:#x}", d.len()),
+            });
+        }
+        let nr = pages.len();
+        let mut h = self.lock();
+        let mem = h.batch_buf(op)?;
+        // SAFETY: mem is LOAD_BUF_PAGES pages of hypercall memory owned by
+        // the handles (under the lock), which hold nr <= LOAD_BATCH_MAX
+        // entries and as many pages after them.
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(mem.as_ptr(), LOAD_BUF_PAGES * PAGE_SIZE) };
+        let (entries, mut data) = buf.split_at_mut(nr * 8);
+        for ((pfn, page), e) in pages.iter().zip(entries.chunks_exact_mut(8)) {
+            let flag = if page.is_some() { 0 } else { LOAD_ZERO };
+            e.copy_from_slice(&(pfn | flag).to_ne_bytes());
+            if let Some(page) = page {
+                let (dst, rest) = data.split_at_mut(PAGE_SIZE);
+                dst.copy_from_slice(page);
+                data = rest;
+            }
+        }
+        let mut mpo = sys::xen_mem_paging_op_t {
+            op: XENMEM_PAGING_OP_LOAD_BATCH,
+            domain: domid_t(self.domid)?,
+            buffer: sys::__guest_handle_const_uint8 {
+                p: mem.as_ptr().cast_const(),
+            },
+            // For this op the gfn field is the count: nr in, loaded out.
+            gfn: nr as u64,
+        };
+        // SAFETY: xch is live; mpo is a complete xen_mem_paging_op that
+        // xc_memory_op bounces into a hypercall buffer and back; its
+        // buffer is hypercall memory holding what the op reads.
+        let rc = unsafe {
+            sys::xc_memory_op(
+                h.xch,
+                sys::XENMEM_paging_op,
+                std::ptr::from_mut(&mut mpo).cast(),
+                size_of_val(&mpo),
+            )
+        };
+        let errno = last_errno();
+        drop(h);
+        if rc == 0 {
+            return Ok(u32::try_from(mpo.gfn.min(nr as u64)).unwrap_or(0));
+        }
+        // A failure before the op ran (no such op, no ring, ...) leaves
+        // the count as it was (nr); the op itself counts only the entries
+        // before the failing one.
+        if mpo.gfn > 0 && mpo.gfn < nr as u64 {
+            return Ok(u32::try_from(mpo.gfn).unwrap_or(0));
+        }
+        Err(XcError::from_errno(op, errno, Some(pages[0].0)))
     }
 
     fn map_ring(&self, pfn: Pfn) -> XcResult<NonNull<u8>> {

@@ -8,7 +8,7 @@
 //! | enable paging (once, at the first owed pfn) | `xc_hvm_param_get(PAGING_RING_PFN)`, populate it if needed, `xenforeignmemory_map` it, `xc_mem_paging_enable`, `xenevtchn_bind_interdomain`, `SHARED_RING_INIT`/`BACK_RING_INIT` ([`crate::ring`]), `xc_domain_decrease_reservation_exact` of the ring pfn |
 //! | `mark_absent` | populate unpopulated owed pfns, `xc_mem_paging_nominate` + `xc_mem_paging_evict` each |
 //! | `wait_fault` | drain the ring; if empty, `RING_FINAL_CHECK_FOR_REQUESTS` then `poll` on `xenevtchn_fd` + `xenevtchn_pending`/`unmask` |
-//! | `install` / `install_zero` | `xc_mem_paging_load`, then a response per waiting request and `xenevtchn_notify` |
+//! | `install` / `install_zero` / `install_batch` | `XENMEM_paging_op_load_batch` (one call per [`LOAD_BATCH_MAX`] pages; zero pages flagged, not copied), or `xc_mem_paging_load` per page on a hypervisor without it; then a response per waiting request and one `xenevtchn_notify` |
 //!
 //! Ordering rule: a request and the load of its page race (the vCPU may
 //! fault on a page the bulk channel is installing). Both sides take one
@@ -25,12 +25,12 @@ use bitvec::vec::BitVec;
 use libxl_sys as sys;
 use log::{debug, info, warn};
 use postcopy::memory::{
-    DestinationMemory, Fault, FaultOrigin, Installed, MemResult, MemoryError, PfnRun,
+    DestinationMemory, Fault, FaultOrigin, Installed, MemResult, MemoryError, PageIn, PfnRun,
 };
 use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::ring::{paging_response, BackRing};
-use crate::xc::{has_content, XcError, XenOps, ABSENT_RANGE_MAX, MAX_BATCH};
+use crate::xc::{has_content, XcError, XenOps, ABSENT_RANGE_MAX, LOAD_BATCH_MAX, MAX_BATCH};
 use crate::xen_source::mem_err;
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
@@ -65,12 +65,35 @@ struct State {
     /// False once the hypervisor turned the range op down (or
     /// `LIBXL_POSTCOPY_EVICT=per-page` asked for the old way).
     range_op: bool,
+    /// False once the hypervisor turned the batch load op down (or
+    /// `LIBXL_POSTCOPY_LOAD=per-page` asked for the old way).
+    batch_op: bool,
+    /// How the owed pages came in so far.
+    loads: LoadStats,
+}
+
+/// How the owed pages were loaded: by the batch op, page by page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Pages loaded by `XENMEM_paging_op_load_batch`.
+    pub batched: u64,
+    /// Of those, zero pages (cleared by Xen, nothing copied).
+    pub batched_zero: u64,
+    /// Calls of the batch op.
+    pub batch_calls: u64,
+    /// Pages loaded with `xc_mem_paging_load`, one call each.
+    pub per_page: u64,
 }
 
 /// Environment switch: `per-page` pages owed pfns out with populate +
 /// nominate + evict even when the hypervisor has the range op (to compare
 /// the two on one host).
 pub const EVICT_ENV: &str = "LIBXL_POSTCOPY_EVICT";
+
+/// Environment switch: `per-page` loads owed pages with one
+/// `xc_mem_paging_load` each even when the hypervisor has the batch op
+/// (to compare the two on one host).
+pub const LOAD_ENV: &str = "LIBXL_POSTCOPY_LOAD";
 
 fn bit(b: &BitVec, p: Pfn) -> bool {
     usize::try_from(p)
@@ -145,6 +168,7 @@ impl<O: XenOps> XenDestination<O> {
                 loaded: BitVec::repeat(false, n),
                 dropped: BitVec::repeat(false, n),
                 range_op: std::env::var(EVICT_ENV).map_or(true, |v| v != "per-page"),
+                batch_op: std::env::var(LOAD_ENV).map_or(true, |v| v != "per-page"),
                 ..State::default()
             })),
         })
@@ -225,6 +249,11 @@ impl<O: XenOps> XenDestination<O> {
     pub fn page_out_stats(&self) -> (u64, u64, Duration) {
         let st = self.lock();
         (st.by_range, st.by_page, st.page_out_time)
+    }
+
+    /// How the owed pages were loaded so far.
+    pub fn load_stats(&self) -> LoadStats {
+        self.lock().loads
     }
 
     /// The Xen calls of the domain.
@@ -387,16 +416,109 @@ impl<O: XenOps> XenDestination<O> {
             Err(e) => return Err(mem_err(e)),
         };
         let mut st = self.lock();
+        if outcome == Installed::Installed {
+            st.loads.per_page += 1;
+        }
+        let notify = Self::loaded(&mut st, pfn);
+        drop(st);
+        if notify {
+            self.notify()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Records that `pfn` is in (loaded, or dropped by the guest before
+    /// its load) and answers its waiters; true if the front end needs a
+    /// notification.
+    fn loaded(st: &mut State, pfn: Pfn) -> bool {
         if !bit(&st.loaded, pfn) {
             set(&mut st.loaded, pfn);
             if !bit(&st.dropped, pfn) {
                 st.absent = st.absent.saturating_sub(1);
             }
         }
-        let notify = Self::answer(&mut st, pfn);
-        drop(st);
+        Self::answer(st, pfn)
+    }
+
+    /// Loads many pages (`None`: a zero page) with the batch op, one call
+    /// per [`LOAD_BATCH_MAX`], answering the waiters of each call's pages
+    /// as soon as it returns; page by page where the op is missing.
+    /// Pages that need no load only have their waiters answered.
+    fn load_many(&self, pages: &[(Pfn, Option<&[u8]>)]) -> MemResult<Installed> {
+        for &(p, _) in pages {
+            self.check(p)?;
+        }
+        let mut todo = Vec::with_capacity(pages.len());
+        let mut notify = false;
+        {
+            let mut st = self.lock();
+            for &(pfn, page) in pages {
+                if bit(&st.evicted, pfn) && !bit(&st.loaded, pfn) && !bit(&st.dropped, pfn) {
+                    todo.push((pfn, page));
+                } else {
+                    notify |= Self::answer(&mut st, pfn);
+                }
+            }
+        }
         if notify {
             self.notify()?;
+        }
+        let outcome = if todo.is_empty() {
+            Installed::AlreadyPresent
+        } else {
+            Installed::Installed
+        };
+        let mut rest = &todo[..];
+        while let Some(&(head, head_page)) = rest.first() {
+            if !self.lock().batch_op {
+                for &(pfn, page) in rest {
+                    self.load(pfn, page.unwrap_or(&ZERO_PAGE))?;
+                }
+                break;
+            }
+            let chunk = &rest[..rest.len().min(LOAD_BATCH_MAX)];
+            let done = match self.ops.paging_load_batch(chunk) {
+                Ok(0) => {
+                    // No progress reported: this one the old way.
+                    self.load(head, head_page.unwrap_or(&ZERO_PAGE))?;
+                    rest = &rest[1..];
+                    continue;
+                }
+                Ok(n) => usize::try_from(n).unwrap_or(chunk.len()).min(chunk.len()),
+                // Dropped by the guest (balloon) after our check: nothing
+                // to load, its waiters (if any) are answered below.
+                Err(XcError::NotPagedOut { .. }) => {
+                    let mut st = self.lock();
+                    let notify = Self::loaded(&mut st, head);
+                    drop(st);
+                    if notify {
+                        self.notify()?;
+                    }
+                    rest = &rest[1..];
+                    continue;
+                }
+                Err(e @ XcError::PagingUnavailable { .. }) => {
+                    info!("loading owed pages one by one: {e}");
+                    self.lock().batch_op = false;
+                    continue;
+                }
+                Err(e) => return Err(mem_err(e)),
+            };
+            let mut notify = false;
+            {
+                let mut st = self.lock();
+                st.loads.batch_calls += 1;
+                st.loads.batched += done as u64;
+                st.loads.batched_zero +=
+                    chunk[..done].iter().filter(|(_, p)| p.is_none()).count() as u64;
+                for &(pfn, _) in &chunk[..done] {
+                    notify |= Self::loaded(&mut st, pfn);
+                }
+            }
+            if notify {
+                self.notify()?;
+            }
+            rest = &rest[done..];
         }
         Ok(outcome)
     }
@@ -546,17 +668,31 @@ impl<O: XenOps> DestinationMemory for XenDestination<O> {
     }
 
     fn install(&self, first: Pfn, pages: &[u8]) -> MemResult<Installed> {
-        let mut out = Installed::AlreadyPresent;
-        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-            if self.load(first + i as u64, page)? == Installed::Installed {
-                out = Installed::Installed;
-            }
-        }
-        Ok(out)
+        let batch: Vec<(Pfn, Option<&[u8]>)> = pages
+            .chunks_exact(PAGE_SIZE)
+            .enumerate()
+            .map(|(i, page)| (first + i as u64, Some(page)))
+            .collect();
+        self.load_many(&batch)
     }
 
     fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
-        self.load(pfn, &ZERO_PAGE)
+        self.load_many(&[(pfn, None)])
+    }
+
+    fn install_batch(&self, batch: &[(Pfn, PageIn<'_>)]) -> MemResult<()> {
+        let mut pages = Vec::with_capacity(batch.iter().map(|(_, p)| p.pages()).sum());
+        for &(pfn, page) in batch {
+            match page {
+                PageIn::Data(data) => pages.extend(
+                    data.chunks_exact(PAGE_SIZE)
+                        .enumerate()
+                        .map(|(i, d)| (pfn + i as u64, Some(d))),
+                ),
+                PageIn::Zero => pages.push((pfn, None)),
+            }
+        }
+        self.load_many(&pages).map(|_| ())
     }
 
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {
