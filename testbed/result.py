@@ -111,6 +111,21 @@ if m:
     r["page_out"] = {"pfns": int(m.group(1)), "ms": round(float(m.group(2)) * scale, 1),
                      "by_range": int(m.group(4)), "by_page": int(m.group(5))}
 r["evict"] = meta.get("evict")
+# The destination's page-in of the owed pages (the post-copy phase): how
+# they were loaded, and the rate over the phase as the source saw it.
+m = re.search(r"loaded (\d+) owed pages in ([0-9.]+)(ms|s|µs|us) \(([0-9]+) pages/s\): (\d+) by batch "
+              r"in (\d+) calls \((\d+) of them zero pages, not copied\), (\d+) page by page", log)
+if m:
+    scale = {"s": 1000.0, "ms": 1.0, "µs": 0.001, "us": 0.001}[m.group(3)]
+    r["page_in"] = {"pages": int(m.group(1)), "ms": round(float(m.group(2)) * scale, 1),
+                    "pages_per_s": int(m.group(4)), "by_batch": int(m.group(5)),
+                    "batch_calls": int(m.group(6)), "zero_not_copied": int(m.group(7)),
+                    "by_page": int(m.group(8))}
+r["load"] = meta.get("load")
+postcopy_pages = sum(r.get("pages_" + k) or 0 for k in ("pushed", "faulted", "zero"))
+r["page_in_pages_per_s"] = (
+    round(postcopy_pages * 1000.0 / r["postcopy_time_ms"]) if r.get("postcopy_time_ms") else None
+)
 r["integrity_ok"] = bool(
     meta.get("migrate_rc") == "0" and meta.get("verify_rc") == "0" and bad == 0 and passes >= 2
     and syscalls_bad == 0

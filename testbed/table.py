@@ -35,6 +35,8 @@ for n in names:
         args += ", HVM guest"
     if r.get("evict") == "per-page":
         args += ", page-out per pfn"
+    if r.get("load") == "per-page":
+        args += ", page-in per page"
     if r.get("soak_planned"):
         args += f", {r.get('migrations')} migrations, {r.get('guest_deaths')} guest deaths"
     if r.get("guest_death"):
