@@ -1131,6 +1131,14 @@ mod tests {
             XcError::from_errno("xc_hvm_param_get", libc::EPERM, None).errno(),
             libc::EPERM
         );
+        // The batch load op: a page not paged out, and an unpatched Xen.
+        assert!(matches!(
+            XcError::from_errno(LOAD_BATCH_OP, libc::ENOENT, Some(7)),
+            XcError::NotPagedOut { pfn: 7, .. }
+        ));
+        let e = XcError::from_errno(LOAD_BATCH_OP, libc::ENOSYS, None);
+        assert!(matches!(e, XcError::PagingUnavailable { .. }), "{e}");
+        assert!(e.to_string().contains("load-batch.patch"), "{e}");
     }
 
     #[test]
