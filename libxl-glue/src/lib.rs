@@ -41,7 +41,25 @@ mod backend_tests;
 #[cfg(test)]
 mod fake;
 
+/// The Xen series this library is built for: libxl-sys's version switch,
+/// `cfg(xen_api)` (set by `libxl-sys/build.rs` from the headers it used,
+/// passed on by `build.rs`). Code that differs between Xen 4.17 and 4.20
+/// goes behind that cfg; none of the calls made here differs today.
+#[cfg(xen_api = "4.17")]
+pub const XEN_SERIES: &str = "4.17";
+/// The Xen series this library is built for (see the 4.17 variant).
+#[cfg(xen_api = "4.20")]
+pub const XEN_SERIES: &str = "4.20";
+
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.
 pub const ABI_VERSION: u32 = 1;
 /// `LIBXL_POSTCOPY_SONAME`.
 pub const SONAME: &str = "libxl_postcopy.so.1";
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn the_series_is_the_one_libxl_sys_was_generated_for() {
+        assert_eq!(super::XEN_SERIES, libxl_sys::XEN_VERSION);
+    }
+}

@@ -17,9 +17,9 @@
 #include <libxl_utils.h>
 
 /*
- * Exported by libxenctrl.so (VERS_4.17.0) but declared only in the
- * private tools/libs/ctrl/xc_private.h of the Xen 4.17 source tree.  These
- * are copies of those declarations; consts.c is compiled against this file
+ * Exported by libxenctrl.so (VERS_4.17.0; libxenctrl_4.20.0) but declared
+ * only in the private tools/libs/ctrl/xc_private.h of the Xen source tree.
+ * These are copies of those declarations; consts.c is compiled against this file
  * and the public headers, so a conflicting public declaration would fail
  * the build, and the libxl-sys tests link both symbols.
  */

@@ -1,8 +1,13 @@
-//! Raw FFI to Xen 4.17's toolstack libraries: libxenctrl (including the
+//! Raw FFI to Xen's toolstack libraries: libxenctrl (including the
 //! mem_paging and vm_event calls), libxenguest, xenforeignmemory,
 //! xenevtchn, xentoollog and libxenlight, generated at build time by
-//! bindgen from the installed headers (Debian `libxen-dev`) with tight
-//! allowlists, and linked through pkg-config.
+//! bindgen with tight allowlists, for Xen 4.17 (Debian 12, the default) or
+//! 4.20 (Debian 13): from the installed headers (Debian `libxen-dev`,
+//! linked through pkg-config), or from a tree built by `scripts/xen-build`
+//! (`XEN_HEADERS_DIR`, see `build.rs`). Which one is [`XEN_VERSION`]; code
+//! that differs between them goes behind the one cfg switch
+//! `#[cfg(xen_api = "4.20")]` / `#[cfg(xen_api = "4.17")]`, which
+//! `libxl-glue` gets too.
 //!
 //! Two libxenctrl functions are exported but declared only in Xen's private
 //! `xc_private.h`: [`xc_get_pfn_type_batch`] and [`xc_vm_event_enable`].
@@ -31,8 +36,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
-/// The Xen version these bindings were generated for.
-pub const XEN_VERSION: &str = "4.17";
+/// The Xen version these bindings were generated for ("4.17" or "4.20").
+pub const XEN_VERSION: &str = env!("LIBXL_SYS_XEN_VERSION");
 
 /// Values of C macros and layouts as compiled by the C compiler
 /// (`csrc/consts.c`), for cross-checking the generated constants and the
@@ -84,6 +89,7 @@ pub mod c_consts {
         libxl_sys_const_HVM_PARAM_NR_IOREQ_SERVER_PAGES,
         libxl_sys_const_HVM_PARAM_VM86_TSS_SIZED,
         libxl_sys_const_LIBXL_VERSION,
+        libxl_sys_const___XEN_LATEST_INTERFACE_VERSION__,
         libxl_sys_const_ERROR_FAIL,
         libxl_sys_const_sizeof_vm_event_request,
         libxl_sys_const_sizeof_vm_event_sring_entry,

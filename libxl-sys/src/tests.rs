@@ -229,6 +229,54 @@ fn c_layouts_match() {
     assert_eq!(VM_EVENT_INTERFACE_VERSION, 7);
 }
 
+/// The one version switch: the cfg, [`XEN_VERSION`] and the headers the
+/// bindings were generated from agree (a 4.17 build against 4.20 headers,
+/// or the reverse, fails here).
+#[test]
+fn the_version_switch_matches_the_headers() {
+    // SAFETY: reading a constant defined in consts.c.
+    let iface = unsafe { c(&libxl_sys_const___XEN_LATEST_INTERFACE_VERSION__) };
+    #[cfg(xen_api = "4.17")]
+    {
+        assert_eq!(XEN_VERSION, "4.17");
+        // Xen 4.17's public headers still carry 4.14's interface version.
+        assert_eq!(iface, 0x0004_0e00, "{iface:#x}");
+    }
+    #[cfg(xen_api = "4.20")]
+    {
+        assert_eq!(XEN_VERSION, "4.20");
+        assert_eq!(iface, 0x0004_1300, "{iface:#x}");
+        // New in 4.18 (4.17 has only xc_domain_getinfo{,list}).
+        let f = xc_domain_getinfo_single as *const ();
+        assert!(!f.is_null());
+    }
+}
+
+/// The libxenctrl the test binary actually loaded is the one of
+/// [`XEN_VERSION`] (the host's 4.17 one, or a built 4.20 tree's through
+/// the rpath): a mixed-up link fails here rather than at a call.
+#[test]
+fn the_loaded_libxenctrl_is_of_the_same_version() {
+    let mut info = libc::Dl_info {
+        dli_fname: ptr::null(),
+        dli_fbase: ptr::null_mut(),
+        dli_sname: ptr::null(),
+        dli_saddr: ptr::null_mut(),
+    };
+    // SAFETY: dladdr only reads the loader's tables and fills `info`.
+    let found = unsafe { libc::dladdr(xc_interface_open as *const libc::c_void, &mut info) };
+    assert_ne!(found, 0, "dladdr found no object for xc_interface_open");
+    assert!(!info.dli_fname.is_null());
+    // SAFETY: dli_fname is the loader's NUL-terminated path of the object.
+    let file = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
+    let real = std::fs::canonicalize(&*file)
+        .map_or_else(|_| file.to_string(), |p| p.display().to_string());
+    assert!(
+        real.contains(&format!("libxenctrl.so.{XEN_VERSION}")),
+        "xc_interface_open comes from {real}, not Xen {XEN_VERSION}'s libxenctrl"
+    );
+}
+
 #[test]
 fn xc_interface_open_fails_cleanly_without_a_hypervisor() {
     // SAFETY: NULL loggers select libxenctrl's default stderr logger; the
@@ -282,7 +330,7 @@ fn libxl_ctx_alloc_returns_an_error_without_a_hypervisor() {
 #[test]
 fn private_libxenctrl_symbols_link() {
     // Taking the addresses forces the linker to resolve them in
-    // libxenctrl.so.4.17 (exported there, declared only privately).
+    // libxenctrl.so.<XEN_VERSION> (exported there, declared only privately).
     let f1 = xc_get_pfn_type_batch as *const ();
     let f2 = xc_vm_event_enable as *const ();
     assert!(!f1.is_null() && !f2.is_null());

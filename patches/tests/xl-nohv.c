@@ -40,6 +40,35 @@ int xc_version(struct xc_interface_core *xch, int cmd, void *arg)
     return -1;
 }
 
+/*
+ * Xen 4.20's libxl_get_version_info() (which its xl calls at start-up)
+ * reads the version strings with these, not with xc_version(): "unknown".
+ */
+char *xc_xenver_extraversion(struct xc_interface_core *xch)
+{
+    return NULL;
+}
+
+char *xc_xenver_capabilities(struct xc_interface_core *xch)
+{
+    return NULL;
+}
+
+char *xc_xenver_changeset(struct xc_interface_core *xch)
+{
+    return NULL;
+}
+
+char *xc_xenver_commandline(struct xc_interface_core *xch)
+{
+    return NULL;
+}
+
+char *xc_xenver_buildid(struct xc_interface_core *xch)
+{
+    return NULL;
+}
+
 int xc_get_max_cpus(struct xc_interface_core *xch)
 {
     return 1;
