@@ -360,7 +360,10 @@ CFG
 		lpid=$!
 		cmd="env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7000 --stats $out/tunnel-connect.json"
 		(
-			waitfor "$out/migrate-1.log" 'Post-copy pages' 1 600 || exit 0
+			# the destination's progress lines (xl migrate-receive, under
+			# the tunnel listener, writes to migrate.log; the source's
+			# xl hides its progress bar when stderr is not a terminal)
+			waitfor "$out/migrate.log" 'Post-copy pages' 1 600 || exit 0
 			for i in $(seq 1 "$drops"); do
 				sleep 3
 				ts "link-drop $i/$drops: the link goes down for ${outage}s"
