@@ -220,6 +220,24 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// One `XENMEM_paging_op` on a live handle `xch` (the caller holds its
+/// lock): `mpo` is a complete op, bounced into a hypercall buffer and back
+/// by `xc_memory_op`; any buffer it names must be hypercall memory.
+/// Returns (rc, errno).
+fn paging_op(xch: *mut sys::xc_interface, mpo: &mut sys::xen_mem_paging_op_t) -> (i64, i32) {
+    // SAFETY: xch is live (the caller holds the handle's lock); mpo is a
+    // complete xen_mem_paging_op of the size passed.
+    let rc = unsafe {
+        sys::xc_memory_op(
+            xch,
+            sys::XENMEM_paging_op,
+            std::ptr::from_mut(mpo).cast(),
+            size_of_val(mpo),
+        )
+    };
+    (rc, last_errno())
+}
+
 fn err(op: &'static str, pfn: Option<Pfn>) -> XcError {
     XcError::from_errno(op, last_errno(), pfn)
 }
@@ -751,17 +769,7 @@ impl XenOps for LibXc {
             gfn: first,
         };
         let h = self.lock();
-        // SAFETY: xch is live; mpo is a complete xen_mem_paging_op that
-        // xc_memory_op bounces into a hypercall buffer and back.
-        let rc = unsafe {
-            sys::xc_memory_op(
-                h.xch,
-                sys::XENMEM_paging_op,
-                std::ptr::from_mut(&mut mpo).cast(),
-                size_of_val(&mpo),
-            )
-        };
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let (rc, errno) = paging_op(h.xch, &mut mpo);
         let done = u32::try_from(mpo.buffer.p.addr()).unwrap_or(0).min(nr);
         if rc == 0 || errno == libc::EEXIST {
             return Ok(done);
@@ -840,18 +848,8 @@ impl XenOps for LibXc {
             // For this op the gfn field is the count: nr in, loaded out.
             gfn: nr as u64,
         };
-        // SAFETY: xch is live; mpo is a complete xen_mem_paging_op that
-        // xc_memory_op bounces into a hypercall buffer and back; its
-        // buffer is hypercall memory holding what the op reads.
-        let rc = unsafe {
-            sys::xc_memory_op(
-                h.xch,
-                sys::XENMEM_paging_op,
-                std::ptr::from_mut(&mut mpo).cast(),
-                size_of_val(&mpo),
-            )
-        };
-        let errno = last_errno();
+        // Its buffer is hypercall memory holding what the op reads.
+        let (rc, errno) = paging_op(h.xch, &mut mpo);
         drop(h);
         if rc == 0 {
             return Ok(u32::try_from(mpo.gfn.min(nr as u64)).unwrap_or(0));
