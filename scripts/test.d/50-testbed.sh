@@ -28,10 +28,11 @@ step "testbed: postcopy scenario on the emulated Xen host"
 # A guest that triple-faults fails the scenario.  On this emulated host
 # that also happens to guests that never had a page absent (at boot, or a
 # source during its suspend; Xen's dump then shows the host's state as the
-# guest's after VMRUN: QEMU TCG's nested SVM), so such a run is tried
-# again, at most twice, and says so loudly.  Any other failure (xl
-# migrate, integrity, a verifier pass) fails at once, and so does a third
-# triple fault in a row.
+# guest's after VMRUN: QEMU TCG's nested SVM; issue #21, which measured
+# 8 such deaths in one 19-scenario boot), so such a run is tried again,
+# at most three times, and says so loudly.  Any other failure (xl
+# migrate, integrity, a verifier pass) fails at once, and so does a
+# fourth triple fault in a row.
 TB=${TB:-/var/tmp/xen-postcopy-testbed}
 try=1
 while ! scripts/testbed postcopy; do
@@ -40,7 +41,7 @@ while ! scripts/testbed postcopy; do
 	# Xen's serial console (boot.log) holds every line of the boot; xl
 	# dmesg's ring is small and the post-mortem's own lines can push the
 	# triple fault out of it.
-	if [ "$try" -ge 3 ] || [ "$deaths" = 0 ] ||
+	if [ "$try" -ge 4 ] || [ "$deaths" = 0 ] ||
 		! grep -aq 'Triple fault' "$TB/results/boot.log" "$r/xl-dmesg.txt" 2>/dev/null; then
 		exit 1
 	fi
