@@ -11,7 +11,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -296,20 +295,31 @@ pub fn publish_while<T>(
         last: Mutex::new((Instant::now(), 0, 0)),
     };
     let stop = (Mutex::new(false), Condvar::new());
-    let published = AtomicBool::new(false);
     let result = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let (m, cv) = &stop;
-            let mut stopped = m.lock().unwrap_or_else(|e| e.into_inner());
-            while !*stopped {
-                sampler.publish(&sampler.snapshot(POSTCOPY_ACTIVE, None));
-                published.store(true, Ordering::Relaxed);
-                stopped = cv
-                    .wait_timeout(stopped, cfg.interval)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
-        });
+        let publisher = std::thread::Builder::new()
+            .name("pc-status".into())
+            .spawn_scoped(scope, || {
+                let (m, cv) = &stop;
+                loop {
+                    // Written without the lock: the end of serving never
+                    // waits for a file write.
+                    sampler.publish(&sampler.snapshot(POSTCOPY_ACTIVE, None));
+                    let stopped = m.lock().unwrap_or_else(|e| e.into_inner());
+                    if *stopped {
+                        break;
+                    }
+                    let (stopped, _) = cv
+                        .wait_timeout(stopped, cfg.interval)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *stopped {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = publisher {
+            // Status is for the admin; the migration goes on without it.
+            warn!("no status thread ({e}); only the outcome will be published");
+        }
         let r = serve();
         let (m, cv) = &stop;
         *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
