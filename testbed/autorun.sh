@@ -8,7 +8,11 @@
 # load=per-page,
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
-# destination guest mid-post-copy).  Each scenario's logs, a meta.env and
+# destination guest mid-post-copy), mem=MIB (this scenario's guest memory
+# instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
+# per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
+# after SEED_SETTLE (20) s of undisturbed work and with xl's stream counted
+# by a dd in front of the receiver: stream-I.txt).  Each scenario's logs, a meta.env and
 # (per migration) migrations.env go to /mnt/host/results/RESULT_NAME/;
 # domstates (dom0's poller of every domain's paused/shutdown state) writes
 # domstates.log there; the host turns them into result.json.  The body sits in { } so that editing this file
@@ -108,6 +112,21 @@ forensics() {
 	cp $cons/guest-$dom*.log $cons/mig-$dom-*.log "$dir/" 2>/dev/null
 	ts "forensics saved in $dir"
 }
+# seq_mode MODE: margs and cmd for one migration of a seq= scenario; xl's
+# forward stream passes a dd (its byte count in stream-I.txt) on its way
+# to the receiver, for every mode alike.
+seq_mode() {
+	mode=$1
+	case $mode in
+	precopy) margs= ;;
+	hybrid) margs="--postcopy --postcopy-after=${SEED_HYBRID_ROUNDS:-2} --prepage=bubble" ;;
+	postcopy) margs="--postcopy --prepage=bubble" ;;
+	*) ts "seq: unknown mode '$mode'"; margs= ;;
+	esac
+	cmd="xl -vvv migrate-receive"
+	case " $margs " in *" --postcopy "*) cmd="$cmd --postcopy" ;; esac
+	cmd="dd bs=1M 2>$out/stream-$i.txt | $cmd"
+}
 # migrate_once I: one xl migrate of $dom (logs to migrate-I.log, appended
 # to migrate.log), with the stall monitor; sets mrc, mig_ms, src, dst, and
 # appends one line to migrations.env.  With kill_dest=1 the destination
@@ -146,7 +165,7 @@ migrate_once() {
 	dst=$(xl domid "$dom" 2>/dev/null)
 	ts "migrate $i rc=$mrc $mig_ms ms (now id ${dst:-none})"
 	cat "$mlog" >> "$out/migrate.log"
-	echo "i=$i rc=$mrc start=$s end=$e ms=$mig_ms src=$src dst=${dst:-}" >> "$out/migrations.env"
+	echo "i=$i rc=$mrc start=$s end=$e ms=$mig_ms src=$src dst=${dst:-} mode=${mode:-}" >> "$out/migrations.env"
 }
 # sample_status PREFIX MPID: what an admin sees, every 2 s while xl
 # migrate runs: `xl-postcopy status --json --file` of each helper's status
@@ -271,6 +290,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
+	mem=${GUEST_MEM:-256} seq= mode=
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -284,11 +304,12 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
+		mem=*) mem=${o#*=}; continue ;;
+		seq=*) seq=${o#*=}; soak=$(echo "$seq" | tr ',' '\n' | grep -c .); continue ;;
 		esac
 		kept="$kept $o"
 	done
 	gopts=$kept
-	mem=${GUEST_MEM:-256}
 	# hvm: an HVM guest on HAP with QEMU (qemu-xen) as device model, its
 	# platform state migrating with it; Linux's PV drivers give it the
 	# same hvc0 console as the PVH guest.
@@ -394,6 +415,11 @@ CFG
 				ts "soak: guest dead before migration $i: $death"
 				deaths=1; forensics "$out/death-before-$i" $cur; break
 			fi
+			if [ -n "$seq" ]; then
+				seq_mode "$(echo "$seq" | cut -d, -f"$i")"
+				ts "seq: migration $i: $mode after ${SEED_SETTLE:-20}s of work"
+				sleep "${SEED_SETTLE:-20}"
+			fi
 			migrate_once "$i"
 			done_n=$i
 			cur=$dst
@@ -464,6 +490,7 @@ CFG
 		echo "migrate_ms=$mig_ms"
 		echo "verify_rc=$vrc"
 		echo "soak=$soak"
+		echo "seq=$seq"
 		echo "migrations_done=$done_n"
 		echo "guest_deaths=$deaths"
 		echo "death='${death//\'/}'"

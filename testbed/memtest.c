@@ -22,6 +22,26 @@
  * itself copies to and from guest pages that may still be owed after a
  * post-copy switch.  "MEMTEST syscalls N ok" per pass.  PAUSE_MS (200)
  * is the sleep between passes.
+ *
+ *   memtest MIB 0 0 RATE_MIBPS
+ *
+ * The seed's stress writer (Hines & Gopalan's dirtying test): the working
+ * set of MIB MiB is dirtied at RATE_MIBPS MiB/s (pages spread over the set
+ * by a fixed stride), one word per page (word 0 carries the page's
+ * generation, words 1..511 its index: one write dirties the page for
+ * log-dirty as a full rewrite would), paced in 10 ms slices; whatever time
+ * a slice leaves is spent verifying whole pages (all 512 words), so every
+ * page is checked once per "MEMTEST pass" line (at most one pass every
+ * VERIFY_SECS) (same format as above;
+ * rewritten = pages dirtied during the pass, maxgap_ms = the longest gap
+ * between two slices).  Each dirtying also checks the page's word 0 first.
+ * Once a second, the work rate for the degradation figures:
+ *
+ *   MEMTEST rate t=EPOCH secs=S dirtied=N
+ *
+ * (N pages dirtied in the S seconds ending at EPOCH, CLOCK_REALTIME; when
+ * the guest is stopped or waits on absent pages, S grows and N falls
+ * behind RATE_MIBPS * 256 * S.)
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -36,6 +56,7 @@
 
 #define PAGE 4096
 #define WORDS (PAGE / 8)
+#define VERIFY_SECS 2.0
 
 static double now(void)
 {
@@ -81,11 +102,111 @@ static int syscalls(unsigned long pass)
 	return ok;
 }
 
+static void bad_word(uint64_t page, uint64_t w, uint64_t want, uint64_t got, unsigned long *nbad)
+{
+	if ((*nbad)++ < 8)
+		printf("MEMTEST BAD page=%llu word=%llu want=%016llx got=%016llx\n",
+		       (unsigned long long)page, (unsigned long long)w, (unsigned long long)want,
+		       (unsigned long long)got);
+}
+
+/* The dirtying writer (see the header): never returns. */
+static int dirty_loop(uint64_t *mem, uint8_t *gen, uint64_t pages, double mibps)
+{
+	const double slice = 0.010;
+	double per_sec = mibps * 256, owed = 0, prev;
+	/* an odd stride coprime with the page count spreads the writes */
+	uint64_t stride = pages > 7 ? (pages / 7) | 1 : 1, d = 0, v = 0, rew = 0, pass_bad = 0;
+	unsigned long nbad = 0, pass = 1;
+	uint64_t dirtied_sec = 0;
+	double t = now(), pass_start = t, sec_start = t, last = t, maxgap = 0;
+
+	prev = t;
+
+	while (stride > 1 && pages % stride == 0)
+		stride += 2;
+	for (;;) {
+		double s = now(), end = s + slice;
+
+		if (s - last > maxgap)
+			maxgap = s - last;
+		last = s;
+		/* the pages due since the last slice; time the guest could not
+		 * run (stopped, waiting on a page) is not made up for */
+		owed += (s - prev) * per_sec;
+		if (owed > 2 * slice * per_sec)
+			owed = 2 * slice * per_sec;
+		prev = s;
+		/* dirty: check word 0, write the next generation */
+		while (owed >= 1) {
+			uint64_t *p = mem + d * WORDS, want = pat(d, gen[d], 0);
+			unsigned long b = nbad;
+
+			if (p[0] != want)
+				bad_word(d, 0, want, p[0], &nbad);
+			pass_bad += nbad - b;
+			gen[d]++;
+			p[0] = pat(d, gen[d], 0);
+			d = (d + stride) % pages;
+			owed -= 1;
+			rew++;
+			dirtied_sec++;
+			/* behind by more than a slice (stopped, faulting): the
+			 * rate is what the guest managed, not a backlog */
+			if ((rew & 255) == 0 && now() > end + slice) {
+				owed = 0;
+				break;
+			}
+		}
+		/* verify whole pages with the rest of the slice, at most a
+		 * pass every VERIFY_SECS, then sleep to the slice's end */
+		uint64_t vquota = (uint64_t)(pages * slice / VERIFY_SECS) + 1;
+		do {
+			uint64_t *p = mem + v * WORDS;
+			unsigned long b = nbad;
+
+			for (uint64_t w = 0; w < WORDS; w++) {
+				uint64_t want = pat(v, w ? 0 : gen[v], w);
+				if (p[w] != want) {
+					bad_word(v, w, want, p[w], &nbad);
+					break;
+				}
+			}
+			pass_bad += nbad - b;
+			if (++v == pages) {
+				double e = now();
+				printf("MEMTEST pass %lu ok=%d pages=%llu bad=%llu rewritten=%llu secs=%.2f maxgap_ms=%.0f\n",
+				       pass, pass_bad == 0, (unsigned long long)pages,
+				       (unsigned long long)pass_bad, (unsigned long long)rew,
+				       e - pass_start, maxgap * 1000);
+				pass++;
+				v = 0;
+				rew = 0;
+				pass_bad = 0;
+				maxgap = 0;
+				pass_start = e;
+			}
+		} while (--vquota && now() < end);
+		t = now();
+		if (t < end)
+			usleep((useconds_t)((end - t) * 1e6));
+		t = now();
+		if (t - sec_start >= 1.0) {
+			printf("MEMTEST rate t=%.3f secs=%.3f dirtied=%llu\n", t, t - sec_start,
+			       (unsigned long long)dirtied_sec);
+			dirtied_sec = 0;
+			sec_start = t;
+		}
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	uint64_t mib = argc > 1 ? strtoull(argv[1], NULL, 0) : 64;
 	int sys = argc > 2 && atoi(argv[2]);
 	int pause_ms = argc > 3 ? atoi(argv[3]) : 200;
+	double rate = argc > 4 ? atof(argv[4]) : 0;
 	uint64_t pages = mib * 256;
 	uint64_t *mem = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -99,6 +220,8 @@ int main(int argc, char **argv)
 	for (uint64_t i = 0; i < pages; i++)
 		fill(mem + i * WORDS, i, 0);
 	printf("MEMTEST filled pages=%llu secs=%.2f\n", (unsigned long long)pages, now() - t0);
+	if (rate > 0)
+		return dirty_loop(mem, gen, pages, rate);
 	unsigned long totalbad = 0;
 	for (unsigned long pass = 1;; pass++) {
 		double s = now(), last = s, maxgap = 0;

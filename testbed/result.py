@@ -69,7 +69,17 @@ r = {
     "dom0_kernel": meta.get("dom0_kernel"),
 }
 r["total_time_ms"] = num(src.get("total time")) or r["xl_migrate_ms"]
-r["downtime_ms"] = num(src.get("downtime")) if src.get("downtime") else None
+# the engine's own downtime (source's suspend to the destination helper
+# serving); downtime_ms itself is dom0's paused window, set below
+r["engine_downtime_ms"] = num(src.get("downtime")) if src.get("downtime") else None
+
+
+def mode_of(args):
+    a = " %s " % (args or "")
+    return "precopy" if " --postcopy " not in a else ("hybrid" if "--postcopy-after" in a else "postcopy")
+
+
+r["mode"] = mode_of(r["migrate_args"])
 r["postcopy_time_ms"] = num(src.get("post-copy phase"))
 pt = src.get("pages transferred")
 r["pages_transferred"] = int(num(pt)) if pt else None
@@ -224,6 +234,51 @@ def heartbeat_max(path):
     return max(gaps) if gaps else None
 
 
+def stream_bytes(i):
+    """The bytes of xl's forward stream in migration I (seq scenarios: a dd
+    in front of the receiver prints 'N bytes (...) copied')."""
+    try:
+        m = re.search(r"^(\d+) bytes", open(os.path.join(d, "stream-%s.txt" % i), errors="replace").read(), re.M)
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+# The seed writer's work rate: "MEMTEST rate t=EPOCH secs=S dirtied=N" from
+# every console of the scenario (the source's before the stop, the
+# destination's after), once per line.
+rate_lines = {}
+for f in glob.glob(os.path.join(d, "guest-*.log")) + glob.glob(os.path.join(d, "mig-*.log")):
+    for line in open(f, errors="replace"):
+        m = re.search(r"MEMTEST rate t=([0-9.]+) secs=([0-9.]+) dirtied=(\d+)", line)
+        if m:
+            rate_lines[float(m.group(1))] = (float(m.group(2)), int(m.group(3)))
+
+
+def work_rate(start, end, window=20.0):
+    """The writer's pages dirtied per second before (the WINDOW s up to
+    START), during (START..END) and after (END..END+WINDOW) a migration;
+    lost_s: the seconds of full-speed work the migration cost the guest
+    (the seed's degradation), from the before rate."""
+    def rate(a, b):
+        secs = sum(s for t, (s, _) in rate_lines.items() if a < t <= b)
+        n = sum(n for t, (_, n) in rate_lines.items() if a < t <= b)
+        return (n / secs if secs > 0 else None), secs, n
+    before, _, _ = rate(start - window, start)
+    # a line covers the seconds before its time: the one ending first
+    # after END still belongs to the migration
+    ends = sorted(t for t in rate_lines if t > end)
+    end2 = ends[0] if ends else end
+    during, dsecs, dn = rate(start, end2)
+    after, _, _ = rate(end2, end2 + window)
+    if before is None or during is None:
+        return None
+    return {"before_pages_per_s": round(before), "during_pages_per_s": round(during),
+            "after_pages_per_s": round(after) if after is not None else None,
+            "during_vs_before": round(during / before, 3) if before else None,
+            "lost_s": round(dsecs - dn / before, 2) if before else None}
+
+
 def median(v):
     v = sorted(x for x in v if x is not None)
     return v[len(v) // 2] if v else None
@@ -271,16 +326,30 @@ try:
         msrc = block("post-copy source done:", mtext)
         cons = (os.path.join(d, "mig-%s-%s.log" % ("t-" + r["scenario"], kv.get("i", n))) if soak
                 else (inc[0] if inc else None))
-        migs.append({
-            "i": int(kv.get("i", n)), "migrate_rc": int(kv.get("rc", -1)), "xl_migrate_ms": int(kv.get("ms", 0)),
+        mpt = msrc.get("pages transferred")
+        sb = stream_bytes(kv.get("i", n))
+        mode = kv.get("mode") or r["mode"]
+        mig = {
+            "i": int(kv.get("i", n)), "mode": mode, "migrate_rc": int(kv.get("rc", -1)),
+            "xl_migrate_ms": int(kv.get("ms", 0)), "total_time_ms": int(kv.get("ms", 0)),
             "src_domid": src_id, "dst_domid": dst_id,
-            "downtime_ms": num(msrc.get("downtime")) if msrc.get("downtime") else None,
+            # honest downtime: the source's stop to the destination's
+            # unpause, on dom0's one clock, for every mode
+            "downtime_ms": pm,
+            "engine_downtime_ms": num(msrc.get("downtime")) if msrc.get("downtime") else None,
             "paused_ms": pm,
             "guest_stall_ms": heartbeat_max(cons) if cons else None,
-        })
+            "stream_bytes": sb,
+            # post-copy and hybrid: the engine's count; pre-copy: the
+            # stream's bytes in pages (libxenguest sends every page whole)
+            "pages_transferred": int(num(mpt)) if mpt else (sb // 4096 if sb and mode == "precopy" else None),
+            "work_rate": work_rate(float(kv["start"]), float(kv.get("end") or kv["start"])) if rate_lines else None,
+        }
+        migs.append(mig)
 except OSError:
     pass
 r["paused_ms"] = max((m["paused_ms"] for m in migs if m["paused_ms"] is not None), default=None)
+r["downtime_ms"] = r["paused_ms"] if r["paused_ms"] is not None else r["engine_downtime_ms"]
 r["guest_stall_ms"] = max((m["guest_stall_ms"] for m in migs if m["guest_stall_ms"] is not None), default=None)
 stress_ok = r["workload"] != "stress" or (stress_runs >= 1 and stress_fail == 0 and tmpfs_checks >= 1
                                            and tmpfs_fail == 0)
@@ -300,6 +369,10 @@ if soak:
     r["guest_stall_ms_median"] = median([m["guest_stall_ms"] for m in migs])
     r["downtime_ms_median"] = median([m["downtime_ms"] for m in migs])
     r["per_migration"] = migs
+    if meta.get("seq"):
+        r["mode"] = "seq:" + meta["seq"]
+        r["seed"] = {"working_set_mib": r["memtest_mib"],
+                     "dirty_mibps": num(r["guest_opts"], r"memtest_rate=([0-9.]+)")}
     r["integrity_ok"] = bool(
         meta.get("verify_rc") == "0" and bad == 0 and syscalls_bad == 0 and stress_ok and passes >= 2 * soak
         and r["migrations_ok"] == soak == len(migs))

@@ -5,7 +5,10 @@ every scenario found).  For the soak, the time columns are the last
 migration's engine report; paused ms and guest stall ms the largest over
 all migrations (result.json has each one in per_migration).
 
-Usage: table.py RESULTS_DIR [SCENARIO...]"""
+Usage: table.py RESULTS_DIR [SCENARIO...]
+
+seed-MIB scenarios also get a second table: one row per migration (pre-copy,
+hybrid, post-copy of the same guest) with the ratios to pre-copy."""
 import glob
 import json
 import os
@@ -54,3 +57,35 @@ for n in names:
         round(dt) if dt is not None else None, r.get("paused_ms"), r.get("guest_stall_ms"), po, pages, r.get("pages_skipped"),
         r.get("network_faults"), lat, r.get("guest_max_stall_ms"),
         r.get("verified_passes_after_migration")]) + " |")
+
+# The seed's stress test (seed-MIB scenarios): one row per migration, and
+# post-copy's and hybrid's ratios to pre-copy of the same guest, same boot.
+seeds = [n for n in names if n.startswith("seed-")]
+if seeds:
+    print()
+    print("| guest | mode | ok | total ms | downtime ms (stop → unpause) | pages sent | stream MiB | guest stall ms | work rate during ÷ before | work lost s | total ÷ pre-copy | pages ÷ pre-copy | downtime ÷ pre-copy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for n in seeds:
+    try:
+        r = json.load(open(os.path.join(d, n, "result.json")))
+    except (OSError, ValueError):
+        print(f"| {n} | (no result) |" + " |" * 11)
+        continue
+    migs = r.get("per_migration") or []
+    pre = next((m for m in migs if m.get("mode") == "precopy"), {})
+    sd = r.get("seed") or {}
+
+    def ratio(m, k):
+        a, b = m.get(k), pre.get(k)
+        return round(a / b, 2) if a is not None and b else None
+
+    for m in migs:
+        w = m.get("work_rate") or {}
+        sb = m.get("stream_bytes")
+        print("| " + " | ".join(cell(x) for x in [
+            f"{r.get('guest_mem_mib')} MiB, {sd.get('working_set_mib')} MiB dirtied at {sd.get('dirty_mibps')} MiB/s",
+            m.get("mode"), "yes" if m.get("migrate_rc") == 0 and r.get("ok") else "**no**",
+            m.get("total_time_ms"), m.get("downtime_ms"), m.get("pages_transferred"),
+            round(sb / 1048576) if sb else None, m.get("guest_stall_ms"), w.get("during_vs_before"),
+            w.get("lost_s"), ratio(m, "total_time_ms"), ratio(m, "pages_transferred"),
+            ratio(m, "downtime_ms")]) + " |")
