@@ -629,6 +629,19 @@ mod tests {
     }
 
     #[test]
+    fn target_status_is_judged_on_the_median() {
+        let sp = |median| Spread {
+            min: 0.5,
+            median,
+            max: 9.0,
+        };
+        assert_eq!(status(sp(1.5), 1.5), "met (1.50)");
+        assert_eq!(status(sp(1.51), 1.5), "**not met** (1.51)");
+        assert_eq!(status(Spread::default(), 1.5), "not measured");
+        assert_eq!(status(sp(f64::NAN), 1.5), "not measured");
+    }
+
+    #[test]
     fn plain_stream_moves_the_bytes() {
         assert!(plain_stream_ms(8 << 20).unwrap() > 0.0);
     }
