@@ -440,6 +440,29 @@ pub fn breakdown_table(rows: &[Row]) -> String {
     s
 }
 
+/// Downtime and pages sent per guest size and configuration (the size
+/// sweep's table).
+pub fn downtime_table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| guest MiB | workload | config | runs | downtime ms | total ms | pages sent |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let c = &r.config;
+        s.push_str(&format!(
+            "| {} | {} | {} | {}/{} | {} | {} | {} |\n",
+            c.pages / 256,
+            c.workload,
+            c.label,
+            r.runs,
+            r.runs + r.failures.len(),
+            r.downtime_ms.show(2),
+            r.total_time_ms.show(0),
+            r.pages_transferred.show(0),
+        ));
+    }
+    s
+}
+
 /// The issue-20 targets for local mode.
 pub const TARGET_TOTAL_VS_FLOOR: f64 = 1.5;
 /// vCPU fault latency p99 ÷ fault floor p99.
@@ -588,6 +611,7 @@ pub fn run(exe: &Path, o: &BenchOpts) -> Result<Vec<Row>, String> {
         format!("{}\n{}", targets_table(&rows), breakdown_table(&rows)),
     )
     .map_err(|e| e.to_string())?;
+    std::fs::write(o.out.join("downtime.md"), downtime_table(&rows)).map_err(|e| e.to_string())?;
     let charts: [(&str, &str, Pick); 4] = [
         ("total-time.svg", "total time (ms)", |r| r.total_time_ms),
         ("network-faults.svg", "network faults (% of pages)", |r| {
