@@ -415,15 +415,17 @@ pub fn measure_stream_floor(
             c.set_write_timeout(Some(STREAM_IO_TIMEOUT))?;
             let mut buf = vec![0u8; batch_bytes];
             let start = Instant::now();
-            let mut pfn = 0u64;
+            let mut pfn = 0;
             while pfn < pages {
-                let n = (batch_pages as u64).min(pages - pfn);
-                for (k, page) in buf.chunks_exact_mut(PAGE_SIZE).take(n as usize).enumerate() {
-                    src.read_page(pfn + k as u64, page)
-                        .map_err(io::Error::other)?;
+                let mut n = 0;
+                for page in buf.chunks_exact_mut(PAGE_SIZE) {
+                    if pfn == pages {
+                        break;
+                    }
+                    src.read_page(pfn, page).map_err(io::Error::other)?;
+                    (pfn, n) = (pfn + 1, n + 1);
                 }
-                c.write_all(&buf[..n as usize * PAGE_SIZE])?;
-                pfn += n;
+                c.write_all(&buf[..n * PAGE_SIZE])?;
             }
             Ok(start)
         };
@@ -471,9 +473,13 @@ mod tests {
         if !uffd_available("stream_floor_1g") {
             return;
         }
+        let pages = std::env::var("FLOOR_PAGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 18);
         for batch in [64, postcopy::records::MAX_BATCH_PAGES] {
             for warmth in [Warmth::Warm, Warmth::Cold, Warmth::Warm] {
-                let f = measure_stream_floor(1 << 18, batch, warmth).unwrap();
+                let f = measure_stream_floor(pages, batch, warmth).unwrap();
                 println!("{}", serde_json::to_string(&f).unwrap());
             }
         }

@@ -364,25 +364,42 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
     }
 }
 
+/// Size (MiB), workload, config, runs (successful/all), with a trailing `|`.
+fn config_cells(r: &Row) -> String {
+    let c = &r.config;
+    format!(
+        "| {} | {} | {} | {}/{} |",
+        c.pages / 256,
+        c.workload,
+        c.label,
+        r.runs,
+        r.runs + r.failures.len()
+    )
+}
+
+/// The cells every table starts with: size, workload, config, runs, total
+/// time, ×stream, ×floor warm and cold, downtime (and a trailing `|`).
+fn lead_cells(r: &Row) -> String {
+    format!(
+        "{} {} | {} | {} | {} | {} |",
+        config_cells(r),
+        r.total_time_ms.show(0),
+        r.total_vs_stream.show(2),
+        r.total_vs_floor.show(2),
+        r.total_vs_floor_cold.show(2),
+        r.downtime_ms.show(2),
+    )
+}
+
 /// The side-by-side table.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str("| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | downtime ms | pages sent | net faults % | dup | fault p50 µs (×floor) | fault p99 µs (×floor) | degr. % | integrity |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
-        let c = &r.config;
         s.push_str(&format!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} |\n",
-            c.pages / 256,
-            c.workload,
-            c.label,
-            r.runs,
-            r.runs + r.failures.len(),
-            r.total_time_ms.show(0),
-            r.total_vs_stream.show(2),
-            r.total_vs_floor.show(2),
-            r.total_vs_floor_cold.show(2),
-            r.downtime_ms.show(2),
+            "{} {} | {} | {} | {} ({}) | {} ({}) | {} | {} |\n",
+            lead_cells(r),
             r.pages_transferred.show(0),
             r.network_faults_pct.show(2),
             r.pages_duplicate_max,
@@ -447,14 +464,9 @@ pub fn downtime_table(rows: &[Row]) -> String {
         "| guest MiB | workload | config | runs | downtime ms | total ms | pages sent |\n|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let c = &r.config;
         s.push_str(&format!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} |\n",
-            c.pages / 256,
-            c.workload,
-            c.label,
-            r.runs,
-            r.runs + r.failures.len(),
+            "{} {} | {} | {} |\n",
+            config_cells(r),
             r.downtime_ms.show(2),
             r.total_time_ms.show(0),
             r.pages_transferred.show(0),
@@ -488,19 +500,9 @@ pub fn targets_table(rows: &[Row]) -> String {
         "| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | downtime ms | net faults % | fault p50 µs | fault p99 µs | total ≤ {TARGET_TOTAL_VS_FLOOR}× warm floor | p50 ≤ {TARGET_P50_VS_FLOOR}× fault floor | p99 ≤ {TARGET_P99_VS_FLOOR}× fault floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
-        let c = &r.config;
         s.push_str(&format!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            c.pages / 256,
-            c.workload,
-            c.label,
-            r.runs,
-            r.runs + r.failures.len(),
-            r.total_time_ms.show(0),
-            r.total_vs_stream.show(2),
-            r.total_vs_floor.show(2),
-            r.total_vs_floor_cold.show(2),
-            r.downtime_ms.show(2),
+            "{} {} | {} | {} | {} | {} | {} |\n",
+            lead_cells(r),
             r.network_faults_pct.show(2),
             r.fault_p50_us.show(0),
             r.fault_p99_us.show(0),
