@@ -436,6 +436,22 @@ pub fn measure_stream_floor(
         let start = started?;
         let (end, install) =
             received.map_err(|_| io::Error::other("floor: receiver panicked"))??;
+        // Every page arrived where it belongs (after the timing; all are
+        // present now, so these loads cannot block on the region).
+        let words = PAGE_SIZE / 8;
+        if let Some((i, _)) = dst
+            .words()
+            .iter()
+            .zip(src.words())
+            .enumerate()
+            .step_by(words)
+            .find(|(_, (d, s))| d.load(Ordering::Relaxed) != s.load(Ordering::Relaxed))
+        {
+            return Err(io::Error::other(format!(
+                "floor: page {} arrived corrupted",
+                i / words
+            )));
+        }
         Ok(StreamFloor {
             pages,
             batch_pages,
