@@ -294,10 +294,212 @@ pub fn measure_floor(samples: usize) -> io::Result<FloorReport> {
     })
 }
 
+/// Whether the destination's memory was touched and freed just before
+/// the floor's run (`Warm`: the kernel hands the same frames back) or left
+/// long enough for this VM to return freed memory to its host (`Cold`:
+/// every first touch of a page costs a host fault, as for a destination
+/// allocating fresh guest memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Warmth {
+    /// Pre-touched and freed just before.
+    Warm,
+    /// Fresh: nothing freed in the last [`HOST_RECLAIM_WAIT`].
+    Cold,
+}
+
+/// How long a cold measurement waits first: this VM returns freed memory
+/// to its host (free page reporting) about 2 s after it is freed.
+pub const HOST_RECLAIM_WAIT: Duration = Duration::from_millis(3000);
+
+/// Longest a stream floor may take (per socket operation).
+const STREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The post-copy throughput floor: the guest's bytes streamed over loopback
+/// TCP and installed with UFFDIO_COPY into a registered region, with the
+/// migration's threads (a sender copying pages out of resident source
+/// memory, a receiver installing them, a vCPU thread spinning) on this
+/// host's cores.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StreamFloor {
+    /// Pages streamed.
+    pub pages: u64,
+    /// Pages per send and per UFFDIO_COPY.
+    pub batch_pages: usize,
+    /// Warm or cold destination memory.
+    pub warmth: Warmth,
+    /// First byte sent → last page installed, ms.
+    pub ms: f64,
+    /// Of which inside UFFDIO_COPY, ms.
+    pub install_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Streams `pages` pages in `batch_pages`-page sends over loopback and
+/// installs each batch with one UFFDIO_COPY, while a vCPU thread spins;
+/// `warmth` says how the destination's memory is prepared. Bounded: every
+/// socket operation times out after a minute.
+pub fn measure_stream_floor(
+    pages: u64,
+    batch_pages: usize,
+    warmth: Warmth,
+) -> io::Result<StreamFloor> {
+    let batch_pages = batch_pages.max(1);
+    // The source's memory is resident, as a running guest's is.
+    let src = GuestRegion::new(pages)?;
+    for (i, w) in src.words().iter().step_by(PAGE_SIZE / 8).enumerate() {
+        w.store(i as u64 + 1, Ordering::Relaxed);
+    }
+    match warmth {
+        Warmth::Warm => prewarm(src.len_bytes())?,
+        Warmth::Cold => std::thread::sleep(HOST_RECLAIM_WAIT),
+    }
+    let dst = GuestRegion::new(pages)?;
+    let uffd = probe::open_with(0, "userfaultfd").map_err(io::Error::other)?;
+    sys::register(
+        &uffd,
+        dst.addr(),
+        dst.len_bytes() as u64,
+        sys::REGISTER_MODE_MISSING,
+    )?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
+    let stop = AtomicBool::new(false);
+    let batch_bytes = batch_pages * PAGE_SIZE;
+    let total = dst.len_bytes();
+    std::thread::scope(|scope| -> io::Result<StreamFloor> {
+        let vcpu = std::thread::Builder::new()
+            .name("floor-vcpu".into())
+            .spawn_scoped(scope, || {
+                let until = Instant::now() + STREAM_IO_TIMEOUT;
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    for _ in 0..1000 {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                }
+            })?;
+        let receiver = std::thread::Builder::new()
+            .name("floor-recv".into())
+            .spawn_scoped(scope, || -> io::Result<(Instant, Duration)> {
+                let (mut s, _) = listener.accept()?;
+                s.set_read_timeout(Some(STREAM_IO_TIMEOUT))?;
+                let mut buf = vec![0u8; batch_bytes];
+                let (mut done, mut install) = (0usize, Duration::ZERO);
+                while done < total {
+                    let n = batch_bytes.min(total - done);
+                    s.read_exact(&mut buf[..n])?;
+                    let t0 = Instant::now();
+                    let filled = sys::copy(&uffd, dst.addr() + done as u64, &buf[..n], 0);
+                    install += t0.elapsed();
+                    match filled {
+                        Fill::Done => {}
+                        Fill::Partial(k) => {
+                            return Err(io::Error::other(format!(
+                                "floor: UFFDIO_COPY filled {k} of {n} bytes"
+                            )))
+                        }
+                        Fill::Failed(e) => return Err(e),
+                    }
+                    done += n;
+                }
+                Ok((Instant::now(), install))
+            })?;
+        let send = || -> io::Result<Instant> {
+            let mut c = TcpStream::connect(addr)?;
+            c.set_write_timeout(Some(STREAM_IO_TIMEOUT))?;
+            let mut buf = vec![0u8; batch_bytes];
+            let start = Instant::now();
+            let mut pfn = 0;
+            while pfn < pages {
+                let mut n = 0;
+                for page in buf.chunks_exact_mut(PAGE_SIZE) {
+                    if pfn == pages {
+                        break;
+                    }
+                    src.read_page(pfn, page).map_err(io::Error::other)?;
+                    (pfn, n) = (pfn + 1, n + 1);
+                }
+                c.write_all(&buf[..n * PAGE_SIZE])?;
+            }
+            Ok(start)
+        };
+        let started = send();
+        let received = receiver.join();
+        stop.store(true, Ordering::Relaxed);
+        let _ = vcpu.join();
+        let start = started?;
+        let (end, install) =
+            received.map_err(|_| io::Error::other("floor: receiver panicked"))??;
+        // Every page arrived where it belongs (after the timing; all are
+        // present now, so these loads cannot block on the region).
+        let words = PAGE_SIZE / 8;
+        if let Some((i, _)) = dst
+            .words()
+            .iter()
+            .zip(src.words())
+            .enumerate()
+            .step_by(words)
+            .find(|(_, (d, s))| d.load(Ordering::Relaxed) != s.load(Ordering::Relaxed))
+        {
+            return Err(io::Error::other(format!(
+                "floor: page {} arrived corrupted",
+                i / words
+            )));
+        }
+        Ok(StreamFloor {
+            pages,
+            batch_pages,
+            warmth,
+            ms: ms(end.saturating_duration_since(start)),
+            install_ms: ms(install),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::uffd_available;
+
+    #[test]
+    fn stream_floor_installs_every_page_warm_and_cold() {
+        if !uffd_available("stream_floor_installs_every_page_warm_and_cold") {
+            return;
+        }
+        for warmth in [Warmth::Warm, Warmth::Cold] {
+            let f = measure_stream_floor(1000, 64, warmth).unwrap();
+            println!("{}", serde_json::to_string(&f).unwrap());
+            assert_eq!((f.pages, f.batch_pages, f.warmth), (1000, 64, warmth));
+            assert!(f.ms > 0.0 && f.ms.is_finite());
+            assert!(f.install_ms > 0.0 && f.install_ms <= f.ms);
+        }
+    }
+
+    /// A measurement: `cargo test -p postcopy-uffd --release -- --ignored
+    /// stream_floor_1g --nocapture`.
+    #[test]
+    #[ignore = "benchmark"]
+    fn stream_floor_1g() {
+        if !uffd_available("stream_floor_1g") {
+            return;
+        }
+        let pages = std::env::var("FLOOR_PAGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 18);
+        for batch in [64, postcopy::records::MAX_BATCH_PAGES] {
+            for warmth in [Warmth::Warm, Warmth::Cold, Warmth::Warm] {
+                let f = measure_stream_floor(pages, batch, warmth).unwrap();
+                println!("{}", serde_json::to_string(&f).unwrap());
+            }
+        }
+    }
 
     #[test]
     fn floor_is_measured_and_ordered() {

@@ -69,7 +69,9 @@ mod source;
 mod sys;
 
 pub use dest::{UffdDestination, UffdStats};
-pub use floor::{measure_floor, FloorReport};
+pub use floor::{
+    measure_floor, measure_stream_floor, FloorReport, StreamFloor, Warmth, HOST_RECLAIM_WAIT,
+};
 pub use probe::{probe, unavailable_fix, Capabilities, Opened, ProbeError};
 pub use region::GuestRegion;
 pub use source::RegionSource;

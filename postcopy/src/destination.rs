@@ -46,7 +46,7 @@ use log::{debug, info, warn};
 
 use crate::error::{Error, HookError};
 use crate::memory::{DestinationMemory, FaultOrigin, PageIn};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Part};
 use crate::prepage::StrategySpec;
 use crate::records::{
     BeginBody, Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
@@ -781,6 +781,7 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
 
     /// Accepts and installs `pfns` with their data (`None`: zero pages).
     fn accept(&self, pfns: &[Pfn], data: Option<&[u8]>) -> Result<(), Error> {
+        let t_check = Instant::now();
         {
             let mut rx = lock(&self.received);
             // Checked in full before any is marked: a rejected record
@@ -833,8 +834,12 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
             }
             None => pfns.iter().map(|&p| (p, PageIn::Zero)).collect(),
         };
-        self.mem.install_batch(&batch)?;
+        self.metrics.add_time(Part::Bookkeeping, t_check.elapsed());
+        let t_install = Instant::now();
+        let installed = self.mem.install_batch(&batch);
         let now = Instant::now();
+        self.metrics.add_time(Part::Install, now - t_install);
+        installed?;
         {
             let mut pending = lock(&self.pending);
             for p in pfns {
@@ -851,6 +856,8 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         if *left == 0 {
             self.all_in.notify_all();
         }
+        drop(left);
+        self.metrics.add_time(Part::Bookkeeping, now.elapsed());
         Ok(())
     }
 
@@ -1201,7 +1208,13 @@ fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
         }
-        match bulk.next_record()? {
+        let t0 = Instant::now();
+        let (rec, wire) = bulk.next_record_timed();
+        shared.metrics.add_time(Part::Wire, wire);
+        shared
+            .metrics
+            .add_time(Part::Decode, t0.elapsed().saturating_sub(wire));
+        match rec? {
             Record::PageData { cause, pfns, data }
                 if matches!(cause, Cause::Push | Cause::Resend)
                     || (shared.in_band && cause == Cause::Fault) =>

@@ -65,6 +65,77 @@ pub struct Metrics {
     /// The same sum per origin (vCPU, foreign), in microseconds.
     block_by_origin: Mutex<BTreeMap<FaultOrigin, u64>>,
     fault_latency: Mutex<Histogram<u64>>,
+    /// Time spent in each [`Part`], in nanoseconds.
+    part_ns: [AtomicU64; Part::ALL.len()],
+}
+
+/// A part of the post-copy phase that a side's threads spend time in,
+/// timed per record or batch (never per page) by the engine, so a report
+/// shows where the time goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Destination: inside the read system calls of the record reader,
+    /// i.e. waiting for bytes on the wire plus the kernel's copy out of
+    /// the socket.
+    Wire,
+    /// Destination: parsing and checking a record once its bytes are in.
+    Decode,
+    /// Destination: the backend's install of a batch (UFFDIO_COPY, a
+    /// hypercall), net of [`Part::Hash`].
+    Install,
+    /// Destination: hashing installed pages for the integrity check, done
+    /// inside the install call by the adapter and reported by it.
+    Hash,
+    /// Destination: the received-map, pending faults and progress
+    /// bookkeeping around each install.
+    Bookkeeping,
+    /// Source: copying pages out of guest memory.
+    ReadGuest,
+    /// Source: the zero-page check and building the record.
+    Encode,
+    /// Source: writing records to the socket (includes waiting for room).
+    Send,
+    /// Source: choosing the next push batch (the pre-pager, under its lock).
+    Schedule,
+    /// Source: the push giving way to outstanding fault replies.
+    Yield,
+    /// Source: the push sleeping with nothing to send (bandwidth cap,
+    /// pre-pager idle).
+    Idle,
+}
+
+impl Part {
+    /// Every part, in report order.
+    pub const ALL: [Part; 11] = [
+        Part::Wire,
+        Part::Decode,
+        Part::Install,
+        Part::Hash,
+        Part::Bookkeeping,
+        Part::ReadGuest,
+        Part::Encode,
+        Part::Send,
+        Part::Schedule,
+        Part::Yield,
+        Part::Idle,
+    ];
+
+    /// The report key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Wire => "wire",
+            Part::Decode => "decode",
+            Part::Install => "install",
+            Part::Hash => "hash",
+            Part::Bookkeeping => "bookkeeping",
+            Part::ReadGuest => "read_guest",
+            Part::Encode => "encode",
+            Part::Send => "send",
+            Part::Schedule => "schedule",
+            Part::Yield => "yield",
+            Part::Idle => "idle",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -109,6 +180,7 @@ impl Metrics {
                 Histogram::new_with_bounds(1, 100_000_000, 3)
                     .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
             ),
+            part_ns: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -166,6 +238,48 @@ impl Metrics {
         self.fault_block_us.load(Ordering::Relaxed) / 1000
     }
 
+    /// Adds `d` to the time spent in `part`.
+    pub fn add_time(&self, part: Part, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.part_ns[part as usize].fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Runs `f`, adding its duration to `part`.
+    pub fn timed<T>(&self, part: Part, f: impl FnOnce() -> T) -> T {
+        let t0 = std::time::Instant::now();
+        let out = f();
+        self.add_time(part, t0.elapsed());
+        out
+    }
+
+    /// Time per part in ms (parts never timed are left out), with
+    /// `install` net of `hash` (which the adapter times inside it) and
+    /// `other` = the post-copy phase minus the destination's parts (the
+    /// time its threads spent outside every timed part: scheduling
+    /// waits, wake-ups, the fault forwarder's polls).
+    pub fn breakdown_ms(&self) -> BTreeMap<String, f64> {
+        let ns = |p: Part| self.part_ns[p as usize].load(Ordering::Relaxed);
+        let mut out = BTreeMap::new();
+        for p in Part::ALL {
+            let mut v = ns(p);
+            if p == Part::Install {
+                v = v.saturating_sub(ns(Part::Hash));
+            }
+            if v > 0 {
+                out.insert(p.name().to_string(), v as f64 / 1e6);
+            }
+        }
+        let dest: u64 = [Part::Wire, Part::Decode, Part::Install, Part::Bookkeeping]
+            .iter()
+            .map(|&p| ns(p))
+            .sum();
+        let phase_ns = self.postcopy_time_us.load(Ordering::Relaxed) * 1000;
+        if dest > 0 && phase_ns > 0 {
+            out.insert("other".into(), phase_ns.saturating_sub(dest) as f64 / 1e6);
+        }
+        out
+    }
+
     /// Sets a duration gauge.
     pub fn set_duration(gauge: &AtomicU64, d: Duration) {
         gauge.store(us(d), Ordering::Relaxed);
@@ -210,7 +324,33 @@ impl Metrics {
             outage_ms: get(&self.outage_us) as f64 / 1000.0,
             fault_latency_us: lat,
             blocktime_ms: self.blocktime_by_origin(),
+            breakdown_ms: self.breakdown_ms(),
         }
+    }
+}
+
+/// Adds the time from its creation to its drop to a [`Part`].
+#[derive(Debug)]
+pub struct PartTimer<'m> {
+    metrics: &'m Metrics,
+    part: Part,
+    start: std::time::Instant,
+}
+
+impl<'m> PartTimer<'m> {
+    /// Starts timing `part`.
+    pub fn new(metrics: &'m Metrics, part: Part) -> PartTimer<'m> {
+        PartTimer {
+            metrics,
+            part,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for PartTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.add_time(self.part, self.start.elapsed());
     }
 }
 
@@ -292,6 +432,11 @@ pub struct EngineReport {
     /// `foreign`), in ms (destination only).
     #[serde(default)]
     pub blocktime_ms: BTreeMap<String, f64>,
+    /// Time per [`Part`] of the post-copy phase, in ms, from the engine's
+    /// own timers (see [`Metrics::breakdown_ms`]); parts never timed are
+    /// absent.
+    #[serde(default)]
+    pub breakdown_ms: BTreeMap<String, f64>,
 }
 
 impl fmt::Display for EngineReport {
@@ -350,6 +495,15 @@ impl fmt::Display for EngineReport {
                 .collect();
             writeln!(f, "  {:<22} {}", "blocktime", per.join(", "))?;
         }
+        if !self.breakdown_ms.is_empty() {
+            let per: Vec<String> = Part::ALL
+                .iter()
+                .map(|p| p.name())
+                .chain(["other"])
+                .filter_map(|k| self.breakdown_ms.get(k).map(|v| format!("{k} {v:.1} ms")))
+                .collect();
+            writeln!(f, "  {:<22} {}", "time by part", per.join(", "))?;
+        }
         Ok(())
     }
 }
@@ -383,5 +537,24 @@ mod tests {
         assert_eq!(json["pages_transferred"], 15);
         assert!(json["fault_latency_us"]["p99"].is_u64());
         assert!(r.to_string().contains("pushed 10, faulted 3"));
+    }
+
+    #[test]
+    fn breakdown_nets_hash_out_of_install_and_leaves_the_rest_as_other() {
+        let m = Metrics::new();
+        assert!(m.breakdown_ms().is_empty());
+        Metrics::set_duration(&m.postcopy_time_us, Duration::from_millis(100));
+        m.add_time(Part::Wire, Duration::from_millis(30));
+        m.add_time(Part::Install, Duration::from_millis(50));
+        m.add_time(Part::Hash, Duration::from_millis(20));
+        let v = m.timed(Part::Send, || 7);
+        assert_eq!(v, 7);
+        let b = m.snapshot().breakdown_ms;
+        assert_eq!(b["wire"], 30.0);
+        assert_eq!(b["install"], 30.0);
+        assert_eq!(b["hash"], 20.0);
+        assert_eq!(b["other"], 20.0);
+        assert!(b.contains_key("send") && !b.contains_key("decode"));
+        assert!(m.snapshot().to_string().contains("time by part"));
     }
 }

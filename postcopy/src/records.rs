@@ -731,6 +731,9 @@ pub struct RecordReader<R> {
     buf: Vec<u8>,
     guest_pfns: Option<u64>,
     bytes: u64,
+    /// Time spent in the stream's read calls (timed per call of
+    /// `read_exact_or`: twice per record, never per page).
+    read_time: std::time::Duration,
 }
 
 fn read_exact_or(r: &mut impl Read, buf: &mut [u8], at_start: bool) -> RecordResult<()> {
@@ -760,6 +763,7 @@ impl<R: Read> RecordReader<R> {
             buf: Vec::new(),
             guest_pfns,
             bytes: 0,
+            read_time: std::time::Duration::ZERO,
         }
     }
 
@@ -778,17 +782,47 @@ impl<R: Read> RecordReader<R> {
         &mut self.inner
     }
 
+    /// [`next_record`](Self::next_record), also returning the time this
+    /// call spent inside the stream's read calls (waiting for bytes plus
+    /// the copy out of the stream).
+    pub fn next_record_timed(&mut self) -> (RecordResult<Record<'_>>, std::time::Duration) {
+        let before = self.read_time;
+        let frame = self.read_frame();
+        let took = self.read_time.saturating_sub(before);
+        (
+            frame.and_then(|(rtype, len)| self.decode_frame(rtype, len)),
+            took,
+        )
+    }
+
     /// Reads and validates the next record. A BEGIN record sets the pfn
     /// bound for the records after it.
     pub fn next_record(&mut self) -> RecordResult<Record<'_>> {
+        let (rtype, len) = self.read_frame()?;
+        self.decode_frame(rtype, len)
+    }
+
+    /// Reads one record's header, body and padding into the buffer,
+    /// timing the read calls (twice per record, never per page).
+    fn read_frame(&mut self) -> RecordResult<(RecordType, usize)> {
         let mut hdr = [0u8; 8];
-        read_exact_or(&mut self.inner, &mut hdr, true)?;
+        let t0 = std::time::Instant::now();
+        let got = read_exact_or(&mut self.inner, &mut hdr, true);
+        self.read_time += t0.elapsed();
+        got?;
         let (rtype, len) = parse_header(&hdr)?;
         let padded = len + padding(len);
         self.buf.resize(padded, 0);
-        read_exact_or(&mut self.inner, &mut self.buf[..padded], false)?;
+        let t0 = std::time::Instant::now();
+        let got = read_exact_or(&mut self.inner, &mut self.buf[..padded], false);
+        self.read_time += t0.elapsed();
+        got?;
         self.bytes += 8 + padded as u64;
-        if self.buf[len..padded].iter().any(|&b| b != 0) {
+        Ok((rtype, len))
+    }
+
+    fn decode_frame(&mut self, rtype: RecordType, len: usize) -> RecordResult<Record<'_>> {
+        if self.buf[len..].iter().any(|&b| b != 0) {
             return Err(RecordError::NonZeroReserved { name: rtype.name() });
         }
         let rec = decode(rtype, &self.buf[..len], self.guest_pfns)?;

@@ -34,7 +34,7 @@ use log::{debug, info, warn};
 
 use crate::error::{DestinationCause, Error, HookError};
 use crate::memory::{runs_from_sorted, PfnRun, SourceMemory};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Part, PartTimer};
 use crate::prepage::StrategySpec;
 use crate::records::{
     BeginBody, Cause, Record, RecordReader, RecordType, RecordWriter, MAX_BATCH_PAGES,
@@ -195,9 +195,20 @@ pub fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
     buf: &mut Vec<u8>,
     metrics: &Metrics,
 ) -> Result<(), Error> {
+    // Timed by part after the switch only (per batch, not per page).
+    let timed = cause != Cause::Precopy;
+    let mut t = Instant::now();
+    let mut lap = |part: Part| {
+        if timed {
+            let now = Instant::now();
+            metrics.add_time(part, now - t);
+            t = now;
+        }
+    };
     for chunk in pfns.chunks(MAX_BATCH_PAGES) {
         buf.resize(chunk.len() * PAGE_SIZE, 0);
         mem.read_pages(chunk, buf)?;
+        lap(Part::ReadGuest);
         let mut data_pfns = Vec::with_capacity(chunk.len());
         let mut zero_pfns = Vec::new();
         let mut data = Vec::with_capacity(buf.len());
@@ -209,12 +220,14 @@ pub fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
                 data.extend_from_slice(page);
             }
         }
+        lap(Part::Encode);
         if !data_pfns.is_empty() {
             out.page_data(cause, &data_pfns, &data)?;
         }
         if !zero_pfns.is_empty() {
             out.pfn_list(RecordType::Zero, &zero_pfns)?;
         }
+        lap(Part::Send);
         let counter = match cause {
             Cause::Push => &metrics.pages_pushed,
             Cause::Fault => &metrics.pages_faulted,
@@ -1181,12 +1194,13 @@ fn push_loop<M: SourceMemory + ?Sized>(
         if let Some(p) = &pacer {
             let w = p.wait(Instant::now());
             if !w.is_zero() {
-                std::thread::sleep(w.min(PACE_STEP));
+                metrics.timed(Part::Idle, || std::thread::sleep(w.min(PACE_STEP)));
                 continue;
             }
         }
         // Faults first: a reply being written goes ahead of this batch.
         if shared.outstanding.load(Ordering::Acquire) > 0 {
+            let _yield = PartTimer::new(metrics, Part::Yield);
             if in_band {
                 // Sleep, never spin: on the Xen host dom0's CPUs are few.
                 let until = Instant::now() + REPLY_FIRST;
@@ -1198,6 +1212,7 @@ fn push_loop<M: SourceMemory + ?Sized>(
             }
         }
         let (step, unsent) = {
+            let _schedule = PartTimer::new(metrics, Part::Schedule);
             let mut s = lock(&shared.sched);
             let quiet_ms = ms(shared.epoch.elapsed())
                 .saturating_sub(shared.last_fault_ms.load(Ordering::Relaxed));
@@ -1233,7 +1248,9 @@ fn push_loop<M: SourceMemory + ?Sized>(
                     p(owed - unsent, owed);
                 }
             }
-            PushStep::Idle(_) => std::thread::sleep(Duration::from_millis(1)),
+            PushStep::Idle(_) => {
+                metrics.timed(Part::Idle, || std::thread::sleep(Duration::from_millis(1)));
+            }
             PushStep::Done => break,
         }
     }

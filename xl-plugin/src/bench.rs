@@ -7,6 +7,7 @@
 //!
 //! Writes `bench.json` (every run) and SVG charts under the results folder.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -86,6 +87,22 @@ pub struct Row {
     pub total_time_ms: Spread,
     /// Total time ÷ the same run's plain loopback stream of the guest bytes.
     pub total_vs_stream: Spread,
+    /// Total time ÷ the same run's warm post-copy floor
+    /// ([`postcopy_uffd::measure_stream_floor`], destination memory
+    /// pre-touched and freed just before).
+    pub total_vs_floor: Spread,
+    /// Total time ÷ the same run's cold post-copy floor (fresh
+    /// destination memory, every first touch a host fault).
+    pub total_vs_floor_cold: Spread,
+    /// The warm post-copy floor, ms.
+    pub floor_warm_ms: Spread,
+    /// The cold post-copy floor, ms.
+    pub floor_cold_ms: Spread,
+    /// The destination's post-copy phase by part, ms (`breakdown_ms` of
+    /// the destination engine's report).
+    pub dest_breakdown_ms: BTreeMap<String, Spread>,
+    /// The source's post-copy time by part, ms.
+    pub source_breakdown_ms: BTreeMap<String, Spread>,
     /// Downtime, ms.
     pub downtime_ms: Spread,
     /// Pages sent.
@@ -127,6 +144,27 @@ pub struct BenchOpts {
     pub out: PathBuf,
     /// Extra args to every run.
     pub extra: Vec<String>,
+    /// Measure the warm and cold post-copy floors after every run.
+    pub floors: bool,
+}
+
+/// The warm and cold post-copy floors of `pages` pages, in ms (NaN for a
+/// floor that could not be measured, e.g. without userfaultfd), in the
+/// engine's largest record size. Cold waits for freed memory to go back to
+/// the host first.
+pub fn post_copy_floors_ms(pages: u64) -> (f64, f64) {
+    let one =
+        |w| match postcopy_uffd::measure_stream_floor(pages, postcopy::records::MAX_BATCH_PAGES, w)
+        {
+            Ok(f) => f.ms,
+            Err(e) => {
+                log::warn!("post-copy floor ({w:?}) not measured: {e}");
+                f64::NAN
+            }
+        };
+    let warm = one(postcopy_uffd::Warmth::Warm);
+    let cold = one(postcopy_uffd::Warmth::Cold);
+    (warm, cold)
 }
 
 /// The matrix of configurations.
@@ -209,6 +247,7 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     let mut ratios = Vec::new();
+    let (mut floor_warm, mut floor_cold) = (Vec::new(), Vec::new());
     for _ in 0..o.runs {
         let out = Command::new(exe)
             .arg("local")
@@ -225,6 +264,11 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
                     // The baseline stream right after the run, same load.
                     if let Ok(ms) = plain_stream_ms(c.pages * 4096) {
                         ratios.push(num(&v, &["total_time_ms"]) / ms);
+                    }
+                    if o.floors {
+                        let (warm, cold) = post_copy_floors_ms(c.pages);
+                        floor_warm.push(warm);
+                        floor_cold.push(cold);
                     }
                     reports.push(v);
                 }
@@ -251,12 +295,45 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
     let vs = |a: &[&str], b: &[&str]| {
         Spread::of(reports.iter().map(|r| num(r, a) / num(r, b)).collect())
     };
+    let vs_floor = |floors: &[f64]| {
+        Spread::of(
+            reports
+                .iter()
+                .zip(floors)
+                .map(|(r, f)| num(r, &["total_time_ms"]) / f)
+                .collect(),
+        )
+    };
+    let parts = |path: &[&str]| -> BTreeMap<String, Spread> {
+        let mut keys: Vec<String> = reports
+            .iter()
+            .filter_map(|r| path.iter().try_fold(r, |v, p| v.get(p)))
+            .filter_map(Value::as_object)
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| {
+                let mut p = path.to_vec();
+                p.push(&k);
+                let s = col(&p);
+                (k, s)
+            })
+            .collect()
+    };
     Row {
         config: c.clone(),
         runs: reports.len(),
         failures,
         total_time_ms: col(&["total_time_ms"]),
         total_vs_stream: Spread::of(ratios),
+        total_vs_floor: vs_floor(&floor_warm),
+        total_vs_floor_cold: vs_floor(&floor_cold),
+        floor_warm_ms: Spread::of(floor_warm),
+        floor_cold_ms: Spread::of(floor_cold),
+        dest_breakdown_ms: parts(&["destination", "engine", "breakdown_ms"]),
+        source_breakdown_ms: parts(&["source", "breakdown_ms"]),
         downtime_ms: col(&["downtime_ms"]),
         pages_transferred: col(&["pages_transferred"]),
         network_faults_pct: pct,
@@ -287,23 +364,42 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
     }
 }
 
+/// Size (MiB), workload, config, runs (successful/all), with a trailing `|`.
+fn config_cells(r: &Row) -> String {
+    let c = &r.config;
+    format!(
+        "| {} | {} | {} | {}/{} |",
+        c.pages / 256,
+        c.workload,
+        c.label,
+        r.runs,
+        r.runs + r.failures.len()
+    )
+}
+
+/// The cells every table starts with: size, workload, config, runs, total
+/// time, ×stream, ×floor warm and cold, downtime (and a trailing `|`).
+fn lead_cells(r: &Row) -> String {
+    format!(
+        "{} {} | {} | {} | {} | {} |",
+        config_cells(r),
+        r.total_time_ms.show(0),
+        r.total_vs_stream.show(2),
+        r.total_vs_floor.show(2),
+        r.total_vs_floor_cold.show(2),
+        r.downtime_ms.show(2),
+    )
+}
+
 /// The side-by-side table.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
-    s.push_str("| MiB | workload | config | runs | total ms | ×stream | downtime ms | pages sent | net faults % | dup | fault p50 µs (×floor) | fault p99 µs (×floor) | degr. % | integrity |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | downtime ms | pages sent | net faults % | dup | fault p50 µs (×floor) | fault p99 µs (×floor) | degr. % | integrity |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
-        let c = &r.config;
         s.push_str(&format!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} |\n",
-            c.pages / 256,
-            c.workload,
-            c.label,
-            r.runs,
-            r.runs + r.failures.len(),
-            r.total_time_ms.show(0),
-            r.total_vs_stream.show(2),
-            r.downtime_ms.show(2),
+            "{} {} | {} | {} | {} ({}) | {} ({}) | {} | {} |\n",
+            lead_cells(r),
             r.pages_transferred.show(0),
             r.network_faults_pct.show(2),
             r.pages_duplicate_max,
@@ -315,7 +411,106 @@ pub fn table(rows: &[Row]) -> String {
             if r.integrity_ok { "ok" } else { "FAIL" },
         ));
     }
-    s.push_str("\nEach cell: median [min..max] over the runs. ×stream: total time ÷ a plain loopback TCP stream of the guest's bytes measured right after each run; ×floor: vCPU fault latency ÷ the same run's floor (bare uffd round trip + 16 B/4 KiB loopback exchange, spinning handlers).\n");
+    s.push_str("\nEach cell: median [min..max] over the runs. ×stream: total time ÷ a plain loopback TCP stream of the guest's bytes measured right after each run; ×floor warm/cold: total time ÷ the post-copy floor measured right after each run (the guest's bytes streamed over loopback and installed with UFFDIO_COPY in 4 MiB batches, a vCPU thread spinning; destination memory pre-touched and freed just before = warm, fresh after a 3 s wait = cold); fault ×floor: vCPU fault latency ÷ the same run's fault floor (bare uffd round trip + 16 B/4 KiB loopback exchange, spinning handlers).\n");
+    s.push('\n');
+    s.push_str(&breakdown_table(rows));
+    s
+}
+
+/// The destination's post-copy phase and the source's push by part:
+/// median ms over the runs, largest parts first as in the engine's order.
+pub fn breakdown_table(rows: &[Row]) -> String {
+    let cell = |m: &BTreeMap<String, Spread>, keys: &[&str]| -> String {
+        keys.iter()
+            .filter_map(|k| m.get(*k).map(|v| format!("{k} {:.0}", v.median)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = String::from(
+        "| MiB | workload | config | post-copy ms | destination by part, ms | source by part, ms |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let c = &r.config;
+        let phase = Spread::of(
+            r.reports
+                .iter()
+                .map(|v| num(v, &["destination", "engine", "postcopy_time_ms"]))
+                .collect(),
+        );
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} | {} |\n",
+            c.pages / 256,
+            c.workload,
+            c.label,
+            phase.median,
+            cell(
+                &r.dest_breakdown_ms,
+                &["wire", "decode", "install", "hash", "bookkeeping", "other"]
+            ),
+            cell(
+                &r.source_breakdown_ms,
+                &["read_guest", "encode", "send", "schedule", "yield", "idle"]
+            ),
+        ));
+    }
+    s.push_str("\nMedian ms per part over the runs, from the engines' own timers (per record or batch). Destination: wire = inside the socket reads (waiting for bytes + the kernel's copy), decode = record parsing, install = UFFDIO_COPY, hash = the integrity hash of installed pages (local mode's check), bookkeeping = received-map and fault bookkeeping, other = the rest of the phase (its threads between timed parts). Source: read_guest = copying pages out of guest memory, encode = zero check + record building, send = socket writes (including waiting for room), schedule = the pre-pager choosing, yield = giving way to fault replies, idle = nothing to send.\n");
+    s
+}
+
+/// Downtime and pages sent per guest size and configuration (the size
+/// sweep's table).
+pub fn downtime_table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| guest MiB | workload | config | runs | downtime ms | total ms | pages sent |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{} {} | {} | {} |\n",
+            config_cells(r),
+            r.downtime_ms.show(2),
+            r.total_time_ms.show(0),
+            r.pages_transferred.show(0),
+        ));
+    }
+    s
+}
+
+/// The issue-20 targets for local mode.
+pub const TARGET_TOTAL_VS_FLOOR: f64 = 1.5;
+/// vCPU fault latency p99 ÷ fault floor p99.
+pub const TARGET_P99_VS_FLOOR: f64 = 3.0;
+/// vCPU fault latency p50 ÷ fault floor p50.
+pub const TARGET_P50_VS_FLOOR: f64 = 1.1;
+
+/// `met` or `not met (median)` for a median against a bound.
+fn status(v: Spread, bound: f64) -> String {
+    if v.median <= 0.0 || !v.median.is_finite() {
+        "not measured".into()
+    } else if v.median <= bound {
+        format!("met ({:.2})", v.median)
+    } else {
+        format!("**not met** ({:.2})", v.median)
+    }
+}
+
+/// The README's per-row summary: the figures with their targets' status
+/// (met or not, on the medians).
+pub fn targets_table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | downtime ms | net faults % | fault p50 µs | fault p99 µs | total ≤ {TARGET_TOTAL_VS_FLOOR}× warm floor | p50 ≤ {TARGET_P50_VS_FLOOR}× fault floor | p99 ≤ {TARGET_P99_VS_FLOOR}× fault floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{} {} | {} | {} | {} | {} | {} |\n",
+            lead_cells(r),
+            r.network_faults_pct.show(2),
+            r.fault_p50_us.show(0),
+            r.fault_p99_us.show(0),
+            status(r.total_vs_floor, TARGET_TOTAL_VS_FLOOR),
+            status(r.p50_vs_floor, TARGET_P50_VS_FLOOR),
+            status(r.p99_vs_floor, TARGET_P99_VS_FLOOR),
+        ));
+    }
     s
 }
 
@@ -413,6 +608,12 @@ pub fn run(exe: &Path, o: &BenchOpts) -> Result<Vec<Row>, String> {
     let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
     std::fs::write(o.out.join("bench.json"), json).map_err(|e| e.to_string())?;
     std::fs::write(o.out.join("bench.md"), table(&rows)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        o.out.join("targets.md"),
+        format!("{}\n{}", targets_table(&rows), breakdown_table(&rows)),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(o.out.join("downtime.md"), downtime_table(&rows)).map_err(|e| e.to_string())?;
     let charts: [(&str, &str, Pick); 4] = [
         ("total-time.svg", "total time (ms)", |r| r.total_time_ms),
         ("network-faults.svg", "network faults (% of pages)", |r| {
@@ -446,10 +647,24 @@ mod tests {
             runs: 1,
             out: PathBuf::from("/nonexistent"),
             extra: vec![],
+            floors: false,
         };
         let m = matrix(&o);
         assert_eq!(m.len(), 2 * (2 + 2));
         assert!(m.iter().any(|c| c.label == "precopy" && c.pages == 2));
+    }
+
+    #[test]
+    fn target_status_is_judged_on_the_median() {
+        let sp = |median| Spread {
+            min: 0.5,
+            median,
+            max: 9.0,
+        };
+        assert_eq!(status(sp(1.5), 1.5), "met (1.50)");
+        assert_eq!(status(sp(1.51), 1.5), "**not met** (1.51)");
+        assert_eq!(status(Spread::default(), 1.5), "not measured");
+        assert_eq!(status(sp(f64::NAN), 1.5), "not measured");
     }
 
     #[test]

@@ -137,6 +137,10 @@ struct BenchArgs {
     /// Skip the pre-copy and hybrid baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Skip the post-copy floors (warm and cold, ~2 × the stream time + 3 s
+    /// per run).
+    #[arg(long)]
+    no_floors: bool,
     /// Runs per configuration.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
     runs: u64,
@@ -457,6 +461,7 @@ fn main() -> Result<ExitCode> {
                 runs: usize::try_from(b.runs)?,
                 out: b.out.clone(),
                 extra: vec![format!("--warmup={}", b.warmup)],
+                floors: !b.no_floors,
             };
             let rows = xl_plugin::bench::run(&exe, &opts).map_err(anyhow::Error::msg)?;
             print!("{}", xl_plugin::bench::table(&rows));

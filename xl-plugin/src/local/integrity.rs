@@ -46,6 +46,8 @@ pub fn image_digest(pages: u64, mut read: impl FnMut(Pfn, &mut [u8])) -> u64 {
 pub struct HashingDestination<D> {
     inner: D,
     hashes: Vec<AtomicU64>,
+    /// Time spent hashing installed pages (after the switch), in ns.
+    install_hash_ns: AtomicU64,
 }
 
 impl<D: DestinationMemory> HashingDestination<D> {
@@ -55,7 +57,21 @@ impl<D: DestinationMemory> HashingDestination<D> {
         HashingDestination {
             inner,
             hashes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            install_hash_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Time spent hashing pages inside `install`/`install_zero` (the
+    /// engine's install timer includes it; see `Part::Hash`).
+    pub fn install_hash_time(&self) -> Duration {
+        Duration::from_nanos(self.install_hash_ns.load(Ordering::Relaxed))
+    }
+
+    fn timed_record(&self, f: impl FnOnce()) {
+        let t0 = std::time::Instant::now();
+        f();
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.install_hash_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn record(&self, pfn: Pfn, page: Option<&[u8]>) {
@@ -107,9 +123,11 @@ impl<D: DestinationMemory> DestinationMemory for HashingDestination<D> {
     fn install(&self, first: Pfn, pages: &[u8]) -> MemResult<Installed> {
         let r = self.inner.install(first, pages)?;
         if r == Installed::Installed {
-            for (k, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-                self.record(first + k as u64, Some(page));
-            }
+            self.timed_record(|| {
+                for (k, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+                    self.record(first + k as u64, Some(page));
+                }
+            });
         }
         Ok(r)
     }
@@ -117,7 +135,7 @@ impl<D: DestinationMemory> DestinationMemory for HashingDestination<D> {
     fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
         let r = self.inner.install_zero(pfn)?;
         if r == Installed::Installed {
-            self.record(pfn, None);
+            self.timed_record(|| self.record(pfn, None));
         }
         Ok(r)
     }

@@ -115,6 +115,20 @@ pub struct LocalReport {
     pub destination: DestSummary,
 }
 
+/// `name ms` per part of a breakdown, largest first.
+fn parts(b: &std::collections::BTreeMap<String, f64>) -> String {
+    let mut v: Vec<(&String, &f64)> = b.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    if v.is_empty() {
+        return "not timed".into();
+    }
+    v.iter()
+        .map(|(k, ms)| format!("{k} {ms:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+        + " ms"
+}
+
 impl fmt::Display for LocalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mib = self.guest_pages as f64 * 4096.0 / 1_048_576.0;
@@ -187,6 +201,15 @@ impl fmt::Display for LocalReport {
                     100.0 * self.degradation
                 ),
             ),
+            (
+                "post-copy phase (dest)",
+                format!(
+                    "{:.1} ms: {}",
+                    self.destination.engine.postcopy_time_ms,
+                    parts(&self.destination.engine.breakdown_ms)
+                ),
+            ),
+            ("post-copy time (source)", parts(&self.source.breakdown_ms)),
             ("bytes sent", self.bytes_sent.to_string()),
             (
                 "integrity",

@@ -18,7 +18,7 @@ use log::{info, warn};
 use postcopy::destination::{run_destination_recoverable, DestConfig, DestFailure, GuestResume};
 use postcopy::error::HookError;
 use postcopy::memory::PfnRun;
-use postcopy::metrics::Metrics;
+use postcopy::metrics::{Metrics, Part};
 use postcopy::prepage::StrategySpec;
 use postcopy::recovery::Recovery;
 use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
@@ -747,6 +747,7 @@ pub fn run_receiver_with(
             }
         }
     }
+    metrics.add_time(Part::Hash, mem.install_hash_time());
     let engine = metrics.snapshot();
     let summary = DestSummary {
         digest: mem.digest(),
