@@ -160,9 +160,13 @@ pub extern "C" fn libxl_postcopy_precopy_policy(
     iteration: std::ffi::c_uint,
     dirty_count: std::ffi::c_long,
 ) -> c_int {
-    let out = catch_unwind(|| {
-        crate::precopy::policy_call(domid, precopy_rounds, iteration, i64::from(dirty_count))
-    });
+    #[allow(
+        clippy::useless_conversion,
+        reason = "c_long is i64 here, i32 on 32-bit targets"
+    )]
+    let dirty_count = i64::from(dirty_count);
+    let out =
+        catch_unwind(|| crate::precopy::policy_call(domid, precopy_rounds, iteration, dirty_count));
     match out {
         Ok(switch) => c_int::from(switch),
         Err(_) => {

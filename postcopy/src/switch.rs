@@ -216,17 +216,17 @@ impl FromStr for PostcopyAfter {
 mod tests {
     use super::*;
 
-    fn run(rule: SwitchRule, sent_first: u64, dirty: &[u64]) -> (u32, Decision) {
+    fn run(rule: SwitchRule, sent_first: u64, dirty: &[u64]) -> (usize, Decision) {
         let mut a = AutoSwitch::new(rule);
         let mut sent = sent_first;
         for &d in dirty {
             let dec = a.round_done(sent, d, Duration::from_millis(100));
             if dec != Decision::Continue {
-                return (a.history().len() as u32, dec);
+                return (a.history().len(), dec);
             }
             sent = d;
         }
-        (a.history().len() as u32, Decision::Continue)
+        (a.history().len(), Decision::Continue)
     }
 
     #[test]
