@@ -1266,7 +1266,8 @@ fn auto_switch_findings(result: &ExperimentResult, cases: &[(String, Workload)])
             continue;
         };
         out.push(format!(
-            "{name}: auto switched after {auto_rounds} rounds owing {auto_owed} pages, {:.2} s; best fixed {} {:.2} s (owing {}), worst {} {:.2} s (owing {})",
+            "{name}: auto switched after {auto_rounds} round{} owing {auto_owed} pages, {:.2} s; best fixed {} {:.2} s (owing {}), worst {} {:.2} s (owing {})",
+            if auto_rounds == 1 { "" } else { "s" },
             auto_ms / 1e3,
             best.0,
             best.1 / 1e3,
