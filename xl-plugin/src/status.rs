@@ -282,6 +282,17 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_request_is_the_file_the_save_helper_checks() {
+        let dir = std::env::temp_dir().join(format!("xl-postcopy-switch-{}", std::process::id()));
+        let path = request_switch("7", &dir).expect("request");
+        assert_eq!(path, postcopy::switch::switch_request_path(&dir, 7));
+        assert!(path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = request_switch("7", Path::new("/proc/xen-postcopy")).unwrap_err();
+        assert!(matches!(e, StatusError::Request { .. }), "{e}");
+    }
+
+    #[test]
     fn an_active_snapshot_of_a_dead_process_is_stale() {
         let mut s = Status {
             status: POSTCOPY_ACTIVE.into(),
