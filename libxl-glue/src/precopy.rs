@@ -54,7 +54,7 @@ impl Policy {
     pub fn step(&mut self, iteration: u32, dirty_count: i64, now: Instant) -> bool {
         if std::fs::remove_file(&self.request).is_ok() {
             info!(
-                "domain {}: {} after {iteration} rounds",
+                "domain {}: {} after pre-copy round {iteration}",
                 self.domid,
                 Reason::Requested
             );
@@ -86,6 +86,9 @@ static POLICY: Mutex<Option<Policy>> = Mutex::new(None);
 
 /// The body of [`crate::ffi::libxl_postcopy_precopy_policy`].
 pub fn policy_call(domid: u32, rounds: u32, iteration: u32, dirty_count: i64) -> bool {
+    // No session yet (pre-copy runs before save_begin): decisions go to
+    // the helper's stderr, which libxl logs with the migration.
+    crate::xtl::install();
     let now = Instant::now();
     let mut g = POLICY.lock().unwrap_or_else(|p| p.into_inner());
     let fresh = iteration == 0 && dirty_count >= 0;

@@ -164,10 +164,13 @@ impl AutoSwitch {
             duration,
         });
         let d = self.rule.decide(&self.history);
-        if let Decision::Switch(reason) = d {
-            log::info!(
-                "auto switch after round {round} ({sent} sent, {dirtied} dirtied): {reason}"
-            );
+        match d {
+            Decision::Switch(reason) => log::info!(
+                "auto switch after pre-copy round {round} ({sent} pages sent, {dirtied} dirtied in {duration:?}): {reason}"
+            ),
+            Decision::Continue => log::debug!(
+                "pre-copy round {round}: {sent} pages sent, {dirtied} dirtied in {duration:?}: continue"
+            ),
         }
         d
     }
