@@ -58,7 +58,7 @@
 #include <xenctrl.h>
 #include <xentoollog.h>
 
-#define LIBXL_POSTCOPY_ABI_VERSION 1
+#define LIBXL_POSTCOPY_ABI_VERSION 2
 #define LIBXL_POSTCOPY_SONAME "libxl_postcopy.so.1"
 
 /* Stream record types, allocated above Xen 4.17's last (0x12). */
@@ -96,6 +96,25 @@ uint32_t libxl_postcopy_abi_version(void);
 int libxl_postcopy_parse_strategy(const char *arg, uint32_t *strategy,
                                   uint32_t *strategy_arg,
                                   char *err, size_t errlen);
+
+/*
+ * precopy_rounds value of --postcopy-after=auto (the same value as
+ * libxl.h's LIBXL_POSTCOPY_PRECOPY_AUTO).
+ */
+#define LIBXL_POSTCOPY_PRECOPY_AUTO 255
+
+/*
+ * The precopy policy of a hybrid migration, called by libxenguest at each
+ * step of its live loop with its struct precopy_stats (iteration and
+ * dirty_count; dirty_count is -1 right after a round was sent).
+ * precopy_rounds is N of --postcopy-after=N or
+ * LIBXL_POSTCOPY_PRECOPY_AUTO (switch when the dirty rate stops falling,
+ * xen-postcopy's postcopy::switch rule).  An admin's `xl-postcopy switch
+ * DOMAIN` (the file <status dir>/<domid>.switch) switches at the next
+ * call.  Returns 1 to stop and switch to post-copy, 0 to continue.
+ */
+int libxl_postcopy_precopy_policy(uint32_t domid, uint32_t precopy_rounds,
+                                  unsigned int iteration, long dirty_count);
 
 struct libxl_postcopy_save_params {
     uint32_t abi_version;     /* = LIBXL_POSTCOPY_ABI_VERSION */

@@ -150,6 +150,32 @@ pub extern "C" fn libxl_postcopy_abi_version() -> u32 {
     ABI_VERSION
 }
 
+/// `libxl_postcopy_precopy_policy`: 1 to switch to post-copy now, 0 for
+/// one more live round ([`crate::precopy`]); a panic answers 1 (switching
+/// is always safe).
+#[no_mangle]
+pub extern "C" fn libxl_postcopy_precopy_policy(
+    domid: u32,
+    precopy_rounds: u32,
+    iteration: std::ffi::c_uint,
+    dirty_count: std::ffi::c_long,
+) -> c_int {
+    #[allow(
+        clippy::useless_conversion,
+        reason = "c_long is i64 here, i32 on 32-bit targets"
+    )]
+    let dirty_count = i64::from(dirty_count);
+    let out =
+        catch_unwind(|| crate::precopy::policy_call(domid, precopy_rounds, iteration, dirty_count));
+    match out {
+        Ok(switch) => c_int::from(switch),
+        Err(_) => {
+            error!("precopy policy panicked; switching to post-copy");
+            1
+        }
+    }
+}
+
 /// Writes `msg` NUL-terminated into `err[..errlen]`.
 ///
 /// # Safety

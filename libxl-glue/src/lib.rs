@@ -26,6 +26,7 @@ pub mod fdio;
 pub mod ffi;
 pub mod forensics;
 pub mod pagewalk;
+pub mod precopy;
 pub mod present;
 pub mod restore;
 pub mod ring;
@@ -52,7 +53,7 @@ pub const XEN_SERIES: &str = "4.17";
 pub const XEN_SERIES: &str = "4.20";
 
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// `LIBXL_POSTCOPY_SONAME`.
 pub const SONAME: &str = "libxl_postcopy.so.1";
 

@@ -96,6 +96,16 @@ impl log::Log for XtlBridge {
 
 static BRIDGE: XtlBridge = XtlBridge;
 
+/// Installs the bridge (once per process, unless another logger is already
+/// installed); with no session registered, records go to stderr.
+pub fn install() {
+    INSTALL.call_once(|| {
+        if log::set_logger(&BRIDGE).is_ok() {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
+    });
+}
+
 /// Registers `lg` as the destination of this crate's log records until the
 /// guard is dropped.
 #[derive(Debug)]
@@ -106,11 +116,7 @@ pub struct XtlGuard {
 /// Installs the bridge (once per process, unless another logger is already
 /// installed) and routes records to `lg`.
 pub fn register(lg: XtlLogger) -> XtlGuard {
-    INSTALL.call_once(|| {
-        if log::set_logger(&BRIDGE).is_ok() {
-            log::set_max_level(log::LevelFilter::Debug);
-        }
-    });
+    install();
     *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(lg);
     XtlGuard { _private: () }
 }

@@ -59,7 +59,10 @@ fn compile_and_run(dlopen: bool) -> (String, String, bool) {
         status.success(),
         "the C caller does not compile against the header"
     );
+    let status_dir = out.join(if dlopen { "status-dlopen" } else { "status" });
+    std::fs::create_dir_all(&status_dir).expect("status dir");
     let mut cmd = Command::new(&exe);
+    cmd.env("XEN_POSTCOPY_STATUS_DIR", &status_dir);
     if dlopen {
         cmd.arg("--dlopen").env("LD_LIBRARY_PATH", &out);
     }
@@ -97,6 +100,18 @@ fn c_caller_compiles_links_and_agrees_with_the_rust_side() {
     assert_eq!(v["LIBXL_POSTCOPY_SONAME"], xl_postcopy::SONAME);
     assert_eq!(v.get("dlopen").map(String::as_str), Some("ok"));
     assert_eq!(v.get("failures").map(String::as_str), Some("0"));
+    // libxenguest's precopy loop driven through the C ABI: N rounds, the
+    // auto rule (a stalled guest: the rule decides when round 3's count is
+    // known and libxenguest still sends it; a converging one: below 50
+    // pages after round 5), and an admin's switch file after round 2.
+    assert_eq!(
+        num("LIBXL_POSTCOPY_PRECOPY_AUTO"),
+        u64::from(xl_postcopy::precopy::PRECOPY_AUTO)
+    );
+    assert_eq!(num("policy.fixed"), 3);
+    assert_eq!(num("policy.auto_stalled"), 4);
+    assert_eq!(num("policy.auto_converging"), 6);
+    assert_eq!(num("policy.request"), 2);
 
     // The header defines exactly the engine's record table...
     let header = std::fs::read_to_string(

@@ -276,6 +276,15 @@ fn hybrid_over_uffd_matches_the_source() {
 }
 
 #[test]
+fn hybrid_auto_over_uffd_matches_the_source() {
+    let mode = Mode::HybridAuto(postcopy::switch::SwitchRule::DEFAULT);
+    if !uffd_usable("hybrid_auto_over_uffd_matches_the_source", mode) {
+        return;
+    }
+    migrate(mode, StrategySpec::Bubble);
+}
+
+#[test]
 fn precopy_with_uffd_dirty_log_matches_the_source() {
     if !uffd_usable(
         "precopy_with_uffd_dirty_log_matches_the_source",

@@ -43,6 +43,7 @@ pub mod scheduler;
 pub mod sentmap;
 pub mod source;
 pub mod status;
+pub mod switch;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testmem;
 pub mod transport;

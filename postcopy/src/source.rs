@@ -43,6 +43,7 @@ use crate::records::{
 use crate::recovery::{self, Recovery, Watchdog};
 use crate::scheduler::{Pacer, PushPolicy, PushStep, Request, Scheduler};
 use crate::status::{publish_while, Role, StatusConfig};
+use crate::switch::{AutoSwitch, Decision, SwitchRule};
 use crate::transport::SourceLinks;
 use crate::{Pfn, PAGE_SIZE};
 
@@ -65,6 +66,9 @@ pub enum Mode {
         /// Live rounds before the switch.
         rounds: u32,
     },
+    /// Live pre-copy rounds until `rule` says switch
+    /// (`--postcopy-after=auto`), then post-copy.
+    HybridAuto(SwitchRule),
 }
 
 impl Mode {
@@ -658,6 +662,11 @@ fn pre_switch<M: SourceMemory>(
         Mode::Postcopy => 0,
         Mode::Precopy { max_rounds, .. } => max_rounds.max(1),
         Mode::Hybrid { rounds } => rounds,
+        Mode::HybridAuto(rule) => rule.max_rounds.max(1),
+    };
+    let mut auto = match cfg.mode {
+        Mode::HybridAuto(rule) => Some(AutoSwitch::new(rule)),
+        _ => None,
     };
     let mut buf = Vec::new();
     // Pages the destination holds a copy of (sent in some round).
@@ -669,6 +678,7 @@ fn pre_switch<M: SourceMemory>(
         let mut to_send: Vec<Pfn> = populated.iter().flat_map(|r| r.pfns()).collect();
         for round in 0..rounds {
             debug!("pre-copy round {round}: {} pages", to_send.len());
+            let (round_start, sent) = (Instant::now(), to_send.len() as u64);
             send_pages(&*mem, bulk, &to_send, Cause::Precopy, &mut buf, metrics)?;
             for &p in &to_send {
                 dest_has.set(usize::try_from(p).unwrap_or(usize::MAX), true);
@@ -689,6 +699,13 @@ fn pre_switch<M: SourceMemory>(
             if let Mode::Precopy { min_dirty, .. } = cfg.mode {
                 if (to_send.len() as u64) < min_dirty {
                     // Taken from the log but not sent: still dirty.
+                    unsent_dirty = std::mem::take(&mut to_send);
+                    break;
+                }
+            }
+            if let Some(auto) = auto.as_mut() {
+                let d = auto.round_done(sent, to_send.len() as u64, round_start.elapsed());
+                if d != Decision::Continue {
                     unsent_dirty = std::mem::take(&mut to_send);
                     break;
                 }

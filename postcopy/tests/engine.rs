@@ -121,6 +121,7 @@ fn mode() -> impl Strategy<Value = Mode> {
     prop_oneof![
         Just(Mode::Postcopy),
         (1u32..3).prop_map(|rounds| Mode::Hybrid { rounds }),
+        Just(Mode::HybridAuto(postcopy::switch::SwitchRule::DEFAULT)),
         Just(Mode::XEN_PRECOPY),
     ]
 }

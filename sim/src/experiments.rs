@@ -11,6 +11,7 @@
 //! | `paper-stress` | VEE'09 §5 stress test: 2 GiB guest, diabolical writer over 8–512 MiB, GigE; pre-copy (Xen 4.17 defaults, with and without free-page elimination), demand-only, push (linear), bubble, bubble + free-page elimination |
 //! | `paper-pivots` | OSR'09 pivot study: quicksort with 1–128 processes; push-only, forward bubble, bubble, multi-pivot K = 1…16 |
 //! | `scale` | guests of 1–256 GiB over 1, 10 and 25 Gb/s links, pre-copy vs post-copy (bubble) |
+//! | `auto-switch` | `--postcopy-after=auto` vs fixed N = 1, 3, 5 (bubble) on stress writers (pre-copy cannot converge) and on idle and slowly writing guests (it converges) |
 //! | `speed` | the simulator's own cost per guest size at 10 Gb/s (linear growth) |
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use postcopy::prepage::StrategySpec;
 use postcopy::source::Mode;
+use postcopy::switch::SwitchRule;
 use serde::Serialize;
 
 use crate::net::NetModel;
@@ -57,6 +59,10 @@ pub const EXPERIMENTS: &[ExperimentInfo] = &[
     ExperimentInfo {
         name: "scale",
         about: "guests of 1-256 GiB over 1, 10 and 25 Gb/s: pre-copy (Xen 4.17) vs post-copy bubble",
+    },
+    ExperimentInfo {
+        name: "auto-switch",
+        about: "hybrid --postcopy-after=auto vs fixed N=1,3,5 rounds on stress writers and idle/slow guests (GigE, bubble)",
     },
     ExperimentInfo {
         name: "speed",
@@ -267,6 +273,7 @@ pub fn run_experiment(
         "paper-apps" => paper_apps(opts, &mut result)?,
         "sensitivity" => sensitivity(opts, &mut result)?,
         "scale" => scale(opts, &mut result)?,
+        "auto-switch" => auto_switch(opts, &mut result)?,
         _ => speed(opts, &mut result)?,
     };
     if let Some(dir) = &opts.out_dir {
@@ -1142,6 +1149,137 @@ fn scale(
     ])
 }
 
+/// The modes `auto-switch` compares, in column order.
+const AUTO_SWITCH_MODES: [(&str, Mode); 4] = [
+    ("N=1", Mode::Hybrid { rounds: 1 }),
+    ("N=3", Mode::Hybrid { rounds: 3 }),
+    ("N=5", Mode::Hybrid { rounds: 5 }),
+    ("auto", Mode::HybridAuto(SwitchRule::DEFAULT)),
+];
+
+fn auto_switch(
+    opts: &ExperimentOptions,
+    result: &mut ExperimentResult,
+) -> Result<Charts, ExperimentError> {
+    let (guest_mib, base_mib) = if opts.quick { (512, 48) } else { (2048, 192) };
+    let layout = |ws_mib| Layout {
+        guest_mib,
+        ws_mib,
+        base_mib,
+    };
+    let base = SimConfig {
+        strategy: StrategySpec::Bubble,
+        ..SimConfig::default()
+    };
+    let r = SwitchRule::DEFAULT;
+    result.setup = vec![
+        format!("guest {guest_mib} MiB, {base_mib} MiB in use besides the working set"),
+        net_words(&base.net),
+        format!(
+            "auto = postcopy::switch::SwitchRule::DEFAULT: switch below {} dirty pages, when pages are dirtied as fast as sent, after {} rounds in a row not {} % below the previous, or after {} rounds",
+            r.min_dirty, r.patience, r.min_drop_pct, r.max_rounds
+        ),
+        "stress: writes its working set page by page, 1 µs a page (never converges over GigE); idle: reads only; slow: 1 write in 1000 accesses, random over the working set (converges)".into(),
+        "owed = pages still at the source when the guest resumes on the destination".into(),
+    ];
+    let mut cases: Vec<(String, Workload)> = Vec::new();
+    for ws in [16, 64, 256] {
+        cases.push((
+            format!("stress {ws} MiB"),
+            workload::stress(layout(ws), opts.seed)?,
+        ));
+    }
+    cases.push((
+        "idle 64 MiB".into(),
+        workload::random(layout(64), 1 << 16, 0.0, opts.seed)?,
+    ));
+    for ws in [64, 256] {
+        cases.push((
+            format!("slow 1/1000 {ws} MiB"),
+            workload::random(layout(ws), 1 << 16, 0.001, opts.seed)?,
+        ));
+    }
+    for (i, (_, w)) in cases.iter().enumerate() {
+        for (label, mode) in AUTO_SWITCH_MODES {
+            let cfg = SimConfig { mode, ..base };
+            let report = run(w, &cfg, label)?;
+            result.runs.push(Run {
+                series: label.into(),
+                params: params(&[("case", i as f64)]),
+                report,
+            });
+        }
+    }
+    let labels: Vec<String> = AUTO_SWITCH_MODES
+        .iter()
+        .map(|(l, _)| l.to_string())
+        .collect();
+    let table = |title: &str, cell: &dyn Fn(&SimReport) -> String| {
+        let mut t = grid(result, title, "workload", "case", &labels, cell);
+        for (row, (name, _)) in t.rows.iter_mut().zip(&cases) {
+            row[0] = name.clone();
+        }
+        t
+    };
+    result.tables = vec![
+        table("Total migration time (s)", &secs),
+        table("Pre-copy rounds sent", &|r| {
+            r.engine.precopy_rounds.to_string()
+        }),
+        table("Pages transferred", &|r| {
+            r.engine.pages_transferred.to_string()
+        }),
+        table("Pages owed at the switch", &|r| r.owed_pages.to_string()),
+        table("Network faults", &|r| r.engine.network_faults.to_string()),
+    ];
+    result.findings = auto_switch_findings(result, &cases);
+    Ok(Vec::new())
+}
+
+/// For each workload: where auto stands against the best and worst fixed N.
+fn auto_switch_findings(result: &ExperimentResult, cases: &[(String, Workload)]) -> Vec<String> {
+    let total = |label: &str, i: usize| {
+        result
+            .series(label)
+            .find(|r| r.params.get("case") == Some(&(i as f64)))
+            .map(|r| {
+                (
+                    r.report.engine.total_time_ms,
+                    r.report.owed_pages,
+                    r.report.engine.precopy_rounds,
+                )
+            })
+    };
+    let mut out = Vec::new();
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let Some((auto_ms, auto_owed, auto_rounds)) = total("auto", i) else {
+            continue;
+        };
+        let fixed: Vec<(&str, f64, u64)> = AUTO_SWITCH_MODES[..3]
+            .iter()
+            .filter_map(|(l, _)| total(l, i).map(|(t, o, _)| (*l, t, o)))
+            .collect();
+        let Some(best) = fixed.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+            continue;
+        };
+        let Some(worst) = fixed.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
+            continue;
+        };
+        out.push(format!(
+            "{name}: auto switched after {auto_rounds} round{} owing {auto_owed} pages, {:.2} s; best fixed {} {:.2} s (owing {}), worst {} {:.2} s (owing {})",
+            if auto_rounds == 1 { "" } else { "s" },
+            auto_ms / 1e3,
+            best.0,
+            best.1 / 1e3,
+            best.2,
+            worst.0,
+            worst.1 / 1e3,
+            worst.2
+        ));
+    }
+    out
+}
+
 fn speed(
     opts: &ExperimentOptions,
     result: &mut ExperimentResult,
@@ -1231,6 +1369,33 @@ mod tests {
         ExperimentOptions {
             quick: true,
             ..ExperimentOptions::default()
+        }
+    }
+
+    #[test]
+    fn auto_switch_beats_late_fixed_rounds_under_stress_and_waits_for_convergence() {
+        let r = run_experiment("auto-switch", &quick()).expect("auto-switch");
+        let get = |series: &str, case: f64| {
+            r.series(series)
+                .find(|x| x.params.get("case") == Some(&case))
+                .map(|x| x.report.clone())
+                .expect("run")
+        };
+        // Cases 0-2: stress writers; 3: idle; 4-5: slow writers.
+        for case in [0.0, 1.0, 2.0] {
+            let (auto, n3, n5) = (get("auto", case), get("N=3", case), get("N=5", case));
+            assert_eq!(
+                auto.engine.precopy_rounds, 2,
+                "stress: one round to see the stall"
+            );
+            assert!(auto.engine.total_time_ms < n3.engine.total_time_ms);
+            assert!(auto.engine.pages_transferred < n5.engine.pages_transferred);
+        }
+        let idle = get("auto", 3.0);
+        assert_eq!((idle.engine.precopy_rounds, idle.owed_pages), (1, 0));
+        for case in [4.0, 5.0] {
+            let (auto, n1) = (get("auto", case), get("N=1", case));
+            assert!(auto.owed_pages < 50 && auto.owed_pages < n1.owed_pages);
         }
     }
 

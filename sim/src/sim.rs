@@ -38,6 +38,7 @@ use postcopy::prepage::StrategySpec;
 use postcopy::records::Cause;
 use postcopy::scheduler::{PushPolicy, PushStep, Request, Scheduler};
 use postcopy::source::{Mode, SourceConfig};
+use postcopy::switch::{AutoSwitch, Decision};
 use postcopy::Pfn;
 use serde::Serialize;
 
@@ -116,6 +117,7 @@ pub fn mode_name(mode: Mode) -> String {
             min_dirty,
         } => format!("precopy({max_rounds},{min_dirty})"),
         Mode::Hybrid { rounds } => format!("hybrid({rounds})"),
+        Mode::HybridAuto(_) => "hybrid(auto)".into(),
     }
 }
 
@@ -421,6 +423,11 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
         Mode::Postcopy => 0,
         Mode::Precopy { max_rounds, .. } => max_rounds.max(1),
         Mode::Hybrid { rounds } => rounds,
+        Mode::HybridAuto(rule) => rule.max_rounds.max(1),
+    };
+    let mut auto = match cfg.mode {
+        Mode::HybridAuto(rule) => Some(AutoSwitch::new(rule)),
+        _ => None,
     };
     let mut dest_has = Bits::new(n);
     // Pages written since their last copy went out.
@@ -454,6 +461,12 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
             }
             if let Mode::Precopy { min_dirty, .. } = cfg.mode {
                 if stale.count() < min_dirty {
+                    break;
+                }
+            }
+            if let Some(auto) = auto.as_mut() {
+                let d = auto.round_done(data + zeros, stale.count(), Duration::from_nanos(d));
+                if d != Decision::Continue {
                     break;
                 }
             }

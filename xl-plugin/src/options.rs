@@ -6,6 +6,7 @@
 use clap::Args;
 use postcopy::prepage::{StrategySpec, STRATEGY_HELP};
 use postcopy::source::Mode;
+use postcopy::switch::{PostcopyAfter, SwitchRule};
 
 /// How memory moves.
 #[derive(Debug, Clone, Args)]
@@ -18,9 +19,11 @@ pub struct MigrationArgs {
     /// below 50 dirty pages).
     #[arg(long, conflicts_with = "postcopy_after")]
     pub precopy: bool,
-    /// Hybrid: N pre-copy rounds, then switch to post-copy.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub postcopy_after: Option<u32>,
+    /// Hybrid: N pre-copy rounds (1 to 100), then switch to post-copy;
+    /// `auto`: switch when the dirty rate stops falling
+    /// ([`postcopy::switch`]).
+    #[arg(long, value_name = "N|auto", value_parser = parse_postcopy_after)]
+    pub postcopy_after: Option<PostcopyAfter>,
     /// Pre-paging strategy for the post-copy phase.
     #[arg(long, value_name = "STRATEGY", default_value = "bubble", value_parser = parse_strategy,
           long_help = format!("Pre-paging strategy for the post-copy phase: {STRATEGY_HELP}"))]
@@ -38,6 +41,11 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     postcopy::scheduler::parse_rate(s)
 }
 
+/// Parses `--postcopy-after=` with the engine's rule.
+pub fn parse_postcopy_after(s: &str) -> Result<PostcopyAfter, String> {
+    s.parse()
+}
+
 /// Parses `--prepage=` with the engine's error message.
 pub fn parse_strategy(s: &str) -> Result<StrategySpec, String> {
     s.parse()
@@ -49,7 +57,8 @@ impl MigrationArgs {
     pub fn mode(&self) -> Mode {
         match (self.precopy, self.postcopy_after) {
             (true, _) => Mode::XEN_PRECOPY,
-            (false, Some(rounds)) => Mode::Hybrid { rounds },
+            (false, Some(PostcopyAfter::Rounds(rounds))) => Mode::Hybrid { rounds },
+            (false, Some(PostcopyAfter::Auto)) => Mode::HybridAuto(SwitchRule::DEFAULT),
             _ => Mode::Postcopy,
         }
     }
@@ -118,6 +127,8 @@ mod tests {
         assert!(e.contains("unknown pre-paging strategy 'bubbles'"), "{e}");
         assert!(T::try_parse_from(["t", "--precopy", "--postcopy"]).is_err());
         assert!(T::try_parse_from(["t", "--postcopy-after", "0"]).is_err());
+        let t = T::try_parse_from(["t", "--postcopy-after=auto"]).unwrap();
+        assert_eq!(t.m.mode(), Mode::HybridAuto(SwitchRule::DEFAULT));
     }
 
     #[test]

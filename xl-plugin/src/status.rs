@@ -36,6 +36,14 @@ pub enum StatusError {
         /// The reason.
         reason: String,
     },
+    /// The switch request could not be written.
+    #[error("cannot write the switch request {path}: {reason}")]
+    Request {
+        /// The request file.
+        path: PathBuf,
+        /// The reason.
+        reason: String,
+    },
     /// The domain name is not known to xl.
     #[error("no domain named '{name}' on this host ({why})")]
     NoDomain {
@@ -104,7 +112,31 @@ fn xl_domid(name: &str) -> Result<u32, String> {
 /// The snapshot of DOMAIN (a domid, or a name xl knows; during post-copy
 /// the destination's copy is `NAME--incoming`, tried too) in `dir`.
 pub fn status_of_domain(domain: &str, dir: &Path) -> Result<(PathBuf, Status), StatusError> {
-    let domid = match domain.parse::<u32>() {
+    let domid = domid_of(domain)?;
+    let path = dir.join(format!("{domid}.json"));
+    let status = read_status(&path)?;
+    Ok((path, status))
+}
+
+/// `xl-postcopy switch`: asks the save helper of DOMAIN's hybrid migration
+/// on this host to switch to post-copy at its next round, by creating the
+/// request file it checks ([`postcopy::switch::switch_request_path`] in
+/// `dir`). Returns the file.
+pub fn request_switch(domain: &str, dir: &Path) -> Result<PathBuf, StatusError> {
+    let domid = domid_of(domain)?;
+    let path = postcopy::switch::switch_request_path(dir, domid);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, b"switch\n"))
+        .map_err(|e| StatusError::Request {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(path)
+}
+
+/// DOMAIN as a domid: a number, or a name xl knows (`NAME--incoming` too).
+fn domid_of(domain: &str) -> Result<u32, StatusError> {
+    Ok(match domain.parse::<u32>() {
         Ok(id) => id,
         Err(_) => match xl_domid(domain) {
             Ok(id) => id,
@@ -118,10 +150,7 @@ pub fn status_of_domain(domain: &str, dir: &Path) -> Result<(PathBuf, Status), S
                 }
             },
         },
-    };
-    let path = dir.join(format!("{domid}.json"));
-    let status = read_status(&path)?;
-    Ok((path, status))
+    })
 }
 
 /// Whether process `pid` still exists.
@@ -250,6 +279,17 @@ mod tests {
     fn a_missing_file_says_so() {
         let e = read_status(Path::new("/nonexistent/xen-postcopy/9.json")).unwrap_err();
         assert!(matches!(e, StatusError::Missing { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_switch_request_is_the_file_the_save_helper_checks() {
+        let dir = std::env::temp_dir().join(format!("xl-postcopy-switch-{}", std::process::id()));
+        let path = request_switch("7", &dir).expect("request");
+        assert_eq!(path, postcopy::switch::switch_request_path(&dir, 7));
+        assert!(path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = request_switch("7", Path::new("/proc/xen-postcopy")).unwrap_err();
+        assert!(matches!(e, StatusError::Request { .. }), "{e}");
     }
 
     #[test]

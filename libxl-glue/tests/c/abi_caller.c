@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "libxl_postcopy.h"
@@ -63,6 +64,65 @@ static void parse_bad(const char *arg)
     CHECK(rc == -EINVAL);
 }
 
+/* xl-postcopy switch: create <status dir>/<domid>.switch. */
+static void request_switch(uint32_t domid)
+{
+    const char *dir = getenv("XEN_POSTCOPY_STATUS_DIR");
+    char path[4096];
+    FILE *f;
+
+    CHECK(dir != NULL);
+    if ( !dir )
+        return;
+    snprintf(path, sizeof(path), "%s/%u.switch", dir, domid);
+    f = fopen(path, "w");
+    CHECK(f != NULL);
+    if ( f )
+        fclose(f);
+}
+
+/*
+ * libxenguest's send_memory_live() loop with xg_sr_save.c's
+ * postcopy_precopy_policy(): returns the rounds sent before the switch,
+ * the guest dirtying dirty[i] pages during round i + 1.  With request_at,
+ * an admin asks for the switch once that many rounds were sent.
+ */
+static unsigned int policy_rounds(uint32_t rounds, const long *dirty,
+                                  unsigned int n, unsigned int request_at)
+{
+    unsigned int x = 0;
+    long count = 100000;
+
+    for ( ; ; )
+    {
+        int stop = libxl_postcopy_precopy_policy(9, rounds, x, count);
+
+        x++; /* the round is sent either way */
+        if ( stop || x > 60 )
+            return x;
+        if ( x == request_at )
+            request_switch(9);
+        if ( libxl_postcopy_precopy_policy(9, rounds, x, -1) )
+            return x;
+        count = x <= n ? dirty[x - 1] : 0;
+    }
+}
+
+static void check_precopy_policy(void)
+{
+    static const long stalled[] = { 800, 790, 785, 780, 775, 770, 765 };
+    static const long converging[] = { 20000, 4000, 800, 160, 30 };
+    const unsigned int ns = sizeof(stalled) / sizeof(stalled[0]);
+    const unsigned int nc = sizeof(converging) / sizeof(converging[0]);
+
+    printf("policy.fixed=%u\n", policy_rounds(3, stalled, ns, 0));
+    printf("policy.auto_stalled=%u\n",
+           policy_rounds(LIBXL_POSTCOPY_PRECOPY_AUTO, stalled, ns, 0));
+    printf("policy.auto_converging=%u\n",
+           policy_rounds(LIBXL_POSTCOPY_PRECOPY_AUTO, converging, nc, 0));
+    printf("policy.request=%u\n", policy_rounds(50, stalled, ns, 2));
+}
+
 int main(int argc, char **argv)
 {
     struct libxl_postcopy_save_params sp;
@@ -88,7 +148,9 @@ int main(int argc, char **argv)
     SHOW(LIBXL_POSTCOPY_PREPAGE_BUBBLE_FORWARD);
     SHOW(LIBXL_POSTCOPY_PREPAGE_MULTI_PIVOT);
     SHOW(LIBXL_POSTCOPY_PREPAGE_HISTORY);
+    SHOW(LIBXL_POSTCOPY_PRECOPY_AUTO);
     printf("LIBXL_POSTCOPY_SONAME=%s\n", LIBXL_POSTCOPY_SONAME);
+    check_precopy_policy();
 
     /* Layouts of the parameter structs, compared with the Rust ones. */
     printf("save_params.size=%zu\n", sizeof(sp));
@@ -155,6 +217,7 @@ int main(int argc, char **argv)
             "libxl_postcopy_save_serve", "libxl_postcopy_save_free",
             "libxl_postcopy_restore_begin", "libxl_postcopy_restore_record",
             "libxl_postcopy_restore_serve", "libxl_postcopy_restore_free",
+            "libxl_postcopy_precopy_policy",
         };
         void *h = dlopen(LIBXL_POSTCOPY_SONAME, RTLD_NOW | RTLD_LOCAL);
         size_t i;

@@ -97,6 +97,17 @@ enum Cmd {
     },
     /// List the pre-paging strategies.
     Strategies,
+    /// On the source host: make the running hybrid migration
+    /// (`--postcopy-after=N|auto`) of DOMAIN switch to post-copy now; the
+    /// save helper takes the request at its next pre-copy step.
+    Switch {
+        /// Domain name or id.
+        domain: String,
+        /// Folder of the Xen helpers' status files (default:
+        /// $XEN_POSTCOPY_STATUS_DIR, else /run/xen-postcopy).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Where a post-copy migration stands (or how the last one ended): on
     /// a Xen host by domain name or id, on either host; in local mode by
     /// the `--status-file` of a `send` or `receive`.
@@ -519,12 +530,7 @@ fn main() -> Result<ExitCode> {
                     let st = xl_plugin::status::read_status(&f)?;
                     (f, st)
                 }
-                (Some(d), None) => {
-                    let dir = dir
-                        .or_else(|| std::env::var_os("XEN_POSTCOPY_STATUS_DIR").map(Into::into))
-                        .unwrap_or_else(|| xl_plugin::status::DEFAULT_STATUS_DIR.into());
-                    xl_plugin::status::status_of_domain(&d, &dir)?
-                }
+                (Some(d), None) => xl_plugin::status::status_of_domain(&d, &status_dir(dir))?,
                 (None, None) => bail!("name a domain or --file"),
             };
             if json {
@@ -535,6 +541,14 @@ fn main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Switch { domain, dir } => {
+            let path = xl_plugin::status::request_switch(&domain, &status_dir(dir))?;
+            println!(
+                "switch requested ({}): a hybrid migration of {domain} switches to post-copy at its next pre-copy step",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Strategies => {
             for s in postcopy::prepage::StrategySpec::ALL {
                 println!("{s}");
@@ -542,4 +556,11 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The Xen helpers' status folder: `--dir`, else `$XEN_POSTCOPY_STATUS_DIR`,
+/// else /run/xen-postcopy.
+fn status_dir(dir: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    dir.or_else(|| std::env::var_os("XEN_POSTCOPY_STATUS_DIR").map(Into::into))
+        .unwrap_or_else(|| xl_plugin::status::DEFAULT_STATUS_DIR.into())
 }

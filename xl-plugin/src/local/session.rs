@@ -481,7 +481,7 @@ pub fn run_sender_with(
     let mode = match m.mode {
         Mode::Postcopy => "postcopy",
         Mode::Precopy { .. } => "precopy",
-        Mode::Hybrid { .. } => "hybrid",
+        Mode::Hybrid { .. } | Mode::HybridAuto(_) => "hybrid",
     };
     let report = LocalReport {
         mode: mode.into(),
