@@ -6,74 +6,12 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postcopy_tests::{receiver, sender, write_token};
+use postcopy_tests::{receiver, sender, tap, write_token};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// A proxy that records every byte the sender sends (all connections, in
-/// arrival order) and, if asked, flips one byte of the first bulk
-/// connection at `flip` bytes in (after the handshake).
-struct Tap {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-fn tap(upstream: SocketAddr, flip: Option<usize>) -> Tap {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let log = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for (n, c) in l.incoming().enumerate() {
-            let Ok(c) = c else { return };
-            let Ok(s) = TcpStream::connect(upstream) else {
-                return;
-            };
-            // The first connection is the first bulk channel.
-            let flip = flip.filter(|_| n == 0);
-            let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || pump(c, s, Some(log), flip));
-            std::thread::spawn(move || pump(s2, c2, None, None));
-        }
-    });
-    Tap { addr, seen }
-}
-
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    log: Option<Arc<Mutex<Vec<u8>>>>,
-    flip: Option<usize>,
-) {
-    let mut buf = vec![0u8; 1 << 16];
-    let mut at = 0usize;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(f) = flip {
-            if (at..at + n).contains(&f) {
-                buf[f - at] ^= 0x40;
-            }
-        }
-        at += n;
-        if let Some(l) = &log {
-            l.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-}
 
 /// How many of the guest's initial pages (16 MiB, seed 1) appear whole in
 /// `wire`, at any offset.
@@ -117,11 +55,11 @@ fn token() -> (std::path::PathBuf, String) {
 fn migrate(tok: Option<&str>, flip: Option<usize>) -> (i32, String, String, Vec<u8>) {
     let extra: Vec<&str> = tok.map(|t| vec!["--token-file", t]).unwrap_or_default();
     let (r, addr) = receiver(&extra, LIMIT).unwrap();
-    let t = tap(addr, flip);
+    let t = tap(addr, flip).unwrap();
     let s = sender(t.addr, &extra, LIMIT).unwrap();
     let (code, out, err) = s.finish().unwrap();
     let (_, _, rerr) = r.finish_within(Duration::from_secs(60));
-    let wire = std::mem::take(&mut *t.seen.lock().unwrap());
+    let wire = t.seen();
     (code, out, format!("{err}\n--- receiver:\n{rerr}"), wire)
 }
 

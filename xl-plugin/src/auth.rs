@@ -175,16 +175,20 @@ pub(crate) fn dialer_auth(
 
 /// Accepting side, after reading `hello`: applies the token policy (a
 /// token here must be proven; one offered to a side without a token is
-/// refused) and runs the challenge–response; refusals are answered.
-/// Returns the connection's keys when a token was proven.
+/// refused, and so is a dialer with the token whose hello does not say
+/// `sealed`: an older version that would send in clear) and runs the
+/// challenge–response; refusals are answered. Returns the connection's
+/// keys when a token was proven.
 pub(crate) fn listener_auth(
     s: &mut TcpStream,
     token: Option<&Token>,
     offered: bool,
+    sealed: bool,
     hello: &[u8],
     roles: Roles,
 ) -> Result<Option<Keys>, LinkError> {
     match (token, offered) {
+        (Some(_), true) if !sealed => Err(LinkError::Refused(refuse(s, Refusal::Unsealed))),
         (Some(token), true) => {
             let mut ns = [0u8; NONCE];
             s.read_exact(&mut ns)?;

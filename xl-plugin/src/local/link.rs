@@ -168,7 +168,7 @@ pub enum LinkError {
     Refused(Refusal),
     /// The listener refused our sealed hello as malformed: it predates
     /// encryption.
-    #[error("the receiver refused the encrypted hello as malformed: it is probably an older xl-postcopy that cannot encrypt (upgrade it)")]
+    #[error("the peer refused the encrypted hello as malformed: it is probably an older xl-postcopy that cannot encrypt (upgrade it)")]
     PeerTooOld,
     /// The receiver answered with a status byte we do not know.
     #[error("the receiver sent unknown status {0}")]
@@ -307,12 +307,7 @@ impl Dial {
         };
         s.write_all(hello.as_bytes())?;
         let keys = match &self.token {
-            Some(token) => Some(dialer_auth(&mut s, token, hello.as_bytes(), ROLES).map_err(
-                |e| match e {
-                    LinkError::Refused(Refusal::BadHello) => LinkError::PeerTooOld,
-                    e => e,
-                },
-            )?),
+            Some(token) => Some(sealed_auth(&mut s, token, hello.as_bytes(), ROLES)?),
             None => None,
         };
         read_status(&mut s)?;
@@ -320,6 +315,20 @@ impl Dial {
         s.set_write_timeout(None)?;
         Ok(Conn { sock: s, keys })
     }
+}
+
+/// The dialer's challenge–response for a sealed hello: an older listener
+/// refuses the sealed flag as a malformed hello, which is said as such.
+pub(crate) fn sealed_auth(
+    s: &mut TcpStream,
+    token: &Token,
+    hello: &[u8],
+    roles: Roles,
+) -> Result<Keys, LinkError> {
+    dialer_auth(s, token, hello, roles).map_err(|e| match e {
+        LinkError::Refused(Refusal::BadHello) => LinkError::PeerTooOld,
+        e => e,
+    })
 }
 
 /// Reads the receiver's status byte: 0 goes on, anything else is a refusal.
@@ -443,13 +452,11 @@ fn vet(
 ) -> Result<(Hello, Option<Keys>), LinkError> {
     let (h, buf) = read_hello(s, timeout, parse_hello)?;
     let flags = h.flags.get();
-    if flags & FLAG_AUTH != 0 && flags & FLAG_SEALED == 0 && expect.token.is_some() {
-        return Err(LinkError::Refused(refuse(s, Refusal::Unsealed)));
-    }
     let keys = listener_auth(
         s,
         expect.token.as_ref(),
         flags & FLAG_AUTH != 0,
+        flags & FLAG_SEALED != 0,
         &buf,
         ROLES,
     )?;
