@@ -155,6 +155,11 @@ impl<W> std::fmt::Debug for SealedWriter<W> {
 }
 
 impl<W: Write> SealedWriter<W> {
+    /// The underlying writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// Seals what is written to `inner` with `key`.
     pub fn new(inner: W, key: &Key) -> SealedWriter<W> {
         SealedWriter {
