@@ -643,6 +643,7 @@ pub mod rec {
 /// A wiretap: a proxy that records every byte the sender sends (all connections, in
 /// arrival order) and, if asked, flips one byte of the first bulk
 /// connection at `flip` bytes in (after the handshake).
+#[derive(Debug)]
 pub struct Tap {
     /// Where to dial.
     pub addr: SocketAddr,

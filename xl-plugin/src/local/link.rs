@@ -484,9 +484,12 @@ fn vet(
     Ok((h, keys))
 }
 
-/// Receiver side: accepts bulk then fault (blocking); every step after the
-/// TCP accept is bounded by `timeout`.
-pub fn accept(
+/// Receiver side, for the unit tests: accepts bulk then fault (the TCP
+/// accept itself blocks, hence test-only; the binaries use
+/// [`accept_migration`] and [`accept_until`]); every step after it is
+/// bounded by `timeout`.
+#[cfg(test)]
+fn accept(
     listener: &TcpListener,
     timeout: Duration,
     expect: &Expect,
