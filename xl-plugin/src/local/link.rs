@@ -722,6 +722,53 @@ mod tests {
         ));
     }
 
+    /// The wire change is versioned: a sender with a token that would send
+    /// in clear (an older version) is refused with its own status, and an
+    /// older receiver's refusal of the sealed hello is named as such.
+    #[test]
+    fn old_peers_get_a_clear_refusal() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let key = b"0123456789abcdef-shared";
+        let old = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let hello = Hello {
+                magic: MAGIC,
+                channel: 0.into(),
+                flags: FLAG_AUTH.into(),
+                guest_pages: 8.into(),
+                session: 1.into(),
+            };
+            s.write_all(hello.as_bytes()).unwrap();
+            s.write_all(&[0; 32]).unwrap();
+            read_status(&mut s)
+        });
+        let expect = Expect {
+            token: Some(Token::new(key).unwrap()),
+            resume: None,
+        };
+        assert!(matches!(
+            accept(&l, T, &expect),
+            Err(LinkError::Refused(Refusal::Unsealed))
+        ));
+        assert!(matches!(
+            old.join().unwrap(),
+            Err(LinkError::Refused(Refusal::Unsealed))
+        ));
+        // An older receiver: unknown flags are a malformed hello to it.
+        let d = dial(8, Some(key));
+        let t = std::thread::spawn(move || d.connect(addr, false, T).map(|_| ()));
+        let (mut s, _) = l.accept().unwrap();
+        let mut hello = [0u8; 32];
+        s.read_exact(&mut hello).unwrap();
+        assert_ne!(
+            u32::from_le_bytes(hello[12..16].try_into().unwrap()) & FLAG_SEALED,
+            0
+        );
+        s.write_all(&[Refusal::BadHello as u8]).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(LinkError::PeerTooOld)));
+    }
+
     #[test]
     fn a_resume_needs_the_same_session() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
