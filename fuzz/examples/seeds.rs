@@ -406,5 +406,22 @@ fn main() {
             save(&out.join("tunnel_frames"), &v);
         }
     }
+    {
+        // Sealed streams under the target's key: one record, a few, a
+        // full-size one; the first byte picks the read size.
+        use std::io::Write;
+        use xl_plugin::seal::{Key, SealedWriter, MAX_RECORD};
+        let key = Key::from_bytes(xen_postcopy_fuzz::SEAL_KEY);
+        for parts in [vec![vec![7u8; 100]], vec![b"abc".to_vec(), vec![1; 4096], b"z".to_vec()]] {
+            let mut w = SealedWriter::new(vec![3u8], &key);
+            for p in &parts {
+                w.write_all(p).unwrap();
+            }
+            save(&out.join("sealed_records"), w.get_ref());
+        }
+        let mut w = SealedWriter::new(vec![200u8], &key);
+        w.write_all(&vec![9u8; MAX_RECORD]).unwrap();
+        save(&out.join("sealed_records"), w.get_ref());
+    }
     println!("{count}+ stream seeds written under {}", out.display());
 }

@@ -557,18 +557,21 @@ pub fn link_hello(data: &[u8]) {
 }
 
 fn check_hello(bytes: &[u8]) {
-    use xl_plugin::local::link::{parse_hello, FLAG_AUTH, FLAG_RESUME, MAGIC, MAX_GUEST_PAGES};
+    use xl_plugin::local::link::{
+        parse_hello, FLAG_AUTH, FLAG_RESUME, FLAG_SEALED, MAGIC, MAX_GUEST_PAGES,
+    };
+    // Sealed only with a token.
+    let flags_ok = |f: u32| {
+        f & !(FLAG_RESUME | FLAG_AUTH | FLAG_SEALED) == 0
+            && (f & FLAG_SEALED == 0 || f & FLAG_AUTH != 0)
+    };
     use zerocopy::IntoBytes;
     match parse_hello(bytes) {
         Ok(h) => {
             assert_eq!(h.as_bytes(), bytes, "hello does not round-trip");
             assert_eq!(h.magic, MAGIC);
             assert!(h.channel.get() <= 1, "channel {}", h.channel.get());
-            assert_eq!(
-                h.flags.get() & !(FLAG_RESUME | FLAG_AUTH),
-                0,
-                "unknown flags"
-            );
+            assert!(flags_ok(h.flags.get()), "unknown flags");
             assert!(
                 (1..=MAX_GUEST_PAGES).contains(&h.guest_pages.get()),
                 "guest size"
@@ -580,7 +583,7 @@ fn check_hello(bytes: &[u8]) {
             let well_formed = bytes.len() == 32
                 && bytes[..8] == MAGIC
                 && le_u32(&bytes[8..]) <= 1
-                && le_u32(&bytes[12..]) & !(FLAG_RESUME | FLAG_AUTH) == 0
+                && flags_ok(le_u32(&bytes[12..]))
                 && (1..=MAX_GUEST_PAGES).contains(&u64::from_le_bytes(
                     bytes[16..24].try_into().expect("8 bytes"),
                 ));
@@ -597,14 +600,18 @@ fn check_hello(bytes: &[u8]) {
 /// without wrapping the stream offset.
 pub fn tunnel_frames(data: &[u8]) {
     use xl_plugin::tunnel::frame::{encode, Frame, FrameReader, MAX_DATA};
-    use xl_plugin::tunnel::hello::{parse_hello, FLAG_AUTH, FLAG_RESUME, MAGIC, VERSION};
+    use xl_plugin::tunnel::hello::{
+        parse_hello, FLAG_AUTH, FLAG_RESUME, FLAG_SEALED, MAGIC, VERSION,
+    };
     use zerocopy::IntoBytes;
     let (head, rest) = data.split_at(data.len().min(32));
     if let Ok(h) = parse_hello(head) {
         assert_eq!(h.as_bytes(), head, "hello does not round-trip");
         assert_eq!(h.magic, MAGIC);
         assert_eq!(h.version.get(), VERSION);
-        assert_eq!(h.flags.get() & !(FLAG_RESUME | FLAG_AUTH), 0);
+        let f = h.flags.get();
+        assert_eq!(f & !(FLAG_RESUME | FLAG_AUTH | FLAG_SEALED), 0);
+        assert!(f & FLAG_SEALED == 0 || f & FLAG_AUTH != 0);
     }
     let mut cursor = std::io::Cursor::new(rest);
     let mut at = 0usize;
@@ -620,5 +627,56 @@ pub fn tunnel_frames(data: &[u8]) {
         let end = usize::try_from(cursor.position()).expect("position fits");
         assert_eq!(&rest[at..end], &again[..], "frame does not round-trip");
         at = end;
+    }
+}
+
+/// The key of the `sealed_records` target and its seeds.
+pub const SEAL_KEY: [u8; 32] = [0x42; 32];
+
+/// Target `sealed_records`: a sealed stream ([`xl_plugin::seal`]) read with
+/// a fixed key, in reads of varying sizes (the first byte picks them),
+/// until the first error or its end. It must never panic; only sealed
+/// records can open (so forged input almost never yields a byte), what
+/// opens re-seals to exactly the bytes read, and once a read failed on a
+/// bad record every later read fails too.
+pub fn sealed_records(data: &[u8]) {
+    use std::io::{Read, Write};
+    use xl_plugin::seal::{Key, SealedReader, SealedWriter};
+    let Some((&step, wire)) = data.split_first() else {
+        return;
+    };
+    let key = Key::from_bytes(SEAL_KEY);
+    let mut r = SealedReader::new(wire, &key);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; usize::from(step) * 97 + 1];
+    let failed = loop {
+        match r.read(&mut buf) {
+            Ok(0) => break false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                let _ = e.to_string();
+                break e.kind() == std::io::ErrorKind::InvalidData;
+            }
+        }
+    };
+    if failed {
+        assert!(r.read(&mut buf).is_err(), "a failed stream read on");
+    }
+    if !got.is_empty() {
+        // Records cut at the writer's size: re-seal what opened and it
+        // must be a prefix of the input.
+        let mut w = SealedWriter::new(Vec::new(), &key);
+        let mut again = Vec::new();
+        let mut at = 0;
+        let mut pos = 0usize;
+        while at < got.len() {
+            let len = u32::from_le_bytes(wire[pos..pos + 4].try_into().expect("4 bytes"));
+            let n = usize::try_from(len).expect("fits");
+            w.write_all(&got[at..at + n]).expect("to memory");
+            at += n;
+            pos += 4 + n + 16;
+        }
+        again.extend_from_slice(w.get_ref());
+        assert_eq!(&wire[..again.len()], &again[..], "a record does not re-seal");
     }
 }

@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("trace", xen_postcopy_fuzz::trace),
     ("link_hello", xen_postcopy_fuzz::link_hello),
     ("tunnel_frames", xen_postcopy_fuzz::tunnel_frames),
+    ("sealed_records", xen_postcopy_fuzz::sealed_records),
 ];
 
 fn replay(dir: &str, name: &str, f: Target) -> usize {

@@ -639,3 +639,73 @@ pub mod rec {
     /// POSTCOPY_READY.
     pub const READY: u32 = 0x1e;
 }
+
+/// A wiretap: a proxy that records every byte the sender sends (all connections, in
+/// arrival order) and, if asked, flips one byte of the first bulk
+/// connection at `flip` bytes in (after the handshake).
+#[derive(Debug)]
+pub struct Tap {
+    /// Where to dial.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    /// What the dialer sent so far.
+    pub fn seen(&self) -> Vec<u8> {
+        lock(&self.seen).clone()
+    }
+}
+
+pub fn tap(upstream: SocketAddr, flip: Option<usize>) -> io::Result<Tap> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for (n, c) in l.incoming().enumerate() {
+            let Ok(c) = c else { return };
+            let Ok(s) = TcpStream::connect(upstream) else {
+                return;
+            };
+            // The first connection is the first bulk channel.
+            let flip = flip.filter(|_| n == 0);
+            let (Ok(c2), Ok(s2)) = (c.try_clone(), s.try_clone()) else {
+                return;
+            };
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || tap_pump(c, s, Some(log), flip));
+            std::thread::spawn(move || tap_pump(s2, c2, None, None));
+        }
+    });
+    Ok(Tap { addr, seen })
+}
+
+fn tap_pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    log: Option<Arc<Mutex<Vec<u8>>>>,
+    flip: Option<usize>,
+) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(f) = flip {
+            if (at..at + n).contains(&f) {
+                buf[f - at] ^= 0x40;
+            }
+        }
+        at += n;
+        if let Some(l) = &log {
+            lock(l).extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}

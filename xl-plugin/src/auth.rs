@@ -30,6 +30,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::local::link::{read_status, refuse, LinkError, Refusal};
+use crate::seal::Keys;
 
 /// Shortest token accepted.
 pub const MIN_TOKEN: usize = 16;
@@ -144,13 +145,14 @@ pub(crate) struct Roles {
 
 /// Connecting side of the challenge–response, right after its `hello`
 /// (sent with the auth flag): sends Ns, checks the listener's proof, sends
-/// its own.
+/// its own. Returns the connection's keys ([`crate::seal`]), used when the
+/// hello says the stream is sealed.
 pub(crate) fn dialer_auth(
     s: &mut TcpStream,
     token: &Token,
     hello: &[u8],
     roles: Roles,
-) -> Result<(), LinkError> {
+) -> Result<Keys, LinkError> {
     let ns = random::<NONCE>()?;
     s.write_all(&ns)?;
     read_status(s)?;
@@ -161,20 +163,32 @@ pub(crate) fn dialer_auth(
         return Err(LinkError::AuthFailed(Refusal::AuthFailed));
     }
     s.write_all(&token.prove(roles.dialer, hello, &ns, nr))?;
-    Ok(())
+    Ok(Keys::derive(
+        &token.0,
+        hello,
+        &ns,
+        nr,
+        roles.dialer,
+        roles.listener,
+    ))
 }
 
 /// Accepting side, after reading `hello`: applies the token policy (a
 /// token here must be proven; one offered to a side without a token is
-/// refused) and runs the challenge–response; refusals are answered.
+/// refused, and so is a dialer with the token whose hello does not say
+/// `sealed`: an older version that would send in clear) and runs the
+/// challenge–response; refusals are answered. Returns the connection's
+/// keys when a token was proven.
 pub(crate) fn listener_auth(
     s: &mut TcpStream,
     token: Option<&Token>,
     offered: bool,
+    sealed: bool,
     hello: &[u8],
     roles: Roles,
-) -> Result<(), LinkError> {
+) -> Result<Option<Keys>, LinkError> {
     match (token, offered) {
+        (Some(_), true) if !sealed => Err(LinkError::Refused(refuse(s, Refusal::Unsealed))),
         (Some(token), true) => {
             let mut ns = [0u8; NONCE];
             s.read_exact(&mut ns)?;
@@ -187,11 +201,18 @@ pub(crate) fn listener_auth(
             if !token.check(roles.dialer, hello, &ns, &nr, &proof) {
                 return Err(LinkError::AuthFailed(refuse(s, Refusal::AuthFailed)));
             }
-            Ok(())
+            Ok(Some(Keys::derive(
+                &token.0,
+                hello,
+                &ns,
+                &nr,
+                roles.listener,
+                roles.dialer,
+            )))
         }
         (Some(_), false) => Err(LinkError::Refused(refuse(s, Refusal::AuthRequired))),
         (None, true) => Err(LinkError::Refused(refuse(s, Refusal::NoToken))),
-        (None, false) => Ok(()),
+        (None, false) => Ok(None),
     }
 }
 

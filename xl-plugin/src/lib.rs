@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bench;
 pub mod local;
 pub mod options;
+pub mod seal;
 pub mod status;
 pub mod tunnel;
 pub mod vetting;

@@ -161,6 +161,11 @@ struct BenchArgs {
     /// Seconds each guest runs before its migration.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Instead of the matrix: encryption's cost, a plain loopback stream
+    /// of each size against the same through sealed records (what a link
+    /// with a token carries), alternated --runs times.
+    #[arg(long)]
+    encrypt: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -461,6 +466,17 @@ fn main() -> Result<ExitCode> {
                 }
                 Err(e) => Ok(exit_for(&e)),
             }
+        }
+        Cmd::Bench(b) if b.encrypt => {
+            let runs = usize::try_from(b.runs)?;
+            let rows = xl_plugin::bench::seal_cost(&b.sizes, runs).context("streaming")?;
+            std::fs::create_dir_all(&b.out)?;
+            std::fs::write(
+                b.out.join("encrypt.json"),
+                serde_json::to_string_pretty(&rows)?,
+            )?;
+            print!("{}", xl_plugin::bench::seal_table(&rows, runs));
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => {
             let exe = std::env::current_exe().context("locating this program")?;

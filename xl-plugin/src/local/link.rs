@@ -27,16 +27,28 @@
 //! Without a token the exchange is hello then status, and the receiver
 //! only listens on loopback.
 //!
+//! **Encryption.** With a token the hello also carries [`FLAG_SEALED`]:
+//! everything after the last status byte, both ways, is sealed with the
+//! connection's keys ([`crate::seal`]: ChaCha20-Poly1305, keys from the
+//! token and both nonces). A sender with a token but without the flag (an
+//! older version, which sends memory in clear) is refused
+//! ([`Refusal::Unsealed`]); an older receiver refuses the flag as a
+//! malformed hello, which the sender reports as such ([`LinkError::PeerTooOld`]).
+//!
 //! `TCP_NODELAY` on both: a fault request or reply must not wait for Nagle.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use postcopy::transport::{Closer, DestLinks, SourceLinks};
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::auth::{dialer_auth, listener_auth, random, Roles, Token};
+use crate::seal::{Keys, SealedReader, SealedWriter};
 use crate::vetting::{self, Vetting};
 
 /// "XPCLINK1".
@@ -47,6 +59,9 @@ pub const MAX_GUEST_PAGES: u64 = 1 << 28;
 pub const FLAG_RESUME: u32 = 1;
 /// Hello flag: a challenge–response follows the hello.
 pub const FLAG_AUTH: u32 = 2;
+/// Hello flag (with [`FLAG_AUTH`] only): everything after the handshake is
+/// sealed ([`crate::seal`]).
+pub const FLAG_SEALED: u32 = 4;
 
 /// First bytes on each connection.
 #[repr(C)]
@@ -56,7 +71,8 @@ pub struct Hello {
     pub magic: [u8; 8],
     /// 0 = bulk, 1 = fault.
     pub channel: U32,
-    /// [`FLAG_RESUME`], [`FLAG_AUTH`]; other bits must be zero.
+    /// [`FLAG_RESUME`], [`FLAG_AUTH`], [`FLAG_SEALED`]; other bits must be
+    /// zero.
     pub flags: U32,
     /// Guest size in pages.
     pub guest_pages: U64,
@@ -82,6 +98,8 @@ pub enum Refusal {
     NoToken = 5,
     /// The guest does not fit in the receiver's available memory.
     TooLarge = 6,
+    /// The sender has a token but would send in clear (an older version).
+    Unsealed = 7,
 }
 
 impl Refusal {
@@ -93,6 +111,7 @@ impl Refusal {
             4 => Refusal::UnknownSession,
             5 => Refusal::NoToken,
             6 => Refusal::TooLarge,
+            7 => Refusal::Unsealed,
             _ => return None,
         })
     }
@@ -107,6 +126,9 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownSession => "not the migration the receiver is running",
             Refusal::NoToken => "the receiver has no token but the sender offered one",
             Refusal::TooLarge => "the guest does not fit in the receiver's available memory",
+            Refusal::Unsealed => {
+                "the sender does not encrypt its stream (an older xl-postcopy: upgrade it)"
+            }
         })
     }
 }
@@ -144,6 +166,10 @@ pub enum LinkError {
     /// The receiver refused this connection.
     #[error("the receiver refused the connection: {0}")]
     Refused(Refusal),
+    /// The listener refused our sealed hello as malformed: it predates
+    /// encryption.
+    #[error("the peer refused the encrypted hello as malformed: it is probably an older xl-postcopy that cannot encrypt (upgrade it)")]
+    PeerTooOld,
     /// The receiver answered with a status byte we do not know.
     #[error("the receiver sent unknown status {0}")]
     BadStatus(u8),
@@ -218,7 +244,9 @@ pub fn parse_hello(bytes: &[u8]) -> Result<Hello, LinkError> {
         return Err(LinkError::BadChannel(h.channel.get(), 0));
     }
     let flags = h.flags.get();
-    if flags & !(FLAG_RESUME | FLAG_AUTH) != 0 {
+    if flags & !(FLAG_RESUME | FLAG_AUTH | FLAG_SEALED) != 0
+        || (flags & FLAG_SEALED != 0 && flags & FLAG_AUTH == 0)
+    {
         return Err(LinkError::BadFlags(flags));
     }
     let pages = h.guest_pages.get();
@@ -247,7 +275,7 @@ impl Dial {
         addr: SocketAddr,
         resume: bool,
         timeout: Duration,
-    ) -> Result<(TcpStream, TcpStream), LinkError> {
+    ) -> Result<(Conn, Conn), LinkError> {
         Ok((
             self.open(addr, 0, resume, timeout)?,
             self.open(addr, 1, resume, timeout)?,
@@ -260,7 +288,7 @@ impl Dial {
         channel: u32,
         resume: bool,
         timeout: Duration,
-    ) -> Result<TcpStream, LinkError> {
+    ) -> Result<Conn, LinkError> {
         let timeout = timeout.max(Duration::from_millis(1));
         let mut s = TcpStream::connect_timeout(&addr, timeout)?;
         s.set_nodelay(true)?;
@@ -268,7 +296,7 @@ impl Dial {
         s.set_write_timeout(Some(timeout))?;
         let mut flags = if resume { FLAG_RESUME } else { 0 };
         if self.token.is_some() {
-            flags |= FLAG_AUTH;
+            flags |= FLAG_AUTH | FLAG_SEALED;
         }
         let hello = Hello {
             magic: MAGIC,
@@ -278,14 +306,29 @@ impl Dial {
             session: self.session.into(),
         };
         s.write_all(hello.as_bytes())?;
-        if let Some(token) = &self.token {
-            dialer_auth(&mut s, token, hello.as_bytes(), ROLES)?;
-        }
+        let keys = match &self.token {
+            Some(token) => Some(sealed_auth(&mut s, token, hello.as_bytes(), ROLES)?),
+            None => None,
+        };
         read_status(&mut s)?;
         s.set_read_timeout(None)?;
         s.set_write_timeout(None)?;
-        Ok(s)
+        Ok(Conn { sock: s, keys })
     }
+}
+
+/// The dialer's challenge–response for a sealed hello: an older listener
+/// refuses the sealed flag as a malformed hello, which is said as such.
+pub(crate) fn sealed_auth(
+    s: &mut TcpStream,
+    token: &Token,
+    hello: &[u8],
+    roles: Roles,
+) -> Result<Keys, LinkError> {
+    dialer_auth(s, token, hello, roles).map_err(|e| match e {
+        LinkError::Refused(Refusal::BadHello) => LinkError::PeerTooOld,
+        e => e,
+    })
 }
 
 /// Reads the receiver's status byte: 0 goes on, anything else is a refusal.
@@ -309,13 +352,81 @@ pub(crate) fn read_status(s: &mut TcpStream) -> Result<(), LinkError> {
     }
 }
 
+/// One connection after its handshake.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub sock: TcpStream,
+    /// With a token: its keys; everything from now on is sealed.
+    pub keys: Option<Keys>,
+}
+
+impl Conn {
+    /// A second handle on the same connection and keys. Each direction
+    /// must have one reader and one writer only (the record counters).
+    pub fn try_clone(&self) -> io::Result<Conn> {
+        Ok(Conn {
+            sock: self.sock.try_clone()?,
+            keys: self.keys.clone(),
+        })
+    }
+
+    /// This side's reading end (opening sealed records with a token).
+    pub fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
+        let s = self.sock.try_clone()?;
+        Ok(match &self.keys {
+            Some(k) => Box::new(SealedReader::new(s, &k.recv)),
+            None => Box::new(s),
+        })
+    }
+
+    /// This side's writing end (sealing records with a token).
+    pub fn writer(&self) -> io::Result<Box<dyn Write + Send>> {
+        let s = self.sock.try_clone()?;
+        Ok(match &self.keys {
+            Some(k) => Box::new(SealedWriter::new(s, &k.send)),
+            None => Box::new(s),
+        })
+    }
+}
+
+fn closer(bulk: &Conn, fault: &Conn) -> io::Result<Closer> {
+    let (b, f) = (bulk.sock.try_clone()?, fault.sock.try_clone()?);
+    Ok(Arc::new(move || {
+        let _ = b.shutdown(Shutdown::Both);
+        let _ = f.shutdown(Shutdown::Both);
+    }))
+}
+
+/// The source's links over its two connections; the reverse direction of
+/// the bulk connection stays free for the destination's summary.
+pub fn source_links(bulk: &Conn, fault: &Conn) -> io::Result<SourceLinks> {
+    Ok(SourceLinks {
+        bulk: bulk.writer()?,
+        fault_rx: fault.reader()?,
+        fault_tx: fault.writer()?,
+        closer: closer(bulk, fault)?,
+    })
+}
+
+/// The destination's links over its two connections (the bulk
+/// connection's reverse direction is left for the summary).
+pub fn dest_links(bulk: &Conn, fault: &Conn) -> io::Result<DestLinks> {
+    Ok(DestLinks {
+        bulk: bulk.reader()?,
+        fault_rx: fault.reader()?,
+        fault_tx: fault.writer()?,
+        closer: closer(bulk, fault)?,
+    })
+}
+
 /// Two paired connections from one sender.
 #[derive(Debug)]
 pub struct Accepted {
     /// The bulk channel.
-    pub bulk: TcpStream,
+    pub bulk: Conn,
     /// The fault channel.
-    pub fault: TcpStream,
+    pub fault: Conn,
     /// Guest size in pages.
     pub guest_pages: u64,
     /// The sender's session id.
@@ -333,14 +444,19 @@ pub struct Expect {
 }
 
 /// Reads and vets one connection's hello (and proof), answering with the
-/// status byte.
-fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, LinkError> {
+/// status byte; returns the connection's keys with a token.
+fn vet(
+    s: &mut TcpStream,
+    expect: &Expect,
+    timeout: Duration,
+) -> Result<(Hello, Option<Keys>), LinkError> {
     let (h, buf) = read_hello(s, timeout, parse_hello)?;
     let flags = h.flags.get();
-    listener_auth(
+    let keys = listener_auth(
         s,
         expect.token.as_ref(),
         flags & FLAG_AUTH != 0,
+        flags & FLAG_SEALED != 0,
         &buf,
         ROLES,
     )?;
@@ -365,23 +481,26 @@ fn vet(s: &mut TcpStream, expect: &Expect, timeout: Duration) -> Result<Hello, L
     s.write_all(&[0])?;
     s.set_read_timeout(None)?;
     s.set_write_timeout(None)?;
-    Ok(h)
+    Ok((h, keys))
 }
 
-/// Receiver side: accepts bulk then fault (blocking); every step after the
-/// TCP accept is bounded by `timeout`.
-pub fn accept(
+/// Receiver side, for the unit tests: accepts bulk then fault (the TCP
+/// accept itself blocks, hence test-only; the binaries use
+/// [`accept_migration`] and [`accept_until`]); every step after it is
+/// bounded by `timeout`.
+#[cfg(test)]
+fn accept(
     listener: &TcpListener,
     timeout: Duration,
     expect: &Expect,
 ) -> Result<Accepted, LinkError> {
-    let take = |channel: u32| -> Result<(TcpStream, Hello), LinkError> {
+    let take = |channel: u32| -> Result<(Conn, Hello), LinkError> {
         let (mut s, _) = listener.accept()?;
-        let h = vet(&mut s, expect, timeout)?;
+        let (h, keys) = vet(&mut s, expect, timeout)?;
         if h.channel.get() != channel {
             return Err(LinkError::BadChannel(h.channel.get(), channel));
         }
-        Ok((s, h))
+        Ok((Conn { sock: s, keys }, h))
     };
     let (bulk, hb) = take(0)?;
     let (fault, hf) = take(1)?;
@@ -468,7 +587,7 @@ fn gather_polling(
     let mut pair_by: Option<Instant> = None;
     let mut vetting = Vetting::default();
     // Vetted connections by session: (bulk, fault).
-    let mut sessions: std::collections::HashMap<u64, [Option<(TcpStream, Hello)>; 2]> =
+    let mut sessions: std::collections::HashMap<u64, [Option<(Conn, Hello)>; 2]> =
         std::collections::HashMap::new();
     loop {
         let now = Instant::now();
@@ -494,8 +613,8 @@ fn gather_polling(
         let mut idle = !vetting.accept(listener, move |s| vet(s, &expect_one, step))?;
         while let Some((peer, s, r)) = vetting.finished() {
             idle = false;
-            let h = match r {
-                Ok(h) => h,
+            let (h, keys) = match r {
+                Ok(r) => r,
                 Err(e) => {
                     log::warn!("refused a connection from {peer}: {e}");
                     continue;
@@ -503,7 +622,7 @@ fn gather_polling(
             };
             let pair = sessions.entry(h.session.get()).or_default();
             let ch = usize::from(h.channel.get() != 0);
-            pair[ch] = Some((s, h));
+            pair[ch] = Some((Conn { sock: s, keys }, h));
             if let [Some((_, hb)), Some((_, hf))] = &pair {
                 if hb.guest_pages.get() != hf.guest_pages.get() {
                     log::warn!("refused a pair from {peer}: {}", LinkError::SessionMismatch);
@@ -601,6 +720,53 @@ mod tests {
             t.join().unwrap(),
             Err(LinkError::Refused(Refusal::AuthRequired))
         ));
+    }
+
+    /// The wire change is versioned: a sender with a token that would send
+    /// in clear (an older version) is refused with its own status, and an
+    /// older receiver's refusal of the sealed hello is named as such.
+    #[test]
+    fn old_peers_get_a_clear_refusal() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let key = b"0123456789abcdef-shared";
+        let old = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let hello = Hello {
+                magic: MAGIC,
+                channel: 0.into(),
+                flags: FLAG_AUTH.into(),
+                guest_pages: 8.into(),
+                session: 1.into(),
+            };
+            s.write_all(hello.as_bytes()).unwrap();
+            s.write_all(&[0; 32]).unwrap();
+            read_status(&mut s)
+        });
+        let expect = Expect {
+            token: Some(Token::new(key).unwrap()),
+            resume: None,
+        };
+        assert!(matches!(
+            accept(&l, T, &expect),
+            Err(LinkError::Refused(Refusal::Unsealed))
+        ));
+        assert!(matches!(
+            old.join().unwrap(),
+            Err(LinkError::Refused(Refusal::Unsealed))
+        ));
+        // An older receiver: unknown flags are a malformed hello to it.
+        let d = dial(8, Some(key));
+        let t = std::thread::spawn(move || d.connect(addr, false, T).map(|_| ()));
+        let (mut s, _) = l.accept().unwrap();
+        let mut hello = [0u8; 32];
+        s.read_exact(&mut hello).unwrap();
+        assert_ne!(
+            u32::from_le_bytes(hello[12..16].try_into().unwrap()) & FLAG_SEALED,
+            0
+        );
+        s.write_all(&[Refusal::BadHello as u8]).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(LinkError::PeerTooOld)));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! connection so the sender can check integrity and print one report.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +26,7 @@ use postcopy::transport::{DestLinks, Silence, SourceLinks};
 use postcopy_uffd::{GuestRegion, RegionSource, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
-use super::link::{self, Dial, Expect};
+use super::link::{self, Conn, Dial, Expect};
 use super::recover::{Command, Control};
 use super::report::{DestSummary, Floor, LocalReport};
 use super::vcpu::{GuestWords, Vcpu};
@@ -133,10 +133,10 @@ impl Default for LinkOpts {
 }
 
 /// Bounds every write on a link by the stall timeout.
-fn bound_writes(l: &LinkOpts, socks: [&TcpStream; 2]) -> std::io::Result<()> {
+fn bound_writes(l: &LinkOpts, conns: [&Conn; 2]) -> std::io::Result<()> {
     let t = (!l.stall_timeout.is_zero()).then_some(l.stall_timeout);
-    for s in socks {
-        s.set_write_timeout(t)?;
+    for c in conns {
+        c.sock.set_write_timeout(t)?;
     }
     Ok(())
 }
@@ -158,10 +158,10 @@ impl LinkOpts {
 /// stream is a stalled or vanished source (a clean abort before the
 /// switch, the recovery window after it). The fault channel carries
 /// replies only when the guest faults, so it has no read bound.
-fn dest_links(l: &LinkOpts, bulk: TcpStream, fault: TcpStream) -> std::io::Result<DestLinks> {
+fn dest_links(l: &LinkOpts, bulk: &Conn, fault: &Conn) -> std::io::Result<DestLinks> {
     let bound = (!l.stall_timeout.is_zero()).then_some(l.stall_timeout);
-    bulk.set_read_timeout(bound)?;
-    let mut links = DestLinks::from_sockets(bulk, fault)?;
+    bulk.sock.set_read_timeout(bound)?;
+    let mut links = link::dest_links(bulk, fault)?;
     if let Some(t) = bound {
         links.bulk = Box::new(Silence::new(links.bulk, "source", t));
     }
@@ -394,7 +394,7 @@ pub fn run_sender_with(
     let (bulk, fault) = dial.connect(addr, false, Duration::from_secs(10))?;
     bound_writes(l, [&bulk, &fault]).map_err(setup("socket options"))?;
     let trailer = Mutex::new(bulk.try_clone().map_err(setup("cloning the socket"))?);
-    let links = SourceLinks::from_sockets(bulk, fault).map_err(setup("setting up links"))?;
+    let links = link::source_links(&bulk, &fault).map_err(setup("setting up links"))?;
     let mut redial = |deadline: Instant| -> std::io::Result<SourceLinks> {
         let to = *lock(&target);
         let wait = deadline
@@ -406,7 +406,7 @@ pub fn run_sender_with(
         bound_writes(l, [&b, &f])?;
         *lock(&trailer) = b.try_clone()?;
         info!("reconnected to {to}");
-        SourceLinks::from_sockets(b, f)
+        link::source_links(&b, &f)
     };
     let recovery = (!l.recover_timeout.is_zero()).then_some(Recovery {
         timeout: l.recover_timeout,
@@ -469,7 +469,7 @@ pub fn run_sender_with(
             }
         });
     }
-    let summary = read_summary(&mut lock(&trailer))
+    let summary = read_summary(&lock(&trailer))
         .map_err(|e| LocalError::Unverified(postcopy::error::io_words(&e)))?;
     let source_digest = image_digest(g.pages, |pfn, buf| {
         if region.read_page(pfn, buf).is_err() {
@@ -529,8 +529,9 @@ pub fn run_sender_with(
 /// Summaries are small; anything larger is a broken peer.
 const MAX_SUMMARY: usize = 1 << 20;
 
-fn read_summary(s: &mut TcpStream) -> std::io::Result<DestSummary> {
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+fn read_summary(c: &Conn) -> std::io::Result<DestSummary> {
+    c.sock.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut s = c.reader()?;
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = usize::try_from(u32::from_le_bytes(len)).unwrap_or(usize::MAX);
@@ -550,7 +551,8 @@ fn read_summary(s: &mut TcpStream) -> std::io::Result<DestSummary> {
     })
 }
 
-fn write_summary(s: &mut TcpStream, summary: &DestSummary) -> std::io::Result<()> {
+fn write_summary(c: &Conn, summary: &DestSummary) -> std::io::Result<()> {
+    let mut s = c.writer()?;
     let body = serde_json::to_vec(summary).map_err(std::io::Error::other)?;
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("summary too long"))?;
     s.write_all(&len.to_le_bytes())?;
@@ -675,7 +677,7 @@ pub fn run_receiver_with(
             .try_clone()
             .map_err(setup("cloning the socket"))?,
     );
-    let links = dest_links(l, first.bulk, first.fault).map_err(setup("setting up links"))?;
+    let links = dest_links(l, &first.bulk, &first.fault).map_err(setup("setting up links"))?;
     let mut reaccept = |deadline: Instant| -> std::io::Result<DestLinks> {
         let until = deadline.min(Instant::now() + ATTEMPT);
         let guard = lock(&moved);
@@ -689,7 +691,7 @@ pub fn run_receiver_with(
         .map_err(std::io::Error::other)?;
         bound_writes(l, [&a.bulk, &a.fault])?;
         *lock(&trailer) = a.bulk.try_clone()?;
-        dest_links(l, a.bulk, a.fault)
+        dest_links(l, &a.bulk, &a.fault)
     };
     let recovery = (!l.recover_timeout.is_zero()).then_some(Recovery {
         timeout: l.recover_timeout,
@@ -758,7 +760,7 @@ pub fn run_receiver_with(
         stall_us,
         postcopy_secs,
     };
-    if let Err(e) = write_summary(&mut lock(&trailer), &summary) {
+    if let Err(e) = write_summary(&lock(&trailer), &summary) {
         warn!("could not send the summary to the source: {e}");
     }
     Ok(summary)

@@ -13,6 +13,12 @@
 //! ```
 //!
 //! Each side then resends its stream from the offset the other holds.
+//! With a token the hello carries [`FLAG_SEALED`] and everything after
+//! this exchange is sealed ([`crate::seal`], keys from the token and both
+//! nonces), as on local mode's links; a dialer with a token but without
+//! the flag (an older version) is refused. The `received` offset itself
+//! travels in clear: a tamperer can only make a side resend from the
+//! wrong place, which the frames' offsets reveal.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,8 +27,9 @@ use std::time::Duration;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::auth::{dialer_auth, listener_auth, Roles, Token};
-use crate::local::link::{read_hello, read_status, refuse, LinkError, Refusal};
+use crate::auth::{listener_auth, Roles, Token};
+use crate::local::link::{read_hello, read_status, refuse, sealed_auth, Conn, LinkError, Refusal};
+use crate::seal::Keys;
 
 /// "XPCTUN01".
 pub const MAGIC: [u8; 8] = *b"XPCTUN01";
@@ -32,6 +39,9 @@ pub const VERSION: u32 = 1;
 pub const FLAG_RESUME: u32 = 1;
 /// Hello flag: a challenge–response follows.
 pub const FLAG_AUTH: u32 = 2;
+/// Hello flag (with [`FLAG_AUTH`] only): everything after the handshake is
+/// sealed.
+pub const FLAG_SEALED: u32 = 4;
 
 const ROLES: Roles = Roles {
     listener: b"XPT-L",
@@ -65,7 +75,9 @@ pub fn parse_hello(bytes: &[u8]) -> Result<Hello, LinkError> {
         return Err(LinkError::BadVersion(h.version.get()));
     }
     let flags = h.flags.get();
-    if flags & !(FLAG_RESUME | FLAG_AUTH) != 0 {
+    if flags & !(FLAG_RESUME | FLAG_AUTH | FLAG_SEALED) != 0
+        || (flags & FLAG_SEALED != 0 && flags & FLAG_AUTH == 0)
+    {
         return Err(LinkError::BadFlags(flags));
     }
     Ok(h)
@@ -80,7 +92,7 @@ pub fn dial(
     received: u64,
     token: Option<&Token>,
     timeout: Duration,
-) -> Result<(TcpStream, u64), LinkError> {
+) -> Result<(Conn, u64), LinkError> {
     let timeout = timeout.max(Duration::from_millis(1));
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_nodelay(true)?;
@@ -88,7 +100,7 @@ pub fn dial(
     s.set_write_timeout(Some(timeout))?;
     let mut flags = if resume { FLAG_RESUME } else { 0 };
     if token.is_some() {
-        flags |= FLAG_AUTH;
+        flags |= FLAG_AUTH | FLAG_SEALED;
     }
     let hello = Hello {
         magic: MAGIC,
@@ -98,15 +110,16 @@ pub fn dial(
         received: received.into(),
     };
     s.write_all(hello.as_bytes())?;
-    if let Some(token) = token {
-        dialer_auth(&mut s, token, hello.as_bytes(), ROLES)?;
-    }
+    let keys = match token {
+        Some(token) => Some(sealed_auth(&mut s, token, hello.as_bytes(), ROLES)?),
+        None => None,
+    };
     read_status(&mut s)?;
     let mut peer = [0u8; 8];
     s.read_exact(&mut peer)?;
     s.set_read_timeout(None)?;
     s.set_write_timeout(None)?;
-    Ok((s, u64::from_le_bytes(peer)))
+    Ok((Conn { sock: s, keys }, u64::from_le_bytes(peer)))
 }
 
 /// What the listener accepts: a new session (`session` None) or a resume
@@ -128,21 +141,29 @@ pub fn vet(
     received: u64,
     timeout: Duration,
 ) -> Result<Hello, LinkError> {
-    let h = vet_peer(s, expect.token, timeout)?;
+    let (h, _) = vet_peer(s, expect.token, timeout)?;
     admit(s, h, expect.session, received)
 }
 
 /// Listener side, first half of [`vet`]: the peer's hello and proof
 /// (what a stranger can stall), bounded by `timeout`. Nothing is answered
-/// yet on success.
+/// yet on success. Returns the connection's keys with a token.
 pub fn vet_peer(
     s: &mut TcpStream,
     token: Option<&Token>,
     timeout: Duration,
-) -> Result<Hello, LinkError> {
+) -> Result<(Hello, Option<Keys>), LinkError> {
     let (h, buf) = read_hello(s, timeout, parse_hello)?;
-    listener_auth(s, token, h.flags.get() & FLAG_AUTH != 0, &buf, ROLES)?;
-    Ok(h)
+    let flags = h.flags.get();
+    let keys = listener_auth(
+        s,
+        token,
+        flags & FLAG_AUTH != 0,
+        flags & FLAG_SEALED != 0,
+        &buf,
+        ROLES,
+    )?;
+    Ok((h, keys))
 }
 
 /// Listener side, second half of [`vet`]: accepts the new session
@@ -186,10 +207,7 @@ mod tests {
         expect_session: Option<u64>,
         dial_session: u64,
         resume: bool,
-    ) -> (
-        Result<Hello, LinkError>,
-        Result<(TcpStream, u64), LinkError>,
-    ) {
+    ) -> (Result<Hello, LinkError>, Result<(Conn, u64), LinkError>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {

@@ -31,14 +31,14 @@ pub mod hello;
 pub mod relay;
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::auth::Token;
-use crate::local::link::{new_session, LinkError};
+use crate::local::link::{new_session, Conn, LinkError};
 use crate::vetting::{self, Vetting};
 use hello::{admit, dial, is_transient, vet_peer, Expect, Hello};
 use relay::{Config, Ended, Relay, Stats};
@@ -126,7 +126,7 @@ fn redial(
     resume: bool,
     relay: &Relay,
     limit: Duration,
-) -> Result<(TcpStream, u64), TunnelError> {
+) -> Result<(Conn, u64), TunnelError> {
     let start = Instant::now();
     let deadline = start + limit;
     let mut backoff = Duration::from_millis(50);
@@ -258,7 +258,7 @@ fn accept_one(
     expect: &Expect<'_>,
     received: u64,
     deadline: Option<Instant>,
-) -> Result<(TcpStream, Hello), TunnelError> {
+) -> Result<(Conn, Hello), TunnelError> {
     vetting::nonblocking(listener, || {
         accept_vetted(listener, expect, received, deadline)
     })
@@ -269,7 +269,7 @@ fn accept_vetted(
     expect: &Expect<'_>,
     received: u64,
     deadline: Option<Instant>,
-) -> Result<(TcpStream, Hello), TunnelError> {
+) -> Result<(Conn, Hello), TunnelError> {
     let start = Instant::now();
     let mut last = String::from("nobody connected");
     let mut vetting = Vetting::default();
@@ -285,8 +285,10 @@ fn accept_vetted(
         let mut idle = !took;
         while let Some((from, mut s, r)) = vetting.finished() {
             idle = false;
-            match r.and_then(|h| admit(&mut s, h, expect.session, received)) {
-                Ok(h) => return Ok((s, h)),
+            match r
+                .and_then(|(h, keys)| admit(&mut s, h, expect.session, received).map(|h| (h, keys)))
+            {
+                Ok((h, keys)) => return Ok((Conn { sock: s, keys }, h)),
                 Err(e) => {
                     warn!("tunnel: refused a connection from {from}: {e}");
                     last = e.to_string();

@@ -25,6 +25,7 @@ use log::{debug, info, warn};
 use serde::Serialize;
 
 use super::frame::{encode, Frame, FrameError, FrameReader, MAX_DATA};
+use crate::local::link::Conn;
 
 /// Tunables of one tunnel end.
 #[derive(Debug, Clone)]
@@ -263,7 +264,9 @@ impl Relay {
 
     /// Runs one connection whose peer holds `peer_received` bytes of our
     /// stream, until the session is done or the connection breaks.
-    pub fn connection(&self, stream: TcpStream, peer_received: u64) -> Ended {
+    /// With keys, both directions are sealed ([`crate::seal`]).
+    pub fn connection(&self, conn: Conn, peer_received: u64) -> Ended {
+        let stream = &conn.sock;
         let generation = {
             let mut st = self.shared.lock();
             if let Some(f) = &st.fatal {
@@ -299,16 +302,17 @@ impl Relay {
         // keeps pinging but stops reading blocks our writes, and a write
         // that takes no byte for that long breaks the connection as a
         // silent peer does.
-        let reader = match stream
+        let ends = stream
             .set_read_timeout(Some(self.cfg.silence))
             .and_then(|()| stream.set_write_timeout(Some(self.cfg.silence)))
-            .and_then(|()| stream.try_clone())
-        {
+            .and_then(|()| Ok((conn.reader()?, conn.writer()?)));
+        let (reader, mut writer) = match ends {
             Ok(r) => r,
             Err(e) => return Ended::Broken(format!("cannot set the connection up: {e}")),
         };
         std::thread::scope(|s| {
-            let tx = s.spawn(|| self.send_loop(&stream, generation, peer_received));
+            let tx =
+                s.spawn(move || self.send_loop(stream, &mut *writer, generation, peer_received));
             let rx = self.receive_loop(reader, generation);
             if rx != Ended::Done {
                 let _ = stream.shutdown(Shutdown::Both);
@@ -342,7 +346,13 @@ impl Relay {
 
     /// Sends DATA from the peer's offset on, ACKs, FIN and PINGs until the
     /// session is done (then half-closes) or the connection breaks.
-    fn send_loop(&self, stream: &TcpStream, generation: u64, peer_received: u64) {
+    fn send_loop(
+        &self,
+        stream: &TcpStream,
+        w: &mut (dyn Write + Send),
+        generation: u64,
+        peer_received: u64,
+    ) {
         let mut next = peer_received;
         let mut fin_sent = false;
         let mut last_send = Instant::now();
@@ -404,7 +414,6 @@ impl Relay {
                 self.shared.cv.notify_all();
                 st.done()
             };
-            let mut w = stream;
             if let Err(e) = w.write_all(&frames) {
                 if !done {
                     let why = match e.kind() {
@@ -430,7 +439,7 @@ impl Relay {
 
     /// Reads frames until the peer closes after a complete session, the
     /// connection breaks, or the peer breaks the protocol.
-    fn receive_loop(&self, sock: TcpStream, generation: u64) -> Ended {
+    fn receive_loop(&self, sock: Box<dyn Read + Send>, generation: u64) -> Ended {
         let silence = self.cfg.silence;
         let mut r = FrameReader::new(sock);
         loop {
@@ -643,7 +652,13 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let t = Instant::now();
-            let ended = relay.connection(ours, 0);
+            let ended = relay.connection(
+                Conn {
+                    sock: ours,
+                    keys: None,
+                },
+                0,
+            );
             let _ = tx.send((ended, t.elapsed()));
         });
         let got = rx.recv_timeout(Duration::from_secs(15));
