@@ -510,6 +510,7 @@ impl SourceSession {
             stopped_at: self.stopped_at,
             progress: self.progress.as_deref(),
             metrics,
+            confirm_timeout: self.ready_bound.as_ref().map(|(t, _)| *t),
         };
         let owed: u64 = self.owed.iter().map(|r| r.count).sum();
         metrics.set_owed_progress(owed, 0);
@@ -860,6 +861,11 @@ struct ServeCtx<'a> {
     stopped_at: Instant,
     progress: Option<&'a (dyn Fn(u64, u64) + Send + Sync)>,
     metrics: &'a Metrics,
+    /// The bound of the wait for the destination's COMPLETE once the push
+    /// is complete (the READY bound, [`SourceSession::bound_ready`]): past
+    /// it the links are closed, which ends in the recovery window like
+    /// any broken link after the switch.
+    confirm_timeout: Option<Duration>,
 }
 
 fn serve<M: SourceMemory + ?Sized>(
@@ -1140,6 +1146,26 @@ fn serve_session<M: SourceMemory + ?Sized>(
                     }
                 });
             }
+        }
+        if let (Ok(()), Some(bound)) = (&pushed, ctx.confirm_timeout) {
+            // Everything is sent: the destination's COMPLETE must follow
+            // within the bound, or a silent destination that keeps its
+            // sockets open would keep this side forever.
+            let (closer, server_done) = (closer.clone(), &shared.server_done);
+            scope.spawn(move || {
+                let deadline = Instant::now() + bound;
+                while !server_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if !server_done.load(Ordering::SeqCst) {
+                    warn!(
+                        "the destination has not confirmed the last page {:?} after the push \
+                         completed: closing the links",
+                        bound
+                    );
+                    closer();
+                }
+            });
         }
         let served = server
             .join()

@@ -1,5 +1,6 @@
 //! Hostile peers: a destination that floods fault requests is disconnected
-//! with an error (not served forever), a recovery handshake that claims
+//! with an error (not served forever), one that takes the whole push and
+//! never confirms it is left after the READY bound, a recovery handshake that claims
 //! pages never sent is refused, a source that breaks the protocol after
 //! the switch costs a recovery (and the rejected record is not taken as
 //! received), and oversized records are rejected before anything is
@@ -113,6 +114,34 @@ fn a_fault_flood_is_disconnected_with_an_error() {
     assert!(err.after_switch);
     assert!(matches!(err.error, Error::Flood(_)), "{}", err.error);
     assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_destination_that_never_confirms_the_push_does_not_keep_the_source() {
+    let _limit = Limit::secs(
+        60,
+        "a_destination_that_never_confirms_the_push_does_not_keep_the_source",
+    );
+    let n = 64;
+    let mut mem = image(n);
+    let (s, d) = unix_pair().unwrap();
+    // Takes every page and keeps its sockets open, but never says COMPLETE.
+    let silent = std::thread::spawn(move || {
+        let (tx, _closer) = fake_destination_switch(d, n);
+        std::thread::sleep(Duration::from_secs(12));
+        drop(tx);
+    });
+    let t = Instant::now();
+    let cfg = SourceConfig {
+        ready_timeout: Duration::from_millis(500),
+        ..SourceConfig::default()
+    };
+    let err = run_source(&mut mem, s, &cfg, &mut Guest, &Metrics::new()).unwrap_err();
+    assert!(err.after_switch, "{}", err.error);
+    assert!(err.error.is_recoverable(), "a closed link: {}", err.error);
+    // the READY bound, not the silent destination's 12 s
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    silent.join().unwrap();
 }
 
 #[test]
