@@ -18,7 +18,7 @@
 # domstates.log there; the host turns them into result.json.  The body sits in { } so that editing this file
 # during a run cannot break the run.
 {
-export PATH=/usr/lib/xen-4.17/bin:$PATH
+export PATH=/usr/lib/xen-4.17/bin:/usr/lib/xen-4.20/bin:$PATH
 # GUEST_MEM, MIGRATE_TIMEOUT, STALL_KILL from the host
 [ -r /mnt/host/env ] && . /mnt/host/env
 ts() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }

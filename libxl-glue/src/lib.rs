@@ -21,6 +21,26 @@
 //!   call behind the [`xc::XenOps`] trait; [`xtl`]: logging and progress
 //!   through xentoollog.
 
+/// The Xen series this library is built for, as a literal (for
+/// `concat!`): libxl-sys's version switch, `cfg(xen_api)` (set by
+/// `libxl-sys/build.rs` from the headers it used, passed on by
+/// `build.rs`). Code that differs between Xen 4.17 and 4.20 goes behind
+/// that cfg; none of the calls made here differs today, only the patch
+/// folder named in messages.
+#[cfg(xen_api = "4.17")]
+macro_rules! xen_series {
+    () => {
+        "4.17"
+    };
+}
+/// The Xen series this library is built for (see the 4.17 variant).
+#[cfg(xen_api = "4.20")]
+macro_rules! xen_series {
+    () => {
+        "4.20"
+    };
+}
+
 pub mod domain_watch;
 pub mod fdio;
 pub mod ffi;
@@ -42,15 +62,8 @@ mod backend_tests;
 #[cfg(test)]
 mod fake;
 
-/// The Xen series this library is built for: libxl-sys's version switch,
-/// `cfg(xen_api)` (set by `libxl-sys/build.rs` from the headers it used,
-/// passed on by `build.rs`). Code that differs between Xen 4.17 and 4.20
-/// goes behind that cfg; none of the calls made here differs today.
-#[cfg(xen_api = "4.17")]
-pub const XEN_SERIES: &str = "4.17";
-/// The Xen series this library is built for (see the 4.17 variant).
-#[cfg(xen_api = "4.20")]
-pub const XEN_SERIES: &str = "4.20";
+/// The Xen series this library is built for (`patches/xen-<series>`).
+pub const XEN_SERIES: &str = xen_series!();
 
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.
 pub const ABI_VERSION: u32 = 2;

@@ -42,8 +42,10 @@ pub fn has_content(t: PfnType) -> bool {
 pub const MAX_BATCH: usize = 1024;
 
 /// `XENMEM_paging_op_absent_range`, added to the public `memory.h` by
-/// `patches/xen-4.17/xen-mem-paging-absent-range.patch` (Debian's
-/// headers, which the bindings use, do not have it).
+/// `patches/xen-<series>/xen-mem-paging-absent-range.patch` (Debian's
+/// headers, which the bindings use, do not have it; the test
+/// `paging_op_numbers_match_both_series` checks these numbers against the
+/// patches of both series).
 const XENMEM_PAGING_OP_ABSENT_RANGE: u8 = 3;
 /// `XENMEM_paging_absent_range_max` of the same patch.
 pub const ABSENT_RANGE_MAX: u32 = 1024;
@@ -51,7 +53,7 @@ pub const ABSENT_RANGE_MAX: u32 = 1024;
 const ABSENT_RANGE_OP: &str = "XENMEM_paging_op_absent_range";
 
 /// `XENMEM_paging_op_load_batch`, added to the public `memory.h` by
-/// `patches/xen-4.17/xen-mem-paging-load-batch.patch`.
+/// `patches/xen-<series>/xen-mem-paging-load-batch.patch`.
 const XENMEM_PAGING_OP_LOAD_BATCH: u8 = 4;
 /// `XENMEM_paging_load_batch_max` of the same patch: most entries per call.
 pub const LOAD_BATCH_MAX: usize = 256;
@@ -145,10 +147,12 @@ impl XcError {
         let paging_op =
             op.starts_with("xc_mem_paging") || op == ABSENT_RANGE_OP || op == LOAD_BATCH_OP;
         match errno {
-            libc::ENOENT if op == "xc_mem_paging_load" || op == LOAD_BATCH_OP => XcError::NotPagedOut {
-                op,
-                pfn: pfn.unwrap_or(0),
-            },
+            libc::ENOENT if op == "xc_mem_paging_load" || op == LOAD_BATCH_OP => {
+                XcError::NotPagedOut {
+                    op,
+                    pfn: pfn.unwrap_or(0),
+                }
+            }
             libc::ENOENT if op.starts_with("xenforeignmemory_map") => XcError::PagedOut {
                 op,
                 pfn: pfn.unwrap_or(0),
@@ -163,11 +167,19 @@ impl XcError {
             },
             libc::ENOSYS if op == ABSENT_RANGE_OP => XcError::PagingUnavailable {
                 op,
-                why: "the hypervisor lacks XENMEM_paging_op_absent_range (patches/xen-4.17/xen-mem-paging-absent-range.patch)",
+                why: concat!(
+                    "the hypervisor lacks XENMEM_paging_op_absent_range (patches/xen-",
+                    xen_series!(),
+                    "/xen-mem-paging-absent-range.patch)"
+                ),
             },
             libc::ENOSYS if op == LOAD_BATCH_OP => XcError::PagingUnavailable {
                 op,
-                why: "the hypervisor lacks XENMEM_paging_op_load_batch (patches/xen-4.17/xen-mem-paging-load-batch.patch)",
+                why: concat!(
+                    "the hypervisor lacks XENMEM_paging_op_load_batch (patches/xen-",
+                    xen_series!(),
+                    "/xen-mem-paging-load-batch.patch)"
+                ),
             },
             libc::ENOSYS if paging_op => XcError::PagingUnavailable {
                 op,
@@ -1137,6 +1149,53 @@ mod tests {
         let e = XcError::from_errno(LOAD_BATCH_OP, libc::ENOSYS, None);
         assert!(matches!(e, XcError::PagingUnavailable { .. }), "{e}");
         assert!(e.to_string().contains("load-batch.patch"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("patches/xen-{}/", crate::XEN_SERIES)),
+            "{e}"
+        );
+    }
+
+    /// The op numbers and limits hard-coded above are the ones the
+    /// hypervisor patches of both series add to the public `memory.h`
+    /// (whichever series this build is for: one library binary talks
+    /// to the hypervisor it finds).
+    #[test]
+    fn paging_op_numbers_match_both_series() {
+        let want: [(&str, u64); 5] = [
+            (
+                "XENMEM_paging_op_absent_range",
+                XENMEM_PAGING_OP_ABSENT_RANGE.into(),
+            ),
+            ("XENMEM_paging_absent_range_max", ABSENT_RANGE_MAX.into()),
+            (
+                "XENMEM_paging_op_load_batch",
+                XENMEM_PAGING_OP_LOAD_BATCH.into(),
+            ),
+            ("XENMEM_paging_load_batch_max", LOAD_BATCH_MAX as u64),
+            ("XENMEM_paging_load_zero", LOAD_ZERO),
+        ];
+        let patches = concat!(env!("CARGO_MANIFEST_DIR"), "/../patches");
+        for series in ["4.17", "4.20"] {
+            let mut defines = String::new();
+            for p in ["xen-mem-paging-absent-range", "xen-mem-paging-load-batch"] {
+                let f = format!("{patches}/xen-{series}/{p}.patch");
+                defines += &std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
+            }
+            for (name, value) in want {
+                let line = defines
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("+#define "))
+                    .find(|l| l.split_whitespace().next() == Some(name))
+                    .unwrap_or_else(|| panic!("xen-{series}: no #define {name}"));
+                let text = line[name.len()..].trim();
+                let got = match text.strip_prefix("(xen_mk_ullong(1) << ") {
+                    Some(shift) => 1u64 << shift.trim_end_matches(')').parse::<u32>().unwrap(),
+                    None => text.parse().unwrap(),
+                };
+                assert_eq!(got, value, "xen-{series}: {name} is {text}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # CI step: the Xen patch series, patches/xen-4.17 and patches/xen-4.20.
 # For each series:
+#  0. the review checks of scripts/xen-series-check that need no build:
+#     every patch has a Xen-style header (--headers-only, a second, and
+#     run even where the source cannot be fetched); the build below
+#     applies the series with XEN_SERIES_STRICT=1 to the pristine files
+#     (xen-build pops its own earlier pushes first), so a patch that needs
+#     fuzz or lands at an offset fails here — the series check's apply
+#     and build steps without a second build;
 #  1. fetch its Debian source (scripts/xen-source --version V: Debian 12's
 #     4.17, Debian 13's 4.20; security suite first);
 #  2. apply the series and build the patched tools and the hypervisor
@@ -29,6 +36,7 @@ required=${XEN_SERIES_REQUIRED:-4.17}
 
 check_series() {
 	local v=$1 build tree dist shim help err lib
+	scripts/xen-series-check --version "$v" --headers-only
 	step "xen $v: source (Debian's, security suite first)"
 	if ! scripts/xen-source --version "$v"; then
 		case " $required " in *" $v "*) die "no Xen $v source" ;; esac
@@ -37,7 +45,7 @@ check_series() {
 	fi
 
 	step "xen $v: apply patches/xen-$v, build tools and hypervisor"
-	scripts/xen-build --version "$v" --all
+	XEN_SERIES_STRICT=${XEN_SERIES_STRICT:-1} scripts/xen-build --version "$v" --all
 
 	xen_version_select "$v"
 	build=$XEN_BUILD
