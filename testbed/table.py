@@ -23,14 +23,24 @@ def cell(v):
     return "–" if v is None else str(v)
 
 
-print("| scenario | xl migrate args | ok | total_time_ms | downtime_ms | paused ms | guest stall ms | page-out ms | pages_transferred (pushed/faulted/zero) | pages_skipped | network_faults | fault_latency_us p50/p99 | guest max stall ms | passes verified after |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for n in names:
-    try:
-        r = json.load(open(os.path.join(d, n, "result.json")))
-    except (OSError, ValueError):
-        print(f"| {n} | (no result) |" + " |" * 12)
-        continue
+def header(cols):
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+
+
+def results(scenarios, width):
+    """(name, result.json) per scenario; a row saying so where it is missing."""
+    for n in scenarios:
+        try:
+            yield n, json.load(open(os.path.join(d, n, "result.json")))
+        except (OSError, ValueError):
+            print(f"| {n} | (no result) |" + " |" * (width - 2))
+
+
+header(["scenario", "xl migrate args", "ok", "total_time_ms", "downtime_ms", "paused ms", "guest stall ms",
+        "page-out ms", "pages_transferred (pushed/faulted/zero)", "pages_skipped", "network_faults",
+        "fault_latency_us p50/p99", "guest max stall ms", "passes verified after"])
+for n, r in results(names, 14):
     args = r.get("migrate_args") or "(pre-copy)"
     if r.get("link"):
         args += f", link down {r['link']['drops_planned']} × {r['link']['outage_s_each']} s ({r['link']['outages']} outages)"
@@ -63,14 +73,10 @@ for n in names:
 seeds = [n for n in names if n.startswith("seed-")]
 if seeds:
     print()
-    print("| guest | mode | ok | total ms | downtime ms (stop → unpause) | pages sent | stream MiB | guest stall ms | work rate during ÷ before | work lost s | total ÷ pre-copy | pages ÷ pre-copy | downtime ÷ pre-copy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for n in seeds:
-    try:
-        r = json.load(open(os.path.join(d, n, "result.json")))
-    except (OSError, ValueError):
-        print(f"| {n} | (no result) |" + " |" * 11)
-        continue
+    header(["guest", "mode", "ok", "total ms", "downtime ms (stop → unpause)", "pages sent", "stream MiB",
+            "guest stall ms", "work rate during ÷ before", "work lost s", "total ÷ pre-copy", "pages ÷ pre-copy",
+            "downtime ÷ pre-copy"])
+for n, r in results(seeds, 13):
     migs = r.get("per_migration") or []
     pre = next((m for m in migs if m.get("mode") == "precopy"), {})
     sd = r.get("seed") or {}
