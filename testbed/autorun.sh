@@ -8,7 +8,8 @@
 # load=per-page,
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
-# destination guest mid-post-copy), mem=MIB (this scenario's guest memory
+# destination guest mid-post-copy), switch_after=S (`xl-postcopy switch`
+# on the source S s into the migration), mem=MIB (this scenario's guest memory
 # instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
 # per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
 # after SEED_SETTLE (20) s of undisturbed work and with xl's stream counted
@@ -148,6 +149,12 @@ migrate_once() {
 	sample_status "$out/status-$i" $mpid &
 	stpid=$!
 	if [ "$kill_dest" = 1 ]; then kill_destination "$mlog" $mpid $src & kpid=$!; fi
+	# switch_after=S: the admin's `xl-postcopy switch` on the source, S s
+	# into a hybrid migration (switch.log)
+	if [ -n "$switch_after" ]; then
+		( sleep "$switch_after"; ts "xl-postcopy switch $dom"
+		  timeout 30 /usr/local/bin/xl-postcopy switch "$dom"; echo "switch_rc=$?" ) > "$out/switch.log" 2>&1 &
+	fi
 	wait $mpid
 	mrc=$?
 	e=$(now)
@@ -290,7 +297,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
-	mem=${GUEST_MEM:-256} seq= mode=
+	mem=${GUEST_MEM:-256} seq= mode= switch_after=
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -305,6 +312,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
+		switch_after=*) switch_after=${o#*=}; continue ;;
 		seq=*) seq=${o#*=}; soak=$(echo "$seq" | tr ',' '\n' | grep -c .); continue ;;
 		esac
 		kept="$kept $o"
@@ -491,6 +499,7 @@ CFG
 		echo "verify_rc=$vrc"
 		echo "soak=$soak"
 		echo "seq=$seq"
+		echo "switch_after=$switch_after"
 		echo "migrations_done=$done_n"
 		echo "guest_deaths=$deaths"
 		echo "death='${death//\'/}'"

@@ -480,6 +480,25 @@ if migs:
     r["admin_status_ok"] = bool(
         st["destination"]["active_samples"] >= 1 and fin.get("status") == "completed"
         and fin.get("transferred_pages") == r.get("pages_transferred")) if r.get("migrate_rc") == 0 else None
+# hybrid: when and why it switched (the glue's precopy policy logs it);
+# hybrid-switch must have switched on the admin's request, an auto hybrid
+# by its rule.
+sw_req = re.search(r"domain \d+: switch requested after pre-copy round (\d+)", log)
+sw_auto = re.search(r"auto switch after pre-copy round (\d+) \(([^)]*)\): (.*)", log)
+if r["mode"] == "hybrid":
+    r["switch"] = {"requested_after_round": int(sw_req.group(1)) if sw_req else None,
+                   "auto_after_round": int(sw_auto.group(1)) if sw_auto else None,
+                   "auto_reason": sw_auto.group(3).strip() if sw_auto else None,
+                   "admin_rc": None}
+    try:
+        m = re.search(r"switch_rc=(\d+)", open(os.path.join(d, "switch.log"), errors="replace").read())
+        r["switch"]["admin_rc"] = m.group(1) if m else None
+    except OSError:
+        pass
+    if meta.get("switch_after"):
+        r["ok"] = bool(r["ok"] and sw_req and r["switch"]["admin_rc"] == "0")
+    elif "--postcopy-after=auto" in (r["migrate_args"] or ""):
+        r["ok"] = bool(r["ok"] and sw_auto)
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
