@@ -57,3 +57,6 @@ while ! scripts/testbed postcopy; do
 	try=$((try + 1))
 	step "testbed: postcopy scenario, try $try"
 done
+# guests that died before the migration began (the emulator's boot-time
+# triple fault; xl restarted them): reported, not counted against it
+python3 -c 'import json,sys; b=json.load(open(sys.argv[1])).get("boot_deaths") or []; b and print("testbed: %d guest boot(s) died before the migration began (domids %s; issue #21), the scenario went on with the restarted guest" % (len(b), b))' "$TB/results/postcopy/result.json" || true
