@@ -1133,44 +1133,29 @@ fn serve_session<M: SourceMemory + ?Sized>(
             // unblock it.
             if !e.is_disconnect() {
                 closer();
-            } else {
-                // ...but not forever, if only the bulk link died.
-                let (closer, server_done) = (closer.clone(), &shared.server_done);
-                scope.spawn(move || {
-                    let deadline = Instant::now() + Duration::from_secs(2);
-                    while !server_done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    if !server_done.load(Ordering::SeqCst) {
-                        closer();
-                    }
-                });
             }
         }
-        if let (Ok(()), Some(bound)) = (&pushed, ctx.confirm_timeout) {
-            // Everything is sent: the destination's COMPLETE must follow
-            // within the bound, or a silent destination that keeps its
-            // sockets open would keep this side forever.
-            let (closer, server_done) = (closer.clone(), &shared.server_done);
-            scope.spawn(move || {
-                let deadline = Instant::now() + bound;
-                while !server_done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if !server_done.load(Ordering::SeqCst) {
-                    warn!(
-                        "the destination has not confirmed the last page {:?} after the push \
-                         completed: closing the links",
-                        bound
-                    );
-                    closer();
-                }
-            });
-        }
+        // The fault server's wait is bounded once the push has ended: if
+        // only the bulk link died, 2 s for the destination's word on the
+        // fault channel; if everything is sent, the READY bound for its
+        // COMPLETE (a silent destination that keeps its sockets open
+        // would keep this side forever). Disarmed when the server ends.
+        let bound = match &pushed {
+            Err(e) if e.is_disconnect() => Some(Duration::from_secs(2)),
+            Ok(()) => ctx.confirm_timeout,
+            Err(_) => None,
+        };
+        let dog = bound.map(|b| Watchdog::new(closer.clone(), Instant::now() + b));
         let served = server
             .join()
             .map_err(|_| Error::ThreadPanicked("fault server"))?;
         shared.server_done.store(true, Ordering::SeqCst);
+        if let (Some(d), Ok(()), Some(b)) = (&dog, &pushed, bound) {
+            if d.fired() {
+                warn!("the destination did not confirm the last page within {b:?} after the push completed: links closed");
+            }
+        }
+        drop(dog);
         match (pushed, served) {
             // The destination's word is the root cause of a broken push.
             (_, Err(e @ (Error::PeerAborted(_) | Error::DestinationFailed { .. }))) => Err(e),
