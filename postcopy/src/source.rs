@@ -1254,6 +1254,11 @@ fn push_loop<M: SourceMemory + ?Sized>(
         };
         match step {
             PushStep::Batch => {
+                // In pfn order: the pre-pager's choice stays the same set,
+                // but the destination installs it as a few long runs (one
+                // UFFDIO_MOVE or hypercall each), not page by page (bubble
+                // alternates its two edges).
+                batch.sort_unstable();
                 let before = metrics.pages_pushed.load(Ordering::Relaxed);
                 send_pages(
                     mem,
