@@ -106,6 +106,27 @@ pub struct UffdDestination {
     stats: UffdStats,
 }
 
+/// How [`UffdDestination::fill_run`] ended.
+#[derive(Debug)]
+enum RunEnd {
+    /// Every page is in (some perhaps already present).
+    Done(Installed),
+    /// Stopped at byte `done` by an error other than a present page.
+    Stopped {
+        done: usize,
+        outcome: Installed,
+        error: io::Error,
+    },
+}
+
+impl RunEnd {
+    fn outcome(&self) -> Installed {
+        match self {
+            RunEnd::Done(o) | RunEnd::Stopped { outcome: o, .. } => *o,
+        }
+    }
+}
+
 fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
@@ -164,54 +185,89 @@ impl UffdDestination {
     /// the move failed outright (before any page moved) for a reason other
     /// than a present page, so the caller copies instead.
     fn move_run(&self, first: Pfn, pages: &mut [u8]) -> MemResult<Option<Installed>> {
+        let len = pages.len();
+        let end = self.fill_run(
+            first,
+            len,
+            "UFFDIO_MOVE",
+            &self.stats.pages_moved,
+            true,
+            |dst, done| sys::move_pages(&self.uffd, dst, &mut pages[done..]),
+        )?;
+        let RunEnd::Stopped {
+            done,
+            outcome,
+            error,
+        } = end
+        else {
+            return Ok(Some(end.outcome()));
+        };
+        // E.g. a source page shared after a fork (EBUSY): copy from now on.
+        log::warn!("UFFDIO_MOVE failed ({error}); installing by copy from now on");
+        self.can_move.store(false, Ordering::Relaxed);
+        if done == 0 {
+            return Ok(None);
+        }
+        let rest = self.install(first + (done / PAGE_SIZE) as u64, &pages[done..])?;
+        Ok(Some(if rest == Installed::AlreadyPresent {
+            rest
+        } else {
+            outcome
+        }))
+    }
+
+    /// The loop of a fill ioctl over a run of `len` bytes at `first`:
+    /// `fill(dst, done)` fills from byte `done` on; a partial fill is
+    /// continued, a page found present skipped (EEXIST → WAKE →
+    /// `AlreadyPresent`), EAGAIN retried. Any other error ends the run:
+    /// with `stop_on_error` as [`RunEnd::Stopped`], else as the error.
+    fn fill_run(
+        &self,
+        first: Pfn,
+        len: usize,
+        op: &str,
+        counter: &AtomicU64,
+        stop_on_error: bool,
+        mut fill: impl FnMut(u64, usize) -> Fill,
+    ) -> MemResult<RunEnd> {
         let mut outcome = Installed::Installed;
         let mut done = 0usize;
         let mut started = Instant::now();
-        while done < pages.len() {
+        while done < len {
             let pfn = first + (done / PAGE_SIZE) as u64;
-            let dst = self.region.page_addr(pfn);
-            match sys::move_pages(&self.uffd, dst, &mut pages[done..]) {
+            match fill(self.region.page_addr(pfn), done) {
                 Fill::Done => {
-                    let n = ((pages.len() - done) / PAGE_SIZE) as u64;
-                    bump(&self.stats.pages_moved, n);
+                    let n = ((len - done) / PAGE_SIZE) as u64;
+                    bump(counter, n);
                     self.set_installed(pfn, n);
-                    done = pages.len();
+                    done = len;
                 }
                 Fill::Partial(bytes) => {
                     let n = bytes / PAGE_SIZE as u64;
-                    bump(&self.stats.pages_moved, n);
+                    bump(counter, n);
                     self.set_installed(pfn, n);
                     done += usize::try_from(n).unwrap_or(0) * PAGE_SIZE;
                     started = Instant::now();
                 }
-                Fill::Failed(e) if matches!(errno(&e), libc::EEXIST | libc::EAGAIN) => {
-                    if self.fill_error(pfn, e, started, "UFFDIO_MOVE")? {
+                Fill::Failed(error)
+                    if stop_on_error && !matches!(errno(&error), libc::EEXIST | libc::EAGAIN) =>
+                {
+                    return Ok(RunEnd::Stopped {
+                        done,
+                        outcome,
+                        error,
+                    });
+                }
+                Fill::Failed(e) => {
+                    if self.fill_error(pfn, e, started, op)? {
                         outcome = Installed::AlreadyPresent;
                         done += PAGE_SIZE;
                         started = Instant::now();
                     }
                 }
-                Fill::Failed(e) => {
-                    // E.g. a source page shared after a fork (EBUSY): copy
-                    // from now on.
-                    log::warn!("UFFDIO_MOVE failed ({e}); installing by copy from now on");
-                    self.can_move.store(false, Ordering::Relaxed);
-                    if done == 0 {
-                        return Ok(None);
-                    }
-                    return self
-                        .install(first + (done / PAGE_SIZE) as u64, &pages[done..])
-                        .map(|rest| {
-                            Some(if rest == Installed::AlreadyPresent {
-                                rest
-                            } else {
-                                outcome
-                            })
-                        });
-                }
             }
         }
-        Ok(Some(outcome))
+        Ok(RunEnd::Done(outcome))
     }
 
     /// Makes [`wait_fault`](DestinationMemory::wait_fault) busy-poll the
@@ -452,36 +508,15 @@ impl DestinationMemory for UffdDestination {
         }
         let count = (pages.len() / PAGE_SIZE) as u64;
         self.region.check(first, count)?;
-        let mut outcome = Installed::Installed;
-        let mut done = 0usize;
-        let mut started = Instant::now();
-        while done < pages.len() {
-            let pfn = first + (done / PAGE_SIZE) as u64;
-            let dst = self.region.page_addr(pfn);
-            match sys::copy(&self.uffd, dst, &pages[done..], 0) {
-                Fill::Done => {
-                    let n = ((pages.len() - done) / PAGE_SIZE) as u64;
-                    bump(&self.stats.pages_copied, n);
-                    self.set_installed(pfn, n);
-                    done = pages.len();
-                }
-                Fill::Partial(bytes) => {
-                    let n = bytes / PAGE_SIZE as u64;
-                    bump(&self.stats.pages_copied, n);
-                    self.set_installed(pfn, n);
-                    done += usize::try_from(n).unwrap_or(0) * PAGE_SIZE;
-                    started = Instant::now();
-                }
-                Fill::Failed(e) => {
-                    if self.fill_error(pfn, e, started, "UFFDIO_COPY")? {
-                        outcome = Installed::AlreadyPresent;
-                        done += PAGE_SIZE;
-                        started = Instant::now();
-                    }
-                }
-            }
-        }
-        Ok(outcome)
+        let end = self.fill_run(
+            first,
+            pages.len(),
+            "UFFDIO_COPY",
+            &self.stats.pages_copied,
+            false,
+            |dst, done| sys::copy(&self.uffd, dst, &pages[done..], 0),
+        )?;
+        Ok(end.outcome())
     }
 
     #[allow(clippy::mut_from_ref, reason = "the pool lends each window once")]
