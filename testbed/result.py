@@ -518,6 +518,30 @@ if r["mode"] == "hybrid":
         r["ok"] = bool(r["ok"] and sw_req and r["switch"]["admin_rc"] == "0")
     elif "--postcopy-after=auto" in (r["migrate_args"] or ""):
         r["ok"] = bool(r["ok"] and sw_auto)
+# names=1: mid-post-copy the guest ran under its own name on the
+# destination, the source copy was <name>--postcopy-source and `xl destroy`
+# of it was refused with the reason, the copy stayed; afterwards exactly
+# one domain carries the guest's name.
+if meta.get("names") == "1":
+    nm = env_file(os.path.join(d, "names.env"))
+    after = (meta.get("names_after") or "").split()
+    guest = meta.get("name") and "t-" + meta["name"]
+    r["names"] = {
+        "source_name": nm.get("names_src_name"),
+        "guest_id_mid_postcopy": nm.get("names_guest_id"),
+        "destination_id": nm.get("names_dst_running"),
+        "destroy_rc": nm.get("names_destroy_rc"),
+        "destroy_says_why": nm.get("names_destroy_says_why") == "1",
+        "source_kept": nm.get("names_src_kept") == "1",
+        "checked_mid_postcopy": nm.get("names_still_postcopy") == "1",
+        "after": after,
+    }
+    n = r["names"]
+    n["ok"] = bool(n["destination_id"] and n["guest_id_mid_postcopy"] == n["destination_id"]
+                   and n["source_name"] == f"{guest}--postcopy-source"
+                   and n["destroy_rc"] not in (None, "0") and n["destroy_says_why"]
+                   and n["source_kept"] and after == [guest])
+    r["ok"] = bool(r["ok"] and n["ok"])
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
