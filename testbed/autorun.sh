@@ -266,6 +266,22 @@ name_checks() {
 	} > "$out/names.env"
 	ts "names: $(tr '\n' ' ' < "$out/names.env")"
 }
+# refuse_checks: after a refused migration (refuse=), refuse.env: xl's
+# exit, its one-line reason, the source domain's id and whether it was
+# ever paused or suspended (domstates), whether another copy exists.
+refuse_checks() {
+	{
+		echo "refuse_kind=$refuse"
+		echo "refuse_rc=$mrc"
+		echo "refuse_reason='$(grep -a 'cannot take this post-copy migration\|did not start; its xl must be' "$out/migrate.log" | head -n 1 | tr -d "'")'"
+		echo "refuse_nothing_suspended=$(grep -acF 'Nothing was suspended' "$out/migrate.log")"
+		echo "refuse_src=$src"
+		echo "refuse_dst='${dst:-}'"
+		echo "refuse_src_paused=$(grep -aE "dom=$src .*(paused=1|shutdown=suspend)" /tmp/domstates.log | head -n 1 | wc -l)"
+		echo "refuse_domains='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 "/" $2 }' | tr '\n' ' ')'"
+	} > "$out/refuse.env"
+	cat "$out/refuse.env"
+}
 # death_checks: after a kill_dest migration, is the dead destination
 # preserved (listed, not restarted) and the source copy paused?
 death_checks() {
@@ -327,7 +343,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after=
 	for o in $gopts; do
 		case $o in
@@ -342,6 +358,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		names=*) names=${o#*=}; continue ;;
+		refuse=*) refuse=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
 		switch_after=*) switch_after=${o#*=}; continue ;;
@@ -496,6 +513,25 @@ CFG
 			[ -n "$death" ] && { deaths=1; forensics "$out/death-end" $cur; }
 			verify_failed && vrc=2
 		fi
+	elif [ -n "$refuse" ]; then
+		# refuse=unpatched|nolib|nopaging: a receiver that cannot take a
+		# post-copy migration: Debian's own xl; xen-postcopy's xl without
+		# libxl_postcopy.so; a hypervisor without mem_paging (the boot
+		# is Debian's own hypervisor).  xl migrate must fail before
+		# anything is suspended: the same domain keeps running, never
+		# paused, its memory checked on after.
+		case $refuse in
+		unpatched) cmd="/usr/lib/xen-4.17/bin/xl.debian -vvv migrate-receive --postcopy" ;;
+		nolib) cmd="env LIBXL_POSTCOPY_LIBRARY=/usr/lib/x86_64-linux-gnu/libxl_postcopy-absent.so.1 xl -vvv migrate-receive --postcopy" ;;
+		*) cmd="xl -vvv migrate-receive --postcopy" ;;
+		esac
+		n0=$(count_in "$slog" 'MEMTEST pass [0-9]* ok=1')
+		migrate_once 1
+		done_n=1
+		refuse_checks
+		# the guest went on: two more full passes on the same console
+		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
+			! verify_failed && vrc=0
 	else
 		migrate_once 1
 		done_n=1
@@ -537,6 +573,7 @@ CFG
 		echo "death='${death//\'/}'"
 		echo "kill_dest=$kill_dest"
 		echo "names=$names"
+		echo "refuse=$refuse"
 		# after the migration: one domain called $dom, no copy left over
 		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"

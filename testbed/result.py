@@ -542,6 +542,33 @@ if meta.get("names") == "1":
                    and n["destroy_rc"] not in (None, "0") and n["destroy_says_why"]
                    and n["source_kept"] and after == [guest])
     r["ok"] = bool(r["ok"] and n["ok"])
+# refuse=KIND: the receiver could not take a post-copy migration; xl
+# migrate must fail with the one-line reason before anything was
+# suspended, and the same domain go on (never paused, no copy elsewhere,
+# two more verified memtest passes: verify_rc 0).
+if meta.get("refuse"):
+    rf = env_file(os.path.join(d, "refuse.env"))
+    want = {"unpatched": "its xl must be xen-postcopy's",
+            "nolib": "cannot be loaded",
+            "nopaging": "mem_paging"}.get(meta["refuse"], "?")
+    reason = rf.get("refuse_reason") or ""
+    r["refused"] = {
+        "kind": meta["refuse"],
+        "xl_rc": rf.get("refuse_rc"),
+        "reason": reason,
+        "names_the_missing_piece": want in reason,
+        "nothing_suspended_said": (rf.get("refuse_nothing_suspended") or "0") != "0",
+        "source_ever_paused": (rf.get("refuse_src_paused") or "0") != "0",
+        "domains_after": (rf.get("refuse_domains") or "").split(),
+        "guest_went_on": meta.get("verify_rc") == "0",
+    }
+    f = r["refused"]
+    f["ok"] = bool(f["xl_rc"] not in (None, "0") and f["names_the_missing_piece"]
+                   and f["nothing_suspended_said"] and not f["source_ever_paused"]
+                   and f["domains_after"] == [f"t-{meta.get('name')}/{rf.get('refuse_src')}"]
+                   and f["guest_went_on"])
+    r["ok"] = f["ok"]
+    r["integrity_ok"] = f["guest_went_on"]
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
