@@ -268,7 +268,8 @@ name_checks() {
 }
 # refuse_checks: after a refused migration (refuse=), refuse.env: xl's
 # exit, its one-line reason, the source domain's id and whether it was
-# ever paused or suspended (domstates), whether another copy exists.
+# paused or suspended after the start (result.py, from domstates.log),
+# whether another copy exists.
 refuse_checks() {
 	{
 		echo "refuse_kind=$refuse"
@@ -277,7 +278,6 @@ refuse_checks() {
 		echo "refuse_nothing_suspended=$(grep -acF 'Nothing was suspended' "$out/migrate.log")"
 		echo "refuse_src=$src"
 		echo "refuse_dst='${dst:-}'"
-		echo "refuse_src_paused=$(grep -aE "dom=$src .*(paused=1|shutdown=suspend)" /tmp/domstates.log | head -n 1 | wc -l)"
 		echo "refuse_domains='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 "/" $2 }' | tr '\n' ' ')'"
 	} > "$out/refuse.env"
 	cat "$out/refuse.env"

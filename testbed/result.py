@@ -548,7 +548,7 @@ if meta.get("names") == "1":
 # two more verified memtest passes: verify_rc 0).
 if meta.get("refuse"):
     rf = env_file(os.path.join(d, "refuse.env"))
-    want = {"unpatched": "its xl must be xen-postcopy's",
+    want = {"unpatched": "its xl must be xen-postcopy",
             "nolib": "cannot be loaded",
             "nopaging": "mem_paging"}.get(meta["refuse"], "?")
     reason = rf.get("refuse_reason") or ""
@@ -558,13 +558,20 @@ if meta.get("refuse"):
         "reason": reason,
         "names_the_missing_piece": want in reason,
         "nothing_suspended_said": (rf.get("refuse_nothing_suspended") or "0") != "0",
-        "source_ever_paused": (rf.get("refuse_src_paused") or "0") != "0",
+        # dom0's poller: a pause or suspend of the source after xl
+        # migrate began (xl create's own pause comes before)
+        "source_ever_paused": any(
+            t >= min(starts) and ("paused=1" in st or "shutdown=suspend" in st)
+            for t, st in dstates.get(int(rf.get("refuse_src") or -1), [])) if starts else None,
+        "other_domains_created": sorted(dom for dom, ev in dstates.items()
+                                        if starts and ev and ev[0][0] >= min(starts)),
         "domains_after": (rf.get("refuse_domains") or "").split(),
         "guest_went_on": meta.get("verify_rc") == "0",
     }
     f = r["refused"]
     f["ok"] = bool(f["xl_rc"] not in (None, "0") and f["names_the_missing_piece"]
-                   and f["nothing_suspended_said"] and not f["source_ever_paused"]
+                   and f["nothing_suspended_said"] and f["source_ever_paused"] is False
+                   and not f["other_domains_created"]
                    and f["domains_after"] == [f"t-{meta.get('name')}/{rf.get('refuse_src')}"]
                    and f["guest_went_on"])
     r["ok"] = f["ok"]
