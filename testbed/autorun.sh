@@ -8,7 +8,8 @@
 # load=per-page,
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
-# destination guest mid-post-copy), switch_after=S (`xl-postcopy switch`
+# destination guest mid-post-copy), names=1 (mid-post-copy: the guest's
+# name on the destination, the source copy's, a refused xl destroy), switch_after=S (`xl-postcopy switch`
 # on the source S s into the migration), mem=MIB (this scenario's guest memory
 # instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
 # per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
@@ -149,6 +150,7 @@ migrate_once() {
 	sample_status "$out/status-$i" $mpid &
 	stpid=$!
 	if [ "$kill_dest" = 1 ]; then kill_destination "$mlog" $mpid $src & kpid=$!; fi
+	if [ "$names" = 1 ]; then name_checks "$mlog" $mpid $src & kpid=$!; fi
 	# switch_after=S: the admin's `xl-postcopy switch` on the source, S s
 	# into a hybrid migration (switch.log)
 	if [ -n "$switch_after" ]; then
@@ -207,14 +209,20 @@ sample_status_by_name() {
 # a post-copy destination its new context took effect only ~50 s later,
 # after the migration had ended (the guest kept running meanwhile), so it
 # did not kill mid-post-copy.
-kill_destination() {
-	local mlog=$1 mpid=$2 srcid=$3 t=0 d= st= prog off
+# destination_running MLOG MPID SRC: the id of the destination domain (an
+# id other than SRC named $dom*) once it runs while the post-copy stream
+# is still going (nothing if it never does).
+destination_running() {
+	local mlog=$1 mpid=$2 srcid=$3 t=0 d= st=
 	while kill -0 "$mpid" 2>/dev/null && [ $t -lt 1200 ]; do
 		read -r d st <<< "$(xl list 2>/dev/null | awk -v n="$dom" -v s="$srcid" 'index($1, n) == 1 && $2 != s { print $2, $5 }')"
-		if [ -n "$d" ] && [ "${st#*p}" = "$st" ] && grep -aq 'Post-copy pages' "$mlog"; then break; fi
-		d=
+		if [ -n "$d" ] && [ "${st#*p}" = "$st" ] && grep -aq 'Post-copy pages' "$mlog"; then echo "$d"; return; fi
 		sleep 0.5; t=$((t + 1))
 	done
+}
+kill_destination() {
+	local mlog=$1 mpid=$2 srcid=$3 d prog off
+	d=$(destination_running "$mlog" "$mpid" "$srcid")
 	if [ -z "$d" ]; then
 		ts "kill_dest: the destination never ran during post-copy"
 		echo "kill_rc=none" > "$out/kill.env"
@@ -234,6 +242,45 @@ kill_destination() {
 		echo "kill_progress='$prog'"
 		echo "kill_done_before=$(grep -acE 'Post-copy restore successful|post-copy destination done' "$mlog")"
 	} > "$out/kill.env"
+}
+# name_checks MLOG MPID SRC: what an admin sees mid-post-copy (names=1):
+# the running guest carries its own name on the destination, the source
+# copy is <name>--postcopy-source, and `xl destroy` of it is refused (the
+# copy must still be listed after); names.env.
+name_checks() {
+	local mlog=$1 mpid=$2 srcid=$3 d sname drc
+	d=$(destination_running "$mlog" "$mpid" "$srcid")
+	{
+		echo "names_dst_running=${d:-}"
+		[ -n "$d" ] || return
+		xl list > "$out/names-xl-list.txt" 2>&1
+		sname=$(xl domname "$srcid" 2>/dev/null)
+		echo "names_src_name='$sname'"
+		echo "names_guest_id='$(xl domid "$dom" 2>/dev/null)'"
+		xl destroy "$sname" > "$out/names-destroy.txt" 2>&1
+		drc=$?
+		echo "names_destroy_rc=$drc"
+		echo "names_destroy_says_why=$(grep -qa 'source copy of a post-copy migration' "$out/names-destroy.txt" && echo 1 || echo 0)"
+		echo "names_src_kept=$(xl domname "$srcid" > /dev/null 2>&1 && echo 1 || echo 0)"
+		echo "names_still_postcopy=$(kill -0 "$mpid" 2>/dev/null && grep -aq 'Post-copy pages' "$mlog" && echo 1 || echo 0)"
+	} > "$out/names.env"
+	ts "names: $(tr '\n' ' ' < "$out/names.env")"
+}
+# refuse_checks: after a refused migration (refuse=), refuse.env: xl's
+# exit, its one-line reason, the source domain's id and whether it was
+# paused or suspended after the start (result.py, from domstates.log),
+# whether another copy exists.
+refuse_checks() {
+	{
+		echo "refuse_kind=$refuse"
+		echo "refuse_rc=$mrc"
+		echo "refuse_reason='$(grep -a 'cannot take this post-copy migration\|did not start; its xl must be' "$out/migrate.log" | head -n 1 | tr -d "'")'"
+		echo "refuse_nothing_suspended=$(grep -acF 'Nothing was suspended' "$out/migrate.log")"
+		echo "refuse_src=$src"
+		echo "refuse_dst='${dst:-}'"
+		echo "refuse_domains='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 "/" $2 }' | tr '\n' ' ')'"
+	} > "$out/refuse.env"
+	cat "$out/refuse.env"
 }
 # death_checks: after a kill_dest migration, is the dead destination
 # preserved (listed, not restarted) and the source copy paused?
@@ -296,7 +343,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after=
 	for o in $gopts; do
 		case $o in
@@ -310,6 +357,8 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		load=*) load=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
+		names=*) names=${o#*=}; continue ;;
+		refuse=*) refuse=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
 		switch_after=*) switch_after=${o#*=}; continue ;;
@@ -464,6 +513,25 @@ CFG
 			[ -n "$death" ] && { deaths=1; forensics "$out/death-end" $cur; }
 			verify_failed && vrc=2
 		fi
+	elif [ -n "$refuse" ]; then
+		# refuse=unpatched|nolib|nopaging: a receiver that cannot take a
+		# post-copy migration: Debian's own xl; xen-postcopy's xl without
+		# libxl_postcopy.so; a hypervisor without mem_paging (the boot
+		# is Debian's own hypervisor).  xl migrate must fail before
+		# anything is suspended: the same domain keeps running, never
+		# paused, its memory checked on after.
+		case $refuse in
+		unpatched) cmd="/usr/lib/xen-4.17/bin/xl.debian -vvv migrate-receive --postcopy" ;;
+		nolib) cmd="env LIBXL_POSTCOPY_LIBRARY=/usr/lib/x86_64-linux-gnu/libxl_postcopy-absent.so.1 xl -vvv migrate-receive --postcopy" ;;
+		*) cmd="xl -vvv migrate-receive --postcopy" ;;
+		esac
+		n0=$(count_in "$slog" 'MEMTEST pass [0-9]* ok=1')
+		migrate_once 1
+		done_n=1
+		refuse_checks
+		# the guest went on: two more full passes on the same console
+		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
+			! verify_failed && vrc=0
 	else
 		migrate_once 1
 		done_n=1
@@ -504,6 +572,10 @@ CFG
 		echo "guest_deaths=$deaths"
 		echo "death='${death//\'/}'"
 		echo "kill_dest=$kill_dest"
+		echo "names=$names"
+		echo "refuse=$refuse"
+		# after the migration: one domain called $dom, no copy left over
+		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
 		echo "vcpus=$vcpus"
@@ -517,9 +589,10 @@ CFG
 	cp $cons/guest-$dom*.log $cons/mig-$dom-*.log "$out/" 2>/dev/null
 	xl dmesg > "$out/xl-dmesg.txt" 2>&1
 	cp /var/log/xen/*.log "$out/" 2>/dev/null
-	for d in $(xl list | awk -v n="$dom" 'index($1, n) == 1 { print $1 }'); do xl destroy "$d"; done
+	# -f: a failed post-copy's source copy is refused otherwise
+	for d in $(xl list | awk -v n="$dom" 'index($1, n) == 1 { print $1 }'); do xl destroy -f "$d"; done
 	# a preserved crashed domain may carry another name: destroy every guest
-	for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy "$d" 2>/dev/null; done
+	for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy -f "$d" 2>/dev/null; done
 	ts "=== scenario $name done: migrate_rc=$mrc verify_rc=$vrc deaths=$deaths migrations=$done_n"
 	sync
 done

@@ -518,6 +518,64 @@ if r["mode"] == "hybrid":
         r["ok"] = bool(r["ok"] and sw_req and r["switch"]["admin_rc"] == "0")
     elif "--postcopy-after=auto" in (r["migrate_args"] or ""):
         r["ok"] = bool(r["ok"] and sw_auto)
+# names=1: mid-post-copy the guest ran under its own name on the
+# destination, the source copy was <name>--postcopy-source and `xl destroy`
+# of it was refused with the reason, the copy stayed; afterwards exactly
+# one domain carries the guest's name.
+if meta.get("names") == "1":
+    nm = env_file(os.path.join(d, "names.env"))
+    after = (meta.get("names_after") or "").split()
+    guest = meta.get("name") and "t-" + meta["name"]
+    r["names"] = {
+        "source_name": nm.get("names_src_name"),
+        "guest_id_mid_postcopy": nm.get("names_guest_id"),
+        "destination_id": nm.get("names_dst_running"),
+        "destroy_rc": nm.get("names_destroy_rc"),
+        "destroy_says_why": nm.get("names_destroy_says_why") == "1",
+        "source_kept": nm.get("names_src_kept") == "1",
+        "checked_mid_postcopy": nm.get("names_still_postcopy") == "1",
+        "after": after,
+    }
+    n = r["names"]
+    n["ok"] = bool(n["destination_id"] and n["guest_id_mid_postcopy"] == n["destination_id"]
+                   and n["source_name"] == f"{guest}--postcopy-source"
+                   and n["destroy_rc"] not in (None, "0") and n["destroy_says_why"]
+                   and n["source_kept"] and after == [guest])
+    r["ok"] = bool(r["ok"] and n["ok"])
+# refuse=KIND: the receiver could not take a post-copy migration; xl
+# migrate must fail with the one-line reason before anything was
+# suspended, and the same domain go on (never paused, no copy elsewhere,
+# two more verified memtest passes: verify_rc 0).
+if meta.get("refuse"):
+    rf = env_file(os.path.join(d, "refuse.env"))
+    want = {"unpatched": "its xl must be xen-postcopy",
+            "nolib": "cannot be loaded",
+            "nopaging": "mem_paging"}.get(meta["refuse"], "?")
+    reason = rf.get("refuse_reason") or ""
+    r["refused"] = {
+        "kind": meta["refuse"],
+        "xl_rc": rf.get("refuse_rc"),
+        "reason": reason,
+        "names_the_missing_piece": want in reason,
+        "nothing_suspended_said": (rf.get("refuse_nothing_suspended") or "0") != "0",
+        # dom0's poller: a pause or suspend of the source after xl
+        # migrate began (xl create's own pause comes before)
+        "source_ever_paused": any(
+            t >= min(starts) and ("paused=1" in st or "shutdown=suspend" in st)
+            for t, st in dstates.get(int(rf.get("refuse_src") or -1), [])) if starts else None,
+        "other_domains_created": sorted(dom for dom, ev in dstates.items()
+                                        if starts and ev and ev[0][0] >= min(starts)),
+        "domains_after": (rf.get("refuse_domains") or "").split(),
+        "guest_went_on": meta.get("verify_rc") == "0",
+    }
+    f = r["refused"]
+    f["ok"] = bool(f["xl_rc"] not in (None, "0") and f["names_the_missing_piece"]
+                   and f["nothing_suspended_said"] and f["source_ever_paused"] is False
+                   and not f["other_domains_created"]
+                   and f["domains_after"] == [f"t-{meta.get('name')}/{rf.get('refuse_src')}"]
+                   and f["guest_went_on"])
+    r["ok"] = f["ok"]
+    r["integrity_ok"] = f["guest_went_on"]
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))

@@ -473,6 +473,32 @@ pub fn recovery(data: &[u8]) {
     decode_direct(RecordType::Recover, data, Some(guest));
 }
 
+/// Target `capabilities`: a receiver's post-copy capability line as the
+/// sender reads it (`HostCapabilities::parse`, `check_receiver`): no
+/// panic; a line that parses writes back to one that parses the same; a
+/// refusal is one line.
+pub fn capabilities(data: &[u8]) {
+    use postcopy::capabilities::{check_receiver, HostCapabilities, MAX_LINE};
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(caps) = HostCapabilities::parse(line) {
+        let again = caps.to_line();
+        assert!(again.len() <= MAX_LINE, "to_line is over the bound");
+        if again.len() < MAX_LINE {
+            let back = HostCapabilities::parse(&again).expect("a written line parses");
+            assert_eq!(back.abi, caps.abi, "abi does not round-trip");
+            assert_eq!(back.mem_paging.is_ok(), caps.mem_paging.is_ok());
+        }
+    }
+    for spec in StrategySpec::ALL {
+        match check_receiver(line, 3, &spec) {
+            Ok(summary) => assert!(!summary.contains('\n')),
+            Err(why) => assert!(!why.contains('\n'), "a refusal spans lines"),
+        }
+    }
+}
+
 /// Target `strategy`: the `--prepage=` parser, the wire form of a strategy
 /// and `--memory`-style size parsing.
 pub fn strategy(data: &[u8]) {
