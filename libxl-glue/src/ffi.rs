@@ -288,7 +288,8 @@ pub unsafe extern "C" fn libxl_postcopy_check_receiver(
         }
         // SAFETY: both are NUL-terminated strings (caller contract).
         let (line, strategy) = unsafe { (CStr::from_ptr(line), CStr::from_ptr(strategy)) };
-        let spec = StrategySpec::from_str(&strategy.to_string_lossy()).map_err(|e| e.to_string())?;
+        let spec =
+            StrategySpec::from_str(&strategy.to_string_lossy()).map_err(|e| e.to_string())?;
         let line = line
             .to_str()
             .map_err(|_| "its answer is unreadable: not text".to_string())?;

@@ -250,12 +250,18 @@ mod tests {
         let mut nopaging = host();
         nopaging.mem_paging = Err("the hypervisor is built without CONFIG_MEM_PAGING".into());
         let e = check_receiver(&nopaging.to_line(), 3, &StrategySpec::Bubble).unwrap_err();
-        assert!(e.contains("mem_paging") && e.contains("CONFIG_MEM_PAGING"), "{e}");
+        assert!(
+            e.contains("mem_paging") && e.contains("CONFIG_MEM_PAGING"),
+            "{e}"
+        );
 
         let mut few = host();
         few.strategies = vec!["none".into(), "linear".into()];
         let e = check_receiver(&few.to_line(), 3, &StrategySpec::History).unwrap_err();
-        assert!(e.contains("--prepage=history") && e.contains("linear"), "{e}");
+        assert!(
+            e.contains("--prepage=history") && e.contains("linear"),
+            "{e}"
+        );
 
         let e = check_receiver(
             "error=libxl_postcopy.so.1 cannot be loaded",
