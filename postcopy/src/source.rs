@@ -117,6 +117,8 @@ impl SourceConfig {
             idle_flush: self.idle_flush,
             residual_after: self.residual_after,
             max_bandwidth: self.max_bandwidth,
+            // Local mode's replies have their own channel.
+            window: None,
         }
     }
 }
@@ -339,7 +341,10 @@ impl SourceSession {
         policy: PushPolicy,
     ) -> Result<SourceSession, Error> {
         let mut stream: BulkWriter = RecordWriter::new(stream);
-        stream.begin(&BeginBody::new(strategy, guest_pfns, populated_pages))?;
+        stream.begin(
+            &BeginBody::new(strategy, guest_pfns, populated_pages)
+                .with_acks(policy.window.is_some()),
+        )?;
         Ok(SourceSession {
             stream: Some(stream),
             guest_pfns,
@@ -843,6 +848,12 @@ struct Shared {
     /// Last fault request arrival, in ms since `epoch`.
     last_fault_ms: AtomicU64,
     epoch: Instant,
+    /// Forward-stream bytes the destination said it consumed on this
+    /// connection (its ACKs), for the push window.
+    acked: AtomicU64,
+    /// Signalled when an ACK arrives (the push waits on it).
+    ack_seen: std::sync::Condvar,
+    ack_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -893,6 +904,9 @@ fn serve<M: SourceMemory + ?Sized>(
         confirmed: AtomicU64::new(0),
         last_fault_ms: AtomicU64::new(0),
         epoch: Instant::now(),
+        acked: AtomicU64::new(0),
+        ack_seen: std::sync::Condvar::new(),
+        ack_lock: Mutex::new(()),
     };
     let r = serve_recovering(mem, bulk, links, &shared, ctx, recovery);
     let unconfirmed = if r.is_ok() { 0 } else { shared.unconfirmed() };
@@ -925,6 +939,7 @@ fn serve_recovering<M: SourceMemory + ?Sized>(
         shared.failed.store(false, Ordering::SeqCst);
         shared.server_done.store(false, Ordering::SeqCst);
         shared.outstanding.store(0, Ordering::SeqCst);
+        shared.acked.store(0, Ordering::SeqCst);
         let r = serve_session(
             mem,
             &bulk,
@@ -1106,6 +1121,10 @@ fn serve_session<M: SourceMemory + ?Sized>(
         Some(Replies::InBand) | None => ReplyTx::InBand(bulk),
     };
     let in_band = matches!(tx, ReplyTx::InBand(_));
+    // The window counts this connection's bytes from here on (before any
+    // reply): the destination's ACKs count what it read since it began
+    // serving on this connection.
+    let base = lock(bulk).bytes_written();
     std::thread::scope(|scope| {
         let server = {
             let closer = closer.clone();
@@ -1125,7 +1144,7 @@ fn serve_session<M: SourceMemory + ?Sized>(
                     source,
                 })?
         };
-        let pushed = push_loop(mem, bulk, shared, ctx, in_band);
+        let pushed = push_loop(mem, bulk, shared, ctx, (in_band, base));
         if let Err(e) = &pushed {
             shared.failed.store(true, Ordering::SeqCst);
             // A dead link ends the fault server by itself, and it may still
@@ -1177,6 +1196,10 @@ fn serve_session<M: SourceMemory + ?Sized>(
 /// faults in between).
 const PACE_STEP: Duration = Duration::from_millis(10);
 
+/// Longest single wait of a push whose window is full (an ACK ends it
+/// sooner; in between it re-checks for failure).
+const WINDOW_STEP: Duration = Duration::from_millis(10);
+
 /// How long a push waits for an in-band fault reply to take the stream
 /// first (bounded: a reply is one record).
 const REPLY_FIRST: Duration = Duration::from_millis(20);
@@ -1186,7 +1209,8 @@ fn push_loop<M: SourceMemory + ?Sized>(
     bulk: &Mutex<BulkWriter>,
     shared: &Shared,
     ctx: &ServeCtx<'_>,
-    in_band: bool,
+    // Replies in-band; the stream's byte count when serving began.
+    (in_band, base): (bool, u64),
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
     let mut buf = Vec::new();
@@ -1213,9 +1237,24 @@ fn push_loop<M: SourceMemory + ?Sized>(
     }
     let owed = lock(&shared.sched).owed();
     let mut pacer = Pacer::for_policy(&ctx.policy);
+    let batch_bytes = (batch_pages * (PAGE_SIZE + 8) + 16) as u64;
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
+        }
+        // The window: wait until the destination has consumed enough that
+        // a batch fits, so a fault reply never queues behind more.
+        if ctx.policy.window.is_some() {
+            let written = lock(bulk).bytes_written().saturating_sub(base);
+            let g = lock(&shared.ack_lock);
+            let in_flight = written.saturating_sub(shared.acked.load(Ordering::Acquire));
+            if !ctx.policy.may_push(in_flight, batch_bytes) {
+                // Bounded: the loop re-checks for failure and faults.
+                metrics.timed(Part::Window, || {
+                    let _ = shared.ack_seen.wait_timeout(g, WINDOW_STEP);
+                });
+                continue;
+            }
         }
         // The bandwidth cap: wait before claiming, so the pages not yet
         // claimed stay free for fault replies (which bypass the cap).
@@ -1341,6 +1380,13 @@ fn fault_server<M: SourceMemory + ?Sized>(
                     dest_ns / 1000,
                     ctx.stopped_at.elapsed()
                 );
+            }
+            // Only ever raises the count: a stale or lying ACK can at most
+            // let the push run ahead, never stall it.
+            Record::Ack(consumed) => {
+                let _g = lock(&shared.ack_lock);
+                shared.acked.fetch_max(consumed, Ordering::AcqRel);
+                shared.ack_seen.notify_all();
             }
             Record::Fault(pfns) => {
                 shared.outstanding.fetch_add(1, Ordering::AcqRel);
