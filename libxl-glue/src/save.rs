@@ -92,6 +92,28 @@ fn max_bandwidth_setting() -> Option<u64> {
         .ok()
 }
 
+/// Environment setting: the push window in bytes (K/M suffixes, binary),
+/// or `off`: the most pushed bytes the destination has not yet consumed
+/// ([`PushPolicy::window`]; default [`PushPolicy::XEN`]'s). Fault replies
+/// travel in-band behind at most this much push.
+pub const PUSH_WINDOW_ENV: &str = "LIBXL_POSTCOPY_PUSH_WINDOW";
+
+/// The window [`PUSH_WINDOW_ENV`] asks for: `None` for `off`, the Xen
+/// default when unset or not a size (with a warning).
+fn push_window_setting() -> Option<u64> {
+    let Ok(v) = std::env::var(PUSH_WINDOW_ENV) else {
+        return PushPolicy::XEN.window;
+    };
+    if matches!(v.trim(), "off" | "0" | "none") {
+        warn!("{PUSH_WINDOW_ENV}={v}: the push is not windowed; fault replies queue behind the link's buffers");
+        return None;
+    }
+    postcopy::scheduler::parse_rate(&v)
+        .map_err(|e| warn!("{PUSH_WINDOW_ENV}: {e}; the default window is used"))
+        .ok()
+        .or(PushPolicy::XEN.window)
+}
+
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeginSummary {
@@ -331,6 +353,7 @@ impl<O: XenOps> SaveSession<O> {
             strategy,
             PushPolicy {
                 max_bandwidth: max_bandwidth_setting(),
+                window: push_window_setting(),
                 ..PushPolicy::XEN
             },
         )?;
