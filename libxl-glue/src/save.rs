@@ -101,8 +101,9 @@ pub const PUSH_WINDOW_ENV: &str = "LIBXL_POSTCOPY_PUSH_WINDOW";
 /// The window [`PUSH_WINDOW_ENV`] asks for: `None` for `off`, the Xen
 /// default when unset or not a size (with a warning).
 fn push_window_setting() -> Option<u64> {
-    let Ok(v) = std::env::var(PUSH_WINDOW_ENV) else {
-        return PushPolicy::XEN.window;
+    let v = match std::env::var(PUSH_WINDOW_ENV) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return PushPolicy::XEN.window,
     };
     if matches!(v.trim(), "off" | "0" | "none") {
         warn!("{PUSH_WINDOW_ENV}={v}: the push is not windowed; fault replies queue behind the link's buffers");

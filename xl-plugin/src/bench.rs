@@ -774,14 +774,16 @@ pub struct Rtt {
     pub p99_us: f64,
     /// Fastest, µs.
     pub min_us: f64,
+    /// The transport.
+    pub via: String,
 }
 
 impl std::fmt::Display for Rtt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "bare rtt: p50 {:.0} us p99 {:.0} us min {:.0} us ({} round trips: a 1-pfn FAULT and a 1-page PAGE_DATA reply over a pipe pair between two processes)",
-            self.p50_us, self.p99_us, self.min_us, self.round_trips
+            "bare rtt: p50 {:.0} us p99 {:.0} us min {:.0} us ({} round trips: a 1-pfn FAULT and a 1-page PAGE_DATA reply, {})",
+            self.p50_us, self.p99_us, self.min_us, self.round_trips, self.via
         )
     }
 }
@@ -793,12 +795,26 @@ pub const RTT_WARMUP: usize = 20;
 const RTT_PFNS: u64 = 1 << 20;
 
 /// Times `n` round trips with `exe rtt --serve` as the other process
-/// (its stdin and stdout are the pipes).
-pub fn pipe_rtt(exe: &Path, n: usize) -> std::io::Result<Rtt> {
+/// (its stdin and stdout are the pipes), or with `via`, a shell command
+/// whose stdin and stdout lead to one (as `xl migrate`'s: e.g. `ssh host
+/// xl-postcopy rtt --serve`, or `xl-postcopy tunnel connect ...` to a
+/// `tunnel listen -- xl-postcopy rtt --serve`).
+pub fn pipe_rtt(exe: &Path, n: usize, via: Option<&str>) -> std::io::Result<Rtt> {
     use postcopy::records::{Record, RecordReader, RecordType, RecordWriter};
     use std::process::{Command, Stdio};
-    let mut child = Command::new(exe)
-        .args(["rtt", "--serve"])
+    let mut cmd = match via {
+        Some(c) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", c]);
+            sh
+        }
+        None => {
+            let mut own = Command::new(exe);
+            own.args(["rtt", "--serve"]);
+            own
+        }
+    };
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -847,6 +863,10 @@ pub fn pipe_rtt(exe: &Path, n: usize) -> std::io::Result<Rtt> {
         p50_us: at(0.5),
         p99_us: at(0.99),
         min_us: times[0],
+        via: via.map_or_else(
+            || "over a pipe pair between two processes".into(),
+            |c| format!("through `{c}`"),
+        ),
     })
 }
 

@@ -105,9 +105,14 @@ enum Cmd {
         /// Round trips to time.
         #[arg(long, default_value_t = 1000)]
         count: usize,
-        /// Be the child: answer requests on stdin with replies on stdout.
-        #[arg(long, hide = true)]
+        /// Be the other end: answer requests on stdin with replies on
+        /// stdout.
+        #[arg(long)]
         serve: bool,
+        /// The other end is this shell command's stdin and stdout (e.g.
+        /// `ssh HOST xl-postcopy rtt --serve`), as for `xl migrate`.
+        #[arg(long, value_name = "CMD")]
+        via: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -584,10 +589,12 @@ fn main() -> Result<ExitCode> {
             xl_plugin::bench::serve_rtt(std::io::stdin().lock(), std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Rtt { count, json, .. } => {
+        Cmd::Rtt {
+            count, json, via, ..
+        } => {
             let exe = std::env::current_exe().context("locating this program")?;
-            let rtt =
-                xl_plugin::bench::pipe_rtt(&exe, count.max(1)).context("timing round trips")?;
+            let rtt = xl_plugin::bench::pipe_rtt(&exe, count.max(1), via.as_deref())
+                .context("timing round trips")?;
             if json {
                 println!("{}", serde_json::to_string(&rtt)?);
             } else {
