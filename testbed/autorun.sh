@@ -5,7 +5,8 @@
 # GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
-# load=per-page, window=SIZE|off (the push window), tunnel=1 (xl's pipe through
+# load=per-page, window=SIZE|off (the push window), lane=off (fault
+# replies in-band), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
@@ -144,8 +145,9 @@ migrate_once() {
 	# loads owed pages with xc_mem_paging_load one by one, not the batch
 	# op (for comparison).
 	# window=SIZE|off: the source's push window (LIBXL_POSTCOPY_PUSH_WINDOW;
-	# empty: the default).
-	LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
+	# empty: the default); lane=off: fault replies in-band, not on the
+	# fault lane (LIBXL_POSTCOPY_LANE).
+	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -299,7 +301,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 window= tunnel=0
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 window= tunnel=0 lane=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after=
 	for o in $gopts; do
 		case $o in
@@ -313,6 +315,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		load=*) load=${o#*=}; continue ;;
 		window=*) window=${o#*=}; continue ;;
 		tunnel=*) tunnel=${o#*=}; continue ;;
+		lane=*) lane=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
@@ -529,6 +532,7 @@ CFG
 		echo "load=${load:-batch}"
 		echo "window=${window:-default}"
 		echo "tunnel=$tunnel"
+		echo "lane=${lane:-default}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"

@@ -138,6 +138,7 @@ r["load"] = meta.get("load")
 # bare FAULT / one-page reply round trip over that transport in dom0
 # (`xl-postcopy rtt`): the floor of a network fault's service.
 r["push_window"] = meta.get("window")
+r["fault_lane"] = "fault replies on their own lane" in log
 r["transport"] = "tunnel" if meta.get("tunnel") == "1" or int(meta.get("link_drops", 0) or 0) else "pipe"
 try:
     rtt = open(os.path.join(d, "rtt.txt"), errors="replace").read()
