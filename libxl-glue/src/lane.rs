@@ -149,6 +149,6 @@ mod tests {
             .expect("offer")
             .take()
             .is_none());
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

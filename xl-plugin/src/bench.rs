@@ -814,10 +814,7 @@ pub fn pipe_rtt(exe: &Path, n: usize, via: Option<&str>) -> std::io::Result<Rtt>
             own
         }
     };
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     let (Some(cin), Some(cout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(std::io::Error::other("the child has no pipes"));
     };
@@ -854,14 +851,11 @@ pub fn pipe_rtt(exe: &Path, n: usize, via: Option<&str>) -> std::io::Result<Rtt>
         return Err(std::io::Error::other("no round trips"));
     }
     times.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let i = ((times.len() - 1) as f64 * q).round();
-        times[(i as usize).min(times.len() - 1)]
-    };
+    let at = |pct: usize| times[(times.len() - 1) * pct / 100];
     Ok(Rtt {
         round_trips: times.len(),
-        p50_us: at(0.5),
-        p99_us: at(0.99),
+        p50_us: at(50),
+        p99_us: at(99),
         min_us: times[0],
         via: via.map_or_else(
             || "over a pipe pair between two processes".into(),
