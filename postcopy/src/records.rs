@@ -916,6 +916,15 @@ impl<W: Write> RecordWriter<W> {
         &mut self.inner
     }
 
+    /// Writes records that another writer of this module encoded (staged
+    /// in memory, e.g. read out of guest memory before a shared stream's
+    /// lock is taken), counting their bytes.
+    pub fn append(&mut self, encoded: &[u8]) -> RecordResult<()> {
+        self.inner.write_all(encoded).map_err(RecordError::Io)?;
+        self.bytes += encoded.len() as u64;
+        Ok(())
+    }
+
     fn start(&mut self, rtype: RecordType) {
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; 8]);

@@ -246,6 +246,28 @@ pub fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
     Ok(())
 }
 
+/// [`send_pages`] onto a stream other threads share: the pages are read
+/// and encoded into `staged` before `bulk`'s lock is taken, so whoever
+/// waits for the stream (an in-band fault reply behind the push, or the
+/// push behind a reply) waits for a write, never for guest memory reads.
+fn send_pages_staged<M: SourceMemory + ?Sized>(
+    mem: &M,
+    bulk: &Mutex<BulkWriter>,
+    pfns: &[Pfn],
+    cause: Cause,
+    (buf, staged): (&mut Vec<u8>, &mut RecordWriter<Vec<u8>>),
+    metrics: &Metrics,
+) -> Result<(), Error> {
+    staged.get_mut().clear();
+    send_pages(mem, staged, pfns, cause, buf, metrics)?;
+    let t = Instant::now();
+    lock(bulk).append(staged.get_mut())?;
+    if cause != Cause::Precopy {
+        metrics.add_time(Part::Send, t.elapsed());
+    }
+    Ok(())
+}
+
 /// The source's end of the back channel (READY, faults, RESUMED, COMPLETE).
 pub type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
 /// The source's forward stream.
@@ -1090,13 +1112,6 @@ enum ReplyTx<'a> {
 }
 
 impl ReplyTx<'_> {
-    fn with<T>(&mut self, f: impl FnOnce(&mut BulkWriter) -> Result<T, Error>) -> Result<T, Error> {
-        match self {
-            ReplyTx::Own(w) => f(w),
-            ReplyTx::InBand(m) => f(&mut lock(m)),
-        }
-    }
-
     fn bytes_written(&self) -> u64 {
         match self {
             ReplyTx::Own(w) => w.bytes_written(),
@@ -1214,6 +1229,7 @@ fn push_loop<M: SourceMemory + ?Sized>(
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
     let mut buf = Vec::new();
+    let mut staged = RecordWriter::new(Vec::new());
     let batch_pages = ctx.policy.batch();
     let mut batch = Vec::with_capacity(batch_pages);
     // Pages lost in flight at a break go first, before any push.
@@ -1226,12 +1242,12 @@ fn push_loop<M: SourceMemory + ?Sized>(
         if batch.is_empty() {
             break;
         }
-        send_pages(
+        send_pages_staged(
             mem,
-            &mut *lock(bulk),
+            bulk,
             &batch,
             Cause::Resend,
-            &mut buf,
+            (&mut buf, &mut staged),
             metrics,
         )?;
     }
@@ -1294,12 +1310,12 @@ fn push_loop<M: SourceMemory + ?Sized>(
         match step {
             PushStep::Batch => {
                 let before = metrics.pages_pushed.load(Ordering::Relaxed);
-                send_pages(
+                send_pages_staged(
                     mem,
-                    &mut *lock(bulk),
+                    bulk,
                     &batch,
                     Cause::Push,
-                    &mut buf,
+                    (&mut buf, &mut staged),
                     metrics,
                 )?;
                 if let Some(p) = &mut pacer {
@@ -1353,6 +1369,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
     let mut buf = Vec::new();
+    let mut staged = RecordWriter::new(Vec::new());
     let mut redundant = 0u64;
     let limit = flood_limit(lock(&shared.sched).owed());
     let result = loop {
@@ -1390,9 +1407,31 @@ fn fault_server<M: SourceMemory + ?Sized>(
             }
             Record::Fault(pfns) => {
                 shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                let r = tx.with(|w| {
-                    serve_fault(mem, w, &pfns, shared, metrics, &mut buf, &mut redundant)
-                });
+                let r = match &mut tx {
+                    ReplyTx::Own(w) => {
+                        serve_fault(mem, w, &pfns, shared, metrics, &mut buf, &mut redundant)
+                    }
+                    // Read before the stream's lock is taken (the push
+                    // may hold it for a write): see send_pages_staged.
+                    ReplyTx::InBand(m) => {
+                        staged.get_mut().clear();
+                        serve_fault(
+                            mem,
+                            &mut staged,
+                            &pfns,
+                            shared,
+                            metrics,
+                            &mut buf,
+                            &mut redundant,
+                        )
+                        .and_then(|()| {
+                            let mut w = lock(m);
+                            w.append(staged.get_mut())?;
+                            w.flush()?;
+                            Ok(())
+                        })
+                    }
+                };
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 if let Err(e) = r {
                     break Err(e);
