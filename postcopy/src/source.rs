@@ -1254,6 +1254,13 @@ fn push_loop<M: SourceMemory + ?Sized>(
     let owed = lock(&shared.sched).owed();
     let mut pacer = Pacer::for_policy(&ctx.policy);
     let batch_bytes = (batch_pages * (PAGE_SIZE + 8) + 16) as u64;
+    // The window's wait is bounded: a destination that consumes nothing
+    // for this long is stuck or gone (a full window never writes, so it
+    // would never see a dead forward link).
+    let stuck_after = ctx.confirm_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+    // While the window is full: the ACK count when the wait began or
+    // last moved, and when.
+    let mut waiting: Option<(u64, Instant)> = None;
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
@@ -1263,14 +1270,27 @@ fn push_loop<M: SourceMemory + ?Sized>(
         if ctx.policy.window.is_some() {
             let written = lock(bulk).bytes_written().saturating_sub(base);
             let g = lock(&shared.ack_lock);
-            let in_flight = written.saturating_sub(shared.acked.load(Ordering::Acquire));
+            let acked = shared.acked.load(Ordering::Acquire);
+            let in_flight = written.saturating_sub(acked);
             if !ctx.policy.may_push(in_flight, batch_bytes) {
+                let since = match waiting {
+                    Some((a, t)) if a == acked => t,
+                    _ => waiting.insert((acked, Instant::now())).1,
+                };
+                if since.elapsed() >= stuck_after {
+                    return Err(Error::Timeout {
+                        peer: "destination",
+                        waiting_for: "ACK of the pushed pages",
+                        after_ms: ms(stuck_after),
+                    });
+                }
                 // Bounded: the loop re-checks for failure and faults.
                 metrics.timed(Part::Window, || {
                     let _ = shared.ack_seen.wait_timeout(g, WINDOW_STEP);
                 });
                 continue;
             }
+            waiting = None;
         }
         // The bandwidth cap: wait before claiming, so the pages not yet
         // claimed stay free for fault replies (which bypass the cap).

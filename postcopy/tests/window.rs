@@ -227,3 +227,72 @@ fn on_the_fault_lane_a_reply_never_waits_behind_the_push() {
         open.p50_us
     );
 }
+
+#[test]
+fn a_destination_that_stops_consuming_ends_a_windowed_push_in_bounded_time() {
+    let _limit = Limit::secs(60, "a_destination_that_stops_consuming");
+    let n = 256;
+    let src = source_image(n, 3, &[]);
+    let (s_links, d_links) = unix_pair().expect("socket pairs");
+    let policy = PushPolicy {
+        batch_pages: 1,
+        window: Some(2 * (4096 + 8 + 16)),
+        ..PushPolicy::LOCAL
+    };
+    let metrics = Metrics::new();
+    // The destination: READY after the marker, then silence with its
+    // sockets open (no reads, no ACKs).
+    let dest = std::thread::spawn(move || {
+        let mut bulk: RecordReader<Box<dyn Read + Send>> = RecordReader::new(d_links.bulk, None);
+        let mut back: RecordWriter<Box<dyn Write + Send>> = RecordWriter::new(d_links.fault_tx);
+        loop {
+            match bulk.next_record().expect("record") {
+                Record::VcpuState(_) => break,
+                _ => continue,
+            }
+        }
+        back.empty(postcopy::records::RecordType::Ready).unwrap();
+        back.flush().unwrap();
+        // Held open until the source gives up (its closer shuts them).
+        let mut sink = [0u8; 1];
+        let _ = d_links.fault_rx.take(1).read(&mut sink);
+        (bulk, back)
+    });
+    let t = Instant::now();
+    let r = (|| -> Result<(), postcopy::Error> {
+        let mut session = SourceSession::begin(s_links.bulk, n, n, StrategySpec::Linear, policy)?;
+        session.bound_ready(Duration::from_secs(1), s_links.closer.clone());
+        let mut back: RecordReader<Box<dyn Read + Send>> =
+            RecordReader::new(s_links.fault_rx, Some(n));
+        session.switch(
+            vec![PfnRun { start: 0, count: n }],
+            b"",
+            &mut back,
+            &metrics,
+        )?;
+        session.serve(
+            &src,
+            postcopy::source::ServeLinks {
+                fault_rx: back,
+                replies: SrcReplies::InBand,
+                closer: s_links.closer,
+            },
+            Vec::new(),
+            &metrics,
+            None,
+        )
+    })();
+    let took = t.elapsed();
+    assert!(
+        matches!(
+            r,
+            Err(postcopy::Error::Timeout {
+                waiting_for: "ACK of the pushed pages",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(took < Duration::from_secs(20), "gave up after {took:?}");
+    drop(dest.join());
+}
