@@ -5,7 +5,9 @@
 # GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
-# load=per-page,
+# load=per-page, window=SIZE|off (the push window), lane=off (fault
+# replies in-band), tunnel=1 (xl's pipe through
+# xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
 # destination guest mid-post-copy), names=1 (mid-post-copy: the guest's
@@ -143,7 +145,10 @@ migrate_once() {
 	# nominate + evict, not the hypervisor's range op; load=per-page: it
 	# loads owed pages with xc_mem_paging_load one by one, not the batch
 	# op (for comparison).
-	LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
+	# window=SIZE|off: the source's push window (LIBXL_POSTCOPY_PUSH_WINDOW;
+	# empty: the default); lane=off: fault replies in-band, not on the
+	# fault lane (LIBXL_POSTCOPY_LANE).
+	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -343,7 +348,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after=
 	for o in $gopts; do
 		case $o in
@@ -355,6 +360,9 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		guest=*) gtype=${o#*=}; continue ;;
 		evict=*) evict=${o#*=}; continue ;;
 		load=*) load=${o#*=}; continue ;;
+		window=*) window=${o#*=}; continue ;;
+		tunnel=*) tunnel=${o#*=}; continue ;;
+		lane=*) lane=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		names=*) names=${o#*=}; continue ;;
@@ -423,7 +431,20 @@ CFG
 	: > "$out/migrations.env"
 	: > "$out/migrate-1.log"
 	cmd=$recv lpid= dpid=
-	if [ "$drops" -gt 0 ]; then
+	# the floor of a network fault: a bare FAULT / one-page reply round
+	# trip over the transport the migration uses, in dom0 (rtt.txt)
+	if [ "$drops" -gt 0 ] || [ "$tunnel" = 1 ]; then
+		/usr/local/bin/xl-postcopy tunnel listen 127.0.0.1:7001 -- /usr/local/bin/xl-postcopy rtt --serve 2>> "$out/rtt.log" &
+		rpid=$!
+		sleep 1
+		timeout 120 /usr/local/bin/xl-postcopy rtt --count 500 --via "/usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7001 2>> $out/rtt.log" > "$out/rtt.txt" 2>> "$out/rtt.log"
+		timeout 30 tail --pid=$rpid -f /dev/null
+		kill $rpid 2>/dev/null; wait $rpid 2>/dev/null
+	else
+		timeout 120 /usr/local/bin/xl-postcopy rtt --count 500 > "$out/rtt.txt" 2>> "$out/rtt.log"
+	fi
+	ts "$(cat "$out/rtt.txt")"
+	if [ "$drops" -gt 0 ] || [ "$tunnel" = 1 ]; then
 		# link-drop: xl's pipe runs through xl-postcopy's resumable
 		# tunnel on 127.0.0.1:7000. $drops times during post-copy the
 		# link goes down for $outage s: policy rules make every packet
@@ -437,7 +458,7 @@ CFG
 			-- $recv >> "$out/migrate.log" 2>&1 &
 		lpid=$!
 		cmd="env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7000 --stats $out/tunnel-connect.json"
-		(
+		[ "$drops" -gt 0 ] && (
 			# the destination's progress lines (xl migrate-receive, under
 			# the tunnel listener, writes to migrate.log; the source's
 			# xl hides its progress bar when stderr is not a terminal)
@@ -454,7 +475,7 @@ CFG
 				echo "drop=$i killed=$k outage_s=$outage" >> "$out/drops.log"
 			done
 		) >> "$out/autorun-drops.log" 2>&1 &
-		dpid=$!
+		[ "$drops" -gt 0 ] && dpid=$!
 	fi
 	deaths=0 death= vrc=1 done_n=0 cur=
 	if [ "$soak" -gt 0 ]; then
@@ -581,6 +602,9 @@ CFG
 		echo "vcpus=$vcpus"
 		echo "evict=${evict:-range}"
 		echo "load=${load:-batch}"
+		echo "window=${window:-default}"
+		echo "tunnel=$tunnel"
+		echo "lane=${lane:-default}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"

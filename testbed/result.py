@@ -134,6 +134,20 @@ if m:
                     "batch_calls": int(m.group(6)), "zero_not_copied": int(m.group(7)),
                     "by_page": int(m.group(8))}
 r["load"] = meta.get("load")
+# The fault lane (issue #15 item 2): the push window, the transport, and a
+# bare FAULT / one-page reply round trip over that transport in dom0
+# (`xl-postcopy rtt`): the floor of a network fault's service.
+r["push_window"] = meta.get("window")
+r["fault_lane"] = "fault replies on their own lane" in log
+r["transport"] = "tunnel" if meta.get("tunnel") == "1" or int(meta.get("link_drops", 0) or 0) else "pipe"
+try:
+    rtt = open(os.path.join(d, "rtt.txt"), errors="replace").read()
+except OSError:
+    rtt = ""
+p50 = num(rtt, r"p50 ([0-9.]+) us")
+r["bare_rtt_us"] = {"p50": p50, "p99": num(rtt, r"p99 ([0-9.]+) us")} if p50 else None
+fl50 = (r.get("fault_latency_us") or {}).get("p50")
+r["fault_p50_over_rtt"] = round(fl50 / p50, 1) if fl50 and p50 else None
 postcopy_pages = sum(r.get("pages_" + k) or 0 for k in ("pushed", "faulted", "zero"))
 r["page_in_pages_per_s"] = (
     round(postcopy_pages * 1000.0 / r["postcopy_time_ms"]) if r.get("postcopy_time_ms") else None

@@ -50,7 +50,11 @@ fn check_record(rec: &Record<'_>, bound: Option<u64>) {
                 STREAM_VERSION,
                 "BEGIN with a foreign version"
             );
-            assert_eq!(b.flags.get(), 0, "BEGIN with reserved flags set");
+            assert_eq!(
+                b.flags.get() & !records::BEGIN_ACKS,
+                0,
+                "BEGIN with reserved flags set"
+            );
         }
         Record::Pfns(runs) | Record::Recover(runs) => {
             let g = need_bound();
@@ -106,7 +110,11 @@ fn check_record(rec: &Record<'_>, bound: Option<u64>) {
                 "control character in peer text: {m:?}"
             );
         }
-        Record::Transition | Record::Ready | Record::Complete(_) | Record::Resumed(_) => {}
+        Record::Transition
+        | Record::Ready
+        | Record::Complete(_)
+        | Record::Resumed(_)
+        | Record::Ack(_) => {}
     }
 }
 
@@ -140,6 +148,7 @@ fn encode(rec: &Record<'_>) -> Vec<u8> {
         Record::Zero(pfns) => w.pfn_list(RecordType::Zero, pfns),
         Record::Complete(v) => w.count(RecordType::Complete, *v),
         Record::Resumed(v) => w.count(RecordType::Resumed, *v),
+        Record::Ack(v) => w.count(RecordType::Ack, *v),
         Record::VcpuState(s) => w.vcpu_state(s),
         Record::Abort(m) => w.abort(m),
     };
@@ -250,6 +259,7 @@ enum Event {
     Fault(Vec<Pfn>),
     Complete,
     Recover,
+    Ack,
 }
 
 /// Decodes the destination→source channel as the source does (guest size
@@ -269,6 +279,7 @@ fn fault_events(data: &[u8], guest: u64) -> Vec<Event> {
             Record::Fault(p) => Event::Fault(p),
             Record::Complete(_) => Event::Complete,
             Record::Recover(_) => Event::Recover,
+            Record::Ack(_) => Event::Ack,
             _ => break,
         });
     }
@@ -339,7 +350,7 @@ fn run_scheduler(events: &[Event], spec: StrategySpec, guest: u64) {
                 }
             }
             Event::Complete | Event::Abort => break 'stream,
-            Event::Resumed | Event::Recover | Event::Ready => {}
+            Event::Resumed | Event::Recover | Event::Ready | Event::Ack => {}
         }
         assert_eq!(s.unsent(), (owed_count - sent) as u64);
     }

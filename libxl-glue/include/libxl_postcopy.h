@@ -74,6 +74,8 @@
 #define REC_TYPE_POSTCOPY_RECOVER     0x0000001cU
 #define REC_TYPE_POSTCOPY_ABORT       0x0000001dU
 #define REC_TYPE_POSTCOPY_READY       0x0000001eU
+/* Back channel only (the helpers' own; libxenguest never reads it). */
+#define REC_TYPE_POSTCOPY_ACK         0x0000001fU
 
 /* Pre-paging strategies (--prepage=); ids are stable on the wire. */
 #define LIBXL_POSTCOPY_PREPAGE_NONE            0

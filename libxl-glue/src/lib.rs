@@ -6,7 +6,8 @@
 //! - [`save`] and [`restore`]: the phased sessions behind those calls:
 //!   the engine's `SourceSession` / `DestSession` phases (serving, fault
 //!   forwarding, the push policy are the engine's) over xl's fds
-//!   ([`fdio`]), with fault replies in-band on the stream.
+//!   ([`fdio`]), with fault replies in-band on the stream or, when both
+//!   helpers hold the same pipe (one host), on a [`lane`] of their own.
 //! - [`xen_source`] and [`xen_dest`]: the Xen backends of the engine's
 //!   `SourceMemory` / `DestinationMemory` traits.
 //! - [`present`]: what must be present before the guest runs (special
@@ -46,6 +47,7 @@ pub mod domain_watch;
 pub mod fdio;
 pub mod ffi;
 pub mod forensics;
+pub mod lane;
 pub mod pagewalk;
 pub mod precopy;
 pub mod present;

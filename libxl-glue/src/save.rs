@@ -9,8 +9,10 @@
 //!    POSTCOPY_PFNS (the owed runs) and POSTCOPY_TRANSITION;
 //! 3. [`SaveSession::serve`] — after libxl's records: the engine's serve
 //!    phase with fault replies in-band on the one stream
-//!    ([`Replies::InBand`]) and the Xen push policy ([`PushPolicy::XEN`]);
-//!    it returns once the destination confirms with its own COMPLETE.
+//!    ([`Replies::InBand`], behind at most the push window), or on a
+//!    [`crate::lane`] of their own when the destination connected to it,
+//!    and the Xen push policy ([`PushPolicy::XEN`]); it returns once the
+//!    destination confirms with its own COMPLETE.
 //!
 //! The phases are the engine's [`SourceSession`]; this module adds what is
 //! Xen: the owed set and the must-present pages from the suspended domain,
@@ -90,6 +92,46 @@ fn max_bandwidth_setting() -> Option<u64> {
     postcopy::scheduler::parse_rate(&v)
         .map_err(|e| warn!("{MAX_BANDWIDTH_ENV}: {e}; the push is not capped"))
         .ok()
+}
+
+/// Environment setting: the push window in bytes (K/M suffixes, binary),
+/// or `off`: the most pushed bytes the destination has not yet consumed
+/// ([`PushPolicy::window`]; default [`PushPolicy::XEN`]'s). Fault replies
+/// travel in-band behind at most this much push.
+pub const PUSH_WINDOW_ENV: &str = "LIBXL_POSTCOPY_PUSH_WINDOW";
+
+/// The window [`PUSH_WINDOW_ENV`] asks for: `None` for `off`, the Xen
+/// default when unset or not a size (with a warning).
+fn push_window_setting() -> Option<u64> {
+    let v = match std::env::var(PUSH_WINDOW_ENV) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return PushPolicy::XEN.window,
+    };
+    if matches!(v.trim(), "off" | "0" | "none") {
+        warn!("{PUSH_WINDOW_ENV}={v}: the push is not windowed; fault replies queue behind the link's buffers");
+        return None;
+    }
+    postcopy::scheduler::parse_rate(&v)
+        .map_err(|e| warn!("{PUSH_WINDOW_ENV}: {e}; the default window is used"))
+        .ok()
+        .or(PushPolicy::XEN.window)
+}
+
+/// Where the replies go: the lane if there is one (with a second handle
+/// on it for the closer), else in-band.
+fn lane_replies(
+    lane: Option<std::os::unix::net::UnixStream>,
+) -> (Replies, Option<std::os::unix::net::UnixStream>) {
+    match lane {
+        Some(s) => {
+            let handle = s
+                .try_clone()
+                .map_err(|e| warn!("fault lane: {e}; it cannot be shut down early"))
+                .ok();
+            (Replies::Channel(Box::new(s)), handle)
+        }
+        None => (Replies::InBand, None),
+    }
 }
 
 /// What [`SaveSession::begin`] found.
@@ -193,6 +235,9 @@ pub struct SaveSession<O: XenOps> {
     /// last pre-copy round (its recent working set), empty without one.
     history: Vec<Pfn>,
     back_fd: RawFd,
+    stream_fd: RawFd,
+    /// The fault lane the destination connected to ([`crate::lane`]).
+    lane: Option<std::os::unix::net::UnixStream>,
     /// Bound on [`transition`](Self::transition)'s wait for READY (zero:
     /// none).
     ready_timeout: Duration,
@@ -331,6 +376,7 @@ impl<O: XenOps> SaveSession<O> {
             strategy,
             PushPolicy {
                 max_bandwidth: max_bandwidth_setting(),
+                window: push_window_setting(),
                 ..PushPolicy::XEN
             },
         )?;
@@ -368,11 +414,19 @@ impl<O: XenOps> SaveSession<O> {
                 owed_count,
                 history,
                 back_fd,
+                stream_fd,
+                lane: None,
                 ready_timeout: ready_timeout_setting(),
                 metrics,
             },
             summary,
         ))
+    }
+
+    /// True after [`transition`](Self::transition) if the destination
+    /// took the fault lane ([`crate::lane`]): replies will not go in-band.
+    pub fn replies_on_lane(&self) -> bool {
+        self.lane.is_some()
     }
 
     /// The owed runs.
@@ -411,11 +465,20 @@ impl<O: XenOps> SaveSession<O> {
             self.ready_timeout,
             Arc::new(move || stop.store(true, Ordering::SeqCst)),
         );
+        // Offered before the owed pfns go out, so the destination finds
+        // it when it has them; taken after its READY.
+        let offer = crate::lane::Offer::open(&crate::status_file::status_dir(), self.stream_fd);
         self.session
             .switch(self.owed.clone(), &[], &mut back, &self.metrics)?;
+        self.lane = offer.and_then(crate::lane::Offer::take);
         info!(
-            "post-copy source: TRANSITION sent {:?} after the stop",
-            self.session.stopped_at().elapsed()
+            "post-copy source: TRANSITION sent {:?} after the stop; fault replies {}",
+            self.session.stopped_at().elapsed(),
+            if self.lane.is_some() {
+                "on their own lane"
+            } else {
+                "in-band"
+            }
         );
         Ok(())
     }
@@ -435,10 +498,16 @@ impl<O: XenOps> SaveSession<O> {
                 .unwrap_or_else(|e| e.into_inner())
                 .update(done);
         }));
+        let (replies, lane) = lane_replies(self.lane.take());
         let links = ServeLinks {
             fault_rx,
-            replies: Replies::InBand,
-            closer: Arc::new(move || stop.store(true, Ordering::SeqCst)),
+            replies,
+            closer: Arc::new(move || {
+                stop.store(true, Ordering::SeqCst);
+                if let Some(l) = &lane {
+                    let _ = l.shutdown(std::net::Shutdown::Both);
+                }
+            }),
         };
         let history = std::mem::take(&mut self.history);
         self.session

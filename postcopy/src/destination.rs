@@ -246,6 +246,10 @@ pub struct DestSession<M> {
     abort_sent: bool,
     /// Owed pages not installed when [`serve`](Self::serve) ended.
     unserved: u64,
+    /// The source asked for ACKs of the forward stream ([`BEGIN_ACKS`]).
+    ///
+    /// [`BEGIN_ACKS`]: crate::records::BEGIN_ACKS
+    acks: bool,
 }
 
 impl<M> std::fmt::Debug for DestSession<M> {
@@ -282,6 +286,7 @@ impl<M: DestinationMemory> DestSession<M> {
             ready_sent: false,
             abort_sent: false,
             unserved: 0,
+            acks: begin.acks(),
         })
     }
 
@@ -529,6 +534,7 @@ impl<M: DestinationMemory> DestSession<M> {
             resumed_sent: AtomicBool::new(false),
             told: AtomicBool::new(false),
             in_band: matches!(links.replies, Replies::InBand),
+            acks: self.acks,
             switch_at: self.switch_at,
             hooks,
             cfg: &self.cfg,
@@ -792,6 +798,8 @@ struct Shared<'m, M: ?Sized> {
     /// A local failure was told to the source.
     told: AtomicBool,
     in_band: bool,
+    /// ACK what the bulk reader consumed, after each record.
+    acks: bool,
     switch_at: Instant,
     hooks: &'m dyn ServeHooks,
     cfg: &'m DestConfig,
@@ -1117,7 +1125,8 @@ fn run_session<M: DestinationMemory + ?Sized>(
             }
             Replies::InBand => None,
         };
-        let bulk_result = read_bulk(shared, &mut bulk).and_then(|()| finish(shared, &fault_tx));
+        let bulk_result =
+            read_bulk(shared, &mut bulk, &fault_tx).and_then(|()| finish(shared, &fault_tx));
         if let Err(e) = &bulk_result {
             shared.fail_with(e, &fault_tx);
         }
@@ -1246,10 +1255,14 @@ fn first_real_error<const N: usize>(results: [Result<(), Error>; N]) -> Result<(
     }
 }
 
-fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
+fn read_bulk<M: DestinationMemory + ?Sized, R: Read, W: Write>(
     shared: &Shared<'_, M>,
     bulk: &mut RecordReader<R>,
+    fault_tx: &Mutex<RecordWriter<W>>,
 ) -> Result<(), Error> {
+    // ACKs count from here: the source counts its bytes from the start
+    // of its serve phase on this connection.
+    let base = bulk.bytes_read();
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
@@ -1292,6 +1305,12 @@ fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
                 }
                 .into())
             }
+        }
+        // Consumed (read and installed): the source's push window moves.
+        if shared.acks {
+            let mut w = lock(fault_tx);
+            w.count(RecordType::Ack, bulk.bytes_read().saturating_sub(base))?;
+            w.flush()?;
         }
     }
 }

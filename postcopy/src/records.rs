@@ -102,6 +102,10 @@ pub enum RecordType {
     /// Destination → source (fault channel): everything before TRANSITION
     /// arrived and checked out; the owed pages are absent; send TRANSITION.
     Ready = 0x1e,
+    /// Destination → source (fault channel): bytes of the forward stream
+    /// consumed (read and installed) since serving began, so the source
+    /// can bound the push bytes in flight ([`BEGIN_ACKS`]).
+    Ack = 0x1f,
 }
 
 /// One row of the record table.
@@ -116,7 +120,7 @@ pub struct RecordInfo {
 }
 
 /// Every post-copy record type, its name and its length bound.
-pub const RECORD_TABLE: [RecordInfo; 12] = [
+pub const RECORD_TABLE: [RecordInfo; 13] = [
     RecordInfo {
         rtype: RecordType::Begin,
         name: "POSTCOPY_BEGIN",
@@ -177,6 +181,11 @@ pub const RECORD_TABLE: [RecordInfo; 12] = [
         name: "POSTCOPY_READY",
         max_len: 0,
     },
+    RecordInfo {
+        rtype: RecordType::Ack,
+        name: "POSTCOPY_ACK",
+        max_len: size_of::<CountBody>(),
+    },
 ];
 
 const _: () = assert!(MAX_RECORD_LEN >= MAX_RECOVER && MAX_RECORD_LEN >= MAX_VCPU_STATE);
@@ -219,7 +228,8 @@ const _: () = assert!(size_of::<RecordHeader>() == 8);
 pub struct BeginBody {
     /// [`STREAM_VERSION`].
     pub version: U32,
-    /// Reserved, zero.
+    /// Requests from the source ([`BEGIN_ACKS`]); other bits reserved,
+    /// zero.
     pub flags: U32,
     /// Pre-paging strategy id ([`crate::prepage::StrategySpec::wire_id`]).
     pub strategy: U32,
@@ -245,6 +255,28 @@ impl BeginBody {
             guest_pfns: guest_pfns.into(),
             populated_pages: populated_pages.into(),
         }
+    }
+}
+
+/// BEGIN flag: the source bounds its push bytes in flight and asks the
+/// destination to ACK what it consumed of the forward stream after each
+/// record while serving.
+pub const BEGIN_ACKS: u32 = 1;
+
+/// Every BEGIN flag this stream version knows.
+const BEGIN_KNOWN_FLAGS: u32 = BEGIN_ACKS;
+
+impl BeginBody {
+    /// This BEGIN with the ACK request ([`BEGIN_ACKS`]) set or cleared.
+    pub fn with_acks(mut self, on: bool) -> BeginBody {
+        let f = self.flags.get();
+        self.flags = if on { f | BEGIN_ACKS } else { f & !BEGIN_ACKS }.into();
+        self
+    }
+
+    /// True if the source asks for ACKs ([`BEGIN_ACKS`]).
+    pub fn acks(&self) -> bool {
+        self.flags.get() & BEGIN_ACKS != 0
     }
 }
 
@@ -473,6 +505,8 @@ pub enum Record<'a> {
     Abort(String),
     /// READY.
     Ready,
+    /// ACK: forward-stream bytes the destination consumed while serving.
+    Ack(u64),
 }
 
 impl Record<'_> {
@@ -491,6 +525,7 @@ impl Record<'_> {
             Record::Recover(_) => RecordType::Recover,
             Record::Abort(_) => RecordType::Abort,
             Record::Ready => RecordType::Ready,
+            Record::Ack(_) => RecordType::Ack,
         }
     }
 }
@@ -668,7 +703,7 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
                     want: STREAM_VERSION,
                 });
             }
-            if b.flags.get() != 0 {
+            if b.flags.get() & !BEGIN_KNOWN_FLAGS != 0 {
                 return Err(RecordError::NonZeroReserved { name });
             }
             Ok(Record::Begin(b))
@@ -715,17 +750,17 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
                 Record::Zero(pfns)
             })
         }
-        RecordType::Complete | RecordType::Resumed => {
+        RecordType::Complete | RecordType::Resumed | RecordType::Ack => {
             exact(size_of::<CountBody>())?;
             let c = CountBody::read_from_bytes(body).map_err(|_| RecordError::ShortBody {
                 name,
                 length: body.len(),
                 need: 8,
             })?;
-            Ok(if rtype == RecordType::Complete {
-                Record::Complete(c.value.get())
-            } else {
-                Record::Resumed(c.value.get())
+            Ok(match rtype {
+                RecordType::Complete => Record::Complete(c.value.get()),
+                RecordType::Ack => Record::Ack(c.value.get()),
+                _ => Record::Resumed(c.value.get()),
             })
         }
         RecordType::VcpuState => Ok(Record::VcpuState(body)),
@@ -997,6 +1032,15 @@ impl<W: Write> RecordWriter<W> {
         &mut self.inner
     }
 
+    /// Writes records that another writer of this module encoded (staged
+    /// in memory, e.g. read out of guest memory before a shared stream's
+    /// lock is taken), counting their bytes.
+    pub fn append(&mut self, encoded: &[u8]) -> RecordResult<()> {
+        self.inner.write_all(encoded).map_err(RecordError::Io)?;
+        self.bytes += encoded.len() as u64;
+        Ok(())
+    }
+
     fn start(&mut self, rtype: RecordType) {
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; 8]);
@@ -1081,9 +1125,12 @@ impl<W: Write> RecordWriter<W> {
         self.finish()
     }
 
-    /// Writes COMPLETE or RESUMED.
+    /// Writes COMPLETE, RESUMED or ACK.
     pub fn count(&mut self, rtype: RecordType, value: u64) -> RecordResult<()> {
-        debug_assert!(matches!(rtype, RecordType::Complete | RecordType::Resumed));
+        debug_assert!(matches!(
+            rtype,
+            RecordType::Complete | RecordType::Resumed | RecordType::Ack
+        ));
         self.start(rtype);
         let b = CountBody {
             value: value.into(),
@@ -1193,6 +1240,8 @@ mod tests {
             w.runs(RecordType::Recover, &runs).unwrap();
             w.abort("bad PFNS").unwrap();
             w.empty(RecordType::Ready).unwrap();
+            w.count(RecordType::Ack, 1 << 40).unwrap();
+            w.begin(&begin(8).with_acks(true)).unwrap();
         });
         assert_eq!(bytes.len() % 8, 0);
         let mut r = RecordReader::new(&bytes[..], None);
@@ -1216,6 +1265,8 @@ mod tests {
         assert!(matches!(r.next_record().unwrap(), Record::Recover(v) if v == runs));
         assert!(matches!(r.next_record().unwrap(), Record::Abort(m) if m == "bad PFNS"));
         assert!(matches!(r.next_record().unwrap(), Record::Ready));
+        assert!(matches!(r.next_record().unwrap(), Record::Ack(n) if n == 1 << 40));
+        assert!(matches!(r.next_record().unwrap(), Record::Begin(b) if b.acks()));
         assert!(matches!(r.next_record(), Err(RecordError::Closed)));
         assert_eq!(r.bytes_read(), bytes.len() as u64);
     }
@@ -1473,7 +1524,7 @@ mod tests {
         ));
 
         let mut b = begin(8);
-        b.flags = 1.into();
+        b.flags = 2.into();
         let bytes = encode(|w| w.begin(&b).unwrap());
         assert!(matches!(
             read_one(&bytes, None),

@@ -779,3 +779,134 @@ mod tests {
         assert!(sealed_stream_ms(8 << 20).unwrap() > 0.0);
     }
 }
+
+/// A bare request/reply round trip between two processes over a pair of
+/// pipes, the transport of `xl migrate` on one host: what a network fault
+/// would cost with no pages queued in front of its reply and no guest
+/// memory or hypervisor behind it. The request is a one-pfn FAULT record,
+/// the reply a one-page PAGE_DATA record, both written and parsed by the
+/// engine's record code.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rtt {
+    /// Round trips timed (after a warm-up).
+    pub round_trips: usize,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Fastest, µs.
+    pub min_us: f64,
+    /// The transport.
+    pub via: String,
+}
+
+impl std::fmt::Display for Rtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bare rtt: p50 {:.0} us p99 {:.0} us min {:.0} us ({} round trips: a 1-pfn FAULT and a 1-page PAGE_DATA reply, {})",
+            self.p50_us, self.p99_us, self.min_us, self.round_trips, self.via
+        )
+    }
+}
+
+/// Round trips [`pipe_rtt`] runs before it starts timing.
+pub const RTT_WARMUP: usize = 20;
+
+/// The guest size both ends of [`pipe_rtt`] assume (pfns are below it).
+const RTT_PFNS: u64 = 1 << 20;
+
+/// Times `n` round trips with `exe rtt --serve` as the other process
+/// (its stdin and stdout are the pipes), or with `via`, a shell command
+/// whose stdin and stdout lead to one (as `xl migrate`'s: e.g. `ssh host
+/// xl-postcopy rtt --serve`, or `xl-postcopy tunnel connect ...` to a
+/// `tunnel listen -- xl-postcopy rtt --serve`).
+pub fn pipe_rtt(exe: &Path, n: usize, via: Option<&str>) -> std::io::Result<Rtt> {
+    use postcopy::records::{Record, RecordReader, RecordType, RecordWriter};
+    use std::process::{Command, Stdio};
+    let mut cmd = match via {
+        Some(c) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", c]);
+            sh
+        }
+        None => {
+            let mut own = Command::new(exe);
+            own.args(["rtt", "--serve"]);
+            own
+        }
+    };
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let (Some(cin), Some(cout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(std::io::Error::other("the child has no pipes"));
+    };
+    let mut w = RecordWriter::new(cin);
+    let mut r = RecordReader::new(cout, Some(RTT_PFNS));
+    let mut times = Vec::with_capacity(n);
+    let mut run = || -> std::io::Result<()> {
+        for i in 0..n + RTT_WARMUP {
+            let t = Instant::now();
+            w.pfn_list(RecordType::Fault, &[i as u64 % RTT_PFNS])
+                .and_then(|()| w.flush())
+                .map_err(std::io::Error::other)?;
+            match r.next_record().map_err(std::io::Error::other)? {
+                Record::PageData { .. } => {}
+                other => {
+                    return Err(std::io::Error::other(format!(
+                        "unexpected {} from the rtt server",
+                        other.rtype().name()
+                    )))
+                }
+            }
+            if i >= RTT_WARMUP {
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        Ok(())
+    };
+    let ran = run();
+    drop(w);
+    let waited = child.wait();
+    ran?;
+    waited?;
+    if times.is_empty() {
+        return Err(std::io::Error::other("no round trips"));
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |pct: usize| times[(times.len() - 1) * pct / 100];
+    Ok(Rtt {
+        round_trips: times.len(),
+        p50_us: at(50),
+        p99_us: at(99),
+        min_us: times[0],
+        via: via.map_or_else(
+            || "over a pipe pair between two processes".into(),
+            |c| format!("through `{c}`"),
+        ),
+    })
+}
+
+/// The other end of [`pipe_rtt`]: answers each FAULT on `input` with one
+/// page on `output` until `input` ends.
+pub fn serve_rtt(input: impl Read, output: impl Write) -> std::io::Result<()> {
+    use postcopy::records::{Cause, Record, RecordReader, RecordWriter};
+    let mut r = RecordReader::new(input, Some(RTT_PFNS));
+    let mut w = RecordWriter::new(output);
+    let page = vec![0xa5u8; postcopy::PAGE_SIZE];
+    loop {
+        let pfn = match r.next_record() {
+            Ok(Record::Fault(p)) => p.first().copied().unwrap_or(0),
+            Ok(other) => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected {} in an rtt request",
+                    other.rtype().name()
+                )))
+            }
+            Err(postcopy::records::RecordError::Closed) => return Ok(()),
+            Err(e) => return Err(std::io::Error::other(e)),
+        };
+        w.page_data(Cause::Fault, &[pfn], &page)
+            .and_then(|()| w.flush())
+            .map_err(std::io::Error::other)?;
+    }
+}

@@ -97,6 +97,26 @@ enum Cmd {
     },
     /// List the pre-paging strategies.
     Strategies,
+    /// Time a bare request/reply round trip (a 1-pfn FAULT, a 1-page
+    /// reply) between this process and a child over a pipe pair, the
+    /// transport of `xl migrate` on one host: the floor of a network
+    /// fault's service time.
+    Rtt {
+        /// Round trips to time.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Be the other end: answer requests on stdin with replies on
+        /// stdout.
+        #[arg(long)]
+        serve: bool,
+        /// The other end is this shell command's stdin and stdout (e.g.
+        /// `ssh HOST xl-postcopy rtt --serve`), as for `xl migrate`.
+        #[arg(long, value_name = "CMD")]
+        via: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// On the source host: make the running hybrid migration
     /// (`--postcopy-after=N|auto`) of DOMAIN switch to post-copy now; the
     /// save helper takes the request at its next pre-copy step.
@@ -539,6 +559,23 @@ fn main() -> Result<ExitCode> {
                 "switch requested ({}): a hybrid migration of {domain} switches to post-copy at its next pre-copy step",
                 path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rtt { serve: true, .. } => {
+            xl_plugin::bench::serve_rtt(std::io::stdin().lock(), std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rtt {
+            count, json, via, ..
+        } => {
+            let exe = std::env::current_exe().context("locating this program")?;
+            let rtt = xl_plugin::bench::pipe_rtt(&exe, count.max(1), via.as_deref())
+                .context("timing round trips")?;
+            if json {
+                println!("{}", serde_json::to_string(&rtt)?);
+            } else {
+                println!("{rtt}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Strategies => {
