@@ -428,7 +428,13 @@ if [ -n "${HOST_ROLE:-}" ]; then
 		exit 0
 	fi
 	# host B up: its sshd answers (it may boot later than this one)
-	for t in $(seq 1 120); do pssh true 2>/dev/null && break; sleep 5; done
+	# (the shared connection pssh uses: started in the background here,
+	# its standard streams on /dev/null)
+	for t in $(seq 1 120); do
+		ssh -fN -o ControlMaster=yes -o ControlPath=/tmp/pssh-%h -o ControlPersist=1800 hostb \
+			< /dev/null > /dev/null 2>> /tmp/pssh-master.log && break
+		sleep 5
+	done
 	ts "host B reachable: $(pssh hostname 2>&1)"
 fi
 xl info | grep -E 'xen_version|xen_extra|virt_caps|free_memory|xen_commandline'
