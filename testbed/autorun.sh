@@ -323,7 +323,8 @@ host_setup() {
 	ip=10.9.0.1; [ "$HOST_ROLE" = b ] && ip=10.9.0.2
 	hostname "host$HOST_ROLE"
 	printf '127.0.0.1 localhost\n10.9.0.1 hosta\n10.9.0.2 hostb\n' > /etc/hosts
-	modprobe -a bridge virtio_net 2>/dev/null
+	# loop: /etc/xen/scripts/block puts a file-backed disk on a loop device
+	modprobe -a bridge virtio_net loop 2>/dev/null
 	for n in $(seq 1 20); do
 		nic=$(for n in /sys/class/net/*; do
 			[ "$(basename "$(readlink -f "$n/device/driver" 2>/dev/null)")" = virtio_net ] && basename "$n"
@@ -403,9 +404,9 @@ clock_offset() {
 # ping_check: the dom0s reach each other (ping and ssh both ways).
 ping_check() {
 	{
-		echo "ping_a_to_b=$(ping -c 3 -W 5 hostb > "$out/ping.txt" 2>&1 && echo 1 || echo 0)"
+		echo "ping_a_to_b=$(busybox ping -c 3 -W 5 hostb > "$out/ping.txt" 2>&1 && echo 1 || echo 0)"
 		echo "ssh_a_to_b=$(pssh hostname 2>"$out/ssh.txt" | grep -qx hostb && echo 1 || echo 0)"
-		echo "ping_b_to_a=$(pssh 'ping -c 3 -W 5 hosta > /dev/null 2>&1' && echo 1 || echo 0)"
+		echo "ping_b_to_a=$(pssh 'busybox ping -c 3 -W 5 hosta > /dev/null 2>&1' && echo 1 || echo 0)"
 		echo "ssh_b_to_a=$(pssh 'ssh hosta hostname' 2>>"$out/ssh.txt" | grep -qx hosta && echo 1 || echo 0)"
 	} > "$out/ping.env"
 	cat "$out/ping.env"
