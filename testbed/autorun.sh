@@ -549,12 +549,17 @@ CFG
 	crc=$?
 	ts "create rc=$crc"
 	slog=$cons/guest-$dom.log
+	# up_wait ARGS: waitfor on the booting guest, unless xl create failed
+	# or an earlier wait timed out (each would wait its full time for a
+	# guest that is not there)
+	up=$([ "$crc" = 0 ] && echo 1 || echo 0)
+	up_wait() { [ "$up" = 1 ] && waitfor "$@" || up=0; }
 	# the first two full passes: the pattern is written and verified once
-	waitfor $slog 'MEMTEST pass [0-9]* ok=1' 2 300
-	[ "$workload" = stress ] && waitfor $slog 'TMPFS ready' 1 120
+	up_wait $slog 'MEMTEST pass [0-9]* ok=1' 2 300
+	[ "$workload" = stress ] && up_wait $slog 'TMPFS ready' 1 120
 	# devices busy before the migration starts
-	[ -n "$disk_mib" ] && waitfor $slog 'DISK pass [0-9]* ' 1 300
-	[ "$net" = 1 ] && waitfor $slog 'NET pass [0-9]* ' 2 300
+	[ -n "$disk_mib" ] && up_wait $slog 'DISK pass [0-9]* ' 1 300
+	[ "$net" = 1 ] && up_wait $slog 'NET pass [0-9]* ' 2 300
 	boot_ms=$(ms "$s" "$(now)")
 	[ "$settle" -gt 0 ] && { ts "settling ${settle}s"; sleep "$settle"; }
 	recv="xl -vvv migrate-receive"
