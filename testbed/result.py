@@ -204,15 +204,22 @@ def env_file(path):
     return out
 
 
-# dom0's poller: per domid, its (time, state) transitions.
+# dom0's poller: per domid, its (time, state) transitions.  Two hosts: host
+# B's domains as 1000 + domid, its times on host A's clock (the offset
+# measured over ssh before the guest was created; its error is half an ssh
+# round trip, in clock_offset_ms).
 dstates = {}
-try:
-    for line in open(os.path.join(d, "domstates.log"), errors="replace"):
-        m = re.match(r"([0-9.]+) dom=(\d+) (.*)$", line.strip())
-        if m:
-            dstates.setdefault(int(m.group(2)), []).append((float(m.group(1)), m.group(3)))
-except OSError:
-    pass
+off = (meta.get("clock_offset_ms") or "").split()
+for path, base, shift in ((os.path.join(d, "domstates.log"), 0, 0.0),
+                          (os.path.join(d, "hostb", "domstates.log"), 1000,
+                           float(off[0]) / 1000 if off else 0.0)):
+    try:
+        for line in open(path, errors="replace"):
+            m = re.match(r"([0-9.]+) dom=(\d+) (.*)$", line.strip())
+            if m and not (base and m.group(2) == "0"):
+                dstates.setdefault(base + int(m.group(2)), []).append((float(m.group(1)) - shift, m.group(3)))
+    except OSError:
+        pass
 
 
 # Domains that shut down for another reason than a migration's suspend:
@@ -590,6 +597,64 @@ if meta.get("refuse"):
                    and f["guest_went_on"])
     r["ok"] = f["ok"]
     r["integrity_ok"] = f["guest_went_on"]
+# Two hosts and devices: where the guest went and how, and whether its
+# disk and network kept working (checked on the destination's console,
+# and never an error on any console of the scenario).
+r["hosts"] = int(meta.get("hosts", 1) or 1)
+r["transport"] = meta.get("transport") or "local"
+if off:
+    r["clock_offset_ms"] = {"b_minus_a": int(off[0]), "error": int(off[1]) if len(off) > 1 else None}
+IOFAIL = (r"I/O error|blk_update_request|Buffer I/O|blkfront.*(error|fail)|netfront.*(error|fail)"
+          r"|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR")
+io_lines = []
+for f in consoles:
+    for line in open(f, errors="replace"):
+        if re.search(IOFAIL, line):
+            io_lines.append("%s: %s" % (os.path.basename(f), line.strip()[:160]))
+r["guest_io_errors"] = io_lines[:8]
+
+
+def dev_passes(word):
+    """WORD pass lines (DISK, NET): after the migration, failed ones anywhere."""
+    after = failed = 0
+    for f in consoles:
+        for line in open(f, errors="replace"):
+            m = re.search(word + r" pass \d+ ok=(\d)", line)
+            if m:
+                failed += m.group(1) != "1"
+                after += f in inc
+    return after, failed
+
+
+if meta.get("disk_mib"):
+    a, f = dev_passes("DISK")
+    r["disk"] = {"mib": int(meta["disk_mib"]), "passes_after_migration": a, "failed_passes": f}
+    r["disk_ok"] = bool(a >= 2 and f == 0 and not io_lines)
+else:
+    r["disk_ok"] = None
+if meta.get("net") == "1":
+    a, f = dev_passes("NET")
+    srv_bad = srv_rounds = 0
+    try:
+        for line in open(os.path.join(d, "hostb", "netsrv.log"), errors="replace"):
+            m = re.search(r"rounds=(\d+) bad=(\d+)", line)
+            if m:
+                srv_rounds = max(srv_rounds, int(m.group(1)))
+                srv_bad = max(srv_bad, int(m.group(2)))
+            srv_bad += " BAD " in line
+    except OSError:
+        pass
+    r["net"] = {"passes_after_migration": a, "failed_passes": f, "server_rounds": srv_rounds,
+                "server_bad": srv_bad}
+    r["net_ok"] = bool(a >= 3 and f == 0 and srv_bad == 0 and srv_rounds > 0 and not io_lines)
+else:
+    r["net_ok"] = None
+if r["disk_ok"] is False or r["net_ok"] is False:
+    r["ok"] = False
+if r["transport"] == "ping":
+    pe = env_file(os.path.join(d, "ping.env"))
+    r["ping"] = pe
+    r["ok"] = bool(pe) and all(v == "1" for v in pe.values())
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
