@@ -160,8 +160,8 @@ migrate_once() {
 	# nominate + evict, not the hypervisor's range op; load=per-page: it
 	# loads owed pages with xc_mem_paging_load one by one, not the batch
 	# op (for comparison).
-	# window=SIZE|off: the source's push window (LIBXL_POSTCOPY_PUSH_WINDOW;
-	# empty: the default); lane=off: fault replies in-band, not on the
+	# window=SIZE|on|off: the source's push window
+	# (LIBXL_POSTCOPY_PUSH_WINDOW; empty: the default, off); lane=off: fault replies in-band, not on the
 	# fault lane (LIBXL_POSTCOPY_LANE).
 	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!

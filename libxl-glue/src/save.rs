@@ -95,26 +95,28 @@ fn max_bandwidth_setting() -> Option<u64> {
 }
 
 /// Environment setting: the push window in bytes (K/M suffixes, binary),
-/// or `off`: the most pushed bytes the destination has not yet consumed
-/// ([`PushPolicy::window`]; default [`PushPolicy::XEN`]'s). Fault replies
-/// travel in-band behind at most this much push.
+/// `on` ([`postcopy::scheduler::XEN_WINDOW`]) or `off` (the default,
+/// [`PushPolicy::XEN`]): the most pushed bytes the destination has not yet
+/// consumed ([`PushPolicy::window`]). With a window, fault replies travel
+/// in-band behind at most this much push.
 pub const PUSH_WINDOW_ENV: &str = "LIBXL_POSTCOPY_PUSH_WINDOW";
 
-/// The window [`PUSH_WINDOW_ENV`] asks for: `None` for `off`, the Xen
-/// default when unset or not a size (with a warning).
+/// The window [`PUSH_WINDOW_ENV`] asks for: `None` for `off` or unset, the
+/// Xen window for `on` or a value that is not a size (with a warning).
 fn push_window_setting() -> Option<u64> {
     let v = match std::env::var(PUSH_WINDOW_ENV) {
         Ok(v) if !v.trim().is_empty() => v,
         _ => return PushPolicy::XEN.window,
     };
-    if matches!(v.trim(), "off" | "0" | "none") {
-        warn!("{PUSH_WINDOW_ENV}={v}: the push is not windowed; fault replies queue behind the link's buffers");
-        return None;
+    match v.trim() {
+        "off" | "0" | "none" => return None,
+        "on" => return Some(postcopy::scheduler::XEN_WINDOW),
+        _ => {}
     }
     postcopy::scheduler::parse_rate(&v)
-        .map_err(|e| warn!("{PUSH_WINDOW_ENV}: {e}; the default window is used"))
+        .map_err(|e| warn!("{PUSH_WINDOW_ENV}: {e}; the Xen window is used"))
         .ok()
-        .or(PushPolicy::XEN.window)
+        .or(Some(postcopy::scheduler::XEN_WINDOW))
 }
 
 /// Where the replies go: the lane if there is one (with a second handle
