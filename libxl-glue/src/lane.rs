@@ -19,6 +19,8 @@
 use std::os::fd::RawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use log::{debug, info, warn};
 
@@ -113,6 +115,36 @@ pub fn connect(dir: &Path, stream_fd: RawFd) -> Option<UnixStream> {
             None
         }
     }
+}
+
+/// A serve phase's replies: on the lane if there is one, else in-band
+/// (`wrap` boxes the stream as the engine's side wants it), and a second
+/// handle on the lane for [`closer`].
+pub fn replies<T>(
+    lane: Option<UnixStream>,
+    wrap: impl FnOnce(UnixStream) -> T,
+) -> (postcopy::transport::Replies<T>, Option<UnixStream>) {
+    match lane {
+        Some(s) => {
+            let handle = s
+                .try_clone()
+                .map_err(|e| warn!("fault lane: {e}; it cannot be shut down early"))
+                .ok();
+            (postcopy::transport::Replies::Channel(wrap(s)), handle)
+        }
+        None => (postcopy::transport::Replies::InBand, None),
+    }
+}
+
+/// A serve phase's closer: stops the stream's reads (`stop`) and shuts
+/// the lane down, so every read of either ends.
+pub fn closer(stop: Arc<AtomicBool>, lane: Option<UnixStream>) -> postcopy::transport::Closer {
+    Arc::new(move || {
+        stop.store(true, Ordering::SeqCst);
+        if let Some(l) = &lane {
+            let _ = l.shutdown(std::net::Shutdown::Both);
+        }
+    })
 }
 
 #[cfg(test)]

@@ -21,12 +21,12 @@
 //! serve hooks of a Xen domain.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info};
-use postcopy::destination::{DestConfig, DestSession, Replies, ServeHooks, ServeLinks, Step};
+use postcopy::destination::{DestConfig, DestSession, ServeHooks, ServeLinks, Step};
 use postcopy::memory::MemoryError;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
@@ -221,16 +221,9 @@ impl<O: XenOps> RestoreSession<O> {
     pub fn serve_with(&mut self, hooks: &dyn ServeHooks) -> Result<(), Error> {
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let (replies, lane) = match self.lane.take() {
-            Some(s) => {
-                let handle = s.try_clone().ok();
-                (
-                    Replies::Channel(Box::new(s) as Box<dyn std::io::Read + Send>),
-                    handle,
-                )
-            }
-            None => (Replies::InBand, None),
-        };
+        let (replies, lane) = crate::lane::replies(self.lane.take(), |s| {
+            Box::new(s) as Box<dyn std::io::Read + Send>
+        });
         let links = ServeLinks {
             bulk: RecordReader::new(
                 Box::new(FdIo::with_stop(self.stream_fd, stop.clone())),
@@ -238,12 +231,7 @@ impl<O: XenOps> RestoreSession<O> {
             ),
             replies,
             back: RecordWriter::new(Box::new(FdIo::new(self.back_fd))),
-            closer: Arc::new(move || {
-                stop.store(true, Ordering::SeqCst);
-                if let Some(l) = &lane {
-                    let _ = l.shutdown(std::net::Shutdown::Both);
-                }
-            }),
+            closer: crate::lane::closer(stop, lane),
         };
         let domid = self.session.memory().ops().domid();
         self.session

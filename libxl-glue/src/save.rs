@@ -32,7 +32,7 @@ use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{Cause, RecordReader, MAX_BATCH_PAGES};
 use postcopy::scheduler::PushPolicy;
-use postcopy::source::{send_pages, Replies, ServeLinks, SourceSession};
+use postcopy::source::{send_pages, ServeLinks, SourceSession};
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
@@ -117,23 +117,6 @@ fn push_window_setting() -> Option<u64> {
         .map_err(|e| warn!("{PUSH_WINDOW_ENV}: {e}; the Xen window is used"))
         .ok()
         .or(Some(postcopy::scheduler::XEN_WINDOW))
-}
-
-/// Where the replies go: the lane if there is one (with a second handle
-/// on it for the closer), else in-band.
-fn lane_replies(
-    lane: Option<std::os::unix::net::UnixStream>,
-) -> (Replies, Option<std::os::unix::net::UnixStream>) {
-    match lane {
-        Some(s) => {
-            let handle = s
-                .try_clone()
-                .map_err(|e| warn!("fault lane: {e}; it cannot be shut down early"))
-                .ok();
-            (Replies::Channel(Box::new(s)), handle)
-        }
-        None => (Replies::InBand, None),
-    }
 }
 
 /// What [`SaveSession::begin`] found.
@@ -500,16 +483,13 @@ impl<O: XenOps> SaveSession<O> {
                 .unwrap_or_else(|e| e.into_inner())
                 .update(done);
         }));
-        let (replies, lane) = lane_replies(self.lane.take());
+        let (replies, lane) = crate::lane::replies(self.lane.take(), |s| {
+            Box::new(s) as Box<dyn std::io::Write + Send>
+        });
         let links = ServeLinks {
             fault_rx,
             replies,
-            closer: Arc::new(move || {
-                stop.store(true, Ordering::SeqCst);
-                if let Some(l) = &lane {
-                    let _ = l.shutdown(std::net::Shutdown::Both);
-                }
-            }),
+            closer: crate::lane::closer(stop, lane),
         };
         let history = std::mem::take(&mut self.history);
         self.session
