@@ -452,7 +452,9 @@ impl<O: XenOps> SaveSession<O> {
         );
         // Offered before the owed pfns go out, so the destination finds
         // it when it has them; taken after its READY.
-        let offer = crate::lane::Offer::open(&crate::status_file::status_dir(), self.stream_fd);
+        let offer = crate::lane::wanted()
+            .then(|| crate::lane::Offer::open(&crate::status_file::status_dir(), self.stream_fd))
+            .flatten();
         self.session
             .switch(self.owed.clone(), &[], &mut back, &self.metrics)?;
         self.lane = offer.and_then(crate::lane::Offer::take);
