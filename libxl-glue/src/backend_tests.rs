@@ -739,6 +739,9 @@ fn migrate_over(strategy: StrategySpec, touches: &[Pfn], pipe: bool) {
     let sb_fd = s_back.as_raw_fd();
     let source = std::thread::spawn(move || {
         let (mut s, summary) = SaveSession::begin(src2, s_fd, sb_fd, strategy, None).unwrap();
+        // The lane is offered (opt-in on Xen); only a pipe lets the two
+        // helpers meet on it.
+        s.set_offer_lane(true);
         s.transition().unwrap();
         let lane = s.replies_on_lane();
         s.serve().unwrap();

@@ -223,6 +223,9 @@ pub struct SaveSession<O: XenOps> {
     stream_fd: RawFd,
     /// The fault lane the destination connected to ([`crate::lane`]).
     lane: Option<std::os::unix::net::UnixStream>,
+    /// Whether [`transition`](Self::transition) offers the lane
+    /// ([`crate::lane::wanted`] unless set).
+    offer_lane: bool,
     /// Bound on [`transition`](Self::transition)'s wait for READY (zero:
     /// none).
     ready_timeout: Duration,
@@ -401,6 +404,7 @@ impl<O: XenOps> SaveSession<O> {
                 back_fd,
                 stream_fd,
                 lane: None,
+                offer_lane: crate::lane::wanted(),
                 ready_timeout: ready_timeout_setting(),
                 metrics,
             },
@@ -431,6 +435,12 @@ impl<O: XenOps> SaveSession<O> {
         self.ready_timeout = timeout;
     }
 
+    /// Offers the fault lane at the switch, or not, whatever the
+    /// environment says (it is read once, in [`begin`](Self::begin)).
+    pub fn set_offer_lane(&mut self, on: bool) {
+        self.offer_lane = on;
+    }
+
     /// Phase 2: POSTCOPY_PFNS, the end-of-pre-switch marker (an empty
     /// POSTCOPY_VCPU_STATE: on Xen the CPU state travels in HVM_CONTEXT,
     /// already sent), then wait for the destination's READY on the back
@@ -452,7 +462,8 @@ impl<O: XenOps> SaveSession<O> {
         );
         // Offered before the owed pfns go out, so the destination finds
         // it when it has them; taken after its READY.
-        let offer = crate::lane::wanted()
+        let offer = self
+            .offer_lane
             .then(|| crate::lane::Offer::open(&crate::status_file::status_dir(), self.stream_fd))
             .flatten();
         self.session
