@@ -504,7 +504,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane=
-	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff=
+	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -524,6 +524,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		refuse=*) refuse=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
+		tsc=*) tsc=${o#*=}; continue ;;
 		switch_after=*) switch_after=${o#*=}; continue ;;
 		peer=*) peer=${o#*=}; continue ;;
 		net=*) net=${o#*=}; continue ;;
@@ -591,6 +592,7 @@ extra="console=hvc0 memtest_mib=$mib $gopts"
 memory=$mem
 maxmem=$mem
 vcpus=$vcpus
+$([ -n "$tsc" ] && echo "tsc_mode=\"$tsc\"")
 $actions
 CFG
 	ts "=== scenario $name: guest '$gopts', xl migrate $margs$([ "$soak" -gt 0 ] && echo " (soak=$soak)")"
@@ -823,6 +825,7 @@ CFG
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
 		echo "vcpus=$vcpus"
+		echo "tsc_mode=${tsc:-default}"
 		echo "hosts=$([ -n "$peer" ] && echo 2 || echo 1)"
 		echo "transport=$([ -n "$peer" ] && echo "$peer" || { [ "$drops" -gt 0 ] && echo tunnel || echo local; })"
 		echo "disk_mib=$disk_mib"

@@ -468,6 +468,9 @@ if soak:
 r["died_domids"] = died
 r["boot_deaths"] = boot_died
 r["vcpus"] = int(meta.get("vcpus", 1) or 1)
+# the guests' xl tsc_mode (the testbed's default is native: see TSC_MODE in
+# scripts/testbed)
+r["tsc_mode"] = meta.get("tsc_mode", "default")
 # time each origin waited on absent pages (destination's report):
 # "vcpu0 812.3 ms, vcpu1 40.0 ms, foreign 3.1 ms"
 r["blocktime_ms"] = {k: float(v) for k, v in re.findall(r"(vcpu\d+|foreign|unknown) ([0-9.]+) ms",
