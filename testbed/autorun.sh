@@ -5,7 +5,7 @@
 # GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
-# load=per-page,
+# load=per-page, scan=stop,
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
 # destination guest mid-post-copy), switch_after=S (`xl-postcopy switch`
@@ -141,8 +141,9 @@ migrate_once() {
 	# evict=per-page: the destination pages owed pfns out with populate +
 	# nominate + evict, not the hypervisor's range op; load=per-page: it
 	# loads owed pages with xc_mem_paging_load one by one, not the batch
-	# op (for comparison).
-	LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
+	# op (for comparison); scan=stop: the source finds the populated pfns
+	# while the guest is stopped, not in a prescan while it runs.
+	LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -296,7 +297,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
 	mem=${GUEST_MEM:-256} seq= mode= switch_after=
 	for o in $gopts; do
 		case $o in
@@ -308,6 +309,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		guest=*) gtype=${o#*=}; continue ;;
 		evict=*) evict=${o#*=}; continue ;;
 		load=*) load=${o#*=}; continue ;;
+		scan=*) scan=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
@@ -509,6 +511,7 @@ CFG
 		echo "vcpus=$vcpus"
 		echo "evict=${evict:-range}"
 		echo "load=${load:-batch}"
+		echo "scan=${scan:-prescan}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"

@@ -134,6 +134,7 @@ if m:
                     "batch_calls": int(m.group(6)), "zero_not_copied": int(m.group(7)),
                     "by_page": int(m.group(8))}
 r["load"] = meta.get("load")
+r["scan"] = meta.get("scan")
 
 
 def dur_ms(text):

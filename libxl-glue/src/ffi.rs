@@ -259,6 +259,11 @@ fn take_prescan(domid: u32) -> Option<Prescan> {
     g.take().filter(|(d, _)| *d == domid).map(|(_, p)| p)
 }
 
+/// Environment switch: `stop` refuses the prescan (libxenguest then passes
+/// no bitmap and the source asks the type of every pfn while the guest is
+/// stopped, as before the prescan), to compare the two in one boot.
+pub const SCAN_ENV: &str = "LIBXL_POSTCOPY_SCAN";
+
 /// Refuses parameters of another ABI or with flags set.
 fn check_save_params(what: &str, p: &SaveParams) -> Result<(), c_int> {
     if p.abi_version != ABI_VERSION || p.flags != 0 {
@@ -290,6 +295,10 @@ pub unsafe extern "C" fn libxl_postcopy_save_prescan(params: *const SaveParams) 
     guarded("libxl_postcopy_save_prescan", lg, -libc::EIO, || {
         if let Err(e) = check_save_params("save_prescan", &p) {
             return e;
+        }
+        if std::env::var(SCAN_ENV).is_ok_and(|v| v == "stop") {
+            info!("{SCAN_ENV}=stop: no prescan, every pfn is looked at while the guest is stopped");
+            return -libc::EOPNOTSUPP;
         }
         // SAFETY: xch is live for the call (caller contract).
         let ops = match unsafe { LibXc::new(p.xch, p.domid, false) } {
