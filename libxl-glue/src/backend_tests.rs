@@ -1007,6 +1007,10 @@ fn at_stop_asks_every_pfn_beyond_the_prescan_or_the_log() {
     let a = pre.at_stop(&now, &bitmap, 50).unwrap();
     assert_eq!(a.populated, want);
     assert_eq!(a.asked, 1 + 150);
+    // A bitmap shorter than it says (one word for 100 bits): the same.
+    let a = pre.at_stop(&now, &bitmap[..1], 100).unwrap();
+    assert_eq!(a.populated, want);
+    assert_eq!(a.asked, 1 + 136);
 }
 
 #[test]

@@ -134,7 +134,8 @@ impl Prescan {
         nbits: u64,
     ) -> MemResult<AtStop> {
         let n = mem.pfn_count();
-        let covered = self.pfns.min(nbits).min(n);
+        let in_words = u64::try_from(words.len()).map_or(u64::MAX, |w| w.saturating_mul(64));
+        let covered = self.pfns.min(nbits).min(in_words).min(n);
         let mut ask = bitmap_pfns(words, covered);
         ask.extend(covered..n);
         let now = mem.populated_among(ask.iter().copied())?;
