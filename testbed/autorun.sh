@@ -5,10 +5,13 @@
 # GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
-# load=per-page, scan=stop,
+# load=per-page, scan=stop, window=SIZE|off (the push window), lane=off (fault
+# replies in-band), tunnel=1 (xl's pipe through
+# xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
-# destination guest mid-post-copy), switch_after=S (`xl-postcopy switch`
+# destination guest mid-post-copy), names=1 (mid-post-copy: the guest's
+# name on the destination, the source copy's, a refused xl destroy), switch_after=S (`xl-postcopy switch`
 # on the source S s into the migration), mem=MIB (this scenario's guest memory
 # instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
 # per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
@@ -16,7 +19,16 @@
 # by a dd in front of the receiver: stream-I.txt).  Each scenario's logs, a meta.env and
 # (per migration) migrations.env go to /mnt/host/results/RESULT_NAME/;
 # domstates (dom0's poller of every domain's paused/shutdown state) writes
-# domstates.log there; the host turns them into result.json.  The body sits in { } so that editing this file
+# domstates.log there; the host turns them into result.json.
+# Two hosts (HOST_ROLE=a|b in /mnt/host/env): both set up xenbr0, /etc/hosts,
+# sshd and the shared storage (host_setup); host B serves (peer_main) until
+# host A, which runs the scenarios, is done.  Scenario words: peer=ssh
+# (xl migrate <dom> hostb), peer=tunnel (through xl-postcopy tunnel
+# between the hosts), peer=ping (no guest: the dom0s reach each other),
+# disk_mib=M (a PV disk on the shared storage, verified by the guest's
+# iotest), net=1 (a PV NIC on xenbr0, a verified stream to host B's dom0).
+# Host A reaches host B over ssh: `autorun.sh prepare|collect|cleanup NAME`
+# there.  The body sits in { } so that editing this file
 # during a run cannot break the run.
 {
 export PATH=/usr/lib/xen-4.17/bin:/usr/lib/xen-4.20/bin:$PATH
@@ -27,10 +39,12 @@ now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%d", (b-a)*1000}'; }
 # count_in FILE REGEX: matching lines
 count_in() { local c; c=$(grep -ac -e "$2" "$1" 2>/dev/null); echo "${c:-0}"; }
-waitfor() { # waitfor FILE REGEX N TIMEOUT: N matching lines
+waitfor() { # waitfor FILE REGEX N TIMEOUT: N matching lines ($fetch, if set, is run first each second: a copy of a file on host B)
 	local t=0
+	[ -n "${fetch:-}" ] && $fetch
 	while [ "$(count_in "$1" "$2")" -lt "$3" ]; do
 		sleep 1; t=$((t+1))
+		[ -n "${fetch:-}" ] && $fetch
 		[ $t -ge "$4" ] && { ts "TIMEOUT waiting for $3 x '$2' in $1"; return 1; }
 	done
 	ts "found $3 x '$2' after ${t}s"
@@ -136,20 +150,28 @@ migrate_once() {
 	local i=$1 mlog=$out/migrate-$1.log s e mpid monpid kpid=
 	src=$(xl domid "$dom" 2>/dev/null)
 	: > "$mlog"
-	ts "migrate $i: xl -vvv migrate $margs -s '' $dom '$cmd' (from id $src)"
+	# xl migrate's destination: a command on this host (-s ''), or host B
+	# over ssh as an admin types it (peer=ssh)
+	local via=(-s "" "$dom" "$cmd")
+	[ "$peer" = ssh ] && via=("$dom" hostb)
+	ts "migrate $i: xl -vvv migrate $margs ${via[*]} (from id $src)"
 	s=$(now)
 	# evict=per-page: the destination pages owed pfns out with populate +
 	# nominate + evict, not the hypervisor's range op; load=per-page: it
 	# loads owed pages with xc_mem_paging_load one by one, not the batch
 	# op (for comparison); scan=stop: the source finds the populated pfns
 	# while the guest is stopped, not in a prescan while it runs.
-	LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs -s "" $dom "$cmd" >> "$mlog" 2>&1 &
+	# window=SIZE|on|off: the source's push window
+	# (LIBXL_POSTCOPY_PUSH_WINDOW; empty: the default, off); lane=off: fault replies in-band, not on the
+	# fault lane (LIBXL_POSTCOPY_LANE).
+	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
 	sample_status "$out/status-$i" $mpid &
 	stpid=$!
 	if [ "$kill_dest" = 1 ]; then kill_destination "$mlog" $mpid $src & kpid=$!; fi
+	if [ "$names" = 1 ]; then name_checks "$mlog" $mpid $src & kpid=$!; fi
 	# switch_after=S: the admin's `xl-postcopy switch` on the source, S s
 	# into a hybrid migration (switch.log)
 	if [ -n "$switch_after" ]; then
@@ -168,9 +190,14 @@ migrate_once() {
 		[ -e "$f" ] && [ "$f" != /run/xen-postcopy/"$src".json ] && cp "$f" "$out/status-$i-final-destination.json"
 	done
 	rm -f /run/xen-postcopy/*.json
+	if [ -n "$peer" ]; then
+		pssh 'f=$(ls /run/xen-postcopy/*.json 2>/dev/null | head -n 1); [ -n "$f" ] && cat "$f"' \
+			> "$out/status-$i-final-destination.json" 2>/dev/null
+	fi
 	[ -n "$kpid" ] && wait $kpid
 	mig_ms=$(ms "$s" "$e")
 	dst=$(xl domid "$dom" 2>/dev/null)
+	[ -n "$peer" ] && dst=$(pssh xl domid "$dom" 2>/dev/null)
 	ts "migrate $i rc=$mrc $mig_ms ms (now id ${dst:-none})"
 	cat "$mlog" >> "$out/migrate.log"
 	echo "i=$i rc=$mrc start=$s end=$e ms=$mig_ms src=$src dst=${dst:-} mode=${mode:-}" >> "$out/migrations.env"
@@ -208,14 +235,20 @@ sample_status_by_name() {
 # a post-copy destination its new context took effect only ~50 s later,
 # after the migration had ended (the guest kept running meanwhile), so it
 # did not kill mid-post-copy.
-kill_destination() {
-	local mlog=$1 mpid=$2 srcid=$3 t=0 d= st= prog off
+# destination_running MLOG MPID SRC: the id of the destination domain (an
+# id other than SRC named $dom*) once it runs while the post-copy stream
+# is still going (nothing if it never does).
+destination_running() {
+	local mlog=$1 mpid=$2 srcid=$3 t=0 d= st=
 	while kill -0 "$mpid" 2>/dev/null && [ $t -lt 1200 ]; do
 		read -r d st <<< "$(xl list 2>/dev/null | awk -v n="$dom" -v s="$srcid" 'index($1, n) == 1 && $2 != s { print $2, $5 }')"
-		if [ -n "$d" ] && [ "${st#*p}" = "$st" ] && grep -aq 'Post-copy pages' "$mlog"; then break; fi
-		d=
+		if [ -n "$d" ] && [ "${st#*p}" = "$st" ] && grep -aq 'Post-copy pages' "$mlog"; then echo "$d"; return; fi
 		sleep 0.5; t=$((t + 1))
 	done
+}
+kill_destination() {
+	local mlog=$1 mpid=$2 srcid=$3 d prog off
+	d=$(destination_running "$mlog" "$mpid" "$srcid")
 	if [ -z "$d" ]; then
 		ts "kill_dest: the destination never ran during post-copy"
 		echo "kill_rc=none" > "$out/kill.env"
@@ -235,6 +268,45 @@ kill_destination() {
 		echo "kill_progress='$prog'"
 		echo "kill_done_before=$(grep -acE 'Post-copy restore successful|post-copy destination done' "$mlog")"
 	} > "$out/kill.env"
+}
+# name_checks MLOG MPID SRC: what an admin sees mid-post-copy (names=1):
+# the running guest carries its own name on the destination, the source
+# copy is <name>--postcopy-source, and `xl destroy` of it is refused (the
+# copy must still be listed after); names.env.
+name_checks() {
+	local mlog=$1 mpid=$2 srcid=$3 d sname drc
+	d=$(destination_running "$mlog" "$mpid" "$srcid")
+	{
+		echo "names_dst_running=${d:-}"
+		[ -n "$d" ] || return
+		xl list > "$out/names-xl-list.txt" 2>&1
+		sname=$(xl domname "$srcid" 2>/dev/null)
+		echo "names_src_name='$sname'"
+		echo "names_guest_id='$(xl domid "$dom" 2>/dev/null)'"
+		xl destroy "$sname" > "$out/names-destroy.txt" 2>&1
+		drc=$?
+		echo "names_destroy_rc=$drc"
+		echo "names_destroy_says_why=$(grep -qa 'source copy of a post-copy migration' "$out/names-destroy.txt" && echo 1 || echo 0)"
+		echo "names_src_kept=$(xl domname "$srcid" > /dev/null 2>&1 && echo 1 || echo 0)"
+		echo "names_still_postcopy=$(kill -0 "$mpid" 2>/dev/null && grep -aq 'Post-copy pages' "$mlog" && echo 1 || echo 0)"
+	} > "$out/names.env"
+	ts "names: $(tr '\n' ' ' < "$out/names.env")"
+}
+# refuse_checks: after a refused migration (refuse=), refuse.env: xl's
+# exit, its one-line reason, the source domain's id and whether it was
+# paused or suspended after the start (result.py, from domstates.log),
+# whether another copy exists.
+refuse_checks() {
+	{
+		echo "refuse_kind=$refuse"
+		echo "refuse_rc=$mrc"
+		echo "refuse_reason='$(grep -a 'cannot take this post-copy migration\|did not start; its xl must be' "$out/migrate.log" | head -n 1 | tr -d "'")'"
+		echo "refuse_nothing_suspended=$(grep -acF 'Nothing was suspended' "$out/migrate.log")"
+		echo "refuse_src=$src"
+		echo "refuse_dst='${dst:-}'"
+		echo "refuse_domains='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 "/" $2 }' | tr '\n' ' ')'"
+	} > "$out/refuse.env"
+	cat "$out/refuse.env"
 }
 # death_checks: after a kill_dest migration, is the dead destination
 # preserved (listed, not restarted) and the source copy paused?
@@ -272,6 +344,9 @@ verify_after() {
 	*) waitfor "$dlog" 'HEARTBEAT' 2 120 || return 1 ;;
 	esac
 	waitfor "$dlog" 'MEMTEST pass [0-9]* ' 2 "$t" || return 1
+	# the devices kept working on the destination
+	if [ -n "$disk_mib" ]; then waitfor "$dlog" 'DISK pass [0-9]* ' 2 "$t" || return 1; fi
+	if [ "$net" = 1 ]; then waitfor "$dlog" 'NET pass [0-9]* ' 3 "$t" || return 1; fi
 	if [ "$workload" = stress ]; then
 		waitfor "$dlog" 'TMPFS check' 1 "$t" || return 1
 		waitfor "$dlog" 'STRESS run' 1 "$t" || return 1
@@ -280,10 +355,142 @@ verify_after() {
 	return 0
 }
 verify_failed() {
-	cat $cons/guest-$dom*.log $cons/mig-$dom-*.log 2>/dev/null |
-		grep -aqE 'MEMTEST BAD|ok=0|STRESS run [0-9]+ rc=[1-9]|fail_lines=[1-9]|TMPFS check [0-9]+ ok=0'
+	# a guest with devices: also an I/O error, a verifier's error, a
+	# hung task, a soft lockup or an RCU stall on its consoles
+	local re='MEMTEST BAD|ok=0|STRESS run [0-9]+ rc=[1-9]|fail_lines=[1-9]|TMPFS check [0-9]+ ok=0'
+	[ -n "$disk_mib" ] || [ "$net" = 1 ] && re="$re|$iofail_re"
+	cat $cons/guest-$dom*.log $cons/mig-$dom-*.log 2>/dev/null \
+		$([ -n "$peer" ] && echo "$out/guest-$dom--incoming.log") | grep -aqE "$re"
 }
+# ---------------------------------------------------------------- two hosts
+# pssh CMD...: a command on host B through one shared ssh connection (the
+# emulated CPUs pay a key exchange per connection); xl's own ssh for the
+# migration does not use it.
+pssh() {
+	ssh -o ControlMaster=auto -o ControlPath=/tmp/pssh-%h -o ControlPersist=1800 hostb "$@"
+}
+# host_setup: this host's name and address, the bridge xenbr0 with the
+# link's NIC in it, /etc/hosts, the shared storage, root's keys, sshd.
+host_setup() {
+	local ip nic n
+	ip=10.9.0.1; [ "$HOST_ROLE" = b ] && ip=10.9.0.2
+	hostname "host$HOST_ROLE"
+	printf '127.0.0.1 localhost\n10.9.0.1 hosta\n10.9.0.2 hostb\n' > /etc/hosts
+	# loop: /etc/xen/scripts/block puts a file-backed disk on a loop device
+	modprobe -a bridge virtio_net loop 2>/dev/null
+	for n in $(seq 1 20); do
+		nic=$(for n in /sys/class/net/*; do
+			[ "$(basename "$(readlink -f "$n/device/driver" 2>/dev/null)")" = virtio_net ] && basename "$n"
+		done | head -n 1)
+		[ -n "$nic" ] && break
+		sleep 1
+	done
+	ip link add xenbr0 type bridge forward_delay 0 stp_state 0
+	ip link set "$nic" master xenbr0
+	ip link set "$nic" up
+	ip addr add "$ip/24" dev xenbr0
+	ip link set xenbr0 up
+	ts "host$HOST_ROLE: $nic in xenbr0, $ip/24"
+	mkdir -p /mnt/storage
+	mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none storage /mnt/storage && ts "shared storage mounted"
+	install -m 600 /mnt/host/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key
+	install -m 644 /mnt/host/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_ed25519_key.pub
+	mkdir -p -m 700 /root/.ssh
+	install -m 600 /mnt/host/ssh/id_ed25519 /root/.ssh/id_ed25519
+	install -m 644 /mnt/host/ssh/id_ed25519.pub /mnt/host/ssh/authorized_keys /mnt/host/ssh/known_hosts /root/.ssh/
+	printf 'Host *\n  BatchMode yes\n  ConnectTimeout 20\n  ServerAliveInterval 15\n  ServerAliveCountMax 8\n' > /root/.ssh/config
+	install -m 600 /mnt/host/ssh/token /etc/xen/postcopy-tunnel.token
+	mkdir -p /run/sshd
+	/usr/sbin/sshd -o HostKey=/etc/ssh/ssh_host_ed25519_key -o PermitRootLogin=prohibit-password \
+		-o UseDNS=no -E /var/log/sshd.log && ts "sshd started"
+}
+# peer_main (host B): serve until host A touches /tmp/peer-done (bounded).
+peer_main() {
+	local t=0
+	ts "host B: waiting for host A"
+	while [ ! -e /tmp/peer-done ] && [ $t -lt "${PEER_WAIT:-14400}" ]; do sleep 2; t=$((t + 2)); done
+	ts "host B: done ($([ -e /tmp/peer-done ] && echo "host A said so" || echo "timeout"))"
+}
+# peer_prepare NAME (host B, from host A): the scenario's results folder,
+# the net server and the domain state poller.
+peer_prepare() {
+	local o=/mnt/host/results/$1 f
+	rm -rf "$o"; mkdir -p "$o"
+	rm -f $cons/guest-t-"$1"*.log /run/xen-postcopy/*.json
+	for f in /tmp/netsrv.pid /tmp/domstates.pid; do [ -s $f ] && kill "$(cat $f)" 2>/dev/null; done
+	setsid /usr/local/bin/iotest net-server 7100 > "$o/netsrv.log" 2>&1 < /dev/null &
+	echo $! > /tmp/netsrv.pid
+	setsid domstates 5 > /tmp/domstates.log 2>&1 < /dev/null &
+	echo $! > /tmp/domstates.pid
+	dmesg > /tmp/dmesg-before.txt
+	xl dmesg > /tmp/xl-dmesg-before.txt
+	echo "prepared $1"
+}
+# peer_collect NAME (host B): its logs of the scenario.
+peer_collect() {
+	local o=/mnt/host/results/$1 f
+	mkdir -p "$o"
+	for f in /tmp/netsrv.pid /tmp/domstates.pid; do [ -s $f ] && kill "$(cat $f)" 2>/dev/null; done
+	cp /tmp/domstates.log "$o/" 2>/dev/null
+	cp $cons/guest-t-"$1"*.log "$o/" 2>/dev/null
+	xl list > "$o/xl-list.txt" 2>&1
+	xl dmesg > "$o/xl-dmesg.txt" 2>&1
+	dmesg > "$o/dmesg.txt" 2>&1
+	cp /var/log/xen/*.log /var/log/sshd.log "$o/" 2>/dev/null
+	cp /tmp/tunnel-*.log "$o/" 2>/dev/null
+	echo "collected $1"
+}
+# peer_cleanup NAME (host B): the scenario's domains go.
+peer_cleanup() {
+	local d
+	for d in $(xl list | awk 'NR > 2 { print $1 }'); do xl destroy "$d" 2>/dev/null; done
+	for d in $(seq 1 30); do [ "$(xl list | wc -l)" -le 2 ] && break; sleep 1; done
+	echo "cleaned $1"
+}
+# clock_offset: host B's clock minus host A's, in ms (the middle of an
+# ssh round trip; its half-width is the error): "OFFSET ERROR"
+clock_offset() {
+	local a b c
+	a=$(now); b=$(pssh date +%s.%N); c=$(now)
+	awk -v a="$a" -v b="$b" -v c="$c" 'BEGIN { printf "%d %d", (b - (a + c) / 2) * 1000, (c - a) * 500 }'
+}
+# ping_check: the dom0s reach each other (ping and ssh both ways).
+ping_check() {
+	{
+		echo "ping_a_to_b=$(busybox ping -c 3 -W 5 hostb > "$out/ping.txt" 2>&1 && echo 1 || echo 0)"
+		echo "ssh_a_to_b=$(pssh hostname 2>"$out/ssh.txt" | grep -qx hostb && echo 1 || echo 0)"
+		echo "ping_b_to_a=$(pssh 'busybox ping -c 3 -W 5 hosta > /dev/null 2>&1' && echo 1 || echo 0)"
+		echo "ssh_b_to_a=$(pssh 'ssh hosta hostname' 2>>"$out/ssh.txt" | grep -qx hosta && echo 1 || echo 0)"
+	} > "$out/ping.env"
+	cat "$out/ping.env"
+}
+# fetch_console: host B's console of the incoming guest, copied here.
+fetch_console() {
+	pssh "cat $cons/guest-$dom--incoming.log" > "$out/.incoming" 2>/dev/null &&
+		mv "$out/.incoming" "$out/guest-$dom--incoming.log"
+}
+iofail_re='I/O error|blk_update_request|Buffer I/O|blkfront.*(error|fail)|netfront.*(error|fail)|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR'
+
+case ${1:-} in
+prepare | collect | cleanup) "peer_$1" "$2"; exit 0 ;;
+esac
 ts "autorun start"
+if [ -n "${HOST_ROLE:-}" ]; then
+	host_setup
+	if [ "$HOST_ROLE" = b ]; then
+		peer_main
+		exit 0
+	fi
+	# host B up: its sshd answers (it may boot later than this one)
+	# (the shared connection pssh uses: started in the background here,
+	# its standard streams on /dev/null)
+	for t in $(seq 1 120); do
+		ssh -fN -o ControlMaster=yes -o ControlPath=/tmp/pssh-%h -o ControlPersist=1800 hostb \
+			< /dev/null > /dev/null 2>> /tmp/pssh-master.log && break
+		sleep 5
+	done
+	ts "host B reachable: $(pssh hostname 2>&1)"
+fi
 xl info | grep -E 'xen_version|xen_extra|virt_caps|free_memory|xen_commandline'
 xl dmesg | grep -iE 'mem_paging|unsupported|HAP' | head -5
 for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
@@ -297,8 +504,8 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1
-	mem=${GUEST_MEM:-256} seq= mode= switch_after=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane=
+	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff=
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -310,16 +517,51 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		evict=*) evict=${o#*=}; continue ;;
 		load=*) load=${o#*=}; continue ;;
 		scan=*) scan=${o#*=}; continue ;;
+		window=*) window=${o#*=}; continue ;;
+		tunnel=*) tunnel=${o#*=}; continue ;;
+		lane=*) lane=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
+		names=*) names=${o#*=}; continue ;;
+		refuse=*) refuse=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
 		switch_after=*) switch_after=${o#*=}; continue ;;
+		peer=*) peer=${o#*=}; continue ;;
+		net=*) net=${o#*=}; continue ;;
+		disk_mib=*) disk_mib=${o#*=} ;;
 		seq=*) seq=${o#*=}; soak=$(echo "$seq" | tr ',' '\n' | grep -c .); continue ;;
 		esac
 		kept="$kept $o"
 	done
 	gopts=$kept
+	# the PV NIC: the guest's address and its peer, host B's net server
+	[ "$net" = 1 ] && gopts="$gopts net_ip=10.9.0.10 net_peer=10.9.0.2"
+	if [ "$peer" = ping ]; then
+		ts "=== scenario $name: the hosts reach each other"
+		ping_check
+		{ echo "name=$name"; echo "hosts=2"; echo "transport=ping"; cat "$out/ping.env"; } > "$out/meta.env"
+		pssh /mnt/host/autorun.sh prepare "$name" > /dev/null 2>&1
+		pssh /mnt/host/autorun.sh collect "$name" > /dev/null 2>&1
+		ts "=== scenario $name done"
+		continue
+	fi
+	# two hosts: the guest's files on the shared storage; its disk there
+	gdir=/mnt/host devs=
+	if [ -n "$peer" ]; then
+		gdir=/mnt/storage
+		if [ -n "$disk_mib" ]; then
+			rm -f "$gdir/disk-$name.img"
+			truncate -s "$((disk_mib * 4))M" "$gdir/disk-$name.img"
+			devs="disk=['format=raw,vdev=xvda,access=rw,target=$gdir/disk-$name.img']"
+		fi
+		[ "$net" = 1 ] && devs="$devs
+vif=['bridge=xenbr0,mac=00:16:3e:09:00:10']"
+		pssh /mnt/host/autorun.sh prepare "$name"
+		pssh /mnt/host/autorun.sh cleanup "$name" > /dev/null
+		coff=$(clock_offset)
+		ts "host B's clock: offset and error (ms) $coff"
+	fi
 	# hvm: an HVM guest on HAP with QEMU (qemu-xen) as device model, its
 	# platform state migrating with it; Linux's PV drivers give it the
 	# same hvc0 console as the PVH guest.
@@ -338,13 +580,14 @@ on_reboot="preserve"
 on_poweroff="preserve"'
 	[ "$kill_dest" = 1 ] && actions='on_crash="restart"
 on_reboot="restart"'
-	ramdisk=/mnt/host/guest.cpio.gz
-	[ "$workload" = stress ] && ramdisk=/mnt/host/guest-stress.cpio.gz
+	ramdisk=$gdir/guest.cpio.gz
+	[ "$workload" = stress ] && ramdisk=$gdir/guest-stress.cpio.gz
 	cat > /tmp/$dom.cfg <<CFG
 name="$dom"
 type="$gtype"
 $hvm_cfg
-kernel="/mnt/host/vmlinuz"
+$devs
+kernel="$gdir/vmlinuz"
 ramdisk="$ramdisk"
 extra="console=hvc0 memtest_mib=$mib $gopts"
 memory=$mem
@@ -365,9 +608,17 @@ CFG
 	crc=$?
 	ts "create rc=$crc"
 	slog=$cons/guest-$dom.log
+	# up_wait ARGS: waitfor on the booting guest, unless xl create failed
+	# or an earlier wait timed out (each would wait its full time for a
+	# guest that is not there)
+	up=$([ "$crc" = 0 ] && echo 1 || echo 0)
+	up_wait() { [ "$up" = 1 ] && waitfor "$@" || up=0; }
 	# the first two full passes: the pattern is written and verified once
-	waitfor $slog 'MEMTEST pass [0-9]* ok=1' 2 300
-	[ "$workload" = stress ] && waitfor $slog 'TMPFS ready' 1 120
+	up_wait $slog 'MEMTEST pass [0-9]* ok=1' 2 300
+	[ "$workload" = stress ] && up_wait $slog 'TMPFS ready' 1 120
+	# devices busy before the migration starts
+	[ -n "$disk_mib" ] && up_wait $slog 'DISK pass [0-9]* ' 1 300
+	[ "$net" = 1 ] && up_wait $slog 'NET pass [0-9]* ' 2 300
 	boot_ms=$(ms "$s" "$(now)")
 	[ "$settle" -gt 0 ] && { ts "settling ${settle}s"; sleep "$settle"; }
 	recv="xl -vvv migrate-receive"
@@ -376,7 +627,31 @@ CFG
 	: > "$out/migrations.env"
 	: > "$out/migrate-1.log"
 	cmd=$recv lpid= dpid=
-	if [ "$drops" -gt 0 ]; then
+	# the floor of a network fault: a bare FAULT / one-page reply round
+	# trip over the transport the migration uses, in dom0 (rtt.txt)
+	if [ -n "$peer" ]; then
+		: # two hosts: not measured yet (the pipe pair below is one host's)
+	elif [ "$drops" -gt 0 ] || [ "$tunnel" = 1 ]; then
+		/usr/local/bin/xl-postcopy tunnel listen 127.0.0.1:7001 -- /usr/local/bin/xl-postcopy rtt --serve 2>> "$out/rtt.log" &
+		rpid=$!
+		sleep 1
+		timeout 120 /usr/local/bin/xl-postcopy rtt --count 500 --via "/usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7001 2>> $out/rtt.log" > "$out/rtt.txt" 2>> "$out/rtt.log"
+		timeout 30 tail --pid=$rpid -f /dev/null
+		kill $rpid 2>/dev/null; wait $rpid 2>/dev/null
+	else
+		timeout 120 /usr/local/bin/xl-postcopy rtt --count 500 > "$out/rtt.txt" 2>> "$out/rtt.log"
+	fi
+	[ -s "$out/rtt.txt" ] && ts "$(cat "$out/rtt.txt")"
+	if [ "$peer" = tunnel ]; then
+		# xl's pipe through xl-postcopy's tunnel between the hosts: its
+		# listening end on host B runs xl migrate-receive, the
+		# connecting end is xl migrate's command here; both prove the
+		# token file's secret
+		tk=/etc/xen/postcopy-tunnel.token
+		pssh "rm -f /tmp/tunnel-*.log; setsid env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel listen 10.9.0.2:7000 --token-file $tk --stats /mnt/host/results/$name/tunnel-listen.json -- $recv > /tmp/tunnel-listen.log 2>&1 < /dev/null & echo \$! > /tmp/tunnel.pid"
+		cmd="env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 10.9.0.2:7000 --token-file $tk --stats $out/tunnel-connect.json"
+	fi
+	if [ "$drops" -gt 0 ] || [ "$tunnel" = 1 ]; then
 		# link-drop: xl's pipe runs through xl-postcopy's resumable
 		# tunnel on 127.0.0.1:7000. $drops times during post-copy the
 		# link goes down for $outage s: policy rules make every packet
@@ -390,7 +665,7 @@ CFG
 			-- $recv >> "$out/migrate.log" 2>&1 &
 		lpid=$!
 		cmd="env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7000 --stats $out/tunnel-connect.json"
-		(
+		[ "$drops" -gt 0 ] && (
 			# the destination's progress lines (xl migrate-receive, under
 			# the tunnel listener, writes to migrate.log; the source's
 			# xl hides its progress bar when stderr is not a terminal)
@@ -407,7 +682,7 @@ CFG
 				echo "drop=$i killed=$k outage_s=$outage" >> "$out/drops.log"
 			done
 		) >> "$out/autorun-drops.log" 2>&1 &
-		dpid=$!
+		[ "$drops" -gt 0 ] && dpid=$!
 	fi
 	deaths=0 death= vrc=1 done_n=0 cur=
 	if [ "$soak" -gt 0 ]; then
@@ -466,6 +741,25 @@ CFG
 			[ -n "$death" ] && { deaths=1; forensics "$out/death-end" $cur; }
 			verify_failed && vrc=2
 		fi
+	elif [ -n "$refuse" ]; then
+		# refuse=unpatched|nolib|nopaging: a receiver that cannot take a
+		# post-copy migration: Debian's own xl; xen-postcopy's xl without
+		# libxl_postcopy.so; a hypervisor without mem_paging (the boot
+		# is Debian's own hypervisor).  xl migrate must fail before
+		# anything is suspended: the same domain keeps running, never
+		# paused, its memory checked on after.
+		case $refuse in
+		unpatched) cmd="/usr/lib/xen-4.17/bin/xl.debian -vvv migrate-receive --postcopy" ;;
+		nolib) cmd="env LIBXL_POSTCOPY_LIBRARY=/usr/lib/x86_64-linux-gnu/libxl_postcopy-absent.so.1 xl -vvv migrate-receive --postcopy" ;;
+		*) cmd="xl -vvv migrate-receive --postcopy" ;;
+		esac
+		n0=$(count_in "$slog" 'MEMTEST pass [0-9]* ok=1')
+		migrate_once 1
+		done_n=1
+		refuse_checks
+		# the guest went on: two more full passes on the same console
+		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
+			! verify_failed && vrc=0
 	else
 		migrate_once 1
 		done_n=1
@@ -476,6 +770,19 @@ CFG
 		fi
 		dlog=$(ls -t $cons/guest-$dom--incoming.log 2>/dev/null | head -1)
 		[ -n "$dlog" ] || dlog=$slog
+		if [ -n "$peer" ]; then
+			if [ "$peer" = tunnel ]; then
+				# the listening end (and xl migrate-receive under it) ends
+				# with the migration; its log is the destination's half
+				pssh 'timeout 60 tail --pid=$(cat /tmp/tunnel.pid) -f /dev/null; cat /tmp/tunnel-listen.log' >> "$out/migrate.log" 2>&1
+				cp "$out/migrate.log" "$out/migrate-1.log"
+			fi
+			# the destination's console is on host B: a copy here,
+			# refreshed while waiting
+			fetch=fetch_console
+			dlog=$out/guest-$dom--incoming.log
+			$fetch
+		fi
 		if [ "$kill_dest" = 1 ]; then
 			death_checks
 		elif [ $mrc -eq 0 ]; then
@@ -483,6 +790,11 @@ CFG
 			verify_after 1 "$dlog" && vrc=0
 		fi
 		grep -aq 'MEMTEST BAD\|ok=0' $cons/guest-$dom*.log && vrc=2
+		if [ -n "$peer" ]; then
+			# a last look at the destination a few seconds on
+			sleep 10; fetch_console; fetch=
+			verify_failed && vrc=2
+		fi
 	fi
 	kill $dspid 2>/dev/null; wait $dspid 2>/dev/null
 	cp /tmp/domstates.log "$out/domstates.log"
@@ -506,12 +818,24 @@ CFG
 		echo "guest_deaths=$deaths"
 		echo "death='${death//\'/}'"
 		echo "kill_dest=$kill_dest"
+		echo "names=$names"
+		echo "refuse=$refuse"
+		# after the migration: one domain called $dom, no copy left over
+		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
 		echo "vcpus=$vcpus"
+		echo "hosts=$([ -n "$peer" ] && echo 2 || echo 1)"
+		echo "transport=$([ -n "$peer" ] && echo "$peer" || { [ "$drops" -gt 0 ] && echo tunnel || echo local; })"
+		echo "disk_mib=$disk_mib"
+		echo "net=$net"
+		echo "clock_offset_ms='$coff'"
 		echo "evict=${evict:-range}"
 		echo "load=${load:-batch}"
 		echo "scan=${scan:-prescan}"
+		echo "window=${window:-default}"
+		echo "tunnel=$tunnel"
+		echo "lane=${lane:-default}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"
@@ -520,12 +844,20 @@ CFG
 	cp $cons/guest-$dom*.log $cons/mig-$dom-*.log "$out/" 2>/dev/null
 	xl dmesg > "$out/xl-dmesg.txt" 2>&1
 	cp /var/log/xen/*.log "$out/" 2>/dev/null
-	for d in $(xl list | awk -v n="$dom" 'index($1, n) == 1 { print $1 }'); do xl destroy "$d"; done
+	# -f: a failed post-copy's source copy is refused otherwise
+	if [ -n "$peer" ]; then
+		dmesg > "$out/dmesg.txt" 2>&1
+		pssh /mnt/host/autorun.sh collect "$name"
+		pssh /mnt/host/autorun.sh cleanup "$name"
+		rm -f "/mnt/storage/disk-$name.img"
+	fi
+	for d in $(xl list | awk -v n="$dom" 'index($1, n) == 1 { print $1 }'); do xl destroy -f "$d"; done
 	# a preserved crashed domain may carry another name: destroy every guest
-	for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy "$d" 2>/dev/null; done
+	for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy -f "$d" 2>/dev/null; done
 	ts "=== scenario $name done: migrate_rc=$mrc verify_rc=$vrc deaths=$deaths migrations=$done_n"
 	sync
 done
+[ -n "${HOST_ROLE:-}" ] && pssh touch /tmp/peer-done
 ts "autorun end"
 exit 0
 }

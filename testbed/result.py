@@ -177,6 +177,20 @@ for m in re.finditer(r"prescan found (\d+) populated of (\d+) pfns in (\S+) whil
     pass
 r["prescan"] = ({"populated": int(m.group(1)), "pfns": int(m.group(2)), "ms": dur_ms(m.group(3)),
                  "asked_at_stop": int(m.group(4))} if m else None)
+# The fault lane (issue #15 item 2): the push window, the transport, and a
+# bare FAULT / one-page reply round trip over that transport in dom0
+# (`xl-postcopy rtt`): the floor of a network fault's service.
+r["push_window"] = meta.get("window")
+r["fault_lane"] = "fault replies on their own lane" in log
+r["transport"] = "tunnel" if meta.get("tunnel") == "1" or int(meta.get("link_drops", 0) or 0) else "pipe"
+try:
+    rtt = open(os.path.join(d, "rtt.txt"), errors="replace").read()
+except OSError:
+    rtt = ""
+p50 = num(rtt, r"p50 ([0-9.]+) us")
+r["bare_rtt_us"] = {"p50": p50, "p99": num(rtt, r"p99 ([0-9.]+) us")} if p50 else None
+fl50 = (r.get("fault_latency_us") or {}).get("p50")
+r["fault_p50_over_rtt"] = round(fl50 / p50, 1) if fl50 and p50 else None
 postcopy_pages = sum(r.get("pages_" + k) or 0 for k in ("pushed", "faulted", "zero"))
 r["page_in_pages_per_s"] = (
     round(postcopy_pages * 1000.0 / r["postcopy_time_ms"]) if r.get("postcopy_time_ms") else None
@@ -233,15 +247,22 @@ def env_file(path):
     return out
 
 
-# dom0's poller: per domid, its (time, state) transitions.
+# dom0's poller: per domid, its (time, state) transitions.  Two hosts: host
+# B's domains as 1000 + domid, its times on host A's clock (the offset
+# measured over ssh before the guest was created; its error is half an ssh
+# round trip, in clock_offset_ms).
 dstates = {}
-try:
-    for line in open(os.path.join(d, "domstates.log"), errors="replace"):
-        m = re.match(r"([0-9.]+) dom=(\d+) (.*)$", line.strip())
-        if m:
-            dstates.setdefault(int(m.group(2)), []).append((float(m.group(1)), m.group(3)))
-except OSError:
-    pass
+off = (meta.get("clock_offset_ms") or "").split()
+for path, base, shift in ((os.path.join(d, "domstates.log"), 0, 0.0),
+                          (os.path.join(d, "hostb", "domstates.log"), 1000,
+                           float(off[0]) / 1000 if off else 0.0)):
+    try:
+        for line in open(path, errors="replace"):
+            m = re.match(r"([0-9.]+) dom=(\d+) (.*)$", line.strip())
+            if m and not (base and m.group(2) == "0"):
+                dstates.setdefault(base + int(m.group(2)), []).append((float(m.group(1)) - shift, m.group(3)))
+    except OSError:
+        pass
 
 
 # Domains that shut down for another reason than a migration's suspend:
@@ -561,6 +582,122 @@ if r["mode"] == "hybrid":
         r["ok"] = bool(r["ok"] and sw_req and r["switch"]["admin_rc"] == "0")
     elif "--postcopy-after=auto" in (r["migrate_args"] or ""):
         r["ok"] = bool(r["ok"] and sw_auto)
+# names=1: mid-post-copy the guest ran under its own name on the
+# destination, the source copy was <name>--postcopy-source and `xl destroy`
+# of it was refused with the reason, the copy stayed; afterwards exactly
+# one domain carries the guest's name.
+if meta.get("names") == "1":
+    nm = env_file(os.path.join(d, "names.env"))
+    after = (meta.get("names_after") or "").split()
+    guest = meta.get("name") and "t-" + meta["name"]
+    r["names"] = {
+        "source_name": nm.get("names_src_name"),
+        "guest_id_mid_postcopy": nm.get("names_guest_id"),
+        "destination_id": nm.get("names_dst_running"),
+        "destroy_rc": nm.get("names_destroy_rc"),
+        "destroy_says_why": nm.get("names_destroy_says_why") == "1",
+        "source_kept": nm.get("names_src_kept") == "1",
+        "checked_mid_postcopy": nm.get("names_still_postcopy") == "1",
+        "after": after,
+    }
+    n = r["names"]
+    n["ok"] = bool(n["destination_id"] and n["guest_id_mid_postcopy"] == n["destination_id"]
+                   and n["source_name"] == f"{guest}--postcopy-source"
+                   and n["destroy_rc"] not in (None, "0") and n["destroy_says_why"]
+                   and n["source_kept"] and after == [guest])
+    r["ok"] = bool(r["ok"] and n["ok"])
+# refuse=KIND: the receiver could not take a post-copy migration; xl
+# migrate must fail with the one-line reason before anything was
+# suspended, and the same domain go on (never paused, no copy elsewhere,
+# two more verified memtest passes: verify_rc 0).
+if meta.get("refuse"):
+    rf = env_file(os.path.join(d, "refuse.env"))
+    want = {"unpatched": "its xl must be xen-postcopy",
+            "nolib": "cannot be loaded",
+            "nopaging": "mem_paging"}.get(meta["refuse"], "?")
+    reason = rf.get("refuse_reason") or ""
+    r["refused"] = {
+        "kind": meta["refuse"],
+        "xl_rc": rf.get("refuse_rc"),
+        "reason": reason,
+        "names_the_missing_piece": want in reason,
+        "nothing_suspended_said": (rf.get("refuse_nothing_suspended") or "0") != "0",
+        # dom0's poller: a pause or suspend of the source after xl
+        # migrate began (xl create's own pause comes before)
+        "source_ever_paused": any(
+            t >= min(starts) and ("paused=1" in st or "shutdown=suspend" in st)
+            for t, st in dstates.get(int(rf.get("refuse_src") or -1), [])) if starts else None,
+        "other_domains_created": sorted(dom for dom, ev in dstates.items()
+                                        if starts and ev and ev[0][0] >= min(starts)),
+        "domains_after": (rf.get("refuse_domains") or "").split(),
+        "guest_went_on": meta.get("verify_rc") == "0",
+    }
+    f = r["refused"]
+    f["ok"] = bool(f["xl_rc"] not in (None, "0") and f["names_the_missing_piece"]
+                   and f["nothing_suspended_said"] and f["source_ever_paused"] is False
+                   and not f["other_domains_created"]
+                   and f["domains_after"] == [f"t-{meta.get('name')}/{rf.get('refuse_src')}"]
+                   and f["guest_went_on"])
+    r["ok"] = f["ok"]
+    r["integrity_ok"] = f["guest_went_on"]
+# Two hosts and devices: where the guest went and how, and whether its
+# disk and network kept working (checked on the destination's console,
+# and never an error on any console of the scenario).
+r["hosts"] = int(meta.get("hosts", 1) or 1)
+r["transport"] = meta.get("transport") or "local"
+if off:
+    r["clock_offset_ms"] = {"b_minus_a": int(off[0]), "error": int(off[1]) if len(off) > 1 else None}
+IOFAIL = (r"I/O error|blk_update_request|Buffer I/O|blkfront.*(error|fail)|netfront.*(error|fail)"
+          r"|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR")
+io_lines = []
+for f in consoles:
+    for line in open(f, errors="replace"):
+        if re.search(IOFAIL, line):
+            io_lines.append("%s: %s" % (os.path.basename(f), line.strip()[:160]))
+r["guest_io_errors"] = io_lines[:8]
+
+
+def dev_passes(word):
+    """WORD pass lines (DISK, NET): after the migration, failed ones anywhere."""
+    after = failed = 0
+    for f in consoles:
+        for line in open(f, errors="replace"):
+            m = re.search(word + r" pass \d+ ok=(\d)", line)
+            if m:
+                failed += m.group(1) != "1"
+                after += f in inc
+    return after, failed
+
+
+if meta.get("disk_mib"):
+    a, f = dev_passes("DISK")
+    r["disk"] = {"mib": int(meta["disk_mib"]), "passes_after_migration": a, "failed_passes": f}
+    r["disk_ok"] = bool(a >= 2 and f == 0 and not io_lines)
+else:
+    r["disk_ok"] = None
+if meta.get("net") == "1":
+    a, f = dev_passes("NET")
+    srv_bad = srv_rounds = 0
+    try:
+        for line in open(os.path.join(d, "hostb", "netsrv.log"), errors="replace"):
+            m = re.search(r"rounds=(\d+) bad=(\d+)", line)
+            if m:
+                srv_rounds = max(srv_rounds, int(m.group(1)))
+                srv_bad = max(srv_bad, int(m.group(2)))
+            srv_bad += " BAD " in line
+    except OSError:
+        pass
+    r["net"] = {"passes_after_migration": a, "failed_passes": f, "server_rounds": srv_rounds,
+                "server_bad": srv_bad}
+    r["net_ok"] = bool(a >= 3 and f == 0 and srv_bad == 0 and srv_rounds > 0 and not io_lines)
+else:
+    r["net_ok"] = None
+if r["disk_ok"] is False or r["net_ok"] is False:
+    r["ok"] = False
+if r["transport"] == "ping":
+    pe = env_file(os.path.join(d, "ping.env"))
+    r["ping"] = pe
+    r["ok"] = bool(pe) and all(v == "1" for v in pe.values())
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))

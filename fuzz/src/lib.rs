@@ -50,7 +50,11 @@ fn check_record(rec: &Record<'_>, bound: Option<u64>) {
                 STREAM_VERSION,
                 "BEGIN with a foreign version"
             );
-            assert_eq!(b.flags.get(), 0, "BEGIN with reserved flags set");
+            assert_eq!(
+                b.flags.get() & !records::BEGIN_ACKS,
+                0,
+                "BEGIN with reserved flags set"
+            );
         }
         Record::Pfns(runs) | Record::Recover(runs) => {
             let g = need_bound();
@@ -106,7 +110,11 @@ fn check_record(rec: &Record<'_>, bound: Option<u64>) {
                 "control character in peer text: {m:?}"
             );
         }
-        Record::Transition | Record::Ready | Record::Complete(_) | Record::Resumed(_) => {}
+        Record::Transition
+        | Record::Ready
+        | Record::Complete(_)
+        | Record::Resumed(_)
+        | Record::Ack(_) => {}
     }
 }
 
@@ -140,6 +148,7 @@ fn encode(rec: &Record<'_>) -> Vec<u8> {
         Record::Zero(pfns) => w.pfn_list(RecordType::Zero, pfns),
         Record::Complete(v) => w.count(RecordType::Complete, *v),
         Record::Resumed(v) => w.count(RecordType::Resumed, *v),
+        Record::Ack(v) => w.count(RecordType::Ack, *v),
         Record::VcpuState(s) => w.vcpu_state(s),
         Record::Abort(m) => w.abort(m),
     };
@@ -250,6 +259,7 @@ enum Event {
     Fault(Vec<Pfn>),
     Complete,
     Recover,
+    Ack,
 }
 
 /// Decodes the destination→source channel as the source does (guest size
@@ -269,6 +279,7 @@ fn fault_events(data: &[u8], guest: u64) -> Vec<Event> {
             Record::Fault(p) => Event::Fault(p),
             Record::Complete(_) => Event::Complete,
             Record::Recover(_) => Event::Recover,
+            Record::Ack(_) => Event::Ack,
             _ => break,
         });
     }
@@ -339,7 +350,7 @@ fn run_scheduler(events: &[Event], spec: StrategySpec, guest: u64) {
                 }
             }
             Event::Complete | Event::Abort => break 'stream,
-            Event::Resumed | Event::Recover | Event::Ready => {}
+            Event::Resumed | Event::Recover | Event::Ready | Event::Ack => {}
         }
         assert_eq!(s.unsent(), (owed_count - sent) as u64);
     }
@@ -471,6 +482,32 @@ pub fn recovery(data: &[u8]) {
         check_recover(&runs, guest);
     }
     decode_direct(RecordType::Recover, data, Some(guest));
+}
+
+/// Target `capabilities`: a receiver's post-copy capability line as the
+/// sender reads it (`HostCapabilities::parse`, `check_receiver`): no
+/// panic; a line that parses writes back to one that parses the same; a
+/// refusal is one line.
+pub fn capabilities(data: &[u8]) {
+    use postcopy::capabilities::{check_receiver, HostCapabilities, MAX_LINE};
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(caps) = HostCapabilities::parse(line) {
+        let again = caps.to_line();
+        assert!(again.len() <= MAX_LINE, "to_line is over the bound");
+        if again.len() < MAX_LINE {
+            let back = HostCapabilities::parse(&again).expect("a written line parses");
+            assert_eq!(back.abi, caps.abi, "abi does not round-trip");
+            assert_eq!(back.mem_paging.is_ok(), caps.mem_paging.is_ok());
+        }
+    }
+    for spec in StrategySpec::ALL {
+        match check_receiver(line, 3, &spec) {
+            Ok(summary) => assert!(!summary.contains('\n')),
+            Err(why) => assert!(!why.contains('\n'), "a refusal spans lines"),
+        }
+    }
 }
 
 /// Target `strategy`: the `--prepage=` parser, the wire form of a strategy

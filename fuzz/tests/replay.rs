@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("link_hello", xen_postcopy_fuzz::link_hello),
     ("tunnel_frames", xen_postcopy_fuzz::tunnel_frames),
     ("sealed_records", xen_postcopy_fuzz::sealed_records),
+    ("capabilities", xen_postcopy_fuzz::capabilities),
 ];
 
 fn replay(dir: &str, name: &str, f: Target) -> usize {

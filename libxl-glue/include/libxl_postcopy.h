@@ -62,7 +62,7 @@
 #include <xenctrl.h>
 #include <xentoollog.h>
 
-#define LIBXL_POSTCOPY_ABI_VERSION 3
+#define LIBXL_POSTCOPY_ABI_VERSION 4
 #define LIBXL_POSTCOPY_SONAME "libxl_postcopy.so.1"
 
 /* Stream record types, allocated above Xen 4.17's last (0x12). */
@@ -78,6 +78,8 @@
 #define REC_TYPE_POSTCOPY_RECOVER     0x0000001cU
 #define REC_TYPE_POSTCOPY_ABORT       0x0000001dU
 #define REC_TYPE_POSTCOPY_READY       0x0000001eU
+/* Back channel only (the helpers' own; libxenguest never reads it). */
+#define REC_TYPE_POSTCOPY_ACK         0x0000001fU
 
 /* Pre-paging strategies (--prepage=); ids are stable on the wire. */
 #define LIBXL_POSTCOPY_PREPAGE_NONE            0
@@ -100,6 +102,26 @@ uint32_t libxl_postcopy_abi_version(void);
 int libxl_postcopy_parse_strategy(const char *arg, uint32_t *strategy,
                                   uint32_t *strategy_arg,
                                   char *err, size_t errlen);
+
+/*
+ * This host's post-copy capabilities as one line (no newline, at most 512
+ * bytes): the library's ABI and release, the hypervisor's version,
+ * whether it has mem_paging, the strategies known.  `xl migrate-receive
+ * --postcopy` sends it to the sender before anything is suspended.
+ * Returns 0, or -errno with a message in buf (always NUL-terminated when
+ * len > 0).
+ */
+int libxl_postcopy_host_capabilities(char *buf, size_t len);
+
+/*
+ * The sender's check of a receiver's capability line (as the receiver's
+ * libxl_postcopy_host_capabilities() wrote it, or "error=<why>") against
+ * this library's ABI and the --prepage= strategy: 0 with a one-line
+ * summary of the receiver in buf, or -EPROTO with one sentence saying
+ * what the receiver lacks (-EINVAL: bad strategy; -EIO: internal error).
+ */
+int libxl_postcopy_check_receiver(const char *line, const char *strategy,
+                                  char *buf, size_t len);
 
 /*
  * precopy_rounds value of --postcopy-after=auto (the same value as

@@ -681,8 +681,8 @@ fn build_source(n: Pfn) -> (Arc<FakeXen>, BTreeSet<Pfn>) {
 
 /// Plays libxenguest's restore loop: reads records from the stream and
 /// hands them to the session until TRANSITION.
-fn restore_until_transition(
-    stream: &mut UnixStream,
+fn restore_until_transition<S: Read + AsRawFd>(
+    stream: &mut S,
     dest: &Arc<FakeXen>,
     back_fd: i32,
 ) -> RestoreSession<FakeXen> {
@@ -712,13 +712,27 @@ fn restore_until_transition(
 }
 
 fn migrate(strategy: StrategySpec, touches: &[Pfn]) {
+    migrate_over(strategy, touches, false);
+}
+
+/// [`migrate`] with the stream on a socket pair (`pipe` false: replies
+/// in-band) or on one pipe, as `xl migrate` on one host (replies on the
+/// fault lane, [`crate::lane`]).
+fn migrate_over(strategy: StrategySpec, touches: &[Pfn], pipe: bool) {
     let n = 0x800;
     let (src, must) = build_source(n);
     let dst = Arc::new(FakeXen::new(2, n - 1));
     dst.state()
         .params
         .insert(sys::HVM_PARAM_PAGING_RING_PFN, 0x7f8);
-    let (s_stream, mut d_stream) = UnixStream::pair().unwrap();
+    let (s_stream, d_stream): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = if pipe {
+        let (r, w) = std::io::pipe().unwrap();
+        (w.into(), r.into())
+    } else {
+        let (s, d) = UnixStream::pair().unwrap();
+        (s.into(), d.into())
+    };
+    let mut d_stream = std::fs::File::from(d_stream);
     let (s_back, d_back) = UnixStream::pair().unwrap();
     let src2 = src.clone();
     let s_fd = s_stream.as_raw_fd();
@@ -726,10 +740,14 @@ fn migrate(strategy: StrategySpec, touches: &[Pfn]) {
     let source = std::thread::spawn(move || {
         let (mut s, summary) =
             SaveSession::begin(src2, s_fd, sb_fd, strategy, Known::Nothing).unwrap();
+        // The lane is offered (opt-in on Xen); only a pipe lets the two
+        // helpers meet on it.
+        s.set_offer_lane(true);
         s.transition().unwrap();
+        let lane = s.replies_on_lane();
         s.serve().unwrap();
         let m = s.metrics().snapshot();
-        (summary, m)
+        (summary, m, lane)
     });
     let mut session = restore_until_transition(&mut d_stream, &dst, d_back.as_raw_fd());
     // Before the guest runs: the must-present pages are there, every
@@ -774,8 +792,14 @@ fn migrate(strategy: StrategySpec, touches: &[Pfn]) {
     };
     session.serve().unwrap();
     let waited = guest.join().unwrap();
-    let (summary, sm) = source.join().unwrap();
+    let (summary, sm, lane) = source.join().unwrap();
     drop(s_stream);
+    // On one pipe both helpers meet on the lane (where the status folder
+    // can hold its socket); on anything else the replies stay in-band.
+    let dir = crate::status_file::status_dir();
+    let can_meet = std::fs::create_dir_all(&dir).is_ok()
+        && std::fs::metadata(&dir).is_ok_and(|m| !m.permissions().readonly());
+    assert_eq!(lane, pipe && can_meet, "fault lane used: {lane}");
     // Every populated source page is on the destination with its content.
     let s = src.state();
     let d = dst.state();
@@ -832,6 +856,16 @@ fn end_to_end_bubble_with_faults() {
 #[test]
 fn end_to_end_demand_only() {
     migrate(StrategySpec::None, &[0x20, 0x600, 0x21]);
+}
+
+#[test]
+fn end_to_end_over_one_pipe_with_the_fault_lane() {
+    migrate_over(
+        StrategySpec::Bubble,
+        &[0x400, 0x401, 0x10, 0x7ff, 0x555],
+        true,
+    );
+    migrate_over(StrategySpec::None, &[0x20, 0x600, 0x21], true);
 }
 
 #[test]

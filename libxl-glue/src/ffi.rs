@@ -241,6 +241,71 @@ pub unsafe extern "C" fn libxl_postcopy_parse_strategy(
     })
 }
 
+/// `libxl_postcopy_host_capabilities`: this host's capability line
+/// ([`crate::capabilities::probe`]) into `buf`.
+///
+/// # Safety
+/// `buf` is NULL or valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_host_capabilities(buf: *mut c_char, len: usize) -> c_int {
+    let r = catch_unwind(|| crate::capabilities::probe().to_line());
+    match r {
+        Ok(line) => {
+            if len <= line.len() {
+                // SAFETY: caller contract on buf/len.
+                unsafe { write_err(buf, len, "capability buffer too small") };
+                return -libc::ENOSPC;
+            }
+            // SAFETY: caller contract on buf/len; the line fits with its NUL.
+            unsafe { write_err(buf, len, &line) };
+            0
+        }
+        Err(p) => {
+            let why = format!("internal error probing capabilities: {}", panic_text(&*p));
+            error!("{why}");
+            // SAFETY: caller contract on buf/len.
+            unsafe { write_err(buf, len, &why) };
+            -libc::EIO
+        }
+    }
+}
+
+/// `libxl_postcopy_check_receiver`: the sender's check of a receiver's
+/// capability line ([`postcopy::capabilities::check_receiver`]).
+///
+/// # Safety
+/// `line` and `strategy` are NULL or NUL-terminated strings; `buf` is NULL
+/// or valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_check_receiver(
+    line: *const c_char,
+    strategy: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        if line.is_null() || strategy.is_null() {
+            return Err("libxl_postcopy_check_receiver: NULL argument".to_string());
+        }
+        // SAFETY: both are NUL-terminated strings (caller contract).
+        let (line, strategy) = unsafe { (CStr::from_ptr(line), CStr::from_ptr(strategy)) };
+        let spec =
+            StrategySpec::from_str(&strategy.to_string_lossy()).map_err(|e| e.to_string())?;
+        let line = line
+            .to_str()
+            .map_err(|_| "its answer is unreadable: not text".to_string())?;
+        postcopy::capabilities::check_receiver(line, ABI_VERSION, &spec)
+    }));
+    let (rc, text) = match r {
+        Ok(Ok(summary)) => (0, summary),
+        Ok(Err(why)) => (-libc::EPROTO, why),
+        Err(p) => (-libc::EIO, format!("internal error: {}", panic_text(&*p))),
+    };
+    // SAFETY: caller contract on buf/len.
+    unsafe { write_err(buf, len, &text) };
+    rc
+}
+
 fn set_rc(rc: *mut c_int, v: c_int) {
     if !rc.is_null() {
         // SAFETY: rc is NULL or valid for a write (ABI contract).

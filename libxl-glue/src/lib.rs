@@ -6,7 +6,8 @@
 //! - [`save`] and [`restore`]: the phased sessions behind those calls:
 //!   the engine's `SourceSession` / `DestSession` phases (serving, fault
 //!   forwarding, the push policy are the engine's) over xl's fds
-//!   ([`fdio`]), with fault replies in-band on the stream.
+//!   ([`fdio`]), with fault replies in-band on the stream or, when both
+//!   helpers hold the same pipe (one host), on a [`lane`] of their own.
 //! - [`xen_source`] and [`xen_dest`]: the Xen backends of the engine's
 //!   `SourceMemory` / `DestinationMemory` traits.
 //! - [`present`]: what must be present before the guest runs (special
@@ -41,10 +42,12 @@ macro_rules! xen_series {
     };
 }
 
+pub mod capabilities;
 pub mod domain_watch;
 pub mod fdio;
 pub mod ffi;
 pub mod forensics;
+pub mod lane;
 pub mod pagewalk;
 pub mod precopy;
 pub mod present;
@@ -66,7 +69,7 @@ mod fake;
 pub const XEN_SERIES: &str = xen_series!();
 
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// `LIBXL_POSTCOPY_SONAME`.
 pub const SONAME: &str = "libxl_postcopy.so.1";
 

@@ -9,7 +9,8 @@
 //!    then), every owed pfn is paged out and READY goes to the source;
 //! 3. [`RestoreSession::serve`] as libxl unpauses the guest: the engine's
 //!    serve phase with fault replies in-band on the stream
-//!    ([`Replies::InBand`]) and the guest watch of
+//!    ([`Replies::InBand`]), or on the source's [`crate::lane`] when this
+//!    side found it before READY, and the guest watch of
 //!    [`crate::domain_watch`] as its [`ServeHooks`] (RESUMED at the
 //!    unpause, a guest death fails the migration). The stream is read
 //!    record by record with no read-ahead, so libxenguest reads its END
@@ -20,12 +21,12 @@
 //! serve hooks of a Xen domain.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info};
-use postcopy::destination::{DestConfig, DestSession, Replies, ServeHooks, ServeLinks, Step};
+use postcopy::destination::{DestConfig, DestSession, ServeHooks, ServeLinks, Step};
 use postcopy::memory::MemoryError;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
@@ -44,6 +45,8 @@ pub struct RestoreSession<O: XenOps> {
     back_fd: RawFd,
     metrics: Metrics,
     death: Option<GuestDied>,
+    /// The source's fault lane, if this side found it ([`crate::lane`]).
+    lane: Option<std::os::unix::net::UnixStream>,
 }
 
 impl<O: XenOps> std::fmt::Debug for RestoreSession<O> {
@@ -100,6 +103,7 @@ impl<O: XenOps> RestoreSession<O> {
             back_fd,
             metrics: Metrics::new(),
             death: None,
+            lane: None,
         })
     }
 
@@ -156,6 +160,11 @@ impl<O: XenOps> RestoreSession<O> {
             "paged out {} owed pfns in {took:?} ({by_range} by range, {by_page} page by page)",
             by_range + by_page
         );
+        // Before READY: the source takes the connection once READY is in.
+        self.lane = crate::lane::connect(&crate::status_file::status_dir(), self.stream_fd);
+        if self.lane.is_some() {
+            info!("fault replies will come on their own lane");
+        }
         let mut back = self.back();
         self.session.ready(&mut back)
     }
@@ -212,14 +221,17 @@ impl<O: XenOps> RestoreSession<O> {
     pub fn serve_with(&mut self, hooks: &dyn ServeHooks) -> Result<(), Error> {
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
+        let (replies, lane) = crate::lane::replies(self.lane.take(), |s| {
+            Box::new(s) as Box<dyn std::io::Read + Send>
+        });
         let links = ServeLinks {
             bulk: RecordReader::new(
                 Box::new(FdIo::with_stop(self.stream_fd, stop.clone())),
                 Some(self.session.guest_pfns()),
             ),
-            replies: Replies::InBand,
+            replies,
             back: RecordWriter::new(Box::new(FdIo::new(self.back_fd))),
-            closer: Arc::new(move || stop.store(true, Ordering::SeqCst)),
+            closer: crate::lane::closer(stop, lane),
         };
         let domid = self.session.memory().ops().domid();
         self.session

@@ -12,8 +12,10 @@
 //!    POSTCOPY_PFNS (the owed runs) and POSTCOPY_TRANSITION;
 //! 3. [`SaveSession::serve`] — after libxl's records: the engine's serve
 //!    phase with fault replies in-band on the one stream
-//!    ([`Replies::InBand`]) and the Xen push policy ([`PushPolicy::XEN`]);
-//!    it returns once the destination confirms with its own COMPLETE.
+//!    ([`Replies::InBand`], behind at most the push window), or on a
+//!    [`crate::lane`] of their own when the destination connected to it,
+//!    and the Xen push policy ([`PushPolicy::XEN`]); it returns once the
+//!    destination confirms with its own COMPLETE.
 //!
 //! The phases are the engine's [`SourceSession`]; this module adds what is
 //! Xen: the owed set and the must-present pages from the suspended domain,
@@ -34,7 +36,7 @@ use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{Cause, RecordReader, MAX_BATCH_PAGES};
 use postcopy::scheduler::PushPolicy;
-use postcopy::source::{send_pages, Replies, ServeLinks, SourceSession};
+use postcopy::source::{send_pages, ServeLinks, SourceSession};
 use postcopy::{Error, Pfn, PAGE_SIZE};
 
 use crate::fdio::FdIo;
@@ -151,6 +153,31 @@ impl std::fmt::Display for StopParts {
     }
 }
 
+/// Environment setting: the push window in bytes (K/M suffixes, binary),
+/// `on` ([`postcopy::scheduler::XEN_WINDOW`]) or `off` (the default,
+/// [`PushPolicy::XEN`]): the most pushed bytes the destination has not yet
+/// consumed ([`PushPolicy::window`]). With a window, fault replies travel
+/// in-band behind at most this much push.
+pub const PUSH_WINDOW_ENV: &str = "LIBXL_POSTCOPY_PUSH_WINDOW";
+
+/// The window [`PUSH_WINDOW_ENV`] asks for: `None` for `off` or unset, the
+/// Xen window for `on` or a value that is not a size (with a warning).
+fn push_window_setting() -> Option<u64> {
+    let v = match std::env::var(PUSH_WINDOW_ENV) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return PushPolicy::XEN.window,
+    };
+    match v.trim() {
+        "off" | "0" | "none" => return None,
+        "on" => return Some(postcopy::scheduler::XEN_WINDOW),
+        _ => {}
+    }
+    postcopy::scheduler::parse_rate(&v)
+        .map_err(|e| warn!("{PUSH_WINDOW_ENV}: {e}; the Xen window is used"))
+        .ok()
+        .or(Some(postcopy::scheduler::XEN_WINDOW))
+}
+
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeginSummary {
@@ -255,6 +282,12 @@ pub struct SaveSession<O: XenOps> {
     /// last pre-copy round (its recent working set), empty without one.
     history: Vec<Pfn>,
     back_fd: RawFd,
+    stream_fd: RawFd,
+    /// The fault lane the destination connected to ([`crate::lane`]).
+    lane: Option<std::os::unix::net::UnixStream>,
+    /// Whether [`transition`](Self::transition) offers the lane
+    /// ([`crate::lane::wanted`] unless set).
+    offer_lane: bool,
     /// Bound on [`transition`](Self::transition)'s wait for READY (zero:
     /// none).
     ready_timeout: Duration,
@@ -411,6 +444,7 @@ impl<O: XenOps> SaveSession<O> {
             strategy,
             PushPolicy {
                 max_bandwidth: max_bandwidth_setting(),
+                window: push_window_setting(),
                 ..PushPolicy::XEN
             },
         )?;
@@ -456,6 +490,9 @@ impl<O: XenOps> SaveSession<O> {
                 owed_count,
                 history,
                 back_fd,
+                stream_fd,
+                lane: None,
+                offer_lane: crate::lane::wanted(),
                 ready_timeout: ready_timeout_setting(),
                 metrics,
                 parts,
@@ -463,6 +500,12 @@ impl<O: XenOps> SaveSession<O> {
             },
             summary,
         ))
+    }
+
+    /// True after [`transition`](Self::transition) if the destination
+    /// took the fault lane ([`crate::lane`]): replies will not go in-band.
+    pub fn replies_on_lane(&self) -> bool {
+        self.lane.is_some()
     }
 
     /// The owed runs.
@@ -488,6 +531,12 @@ impl<O: XenOps> SaveSession<O> {
         self.ready_timeout = timeout;
     }
 
+    /// Offers the fault lane at the switch, or not, whatever the
+    /// environment says (it is read once, in [`begin`](Self::begin)).
+    pub fn set_offer_lane(&mut self, on: bool) {
+        self.offer_lane = on;
+    }
+
     /// Phase 2: POSTCOPY_PFNS, the end-of-pre-switch marker (an empty
     /// POSTCOPY_VCPU_STATE: on Xen the CPU state travels in HVM_CONTEXT,
     /// already sent), then wait for the destination's READY on the back
@@ -509,12 +558,24 @@ impl<O: XenOps> SaveSession<O> {
             self.ready_timeout,
             Arc::new(move || stop.store(true, Ordering::SeqCst)),
         );
+        // Offered before the owed pfns go out, so the destination finds
+        // it when it has them; taken after its READY.
+        let offer = self
+            .offer_lane
+            .then(|| crate::lane::Offer::open(&crate::status_file::status_dir(), self.stream_fd))
+            .flatten();
         self.session
             .switch(self.owed.clone(), &[], &mut back, &self.metrics)?;
+        self.lane = offer.and_then(crate::lane::Offer::take);
         self.parts.ready = entered.elapsed();
         info!(
-            "post-copy source: TRANSITION sent {:?} after the stop",
-            self.session.stopped_at().elapsed()
+            "post-copy source: TRANSITION sent {:?} after the stop; fault replies {}",
+            self.session.stopped_at().elapsed(),
+            if self.lane.is_some() {
+                "on their own lane"
+            } else {
+                "in-band"
+            }
         );
         info!("post-copy source: downtime parts: {}", self.parts);
         Ok(())
@@ -535,10 +596,13 @@ impl<O: XenOps> SaveSession<O> {
                 .unwrap_or_else(|e| e.into_inner())
                 .update(done);
         }));
+        let (replies, lane) = crate::lane::replies(self.lane.take(), |s| {
+            Box::new(s) as Box<dyn std::io::Write + Send>
+        });
         let links = ServeLinks {
             fault_rx,
-            replies: Replies::InBand,
-            closer: Arc::new(move || stop.store(true, Ordering::SeqCst)),
+            replies,
+            closer: crate::lane::closer(stop, lane),
         };
         let history = std::mem::take(&mut self.history);
         self.session

@@ -250,6 +250,42 @@ fn paging_op(xch: *mut sys::xc_interface, mpo: &mut sys::xen_mem_paging_op_t) ->
     (rc, last_errno())
 }
 
+/// Whether this host's hypervisor has mem_paging, asked without a domain:
+/// a `XENMEM_paging_op` nominate for `DOMID_INVALID` fails with ESRCH (or
+/// EPERM) when the op exists and with ENOSYS when the hypervisor is built
+/// without `CONFIG_MEM_PAGING`. Opens and closes its own `xc_interface`.
+pub fn probe_mem_paging() -> XcResult<()> {
+    const DOMID_INVALID: u16 = 0x7ff4;
+    let op = "xc_mem_paging_probe";
+    let Ok(nominate) = u8::try_from(sys::XENMEM_paging_op_nominate) else {
+        return Err(XcError::Invalid {
+            op,
+            what: "XENMEM_paging_op_nominate does not fit the op field".into(),
+        });
+    };
+    // SAFETY: NULL loggers select the library's defaults; flags 0. Returns
+    // NULL with errno on failure, checked below.
+    let xch = unsafe { sys::xc_interface_open(ptr::null_mut(), ptr::null_mut(), 0) };
+    if xch.is_null() {
+        return Err(XcError::NoXen {
+            op: "xc_interface_open",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let mut mpo = sys::xen_mem_paging_op_t {
+        op: nominate,
+        domain: DOMID_INVALID,
+        ..Default::default()
+    };
+    let (rc, errno) = paging_op(xch, &mut mpo);
+    // SAFETY: opened above, closed once here.
+    unsafe { sys::xc_interface_close(xch) };
+    match (rc, errno) {
+        (0, _) | (_, libc::ESRCH | libc::EPERM | libc::EINVAL) => Ok(()),
+        (_, errno) => Err(XcError::from_errno(op, errno, None)),
+    }
+}
+
 fn err(op: &'static str, pfn: Option<Pfn>) -> XcError {
     XcError::from_errno(op, last_errno(), pfn)
 }

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::pool::StagingPool;
 use crate::probe;
 use crate::region::GuestRegion;
 use crate::sys::{self, Fill};
@@ -55,6 +56,8 @@ const EAGAIN_LIMIT: Duration = Duration::from_secs(5);
 pub struct UffdStats {
     /// Pages installed with UFFDIO_COPY.
     pub pages_copied: AtomicU64,
+    /// Pages installed with UFFDIO_MOVE out of the staging pool.
+    pub pages_moved: AtomicU64,
     /// Zero pages installed with UFFDIO_ZEROPAGE (engine or local).
     pub pages_zeroed: AtomicU64,
     /// Installs that found the page already present (EEXIST → WAKE).
@@ -96,7 +99,32 @@ pub struct UffdDestination {
     events: Mutex<Events>,
     /// Busy-poll this long in `wait_fault` before blocking in poll(2).
     spin: Duration,
+    /// Receive memory installed with UFFDIO_MOVE (see [`StagingPool`]).
+    pool: Option<Arc<StagingPool>>,
+    /// UFFDIO_MOVE is enabled on `uffd` (Linux 6.8) and has not failed.
+    can_move: AtomicBool,
     stats: UffdStats,
+}
+
+/// How [`UffdDestination::fill_run`] ended.
+#[derive(Debug)]
+enum RunEnd {
+    /// Every page is in (some perhaps already present).
+    Done(Installed),
+    /// Stopped at byte `done` by an error other than a present page.
+    Stopped {
+        done: usize,
+        outcome: Installed,
+        error: io::Error,
+    },
+}
+
+impl RunEnd {
+    fn outcome(&self) -> Installed {
+        match self {
+            RunEnd::Done(o) | RunEnd::Stopped { outcome: o, .. } => *o,
+        }
+    }
 }
 
 fn errno(e: &io::Error) -> i32 {
@@ -107,7 +135,18 @@ impl UffdDestination {
     /// Probes userfaultfd and opens one for `region` (not yet registered).
     pub fn new(region: Arc<GuestRegion>) -> Result<UffdDestination, probe::ProbeError> {
         probe::probe()?.require_postcopy()?;
-        let uffd = probe::open_with(sys::UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE")?;
+        // UFFDIO_MOVE if the kernel has it (6.8), else COPY only.
+        let (uffd, can_move) = match probe::open_with(
+            sys::UFFD_FEATURE_EVENT_REMOVE | sys::UFFD_FEATURE_MOVE,
+            "UFFD_FEATURE_MOVE",
+        ) {
+            Ok(fd) => (fd, true),
+            Err(probe::ProbeError::Missing { .. }) => (
+                probe::open_with(sys::UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE")?,
+                false,
+            ),
+            Err(e) => return Err(e),
+        };
         let queued = sys::eventfd().map_err(|source| probe::ProbeError::Os {
             op: "create an eventfd",
             source,
@@ -122,8 +161,113 @@ impl UffdDestination {
             installed: (0..words).map(|_| AtomicU64::new(0)).collect(),
             events: Mutex::new(Events::default()),
             spin: Duration::ZERO,
+            pool: None,
+            can_move: AtomicBool::new(can_move),
             stats: UffdStats::default(),
         })
+    }
+
+    /// Lends `pool`'s memory to the engine for receiving pages
+    /// ([`DestinationMemory::staging`]) and installs them from there with
+    /// UFFDIO_MOVE, without a copy; without UFFDIO_MOVE on this kernel the
+    /// pool is not used (pages are copied as before).
+    pub fn with_pool(mut self, pool: Arc<StagingPool>) -> UffdDestination {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Whether installs can move pages (UFFDIO_MOVE available, not failed).
+    pub fn moves_pages(&self) -> bool {
+        self.can_move.load(Ordering::Relaxed)
+    }
+
+    /// UFFDIO_MOVE of a pool window to `first`; returns `Ok(None)` when
+    /// the move failed outright (before any page moved) for a reason other
+    /// than a present page, so the caller copies instead.
+    fn move_run(&self, first: Pfn, pages: &mut [u8]) -> MemResult<Option<Installed>> {
+        let len = pages.len();
+        let end = self.fill_run(
+            first,
+            len,
+            "UFFDIO_MOVE",
+            &self.stats.pages_moved,
+            true,
+            |dst, done| sys::move_pages(&self.uffd, dst, &mut pages[done..]),
+        )?;
+        let RunEnd::Stopped {
+            done,
+            outcome,
+            error,
+        } = end
+        else {
+            return Ok(Some(end.outcome()));
+        };
+        // E.g. a source page shared after a fork (EBUSY): copy from now on.
+        log::warn!("UFFDIO_MOVE failed ({error}); installing by copy from now on");
+        self.can_move.store(false, Ordering::Relaxed);
+        if done == 0 {
+            return Ok(None);
+        }
+        let rest = self.install(first + (done / PAGE_SIZE) as u64, &pages[done..])?;
+        Ok(Some(if rest == Installed::AlreadyPresent {
+            rest
+        } else {
+            outcome
+        }))
+    }
+
+    /// The loop of a fill ioctl over a run of `len` bytes at `first`:
+    /// `fill(dst, done)` fills from byte `done` on; a partial fill is
+    /// continued, a page found present skipped (EEXIST → WAKE →
+    /// `AlreadyPresent`), EAGAIN retried. Any other error ends the run:
+    /// with `stop_on_error` as [`RunEnd::Stopped`], else as the error.
+    fn fill_run(
+        &self,
+        first: Pfn,
+        len: usize,
+        op: &str,
+        counter: &AtomicU64,
+        stop_on_error: bool,
+        mut fill: impl FnMut(u64, usize) -> Fill,
+    ) -> MemResult<RunEnd> {
+        let mut outcome = Installed::Installed;
+        let mut done = 0usize;
+        let mut started = Instant::now();
+        while done < len {
+            let pfn = first + (done / PAGE_SIZE) as u64;
+            match fill(self.region.page_addr(pfn), done) {
+                Fill::Done => {
+                    let n = ((len - done) / PAGE_SIZE) as u64;
+                    bump(counter, n);
+                    self.set_installed(pfn, n);
+                    done = len;
+                }
+                Fill::Partial(bytes) => {
+                    let n = bytes / PAGE_SIZE as u64;
+                    bump(counter, n);
+                    self.set_installed(pfn, n);
+                    done += usize::try_from(n).unwrap_or(0) * PAGE_SIZE;
+                    started = Instant::now();
+                }
+                Fill::Failed(error)
+                    if stop_on_error && !matches!(errno(&error), libc::EEXIST | libc::EAGAIN) =>
+                {
+                    return Ok(RunEnd::Stopped {
+                        done,
+                        outcome,
+                        error,
+                    });
+                }
+                Fill::Failed(e) => {
+                    if self.fill_error(pfn, e, started, op)? {
+                        outcome = Installed::AlreadyPresent;
+                        done += PAGE_SIZE;
+                        started = Instant::now();
+                    }
+                }
+            }
+        }
+        Ok(RunEnd::Done(outcome))
     }
 
     /// Makes [`wait_fault`](DestinationMemory::wait_fault) busy-poll the
@@ -364,36 +508,41 @@ impl DestinationMemory for UffdDestination {
         }
         let count = (pages.len() / PAGE_SIZE) as u64;
         self.region.check(first, count)?;
-        let mut outcome = Installed::Installed;
-        let mut done = 0usize;
-        let mut started = Instant::now();
-        while done < pages.len() {
-            let pfn = first + (done / PAGE_SIZE) as u64;
-            let dst = self.region.page_addr(pfn);
-            match sys::copy(&self.uffd, dst, &pages[done..], 0) {
-                Fill::Done => {
-                    let n = ((pages.len() - done) / PAGE_SIZE) as u64;
-                    bump(&self.stats.pages_copied, n);
-                    self.set_installed(pfn, n);
-                    done = pages.len();
-                }
-                Fill::Partial(bytes) => {
-                    let n = bytes / PAGE_SIZE as u64;
-                    bump(&self.stats.pages_copied, n);
-                    self.set_installed(pfn, n);
-                    done += usize::try_from(n).unwrap_or(0) * PAGE_SIZE;
-                    started = Instant::now();
-                }
-                Fill::Failed(e) => {
-                    if self.fill_error(pfn, e, started, "UFFDIO_COPY")? {
-                        outcome = Installed::AlreadyPresent;
-                        done += PAGE_SIZE;
-                        started = Instant::now();
-                    }
-                }
-            }
+        let end = self.fill_run(
+            first,
+            pages.len(),
+            "UFFDIO_COPY",
+            &self.stats.pages_copied,
+            false,
+            |dst, done| sys::copy(&self.uffd, dst, &pages[done..], 0),
+        )?;
+        Ok(end.outcome())
+    }
+
+    #[allow(clippy::mut_from_ref, reason = "the pool lends each window once")]
+    fn staging(&self, bytes: usize) -> Option<&mut [u8]> {
+        if !self.moves_pages() || !self.registered.load(Ordering::SeqCst) {
+            return None;
         }
-        Ok(outcome)
+        self.pool.as_ref()?.take(bytes)
+    }
+
+    /// UFFDIO_MOVE for pages in the pool (no copy), else [`install`](
+    /// DestinationMemory::install).
+    fn install_staged(&self, first: Pfn, pages: &mut [u8]) -> MemResult<Installed> {
+        let in_pool = self.pool.as_ref().is_some_and(|p| p.contains(pages));
+        if !in_pool || !self.moves_pages() || pages.is_empty() {
+            return self.install(first, pages);
+        }
+        self.check_registered("install pages")?;
+        if !pages.len().is_multiple_of(PAGE_SIZE) {
+            return self.install(first, pages);
+        }
+        self.region.check(first, (pages.len() / PAGE_SIZE) as u64)?;
+        match self.move_run(first, pages)? {
+            Some(done) => Ok(done),
+            None => self.install(first, pages),
+        }
     }
 
     fn install_zero(&self, pfn: Pfn) -> MemResult<Installed> {
@@ -697,5 +846,63 @@ mod bench {
             println!("UFFDIO_COPY {batch:>3} pages/ioctl: 1 GiB in {dt:?} = {rate:.0} pages/s");
             d.detach().unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod staged {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::uffd_available;
+
+    #[test]
+    fn staged_pages_are_moved_without_a_copy() {
+        if !uffd_available("staged_pages_are_moved_without_a_copy") {
+            return;
+        }
+        let pool = Arc::new(StagingPool::new(8 * PAGE_SIZE).unwrap());
+        pool.populate(|| false).unwrap();
+        let d = UffdDestination::new(Arc::new(GuestRegion::new(16).unwrap()))
+            .unwrap()
+            .with_pool(Arc::clone(&pool));
+        assert!(
+            d.staging(PAGE_SIZE).is_none(),
+            "nothing lent before the switch"
+        );
+        d.mark_absent(&[PfnRun {
+            start: 0,
+            count: 16,
+        }])
+        .unwrap();
+        if !d.moves_pages() {
+            eprintln!("skipped: no UFFDIO_MOVE on this kernel");
+            return;
+        }
+        let w = d.staging(4 * PAGE_SIZE).unwrap();
+        for (k, page) in w.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            page.fill(u8::try_from(k).unwrap() + 1);
+        }
+        assert_eq!(d.install_staged(3, w).unwrap(), Installed::Installed);
+        assert_eq!(d.stats().pages_moved.load(Relaxed), 4);
+        assert_eq!(d.stats().pages_copied.load(Relaxed), 0);
+        let word = |p: u64| d.region().words()[usize::try_from(p).unwrap() * 512].load(Relaxed);
+        assert_eq!(word(3), 0x0101_0101_0101_0101);
+        assert_eq!(word(6), 0x0404_0404_0404_0404);
+        // A present page in the run: skipped, the rest moved.
+        let w = d.staging(2 * PAGE_SIZE).unwrap();
+        w.fill(9);
+        assert_eq!(d.install_staged(6, w).unwrap(), Installed::AlreadyPresent);
+        assert_eq!(word(6), 0x0404_0404_0404_0404, "EEXIST must not overwrite");
+        assert_eq!(word(7), 0x0909_0909_0909_0909);
+        // Memory from elsewhere is copied.
+        let mut page = vec![7u8; PAGE_SIZE];
+        assert_eq!(
+            d.install_staged(0, &mut page).unwrap(),
+            Installed::Installed
+        );
+        assert_eq!(d.stats().pages_copied.load(Relaxed), 1);
+        assert_eq!(page[0], 7);
+        d.detach().unwrap();
     }
 }

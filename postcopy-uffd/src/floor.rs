@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::pool::StagingPool;
 use crate::probe;
 use crate::region::GuestRegion;
 use crate::sys::{self, Fill};
@@ -306,6 +307,11 @@ pub enum Warmth {
     Warm,
     /// Fresh: nothing freed in the last [`HOST_RECLAIM_WAIT`].
     Cold,
+    /// As a migration's receiver does with UFFDIO_MOVE: a staging pool as
+    /// large as the guest populated before timing starts (untimed, as the
+    /// receiver populates before the switch), each batch read into the
+    /// pool and moved into the region without a copy.
+    Moved,
 }
 
 /// How long a cold measurement waits first: this VM returns freed memory
@@ -330,7 +336,7 @@ pub struct StreamFloor {
     pub warmth: Warmth,
     /// First byte sent → last page installed, ms.
     pub ms: f64,
-    /// Of which inside UFFDIO_COPY, ms.
+    /// Of which inside UFFDIO_COPY (or UFFDIO_MOVE), ms.
     pub install_ms: f64,
 }
 
@@ -353,12 +359,28 @@ pub fn measure_stream_floor(
     for (i, w) in src.words().iter().step_by(PAGE_SIZE / 8).enumerate() {
         w.store(i as u64 + 1, Ordering::Relaxed);
     }
-    match warmth {
-        Warmth::Warm => prewarm(src.len_bytes())?,
-        Warmth::Cold => std::thread::sleep(HOST_RECLAIM_WAIT),
-    }
+    let pool = match warmth {
+        Warmth::Warm => {
+            prewarm(src.len_bytes())?;
+            None
+        }
+        Warmth::Cold => {
+            std::thread::sleep(HOST_RECLAIM_WAIT);
+            None
+        }
+        Warmth::Moved => {
+            let pool = StagingPool::new(src.len_bytes())?;
+            pool.populate(|| false)?;
+            Some(pool)
+        }
+    };
     let dst = GuestRegion::new(pages)?;
-    let uffd = probe::open_with(0, "userfaultfd").map_err(io::Error::other)?;
+    let features = if pool.is_some() {
+        sys::UFFD_FEATURE_MOVE
+    } else {
+        0
+    };
+    let uffd = probe::open_with(features, "userfaultfd").map_err(io::Error::other)?;
     sys::register(
         &uffd,
         dst.addr(),
@@ -393,15 +415,29 @@ pub fn measure_stream_floor(
                 let (mut done, mut install) = (0usize, Duration::ZERO);
                 while done < total {
                     let n = batch_bytes.min(total - done);
-                    s.read_exact(&mut buf[..n])?;
-                    let t0 = Instant::now();
-                    let filled = sys::copy(&uffd, dst.addr() + done as u64, &buf[..n], 0);
-                    install += t0.elapsed();
+                    let to = dst.addr() + done as u64;
+                    let window = pool.as_ref().and_then(|p| p.take(n));
+                    let filled = match window {
+                        Some(w) => {
+                            s.read_exact(w)?;
+                            let t0 = Instant::now();
+                            let moved = sys::move_pages(&uffd, to, w);
+                            install += t0.elapsed();
+                            moved
+                        }
+                        None => {
+                            s.read_exact(&mut buf[..n])?;
+                            let t0 = Instant::now();
+                            let copied = sys::copy(&uffd, to, &buf[..n], 0);
+                            install += t0.elapsed();
+                            copied
+                        }
+                    };
                     match filled {
                         Fill::Done => {}
                         Fill::Partial(k) => {
                             return Err(io::Error::other(format!(
-                                "floor: UFFDIO_COPY filled {k} of {n} bytes"
+                                "floor: the install filled {k} of {n} bytes"
                             )))
                         }
                         Fill::Failed(e) => return Err(e),
@@ -472,7 +508,12 @@ mod tests {
         if !uffd_available("stream_floor_installs_every_page_warm_and_cold") {
             return;
         }
-        for warmth in [Warmth::Warm, Warmth::Cold] {
+        let moves = probe::open_with(sys::UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE").is_ok();
+        for warmth in [Warmth::Warm, Warmth::Cold, Warmth::Moved] {
+            if warmth == Warmth::Moved && !moves {
+                eprintln!("no UFFDIO_MOVE on this kernel: moved floor skipped");
+                continue;
+            }
             let f = measure_stream_floor(1000, 64, warmth).unwrap();
             println!("{}", serde_json::to_string(&f).unwrap());
             assert_eq!((f.pages, f.batch_pages, f.warmth), (1000, 64, warmth));

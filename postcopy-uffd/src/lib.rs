@@ -63,6 +63,7 @@
 
 mod dest;
 mod floor;
+mod pool;
 mod probe;
 mod region;
 mod source;
@@ -72,6 +73,7 @@ pub use dest::{UffdDestination, UffdStats};
 pub use floor::{
     measure_floor, measure_stream_floor, FloorReport, StreamFloor, Warmth, HOST_RECLAIM_WAIT,
 };
+pub use pool::StagingPool;
 pub use probe::{probe, unavailable_fix, Capabilities, Opened, ProbeError};
 pub use region::GuestRegion;
 pub use source::RegionSource;

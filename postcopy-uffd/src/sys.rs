@@ -51,6 +51,10 @@ pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 /// kernel itself, clearing the page's uffd-wp bit (Linux 6.7).
 pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 
+/// `UFFD_FEATURE_MOVE`: `UFFDIO_MOVE` moves pages between mappings of
+/// one process without a copy (Linux 6.8).
+pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
 /// `UFFDIO_REGISTER_MODE_WP`.
@@ -108,6 +112,18 @@ struct UffdioCopy {
     copy: i64,
 }
 
+/// `struct uffdio_move`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    /// Bytes moved, or a negated errno.
+    moved: i64,
+}
+
 /// `struct uffdio_zeropage`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -137,6 +153,7 @@ const UFFDIO_ZEROPAGE: u64 = ioc(
     0x04,
     size_of::<UffdioZeropage>(),
 );
+const UFFDIO_MOVE: u64 = ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x05, size_of::<UffdioMove>());
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd` (Linux 6.1).
 const USERFAULTFD_IOC_NEW: u64 = ioc(IOC_NONE, UFFDIO, 0x00, 0);
 
@@ -152,6 +169,8 @@ const _: () = assert!(UFFDIO_UNREGISTER == 0x8010_AA01);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_AA02);
 const _: () = assert!(UFFDIO_COPY == 0xC028_AA03);
 const _: () = assert!(UFFDIO_ZEROPAGE == 0xC020_AA04);
+const _: () = assert!(size_of::<UffdioMove>() == 40);
+const _: () = assert!(UFFDIO_MOVE == 0xC028_AA05);
 const _: () = assert!(USERFAULTFD_IOC_NEW == 0xAA00);
 
 // ---- <linux/fs.h>: PAGEMAP_SCAN (Linux 6.7) ----
@@ -383,6 +402,35 @@ pub fn zeropage(uffd: &OwnedFd, dst: u64, len: u64) -> Fill {
         )
     };
     fill_outcome(ret, arg.zeropage, len)
+}
+
+/// `UFFDIO_MOVE` of `len` bytes from `src` (private anonymous memory of
+/// this process, whole resident pages) to the registered `dst`: the pages'
+/// frames change owner without a copy, and `src` reads as zero (a hole)
+/// afterwards. Needs [`UFFD_FEATURE_MOVE`] enabled on `uffd`.
+///
+/// `src` is borrowed mutably because the call empties it.
+pub fn move_pages(uffd: &OwnedFd, dst: u64, src: &mut [u8]) -> Fill {
+    let len = src.len() as u64;
+    let mut arg = UffdioMove {
+        dst,
+        src: src.as_mut_ptr() as u64,
+        len,
+        mode: 0,
+        moved: 0,
+    };
+    // SAFETY: `arg` is a live `struct uffdio_move`; `src` is `len` bytes we
+    // hold exclusively for the call, which the kernel unmaps (they read as
+    // zero afterwards, a valid value of `[u8]`); `dst` is inside a mapping
+    // the caller registered, filled as if by a page fault.
+    let ret = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            request(UFFDIO_MOVE),
+            std::ptr::addr_of_mut!(arg),
+        )
+    };
+    fill_outcome(ret, arg.moved, len)
 }
 
 /// Non-blocking `read` of whole `uffd_msg`s into `buf`; returns the bytes

@@ -49,7 +49,8 @@ use crate::memory::{DestinationMemory, FaultOrigin, PageIn};
 use crate::metrics::{Metrics, Part};
 use crate::prepage::StrategySpec;
 use crate::records::{
-    BeginBody, Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, MAX_PFN_LIST,
+    BeginBody, Cause, Record, RecordError, RecordReader, RecordType, RecordWriter, Staged,
+    MAX_PFN_LIST,
 };
 use crate::recovery::{self, Recovery, Watchdog};
 use crate::status::{publish_while, Role, StatusConfig};
@@ -245,6 +246,10 @@ pub struct DestSession<M> {
     abort_sent: bool,
     /// Owed pages not installed when [`serve`](Self::serve) ended.
     unserved: u64,
+    /// The source asked for ACKs of the forward stream ([`BEGIN_ACKS`]).
+    ///
+    /// [`BEGIN_ACKS`]: crate::records::BEGIN_ACKS
+    acks: bool,
 }
 
 impl<M> std::fmt::Debug for DestSession<M> {
@@ -281,6 +286,7 @@ impl<M: DestinationMemory> DestSession<M> {
             ready_sent: false,
             abort_sent: false,
             unserved: 0,
+            acks: begin.acks(),
         })
     }
 
@@ -528,6 +534,7 @@ impl<M: DestinationMemory> DestSession<M> {
             resumed_sent: AtomicBool::new(false),
             told: AtomicBool::new(false),
             in_band: matches!(links.replies, Replies::InBand),
+            acks: self.acks,
             switch_at: self.switch_at,
             hooks,
             cfg: &self.cfg,
@@ -749,6 +756,31 @@ fn refuse_recovery(rec: &mut Recovery<'_, DestLinks>, why: &Error) {
     }
 }
 
+/// The pages of one accepted record.
+enum Pages<'a> {
+    /// In the reader's buffer.
+    Data(&'a [u8]),
+    /// In memory the backend lent ([`DestinationMemory::staging`]).
+    Staged(&'a mut [u8]),
+    /// ZERO: no data.
+    Zero,
+}
+
+/// `[i, j)` index ranges of `pfns` that are runs of consecutive pfns.
+fn consecutive_runs(pfns: &[Pfn]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < pfns.len() {
+        let mut j = i + 1;
+        while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 {
+            j += 1;
+        }
+        runs.push((i, j));
+        i = j;
+    }
+    runs
+}
+
 /// Bookkeeping shared by the post-switch threads.
 struct Shared<'m, M: ?Sized> {
     mem: &'m M,
@@ -766,6 +798,8 @@ struct Shared<'m, M: ?Sized> {
     /// A local failure was told to the source.
     told: AtomicBool,
     in_band: bool,
+    /// ACK what the bulk reader consumed, after each record.
+    acks: bool,
     switch_at: Instant,
     hooks: &'m dyn ServeHooks,
     cfg: &'m DestConfig,
@@ -779,8 +813,8 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         self.owed_bits.get(idx(pfn)).is_some_and(|b| *b)
     }
 
-    /// Accepts and installs `pfns` with their data (`None`: zero pages).
-    fn accept(&self, pfns: &[Pfn], data: Option<&[u8]>) -> Result<(), Error> {
+    /// Accepts and installs `pfns` with their pages.
+    fn accept(&self, pfns: &[Pfn], data: Pages<'_>) -> Result<(), Error> {
         let t_check = Instant::now();
         {
             let mut rx = lock(&self.received);
@@ -817,28 +851,32 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         // What the record carried goes to the backend as one batch (runs
         // of consecutive pfns as one entry each), at once: a batch never
         // waits for more input, so a fault reply is installed as soon as
-        // its record is read.
-        let batch: Vec<(Pfn, PageIn<'_>)> = match data {
-            Some(data) => {
-                let mut batch = Vec::new();
-                let mut i = 0;
-                while i < pfns.len() {
-                    let mut j = i + 1;
-                    while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 {
-                        j += 1;
-                    }
-                    batch.push((pfns[i], PageIn::Data(&data[i * PAGE_SIZE..j * PAGE_SIZE])));
-                    i = j;
-                }
-                batch
+        // its record is read. Pages read into the backend's staging memory
+        // go run by run to `install_staged` (no copy).
+        let runs = consecutive_runs(pfns);
+        let (installed, now) = match data {
+            Pages::Data(data) => {
+                let batch: Vec<(Pfn, PageIn<'_>)> = runs
+                    .iter()
+                    .map(|&(i, j)| (pfns[i], PageIn::Data(&data[i * PAGE_SIZE..j * PAGE_SIZE])))
+                    .collect();
+                self.timed_install(t_check, || self.mem.install_batch(&batch))
             }
-            None => pfns.iter().map(|&p| (p, PageIn::Zero)).collect(),
+            Pages::Zero => {
+                let batch: Vec<(Pfn, PageIn<'_>)> =
+                    pfns.iter().map(|&p| (p, PageIn::Zero)).collect();
+                self.timed_install(t_check, || self.mem.install_batch(&batch))
+            }
+            Pages::Staged(data) => self.timed_install(t_check, || {
+                let mut rest = data;
+                for &(i, j) in &runs {
+                    let (run, tail) = rest.split_at_mut((j - i) * PAGE_SIZE);
+                    rest = tail;
+                    self.mem.install_staged(pfns[i], run)?;
+                }
+                Ok(())
+            }),
         };
-        self.metrics.add_time(Part::Bookkeeping, t_check.elapsed());
-        let t_install = Instant::now();
-        let installed = self.mem.install_batch(&batch);
-        let now = Instant::now();
-        self.metrics.add_time(Part::Install, now - t_install);
         installed?;
         {
             let mut pending = lock(&self.pending);
@@ -859,6 +897,22 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         drop(left);
         self.metrics.add_time(Part::Bookkeeping, now.elapsed());
         Ok(())
+    }
+
+    /// Runs `install` (timed as [`Part::Install`]) after the bookkeeping
+    /// begun at `t_check`; returns its result and when it ended.
+    fn timed_install(
+        &self,
+        t_check: Instant,
+        install: impl FnOnce() -> crate::memory::MemResult<()>,
+    ) -> (crate::memory::MemResult<()>, Instant) {
+        let t_install = Instant::now();
+        self.metrics
+            .add_time(Part::Bookkeeping, t_install - t_check);
+        let installed = install();
+        let now = Instant::now();
+        self.metrics.add_time(Part::Install, now - t_install);
+        (installed, now)
     }
 
     /// Sends RESUMED once the adapter says the guest runs.
@@ -1071,7 +1125,8 @@ fn run_session<M: DestinationMemory + ?Sized>(
             }
             Replies::InBand => None,
         };
-        let bulk_result = read_bulk(shared, &mut bulk).and_then(|()| finish(shared, &fault_tx));
+        let bulk_result =
+            read_bulk(shared, &mut bulk, &fault_tx).and_then(|()| finish(shared, &fault_tx));
         if let Err(e) = &bulk_result {
             shared.fail_with(e, &fault_tx);
         }
@@ -1200,35 +1255,37 @@ fn first_real_error<const N: usize>(results: [Result<(), Error>; N]) -> Result<(
     }
 }
 
-fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
+fn read_bulk<M: DestinationMemory + ?Sized, R: Read, W: Write>(
     shared: &Shared<'_, M>,
     bulk: &mut RecordReader<R>,
+    fault_tx: &Mutex<RecordWriter<W>>,
 ) -> Result<(), Error> {
+    // ACKs count from here: the source counts its bytes from the start
+    // of its serve phase on this connection.
+    let base = bulk.bytes_read();
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
         }
         let t0 = Instant::now();
-        let (rec, wire) = bulk.next_record_timed();
+        let (rec, wire) = bulk.next_record_staged(|n| shared.mem.staging(n));
         shared.metrics.add_time(Part::Wire, wire);
         shared
             .metrics
             .add_time(Part::Decode, t0.elapsed().saturating_sub(wire));
-        match rec? {
-            Record::PageData { cause, pfns, data }
-                if matches!(cause, Cause::Push | Cause::Resend)
-                    || (shared.in_band && cause == Cause::Fault) =>
-            {
-                shared.accept(&pfns, Some(data))?;
-                let counter = match cause {
-                    Cause::Push => &shared.metrics.pages_pushed,
-                    Cause::Fault => &shared.metrics.pages_faulted,
-                    _ => &shared.metrics.pages_resent,
-                };
-                Metrics::add(counter, pfns.len() as u64);
+        let rec = match rec? {
+            Staged::Pages { cause, pfns, data } => {
+                accept_bulk(shared, cause, &pfns, Pages::Staged(data))?;
+                continue;
+            }
+            Staged::Record(rec) => rec,
+        };
+        match rec {
+            Record::PageData { cause, pfns, data } => {
+                accept_bulk(shared, cause, &pfns, Pages::Data(data))?;
             }
             Record::Zero(pfns) => {
-                shared.accept(&pfns, None)?;
+                shared.accept(&pfns, Pages::Zero)?;
                 Metrics::add(&shared.metrics.pages_zero, pfns.len() as u64);
             }
             Record::Complete(sent) => {
@@ -1249,7 +1306,38 @@ fn read_bulk<M: DestinationMemory + ?Sized, R: Read>(
                 .into())
             }
         }
+        // Consumed (read and installed): the source's push window moves.
+        if shared.acks {
+            let mut w = lock(fault_tx);
+            w.count(RecordType::Ack, bulk.bytes_read().saturating_sub(base))?;
+            w.flush()?;
+        }
     }
+}
+
+/// A PAGE_DATA record of the bulk channel: pushed and resent pages, and
+/// with in-band replies fault replies.
+fn accept_bulk<M: DestinationMemory + ?Sized>(
+    shared: &Shared<'_, M>,
+    cause: Cause,
+    pfns: &[Pfn],
+    pages: Pages<'_>,
+) -> Result<(), Error> {
+    let counter = match cause {
+        Cause::Push => &shared.metrics.pages_pushed,
+        Cause::Fault if shared.in_band => &shared.metrics.pages_faulted,
+        Cause::Resend => &shared.metrics.pages_resent,
+        _ => {
+            return Err(RecordError::Unexpected {
+                name: RecordType::PageData.name(),
+                state: "on the bulk channel after POSTCOPY_TRANSITION",
+            }
+            .into())
+        }
+    };
+    shared.accept(pfns, pages)?;
+    Metrics::add(counter, pfns.len() as u64);
+    Ok(())
 }
 
 fn read_replies<M: DestinationMemory + ?Sized>(
@@ -1269,7 +1357,7 @@ fn read_replies<M: DestinationMemory + ?Sized>(
                 pfns,
                 data,
             } => {
-                if let Err(e) = shared.accept(&pfns, Some(data)) {
+                if let Err(e) = shared.accept(&pfns, Pages::Data(data)) {
                     break Err(e);
                 }
                 let counter = if cause == Cause::Fault {
@@ -1280,7 +1368,7 @@ fn read_replies<M: DestinationMemory + ?Sized>(
                 Metrics::add(counter, pfns.len() as u64);
             }
             Record::Zero(pfns) => {
-                if let Err(e) = shared.accept(&pfns, None) {
+                if let Err(e) = shared.accept(&pfns, Pages::Zero) {
                     break Err(e);
                 }
                 Metrics::add(&shared.metrics.pages_zero, pfns.len() as u64);

@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capabilities;
 pub mod destination;
 pub mod error;
 pub mod memory;

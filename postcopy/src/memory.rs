@@ -287,6 +287,29 @@ pub trait DestinationMemory: Send + Sync {
         install_each(self, batch)
     }
 
+    /// After the switch: lends `bytes` (whole pages) of memory for the
+    /// engine to read a record's page data into, which
+    /// [`install_staged`](Self::install_staged) then installs without a
+    /// copy (local mode: pages populated before the switch, moved into the
+    /// guest with UFFDIO_MOVE). Each call lends different memory. `None`
+    /// (the default): the engine reads into its own buffer.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "memory lent once per call, like an arena's allocation"
+    )]
+    fn staging(&self, bytes: usize) -> Option<&mut [u8]> {
+        let _ = bytes;
+        None
+    }
+
+    /// After the switch: [`install`](Self::install) of pages the engine
+    /// read into memory from [`staging`](Self::staging); the backend may
+    /// take that memory's pages (it reads as zero afterwards). The default
+    /// installs a copy.
+    fn install_staged(&self, first: Pfn, pages: &mut [u8]) -> MemResult<Installed> {
+        self.install(first, pages)
+    }
+
     /// Waits up to `timeout` for the next guest access to an absent page.
     /// `Ok(None)` on timeout. Called from one thread only.
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>>;
@@ -322,6 +345,13 @@ impl<M: DestinationMemory + ?Sized> DestinationMemory for &M {
     }
     fn install_batch(&self, batch: &[(Pfn, PageIn<'_>)]) -> MemResult<()> {
         (**self).install_batch(batch)
+    }
+    #[allow(clippy::mut_from_ref, reason = "forwarded")]
+    fn staging(&self, bytes: usize) -> Option<&mut [u8]> {
+        (**self).staging(bytes)
+    }
+    fn install_staged(&self, first: Pfn, pages: &mut [u8]) -> MemResult<Installed> {
+        (**self).install_staged(first, pages)
     }
     fn wait_fault(&self, timeout: Duration) -> MemResult<Option<Fault>> {
         (**self).wait_fault(timeout)

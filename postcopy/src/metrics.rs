@@ -102,11 +102,14 @@ pub enum Part {
     /// Source: the push sleeping with nothing to send (bandwidth cap,
     /// pre-pager idle).
     Idle,
+    /// Source: the push waiting for the destination to consume what is in
+    /// flight ([`crate::scheduler::PushPolicy::window`]).
+    Window,
 }
 
 impl Part {
     /// Every part, in report order.
-    pub const ALL: [Part; 11] = [
+    pub const ALL: [Part; 12] = [
         Part::Wire,
         Part::Decode,
         Part::Install,
@@ -118,6 +121,7 @@ impl Part {
         Part::Schedule,
         Part::Yield,
         Part::Idle,
+        Part::Window,
     ];
 
     /// The report key.
@@ -134,6 +138,7 @@ impl Part {
             Part::Schedule => "schedule",
             Part::Yield => "yield",
             Part::Idle => "idle",
+            Part::Window => "window",
         }
     }
 }

@@ -102,6 +102,10 @@ pub enum RecordType {
     /// Destination → source (fault channel): everything before TRANSITION
     /// arrived and checked out; the owed pages are absent; send TRANSITION.
     Ready = 0x1e,
+    /// Destination → source (fault channel): bytes of the forward stream
+    /// consumed (read and installed) since serving began, so the source
+    /// can bound the push bytes in flight ([`BEGIN_ACKS`]).
+    Ack = 0x1f,
 }
 
 /// One row of the record table.
@@ -116,7 +120,7 @@ pub struct RecordInfo {
 }
 
 /// Every post-copy record type, its name and its length bound.
-pub const RECORD_TABLE: [RecordInfo; 12] = [
+pub const RECORD_TABLE: [RecordInfo; 13] = [
     RecordInfo {
         rtype: RecordType::Begin,
         name: "POSTCOPY_BEGIN",
@@ -177,6 +181,11 @@ pub const RECORD_TABLE: [RecordInfo; 12] = [
         name: "POSTCOPY_READY",
         max_len: 0,
     },
+    RecordInfo {
+        rtype: RecordType::Ack,
+        name: "POSTCOPY_ACK",
+        max_len: size_of::<CountBody>(),
+    },
 ];
 
 const _: () = assert!(MAX_RECORD_LEN >= MAX_RECOVER && MAX_RECORD_LEN >= MAX_VCPU_STATE);
@@ -219,7 +228,8 @@ const _: () = assert!(size_of::<RecordHeader>() == 8);
 pub struct BeginBody {
     /// [`STREAM_VERSION`].
     pub version: U32,
-    /// Reserved, zero.
+    /// Requests from the source ([`BEGIN_ACKS`]); other bits reserved,
+    /// zero.
     pub flags: U32,
     /// Pre-paging strategy id ([`crate::prepage::StrategySpec::wire_id`]).
     pub strategy: U32,
@@ -245,6 +255,28 @@ impl BeginBody {
             guest_pfns: guest_pfns.into(),
             populated_pages: populated_pages.into(),
         }
+    }
+}
+
+/// BEGIN flag: the source bounds its push bytes in flight and asks the
+/// destination to ACK what it consumed of the forward stream after each
+/// record while serving.
+pub const BEGIN_ACKS: u32 = 1;
+
+/// Every BEGIN flag this stream version knows.
+const BEGIN_KNOWN_FLAGS: u32 = BEGIN_ACKS;
+
+impl BeginBody {
+    /// This BEGIN with the ACK request ([`BEGIN_ACKS`]) set or cleared.
+    pub fn with_acks(mut self, on: bool) -> BeginBody {
+        let f = self.flags.get();
+        self.flags = if on { f | BEGIN_ACKS } else { f & !BEGIN_ACKS }.into();
+        self
+    }
+
+    /// True if the source asks for ACKs ([`BEGIN_ACKS`]).
+    pub fn acks(&self) -> bool {
+        self.flags.get() & BEGIN_ACKS != 0
     }
 }
 
@@ -422,6 +454,23 @@ pub enum RecordError {
 /// Result of record decoding.
 pub type RecordResult<T> = Result<T, RecordError>;
 
+/// A record read by [`RecordReader::next_record_staged`].
+#[derive(Debug)]
+pub enum Staged<'r, 's> {
+    /// PAGE_DATA whose pages were read into the lent memory.
+    Pages {
+        /// Why the pages were sent.
+        cause: Cause,
+        /// The pfns (validated, distinct within the record).
+        pfns: Vec<Pfn>,
+        /// `pfns.len()` pages of data, in the lent memory.
+        data: &'s mut [u8],
+    },
+    /// Any other record (and PAGE_DATA when nothing was lent), in the
+    /// reader's buffer.
+    Record(Record<'r>),
+}
+
 /// A decoded record, borrowing from the reader's buffer.
 #[derive(Debug)]
 pub enum Record<'a> {
@@ -456,6 +505,8 @@ pub enum Record<'a> {
     Abort(String),
     /// READY.
     Ready,
+    /// ACK: forward-stream bytes the destination consumed while serving.
+    Ack(u64),
 }
 
 impl Record<'_> {
@@ -474,6 +525,7 @@ impl Record<'_> {
             Record::Recover(_) => RecordType::Recover,
             Record::Abort(_) => RecordType::Abort,
             Record::Ready => RecordType::Ready,
+            Record::Ack(_) => RecordType::Ack,
         }
     }
 }
@@ -506,6 +558,26 @@ fn split_list<'b>(
         });
     }
     Ok((hdr, rest))
+}
+
+/// PAGE_DATA's cause and pfns, from its list header and pfn list (the
+/// caller checked that `length`, the body's, matches the count).
+fn page_data_head(
+    hdr: ListHeader,
+    raw_pfns: &[u8],
+    length: usize,
+    guest_pfns: u64,
+) -> RecordResult<(Cause, Vec<Pfn>)> {
+    let name = RecordType::PageData.name();
+    let cause = Cause::from_wire(hdr.aux.get()).ok_or(RecordError::BadCause(hdr.aux.get()))?;
+    if raw_pfns.is_empty() {
+        return Err(RecordError::CountMismatch {
+            name,
+            count: 0,
+            length,
+        });
+    }
+    Ok((cause, decode_pfn_list(name, raw_pfns, guest_pfns, true)?))
 }
 
 fn check_pfn(name: &'static str, pfn: u64, guest_pfns: u64) -> RecordResult<Pfn> {
@@ -631,7 +703,7 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
                     want: STREAM_VERSION,
                 });
             }
-            if b.flags.get() != 0 {
+            if b.flags.get() & !BEGIN_KNOWN_FLAGS != 0 {
                 return Err(RecordError::NonZeroReserved { name });
             }
             Ok(Record::Begin(b))
@@ -660,18 +732,9 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
         RecordType::PageData => {
             let guest = bound()?;
             let (hdr, rest) = split_list(name, body, 8, PAGE_SIZE)?;
-            let cause =
-                Cause::from_wire(hdr.aux.get()).ok_or(RecordError::BadCause(hdr.aux.get()))?;
             let count = rest.len() / (8 + PAGE_SIZE);
-            if count == 0 {
-                return Err(RecordError::CountMismatch {
-                    name,
-                    count: 0,
-                    length: body.len(),
-                });
-            }
             let (raw_pfns, data) = rest.split_at(count * 8);
-            let pfns = decode_pfn_list(name, raw_pfns, guest, true)?;
+            let (cause, pfns) = page_data_head(hdr, raw_pfns, body.len(), guest)?;
             Ok(Record::PageData { cause, pfns, data })
         }
         RecordType::Fault | RecordType::Zero => {
@@ -687,17 +750,17 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
                 Record::Zero(pfns)
             })
         }
-        RecordType::Complete | RecordType::Resumed => {
+        RecordType::Complete | RecordType::Resumed | RecordType::Ack => {
             exact(size_of::<CountBody>())?;
             let c = CountBody::read_from_bytes(body).map_err(|_| RecordError::ShortBody {
                 name,
                 length: body.len(),
                 need: 8,
             })?;
-            Ok(if rtype == RecordType::Complete {
-                Record::Complete(c.value.get())
-            } else {
-                Record::Resumed(c.value.get())
+            Ok(match rtype {
+                RecordType::Complete => Record::Complete(c.value.get()),
+                RecordType::Ack => Record::Ack(c.value.get()),
+                _ => Record::Resumed(c.value.get()),
             })
         }
         RecordType::VcpuState => Ok(Record::VcpuState(body)),
@@ -802,22 +865,110 @@ impl<R: Read> RecordReader<R> {
         self.decode_frame(rtype, len)
     }
 
+    /// [`next_record_timed`](Self::next_record_timed), reading the pages
+    /// of a PAGE_DATA record straight into memory `lend` supplies (called
+    /// with the data's length in bytes, once per PAGE_DATA record) instead
+    /// of the reader's buffer: a backend that installs such memory without
+    /// a copy (UFFDIO_MOVE) then never copies a page after the socket.
+    /// When `lend` gives nothing, the record is read as usual.
+    pub fn next_record_staged<'s>(
+        &mut self,
+        lend: impl FnOnce(usize) -> Option<&'s mut [u8]>,
+    ) -> (RecordResult<Staged<'_, 's>>, std::time::Duration) {
+        let before = self.read_time;
+        let read = self.read_staged(lend);
+        let took = self.read_time.saturating_sub(before);
+        let rec = read.and_then(|frame| match frame {
+            Ok(pages) => Ok(pages),
+            Err((rtype, len)) => self.decode_frame(rtype, len).map(Staged::Record),
+        });
+        (rec, took)
+    }
+
+    /// Reads one record: `Ok(Staged::Pages)` if its pages went into lent
+    /// memory, else `Err((type, length))` of the record in the buffer.
+    #[allow(clippy::type_complexity, reason = "private, two outcomes")]
+    fn read_staged<'s>(
+        &mut self,
+        lend: impl FnOnce(usize) -> Option<&'s mut [u8]>,
+    ) -> RecordResult<Result<Staged<'static, 's>, (RecordType, usize)>> {
+        let (rtype, len) = self.read_header()?;
+        // PAGE_DATA: list header, count pfns, count pages (no padding).
+        let per = 8 + PAGE_SIZE;
+        let count = len.saturating_sub(8) / per;
+        let window = match (rtype, self.guest_pfns) {
+            (RecordType::PageData, Some(guest)) if count > 0 && 8 + count * per == len => {
+                lend(count * PAGE_SIZE)
+                    .filter(|w| w.len() == count * PAGE_SIZE)
+                    .map(|w| (w, guest))
+            }
+            _ => None,
+        };
+        let Some((window, guest)) = window else {
+            self.read_body(len)?;
+            return Ok(Err((rtype, len)));
+        };
+        let head = 8 + count * 8;
+        self.buf.resize(head, 0);
+        self.timed_read(head, false)?;
+        let t0 = std::time::Instant::now();
+        let got = read_exact_or(&mut self.inner, window, false);
+        self.read_time += t0.elapsed();
+        got?;
+        self.bytes += 8 + len as u64;
+        let (hdr, raw_pfns) = ListHeader::read_from_prefix(&self.buf[..head]).map_err(|_| {
+            RecordError::ShortBody {
+                name: rtype.name(),
+                length: head,
+                need: size_of::<ListHeader>(),
+            }
+        })?;
+        if usize::try_from(hdr.count.get()).ok() != Some(count) {
+            return Err(RecordError::CountMismatch {
+                name: rtype.name(),
+                count: hdr.count.get(),
+                length: len,
+            });
+        }
+        let (cause, pfns) = page_data_head(hdr, raw_pfns, len, guest)?;
+        Ok(Ok(Staged::Pages {
+            cause,
+            pfns,
+            data: window,
+        }))
+    }
+
+    /// Reads `n` bytes into the buffer's start, timing the read call.
+    fn timed_read(&mut self, n: usize, at_start: bool) -> RecordResult<()> {
+        let t0 = std::time::Instant::now();
+        let got = read_exact_or(&mut self.inner, &mut self.buf[..n], at_start);
+        self.read_time += t0.elapsed();
+        got
+    }
+
+    /// Reads and checks one record's header.
+    fn read_header(&mut self) -> RecordResult<(RecordType, usize)> {
+        self.buf.resize(self.buf.len().max(8), 0);
+        self.timed_read(8, true)?;
+        let mut hdr = [0u8; 8];
+        hdr.copy_from_slice(&self.buf[..8]);
+        parse_header(&hdr)
+    }
+
+    /// Reads a record's body and padding into the buffer.
+    fn read_body(&mut self, len: usize) -> RecordResult<()> {
+        let padded = len + padding(len);
+        self.buf.resize(padded, 0);
+        self.timed_read(padded, false)?;
+        self.bytes += 8 + padded as u64;
+        Ok(())
+    }
+
     /// Reads one record's header, body and padding into the buffer,
     /// timing the read calls (twice per record, never per page).
     fn read_frame(&mut self) -> RecordResult<(RecordType, usize)> {
-        let mut hdr = [0u8; 8];
-        let t0 = std::time::Instant::now();
-        let got = read_exact_or(&mut self.inner, &mut hdr, true);
-        self.read_time += t0.elapsed();
-        got?;
-        let (rtype, len) = parse_header(&hdr)?;
-        let padded = len + padding(len);
-        self.buf.resize(padded, 0);
-        let t0 = std::time::Instant::now();
-        let got = read_exact_or(&mut self.inner, &mut self.buf[..padded], false);
-        self.read_time += t0.elapsed();
-        got?;
-        self.bytes += 8 + padded as u64;
+        let (rtype, len) = self.read_header()?;
+        self.read_body(len)?;
         Ok((rtype, len))
     }
 
@@ -879,6 +1030,15 @@ impl<W: Write> RecordWriter<W> {
     /// The wrapped stream.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
+    }
+
+    /// Writes records that another writer of this module encoded (staged
+    /// in memory, e.g. read out of guest memory before a shared stream's
+    /// lock is taken), counting their bytes.
+    pub fn append(&mut self, encoded: &[u8]) -> RecordResult<()> {
+        self.inner.write_all(encoded).map_err(RecordError::Io)?;
+        self.bytes += encoded.len() as u64;
+        Ok(())
     }
 
     fn start(&mut self, rtype: RecordType) {
@@ -965,9 +1125,12 @@ impl<W: Write> RecordWriter<W> {
         self.finish()
     }
 
-    /// Writes COMPLETE or RESUMED.
+    /// Writes COMPLETE, RESUMED or ACK.
     pub fn count(&mut self, rtype: RecordType, value: u64) -> RecordResult<()> {
-        debug_assert!(matches!(rtype, RecordType::Complete | RecordType::Resumed));
+        debug_assert!(matches!(
+            rtype,
+            RecordType::Complete | RecordType::Resumed | RecordType::Ack
+        ));
         self.start(rtype);
         let b = CountBody {
             value: value.into(),
@@ -1077,6 +1240,8 @@ mod tests {
             w.runs(RecordType::Recover, &runs).unwrap();
             w.abort("bad PFNS").unwrap();
             w.empty(RecordType::Ready).unwrap();
+            w.count(RecordType::Ack, 1 << 40).unwrap();
+            w.begin(&begin(8).with_acks(true)).unwrap();
         });
         assert_eq!(bytes.len() % 8, 0);
         let mut r = RecordReader::new(&bytes[..], None);
@@ -1100,6 +1265,8 @@ mod tests {
         assert!(matches!(r.next_record().unwrap(), Record::Recover(v) if v == runs));
         assert!(matches!(r.next_record().unwrap(), Record::Abort(m) if m == "bad PFNS"));
         assert!(matches!(r.next_record().unwrap(), Record::Ready));
+        assert!(matches!(r.next_record().unwrap(), Record::Ack(n) if n == 1 << 40));
+        assert!(matches!(r.next_record().unwrap(), Record::Begin(b) if b.acks()));
         assert!(matches!(r.next_record(), Err(RecordError::Closed)));
         assert_eq!(r.bytes_read(), bytes.len() as u64);
     }
@@ -1110,6 +1277,70 @@ mod tests {
         assert!(matches!(e, RecordError::UnknownType(0x99)), "{e}");
         let e = read_one(&raw(0x1, &[]), Some(8)).unwrap_err();
         assert!(matches!(e, RecordError::UnknownType(1)), "{e}");
+    }
+
+    #[test]
+    fn staged_reads_put_page_data_in_lent_memory_and_the_rest_in_the_buffer() {
+        let mut w = RecordWriter::new(Vec::new());
+        let data: Vec<u8> = (0..3 * PAGE_SIZE)
+            .map(|i| (i / PAGE_SIZE + 1) as u8)
+            .collect();
+        w.page_data(Cause::Push, &[4, 5, 9], &data).unwrap();
+        w.pfn_list(RecordType::Zero, &[1]).unwrap();
+        w.page_data(Cause::Fault, &[2], &data[..PAGE_SIZE]).unwrap();
+        w.page_data(Cause::Push, &[10], &data[..PAGE_SIZE]).unwrap();
+        let bytes = w.get_mut().clone();
+        let mut r = RecordReader::new(&bytes[..], Some(16));
+        let mut lent = vec![0u8; 4 * PAGE_SIZE];
+        let (first, rest) = lent.split_at_mut(3 * PAGE_SIZE);
+        let first_at = first.as_ptr();
+        let mut asked = Vec::new();
+        match r.next_record_staged(|n| {
+            asked.push(n);
+            Some(first)
+        }) {
+            (
+                Ok(Staged::Pages {
+                    cause,
+                    pfns,
+                    data: d,
+                }),
+                _,
+            ) => {
+                assert_eq!((cause, pfns), (Cause::Push, vec![4, 5, 9]));
+                assert_eq!(d.as_ptr(), first_at, "read into the lent memory");
+                assert_eq!(&d[..], &data[..]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(asked, [3 * PAGE_SIZE]);
+        // Not PAGE_DATA: nothing is asked for.
+        let (z, _) = r.next_record_staged(|_| panic!("lent for ZERO"));
+        assert!(
+            matches!(z, Ok(Staged::Record(Record::Zero(ref p))) if p == &[1]),
+            "{z:?}"
+        );
+        // Nothing lent: read as usual.
+        let (p, _) = r.next_record_staged(|_| None);
+        assert!(
+            matches!(p, Ok(Staged::Record(Record::PageData { ref pfns, .. })) if pfns == &[2]),
+            "{p:?}"
+        );
+        // Memory of the wrong size is not used.
+        let (p, _) = r.next_record_staged(|_| Some(&mut rest[..PAGE_SIZE / 2]));
+        assert!(matches!(p, Ok(Staged::Record(_))), "not read as usual");
+        assert_eq!(r.bytes_read(), bytes.len() as u64);
+        // A pfn beyond the guest is refused, lent or not.
+        let mut w = RecordWriter::new(Vec::new());
+        w.page_data(Cause::Push, &[99], &data[..PAGE_SIZE]).unwrap();
+        let bytes = w.get_mut().clone();
+        let mut page = vec![0u8; PAGE_SIZE];
+        let mut r = RecordReader::new(&bytes[..], Some(16));
+        let (e, _) = r.next_record_staged(|_| Some(&mut page));
+        assert!(
+            matches!(e, Err(RecordError::PfnOutOfRange { pfn: 99, .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1293,7 +1524,7 @@ mod tests {
         ));
 
         let mut b = begin(8);
-        b.flags = 1.into();
+        b.flags = 2.into();
         let bytes = encode(|w| w.begin(&b).unwrap());
         assert!(matches!(
             read_one(&bytes, None),

@@ -117,6 +117,8 @@ impl SourceConfig {
             idle_flush: self.idle_flush,
             residual_after: self.residual_after,
             max_bandwidth: self.max_bandwidth,
+            // Local mode's replies have their own channel.
+            window: None,
         }
     }
 }
@@ -244,6 +246,28 @@ pub fn send_pages<M: SourceMemory + ?Sized, W: std::io::Write>(
     Ok(())
 }
 
+/// [`send_pages`] onto a stream other threads share: the pages are read
+/// and encoded into `staged` before `bulk`'s lock is taken, so whoever
+/// waits for the stream (an in-band fault reply behind the push, or the
+/// push behind a reply) waits for a write, never for guest memory reads.
+fn send_pages_staged<M: SourceMemory + ?Sized>(
+    mem: &M,
+    bulk: &Mutex<BulkWriter>,
+    pfns: &[Pfn],
+    cause: Cause,
+    (buf, staged): (&mut Vec<u8>, &mut RecordWriter<Vec<u8>>),
+    metrics: &Metrics,
+) -> Result<(), Error> {
+    staged.get_mut().clear();
+    send_pages(mem, staged, pfns, cause, buf, metrics)?;
+    let t = Instant::now();
+    lock(bulk).append(staged.get_mut())?;
+    if cause != Cause::Precopy {
+        metrics.add_time(Part::Send, t.elapsed());
+    }
+    Ok(())
+}
+
 /// The source's end of the back channel (READY, faults, RESUMED, COMPLETE).
 pub type FaultReader = RecordReader<Box<dyn std::io::Read + Send>>;
 /// The source's forward stream.
@@ -339,7 +363,10 @@ impl SourceSession {
         policy: PushPolicy,
     ) -> Result<SourceSession, Error> {
         let mut stream: BulkWriter = RecordWriter::new(stream);
-        stream.begin(&BeginBody::new(strategy, guest_pfns, populated_pages))?;
+        stream.begin(
+            &BeginBody::new(strategy, guest_pfns, populated_pages)
+                .with_acks(policy.window.is_some()),
+        )?;
         Ok(SourceSession {
             stream: Some(stream),
             guest_pfns,
@@ -843,6 +870,12 @@ struct Shared {
     /// Last fault request arrival, in ms since `epoch`.
     last_fault_ms: AtomicU64,
     epoch: Instant,
+    /// Forward-stream bytes the destination said it consumed on this
+    /// connection (its ACKs), for the push window.
+    acked: AtomicU64,
+    /// Signalled when an ACK arrives (the push waits on it).
+    ack_seen: std::sync::Condvar,
+    ack_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -893,6 +926,9 @@ fn serve<M: SourceMemory + ?Sized>(
         confirmed: AtomicU64::new(0),
         last_fault_ms: AtomicU64::new(0),
         epoch: Instant::now(),
+        acked: AtomicU64::new(0),
+        ack_seen: std::sync::Condvar::new(),
+        ack_lock: Mutex::new(()),
     };
     let r = serve_recovering(mem, bulk, links, &shared, ctx, recovery);
     let unconfirmed = if r.is_ok() { 0 } else { shared.unconfirmed() };
@@ -925,6 +961,7 @@ fn serve_recovering<M: SourceMemory + ?Sized>(
         shared.failed.store(false, Ordering::SeqCst);
         shared.server_done.store(false, Ordering::SeqCst);
         shared.outstanding.store(0, Ordering::SeqCst);
+        shared.acked.store(0, Ordering::SeqCst);
         let r = serve_session(
             mem,
             &bulk,
@@ -1075,13 +1112,6 @@ enum ReplyTx<'a> {
 }
 
 impl ReplyTx<'_> {
-    fn with<T>(&mut self, f: impl FnOnce(&mut BulkWriter) -> Result<T, Error>) -> Result<T, Error> {
-        match self {
-            ReplyTx::Own(w) => f(w),
-            ReplyTx::InBand(m) => f(&mut lock(m)),
-        }
-    }
-
     fn bytes_written(&self) -> u64 {
         match self {
             ReplyTx::Own(w) => w.bytes_written(),
@@ -1106,6 +1136,10 @@ fn serve_session<M: SourceMemory + ?Sized>(
         Some(Replies::InBand) | None => ReplyTx::InBand(bulk),
     };
     let in_band = matches!(tx, ReplyTx::InBand(_));
+    // The window counts this connection's bytes from here on (before any
+    // reply): the destination's ACKs count what it read since it began
+    // serving on this connection.
+    let base = lock(bulk).bytes_written();
     std::thread::scope(|scope| {
         let server = {
             let closer = closer.clone();
@@ -1125,7 +1159,7 @@ fn serve_session<M: SourceMemory + ?Sized>(
                     source,
                 })?
         };
-        let pushed = push_loop(mem, bulk, shared, ctx, in_band);
+        let pushed = push_loop(mem, bulk, shared, ctx, (in_band, base));
         if let Err(e) = &pushed {
             shared.failed.store(true, Ordering::SeqCst);
             // A dead link ends the fault server by itself, and it may still
@@ -1177,6 +1211,10 @@ fn serve_session<M: SourceMemory + ?Sized>(
 /// faults in between).
 const PACE_STEP: Duration = Duration::from_millis(10);
 
+/// Longest single wait of a push whose window is full (an ACK ends it
+/// sooner; in between it re-checks for failure).
+const WINDOW_STEP: Duration = Duration::from_millis(10);
+
 /// How long a push waits for an in-band fault reply to take the stream
 /// first (bounded: a reply is one record).
 const REPLY_FIRST: Duration = Duration::from_millis(20);
@@ -1186,10 +1224,12 @@ fn push_loop<M: SourceMemory + ?Sized>(
     bulk: &Mutex<BulkWriter>,
     shared: &Shared,
     ctx: &ServeCtx<'_>,
-    in_band: bool,
+    // Replies in-band; the stream's byte count when serving began.
+    (in_band, base): (bool, u64),
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
     let mut buf = Vec::new();
+    let mut staged = RecordWriter::new(Vec::new());
     let batch_pages = ctx.policy.batch();
     let mut batch = Vec::with_capacity(batch_pages);
     // Pages lost in flight at a break go first, before any push.
@@ -1202,20 +1242,55 @@ fn push_loop<M: SourceMemory + ?Sized>(
         if batch.is_empty() {
             break;
         }
-        send_pages(
+        send_pages_staged(
             mem,
-            &mut *lock(bulk),
+            bulk,
             &batch,
             Cause::Resend,
-            &mut buf,
+            (&mut buf, &mut staged),
             metrics,
         )?;
     }
     let owed = lock(&shared.sched).owed();
     let mut pacer = Pacer::for_policy(&ctx.policy);
+    let batch_bytes = (batch_pages * (PAGE_SIZE + 8) + 16) as u64;
+    // The window's wait is bounded: a destination that consumes nothing
+    // for this long is stuck or gone (a full window never writes, so it
+    // would never see a dead forward link).
+    let stuck_after = ctx.confirm_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+    // While the window is full: the ACK count when the wait began or
+    // last moved, and when.
+    let mut waiting: Option<(u64, Instant)> = None;
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
+        }
+        // The window: wait until the destination has consumed enough that
+        // a batch fits, so a fault reply never queues behind more.
+        if ctx.policy.window.is_some() {
+            let written = lock(bulk).bytes_written().saturating_sub(base);
+            let g = lock(&shared.ack_lock);
+            let acked = shared.acked.load(Ordering::Acquire);
+            let in_flight = written.saturating_sub(acked);
+            if !ctx.policy.may_push(in_flight, batch_bytes) {
+                let since = match waiting {
+                    Some((a, t)) if a == acked => t,
+                    _ => waiting.insert((acked, Instant::now())).1,
+                };
+                if since.elapsed() >= stuck_after {
+                    return Err(Error::Timeout {
+                        peer: "destination",
+                        waiting_for: "ACK of the pushed pages",
+                        after_ms: ms(stuck_after),
+                    });
+                }
+                // Bounded: the loop re-checks for failure and faults.
+                metrics.timed(Part::Window, || {
+                    let _ = shared.ack_seen.wait_timeout(g, WINDOW_STEP);
+                });
+                continue;
+            }
+            waiting = None;
         }
         // The bandwidth cap: wait before claiming, so the pages not yet
         // claimed stay free for fault replies (which bypass the cap).
@@ -1254,13 +1329,18 @@ fn push_loop<M: SourceMemory + ?Sized>(
         };
         match step {
             PushStep::Batch => {
+                // In pfn order: the pre-pager's choice stays the same set,
+                // but the destination installs it as a few long runs (one
+                // UFFDIO_MOVE or hypercall each), not page by page (bubble
+                // alternates its two edges).
+                batch.sort_unstable();
                 let before = metrics.pages_pushed.load(Ordering::Relaxed);
-                send_pages(
+                send_pages_staged(
                     mem,
-                    &mut *lock(bulk),
+                    bulk,
                     &batch,
                     Cause::Push,
-                    &mut buf,
+                    (&mut buf, &mut staged),
                     metrics,
                 )?;
                 if let Some(p) = &mut pacer {
@@ -1314,6 +1394,7 @@ fn fault_server<M: SourceMemory + ?Sized>(
 ) -> Result<(), Error> {
     let metrics = ctx.metrics;
     let mut buf = Vec::new();
+    let mut staged = RecordWriter::new(Vec::new());
     let mut redundant = 0u64;
     let limit = flood_limit(lock(&shared.sched).owed());
     let result = loop {
@@ -1342,11 +1423,40 @@ fn fault_server<M: SourceMemory + ?Sized>(
                     ctx.stopped_at.elapsed()
                 );
             }
+            // Only ever raises the count: a stale or lying ACK can at most
+            // let the push run ahead, never stall it.
+            Record::Ack(consumed) => {
+                let _g = lock(&shared.ack_lock);
+                shared.acked.fetch_max(consumed, Ordering::AcqRel);
+                shared.ack_seen.notify_all();
+            }
             Record::Fault(pfns) => {
                 shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                let r = tx.with(|w| {
-                    serve_fault(mem, w, &pfns, shared, metrics, &mut buf, &mut redundant)
-                });
+                let r = match &mut tx {
+                    ReplyTx::Own(w) => {
+                        serve_fault(mem, w, &pfns, shared, metrics, &mut buf, &mut redundant)
+                    }
+                    // Read before the stream's lock is taken (the push
+                    // may hold it for a write): see send_pages_staged.
+                    ReplyTx::InBand(m) => {
+                        staged.get_mut().clear();
+                        serve_fault(
+                            mem,
+                            &mut staged,
+                            &pfns,
+                            shared,
+                            metrics,
+                            &mut buf,
+                            &mut redundant,
+                        )
+                        .and_then(|()| {
+                            let mut w = lock(m);
+                            w.append(staged.get_mut())?;
+                            w.flush()?;
+                            Ok(())
+                        })
+                    }
+                };
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 if let Err(e) = r {
                     break Err(e);

@@ -26,7 +26,9 @@ pub enum Replies<T> {
     /// In-band on the forward stream, between pushed pages (xl's one
     /// pipe): the source's COMPLETE follows every reply, and the
     /// destination's COMPLETE is the last word (the stream then goes back
-    /// to its caller).
+    /// to its caller). A reply queues behind the pushed bytes in flight,
+    /// which the push window bounds
+    /// ([`crate::scheduler::PushPolicy::window`]).
     InBand,
 }
 

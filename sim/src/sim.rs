@@ -104,6 +104,7 @@ impl SimConfig {
             idle_flush: Duration::from_nanos(self.idle_flush_ns),
             residual_after: postcopy::scheduler::DEFAULT_RESIDUAL_AFTER,
             max_bandwidth: None,
+            window: None,
         }
     }
 }

@@ -53,6 +53,7 @@ fn a_tiny_bench_reports_the_floors_the_ratios_and_the_time_by_part() {
         "total_vs_stream",
         "total_vs_floor",
         "total_vs_floor_cold",
+        "total_vs_floor_best",
         "floor_warm_ms",
         "floor_cold_ms",
         "p50_vs_floor",

@@ -220,6 +220,8 @@ fn peer_text_is_printed_escaped() {
     }
     let mut bulk = conns.remove(0);
     let mut fault = conns.remove(0);
+    // Guest memory prepared: the sender may begin.
+    bulk.write_all(&[0x50]).unwrap();
     let drain = std::thread::spawn(move || {
         let mut sink = vec![0u8; 1 << 16];
         while matches!(bulk.read(&mut sink), Ok(n) if n > 0) {}

@@ -94,8 +94,17 @@ pub struct Row {
     /// Total time ÷ the same run's cold post-copy floor (fresh
     /// destination memory, every first touch a host fault).
     pub total_vs_floor_cold: Spread,
+    /// Total time ÷ the same run's moved post-copy floor (a staging pool
+    /// populated first, each batch received into it and installed with
+    /// UFFDIO_MOVE, as the receiver does on a kernel that has it).
+    pub total_vs_floor_moved: Spread,
+    /// Total time ÷ the lowest of the run's warm and moved floors: the
+    /// ratio the 1.5× target is judged on.
+    pub total_vs_floor_best: Spread,
     /// The warm post-copy floor, ms.
     pub floor_warm_ms: Spread,
+    /// The moved post-copy floor, ms (NaN without UFFDIO_MOVE).
+    pub floor_moved_ms: Spread,
     /// The cold post-copy floor, ms.
     pub floor_cold_ms: Spread,
     /// The destination's post-copy phase by part, ms (`breakdown_ms` of
@@ -148,11 +157,11 @@ pub struct BenchOpts {
     pub floors: bool,
 }
 
-/// The warm and cold post-copy floors of `pages` pages, in ms (NaN for a
-/// floor that could not be measured, e.g. without userfaultfd), in the
-/// engine's largest record size. Cold waits for freed memory to go back to
-/// the host first.
-pub fn post_copy_floors_ms(pages: u64) -> (f64, f64) {
+/// The warm, cold and moved post-copy floors of `pages` pages, in ms (NaN
+/// for a floor that could not be measured, e.g. without userfaultfd or
+/// UFFDIO_MOVE), in the engine's largest record size. Cold waits for freed
+/// memory to go back to the host first.
+pub fn post_copy_floors_ms(pages: u64) -> (f64, f64, f64) {
     let one =
         |w| match postcopy_uffd::measure_stream_floor(pages, postcopy::records::MAX_BATCH_PAGES, w)
         {
@@ -164,7 +173,8 @@ pub fn post_copy_floors_ms(pages: u64) -> (f64, f64) {
         };
     let warm = one(postcopy_uffd::Warmth::Warm);
     let cold = one(postcopy_uffd::Warmth::Cold);
-    (warm, cold)
+    let moved = one(postcopy_uffd::Warmth::Moved);
+    (warm, cold, moved)
 }
 
 /// The matrix of configurations.
@@ -331,7 +341,7 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     let mut ratios = Vec::new();
-    let (mut floor_warm, mut floor_cold) = (Vec::new(), Vec::new());
+    let (mut floor_warm, mut floor_cold, mut floor_moved) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.runs {
         let out = Command::new(exe)
             .arg("local")
@@ -350,9 +360,10 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
                         ratios.push(num(&v, &["total_time_ms"]) / ms);
                     }
                     if o.floors {
-                        let (warm, cold) = post_copy_floors_ms(c.pages);
+                        let (warm, cold, moved) = post_copy_floors_ms(c.pages);
                         floor_warm.push(warm);
                         floor_cold.push(cold);
+                        floor_moved.push(moved);
                     }
                     reports.push(v);
                 }
@@ -414,7 +425,16 @@ pub fn run_config(exe: &Path, c: &Config, o: &BenchOpts) -> Row {
         total_vs_stream: Spread::of(ratios),
         total_vs_floor: vs_floor(&floor_warm),
         total_vs_floor_cold: vs_floor(&floor_cold),
+        total_vs_floor_moved: vs_floor(&floor_moved),
+        total_vs_floor_best: vs_floor(
+            &floor_warm
+                .iter()
+                .zip(&floor_moved)
+                .map(|(w, m)| if m.is_finite() { w.min(*m) } else { *w })
+                .collect::<Vec<_>>(),
+        ),
         floor_warm_ms: Spread::of(floor_warm),
+        floor_moved_ms: Spread::of(floor_moved),
         floor_cold_ms: Spread::of(floor_cold),
         dest_breakdown_ms: parts(&["destination", "engine", "breakdown_ms"]),
         source_breakdown_ms: parts(&["source", "breakdown_ms"]),
@@ -462,15 +482,17 @@ fn config_cells(r: &Row) -> String {
 }
 
 /// The cells every table starts with: size, workload, config, runs, total
-/// time, ×stream, ×floor warm and cold, downtime (and a trailing `|`).
+/// time, ×stream, ×floor warm, cold and moved, downtime (and a trailing
+/// `|`).
 fn lead_cells(r: &Row) -> String {
     format!(
-        "{} {} | {} | {} | {} | {} |",
+        "{} {} | {} | {} | {} | {} | {} |",
         config_cells(r),
         r.total_time_ms.show(0),
         r.total_vs_stream.show(2),
         r.total_vs_floor.show(2),
         r.total_vs_floor_cold.show(2),
+        r.total_vs_floor_moved.show(2),
         r.downtime_ms.show(2),
     )
 }
@@ -478,8 +500,8 @@ fn lead_cells(r: &Row) -> String {
 /// The side-by-side table.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
-    s.push_str("| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | downtime ms | pages sent | net faults % | dup | fault p50 µs (×floor) | fault p99 µs (×floor) | degr. % | integrity |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | ×floor moved | downtime ms | pages sent | net faults % | dup | fault p50 µs (×floor) | fault p99 µs (×floor) | degr. % | integrity |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
             "{} {} | {} | {} | {} ({}) | {} ({}) | {} | {} |\n",
@@ -495,7 +517,7 @@ pub fn table(rows: &[Row]) -> String {
             if r.integrity_ok { "ok" } else { "FAIL" },
         ));
     }
-    s.push_str("\nEach cell: median [min..max] over the runs. ×stream: total time ÷ a plain loopback TCP stream of the guest's bytes measured right after each run; ×floor warm/cold: total time ÷ the post-copy floor measured right after each run (the guest's bytes streamed over loopback and installed with UFFDIO_COPY in 4 MiB batches, a vCPU thread spinning; destination memory pre-touched and freed just before = warm, fresh after a 3 s wait = cold); fault ×floor: vCPU fault latency ÷ the same run's fault floor (bare uffd round trip + 16 B/4 KiB loopback exchange, spinning handlers).\n");
+    s.push_str("\nEach cell: median [min..max] over the runs. ×stream: total time ÷ a plain loopback TCP stream of the guest's bytes measured right after each run; ×floor warm/cold: total time ÷ the post-copy floor measured right after each run (the guest's bytes streamed over loopback and installed with UFFDIO_COPY in 4 MiB batches, a vCPU thread spinning; destination memory pre-touched and freed just before = warm, fresh after a 3 s wait = cold; moved: received into a staging pool populated before timing and installed with UFFDIO_MOVE, as the receiver does); fault ×floor: vCPU fault latency ÷ the same run's fault floor (bare uffd round trip + 16 B/4 KiB loopback exchange, spinning handlers).\n");
     s.push('\n');
     s.push_str(&breakdown_table(rows));
     s
@@ -537,7 +559,7 @@ pub fn breakdown_table(rows: &[Row]) -> String {
             ),
         ));
     }
-    s.push_str("\nMedian ms per part over the runs, from the engines' own timers (per record or batch). Destination: wire = inside the socket reads (waiting for bytes + the kernel's copy), decode = record parsing, install = UFFDIO_COPY, hash = the integrity hash of installed pages (local mode's check), bookkeeping = received-map and fault bookkeeping, other = the rest of the phase (its threads between timed parts). Source: read_guest = copying pages out of guest memory, encode = zero check + record building, send = socket writes (including waiting for room), schedule = the pre-pager choosing, yield = giving way to fault replies, idle = nothing to send.\n");
+    s.push_str("\nMedian ms per part over the runs, from the engines' own timers (per record or batch). Destination: wire = inside the socket reads (waiting for bytes + the kernel's copy), decode = record parsing, install = UFFDIO_MOVE (pushed pages, from the staging pool) or UFFDIO_COPY, hash = the integrity hash of installed pages (local mode's check), bookkeeping = received-map and fault bookkeeping, other = the rest of the phase (its threads between timed parts). Source: read_guest = copying pages out of guest memory, encode = zero check + record building, send = socket writes (including waiting for room), schedule = the pre-pager choosing, yield = giving way to fault replies, idle = nothing to send.\n");
     s
 }
 
@@ -581,7 +603,7 @@ fn status(v: Spread, bound: f64) -> String {
 /// (met or not, on the medians).
 pub fn targets_table(rows: &[Row]) -> String {
     let mut s = format!(
-        "| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | downtime ms | net faults % | fault p50 µs | fault p99 µs | total ≤ {TARGET_TOTAL_VS_FLOOR}× warm floor | p50 ≤ {TARGET_P50_VS_FLOOR}× fault floor | p99 ≤ {TARGET_P99_VS_FLOOR}× fault floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| MiB | workload | config | runs | total ms | ×stream | ×floor warm | ×floor cold | ×floor moved | downtime ms | net faults % | fault p50 µs | fault p99 µs | total ≤ {TARGET_TOTAL_VS_FLOOR}× lowest floor (warm, moved) | p50 ≤ {TARGET_P50_VS_FLOOR}× fault floor | p99 ≤ {TARGET_P99_VS_FLOOR}× fault floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         s.push_str(&format!(
@@ -590,7 +612,7 @@ pub fn targets_table(rows: &[Row]) -> String {
             r.network_faults_pct.show(2),
             r.fault_p50_us.show(0),
             r.fault_p99_us.show(0),
-            status(r.total_vs_floor, TARGET_TOTAL_VS_FLOOR),
+            status(r.total_vs_floor_best, TARGET_TOTAL_VS_FLOOR),
             status(r.p50_vs_floor, TARGET_P50_VS_FLOOR),
             status(r.p99_vs_floor, TARGET_P99_VS_FLOOR),
         ));
@@ -755,5 +777,136 @@ mod tests {
     fn plain_stream_moves_the_bytes() {
         assert!(plain_stream_ms(8 << 20).unwrap() > 0.0);
         assert!(sealed_stream_ms(8 << 20).unwrap() > 0.0);
+    }
+}
+
+/// A bare request/reply round trip between two processes over a pair of
+/// pipes, the transport of `xl migrate` on one host: what a network fault
+/// would cost with no pages queued in front of its reply and no guest
+/// memory or hypervisor behind it. The request is a one-pfn FAULT record,
+/// the reply a one-page PAGE_DATA record, both written and parsed by the
+/// engine's record code.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rtt {
+    /// Round trips timed (after a warm-up).
+    pub round_trips: usize,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Fastest, µs.
+    pub min_us: f64,
+    /// The transport.
+    pub via: String,
+}
+
+impl std::fmt::Display for Rtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bare rtt: p50 {:.0} us p99 {:.0} us min {:.0} us ({} round trips: a 1-pfn FAULT and a 1-page PAGE_DATA reply, {})",
+            self.p50_us, self.p99_us, self.min_us, self.round_trips, self.via
+        )
+    }
+}
+
+/// Round trips [`pipe_rtt`] runs before it starts timing.
+pub const RTT_WARMUP: usize = 20;
+
+/// The guest size both ends of [`pipe_rtt`] assume (pfns are below it).
+const RTT_PFNS: u64 = 1 << 20;
+
+/// Times `n` round trips with `exe rtt --serve` as the other process
+/// (its stdin and stdout are the pipes), or with `via`, a shell command
+/// whose stdin and stdout lead to one (as `xl migrate`'s: e.g. `ssh host
+/// xl-postcopy rtt --serve`, or `xl-postcopy tunnel connect ...` to a
+/// `tunnel listen -- xl-postcopy rtt --serve`).
+pub fn pipe_rtt(exe: &Path, n: usize, via: Option<&str>) -> std::io::Result<Rtt> {
+    use postcopy::records::{Record, RecordReader, RecordType, RecordWriter};
+    use std::process::{Command, Stdio};
+    let mut cmd = match via {
+        Some(c) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", c]);
+            sh
+        }
+        None => {
+            let mut own = Command::new(exe);
+            own.args(["rtt", "--serve"]);
+            own
+        }
+    };
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let (Some(cin), Some(cout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(std::io::Error::other("the child has no pipes"));
+    };
+    let mut w = RecordWriter::new(cin);
+    let mut r = RecordReader::new(cout, Some(RTT_PFNS));
+    let mut times = Vec::with_capacity(n);
+    let mut run = || -> std::io::Result<()> {
+        for i in 0..n + RTT_WARMUP {
+            let t = Instant::now();
+            w.pfn_list(RecordType::Fault, &[i as u64 % RTT_PFNS])
+                .and_then(|()| w.flush())
+                .map_err(std::io::Error::other)?;
+            match r.next_record().map_err(std::io::Error::other)? {
+                Record::PageData { .. } => {}
+                other => {
+                    return Err(std::io::Error::other(format!(
+                        "unexpected {} from the rtt server",
+                        other.rtype().name()
+                    )))
+                }
+            }
+            if i >= RTT_WARMUP {
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        Ok(())
+    };
+    let ran = run();
+    drop(w);
+    let waited = child.wait();
+    ran?;
+    waited?;
+    if times.is_empty() {
+        return Err(std::io::Error::other("no round trips"));
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |pct: usize| times[(times.len() - 1) * pct / 100];
+    Ok(Rtt {
+        round_trips: times.len(),
+        p50_us: at(50),
+        p99_us: at(99),
+        min_us: times[0],
+        via: via.map_or_else(
+            || "over a pipe pair between two processes".into(),
+            |c| format!("through `{c}`"),
+        ),
+    })
+}
+
+/// The other end of [`pipe_rtt`]: answers each FAULT on `input` with one
+/// page on `output` until `input` ends.
+pub fn serve_rtt(input: impl Read, output: impl Write) -> std::io::Result<()> {
+    use postcopy::records::{Cause, Record, RecordReader, RecordWriter};
+    let mut r = RecordReader::new(input, Some(RTT_PFNS));
+    let mut w = RecordWriter::new(output);
+    let page = vec![0xa5u8; postcopy::PAGE_SIZE];
+    loop {
+        let pfn = match r.next_record() {
+            Ok(Record::Fault(p)) => p.first().copied().unwrap_or(0),
+            Ok(other) => {
+                return Err(std::io::Error::other(format!(
+                    "unexpected {} in an rtt request",
+                    other.rtype().name()
+                )))
+            }
+            Err(postcopy::records::RecordError::Closed) => return Ok(()),
+            Err(e) => return Err(std::io::Error::other(e)),
+        };
+        w.page_data(Cause::Fault, &[pfn], &page)
+            .and_then(|()| w.flush())
+            .map_err(std::io::Error::other)?;
     }
 }

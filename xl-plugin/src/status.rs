@@ -109,7 +109,7 @@ fn xl_domid(name: &str) -> Result<u32, String> {
         .map_err(|_| format!("xl domid printed '{}'", text.trim()))
 }
 
-/// The snapshot of DOMAIN (a domid, or a name xl knows; during post-copy
+/// The snapshot of DOMAIN (a domid, or a name xl knows; until the switch
 /// the destination's copy is `NAME--incoming`, tried too) in `dir`.
 pub fn status_of_domain(domain: &str, dir: &Path) -> Result<(PathBuf, Status), StatusError> {
     let domid = domid_of(domain)?;

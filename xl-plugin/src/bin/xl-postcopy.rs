@@ -97,6 +97,26 @@ enum Cmd {
     },
     /// List the pre-paging strategies.
     Strategies,
+    /// Time a bare request/reply round trip (a 1-pfn FAULT, a 1-page
+    /// reply) between this process and a child over a pipe pair, the
+    /// transport of `xl migrate` on one host: the floor of a network
+    /// fault's service time.
+    Rtt {
+        /// Round trips to time.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Be the other end: answer requests on stdin with replies on
+        /// stdout.
+        #[arg(long)]
+        serve: bool,
+        /// The other end is this shell command's stdin and stdout (e.g.
+        /// `ssh HOST xl-postcopy rtt --serve`), as for `xl migrate`.
+        #[arg(long, value_name = "CMD")]
+        via: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// On the source host: make the running hybrid migration
     /// (`--postcopy-after=N|auto`) of DOMAIN switch to post-copy now; the
     /// save helper takes the request at its next pre-copy step.
@@ -355,43 +375,19 @@ fn calibrate(trace: &std::path::Path, report: &std::path::Path) -> Result<ExitCo
         std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
     let v: serde_json::Value = serde_json::from_str(&json).context("the report is not JSON")?;
     let measured = Measured::from_json(&json)?;
-    let t = postcopy_sim::trace::Trace::read_file(trace)?;
-    let get = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let mut t = postcopy_sim::trace::Trace::read_file(trace)?;
     let strategy = xl_plugin::options::parse_strategy(
         v.get("prepage")
             .and_then(|p| p.as_str())
             .unwrap_or("bubble"),
     )
     .map_err(anyhow::Error::msg)?;
-    // This machine as a link: the run's own push throughput and floor.
-    let secs = v
-        .pointer("/source/postcopy_time_ms")
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(0.0)
-        / 1000.0;
-    let mut net = postcopy_sim::net::NetModel::gigabit_lan();
-    net.bandwidth_bps = (get("bytes_sent") * 8.0 / secs.max(1e-3)).max(1e6);
-    net.efficiency = 1.0;
-    let floor_us = v
-        .pointer("/floor_latency_us/p50")
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(30.0);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "small positive µs"
-    )]
-    let rtt_ns = (floor_us * 1000.0) as u64;
-    net.rtt_ns = rtt_ns;
-    net.fault_detect_ns = 2_000;
-    net.fault_service_ns = 2_000;
-    (
-        net.source_page_ns,
-        net.install_page_ns,
-        net.source_batch_ns,
-        net.install_batch_ns,
-    ) = (0, 0, 0, 0);
-    net.switch_ns = 0;
+    // This machine and this run as the model: the vCPU at its post-copy
+    // speed, faults at their mean cost, the link at the push's rate.
+    let fitted = postcopy_sim::calibrate::Fitted::from_report(&v)?;
+    print!("{fitted}");
+    t.ns_per_access = fitted.ns_per_access;
+    let net = fitted.net();
     let cfg = postcopy_sim::SimConfig {
         strategy,
         net,
@@ -563,6 +559,23 @@ fn main() -> Result<ExitCode> {
                 "switch requested ({}): a hybrid migration of {domain} switches to post-copy at its next pre-copy step",
                 path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rtt { serve: true, .. } => {
+            xl_plugin::bench::serve_rtt(std::io::stdin().lock(), std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rtt {
+            count, json, via, ..
+        } => {
+            let exe = std::env::current_exe().context("locating this program")?;
+            let rtt = xl_plugin::bench::pipe_rtt(&exe, count.max(1), via.as_deref())
+                .context("timing round trips")?;
+            if json {
+                println!("{}", serde_json::to_string(&rtt)?);
+            } else {
+                println!("{rtt}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Strategies => {

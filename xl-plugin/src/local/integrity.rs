@@ -70,15 +70,23 @@ impl<D: DestinationMemory> HashingDestination<D> {
     fn timed_record(&self, f: impl FnOnce()) {
         let t0 = std::time::Instant::now();
         f();
-        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.add_hash_time(t0);
+    }
+
+    fn add_hash_time(&self, since: std::time::Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.install_hash_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn store(&self, pfn: Pfn, hash: u64) {
+        if let Some(slot) = usize::try_from(pfn).ok().and_then(|i| self.hashes.get(i)) {
+            slot.store(hash, Ordering::Relaxed);
+        }
     }
 
     fn record(&self, pfn: Pfn, page: Option<&[u8]>) {
         let zero = [0u8; PAGE_SIZE];
-        if let Some(slot) = usize::try_from(pfn).ok().and_then(|i| self.hashes.get(i)) {
-            slot.store(page_hash(pfn, page.unwrap_or(&zero)), Ordering::Relaxed);
-        }
+        self.store(pfn, page_hash(pfn, page.unwrap_or(&zero)));
     }
 
     /// The digest of everything delivered (call after completion).
@@ -128,6 +136,29 @@ impl<D: DestinationMemory> DestinationMemory for HashingDestination<D> {
                     self.record(first + k as u64, Some(page));
                 }
             });
+        }
+        Ok(r)
+    }
+
+    #[allow(clippy::mut_from_ref, reason = "forwarded")]
+    fn staging(&self, bytes: usize) -> Option<&mut [u8]> {
+        self.inner.staging(bytes)
+    }
+
+    /// Hashes first: the backend may take the pages (UFFDIO_MOVE).
+    fn install_staged(&self, first: Pfn, pages: &mut [u8]) -> MemResult<Installed> {
+        let t0 = std::time::Instant::now();
+        let hashes: Vec<u64> = pages
+            .chunks_exact(PAGE_SIZE)
+            .enumerate()
+            .map(|(k, page)| page_hash(first + k as u64, page))
+            .collect();
+        self.add_hash_time(t0);
+        let r = self.inner.install_staged(first, pages)?;
+        if r == Installed::Installed {
+            for (k, h) in hashes.into_iter().enumerate() {
+                self.store(first + k as u64, h);
+            }
         }
         Ok(r)
     }

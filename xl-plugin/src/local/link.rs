@@ -29,11 +29,18 @@
 //!
 //! **Encryption.** With a token the hello also carries [`FLAG_SEALED`]:
 //! everything after the last status byte, both ways, is sealed with the
-//! connection's keys ([`crate::seal`]: ChaCha20-Poly1305, keys from the
+//! connection's keys (but for the one PREPARED byte below;
+//! [`crate::seal`]: ChaCha20-Poly1305, keys from the
 //! token and both nonces). A sender with a token but without the flag (an
 //! older version, which sends memory in clear) is refused
 //! ([`Refusal::Unsealed`]); an older receiver refuses the flag as a
 //! malformed hello, which the sender reports as such ([`LinkError::PeerTooOld`]).
+//!
+//! **Prepared.** Once both connections are accepted the receiver populates
+//! the guest's memory and then sends one more byte on the bulk connection,
+//! `PREPARED` (0x50, `session::await_prepared`); the sender starts the
+//! migration (and stops its guest) only after it. The byte is not sealed:
+//! it carries only timing, and a changed one aborts before the switch.
 //!
 //! `TCP_NODELAY` on both: a fault request or reply must not wait for Nagle.
 

@@ -23,7 +23,7 @@ use postcopy::prepage::StrategySpec;
 use postcopy::recovery::Recovery;
 use postcopy::source::{run_source_recoverable, GuestControl, Mode, SourceConfig};
 use postcopy::transport::{DestLinks, Silence, SourceLinks};
-use postcopy_uffd::{GuestRegion, RegionSource, UffdDestination};
+use postcopy_uffd::{GuestRegion, RegionSource, StagingPool, UffdDestination};
 
 use super::integrity::{image_digest, HashingDestination};
 use super::link::{self, Conn, Dial, Expect};
@@ -133,6 +133,84 @@ impl Default for LinkOpts {
 }
 
 /// Bounds every write on a link by the stall timeout.
+/// The byte a receiver sends on the bulk connection, right after the
+/// handshake, once its guest memory is prepared.
+const PREPARED: u8 = 0x50;
+/// Longest the receiver populates before it lets the migration begin (the
+/// rest goes on while pages arrive).
+const PREPARE_LIMIT: Duration = Duration::from_secs(10);
+/// Longest the sender waits for [`PREPARED`].
+const PREPARE_WAIT: Duration = Duration::from_secs(30);
+
+/// The sender's side of [`prepare`]: waits (bounded) for [`PREPARED`].
+fn await_prepared(bulk: &Conn) -> std::io::Result<()> {
+    bulk.sock.set_read_timeout(Some(PREPARE_WAIT))?;
+    let mut b = [0u8; 1];
+    (&bulk.sock).read_exact(&mut b)?;
+    bulk.sock.set_read_timeout(None)?;
+    if b[0] != PREPARED {
+        return Err(std::io::Error::other(format!(
+            "unexpected byte {:#x} from the receiver",
+            b[0]
+        )));
+    }
+    Ok(())
+}
+
+/// The populate thread of a receiver's staging pool.
+struct Populating {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Populating {
+    /// Stops populating (pages no longer needed) and reaps the thread.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("populating guest memory: {e}"),
+            Err(_) => warn!("the populate thread panicked"),
+        }
+    }
+}
+
+/// Before the switch, as a Xen toolstack populates a new domain: maps a
+/// staging pool the size of the guest and populates it (for at most
+/// [`PREPARE_LIMIT`]; the rest goes on in the background), so pages
+/// arriving after the switch are received into resident memory and moved
+/// into the guest without a copy or a fresh frame each
+/// ([`postcopy_uffd::StagingPool`]).
+fn prepare(region: &GuestRegion) -> std::io::Result<(Arc<StagingPool>, Populating)> {
+    let t0 = Instant::now();
+    let pool = Arc::new(StagingPool::new(region.len_bytes())?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = {
+        let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("populate".into())
+            .spawn(move || {
+                let r = pool.populate(|| stop.load(Ordering::Relaxed));
+                let _ = tx.send(());
+                r
+            })?
+    };
+    let done = rx.recv_timeout(PREPARE_LIMIT).is_ok();
+    info!(
+        "guest memory: {} of {} MiB populated in {:?}{}",
+        pool.populated() >> 20,
+        pool.len() >> 20,
+        t0.elapsed(),
+        if done {
+            ""
+        } else {
+            " (the rest in the background)"
+        }
+    );
+    Ok((pool, Populating { stop, thread }))
+}
+
 fn bound_writes(l: &LinkOpts, conns: [&Conn; 2]) -> std::io::Result<()> {
     let t = (!l.stall_timeout.is_zero()).then_some(l.stall_timeout);
     for c in conns {
@@ -392,6 +470,8 @@ pub fn run_sender_with(
         None => None,
     };
     let (bulk, fault) = dial.connect(addr, false, Duration::from_secs(10))?;
+    // The guest runs on while the receiver populates its memory.
+    await_prepared(&bulk).map_err(setup("waiting for the receiver to prepare guest memory"))?;
     bound_writes(l, [&bulk, &fault]).map_err(setup("socket options"))?;
     let trailer = Mutex::new(bulk.try_clone().map_err(setup("cloning the socket"))?);
     let links = link::source_links(&bulk, &fault).map_err(setup("setting up links"))?;
@@ -698,9 +778,19 @@ pub fn run_receiver_with(
         reconnect: &mut reaccept,
     });
     let region = Arc::new(GuestRegion::new(pages).map_err(setup("allocating guest memory"))?);
-    let mem = HashingDestination::new(
-        UffdDestination::new(Arc::clone(&region)).map_err(setup("userfaultfd destination"))?,
-    );
+    let uffd =
+        UffdDestination::new(Arc::clone(&region)).map_err(setup("userfaultfd destination"))?;
+    let (uffd, populating) = if uffd.moves_pages() {
+        let (pool, populating) = prepare(&region).map_err(setup("preparing guest memory"))?;
+        (uffd.with_pool(pool), Some(populating))
+    } else {
+        (uffd, None)
+    };
+    // The sender's guest starts its migration only now.
+    (&first.bulk.sock)
+        .write_all(&[PREPARED])
+        .map_err(setup("telling the sender memory is prepared"))?;
+    let mem = HashingDestination::new(uffd);
     let mut guest = DestGuest {
         region: Arc::clone(&region),
         vcpu: None,
@@ -717,6 +807,16 @@ pub fn run_receiver_with(
         &mut guest,
         &metrics,
         recovery,
+    );
+    if let Some(p) = populating {
+        p.finish();
+    }
+    let st = mem.inner().stats();
+    info!(
+        "installed: {} pages moved, {} copied, {} zero",
+        st.pages_moved.load(Ordering::Relaxed),
+        st.pages_copied.load(Ordering::Relaxed),
+        st.pages_zeroed.load(Ordering::Relaxed)
     );
     // On every path out nobody serves faults any more: detaching wakes a
     // vCPU blocked on an absent page (it reads zero from now on), so it

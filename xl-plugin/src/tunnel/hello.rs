@@ -182,6 +182,9 @@ pub fn admit(
     if !ok {
         return Err(LinkError::Refused(refuse(s, Refusal::UnknownSession)));
     }
+    // As the dialer's end: a small record (a fault request) goes at once,
+    // not after the peer's delayed ACK (Nagle).
+    s.set_nodelay(true)?;
     let mut reply = [0u8; 9];
     reply[1..].copy_from_slice(&received.to_le_bytes());
     s.write_all(&reply)?;
