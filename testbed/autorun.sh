@@ -5,7 +5,7 @@
 # GUEST_OPTS are kernel command line words for the guest (memtest_mib=64
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
-# load=per-page, window=SIZE|off (the push window), lane=off (fault
+# load=per-page, scan=stop, window=SIZE|off (the push window), lane=off (fault
 # replies in-band), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
@@ -159,11 +159,12 @@ migrate_once() {
 	# evict=per-page: the destination pages owed pfns out with populate +
 	# nominate + evict, not the hypervisor's range op; load=per-page: it
 	# loads owed pages with xc_mem_paging_load one by one, not the batch
-	# op (for comparison).
+	# op (for comparison); scan=stop: the source finds the populated pfns
+	# while the guest is stopped, not in a prescan while it runs.
 	# window=SIZE|on|off: the source's push window
 	# (LIBXL_POSTCOPY_PUSH_WINDOW; empty: the default, off); lane=off: fault replies in-band, not on the
 	# fault lane (LIBXL_POSTCOPY_LANE).
-	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
+	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -503,7 +504,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -515,6 +516,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		guest=*) gtype=${o#*=}; continue ;;
 		evict=*) evict=${o#*=}; continue ;;
 		load=*) load=${o#*=}; continue ;;
+		scan=*) scan=${o#*=}; continue ;;
 		window=*) window=${o#*=}; continue ;;
 		tunnel=*) tunnel=${o#*=}; continue ;;
 		lane=*) lane=${o#*=}; continue ;;
@@ -833,6 +835,7 @@ CFG
 		echo "clock_offset_ms='$coff'"
 		echo "evict=${evict:-range}"
 		echo "load=${load:-batch}"
+		echo "scan=${scan:-prescan}"
 		echo "window=${window:-default}"
 		echo "tunnel=$tunnel"
 		echo "lane=${lane:-default}"

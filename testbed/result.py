@@ -134,6 +134,49 @@ if m:
                     "batch_calls": int(m.group(6)), "zero_not_copied": int(m.group(7)),
                     "by_page": int(m.group(8))}
 r["load"] = meta.get("load")
+r["scan"] = meta.get("scan")
+
+
+def dur_ms(text):
+    """A Rust Duration's Debug text ('1.06s', '77.3ms', '950µs') in ms."""
+    m = re.match(r"([0-9.]+)(s|ms|µs|us|ns)$", text or "")
+    if not m:
+        return None
+    return round(float(m.group(1)) * {"s": 1000.0, "ms": 1.0, "µs": 0.001, "us": 0.001, "ns": 1e-6}[m.group(2)], 1)
+
+
+# The source's share of the downtime by part (its helper's log; the last
+# migration's): scan (finding the populated pfns at the stop), walks (the
+# must-present set), present (sending it), records (libxenguest's CPU
+# records), ready (PFNS, the destination's page-out, READY, TRANSITION).
+# Older helpers logged only the first three, in the "begin took" line.
+parts = None
+for m in re.finditer(r"downtime parts: scan ([0-9.]+) ms \((\d+) pfns asked\), walks ([0-9.]+) ms, "
+                     r"present ([0-9.]+) ms, records ([0-9.]+) ms, ready ([0-9.]+) ms", log):
+    parts = {"scan": float(m.group(1)), "walks": float(m.group(3)), "present": float(m.group(4)),
+             "records": float(m.group(5)), "ready": float(m.group(6))}
+    r["scan_pfns_asked"] = int(m.group(2))
+if parts is None:
+    for m in re.finditer(r"begin took \S+ \(populated scan (\S+?)(?: of (\d+) pfns)?, page-table walks (\S+), "
+                         r"must-present pages (\S+)\)", log):
+        parts = {"scan": dur_ms(m.group(1)), "walks": dur_ms(m.group(3)), "present": dur_ms(m.group(4))}
+        if m.group(2):
+            r["scan_pfns_asked"] = int(m.group(2))
+# and the whole of it: from begin (domain suspended) to TRANSITION sent
+m = None
+for m in re.finditer(r"TRANSITION sent (\S+) after the stop", log):
+    pass
+if parts is not None and m:
+    parts["to_transition"] = dur_ms(m.group(1))
+r["source_downtime_parts_ms"] = parts
+r["source_scan_ms"] = parts.get("scan") if parts else None
+# Pure post-copy: the populated pfns found while the guest still ran.
+m = None
+for m in re.finditer(r"prescan found (\d+) populated of (\d+) pfns in (\S+) while the guest ran; "
+                     r"at the stop (\d+) pfns asked again", log):
+    pass
+r["prescan"] = ({"populated": int(m.group(1)), "pfns": int(m.group(2)), "ms": dur_ms(m.group(3)),
+                 "asked_at_stop": int(m.group(4))} if m else None)
 # The fault lane (issue #15 item 2): the push window, the transport, and a
 # bare FAULT / one-page reply round trip over that transport in dom0
 # (`xl-postcopy rtt`): the floor of a network fault's service.

@@ -12,7 +12,11 @@
  *
  * Save side, called from xg_sr_save.c:save() when XCFLAGS_POSTCOPY is set:
  *
- *   (libxenguest: optional live pre-copy rounds, then suspend_domain)
+ *   (libxenguest: log-dirty mode on)
+ *   (libxenguest: optional live pre-copy rounds; without them:)
+ *   libxl_postcopy_save_prescan(&params) -> finds the populated pfns while
+ *                                           the guest still runs
+ *   (libxenguest: suspend_domain, the final log-dirty bitmap)
  *   h = libxl_postcopy_save_begin(&params, dirty_bitmap, nr_dirty_bits)
  *       -> computes the owed pfn set, writes POSTCOPY_BEGIN and the
  *          pages that must be present before the guest runs
@@ -58,7 +62,7 @@
 #include <xenctrl.h>
 #include <xentoollog.h>
 
-#define LIBXL_POSTCOPY_ABI_VERSION 3
+#define LIBXL_POSTCOPY_ABI_VERSION 4
 #define LIBXL_POSTCOPY_SONAME "libxl_postcopy.so.1"
 
 /* Stream record types, allocated above Xen 4.17's last (0x12). */
@@ -165,10 +169,26 @@ struct libxl_postcopy_save;
 struct libxl_postcopy_restore;
 
 /*
- * dirty_bitmap: the log-dirty bitmap collected at suspend (bit n = pfn n
- * dirtied since last sent), nr_bits long; NULL when no pre-copy round ran
- * (every populated pfn is owed).  On failure returns NULL and stores a
- * negative errno in *rc (if rc is not NULL).
+ * Without pre-copy rounds, called while the domain still runs, after
+ * log-dirty mode was turned on: finds the domain's populated pfns (a type
+ * query of every pfn up to max_gpfn, the slow part) for the next
+ * libxl_postcopy_save_begin() of the same domain, which then asks only
+ * about the pfns the final dirty bitmap names.  Exact only with the
+ * hypervisor's xen-logdirty-p2m-changes (a pfn populated or freed is
+ * marked dirty); PoD guests (HVM, memory < maxmem) are not covered.
+ * Returns 0 or a negative errno; after a failure pass no bitmap to
+ * save_begin (it then looks at every pfn while the domain is stopped).
+ */
+int libxl_postcopy_save_prescan(const struct libxl_postcopy_save_params *params);
+
+/*
+ * dirty_bitmap: the log-dirty bitmap collected at suspend, nr_bits long:
+ * with pre-copy rounds, bit n = pfn n dirtied since last sent (what is
+ * owed); without, bit n = pfn n written, populated or freed since
+ * libxl_postcopy_save_prescan() (what must be looked at again).  NULL:
+ * nothing is known, every pfn is looked at and every populated one is
+ * owed.  On failure returns NULL and stores a negative errno in *rc (if
+ * rc is not NULL).
  */
 struct libxl_postcopy_save *
 libxl_postcopy_save_begin(const struct libxl_postcopy_save_params *params,

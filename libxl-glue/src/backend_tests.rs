@@ -24,9 +24,9 @@ use postcopy::{Pfn, PAGE_SIZE};
 
 use crate::fake::FakeXen;
 use crate::restore::RestoreSession;
-use crate::save::SaveSession;
+use crate::save::{Known, SaveSession};
 use crate::xen_dest::XenDestination;
-use crate::xen_source::XenSource;
+use crate::xen_source::{Prescan, XenSource};
 
 const RING_PFN: Pfn = 0xfeff8;
 
@@ -738,7 +738,8 @@ fn migrate_over(strategy: StrategySpec, touches: &[Pfn], pipe: bool) {
     let s_fd = s_stream.as_raw_fd();
     let sb_fd = s_back.as_raw_fd();
     let source = std::thread::spawn(move || {
-        let (mut s, summary) = SaveSession::begin(src2, s_fd, sb_fd, strategy, None).unwrap();
+        let (mut s, summary) =
+            SaveSession::begin(src2, s_fd, sb_fd, strategy, Known::Nothing).unwrap();
         // The lane is offered (opt-in on Xen); only a pipe lets the two
         // helpers meet on it.
         s.set_offer_lane(true);
@@ -890,7 +891,7 @@ fn hybrid_owes_only_pages_dirtied_since_sent() {
         s_stream.as_raw_fd(),
         s_back.as_raw_fd(),
         StrategySpec::Bubble,
-        Some((&bitmap, n)),
+        Known::Precopy(&bitmap, n),
     )
     .unwrap();
     assert!(must.contains(&0x216));
@@ -901,6 +902,149 @@ fn hybrid_owes_only_pages_dirtied_since_sent() {
     let owed: Vec<Pfn> = session.owed().iter().flat_map(|r| r.pfns()).collect();
     assert_eq!(owed, (0x10..0x20).collect::<Vec<_>>());
     assert_eq!(summary.owed, 16);
+}
+
+/// Plays a pure post-copy save as libxenguest does: log-dirty mode on, the
+/// prescan while the guest runs, the guest's `changes`, the stop's dirty
+/// bitmap, then `begin` with what `known` makes of them. Returns the owed
+/// pfns, the summary and the type queries `begin` made.
+fn begin_after_changes(
+    changes: impl FnOnce(&FakeXen),
+    prescan: bool,
+) -> (Vec<Pfn>, crate::save::BeginSummary, usize) {
+    use crate::xc::XenOps;
+    let n = 0x800;
+    let (src, _) = build_source(n);
+    src.logdirty_enable().unwrap();
+    let pre = Prescan::run(&XenSource::new(src.clone()).unwrap()).unwrap();
+    assert_eq!(pre.pfns, n);
+    changes(&src);
+    let mut bitmap = vec![0u64; (n as usize).div_ceil(64)];
+    src.logdirty_clean(&mut bitmap, n).unwrap();
+    let (s_stream, d_stream) = UnixStream::pair().unwrap();
+    let (s_back, _d_back) = UnixStream::pair().unwrap();
+    let reader = drain(d_stream);
+    let calls = src.state().calls.len();
+    let known = if prescan {
+        Known::Prescan(pre, &bitmap, n)
+    } else {
+        Known::Nothing
+    };
+    let (session, summary) = SaveSession::begin(
+        src.clone(),
+        s_stream.as_raw_fd(),
+        s_back.as_raw_fd(),
+        StrategySpec::Bubble,
+        known,
+    )
+    .unwrap();
+    let typed = src.state().calls[calls..]
+        .iter()
+        .filter(|c| *c == "xc_get_pfn_type_batch")
+        .count();
+    let owed: Vec<Pfn> = session.owed().iter().flat_map(|r| r.pfns()).collect();
+    drop(session);
+    drop(s_stream);
+    let _ = reader.join();
+    (owed, summary, typed)
+}
+
+/// The guest's balloon and writes between the prescan and the stop.
+fn balloon_changes(x: &FakeXen) {
+    x.guest_release(0x400); // owed at the prescan, freed
+    x.guest_release(0x7f1); // the console page: must-present, freed
+    x.guest_populate(5); // a hole taken back (5 % 97 == 5)
+    x.guest_populate(0x66); // another
+    x.guest_release(0x500); // freed and taken back
+    x.guest_populate(0x500);
+    x.guest_write(0x401, 0xee); // written: still owed
+    x.guest_populate(199); // taken back and freed again
+    x.guest_release(199);
+}
+
+#[test]
+fn after_a_prescan_the_stop_owes_what_is_populated_then_and_asks_only_the_log() {
+    let (owed, summary, typed) = begin_after_changes(balloon_changes, true);
+    // The same domain, the same changes, every pfn asked at the stop.
+    let (want, full, full_typed) = begin_after_changes(balloon_changes, false);
+    assert_eq!(owed, want, "the owed set differs from a full scan's");
+    assert_eq!(summary.sent_now, full.sent_now);
+    assert_eq!(summary.populated, full.populated);
+    for p in [5, 0x66, 0x500, 0x401] {
+        assert!(owed.contains(&p), "pfn {p:#x} not owed");
+    }
+    for p in [0x400, 199, 0x7f1] {
+        assert!(!owed.contains(&p), "pfn {p:#x} owed but freed");
+    }
+    // Only the 7 logged pfns were asked: one query, not one per 1024.
+    assert_eq!(summary.asked, 7);
+    assert_eq!(typed, 1);
+    assert_eq!(full.asked, 0x800);
+    assert_eq!(full_typed, 2);
+}
+
+#[test]
+fn a_prescan_without_the_log_of_the_changes_owes_the_wrong_set() {
+    // What the log-dirty hypervisor patch is for: the same changes with a
+    // log that misses the balloon's (a stock 4.17 hypervisor), and the
+    // owed set is wrong: freed pfns owed, populated ones missing.
+    let balloon = |x: &FakeXen| {
+        x.guest_release(0x400);
+        x.guest_populate(5);
+    };
+    let (owed, _, _) = begin_after_changes(
+        |x| {
+            balloon(x);
+            x.state().logdirty.as_mut().unwrap().clear();
+        },
+        true,
+    );
+    let (want, _, _) = begin_after_changes(balloon, false);
+    assert_ne!(owed, want);
+    assert!(owed.contains(&0x400) && !owed.contains(&5));
+    assert!(!want.contains(&0x400) && want.contains(&5));
+}
+
+#[test]
+fn at_stop_asks_every_pfn_beyond_the_prescan_or_the_log() {
+    let x = Arc::new(FakeXen::new(1, 99));
+    for p in (0..100).filter(|p| p % 3 != 0) {
+        x.fill(p, 1);
+    }
+    {
+        use crate::xc::XenOps;
+        x.logdirty_enable().unwrap();
+    }
+    let pre = Prescan::run(&XenSource::new(x.clone()).unwrap()).unwrap();
+    assert_eq!(pre.populated.len(), 66);
+    // The guest grows (max_gpfn 199) and takes back 3 and 150; the log
+    // libxenguest collects covers only the 100 pfns it knew of.
+    x.state().max_gpfn = 199;
+    x.guest_populate(3);
+    x.guest_populate(150);
+    let mut bitmap = vec![0u64; 2];
+    {
+        use crate::xc::XenOps;
+        x.logdirty_clean(&mut bitmap, 100).unwrap();
+    }
+    let now = XenSource::new(x.clone()).unwrap();
+    let a = pre.at_stop(&now, &bitmap, 100).unwrap();
+    let want: Vec<Pfn> = (0..100)
+        .filter(|p| p % 3 != 0)
+        .chain([3, 150])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(a.populated, want);
+    assert_eq!(a.asked, 1 + 100);
+    // A shorter log than the prescan: the rest is asked too.
+    let a = pre.at_stop(&now, &bitmap, 50).unwrap();
+    assert_eq!(a.populated, want);
+    assert_eq!(a.asked, 1 + 150);
+    // A bitmap shorter than it says (one word for 100 bits): the same.
+    let a = pre.at_stop(&now, &bitmap[..1], 100).unwrap();
+    assert_eq!(a.populated, want);
+    assert_eq!(a.asked, 1 + 136);
 }
 
 #[test]
@@ -977,7 +1121,7 @@ fn source_session(
         s_stream.as_raw_fd(),
         s_back.as_raw_fd(),
         strategy,
-        None,
+        Known::Nothing,
     )
     .unwrap();
     // The destination's READY, queued before the source waits for it.
@@ -1035,7 +1179,7 @@ fn phases_must_come_in_order() {
         a.as_raw_fd(),
         a.as_raw_fd(),
         StrategySpec::Linear,
-        None,
+        Known::Nothing,
     )
     .unwrap();
     assert!(s.serve().is_err(), "serve before transition");
@@ -1053,8 +1197,14 @@ fn end_to_end_four_vcpus_touching_concurrently() {
     let (s_back, d_back) = UnixStream::pair().unwrap();
     let (src2, s_fd, sb_fd) = (src.clone(), s_stream.as_raw_fd(), s_back.as_raw_fd());
     let source = std::thread::spawn(move || {
-        let (mut s, summary) =
-            SaveSession::begin(src2, s_fd, sb_fd, StrategySpec::MultiPivot(4), None).unwrap();
+        let (mut s, summary) = SaveSession::begin(
+            src2,
+            s_fd,
+            sb_fd,
+            StrategySpec::MultiPivot(4),
+            Known::Nothing,
+        )
+        .unwrap();
         s.transition().unwrap();
         s.serve().unwrap();
         (summary, s.metrics().snapshot())
@@ -1128,7 +1278,7 @@ fn switch_fixture() -> (
         s_stream.as_raw_fd(),
         s_back.as_raw_fd(),
         StrategySpec::Linear,
-        None,
+        Known::Nothing,
     )
     .unwrap();
     let reader = std::thread::spawn(move || {
@@ -1565,7 +1715,7 @@ fn switched(
         (UnixStream::pair().unwrap(), UnixStream::pair().unwrap());
     let (s_fd, sb_fd, src2) = (s_stream.as_raw_fd(), s_back.as_raw_fd(), src.clone());
     let source = std::thread::spawn(move || {
-        let (mut s, _) = SaveSession::begin(src2, s_fd, sb_fd, strategy, None).unwrap();
+        let (mut s, _) = SaveSession::begin(src2, s_fd, sb_fd, strategy, Known::Nothing).unwrap();
         s.transition().unwrap();
         let r = s.serve();
         (r, s.metrics().snapshot())

@@ -59,6 +59,15 @@ pub struct FakeState {
     front: Vec<u64>,
 }
 
+impl FakeState {
+    /// Marks `pfn` dirty if log-dirty mode is on.
+    fn mark(&mut self, pfn: Pfn) {
+        if let Some(d) = self.logdirty.as_mut() {
+            d.insert(pfn);
+        }
+    }
+}
+
 /// What a test runs when a page is loaded.
 pub type LoadHook = Box<dyn Fn(&FakeXen, Pfn) + Send>;
 
@@ -128,6 +137,42 @@ impl FakeXen {
     /// Populates `pfn` with a page filled by `byte`.
     pub fn fill(&self, pfn: Pfn, byte: u8) {
         self.state().pages.insert(pfn, Box::new([byte; PAGE_SIZE]));
+    }
+
+    /// The guest writes `byte` over populated `pfn`: log-dirty (if on)
+    /// marks it.
+    pub fn guest_write(&self, pfn: Pfn, byte: u8) {
+        let mut st = self.state();
+        let page = st
+            .pages
+            .get_mut(&pfn)
+            .expect("the guest writes a populated pfn");
+        page.fill(byte);
+        st.mark(pfn);
+    }
+
+    /// The guest's balloon driver takes `pfn` back from Xen
+    /// (XENMEM_populate_physmap) and leaves it untouched: log-dirty (if on)
+    /// marks it, as `xen-logdirty-p2m-changes` makes the hypervisor do.
+    pub fn guest_populate(&self, pfn: Pfn) {
+        let mut st = self.state();
+        assert!(
+            !st.pages.contains_key(&pfn),
+            "populate of live pfn {pfn:#x}"
+        );
+        st.pages.insert(pfn, Box::new([0; PAGE_SIZE]));
+        st.mark(pfn);
+    }
+
+    /// The guest's balloon driver hands `pfn` to Xen
+    /// (XENMEM_decrease_reservation): log-dirty (if on) marks it.
+    pub fn guest_release(&self, pfn: Pfn) {
+        let mut st = self.state();
+        assert!(
+            st.pages.remove(&pfn).is_some(),
+            "release of a hole {pfn:#x}"
+        );
+        st.mark(pfn);
     }
 
     fn call(&self, st: &mut FakeState, name: &'static str) -> XcResult<()> {
@@ -358,6 +403,7 @@ impl XenOps for FakeXen {
                 "populate beyond the guest"
             );
             st.pages.insert(p, Box::new([0; PAGE_SIZE]));
+            st.mark(p);
         }
         Ok(())
     }
@@ -365,8 +411,10 @@ impl XenOps for FakeXen {
     fn decrease_reservation(&self, pfns: &[Pfn]) -> XcResult<()> {
         let mut st = self.state();
         self.call(&mut st, "xc_domain_decrease_reservation_exact")?;
-        for p in pfns {
-            st.pages.remove(p);
+        for &p in pfns {
+            if st.pages.remove(&p).is_some() {
+                st.mark(p);
+            }
         }
         Ok(())
     }

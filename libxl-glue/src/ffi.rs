@@ -8,18 +8,19 @@
 use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use libxl_sys as sys;
-use log::error;
+use log::{error, info, warn};
 use postcopy::memory::MemoryError;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::RecordError;
 use postcopy::Error;
 
 use crate::restore::RestoreSession;
-use crate::save::SaveSession;
+use crate::save::{Known, SaveSession};
 use crate::xc::LibXc;
+use crate::xen_source::{Prescan, XenSource};
 use crate::xtl::{self, XtlLogger};
 use crate::ABI_VERSION;
 
@@ -312,6 +313,84 @@ fn set_rc(rc: *mut c_int, v: c_int) {
     }
 }
 
+/// The prescan of the migration this process serves (a save helper
+/// migrates one domain), from [`libxl_postcopy_save_prescan`] to
+/// [`libxl_postcopy_save_begin`].
+static PRESCAN: Mutex<Option<(u32, Prescan)>> = Mutex::new(None);
+
+/// The prescan of `domid`, taken (any other is dropped).
+fn take_prescan(domid: u32) -> Option<Prescan> {
+    let mut g = PRESCAN.lock().unwrap_or_else(|p| p.into_inner());
+    g.take().filter(|(d, _)| *d == domid).map(|(_, p)| p)
+}
+
+/// Environment switch: `stop` refuses the prescan (libxenguest then passes
+/// no bitmap and the source asks the type of every pfn while the guest is
+/// stopped, as before the prescan), to compare the two in one boot.
+pub const SCAN_ENV: &str = "LIBXL_POSTCOPY_SCAN";
+
+/// Refuses parameters of another ABI or with flags set.
+fn check_save_params(what: &str, p: &SaveParams) -> Result<(), c_int> {
+    if p.abi_version != ABI_VERSION || p.flags != 0 {
+        error!(
+            "{what}: caller speaks ABI {} with flags {:#x}; this library is ABI {ABI_VERSION} and needs flags 0",
+            p.abi_version, p.flags
+        );
+        return Err(-libc::EINVAL);
+    }
+    Ok(())
+}
+
+/// `libxl_postcopy_save_prescan`: while the guest still runs (log-dirty
+/// mode already on), finds its populated pfns for the next
+/// `libxl_postcopy_save_begin` of the same domain.
+///
+/// # Safety
+/// `params` points to a valid `struct libxl_postcopy_save_params` whose
+/// `xch` and `lg` are live for the call.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_save_prescan(params: *const SaveParams) -> c_int {
+    if params.is_null() {
+        return -libc::EINVAL;
+    }
+    // SAFETY: non-NULL and valid (caller contract).
+    let p = unsafe { *params };
+    // SAFETY: lg is live for the call (caller contract).
+    let lg = unsafe { XtlLogger::new(p.lg) };
+    guarded("libxl_postcopy_save_prescan", lg, -libc::EIO, || {
+        if let Err(e) = check_save_params("save_prescan", &p) {
+            return e;
+        }
+        if std::env::var(SCAN_ENV).is_ok_and(|v| v == "stop") {
+            info!("{SCAN_ENV}=stop: no prescan, every pfn is looked at while the guest is stopped");
+            return -libc::EOPNOTSUPP;
+        }
+        // SAFETY: xch is live for the call (caller contract).
+        let ops = match unsafe { LibXc::new(p.xch, p.domid, false) } {
+            Ok(o) => o,
+            Err(e) => {
+                error!("save_prescan: {e}");
+                return -e.errno();
+            }
+        };
+        let scan = XenSource::new(Arc::new(ops)).and_then(|mem| Prescan::run(&mem));
+        match scan {
+            Ok(pre) => {
+                info!(
+                    "post-copy source: prescan of domain {} while it runs: {} populated of {} pfns in {:?}",
+                    p.domid,
+                    pre.populated.len(),
+                    pre.pfns,
+                    pre.took
+                );
+                *PRESCAN.lock().unwrap_or_else(|p| p.into_inner()) = Some((p.domid, pre));
+                0
+            }
+            Err(e) => fail("post-copy prescan", &Error::Memory(e)),
+        }
+    })
+}
+
 /// `libxl_postcopy_save_begin`.
 ///
 /// # Safety
@@ -334,13 +413,7 @@ pub unsafe extern "C" fn libxl_postcopy_save_begin(
     // SAFETY: lg outlives the handle (caller contract).
     let lg = unsafe { XtlLogger::new(p.lg) };
     let out = guarded("libxl_postcopy_save_begin", lg, Err(-libc::EIO), || {
-        if p.abi_version != ABI_VERSION || p.flags != 0 {
-            error!(
-                "save_begin: caller speaks ABI {} with flags {:#x}; this library is ABI {ABI_VERSION} and needs flags 0",
-                p.abi_version, p.flags
-            );
-            return Err(-libc::EINVAL);
-        }
+        check_save_params("save_begin", &p)?;
         let Some(strategy) = StrategySpec::from_wire(p.strategy, p.strategy_arg) else {
             error!(
                 "save_begin: unknown pre-paging strategy {} (argument {})",
@@ -371,7 +444,22 @@ pub unsafe extern "C" fn libxl_postcopy_save_begin(
             );
             return Err(-libc::EINVAL);
         }
-        SaveSession::begin(Arc::new(ops), p.stream_fd, p.back_fd, strategy, dirty)
+        let prescan = take_prescan(p.domid);
+        let known = match dirty {
+            None => Known::Nothing,
+            Some((words, bits)) if p.precopy_rounds > 0 => Known::Precopy(words, bits),
+            Some((words, bits)) => match prescan {
+                Some(pre) => Known::Prescan(pre, words, bits),
+                None => {
+                    warn!(
+                        "save_begin: a dirty bitmap without pre-copy rounds, but no prescan of domain {}: every pfn is looked at",
+                        p.domid
+                    );
+                    Known::Nothing
+                }
+            },
+        };
+        SaveSession::begin(Arc::new(ops), p.stream_fd, p.back_fd, strategy, known)
             .map(|(session, _)| Box::new(SaveHandle { session, lg }))
             .map_err(|e| fail("post-copy save begin", &e))
     });

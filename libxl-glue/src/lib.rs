@@ -69,7 +69,7 @@ mod fake;
 pub const XEN_SERIES: &str = xen_series!();
 
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// `LIBXL_POSTCOPY_SONAME`.
 pub const SONAME: &str = "libxl_postcopy.so.1";
 

@@ -1,6 +1,9 @@
 //! The source side of a Xen post-copy migration, in the three phases
 //! libxenguest calls (`include/libxl_postcopy.h`):
 //!
+//! 0. without pre-copy rounds, while the guest still runs with log-dirty
+//!    mode on: a [`Prescan`] finds the populated pfns, so that the stop
+//!    only asks about what the log names ([`Known`]);
 //! 1. [`SaveSession::begin`] — the domain is suspended: work out the owed
 //!    pfns (populated, and with pre-copy rounds: dirtied since last sent),
 //!    write POSTCOPY_BEGIN and the pages that must be present before the
@@ -16,7 +19,8 @@
 //!
 //! The phases are the engine's [`SourceSession`]; this module adds what is
 //! Xen: the owed set and the must-present pages from the suspended domain,
-//! and record I/O on xl's fds ([`FdIo`]).
+//! and record I/O on xl's fds ([`FdIo`]). The source's share of the
+//! downtime is logged by part at the switch ([`StopParts`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
@@ -39,7 +43,7 @@ use crate::fdio::FdIo;
 use crate::pagewalk::PageReader;
 use crate::present::{delivery_pages, parse_hvm_context, special_pfns, vcpu_pages};
 use crate::xc::XenOps;
-use crate::xen_source::{mem_err, XenSource};
+use crate::xen_source::{bitmap_pfns, mem_err, Prescan, XenSource};
 use crate::xtl::Progress;
 
 /// Environment switch: `legacy` leaves the event-delivery pages
@@ -94,6 +98,61 @@ fn max_bandwidth_setting() -> Option<u64> {
         .ok()
 }
 
+/// What the source knows at the stop about which pfns to owe.
+#[derive(Debug)]
+pub enum Known<'a> {
+    /// Nothing: every populated pfn is owed, found by asking the type of
+    /// every pfn up to max_gpfn while the domain is stopped.
+    Nothing,
+    /// No pre-copy round ran; the populated pfns were found while the
+    /// guest ran, and the log-dirty bitmap collected at the stop (words,
+    /// length in bits) names every pfn written, populated or freed since
+    /// ([`Prescan::at_stop`]).
+    Prescan(Prescan, &'a [u64], u64),
+    /// Pre-copy rounds ran: the log-dirty bitmap at suspend (bit n = pfn n
+    /// dirtied since last sent) with its length in bits.
+    Precopy(&'a [u64], u64),
+}
+
+/// The source's share of the downtime, by part, from the call of
+/// [`SaveSession::begin`] (the domain is already suspended) to
+/// POSTCOPY_TRANSITION.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopParts {
+    /// Finding the populated pfns: every pfn's type, or after a prescan
+    /// only those of the pfns the log names.
+    pub scan: Duration,
+    /// pfns whose type was asked during the stop.
+    pub asked: u64,
+    /// The HVM context, special pfns and page-table walks: the
+    /// must-present set.
+    pub walks: Duration,
+    /// Sending the must-present pages.
+    pub present: Duration,
+    /// From the end of `begin` to [`SaveSession::transition`]: the CPU,
+    /// TSC and HVM records libxenguest writes.
+    pub records: Duration,
+    /// [`SaveSession::transition`]: POSTCOPY_PFNS, the destination's page
+    /// out of the owed pfns until its READY, POSTCOPY_TRANSITION.
+    pub ready: Duration,
+}
+
+impl std::fmt::Display for StopParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "scan {:.1} ms ({} pfns asked), walks {:.1} ms, present {:.1} ms, records {:.1} ms, ready {:.1} ms",
+            ms(self.scan),
+            self.asked,
+            ms(self.walks),
+            ms(self.present),
+            ms(self.records),
+            ms(self.ready)
+        )
+    }
+}
+
 /// Environment setting: the push window in bytes (K/M suffixes, binary),
 /// `on` ([`postcopy::scheduler::XEN_WINDOW`]) or `off` (the default,
 /// [`PushPolicy::XEN`]): the most pushed bytes the destination has not yet
@@ -126,6 +185,9 @@ pub struct BeginSummary {
     pub guest_pfns: u64,
     /// Populated pfns.
     pub populated: u64,
+    /// pfns whose type was asked while the domain was stopped (all of
+    /// them without a prescan).
+    pub asked: u64,
     /// Pfns owed after the switch.
     pub owed: u64,
     /// Pages sent before the switch (must be present).
@@ -230,6 +292,9 @@ pub struct SaveSession<O: XenOps> {
     /// none).
     ready_timeout: Duration,
     metrics: Metrics,
+    /// The downtime by part so far, and when `begin` returned.
+    parts: StopParts,
+    begun: Instant,
 }
 
 impl<O: XenOps> std::fmt::Debug for SaveSession<O> {
@@ -251,22 +316,35 @@ fn bits_of(n: u64, pfns: impl IntoIterator<Item = Pfn>) -> BitVec {
 }
 
 impl<O: XenOps> SaveSession<O> {
-    /// Phase 1. `dirty` is the log-dirty bitmap at suspend (bit n = pfn n
-    /// dirtied since last sent) with its length in bits, or `None` when no
-    /// pre-copy round ran. Writes to `stream_fd`; fault requests will be
-    /// read from `back_fd` (both stay owned by the caller).
+    /// Phase 1. `known` says what is known of the owed pfns: nothing, a
+    /// prescan and the log since, or the log since pre-copy last sent each
+    /// page. Writes to `stream_fd`; fault requests will be read from
+    /// `back_fd` (both stay owned by the caller).
     pub fn begin(
         ops: Arc<O>,
         stream_fd: RawFd,
         back_fd: RawFd,
         strategy: StrategySpec,
-        dirty: Option<(&[u64], u64)>,
+        known: Known<'_>,
     ) -> Result<(SaveSession<O>, BeginSummary), Error> {
         let stopped_at = Instant::now();
         let metrics = Metrics::new();
         let mem = XenSource::new(ops)?;
         let n = mem.pfn_count();
-        let populated = mem.populated_in(0, n)?;
+        let (populated, asked) = match &known {
+            Known::Prescan(pre, words, nbits) => {
+                let a = pre.at_stop(&mem, words, *nbits)?;
+                info!(
+                    "post-copy source: prescan found {} populated of {} pfns in {:?} while the guest ran; at the stop {} pfns asked again",
+                    pre.populated.len(),
+                    pre.pfns,
+                    pre.took,
+                    a.asked
+                );
+                (a.populated, a.asked)
+            }
+            Known::Nothing | Known::Precopy(..) => (mem.populated_in(0, n)?, n),
+        };
         let scanned = stopped_at.elapsed();
         let pop_bits = bits_of(n, populated.iter().copied());
         let pop = |p: Pfn| {
@@ -329,8 +407,10 @@ impl<O: XenOps> SaveSession<O> {
 
         // Candidates: everything populated, or with pre-copy only what was
         // dirtied since it was sent.
-        let dirty_bits =
-            dirty.map(|(words, nbits)| crate::xen_source::bitmap_pfns(words, nbits.min(n)));
+        let dirty_bits = match known {
+            Known::Precopy(words, nbits) => Some(bitmap_pfns(words, nbits.min(n))),
+            Known::Nothing | Known::Prescan(..) => None,
+        };
         let candidates: Vec<Pfn> = match &dirty_bits {
             Some(d) => d.iter().copied().filter(|&p| pop(p)).collect(),
             None => populated.clone(),
@@ -377,6 +457,7 @@ impl<O: XenOps> SaveSession<O> {
         let summary = BeginSummary {
             guest_pfns: n,
             populated: populated.len() as u64,
+            asked,
             owed: owed_count,
             sent_now: send_now.len() as u64,
             special: special_count,
@@ -387,11 +468,18 @@ impl<O: XenOps> SaveSession<O> {
             "post-copy source: {} pfns, {} populated, {} owed in {} runs, {} sent before the switch ({} special, {} vCPUs walked, {} more for event delivery), strategy {strategy}",
             n, summary.populated, owed_count, owed.len(), summary.sent_now, special_count, summary.vcpus, summary.delivery
         );
+        let parts = StopParts {
+            scan: scanned,
+            asked,
+            walks: walked - scanned,
+            present: stopped_at.elapsed() - walked,
+            ..StopParts::default()
+        };
         info!(
-            "post-copy source: begin took {:?} (populated scan {scanned:?}, page-table walks {:?}, must-present pages {:?})",
+            "post-copy source: begin took {:?} (populated scan {scanned:?} of {asked} pfns, page-table walks {:?}, must-present pages {:?})",
             stopped_at.elapsed(),
-            walked - scanned,
-            stopped_at.elapsed() - walked
+            parts.walks,
+            parts.present
         );
         Ok((
             SaveSession {
@@ -407,6 +495,8 @@ impl<O: XenOps> SaveSession<O> {
                 offer_lane: crate::lane::wanted(),
                 ready_timeout: ready_timeout_setting(),
                 metrics,
+                parts,
+                begun: Instant::now(),
             },
             summary,
         ))
@@ -421,6 +511,12 @@ impl<O: XenOps> SaveSession<O> {
     /// The owed runs.
     pub fn owed(&self) -> &[PfnRun] {
         &self.owed
+    }
+
+    /// The source's share of the downtime by part (`records` and `ready`
+    /// once [`transition`](Self::transition) returned).
+    pub fn stop_parts(&self) -> StopParts {
+        self.parts
     }
 
     /// The counters.
@@ -450,6 +546,8 @@ impl<O: XenOps> SaveSession<O> {
     /// timeout is [`Error::Timeout`], before the switch as well (the C ABI
     /// returns -ETIMEDOUT and libxl resumes the guest here).
     pub fn transition(&mut self) -> Result<(), Error> {
+        let entered = Instant::now();
+        self.parts.records = entered - self.begun;
         let n = self.mem.pfn_count();
         let stop = Arc::new(AtomicBool::new(false));
         let mut back = RecordReader::new(
@@ -469,6 +567,7 @@ impl<O: XenOps> SaveSession<O> {
         self.session
             .switch(self.owed.clone(), &[], &mut back, &self.metrics)?;
         self.lane = offer.and_then(crate::lane::Offer::take);
+        self.parts.ready = entered.elapsed();
         info!(
             "post-copy source: TRANSITION sent {:?} after the stop; fault replies {}",
             self.session.stopped_at().elapsed(),
@@ -478,6 +577,7 @@ impl<O: XenOps> SaveSession<O> {
                 "in-band"
             }
         );
+        info!("post-copy source: downtime parts: {}", self.parts);
         Ok(())
     }
 

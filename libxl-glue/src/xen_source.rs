@@ -5,10 +5,12 @@
 //! |---|---|
 //! | size | `xc_domain_maximum_gpfn` |
 //! | populated pfns | `xc_get_pfn_type_batch`, 1024 pfns a call; XTAB (unpopulated, ballooned out), XALLOC and BROKEN are skipped |
+//! | populated pfns, out of the downtime | [`Prescan`]: the above while the guest runs with log-dirty mode on, then at the stop only the pfns the log names |
 //! | read pages | `xenforeignmemory_map` (read-only) of up to 1024 pfns a call, copy, unmap |
 //! | dirty log | `xc_logdirty_control` (ENABLE_LOGDIRTY / CLEAN / OFF) |
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postcopy::memory::{runs_from_sorted, MemResult, MemoryError, PfnRun, SourceMemory};
 use postcopy::{Pfn, PAGE_SIZE};
@@ -56,12 +58,18 @@ impl<O: XenOps> XenSource<O> {
 
     /// The populated pfns among `[from, to)`, sorted.
     pub fn populated_in(&self, from: Pfn, to: Pfn) -> MemResult<Vec<Pfn>> {
+        self.populated_among(from..to)
+    }
+
+    /// The populated pfns among `pfns` (in their order), asked
+    /// [`MAX_BATCH`] at a time.
+    pub fn populated_among(&self, pfns: impl IntoIterator<Item = Pfn>) -> MemResult<Vec<Pfn>> {
         let mut out = Vec::new();
+        let mut pfns = pfns.into_iter().peekable();
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut p = from;
-        while p < to {
+        while pfns.peek().is_some() {
             batch.clear();
-            batch.extend(p..to.min(p + MAX_BATCH as u64));
+            batch.extend(pfns.by_ref().take(MAX_BATCH));
             let types = self.ops.pfn_types(&batch).map_err(mem_err)?;
             out.extend(
                 batch
@@ -70,9 +78,85 @@ impl<O: XenOps> XenSource<O> {
                     .filter(|(_, &t)| has_content(t))
                     .map(|(&p, _)| p),
             );
-            p += batch.len() as u64;
         }
         Ok(out)
+    }
+}
+
+/// The populated pfns found while the guest still ran, after libxenguest
+/// turned log-dirty mode on (`libxl_postcopy_save_prescan`). At the stop
+/// [`Prescan::at_stop`] asks again only about the pfns the dirty log names:
+/// with the hypervisor's `xen-logdirty-p2m-changes` every pfn written,
+/// populated or freed since log-dirty mode went on is in it, so the
+/// prescan's answer for every other pfn still holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prescan {
+    /// The pfns looked at: `[0, pfns)`.
+    pub pfns: u64,
+    /// The populated ones, sorted.
+    pub populated: Vec<Pfn>,
+    /// How long the scan took (the guest ran meanwhile).
+    pub took: Duration,
+}
+
+/// What [`Prescan::at_stop`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtStop {
+    /// The populated pfns at the stop, sorted.
+    pub populated: Vec<Pfn>,
+    /// How many pfns were asked again (the log's, and any beyond the
+    /// prescan or the log).
+    pub asked: u64,
+}
+
+impl Prescan {
+    /// Scans `mem`'s domain (log-dirty mode must already be on).
+    pub fn run<O: XenOps>(mem: &XenSource<O>) -> MemResult<Prescan> {
+        let t = Instant::now();
+        let pfns = mem.pfn_count();
+        let populated = mem.populated_in(0, pfns)?;
+        Ok(Prescan {
+            pfns,
+            populated,
+            took: t.elapsed(),
+        })
+    }
+
+    /// The populated pfns of the stopped domain: the prescan's, except that
+    /// every pfn the log (`words`, `nbits` bits, collected at the stop)
+    /// names is asked again, and so is every pfn the prescan and the log do
+    /// not both cover, up to the domain's size now. A pfn of the prescan
+    /// beyond that size is dropped.
+    pub fn at_stop<O: XenOps>(
+        &self,
+        mem: &XenSource<O>,
+        words: &[u64],
+        nbits: u64,
+    ) -> MemResult<AtStop> {
+        let n = mem.pfn_count();
+        let in_words = u64::try_from(words.len()).map_or(u64::MAX, |w| w.saturating_mul(64));
+        let covered = self.pfns.min(nbits).min(in_words).min(n);
+        let mut ask = bitmap_pfns(words, covered);
+        ask.extend(covered..n);
+        let now = mem.populated_among(ask.iter().copied())?;
+        // The prescan's pfns below `covered` that were not asked, then the
+        // answers: both sorted, `ask` too.
+        let mut out = Vec::with_capacity(self.populated.len() + now.len());
+        let mut j = 0;
+        for &p in self.populated.iter().take_while(|&&p| p < covered) {
+            while ask.get(j).is_some_and(|&a| a < p) {
+                j += 1;
+            }
+            if ask.get(j) != Some(&p) {
+                out.push(p);
+            }
+        }
+        out.extend(now);
+        out.sort_unstable();
+        Ok(AtStop {
+            populated: out,
+            asked: ask.len() as u64,
+        })
     }
 }
 
