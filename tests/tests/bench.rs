@@ -72,7 +72,11 @@ fn a_tiny_bench_reports_the_floors_the_ratios_and_the_time_by_part() {
     }
     assert_eq!(row["integrity_ok"], true);
     let targets = std::fs::read_to_string(out.join("targets.md")).unwrap();
-    assert!(targets.contains("met ("), "{targets}");
+    // A verdict per target, whichever it is on this machine's load.
+    assert!(
+        targets.contains("met (") || targets.contains("**not met** ("),
+        "{targets}"
+    );
     assert!(stdout.contains("×floor warm"), "{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
