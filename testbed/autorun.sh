@@ -11,7 +11,9 @@
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
 # destination guest mid-post-copy), names=1 (mid-post-copy: the guest's
-# name on the destination, the source copy's, a refused xl destroy), switch_after=S (`xl-postcopy switch`
+# name on the destination, the source copy's, a refused xl destroy),
+# truncated=1 (no migration: receivers fed truncated and broken streams,
+# truncated_checks), switch_after=S (`xl-postcopy switch`
 # on the source S s into the migration), mem=MIB (this scenario's guest memory
 # instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
 # per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
@@ -308,6 +310,80 @@ refuse_checks() {
 	} > "$out/refuse.env"
 	cat "$out/refuse.env"
 }
+# truncated_streams DIR: the inputs of the truncated scenario, made from
+# the running guest $dom's configuration as xl migrate's sender writes its
+# preamble (xl_migrate.c migrate_do_preamble -> save_domain_core_writeconfig:
+# xl's savefile header, mandatory flags JSON|STREAMv2, the length-prefixed
+# JSON config with its NUL; the config as libxl_retrieve_domain_configuration
+# gives it, domid 0): empty (EOF at once), zeros (1 MiB of zeroes),
+# preamble (then EOF: a sender that died before its libxl stream),
+# preamble-zeros (then 64 KiB of zeroes), preamble-header (then the libxl
+# stream header, then EOF).
+truncated_streams() {
+	python3 - "$dom" "$1" <<'PY'
+import json, struct, subprocess, sys
+dom, d = sys.argv[1], sys.argv[2]
+cfg = json.loads(subprocess.run(["xl", "list", "-l", dom], check=True,
+                                capture_output=True).stdout)[0]["config"]
+cfg.setdefault("c_info", {})["domid"] = 0
+conf = json.dumps(cfg, indent=4).encode() + b"\0"
+opt = struct.pack("<I", len(conf)) + conf
+pre = (b"Xen saved domain, xl format\n \0 \r"
+       + struct.pack("<IIII", 0x01020304, 0x3, 0, len(opt)) + opt)
+lhdr = struct.pack(">QII", 0x4c6962786c466d74, 2, 0)
+for name, data in (("empty", b""), ("zeros", bytes(1 << 20)),
+                   ("preamble", pre), ("preamble-zeros", pre + bytes(64 << 10)),
+                   ("preamble-header", pre + lhdr)):
+    open("%s/%s" % (d, name), "wb").write(data)
+print("preamble %d bytes (config %d)" % (len(pre), len(conf)))
+PY
+}
+# truncated_checks: the truncated scenario.  Each of `xl migrate-receive
+# --postcopy` and `xl migrate-receive` is fed each input of
+# truncated_streams; per run (truncated.env): its exit status (a signal
+# shows as 128+N: 139 is a segfault; core dumps kept as core-RUN), whether
+# its log says what was wrong (empty, preamble, preamble-header:
+# "truncated"; zeros: "wrong magic number"; preamble-zeros: "Invalid
+# ident"), and the domains it left behind (destroyed before the next run).
+# The guest $dom must not notice: the same domid, never paused (result.py,
+# from domstates.log after trunc_start), two more verified memtest passes.
+truncated_checks() {
+	local tdir=/tmp/trunc recv input want rc left ids0 log
+	rm -rf "$tdir"; mkdir -p "$tdir"
+	truncated_streams "$tdir" > "$out/truncated-streams.txt" 2>&1
+	ls -l "$tdir" >> "$out/truncated-streams.txt"
+	echo "/tmp/core.%e.%p" > /proc/sys/kernel/core_pattern
+	ids0=$(xl list | awk 'NR > 1 { print $2 }' | sort | tr '\n' ' ')
+	{
+		echo "trunc_start=$(now)"
+		echo "trunc_src=$src"
+		for recv in postcopy plain; do
+			for input in empty zeros preamble preamble-zeros preamble-header; do
+				case $input in
+				zeros) want='wrong magic number' ;;
+				preamble-zeros) want='Invalid ident' ;;
+				*) want='truncated' ;;
+				esac
+				log=$out/recv-$recv-$input.log
+				rm -f /tmp/core.*
+				# shellcheck disable=SC2046
+				(ulimit -c unlimited
+				 exec timeout 120 xl -vvv migrate-receive $([ $recv = postcopy ] && echo --postcopy)) \
+					< "$tdir/$input" > "$out/recv-$recv-$input.out" 2> "$log"
+				rc=$?
+				for c in /tmp/core.*; do [ -e "$c" ] && mv "$c" "$out/core-$recv-$input"; done
+				left=$(xl list | awk -v ids="$ids0" 'NR > 1 && index(" " ids, " " $2 " ") == 0 { print $1 "/" $2 }' | tr '\n' ' ')
+				# (a restarted guest is reported, not destroyed)
+				for d in $left; do [ "${d%/*}" = "$dom" ] || xl destroy "${d#*/}" > /dev/null 2>&1; done
+				echo "run=$recv/$input rc=$rc said_why=$(grep -aqi "$want" "$log" && echo 1 || echo 0) left='$left' last='$(grep -a -i 'error\|fail\|truncat\|segmentation\|wrong' "$log" | tail -n 1 | tr -d "'")'"
+				{ echo "==== xl migrate-receive ($recv) < $input: rc=$rc"; cat "$log"; } >> "$out/migrate.log"
+			done
+		done
+		echo "trunc_end=$(now)"
+		echo "trunc_guest_id='$(xl domid "$dom" 2>/dev/null)'"
+	} > "$out/truncated.env"
+	cat "$out/truncated.env"
+}
 # death_checks: after a kill_dest migration, is the dead destination
 # preserved (listed, not restarted) and the source copy paused?
 death_checks() {
@@ -504,6 +580,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	out=/mnt/host/results/$name
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
+	truncated=0
 	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
@@ -523,6 +600,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		names=*) names=${o#*=}; continue ;;
+		truncated=*) truncated=${o#*=}; continue ;;
 		refuse=*) refuse=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
@@ -762,6 +840,15 @@ CFG
 		# the guest went on: two more full passes on the same console
 		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
 			! verify_failed && vrc=0
+	elif [ "$truncated" = 1 ]; then
+		# truncated=1: no migration; receivers fed broken streams
+		# (truncated_checks).  Nothing may reach the running guest.
+		src=$(xl domid "$dom" 2>/dev/null)
+		mrc=0 mig_ms=0
+		n0=$(count_in "$slog" 'MEMTEST pass [0-9]* ok=1')
+		truncated_checks
+		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
+			! verify_failed && vrc=0
 	else
 		migrate_once 1
 		done_n=1
@@ -822,6 +909,7 @@ CFG
 		echo "kill_dest=$kill_dest"
 		echo "names=$names"
 		echo "refuse=$refuse"
+		echo "truncated=$truncated"
 		# after the migration: one domain called $dom, no copy left over
 		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"

@@ -643,6 +643,42 @@ if meta.get("refuse"):
                    and f["guest_went_on"])
     r["ok"] = f["ok"]
     r["integrity_ok"] = f["guest_went_on"]
+# truncated=1: receivers fed broken streams (autorun.sh truncated_checks).
+# Each run must fail with its exit status (not a signal: 128+N, nor
+# timeout's 124), say why, and leave no domain; the running guest must not
+# notice (same domid, never paused or suspended, two more memtest passes).
+if meta.get("truncated") == "1":
+    runs, te = [], {}
+    try:
+        for line in open(os.path.join(d, "truncated.env"), errors="replace"):
+            line = line.strip()
+            if line.startswith("run="):
+                kv = dict(w.split("=", 1) for w in shlex.split(line) if "=" in w)
+                rc = int(kv.get("rc", "-1"))
+                run = {"run": kv.get("run"), "rc": rc, "said_why": kv.get("said_why") == "1",
+                       "left": kv.get("left", "").split(), "last": kv.get("last", "")}
+                run["ok"] = bool(0 < rc < 128 and rc != 124 and run["said_why"] and not run["left"])
+                runs.append(run)
+            elif "=" in line:
+                k, v = line.split("=", 1)
+                te[k] = " ".join(shlex.split(v)) if v else ""
+    except (OSError, ValueError):
+        pass
+    t0 = float(te.get("trunc_start") or 0)
+    gsrc = int(te.get("trunc_src") or -1)
+    t = {
+        "runs": runs,
+        "crashed": [x["run"] for x in runs if x["rc"] >= 128],
+        "guest_same_domid": te.get("trunc_guest_id") == str(gsrc),
+        "guest_ever_paused": any(t0 <= tt and ("paused=1" in st or ("shutdown=" in st and "shutdown=none" not in st))
+                                 for tt, st in dstates.get(gsrc, [])) if t0 else None,
+        "guest_went_on": meta.get("verify_rc") == "0",
+    }
+    t["ok"] = bool(len(runs) == 10 and all(x["ok"] for x in runs) and t["guest_same_domid"]
+                   and t["guest_ever_paused"] is False and t["guest_went_on"])
+    r["truncated"] = t
+    r["ok"] = t["ok"]
+    r["integrity_ok"] = t["guest_went_on"]
 # Two hosts and devices: where the guest went and how, and whether its
 # disk and network kept working (checked on the destination's console,
 # and never an error on any console of the scenario).
