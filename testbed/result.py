@@ -573,10 +573,12 @@ if migs:
     r["admin_status"] = {str(m["i"]): status_of(m["i"]) for m in migs}
     st = r["admin_status"][str(migs[-1]["i"])]
     fin = (st["destination"]["final"] or {})
-    # the admin's view agrees with the engine's report at the end
+    # the admin's view agrees with the engine's report at the end (a plain
+    # pre-copy migration has no post-copy phase to show: no verdict)
     r["admin_status_ok"] = bool(
         st["destination"]["active_samples"] >= 1 and fin.get("status") == "completed"
-        and fin.get("transferred_pages") == r.get("pages_transferred")) if r.get("migrate_rc") == 0 else None
+        and fin.get("transferred_pages") == r.get("pages_transferred")) \
+        if r.get("migrate_rc") == 0 and r["mode"] != "precopy" else None
 # hybrid: when and why it switched (the glue's precopy policy logs it);
 # hybrid-switch must have switched on the admin's request, an auto hybrid
 # by its rule.
