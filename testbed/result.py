@@ -44,11 +44,22 @@ def block(header, text=None):
     if i < 0:
         return {}
     rows = {}
-    for line in log_[i:].splitlines()[1:20]:
+    # On one host both helpers write to the same log, so a line of the
+    # other side may land inside the table (even mid-row: "post-copy phase
+    # 160058.6 msxc: info: ..." and then an empty line): such lines are
+    # skipped, not taken as the table's end.  The table ends at its last
+    # row (time by part) or at the other side's report.
+    for line in log_[i:].splitlines()[1:30]:
+        if line.rstrip().endswith(" done:"):
+            break
         m = re.match(r"\s+([a-z][a-z0-9 ()-]+?)\s{2,}(.*)$", line)
         if not m:
+            continue
+        if m.group(1).strip() in rows:
             break
         rows[m.group(1).strip()] = m.group(2).strip()
+        if m.group(1).strip() == "time by part":
+            break
     return rows
 
 
@@ -562,10 +573,12 @@ if migs:
     r["admin_status"] = {str(m["i"]): status_of(m["i"]) for m in migs}
     st = r["admin_status"][str(migs[-1]["i"])]
     fin = (st["destination"]["final"] or {})
-    # the admin's view agrees with the engine's report at the end
+    # the admin's view agrees with the engine's report at the end (a plain
+    # pre-copy migration has no post-copy phase to show: no verdict)
     r["admin_status_ok"] = bool(
         st["destination"]["active_samples"] >= 1 and fin.get("status") == "completed"
-        and fin.get("transferred_pages") == r.get("pages_transferred")) if r.get("migrate_rc") == 0 else None
+        and fin.get("transferred_pages") == r.get("pages_transferred")) \
+        if r.get("migrate_rc") == 0 and r["mode"] != "precopy" else None
 # hybrid: when and why it switched (the glue's precopy policy logs it);
 # hybrid-switch must have switched on the admin's request, an auto hybrid
 # by its rule.
