@@ -447,7 +447,16 @@ pub struct EngineReport {
 impl fmt::Display for EngineReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows: [(&str, String); 14] = [
-            ("total time", format!("{:.1} ms", self.total_time_ms)),
+            (
+                "total time",
+                // The Xen helpers see only their share of a migration
+                // (xl times the whole): unset there, not zero.
+                if self.total_time_ms > 0.0 {
+                    format!("{:.1} ms", self.total_time_ms)
+                } else {
+                    "not timed by this side".to_owned()
+                },
+            ),
             ("downtime", format!("{:.3} ms", self.downtime_ms)),
             (
                 "post-copy phase",
