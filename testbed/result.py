@@ -518,6 +518,10 @@ r["tsc_mode"] = meta.get("tsc_mode", "default")
 # "vcpu0 812.3 ms, vcpu1 40.0 ms, foreign 3.1 ms"
 r["blocktime_ms"] = {k: float(v) for k, v in re.findall(r"(vcpu\d+|foreign|unknown) ([0-9.]+) ms",
                                                           dst.get("blocktime", ""))}
+# faults served over the network per origin: a guest vCPU or a dom0
+# backend / device model (foreign): "foreign 4, vcpu0 70, vcpu1 52"
+r["faults_by_origin"] = {k: int(v) for k, v in re.findall(r"(vcpu\d+|foreign|unknown) ([0-9]+)",
+                                                          dst.get("faults by origin", ""))}
 
 
 def status_of(i):
