@@ -512,6 +512,8 @@ peer_collect() {
 	xl list > "$o/xl-list.txt" 2>&1
 	xl dmesg > "$o/xl-dmesg.txt" 2>&1
 	dmesg > "$o/dmesg.txt" 2>&1
+	# the lines since prepare: this scenario's (blkback, netback, gnttab)
+	tail -n +"$(($(wc -l < /tmp/dmesg-before.txt) + 1))" "$o/dmesg.txt" > "$o/dmesg-scenario.txt"
 	cp /var/log/xen/*.log /var/log/sshd.log "$o/" 2>/dev/null
 	cp /tmp/tunnel-*.log "$o/" 2>/dev/null
 	echo "collected $1"
@@ -683,6 +685,7 @@ CFG
 	domstates 5 > /tmp/domstates.log 2>&1 &
 	dspid=$!
 	tf0=$(xl dmesg | grep -ac 'Triple fault')
+	dm0=$(dmesg | wc -l)
 	s=$(now)
 	xl create /tmp/$dom.cfg > "$out/create.log" 2>&1
 	crc=$?
@@ -938,6 +941,7 @@ CFG
 	# -f: a failed post-copy's source copy is refused otherwise
 	if [ -n "$peer" ]; then
 		dmesg > "$out/dmesg.txt" 2>&1
+		tail -n +"$((dm0 + 1))" "$out/dmesg.txt" > "$out/dmesg-scenario.txt"
 		pssh /mnt/host/autorun.sh collect "$name"
 		pssh /mnt/host/autorun.sh cleanup "$name"
 		rm -f "/mnt/storage/disk-$name.img"

@@ -529,6 +529,10 @@ r["tsc_mode"] = meta.get("tsc_mode", "default")
 # "vcpu0 812.3 ms, vcpu1 40.0 ms, foreign 3.1 ms"
 r["blocktime_ms"] = {k: float(v) for k, v in re.findall(r"(vcpu\d+|foreign|unknown) ([0-9.]+) ms",
                                                           dst.get("blocktime", ""))}
+# faults served over the network per origin: a guest vCPU or a dom0
+# backend / device model (foreign): "foreign 4, vcpu0 70, vcpu1 52"
+r["faults_by_origin"] = {k: int(v) for k, v in re.findall(r"(vcpu\d+|foreign|unknown) ([0-9]+)",
+                                                          dst.get("faults by origin", ""))}
 
 
 def status_of(i):
@@ -746,6 +750,28 @@ else:
     r["net_ok"] = None
 if r["disk_ok"] is False or r["net_ok"] is False:
     r["ok"] = False
+# What dom0's backends said during the scenario, on each host (the lines
+# since it began): blkback, netback, the grant table driver.  Linux retries
+# a grant op that Xen answers GNTST_eagain (an absent page) with growing
+# sleeps and prints 'eagain grant' only when it gives up (~32 s); netback's
+# guest-transmit copy runs in NAPI, where a sleep is 'scheduling while
+# atomic'.  Any of the errors below fails the scenario.
+BACKEND = r"xen-blkback|xen-netback|blkback|netback|vif\S* vif|gnttab|grant|eagain"
+BACKEND_ERR = (r"eagain grant|scheduling while atomic|BUG:|Oops|WARNING:|Bad grant|"
+               r"(blkback|netback).*(error|fail|fatal)|xenbus.*fatal|Call Trace")
+if r["hosts"] == 2:
+    be = {}
+    for host, sub in (("a", ""), ("b", "hostb")):
+        f = os.path.join(d, sub, "dmesg-scenario.txt")
+        if not os.path.exists(f):
+            continue
+        lines = [x.strip() for x in open(f, errors="replace")]
+        be[host] = {"messages": [x[:200] for x in lines if re.search(BACKEND, x, re.I)][:24],
+                    "errors": [x[:200] for x in lines if re.search(BACKEND_ERR, x)][:12]}
+    r["backend_dmesg"] = be
+    r["backend_errors"] = sum(len(v["errors"]) for v in be.values())
+    if r["backend_errors"]:
+        r["ok"] = False
 if r["transport"] == "ping":
     pe = env_file(os.path.join(d, "ping.env"))
     r["ping"] = pe

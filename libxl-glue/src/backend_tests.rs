@@ -292,6 +292,46 @@ fn a_backend_touching_an_absent_page_is_a_foreign_fault() {
 }
 
 #[test]
+fn backend_faults_are_handed_to_the_engine_before_vcpu_faults() {
+    let (x, d) = absent_10_to_30();
+    // Two vCPUs fault, then blkback and netback (dom0's vCPUs 0 and 1)
+    // touch absent pages, all before the pager looks at the ring.
+    assert!(x.guest_touch(12, 0));
+    assert!(x.guest_touch(13, 1));
+    assert!(x.foreign_touch(20, 0));
+    assert!(x.guest_touch(14, 0));
+    assert!(x.foreign_touch(21, 1));
+    let mut order = Vec::new();
+    while let Some(f) = d.wait_fault(Duration::from_millis(20)).unwrap() {
+        order.push((f.pfn, f.origin));
+    }
+    assert_eq!(
+        order,
+        [
+            (20, FaultOrigin::Foreign),
+            (21, FaultOrigin::Foreign),
+            (12, FaultOrigin::Vcpu(0)),
+            (13, FaultOrigin::Vcpu(1)),
+            (14, FaultOrigin::Vcpu(0)),
+        ],
+        "backends first, each kind in ring order"
+    );
+    // a backend's request for a page a vCPU already waits on is no new
+    // fault, and the load answers both
+    assert!(x.guest_touch(15, 1));
+    assert!(x.foreign_touch(15, 0));
+    let f = d
+        .wait_fault(Duration::from_secs(5))
+        .unwrap()
+        .expect("fault");
+    assert_eq!((f.pfn, f.origin), (15, FaultOrigin::Vcpu(1)));
+    assert_eq!(d.wait_fault(Duration::from_millis(5)).unwrap(), None);
+    let page = vec![0x22u8; PAGE_SIZE];
+    assert_eq!(d.install(15, &page).unwrap(), Installed::Installed);
+    assert_eq!(x.collect_responses(), 2);
+}
+
+#[test]
 fn a_guest_fault_becomes_a_fault_event_and_the_load_resumes_the_vcpu() {
     let (x, d) = absent_10_to_30();
     assert_eq!(d.wait_fault(Duration::from_millis(5)).unwrap(), None);

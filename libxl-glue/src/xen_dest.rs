@@ -7,7 +7,7 @@
 //! | write a page before the switch | `xc_get_pfn_type_batch`, `xc_domain_populate_physmap_exact` for unpopulated pfns, `xenforeignmemory_map` (rw), copy, unmap |
 //! | enable paging (once, at the first owed pfn) | `xc_hvm_param_get(PAGING_RING_PFN)`, populate it if needed, `xenforeignmemory_map` it, `xc_mem_paging_enable`, `xenevtchn_bind_interdomain`, `SHARED_RING_INIT`/`BACK_RING_INIT` ([`crate::ring`]), `xc_domain_decrease_reservation_exact` of the ring pfn |
 //! | `mark_absent` | populate unpopulated owed pfns, `xc_mem_paging_nominate` + `xc_mem_paging_evict` each |
-//! | `wait_fault` | drain the ring; if empty, `RING_FINAL_CHECK_FOR_REQUESTS` then `poll` on `xenevtchn_fd` + `xenevtchn_pending`/`unmask` |
+//! | `wait_fault` | drain the ring (one fault per absent page; a request flagged `VM_EVENT_FLAG_FOREIGN`, raised by a dom0 backend's grant op or the device model's mapping, is handed out before every vCPU's); if empty, `RING_FINAL_CHECK_FOR_REQUESTS` then `poll` on `xenevtchn_fd` + `xenevtchn_pending`/`unmask` |
 //! | `install` / `install_zero` / `install_batch` | `XENMEM_paging_op_load_batch` (one call per [`LOAD_BATCH_MAX`] pages; zero pages flagged, not copied), or `xc_mem_paging_load` per page on a hypervisor without it; then a response per waiting request and one `xenevtchn_notify` |
 //!
 //! Ordering rule: a request and the load of its page race (the vCPU may
@@ -573,19 +573,43 @@ impl<O: XenOps> XenDestination<O> {
             if w.len() == 1 {
                 // A request raised by another domain's access (a dom0
                 // backend, the device model) carries that domain's vCPU.
-                let origin = if req.flags & sys::VM_EVENT_FLAG_FOREIGN != 0 {
-                    FaultOrigin::Foreign
-                } else {
-                    FaultOrigin::Vcpu(req.vcpu_id)
-                };
-                st.faults.push_back(Fault {
+                let fault = Fault {
                     pfn: gfn,
                     at: Instant::now(),
-                    origin,
-                });
+                    origin: if req.flags & sys::VM_EVENT_FLAG_FOREIGN != 0 {
+                        FaultOrigin::Foreign
+                    } else {
+                        FaultOrigin::Vcpu(req.vcpu_id)
+                    },
+                };
+                if fault.origin == FaultOrigin::Foreign {
+                    debug!(
+                        "gfn {gfn:#x} absent, touched by another domain's vCPU {} (a dom0 backend or the device model): a foreign fault, served first",
+                        req.vcpu_id
+                    );
+                }
+                queue_fault(&mut st.faults, fault);
             }
         }
         notify
+    }
+}
+
+/// Queues a fault for the engine. A backend's (foreign) fault goes before
+/// every vCPU's, behind the backends' queued before it: a vCPU fault stops
+/// one vCPU, a dom0 backend's grant copy or map of an absent page holds up
+/// a whole device queue (netback's poll, blkback's request ring) and is
+/// retried by Linux with growing sleeps (1, 2, 3 ... ms), so every
+/// millisecond it waits behind a vCPU's page costs more than one.
+fn queue_fault(faults: &mut VecDeque<Fault>, fault: Fault) {
+    if fault.origin == FaultOrigin::Foreign {
+        let at = faults
+            .iter()
+            .take_while(|f| f.origin == FaultOrigin::Foreign)
+            .count();
+        faults.insert(at, fault);
+    } else {
+        faults.push_back(fault);
     }
 }
 

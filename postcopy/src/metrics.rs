@@ -62,8 +62,9 @@ pub struct Metrics {
     owed_done: AtomicU64,
     /// Sum of the fault service latencies, in microseconds.
     fault_block_us: AtomicU64,
-    /// The same sum per origin (vCPU, foreign), in microseconds.
-    block_by_origin: Mutex<BTreeMap<FaultOrigin, u64>>,
+    /// The same sum per origin (vCPU, foreign), in microseconds, and the
+    /// number of faults it sums.
+    block_by_origin: Mutex<BTreeMap<FaultOrigin, (u64, u64)>>,
     fault_latency: Mutex<Histogram<u64>>,
     /// Time spent in each [`Part`], in nanoseconds.
     part_ns: [AtomicU64; Part::ALL.len()],
@@ -218,11 +219,23 @@ impl Metrics {
         )
     }
 
-    /// Adds `d` to the time `origin` waited on absent pages.
+    /// Adds `d` to the time `origin` waited on absent pages (one fault
+    /// served over the network).
     pub fn record_block(&self, origin: FaultOrigin, d: Duration) {
         if let Ok(mut m) = self.block_by_origin.lock() {
-            *m.entry(origin).or_insert(0) += us(d);
+            let e = m.entry(origin).or_insert((0, 0));
+            e.0 += us(d);
+            e.1 += 1;
         }
+    }
+
+    /// Faults served over the network per origin, keyed `vcpu0`, ...,
+    /// `foreign` (a dom0 backend or the device model).
+    pub fn faults_by_origin(&self) -> BTreeMap<String, u64> {
+        self.block_by_origin
+            .lock()
+            .map(|m| m.iter().map(|(o, &(_, n))| (o.to_string(), n)).collect())
+            .unwrap_or_default()
     }
 
     /// Time each origin waited on absent pages, in ms, keyed `vcpu0`,
@@ -232,7 +245,7 @@ impl Metrics {
             .lock()
             .map(|m| {
                 m.iter()
-                    .map(|(o, &v)| (o.to_string(), v as f64 / 1000.0))
+                    .map(|(o, &(v, _))| (o.to_string(), v as f64 / 1000.0))
                     .collect()
             })
             .unwrap_or_default()
@@ -329,6 +342,7 @@ impl Metrics {
             outage_ms: get(&self.outage_us) as f64 / 1000.0,
             fault_latency_us: lat,
             blocktime_ms: self.blocktime_by_origin(),
+            faults_by_origin: self.faults_by_origin(),
             breakdown_ms: self.breakdown_ms(),
         }
     }
@@ -437,6 +451,10 @@ pub struct EngineReport {
     /// `foreign`), in ms (destination only).
     #[serde(default)]
     pub blocktime_ms: BTreeMap<String, f64>,
+    /// Faults served over the network per origin (`vcpu0`, ...,
+    /// `foreign`: guest vCPU vs dom0 backend) (destination only).
+    #[serde(default)]
+    pub faults_by_origin: BTreeMap<String, u64>,
     /// Time per [`Part`] of the post-copy phase, in ms, from the engine's
     /// own timers (see [`Metrics::breakdown_ms`]); parts never timed are
     /// absent.
@@ -501,13 +519,24 @@ impl fmt::Display for EngineReport {
         for (k, v) in rows {
             writeln!(f, "  {k:<22} {v}")?;
         }
-        if !self.blocktime_ms.is_empty() {
-            let per: Vec<String> = self
-                .blocktime_ms
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.1} ms"))
-                .collect();
-            writeln!(f, "  {:<22} {}", "blocktime", per.join(", "))?;
+        let per_origin = [
+            (
+                "blocktime",
+                self.blocktime_ms
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.1} ms"))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "faults by origin",
+                self.faults_by_origin
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect(),
+            ),
+        ];
+        for (k, per) in per_origin.iter().filter(|(_, per)| !per.is_empty()) {
+            writeln!(f, "  {k:<22} {}", per.join(", "))?;
         }
         if !self.breakdown_ms.is_empty() {
             let per: Vec<String> = Part::ALL
@@ -551,6 +580,31 @@ mod tests {
         assert_eq!(json["pages_transferred"], 15);
         assert!(json["fault_latency_us"]["p99"].is_u64());
         assert!(r.to_string().contains("pushed 10, faulted 3"));
+    }
+
+    #[test]
+    fn blocktime_and_faults_are_kept_per_origin() {
+        let m = Metrics::new();
+        m.record_block(FaultOrigin::Vcpu(1), Duration::from_millis(3));
+        m.record_block(FaultOrigin::Vcpu(1), Duration::from_millis(2));
+        m.record_block(FaultOrigin::Foreign, Duration::from_micros(1500));
+        let r = m.snapshot();
+        assert_eq!(r.blocktime_ms["vcpu1"], 5.0);
+        assert_eq!(r.blocktime_ms["foreign"], 1.5);
+        assert_eq!(r.faults_by_origin["vcpu1"], 2);
+        assert_eq!(r.faults_by_origin["foreign"], 1);
+        assert!(!r.faults_by_origin.contains_key("vcpu0"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["faults_by_origin"]["foreign"], 1);
+        let text = r.to_string();
+        assert!(
+            text.contains("faults by origin       foreign 1, vcpu1 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("blocktime              foreign 1.5 ms, vcpu1 5.0 ms"),
+            "{text}"
+        );
     }
 
     #[test]
