@@ -373,7 +373,8 @@ fn a_stall_past_the_stall_timeout_costs_one_reconnect() {
 }
 
 /// The destination dies after the switch: the source retries until its
-/// timeout, then fails loudly with exit 2 and the count of pages lost.
+/// timeout, then fails loudly with the count of pages lost (exit 2), or
+/// in doubt (exit 4) if the destination never confirmed resuming.
 #[test]
 fn an_outage_past_the_timeout_fails_loudly() {
     let t = Instant::now();
@@ -390,7 +391,14 @@ fn an_outage_past_the_timeout_fails_loudly() {
         &["--recover-timeout", "1", "--mem", "8M"],
         &[],
     );
-    assert_eq!(d.code, 2, "{}", d.err);
+    // Killed after it confirmed resuming the guest: exit 2, pages lost.
+    // Killed between TRANSITION and that confirmation (the 1 MiB mark can
+    // fall on either side on a quiet machine): exit 4, in doubt, and the
+    // source keeps the guest stopped. Both are loud, with the count.
+    assert!(d.code == 2 || d.code == 4, "exit {}: {}", d.code, d.err);
+    if d.code == 4 {
+        assert!(d.err.contains("was NOT resumed"), "{}", d.err);
+    }
     assert!(d.err.contains("after the switch"), "{}", d.err);
     assert!(
         d.err.contains("not confirmed at the destination"),
