@@ -421,6 +421,19 @@ try:
         mpt = msrc.get("pages transferred")
         sb = stream_bytes(kv.get("i", n))
         mode = kv.get("mode") or r["mode"]
+        # pages libxenguest sent whole before any post-copy: all of a
+        # pre-copy's stream; a hybrid's stream less the engine's bytes
+        # after its switch (with the fault lane, whose replies bypass the
+        # stream, this undercounts by at most the faulted pages)
+        ebytes = msrc.get("bytes sent")
+        precopy_pages = (sb // 4096 if mode == "precopy" else
+                         max(0, sb - int(num(ebytes))) // 4096 if mode == "hybrid" and ebytes else
+                         0 if mode == "postcopy" else None) if sb else None
+        pages = int(num(mpt)) if mpt else None
+        if mode == "precopy":
+            pages = precopy_pages
+        elif mode == "hybrid" and pages is not None and precopy_pages is not None:
+            pages += precopy_pages
         mig = {
             "i": int(kv.get("i", n)), "mode": mode, "migrate_rc": int(kv.get("rc", -1)),
             "xl_migrate_ms": int(kv.get("ms", 0)), "total_time_ms": int(kv.get("ms", 0)),
@@ -432,9 +445,11 @@ try:
             "paused_ms": pm,
             "guest_stall_ms": heartbeat_max(cons) if cons else None,
             "stream_bytes": sb,
-            # post-copy and hybrid: the engine's count; pre-copy: the
-            # stream's bytes in pages (libxenguest sends every page whole)
-            "pages_transferred": int(num(mpt)) if mpt else (sb // 4096 if sb and mode == "precopy" else None),
+            # post-copy: the engine's count; pre-copy: the stream's bytes
+            # in pages (libxenguest sends every page whole); hybrid: its
+            # pre-copy rounds' pages plus the engine's count
+            "pages_transferred": pages,
+            "precopy_pages": precopy_pages,
             "work_rate": work_rate(float(kv["start"]), float(kv.get("end") or kv["start"])) if rate_lines else None,
         }
         migs.append(mig)

@@ -178,6 +178,31 @@ fn push_window_setting() -> Option<u64> {
         .or(Some(postcopy::scheduler::XEN_WINDOW))
 }
 
+/// Environment setting: the most pages per pushed record (1..=1024;
+/// default [`PushPolicy::XEN`]'s). Larger batches cost fewer foreign
+/// mappings on the source and fewer load hypercalls on the destination per
+/// page; an in-band fault reply waits behind at most one of them.
+pub const PUSH_BATCH_ENV: &str = "LIBXL_POSTCOPY_PUSH_BATCH";
+
+/// The batch [`PUSH_BATCH_ENV`] asks for (the Xen default, with a warning,
+/// when it is not a count in 1..=1024).
+fn push_batch_setting() -> usize {
+    let default = PushPolicy::XEN.batch_pages;
+    match std::env::var(PUSH_BATCH_ENV) {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=postcopy::records::MAX_BATCH_PAGES).contains(&n) => n,
+            _ => {
+                warn!(
+                    "{PUSH_BATCH_ENV}={v}: not a page count in 1..={}; {default} pages a record",
+                    postcopy::records::MAX_BATCH_PAGES
+                );
+                default
+            }
+        },
+        _ => default,
+    }
+}
+
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeginSummary {
@@ -443,6 +468,7 @@ impl<O: XenOps> SaveSession<O> {
             populated.len() as u64,
             strategy,
             PushPolicy {
+                batch_pages: push_batch_setting(),
                 max_bandwidth: max_bandwidth_setting(),
                 window: push_window_setting(),
                 ..PushPolicy::XEN
