@@ -6,7 +6,8 @@
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
 # load=per-page, scan=stop, window=SIZE|off (the push window), lane=off (fault
-# replies in-band), batch=N (pages per pushed record), tunnel=1 (xl's pipe through
+# replies in-band), batch=N (pages per pushed record), read=per-call (no
+# kept source mappings), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
 # one boot, stopping at the first guest death), kill_dest=1 (crash the
@@ -166,8 +167,10 @@ migrate_once() {
 	# window=SIZE|on|off: the source's push window
 	# (LIBXL_POSTCOPY_PUSH_WINDOW; empty: the default, off); lane=off: fault replies in-band, not on the
 	# fault lane (LIBXL_POSTCOPY_LANE); batch=N: pages per pushed record
-	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 16).
-	LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
+	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 16); read=per-call:
+	# the source maps and unmaps per read, no kept mappings
+	# (LIBXL_POSTCOPY_READ).
+	LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -584,7 +587,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= read=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -601,6 +604,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		tunnel=*) tunnel=${o#*=}; continue ;;
 		lane=*) lane=${o#*=}; continue ;;
 		batch=*) batch=${o#*=}; continue ;;
+		read=*) read=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
 		names=*) names=${o#*=}; continue ;;
@@ -933,6 +937,7 @@ CFG
 		echo "tunnel=$tunnel"
 		echo "lane=${lane:-default}"
 		echo "push_batch=${batch:-default}"
+		echo "source_read=${read:-kept}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"
 		echo "dom0_kernel='$(uname -r)'"

@@ -60,6 +60,40 @@ fn source_lists_populated_pfns_in_batches_and_skips_holes() {
 }
 
 #[test]
+fn a_stopped_source_reads_through_kept_mappings_a_running_one_does_not() {
+    let x = Arc::new(FakeXen::new(1, 1023));
+    for p in 0..1024 {
+        x.fill(p, page_byte(p));
+    }
+    let kinds = |src: &XenSource<FakeXen>| {
+        x.state().calls.clear();
+        let pfns: Vec<Pfn> = (100..164).collect();
+        let mut buf = vec![0u8; pfns.len() * PAGE_SIZE];
+        src.read_pages(&pfns, &mut buf).unwrap();
+        for (p, page) in pfns.iter().zip(buf.chunks(PAGE_SIZE)) {
+            assert!(page.iter().all(|&b| b == page_byte(*p)));
+        }
+        let calls = x.state().calls.clone();
+        calls
+            .into_iter()
+            .filter(|c| c.starts_with("xenforeignmemory_map"))
+            .collect::<Vec<_>>()
+    };
+    let running = XenSource::new(x.clone()).unwrap();
+    assert_eq!(kinds(&running), ["xenforeignmemory_map(read)"]);
+    if std::env::var(crate::xen_source::READ_ENV).is_err() {
+        let stopped = XenSource::stopped(x.clone()).unwrap();
+        assert_eq!(kinds(&stopped), ["xenforeignmemory_map(read, kept)"]);
+    }
+    // The chunk arithmetic of the real kept mappings.
+    let c = crate::xc::KEPT_CHUNK as u64;
+    assert_eq!(crate::xc::kept_slot(0), (0, 0));
+    assert_eq!(crate::xc::kept_slot(c - 1), (0, crate::xc::KEPT_CHUNK - 1));
+    assert_eq!(crate::xc::kept_slot(c), (1, 0));
+    assert_eq!(crate::xc::kept_slot(5 * c + 7), (5, 7));
+}
+
+#[test]
 fn source_reads_pages_and_maps_errors() {
     let x = Arc::new(FakeXen::new(1, 2047));
     for p in 0..2048 {

@@ -175,6 +175,23 @@ impl FakeXen {
         st.mark(pfn);
     }
 
+    /// A read of `pfns` logged as `op`: ENOENT for a paged-out pfn, EINVAL
+    /// for an unpopulated one, as Xen answers a foreign mapping.
+    fn read_as(&self, op: &'static str, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()> {
+        let mut st = self.state();
+        self.call(&mut st, op)?;
+        for (p, o) in pfns.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            if st.paged.contains(p) {
+                return Err(XcError::from_errno(op, libc::ENOENT, Some(*p)));
+            }
+            let Some(page) = st.pages.get(p) else {
+                return Err(XcError::from_errno(op, libc::EINVAL, Some(*p)));
+            };
+            o.copy_from_slice(&page[..]);
+        }
+        Ok(())
+    }
+
     fn call(&self, st: &mut FakeState, name: &'static str) -> XcResult<()> {
         st.calls.push(name.to_string());
         if let Some(&e) = st.fail.get(name) {
@@ -331,26 +348,11 @@ impl XenOps for FakeXen {
     }
 
     fn read_pages(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()> {
-        let mut st = self.state();
-        self.call(&mut st, "xenforeignmemory_map(read)")?;
-        for (p, o) in pfns.iter().zip(out.chunks_mut(PAGE_SIZE)) {
-            if st.paged.contains(p) {
-                return Err(XcError::from_errno(
-                    "xenforeignmemory_map(read)",
-                    libc::ENOENT,
-                    Some(*p),
-                ));
-            }
-            let Some(page) = st.pages.get(p) else {
-                return Err(XcError::from_errno(
-                    "xenforeignmemory_map(read)",
-                    libc::EINVAL,
-                    Some(*p),
-                ));
-            };
-            o.copy_from_slice(&page[..]);
-        }
-        Ok(())
+        self.read_as("xenforeignmemory_map(read)", pfns, out)
+    }
+
+    fn read_pages_kept(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()> {
+        self.read_as("xenforeignmemory_map(read, kept)", pfns, out)
     }
 
     fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> XcResult<()> {

@@ -354,7 +354,7 @@ impl<O: XenOps> SaveSession<O> {
     ) -> Result<(SaveSession<O>, BeginSummary), Error> {
         let stopped_at = Instant::now();
         let metrics = Metrics::new();
-        let mem = XenSource::new(ops)?;
+        let mem = XenSource::stopped(ops)?;
         let n = mem.pfn_count();
         let (populated, asked) = match &known {
             Known::Prescan(pre, words, nbits) => {

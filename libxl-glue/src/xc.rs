@@ -301,6 +301,14 @@ pub trait XenOps: Send + Sync {
     /// `xenforeignmemory_map` read-only, copy into `out`
     /// (`pfns.len() * PAGE_SIZE` bytes), unmap.
     fn read_pages(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()>;
+    /// As [`XenOps::read_pages`], for a domain that stays stopped while
+    /// the caller reads it (the source after its stop): pages come from
+    /// read-only mappings of [`KEPT_CHUNK`] pfns kept from earlier reads,
+    /// not a map and unmap per call. A running guest's ballooned-out
+    /// frame would stay readable through a kept mapping, hence stopped only.
+    fn read_pages_kept(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()> {
+        self.read_pages(pfns, out)
+    }
     /// `xenforeignmemory_map` writable, copy `data` in, unmap.
     fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> XcResult<()>;
     /// `xc_hvm_param_get`.
@@ -430,6 +438,8 @@ struct Handles {
     /// The hypercall buffer of `paging_load_batch` ([`LOAD_BUF_PAGES`]),
     /// allocated at its first use and kept until drop.
     batch_buf: Option<BatchBuf>,
+    /// Read-only mappings kept by `read_pages_kept`, by chunk index.
+    kept: std::collections::HashMap<u64, KeptChunk>,
 }
 
 /// Hypercall-safe memory from `xc_hypercall_buffer_alloc_pages`.
@@ -509,6 +519,7 @@ impl LibXc {
                 local_port: None,
                 load_buf: Box::new(AlignedPage([0; PAGE_SIZE])),
                 batch_buf: None,
+                kept: std::collections::HashMap::new(),
             }),
         })
     }
@@ -517,17 +528,20 @@ impl LibXc {
         self.h.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn map(
+    /// `xenforeignmemory_map` of `pfns`: the mapping (`pfns.len()` pages,
+    /// the caller unmaps it) and each page's error (0: mapped), or the
+    /// error of the whole call.
+    fn map_raw(
         &self,
+        h: &Handles,
         op: &'static str,
         pfns: &[Pfn],
         prot: i32,
-    ) -> XcResult<(MappedBatch<'_>, MutexGuard<'_, Handles>)> {
-        let h = self.lock();
+    ) -> XcResult<(NonNull<u8>, Vec<i32>)> {
         let arr = pfn_vec(pfns);
         let mut errs = vec![0i32; pfns.len()];
         // SAFETY: fmem is live; arr and errs hold pfns.len() entries each and
-        // outlive the call; the mapping is released by MappedBatch::drop.
+        // outlive the call; the caller owns (and unmaps) the mapping.
         let addr = unsafe {
             sys::xenforeignmemory_map(
                 h.fmem,
@@ -541,6 +555,17 @@ impl LibXc {
         let Some(addr) = NonNull::new(addr.cast::<u8>()) else {
             return Err(err(op, pfns.first().copied()));
         };
+        Ok((addr, errs))
+    }
+
+    fn map(
+        &self,
+        op: &'static str,
+        pfns: &[Pfn],
+        prot: i32,
+    ) -> XcResult<(MappedBatch<'_>, MutexGuard<'_, Handles>)> {
+        let h = self.lock();
+        let (addr, errs) = self.map_raw(&h, op, pfns, prot)?;
         let batch = MappedBatch {
             fmem: h.fmem,
             addr,
@@ -584,7 +609,50 @@ impl Drop for MappedBatch<'_> {
     }
 }
 
+/// Pfns per mapping kept by [`XenOps::read_pages_kept`] (2 MiB of guest).
+pub const KEPT_CHUNK: usize = 512;
+/// Most mappings kept at once (4 GiB of guest); past it every kept
+/// mapping is dropped and the reads map afresh.
+const KEPT_MAX: usize = 2048;
+
+/// A read-only mapping of the [`KEPT_CHUNK`] pfns from `base`, kept until
+/// the handle is dropped: `errs[i]` is pfn `base + i`'s error (0: mapped).
+#[derive(Debug)]
+struct KeptChunk {
+    addr: NonNull<u8>,
+    errs: Box<[i32]>,
+}
+
+/// The chunk of `pfn` and its page in it.
+pub fn kept_slot(pfn: Pfn) -> (u64, usize) {
+    let chunk = KEPT_CHUNK as u64;
+    // pfn % chunk < KEPT_CHUNK, so it always fits; usize::MAX would fail
+    // the caller's bounds check, never index out of the mapping.
+    (
+        pfn / chunk,
+        usize::try_from(pfn % chunk).unwrap_or(usize::MAX),
+    )
+}
+
 impl Handles {
+    /// Unmaps every kept chunk.
+    fn unmap_kept(&mut self) {
+        for (_, c) in self.kept.drain() {
+            // SAFETY: c.addr is a mapping of KEPT_CHUNK pages returned by
+            // xenforeignmemory_map on this live handle, unmapped once here
+            // (drain removes it).
+            let rc = unsafe {
+                sys::xenforeignmemory_unmap(self.fmem, c.addr.as_ptr().cast(), KEPT_CHUNK)
+            };
+            if rc != 0 {
+                log::warn!(
+                    "xenforeignmemory_unmap (kept) failed: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+
     /// The batch buffer, allocated on first use.
     fn batch_buf(&mut self, op: &'static str) -> XcResult<NonNull<u8>> {
         if let Some(b) = &self.batch_buf {
@@ -617,6 +685,7 @@ impl Handles {
 impl Drop for LibXc {
     fn drop(&mut self) {
         let mut h = self.lock();
+        h.unmap_kept();
         if let Some(mut b) = h.batch_buf.take() {
             // SAFETY: allocated by Handles::batch_buf on this live xch with
             // b.pages pages, freed once here.
@@ -673,6 +742,45 @@ impl XenOps for LibXc {
         let n = batch.bytes().min(out.len());
         // SAFETY: the mapping covers batch.bytes() readable bytes; out has n.
         unsafe { ptr::copy_nonoverlapping(batch.addr.as_ptr(), out.as_mut_ptr(), n) };
+        Ok(())
+    }
+
+    fn read_pages_kept(&self, pfns: &[Pfn], out: &mut [u8]) -> XcResult<()> {
+        const OP: &str = "xenforeignmemory_map(read, kept)";
+        let mut h = self.lock();
+        for (&pfn, page) in pfns.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            let (idx, off) = kept_slot(pfn);
+            if !h.kept.contains_key(&idx) {
+                if h.kept.len() >= KEPT_MAX {
+                    h.unmap_kept();
+                }
+                let base = idx * KEPT_CHUNK as u64;
+                let chunk: Vec<Pfn> = (base..base + KEPT_CHUNK as u64).collect();
+                let (addr, errs) = self.map_raw(&h, OP, &chunk, libc::PROT_READ)?;
+                h.kept.insert(
+                    idx,
+                    KeptChunk {
+                        addr,
+                        errs: errs.into_boxed_slice(),
+                    },
+                );
+            }
+            let Some(c) = h.kept.get(&idx) else {
+                return Err(XcError::from_errno(OP, libc::EFAULT, Some(pfn)));
+            };
+            match c.errs.get(off) {
+                Some(0) => {}
+                Some(&e) => return Err(XcError::from_errno(OP, -e, Some(pfn))),
+                None => return Err(XcError::from_errno(OP, libc::EFAULT, Some(pfn))),
+            }
+            let n = PAGE_SIZE.min(page.len());
+            // SAFETY: c.addr maps KEPT_CHUNK readable pages and off <
+            // KEPT_CHUNK (errs has KEPT_CHUNK entries), so the page at off
+            // is inside it; page has n writable bytes.
+            unsafe {
+                ptr::copy_nonoverlapping(c.addr.as_ptr().add(off * PAGE_SIZE), page.as_mut_ptr(), n)
+            };
+        }
         Ok(())
     }
 

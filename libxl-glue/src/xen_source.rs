@@ -6,7 +6,7 @@
 //! | size | `xc_domain_maximum_gpfn` |
 //! | populated pfns | `xc_get_pfn_type_batch`, 1024 pfns a call; XTAB (unpopulated, ballooned out), XALLOC and BROKEN are skipped |
 //! | populated pfns, out of the downtime | [`Prescan`]: the above while the guest runs with log-dirty mode on, then at the stop only the pfns the log names |
-//! | read pages | `xenforeignmemory_map` (read-only) of up to 1024 pfns a call, copy, unmap |
+//! | read pages | `xenforeignmemory_map` (read-only) of up to 1024 pfns a call, copy, unmap; once the domain is stopped, mappings of 512-pfn chunks kept until the end ([`XenSource::stopped`]) |
 //! | dirty log | `xc_logdirty_control` (ENABLE_LOGDIRTY / CLEAN / OFF) |
 
 use std::sync::Arc;
@@ -32,12 +32,20 @@ pub fn mem_err(e: XcError) -> MemoryError {
     }
 }
 
+/// Environment switch: `per-call` maps and unmaps the pages of every read
+/// even while the domain is stopped (as before kept mappings; to compare
+/// the two on one host).
+pub const READ_ENV: &str = "LIBXL_POSTCOPY_READ";
+
 /// A source domain's memory.
 #[derive(Debug)]
 pub struct XenSource<O: XenOps> {
     ops: Arc<O>,
     pfns: u64,
     logdirty: bool,
+    /// The domain stays stopped while this reads it: reads may use kept
+    /// mappings ([`XenOps::read_pages_kept`]).
+    stopped: bool,
 }
 
 impl<O: XenOps> XenSource<O> {
@@ -48,7 +56,18 @@ impl<O: XenOps> XenSource<O> {
             ops,
             pfns: max + 1,
             logdirty: false,
+            stopped: false,
         })
+    }
+
+    /// The memory of a domain that stays stopped (suspended or paused)
+    /// for as long as this reads it: the source after its stop. Its reads
+    /// keep their mappings ([`XenOps::read_pages_kept`]) unless
+    /// [`READ_ENV`] is `per-call`.
+    pub fn stopped(ops: Arc<O>) -> MemResult<XenSource<O>> {
+        let mut mem = XenSource::new(ops)?;
+        mem.stopped = !std::env::var(READ_ENV).is_ok_and(|v| v.trim() == "per-call");
+        Ok(mem)
     }
 
     /// The wrappers.
@@ -186,7 +205,11 @@ impl<O: XenOps> SourceMemory for XenSource<O> {
             .chunks(MAX_BATCH)
             .zip(out.chunks_mut(MAX_BATCH * PAGE_SIZE))
         {
-            self.ops.read_pages(chunk, buf).map_err(mem_err)?;
+            if self.stopped {
+                self.ops.read_pages_kept(chunk, buf).map_err(mem_err)?;
+            } else {
+                self.ops.read_pages(chunk, buf).map_err(mem_err)?;
+            }
         }
         Ok(())
     }
