@@ -167,7 +167,7 @@ migrate_once() {
 	# window=SIZE|on|off: the source's push window
 	# (LIBXL_POSTCOPY_PUSH_WINDOW; empty: the default, off); lane=off: fault replies in-band, not on the
 	# fault lane (LIBXL_POSTCOPY_LANE); batch=N: pages per pushed record
-	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 16); read=per-call:
+	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 64); read=per-call:
 	# the source maps and unmaps per read, no kept mappings
 	# (LIBXL_POSTCOPY_READ).
 	LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &

@@ -174,11 +174,14 @@ pub enum PushStep {
     Done,
 }
 
+/// Pages per pushed record on the Xen path ([`PushPolicy::XEN`]).
+pub const XEN_BATCH: usize = 64;
+
 /// The Xen path's push window when one is asked for
-/// (`LIBXL_POSTCOPY_PUSH_WINDOW=on`): two push batches of 16 pages with
-/// their headers, so one is installed while the next is on its way and a
-/// fault reply in-band waits behind at most these two.
-pub const XEN_WINDOW: u64 = 2 * (16 * (crate::PAGE_SIZE as u64 + 8) + 16);
+/// (`LIBXL_POSTCOPY_PUSH_WINDOW=on`): two push batches of [`XEN_BATCH`]
+/// pages with their headers, so one is installed while the next is on its
+/// way and a fault reply in-band waits behind at most these two.
+pub const XEN_WINDOW: u64 = 2 * (XEN_BATCH as u64 * (crate::PAGE_SIZE as u64 + 8) + 16);
 
 /// Default [`PushPolicy::residual_after`]: a few seconds of pure demand
 /// paging, then the residue goes in pfn order.
@@ -194,20 +197,25 @@ impl PushPolicy {
         window: None,
     };
 
-    /// The Xen path: a faulted page waits behind at most one pushed batch
-    /// (plus what xl's pipe holds), because fault replies travel in-band on
-    /// the one stream. On the emulated Xen host the destination installs
-    /// ~700 pages/s, and 64-page batches gave a median fault latency of
-    /// 44-91 ms; 16 cuts the wait by four.
+    /// The Xen path: 64-page records. The destination loads a record
+    /// with one batch hypercall and the stopped source reads through kept
+    /// mappings, so a record's cost is mostly per page; on the emulated
+    /// host (`scripts/testbed batch-compare`, fault lane on, 2026-12-07)
+    /// 16, 64 and 256 pages a record took 78.0 / 29.9 / 27.5 s in total,
+    /// 1033 / 3865 / 5306 pages/s paged in, fault p50 7.1 / 10.6 / 16.5 ms
+    /// and the guest's longest stall 5.6 / 3.8 / 5.2 s: 64 is the best
+    /// stall and close to the best total. (16 was chosen when a page cost
+    /// a hypercall and in-band replies waited behind whole batches.)
     pub const XEN: PushPolicy = PushPolicy {
-        batch_pages: 16,
+        batch_pages: XEN_BATCH,
         idle_flush: std::time::Duration::from_millis(500),
         residual_after: DEFAULT_RESIDUAL_AFTER,
         max_bandwidth: None,
-        // Off by default: on the emulated host the windowed push went with
-        // the destination guest's death (the emulator's triple fault) in
-        // 3 of 3 runs, the unwindowed one passed (testbed/README.md); the
-        // helper turns it on with LIBXL_POSTCOPY_PUSH_WINDOW.
+        // Off by default: measured again on the steadier testbed
+        // (`lane-compare`, one emulated CPU, 2026-12-07) the window did not
+        // cut the fault latency over xl's pipe (p50 9.4 ms against 9.3 ms
+        // in-band) and doubled the time through the tunnel (135 s against
+        // 62 s); the helper turns it on with LIBXL_POSTCOPY_PUSH_WINDOW.
         window: None,
     };
 
