@@ -65,6 +65,9 @@ pub struct Metrics {
     /// The same sum per origin (vCPU, foreign), in microseconds, and the
     /// number of faults it sums.
     block_by_origin: Mutex<BTreeMap<FaultOrigin, (u64, u64)>>,
+    /// When the push claimed each batch, µs since serving began (the
+    /// first [`PUSH_LOG`]); `None`: not recorded.
+    push_log: Mutex<Option<Vec<u64>>>,
     fault_latency: Mutex<Histogram<u64>>,
     /// Time spent in each [`Part`], in nanoseconds.
     part_ns: [AtomicU64; Part::ALL.len()],
@@ -150,6 +153,9 @@ impl Default for Metrics {
     }
 }
 
+/// Push batches logged at most (8 bytes each).
+pub const PUSH_LOG: usize = 1 << 16;
+
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -180,6 +186,7 @@ impl Metrics {
             owed_done: AtomicU64::new(0),
             fault_block_us: AtomicU64::new(0),
             block_by_origin: Mutex::new(BTreeMap::new()),
+            push_log: Mutex::new(None),
             // 1 µs .. 100 s at 3 significant digits; the bounds are valid
             // constants, so construction cannot fail.
             fault_latency: Mutex::new(
@@ -202,6 +209,24 @@ impl Metrics {
         if let Ok(mut h) = self.fault_latency.lock() {
             // In range by the clamp above.
             let _ = h.record(v);
+        }
+    }
+
+    /// From now on, records when the push claims each batch (local mode's
+    /// calibration: the push's own schedule on a busy host).
+    pub fn record_push_log(&self) {
+        if let Ok(mut c) = self.push_log.lock() {
+            c.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The push claimed a batch `at` after serving began (kept only when
+    /// recording, the first [`PUSH_LOG`]).
+    pub fn note_push(&self, at: Duration) {
+        if let Ok(mut c) = self.push_log.lock() {
+            if let Some(v) = c.as_mut().filter(|v| v.len() < PUSH_LOG) {
+                v.push(us(at));
+            }
         }
     }
 
@@ -344,6 +369,12 @@ impl Metrics {
             blocktime_ms: self.blocktime_by_origin(),
             faults_by_origin: self.faults_by_origin(),
             breakdown_ms: self.breakdown_ms(),
+            push_log_us: self
+                .push_log
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -460,6 +491,10 @@ pub struct EngineReport {
     /// absent.
     #[serde(default)]
     pub breakdown_ms: BTreeMap<String, f64>,
+    /// When the push claimed each batch, µs since serving began (source,
+    /// only when asked for: [`Metrics::record_push_log`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push_log_us: Vec<u64>,
 }
 
 impl fmt::Display for EngineReport {

@@ -1329,6 +1329,7 @@ fn push_loop<M: SourceMemory + ?Sized>(
         };
         match step {
             PushStep::Batch => {
+                metrics.note_push(shared.epoch.elapsed());
                 // In pfn order: the pre-pager's choice stays the same set,
                 // but the destination installs it as a few long runs (one
                 // UFFDIO_MOVE or hypercall each), not page by page (bubble

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::net::NetModel;
 use crate::plot::{self, Chart, Series};
-use crate::sim::{simulate, SimConfig, SimError, SimReport};
+use crate::sim::{simulate_on, Durations, HostSched, SimConfig, SimError, SimReport};
 use crate::trace::TraceError;
 use crate::workload::{self, Layout, Workload};
 
@@ -66,7 +66,7 @@ pub const EXPERIMENTS: &[ExperimentInfo] = &[
     },
     ExperimentInfo {
         name: "calibrated",
-        about: "the paper's headline fault and time figures again under the model fitted to local mode (`xl-postcopy calibrate`): a vCPU slowed during post-copy, faults at their measured mean cost",
+        about: "the paper's headline fault and time figures again between hosts as busy as the ones `xl-postcopy calibrate` fitted: faults that wait the measured excess over the floor, a preempted vCPU, a push that pauses",
     },
     ExperimentInfo {
         name: "speed",
@@ -300,7 +300,16 @@ pub fn run_experiment(
 }
 
 fn run(w: &Workload, cfg: &SimConfig, what: &str) -> Result<SimReport, ExperimentError> {
-    let r = simulate(w, cfg).map_err(|source| ExperimentError::Sim {
+    run_on(w, cfg, &HostSched::default(), what)
+}
+
+fn run_on(
+    w: &Workload,
+    cfg: &SimConfig,
+    host: &HostSched,
+    what: &str,
+) -> Result<SimReport, ExperimentError> {
+    let r = simulate_on(w, cfg, host).map_err(|source| ExperimentError::Sim {
         what: format!("{what} on {}", w.name),
         source,
     })?;
@@ -997,37 +1006,48 @@ fn sensitivity(
     )])
 }
 
-/// The model `xl-postcopy calibrate` fitted to local mode on the 2-core
-/// development VM (1 GiB, bubble, 2026-12-06; docs/evaluation.md §7):
-/// during post-copy the vCPU computes this many times slower per access
-/// than before the switch, as it shares the cores with the migration's
-/// threads (stress 2.0, sequential 5.1, random 4.1: the median) ...
-pub const CALIBRATED_VCPU_SLOWDOWN: f64 = 4.1;
-/// ... and a vCPU fault blocks it this many times the fault floor on
-/// average, the latency's long tail (descheduling, replies queued behind
-/// pushes; sequential 21.4, random 13.5: the median; stress's floor was
-/// disturbed in that run).
-pub const CALIBRATED_FAULT_FACTOR: f64 = 17.5;
+/// The hosts' schedule `xl-postcopy calibrate` fitted to local mode on the
+/// busy 2-core development VM (1 GiB, bubble, stress, sequential and
+/// random, 4 runs each, 2026-12-07, load 5-7; docs/evaluation.md §7),
+/// pooled: what a vCPU fault waited beyond the floor's round trip, µs, as
+/// 32 equal-count bins ([`crate::sim::Durations`]; mean 109 µs) ...
+pub const CALIBRATED_FAULT_EXCESS_US: [u64; 32] = [
+    0, 1, 1, 1, 1, 2, 2, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 9, 10, 11, 13, 15, 17, 35,
+    76, 182, 3030,
+];
+/// ... the vCPU preempted once per this much of its running time, µs ...
+pub const CALIBRATED_PREEMPT_EVERY_US: f64 = 89.4;
+/// ... for this long, µs (mean 141 µs) ...
+pub const CALIBRATED_PREEMPT_US: [u64; 32] = [
+    3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 6, 6, 6, 7, 7, 8, 8, 10, 12, 18, 35, 65,
+    164, 4093,
+];
+/// ... and the gaps between two of the push's batches, µs (mean 342 µs;
+/// on a slower link the wire time of a batch covers the short ones).
+pub const CALIBRATED_PUSH_GAP_US: [u64; 32] = [
+    65, 69, 72, 74, 77, 79, 81, 84, 87, 90, 94, 101, 112, 121, 127, 131, 136, 141, 145, 149, 153,
+    157, 162, 168, 175, 185, 202, 234, 281, 520, 1648, 5029,
+];
 
-/// `net` with faults costing `factor` × its floor on average (the extra
-/// in the service time), and `w`'s vCPU `slowdown` × slower per access.
-fn calibrated_model(
-    net: NetModel,
-    w: &Workload,
-    slowdown: f64,
-    factor: f64,
-) -> (NetModel, Workload) {
-    let mut n = net;
-    let floor = net.min_fault_ns() as f64;
-    n.fault_service_ns += crate::f64_to_u64((floor * (factor - 1.0)).max(0.0));
-    let mut slow = w.clone();
+/// The hosts of `net` scheduling `w`'s vCPU and the push as the fitted
+/// development VM did: a fault waits the floor of `net` plus a draw of the
+/// measured excess, the vCPU is preempted at the measured rate for the
+/// measured lengths, the push pauses the measured gaps.
+fn calibrated_host(net: &NetModel, w: &Workload) -> HostSched {
+    let us = |b: [u64; 32], plus: u64| Durations(b.map(|x| x * 1000 + plus));
     let ns = if w.trace.ns_per_access == 0 {
         workload::DEFAULT_NS_PER_ACCESS
     } else {
         w.trace.ns_per_access
     };
-    slow.trace.ns_per_access = crate::f64_to_u64((ns as f64 * slowdown).max(1.0));
-    (n, slow)
+    HostSched {
+        fault_wait: us(CALIBRATED_FAULT_EXCESS_US, net.min_fault_ns()),
+        preempt_every_steps: CALIBRATED_PREEMPT_EVERY_US * 1000.0 / ns as f64,
+        preempt: us(CALIBRATED_PREEMPT_US, 0),
+        push_gap: us(CALIBRATED_PUSH_GAP_US, 0),
+        seed: 1,
+        ..HostSched::default()
+    }
 }
 
 fn calibrated(
@@ -1071,12 +1091,7 @@ fn calibrated(
         workload::sequential(layout, seed)?,
     ];
     let base = SimConfig::default();
-    let (cal_net, _) = calibrated_model(
-        base.net,
-        &workloads[0],
-        CALIBRATED_VCPU_SLOWDOWN,
-        CALIBRATED_FAULT_FACTOR,
-    );
+    let host = calibrated_host(&base.net, &workloads[3]);
     result.setup = vec![
         format!(
             "stress as §1 ({} MiB working set), zipf, random and sequential as §2; default model: {}",
@@ -1084,24 +1099,22 @@ fn calibrated(
             net_words(&base.net)
         ),
         format!(
-            "calibrated: the vCPU {CALIBRATED_VCPU_SLOWDOWN}× slower per access during post-copy, a fault {CALIBRATED_FAULT_FACTOR}× the floor on average ({:.0} µs: serve {} µs)",
-            cal_net.min_fault_ns() as f64 / 1e3,
-            cal_net.fault_service_ns / 1000
+            "calibrated: the same link between hosts as busy as the fitted 2-core VM — a fault waits the floor plus the measured excess (mean {:.0} µs, one in 32 ~{:.1} ms), the vCPU is preempted every {CALIBRATED_PREEMPT_EVERY_US} µs it runs (mean {:.0} µs), the push pauses between batches as measured (mean {:.0} µs, one in 32 ~{:.1} ms)",
+            host.fault_wait.mean() as f64 / 1e3 - base.net.min_fault_ns() as f64 / 1e3,
+            CALIBRATED_FAULT_EXCESS_US[31] as f64 / 1e3,
+            host.preempt.mean() as f64 / 1e3,
+            host.push_gap.mean() as f64 / 1e3,
+            CALIBRATED_PUSH_GAP_US[31] as f64 / 1e3,
         ),
     ];
     let mut rows = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
         let mut figures = Vec::new();
         for calibrated in [false, true] {
-            let (net, wl) = if calibrated {
-                calibrated_model(
-                    base.net,
-                    w,
-                    CALIBRATED_VCPU_SLOWDOWN,
-                    CALIBRATED_FAULT_FACTOR,
-                )
+            let host = if calibrated {
+                calibrated_host(&base.net, w)
             } else {
-                (base.net, w.clone())
+                HostSched::default()
             };
             let mut got = Vec::new();
             for (label, strategy) in [
@@ -1109,12 +1122,8 @@ fn calibrated(
                 ("push", StrategySpec::Linear),
                 ("bubble", StrategySpec::Bubble),
             ] {
-                let cfg = SimConfig {
-                    strategy,
-                    net,
-                    ..base
-                };
-                let report = run(&wl, &cfg, label)?;
+                let cfg = SimConfig { strategy, ..base };
+                let report = run_on(w, &cfg, &host, label)?;
                 result.runs.push(Run {
                     series: format!("{label}{}", if calibrated { " calibrated" } else { "" }),
                     params: params(&[("workload", i as f64)]),

@@ -24,7 +24,9 @@ pub mod sim;
 pub mod trace;
 pub mod workload;
 
-pub use sim::{simulate, simulate_trace_file, SimConfig, SimError, SimReport, TraceRunError};
+pub use sim::{
+    simulate, simulate_trace_file, HostSched, SimConfig, SimError, SimReport, TraceRunError,
+};
 
 /// A non-negative float to an integer, saturating (NaN and negatives to 0).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

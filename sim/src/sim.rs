@@ -21,7 +21,11 @@
 //!   and the vCPU model: the vCPU replays the workload's trace at
 //!   `ns_per_access` per access, and on the destination blocks on an absent
 //!   page until it is installed — by the fault reply, or by a push already
-//!   in flight (counted in `faults_in_flight`).
+//!   in flight (counted in `faults_in_flight`). How busy hosts schedule
+//!   the vCPU and the push is [`HostSched`]: how long a fault keeps the
+//!   vCPU off its core at least, its preemptions, and the gaps between the
+//!   push's batches (none by default: an idle host; fitted to a measured
+//!   run by `crate::calibrate`).
 //!
 //! The vCPU is advanced lazily between events (no event per access), and
 //! once it has replayed a whole cycle of its trace without a fault it can
@@ -76,6 +80,109 @@ pub struct SimConfig {
     pub free_pages_zero: bool,
     /// Give up (an error) past this much virtual time.
     pub time_limit_ns: Nanos,
+}
+
+/// How the hosts schedule the vCPU and the push during post-copy. The
+/// default is an idle host: the vCPU alone on its core, resuming the
+/// instant its page lands, and the push claiming its next batch as soon
+/// as the link takes it. On a host whose cores the migration's threads
+/// share, a fault keeps the vCPU waiting for the scheduler as well as for
+/// its page, the vCPU is preempted now and then (the push runs ahead
+/// meanwhile), and the push thread stalls now and then (the vCPU, served
+/// fault by fault, runs ahead of it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostSched {
+    /// A faulted vCPU runs again no sooner than a draw of this after its
+    /// fault (and never before its page is installed); all zero: as soon
+    /// as the page is in.
+    pub fault_wait: Durations,
+    /// Mean steps run between two preemptions (exponentially distributed
+    /// gaps); 0: never preempted.
+    pub preempt_every_steps: f64,
+    /// How long a preemption keeps the vCPU off its core.
+    pub preempt: Durations,
+    /// Measured preemptions replayed instead of drawn: (start, length),
+    /// ns since the resume, ascending; a vCPU running at a start is off
+    /// its core until its end.
+    pub preempt_at: Vec<(Nanos, Nanos)>,
+    /// Measured push claims replayed instead of drawn gaps: the k-th
+    /// batch is claimed no sooner than the k-th time, ns since the resume
+    /// (past the list, as the link takes them).
+    pub push_at: Vec<Nanos>,
+    /// The push claims its next batch no sooner than a draw of this after
+    /// the last (and no sooner than the link takes it); all zero: as soon
+    /// as the link takes it.
+    pub push_gap: Durations,
+    /// Seed of the draws.
+    pub seed: u64,
+}
+
+/// Bins of a [`Durations`].
+pub const DURATION_BINS: usize = 32;
+
+/// An empirical distribution of durations (ns): the samples sorted and cut
+/// into [`DURATION_BINS`] bins of equal count, each stood for by its mean
+/// (so the mean is kept and the tail is the last bin's mean); drawn
+/// uniformly among the bins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Durations(pub [Nanos; DURATION_BINS]);
+
+impl Durations {
+    /// The bins of `samples` (all zero without any).
+    pub fn of(samples: &[Nanos]) -> Durations {
+        let mut bins = [0; DURATION_BINS];
+        if samples.is_empty() {
+            return Durations(bins);
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        for (i, bin) in bins.iter_mut().enumerate() {
+            // Samples [i n / BINS, (i + 1) n / BINS); with fewer samples
+            // than bins, the one at i n / BINS.
+            let lo = i * n / DURATION_BINS;
+            let hi = ((i + 1) * n / DURATION_BINS).max(lo + 1);
+            let part = &sorted[lo..hi];
+            let sum: u128 = part.iter().map(|&x| u128::from(x)).sum();
+            *bin = crate::low_u64(sum / part.len() as u128);
+        }
+        Durations(bins)
+    }
+
+    /// The mean of the bins.
+    pub fn mean(&self) -> Nanos {
+        self.0.iter().sum::<Nanos>() / DURATION_BINS as Nanos
+    }
+
+    /// Bin `i` (0: the shortest).
+    pub fn bin(&self, i: usize) -> Nanos {
+        self.0[i.min(DURATION_BINS - 1)]
+    }
+
+    fn draw(&self, d: &mut Draws) -> Nanos {
+        self.0[usize::try_from(d.next_u64() % DURATION_BINS as u64).unwrap_or(0)]
+    }
+}
+
+/// splitmix64: the preemption draws (reproducible, no dependency).
+#[derive(Debug, Clone)]
+struct Draws(u64);
+
+impl Draws {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// An exponential draw of mean `mean`.
+    fn exp(&mut self, mean: f64) -> f64 {
+        // Uniform in (0, 1]: never ln(0).
+        let u = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        -u.ln() * mean
+    }
 }
 
 impl Default for SimConfig {
@@ -252,13 +359,23 @@ struct Vcpu<'t> {
     settled: bool,
     clean_streak: usize,
     blocked: Option<(Pfn, Nanos)>,
+    /// The blocked vCPU runs again no sooner than this.
+    not_before: Nanos,
     blocked_ns: u64,
     /// Accesses replayed one by one (fast-forwarded ones not counted).
     steps: u64,
+    sched: &'t HostSched,
+    draws: Draws,
+    /// Next replayed preemption.
+    next_preempt_at: usize,
+    /// When post-copy began (the replayed preemptions' origin).
+    origin: Nanos,
+    /// Steps on the destination until the next preemption.
+    preempt_in: u64,
 }
 
 impl<'t> Vcpu<'t> {
-    fn new(trace: &'t Trace) -> Vcpu<'t> {
+    fn new(trace: &'t Trace, sched: &'t HostSched) -> Vcpu<'t> {
         let ns = if trace.ns_per_access == 0 {
             DEFAULT_NS_PER_ACCESS
         } else {
@@ -272,9 +389,30 @@ impl<'t> Vcpu<'t> {
             settled: false,
             clean_streak: 0,
             blocked: None,
+            not_before: 0,
             blocked_ns: 0,
             steps: 0,
+            sched,
+            draws: Draws(sched.seed),
+            next_preempt_at: 0,
+            origin: 0,
+            preempt_in: 0,
         }
+        .with_next_preemption()
+    }
+
+    /// Draws the steps until the next preemption.
+    fn with_next_preemption(mut self) -> Self {
+        self.next_preemption();
+        self
+    }
+
+    fn next_preemption(&mut self) {
+        self.preempt_in = if self.sched.preempt_every_steps > 0.0 {
+            crate::f64_to_u64(self.draws.exp(self.sched.preempt_every_steps).ceil())
+        } else {
+            u64::MAX
+        };
     }
 
     /// Steps past the current access; false when a one-shot trace ends.
@@ -330,10 +468,26 @@ impl<'t> Vcpu<'t> {
             return None;
         }
         while self.t < until {
+            if let Some(&(at, len)) = self.sched.preempt_at.get(self.next_preempt_at) {
+                if self.t >= self.origin + at {
+                    // Off its core until the measured preemption ends.
+                    self.next_preempt_at += 1;
+                    self.t = self.t.max(self.origin + at + len);
+                    continue;
+                }
+            }
+            if self.preempt_in == 0 {
+                // Off its core for a while; the push goes on.
+                self.t += self.sched.preempt.draw(&mut self.draws);
+                self.next_preemption();
+                continue;
+            }
+            self.preempt_in -= 1;
             let a = self.trace.get(self.pos);
             if !present.get(a.pfn) {
                 self.clean_streak = 0;
                 self.blocked = Some((a.pfn, self.t));
+                self.not_before = self.t + self.sched.fault_wait.draw(&mut self.draws);
                 return Some((a.pfn, self.t));
             }
             self.clean_streak += 1;
@@ -379,8 +533,14 @@ fn ns_to_ms(ns: Nanos) -> f64 {
     ns as f64 / 1e6
 }
 
-/// Simulates migrating `w` with `cfg`.
+/// Simulates migrating `w` with `cfg` between idle hosts.
 pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
+    simulate_on(w, cfg, &HostSched::default())
+}
+
+/// Simulates migrating `w` with `cfg` between hosts that schedule the
+/// vCPU and the push as `host` says.
+pub fn simulate_on(w: &Workload, cfg: &SimConfig, host: &HostSched) -> Result<SimReport, SimError> {
     let wall = Instant::now();
     let n = w.guest_pfns();
     if w.used.len() != n {
@@ -416,7 +576,7 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
         .pages_skipped
         .store(n - populated.count(), std::sync::atomic::Ordering::Relaxed);
 
-    let mut vcpu = Vcpu::new(&w.trace);
+    let mut vcpu = Vcpu::new(&w.trace, host);
     let mut t: Nanos = 0;
 
     // Phase 1: pre-copy rounds.
@@ -530,6 +690,7 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
     let mut remaining = owed_count;
     let mut q: EventQueue<Event> = EventQueue::new();
     vcpu.t = resumed_at;
+    vcpu.origin = resumed_at;
     let mut bulk_free = resumed_at;
     let mut bulk_install_free = resumed_at;
     let mut fault_free = resumed_at;
@@ -546,6 +707,9 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
     };
     let limit = cfg.time_limit_ns;
     let mut done_at = resumed_at;
+    // The push's own draws, apart from the vCPU's.
+    let mut push_draws = Draws(host.seed ^ 0x5055_5348);
+    let mut claims = 0usize;
     let mut batch_buf: Vec<Pfn> = Vec::with_capacity(usize::try_from(batch).unwrap_or(64));
     if remaining > 0 {
         q.schedule(resumed_at, Event::PushReady);
@@ -570,10 +734,12 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
             *remaining -= 1;
             if let Some((b, since)) = vcpu.blocked {
                 if b == p {
+                    // It runs again once the host lets it.
+                    let awake = at.max(vcpu.not_before);
                     vcpu.blocked = None;
-                    vcpu.blocked_ns += at - since;
-                    vcpu.t = at;
-                    metrics.record_fault_latency(Duration::from_nanos(at - since));
+                    vcpu.blocked_ns += awake - since;
+                    vcpu.t = awake;
+                    metrics.record_fault_latency(Duration::from_nanos(awake - since));
                 }
             }
         }
@@ -618,6 +784,7 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
                     // Everything claimed: the push is over.
                     PushStep::Done => continue,
                 }
+                claims += 1;
                 let zeros = batch_buf.iter().filter(|&&p| zero_set.get(p)).count() as u64;
                 let data = batch_buf.len() as u64 - zeros;
                 Metrics::add(&metrics.pages_pushed, data);
@@ -630,7 +797,8 @@ pub fn simulate(w: &Workload, cfg: &SimConfig) -> Result<SimReport, SimError> {
                 q.schedule(
                     bulk_free
                         .saturating_sub((window - 1) * full_batch_ns)
-                        .max(now),
+                        .max(now + host.push_gap.draw(&mut push_draws))
+                        .max(host.push_at.get(claims).map_or(0, |&at| resumed_at + at)),
                     Event::PushReady,
                 );
             }
@@ -1040,5 +1208,82 @@ mod tests {
         let (a, b) = (simulate(&w, &cfg).unwrap(), simulate(&w, &cfg).unwrap());
         assert_eq!(a.engine, b.engine);
         assert_eq!(a.work, b.work);
+    }
+
+    #[test]
+    fn durations_keep_the_mean_and_the_tail() {
+        assert_eq!(Durations::of(&[]), Durations::default());
+        // 31 short waits and one long: the long one is the top bin alone.
+        let mut v = vec![100; 31];
+        v.push(3_300);
+        let d = Durations::of(&v);
+        assert_eq!(d.bin(0), 100);
+        assert_eq!(d.bin(DURATION_BINS - 1), 3_300);
+        assert_eq!(d.mean(), 200);
+        // 64 samples: each bin the mean of two neighbours, in order.
+        let v: Vec<Nanos> = (0..64).rev().map(|i| i * 10).collect();
+        let d = Durations::of(&v);
+        for i in 0..DURATION_BINS {
+            assert_eq!(d.bin(i), (20 * i + 5) as Nanos);
+        }
+        // Fewer samples than bins: each bin one of them.
+        let d = Durations::of(&[7, 1]);
+        assert!(d.0.iter().all(|&x| x == 1 || x == 7));
+        assert_eq!(d.0.iter().filter(|&&x| x == 7).count(), DURATION_BINS / 2);
+    }
+
+    fn sched(wait: &[Nanos], preempt_every_steps: f64, preempt: &[Nanos]) -> HostSched {
+        HostSched {
+            fault_wait: Durations::of(wait),
+            preempt_every_steps,
+            preempt: Durations::of(preempt),
+            seed: 1,
+            ..HostSched::default()
+        }
+    }
+
+    /// A vCPU sweeping its working set faults less often the longer the
+    /// host keeps it off its core, after a fault or preempted, as the push
+    /// runs ahead meanwhile; waits shorter than the page's own arrival
+    /// change nothing; and a push that stalls leaves it more faults.
+    #[test]
+    fn the_vcpu_schedule_decides_how_often_a_sweep_catches_the_push() {
+        let w = workload::stress(layout(64, 16), 1).unwrap();
+        let cfg = SimConfig {
+            strategy: StrategySpec::Linear,
+            ..SimConfig::default()
+        };
+        let run = |host: HostSched| simulate_on(&w, &cfg, &host).unwrap();
+        let instant = run(HostSched::default());
+        let n = instant.engine.network_faults;
+        assert!(n > 1000, "{n}");
+        let batch_ns = SimConfig::default().net.batch_ns(64, 0);
+        let short = run(sched(&[1_000], 0.0, &[]));
+        assert_eq!(short.engine.network_faults, n);
+        // Every fault waits four batches' time.
+        let long = run(sched(&[4 * batch_ns], 0.0, &[]));
+        assert!(long.engine.network_faults * 4 < n, "{long:?}");
+        assert!(long.vcpu_blocked_ms > instant.vcpu_blocked_ms);
+        // Preempted for 8 batches' time every 200 steps, drawn or replayed.
+        let pre = run(sched(&[], 200.0, &[8 * batch_ns]));
+        assert!(pre.engine.network_faults * 2 < n, "{pre:?}");
+        assert_eq!(
+            pre.engine.pages_transferred,
+            instant.engine.pages_transferred
+        );
+        let replayed = run(HostSched {
+            preempt_at: (0..10_000).map(|k| (k * 200_000, 8 * batch_ns)).collect(),
+            ..HostSched::default()
+        });
+        assert!(replayed.engine.network_faults * 2 < n, "{replayed:?}");
+        // A push that claims a batch only every 50 ms.
+        let stalled = run(HostSched {
+            push_at: (0..4096).map(|k| k * 50_000_000).collect(),
+            ..HostSched::default()
+        });
+        assert!(stalled.engine.network_faults > n, "{stalled:?}");
+        // The same seed, the same run.
+        let again = run(sched(&[], 200.0, &[8 * batch_ns]));
+        assert_eq!(again.engine, pre.engine);
     }
 }

@@ -324,9 +324,15 @@ fn local(args: &LocalArgs) -> Result<ExitCode> {
     for _ in lines.by_ref() {}
     let status = child.wait().context("waiting for the receiver")?;
     match result {
-        Ok(report) => {
+        Ok(mut report) => {
             if !status.success() {
                 bail!("the receiver process failed ({status}) after a complete migration");
+            }
+            if args.record_trace.is_none() {
+                // Only calibration reads the vCPU's stalls and the push's
+                // claims one by one.
+                report.destination.stall_log.clear();
+                report.source.push_log_us.clear();
             }
             print_report(&report, args.json)?;
             if let Some(path) = &args.record_trace {
@@ -347,16 +353,16 @@ fn write_trace(
     path: &std::path::Path,
 ) -> Result<()> {
     let g = args.guest()?;
-    let skip = (r.rate_before * args.warmup).max(0.0);
-    let during = (r.rate_during * r.destination.postcopy_secs).max(0.0);
+    // From the step the destination resumed at, exactly: the stall log's
+    // step indices then index the trace.
+    let skip = r.destination.first_step;
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
-        reason = "non-negative step counts, clamped"
+        reason = "a positive rate, clamped"
     )]
-    let (skip, accesses, ns) = (
-        skip as u64,
-        during.clamp(100_000.0, 16e6) as usize,
+    let (accesses, ns) = (
+        usize::try_from(r.destination.steps_during.clamp(100_000, 16_000_000)).unwrap_or(100_000),
         (1e9 / r.rate_before.max(1.0)).max(1.0) as u64,
     );
     let t = xl_plugin::local::trace::record(g.workload, g.pages, g.seed, skip, accesses, ns)?;
@@ -383,14 +389,14 @@ fn calibrate(trace: &std::path::Path, report: &std::path::Path) -> Result<ExitCo
     )
     .map_err(anyhow::Error::msg)?;
     // This machine and this run as the model: the vCPU at its post-copy
-    // speed, faults at their mean cost, the link at the push's rate.
+    // speed (preempted and woken as its stall log shows), faults at their
+    // mean cost, the link at the push's rate.
     let fitted = postcopy_sim::calibrate::Fitted::from_report(&v)?;
     print!("{fitted}");
     t.ns_per_access = fitted.ns_per_access;
-    let net = fitted.net();
     let cfg = postcopy_sim::SimConfig {
         strategy,
-        net,
+        net: fitted.net(),
         ..Default::default()
     };
     let balloon = v
@@ -406,8 +412,14 @@ fn calibrate(trace: &std::path::Path, report: &std::path::Path) -> Result<ExitCo
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
     let base = if balloon { ws } else { pages };
-    let (cal, sim) = calibrate(t, base, &cfg, &measured)?;
+    let (cal, sim) = calibrate(t, base, &cfg, &fitted.sched(), &measured)?;
     println!("{sim}");
+    if fitted.stalls.is_some() {
+        println!(
+            "(simulated network faults: the mean of {} replays, the fault waits drawn)",
+            postcopy_sim::calibrate::REPLAYS
+        );
+    }
     print!("{cal}");
     Ok(if cal.within_tolerance {
         ExitCode::SUCCESS

@@ -23,6 +23,18 @@ pub struct DestSummary {
     pub stall_us: Latency,
     /// Seconds from resume to completion.
     pub postcopy_secs: f64,
+    /// The workload's step count when the destination vCPU resumed (the
+    /// recorded trace starts there).
+    #[serde(default)]
+    pub first_step: u64,
+    /// Steps the destination vCPU ran during post-copy.
+    #[serde(default)]
+    pub steps_during: u64,
+    /// The vCPU's stalls during post-copy, one by one (the first
+    /// [`super::vcpu::STALL_LOG`]); kept in the report only with
+    /// `--record-trace` (`xl-postcopy calibrate` fits its vCPU to it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stall_log: Vec<super::vcpu::Stall>,
 }
 
 /// Percentiles in µs (serde-friendly mirror of [`LatencySummary`]).

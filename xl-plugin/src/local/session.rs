@@ -511,6 +511,8 @@ pub fn run_sender_with(
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
+    // For `--record-trace` (calibration): when the push claimed each batch.
+    metrics.record_push_log();
     let result = run_source_recoverable(&mut mem, links, &cfg, &mut guest, &metrics, recovery);
     balloon_stop.store(true, Ordering::Relaxed);
     if let Some(b) = balloon {
@@ -606,8 +608,9 @@ pub fn run_sender_with(
     Ok(report)
 }
 
-/// Summaries are small; anything larger is a broken peer.
-const MAX_SUMMARY: usize = 1 << 20;
+/// Summaries are small (the stall log at most ~1.5 MiB); anything larger
+/// is a broken peer.
+const MAX_SUMMARY: usize = 4 << 20;
 
 fn read_summary(c: &Conn) -> std::io::Result<DestSummary> {
     c.sock.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -645,6 +648,7 @@ struct DestGuest {
     region: Arc<GuestRegion>,
     vcpu: Option<Vcpu>,
     resumed_at: Option<Instant>,
+    first_step: u64,
 }
 
 impl GuestResume for DestGuest {
@@ -658,6 +662,7 @@ impl GuestResume for DestGuest {
             )
             .into());
         }
+        self.first_step = regs.steps;
         self.vcpu = Some(Vcpu::start(Arc::clone(&self.region), regs)?);
         self.resumed_at = Some(Instant::now());
         Ok(())
@@ -795,6 +800,7 @@ pub fn run_receiver_with(
         region: Arc::clone(&region),
         vcpu: None,
         resumed_at: None,
+        first_step: 0,
     };
     let metrics = Metrics::new();
     let outcome = run_destination_recoverable(
@@ -833,6 +839,7 @@ pub fn run_receiver_with(
     let complete_at = Instant::now();
     let (mut rate_during, mut stall_us, mut postcopy_secs, mut rate_after) =
         (0.0, Default::default(), 0.0, 0.0);
+    let (mut steps_during, mut stall_log) = (0, Vec::new());
     if let Some(vcpu) = guest.vcpu.take() {
         let (regs, stats) = vcpu.stop().map_err(|e| LocalError::AfterSwitch {
             side: "destination",
@@ -841,6 +848,7 @@ pub fn run_receiver_with(
         postcopy_secs = (complete_at - outcome.resumed_at).as_secs_f64();
         rate_during = stats.steps as f64 / stats.secs.max(1e-6);
         stall_us = stats.stall_us.into();
+        (steps_during, stall_log) = (stats.steps, stats.stall_log);
         if !tail.is_zero() {
             let v = Vcpu::start(Arc::clone(&region), regs).map_err(setup("restarting the vCPU"))?;
             std::thread::sleep(tail);
@@ -859,6 +867,9 @@ pub fn run_receiver_with(
         rate_after,
         stall_us,
         postcopy_secs,
+        first_step: guest.first_step,
+        steps_during,
+        stall_log,
     };
     if let Err(e) = write_summary(&lock(&trailer), &summary) {
         warn!("could not send the summary to the source: {e}");

@@ -5,6 +5,12 @@
 //! Every step is timed; a step that takes longer than [`STALL_NS`] waited
 //! for its page (a fault), and its duration goes into the stall histogram:
 //! the fault latency as the guest saw it (touch → page present).
+//!
+//! The first [`STALL_LOG`] stalls are also logged one by one ([`Stall`]):
+//! which step, when, how long, and whether the thread slept (a voluntary
+//! context switch: it blocked on a fault) or was preempted (an involuntary
+//! one) meanwhile, from the thread's own `getrusage` counters read after
+//! each stall. `xl-postcopy calibrate` fits the simulator's vCPU to it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +25,36 @@ use super::workload::{step, Regs};
 /// A step slower than this counts as a stall (a page fault).
 pub const STALL_NS: u64 = 3_000;
 
+/// Stalls logged one by one (the rest only go into the histogram).
+pub const STALL_LOG: usize = 32_768;
+
+/// One stalled step: `[step, at_ns, ns, kind]` on the wire — the step's
+/// index since the vCPU started, its start (ns since the vCPU started),
+/// its duration, and [`Stall::BLOCKED`] | [`Stall::PREEMPTED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stall(pub u64, pub u64, pub u64, pub u8);
+
+impl Stall {
+    /// The thread slept during the step (blocked on a fault).
+    pub const BLOCKED: u8 = 1;
+    /// The thread was preempted during the step.
+    pub const PREEMPTED: u8 = 2;
+}
+
+/// The calling thread's (voluntary, involuntary) context switches so far.
+fn context_switches() -> (i64, i64) {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_THREAD only reads
+    // the calling thread's counters.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    // SAFETY: getrusage succeeded and filled the struct (zeroed before).
+    let ru = unsafe { ru.assume_init() };
+    (ru.ru_nvcsw, ru.ru_nivcsw)
+}
+
 /// Guest memory as the workload sees it.
 pub trait GuestWords: Send + Sync + 'static {
     /// The guest's memory as u64 words.
@@ -30,6 +66,7 @@ struct Ctl {
     stop: AtomicBool,
     steps: AtomicU64,
     stalls: Mutex<Histogram<u64>>,
+    log: Mutex<Vec<Stall>>,
 }
 
 /// A running vCPU.
@@ -49,6 +86,8 @@ pub struct VcpuStats {
     pub secs: f64,
     /// Steps that stalled on a fault, with their durations.
     pub stall_us: LatencySummary,
+    /// The first [`STALL_LOG`] stalls, one by one.
+    pub stall_log: Vec<Stall>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -64,6 +103,7 @@ impl Vcpu {
             stop: AtomicBool::new(false),
             steps: AtomicU64::new(0),
             stalls: Mutex::new(new_hist()),
+            log: Mutex::new(Vec::new()),
         });
         let c = Arc::clone(&ctl);
         let handle = std::thread::Builder::new()
@@ -71,16 +111,27 @@ impl Vcpu {
             .spawn(move || {
                 let words = mem.words();
                 let mut local = new_hist();
+                let mut log = Vec::new();
+                let mut switches = context_switches();
                 let mut n = 0u64;
-                let mut last = Instant::now();
+                let t0 = Instant::now();
+                let mut last = t0;
                 while !c.stop.load(Ordering::Relaxed) {
                     let _ = step(&mut regs, words);
                     let now = Instant::now();
                     let ns = u64::try_from((now - last).as_nanos()).unwrap_or(u64::MAX);
-                    last = now;
                     if ns > STALL_NS {
                         let _ = local.record((ns / 1000).clamp(1, 100_000_000));
+                        if log.len() < STALL_LOG {
+                            let (v, i) = context_switches();
+                            let kind = (u8::from(v > switches.0) * Stall::BLOCKED)
+                                | (u8::from(i > switches.1) * Stall::PREEMPTED);
+                            switches = (v, i);
+                            let at = u64::try_from((last - t0).as_nanos()).unwrap_or(u64::MAX);
+                            log.push(Stall(n, at, ns, kind));
+                        }
                     }
+                    last = now;
                     n += 1;
                     if n.is_multiple_of(4096) {
                         c.steps.store(n, Ordering::Relaxed);
@@ -89,6 +140,9 @@ impl Vcpu {
                 c.steps.store(n, Ordering::Relaxed);
                 if let Ok(mut h) = c.stalls.lock() {
                     let _ = h.add(&local);
+                }
+                if let Ok(mut l) = c.log.lock() {
+                    *l = log;
                 }
                 regs
             })?;
@@ -125,12 +179,19 @@ impl Vcpu {
             .lock()
             .map(|h| LatencySummary::from_histogram(&h))
             .unwrap_or_default();
+        let stall_log = self
+            .ctl
+            .log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
         Ok((
             regs,
             VcpuStats {
                 steps: self.steps(),
                 secs,
                 stall_us,
+                stall_log,
             },
         ))
     }
@@ -142,5 +203,36 @@ impl Drop for Vcpu {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The classifier of the stall log: a thread that sleeps switches
+    /// voluntarily; one that spins does not.
+    #[test]
+    fn a_sleep_is_a_voluntary_switch() {
+        let (v0, _) = context_switches();
+        std::thread::sleep(Duration::from_millis(2));
+        let (v1, _) = context_switches();
+        assert!(v1 > v0, "{v0} -> {v1}");
+        let spin = Instant::now();
+        let (v2, _) = context_switches();
+        while spin.elapsed() < Duration::from_micros(200) {
+            std::hint::spin_loop();
+        }
+        let (v3, _) = context_switches();
+        assert_eq!(v2, v3);
+    }
+
+    /// The wire form of a stall is `[step, at_ns, ns, kind]`.
+    #[test]
+    fn stalls_travel_as_arrays() {
+        let s = Stall(7, 100, 5_000, Stall::BLOCKED | Stall::PREEMPTED);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, "[7,100,5000,3]");
+        assert_eq!(serde_json::from_str::<Stall>(&json).unwrap(), s);
     }
 }
