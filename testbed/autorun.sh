@@ -14,7 +14,10 @@
 # destination guest mid-post-copy), names=1 (mid-post-copy: the guest's
 # name on the destination, the source copy's, a refused xl destroy),
 # truncated=1 (no migration: receivers fed truncated and broken streams,
-# truncated_checks), switch_after=S (`xl-postcopy switch`
+# truncated_checks), recover=1 (xl's stream, through xl-postcopy tunnel
+# on 127.0.0.1:7002, dies mid-post-copy: both tunnel ends are killed, and
+# `xl-postcopy recover` on each end joins the helpers again over a new
+# connection; recover_pipe), switch_after=S (`xl-postcopy switch`
 # on the source S s into the migration), mem=MIB (this scenario's guest memory
 # instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
 # per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
@@ -274,6 +277,48 @@ kill_destination() {
 		echo "kill_progress='$prog'"
 		echo "kill_done_before=$(grep -acE 'Post-copy restore successful|post-copy destination done' "$mlog")"
 	} > "$out/kill.env"
+}
+# recover_pipe: recover=1's admin, beside the migration: once post-copy
+# runs (the destination's progress lines in migrate.log), waits
+# RECOVER_BREAK_AFTER (3) s, kills both ends of xl's stream (the tunnel's
+# listening end, xl migrate-receive's parent, and its connecting end, xl
+# migrate's transport) with SIGKILL, waits RECOVER_OUTAGE (5) s, then
+# runs `xl-postcopy recover` for the destination (--listen) and the
+# source copy (--to) as an admin would; recover.env.
+recover_pipe() {
+	local cpid d s t0 t1 rp src_rc dst_rc prog
+	kv() { echo "$*" >> "$out/recover.env"; }
+	waitfor "$out/migrate.log" 'Post-copy pages' 1 600 || { kv "recover_started=0"; return; }
+	sleep "${RECOVER_BREAK_AFTER:-3}"
+	# the connecting end itself (env exec'd it), not xl migrate or its
+	# timeout, whose command lines carry the same words
+	cpid=$(pgrep -f '^/usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7002' | head -n 1)
+	prog=$(grep -a 'Post-copy pages' "$out/migrate.log" | tail -n 1 | tr -d '\r' | sed 's/.*Post-copy pages/Post-copy pages/')
+	ts "recover: xl's stream breaks: kill -9 of the tunnel's ends (listen $rlpid, connect $cpid; $prog)"
+	t0=$(now)
+	kill -9 "$rlpid" $cpid
+	kv "recover_started=1"
+	kv "break_time=$t0"
+	kv "break_progress='$prog'"
+	sleep "${RECOVER_OUTAGE:-5}"
+	d=$(xl domid "$dom" 2>/dev/null)
+	s=$(xl domid "$dom--postcopy-source" 2>/dev/null)
+	ts "recover: xl-postcopy recover $d --listen 127.0.0.1:7010; xl-postcopy recover $s --to 127.0.0.1:7010"
+	timeout 120 /usr/local/bin/xl-postcopy recover "$d" --listen 127.0.0.1:7010 > "$out/recover-destination.txt" 2>&1 &
+	rp=$!
+	sleep 1
+	timeout 120 /usr/local/bin/xl-postcopy recover "$s" --to 127.0.0.1:7010 > "$out/recover-source.txt" 2>&1
+	src_rc=$?
+	wait $rp
+	dst_rc=$?
+	t1=$(now)
+	ts "recover: source rc=$src_rc ($(cat "$out/recover-source.txt")), destination rc=$dst_rc ($(cat "$out/recover-destination.txt"))"
+	kv "recover_source_rc=$src_rc"
+	kv "recover_destination_rc=$dst_rc"
+	kv "recover_dst=$d"
+	kv "recover_src=$s"
+	kv "recover_time=$t1"
+	kv "outage_ms=$(ms "$t0" "$t1")"
 }
 # name_checks MLOG MPID SRC: what an admin sees mid-post-copy (names=1):
 # the running guest carries its own name on the destination, the source
@@ -587,7 +632,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= read=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= read= recover=0 rpid= rlpid=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -602,6 +647,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		scan=*) scan=${o#*=}; continue ;;
 		window=*) window=${o#*=}; continue ;;
 		tunnel=*) tunnel=${o#*=}; continue ;;
+		recover=*) recover=${o#*=}; continue ;;
 		lane=*) lane=${o#*=}; continue ;;
 		batch=*) batch=${o#*=}; continue ;;
 		read=*) read=${o#*=}; continue ;;
@@ -773,6 +819,20 @@ CFG
 		) >> "$out/autorun-drops.log" 2>&1 &
 		[ "$drops" -gt 0 ] && dpid=$!
 	fi
+	if [ "$recover" = 1 ]; then
+		# recover-pipe: xl's stream through a tunnel whose two ends
+		# recover_pipe kills mid-post-copy (no resumption: the ends are
+		# gone, as with a dead ssh); the receiver's exit status is kept
+		# (its parent, the tunnel's listening end, dies first).
+		rm -f "$out/receive.rc"
+		RUST_LOG=info /usr/local/bin/xl-postcopy tunnel listen 127.0.0.1:7002 \
+			-- sh -c "$recv; echo receive_rc=\$? > $out/receive.rc" >> "$out/migrate.log" 2>&1 &
+		rlpid=$!
+		cmd="exec env RUST_LOG=info /usr/local/bin/xl-postcopy tunnel connect 127.0.0.1:7002"
+		: > "$out/recover.env"
+		recover_pipe &
+		rpid=$!
+	fi
 	deaths=0 death= vrc=1 done_n=0 cur=
 	if [ "$soak" -gt 0 ]; then
 		# soak: $soak migrations of the same guest (each time to a new
@@ -861,6 +921,13 @@ CFG
 	else
 		migrate_once 1
 		done_n=1
+		if [ -n "$rpid" ]; then
+			wait $rpid
+			# the receiver's own end (its parent died at the break)
+			for t in $(seq 1 60); do [ -s "$out/receive.rc" ] && break; sleep 1; done
+			cat "$out/receive.rc" >> "$out/recover.env" 2>/dev/null
+			ts "recover-pipe: $(tr '\n' ' ' < "$out/recover.env")"
+		fi
 		if [ -n "$lpid" ]; then
 			[ -n "$dpid" ] && { kill $dpid 2>/dev/null; wait $dpid 2>/dev/null; }
 			timeout 60 tail --pid=$lpid -f /dev/null
@@ -919,6 +986,7 @@ CFG
 		echo "names=$names"
 		echo "refuse=$refuse"
 		echo "truncated=$truncated"
+		echo "recover=$recover"
 		# after the migration: one domain called $dom, no copy left over
 		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"

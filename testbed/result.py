@@ -791,6 +791,30 @@ if r["transport"] == "ping":
     pe = env_file(os.path.join(d, "ping.env"))
     r["ping"] = pe
     r["ok"] = bool(pe) and all(v == "1" for v in pe.values())
+# recover-pipe: xl's stream killed mid-post-copy, `xl-postcopy recover` on
+# both ends; recovered only if both recover commands were answered ok,
+# both helpers completed over the new connection, both xl commands exited
+# 0 and the guest's memory verified.
+if meta.get("recover") == "1":
+    re_ = env_file(os.path.join(d, "recover.env"))
+    restored = [dur_ms(m.group(1)) for m in re.finditer(r"link restored after ([0-9.]+(?:s|ms|µs|us|ns))", log)]
+    r["transport"] = "tunnel, both ends killed mid-post-copy"
+    r["recover"] = {
+        "break_progress": re_.get("break_progress"),
+        "recover_source_rc": re_.get("recover_source_rc"),
+        "recover_destination_rc": re_.get("recover_destination_rc"),
+        "receive_rc": re_.get("receive_rc"),
+        "helpers_restored_after_ms": restored,
+        "sender_said": "completed over the connection made by 'xl-postcopy recover'" in log,
+        "receiver_said": "every page arrived over the connection made by 'xl-postcopy recover'" in log,
+    }
+    r["outage_ms"] = int(re_["outage_ms"]) if re_.get("outage_ms", "").isdigit() else None
+    r["recovered"] = bool(
+        re_.get("recover_started") == "1" and re_.get("recover_source_rc") == "0"
+        and re_.get("recover_destination_rc") == "0" and re_.get("receive_rc") == "0"
+        and meta.get("migrate_rc") == "0" and r["recover"]["sender_said"] and r["recover"]["receiver_said"]
+    )
+    r["ok"] = bool(r["integrity_ok"] and r["recovered"])
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))

@@ -31,7 +31,11 @@
  *                                          there: the source may resume it)
  *   (libxenguest: callbacks->postcopy_transition(); libxl writes its records)
  *   libxl_postcopy_save_serve(h)        -> serves faults, pushes the rest,
- *                                          returns after POSTCOPY_COMPLETE
+ *                                          returns after POSTCOPY_COMPLETE:
+ *                                          0, or
+ *                                          LIBXL_POSTCOPY_STREAM_REPLACED
+ *                                          (then no END record: the
+ *                                          stream is gone)
  *   libxl_postcopy_save_free(h)
  *   (libxenguest: write_end_record)
  *
@@ -50,7 +54,9 @@
  *                         of the post-copy records from stream_fd, serves
  *                         mem_paging requests, sends POSTCOPY_FAULT and
  *                         POSTCOPY_COMPLETE on back_fd; returns when every
- *                         owed page is loaded
+ *                         owed page is loaded: 0, or
+ *                         LIBXL_POSTCOPY_STREAM_REPLACED (then the stream
+ *                         is gone: no END record is read from it)
  *                         libxl_postcopy_restore_free(h)
  */
 #ifndef LIBXL_POSTCOPY_H
@@ -62,7 +68,7 @@
 #include <xenctrl.h>
 #include <xentoollog.h>
 
-#define LIBXL_POSTCOPY_ABI_VERSION 4
+#define LIBXL_POSTCOPY_ABI_VERSION 5
 #define LIBXL_POSTCOPY_SONAME "libxl_postcopy.so.1"
 
 /* Stream record types, allocated above Xen 4.17's last (0x12). */
@@ -194,6 +200,18 @@ struct libxl_postcopy_save *
 libxl_postcopy_save_begin(const struct libxl_postcopy_save_params *params,
                           const unsigned long *dirty_bitmap,
                           uint64_t nr_bits, int *rc);
+/*
+ * What libxl_postcopy_save_serve() and libxl_postcopy_restore_serve()
+ * return (instead of 0) when the migration completed, every owed page at
+ * the destination, but over a connection that replaced the migration
+ * stream after it broke (`xl-postcopy recover` on both hosts within
+ * LIBXL_POSTCOPY_RECOVER_TIMEOUT seconds, default 60): nothing more can be
+ * written to or read from stream_fd and back_fd, so libxenguest, libxl
+ * and xl end the migration without their END records and final
+ * handshake.
+ */
+#define LIBXL_POSTCOPY_STREAM_REPLACED 1
+
 int libxl_postcopy_save_transition(struct libxl_postcopy_save *h);
 int libxl_postcopy_save_serve(struct libxl_postcopy_save *h);
 void libxl_postcopy_save_free(struct libxl_postcopy_save *h);

@@ -770,9 +770,11 @@ fn restore_until_transition<S: Read + AsRawFd>(
         stream.read_exact(&mut body).unwrap();
         body.truncate(len);
         if t == RecordType::Begin as u32 {
-            session = Some(
-                RestoreSession::begin(dest.clone(), stream.as_raw_fd(), back_fd, &body).unwrap(),
-            );
+            let mut r =
+                RestoreSession::begin(dest.clone(), stream.as_raw_fd(), back_fd, &body).unwrap();
+            // A broken link fails at once unless a test gives a window.
+            r.set_recovery(std::env::temp_dir(), Duration::ZERO);
+            session = Some(r);
         } else if t == RecordType::Transition as u32 {
             return session.expect("BEGIN first");
         } else {
@@ -945,6 +947,160 @@ fn end_to_end_over_one_pipe_with_the_fault_lane() {
 #[test]
 fn end_to_end_multi_pivot_without_faults() {
     migrate(StrategySpec::MultiPivot(3), &[]);
+}
+
+/// A digest of every page of `x` but the paging ring (memory checked by
+/// hash after a migration).
+fn memory_digest(x: &FakeXen) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let st = x.state();
+    let mut pfns: Vec<Pfn> = st.pages.keys().copied().filter(|&p| p != 0x7f8).collect();
+    pfns.sort_unstable();
+    for p in pfns {
+        p.hash(&mut h);
+        st.pages[&p][..].hash(&mut h);
+    }
+    h.finish()
+}
+
+/// xl's stream and back channel (socket pairs) break after the switch,
+/// while the source pushes: with `recover`, a helper of its own hands
+/// each side one end of a new TCP connection through its control socket
+/// (as `xl-postcopy recover` on each host does) and both complete,
+/// saying the stream was replaced; without, both fail once the window
+/// passes, counting the pages lost. Returns both results and the two
+/// memories' digests.
+fn migrate_with_a_broken_stream(
+    recover: bool,
+    window: Duration,
+    touches: &[Pfn],
+) -> (
+    Result<i32, postcopy::Error>,
+    Result<i32, postcopy::Error>,
+    u64,
+    u64,
+    Duration,
+) {
+    let n = 0x800;
+    let (src, _must) = build_source(n);
+    let dst = Arc::new(FakeXen::new(2, n - 1));
+    dst.state()
+        .params
+        .insert(sys::HVM_PARAM_PAGING_RING_PFN, 0x7f8);
+    let dir = std::env::temp_dir().join(format!("xpc-recover-{}-{recover}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s_stream, d_stream) = UnixStream::pair().unwrap();
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let src2 = src.clone();
+    let (s_fd, sb_fd) = (s_stream.as_raw_fd(), s_back.as_raw_fd());
+    let sdir = dir.clone();
+    let source = std::thread::spawn(move || {
+        let (mut s, _) =
+            SaveSession::begin(src2, s_fd, sb_fd, StrategySpec::Bubble, Known::Nothing).unwrap();
+        s.set_offer_lane(false);
+        s.set_recovery(sdir, window);
+        s.transition().unwrap();
+        s.serve()
+    });
+    let mut d = d_stream.try_clone().unwrap();
+    let mut session = restore_until_transition(&mut d, &dst, d_back.as_raw_fd());
+    session.set_recovery(dir.clone(), window);
+    // The source pushes into the stream; the transport dies mid-push.
+    std::thread::sleep(Duration::from_millis(50));
+    let broke = Instant::now();
+    for sock in [&s_stream, &d_stream, &s_back, &d_back] {
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
+    // The guest runs on and touches pages during the outage: its vCPUs
+    // wait for the new connection.
+    let guest = {
+        let dst = dst.clone();
+        let touches = touches.to_vec();
+        std::thread::spawn(move || {
+            for (i, &p) in touches.iter().enumerate() {
+                if dst.guest_touch(p, (i % 2) as u32) {
+                    let t = Instant::now();
+                    while dst.state().paged.contains(&p) && t.elapsed() < Duration::from_secs(30) {
+                        dst.collect_responses();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        })
+    };
+    // xl-postcopy recover on each host: one listens, the other connects,
+    // each hands its end to its helper.
+    let admin = recover.then(|| {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let to = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (from, _) = l.accept().unwrap();
+            let hand = |domid: u32, c: std::net::TcpStream| {
+                let path = postcopy::handover::control_path(&dir, domid);
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    while !path.exists() && t.elapsed() < Duration::from_secs(10) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    postcopy::handover::hand_over(
+                        &path,
+                        std::os::fd::AsFd::as_fd(&c),
+                        Duration::from_secs(20),
+                    )
+                })
+            };
+            let a = hand(1, to);
+            let b = hand(2, from);
+            (a.join().unwrap(), b.join().unwrap())
+        })
+    });
+    let dr = session.serve();
+    let sr = source.join().unwrap();
+    let took = broke.elapsed();
+    if let Some(a) = admin {
+        let (a, b) = a.join().unwrap();
+        assert!(a.unwrap().contains("source of domain 1"));
+        assert!(b.unwrap().contains("destination of domain 2"));
+    }
+    guest.join().unwrap();
+    assert!(
+        !postcopy::handover::control_path(&dir, 1).exists()
+            && !postcopy::handover::control_path(&dir, 2).exists(),
+        "the control sockets go with the serve phase"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    (sr, dr, memory_digest(&src), memory_digest(&dst), took)
+}
+
+#[test]
+fn a_stream_broken_after_the_switch_is_recovered_through_the_control_sockets() {
+    let (sr, dr, s_hash, d_hash, took) = migrate_with_a_broken_stream(
+        true,
+        Duration::from_secs(30),
+        &[0x700, 0x701, 0x10, 0x7ff, 0x555],
+    );
+    eprintln!("recovered: the migration ended {took:?} after the break");
+    assert_eq!(sr.unwrap(), crate::recover::STREAM_REPLACED);
+    assert_eq!(dr.unwrap(), crate::recover::STREAM_REPLACED);
+    assert_eq!(s_hash, d_hash, "the destination's memory is the source's");
+}
+
+#[test]
+fn nobody_recovering_within_the_window_fails_both_sides_counted() {
+    let (sr, dr, _, _, took) =
+        migrate_with_a_broken_stream(false, Duration::from_millis(1500), &[]);
+    for (side, r) in [("source", sr), ("destination", dr)] {
+        match r {
+            Err(e @ postcopy::Error::LinkLost { missing, .. }) => {
+                assert!(missing > 0, "{side}: {e}");
+                assert!(e.to_string().contains(&missing.to_string()), "{side}: {e}");
+            }
+            other => panic!("{side}: expected the link lost, got {other:?}"),
+        }
+    }
+    assert!(took < Duration::from_secs(15), "bounded: {took:?}");
 }
 
 #[test]
@@ -1198,6 +1354,8 @@ fn source_session(
         Known::Nothing,
     )
     .unwrap();
+    // A broken link fails at once (no recovery window).
+    s.set_recovery(std::env::temp_dir(), Duration::ZERO);
     // The destination's READY, queued before the source waits for it.
     {
         let mut w = postcopy::records::RecordWriter::new(&d_back);
@@ -1532,7 +1690,7 @@ fn next_back(rd: &mut RecordReader<UnixStream>) -> Option<Record<'_>> {
     }
 }
 
-type Served = std::thread::JoinHandle<(Result<(), postcopy::Error>, RestoreSession<FakeXen>)>;
+type Served = std::thread::JoinHandle<(Result<i32, postcopy::Error>, RestoreSession<FakeXen>)>;
 
 /// Serves `r` on a thread; the fake source has seen READY and RESUMED.
 fn serve_in_background(
@@ -1778,7 +1936,10 @@ fn switched(
     Arc<FakeXen>,
     RestoreSession<FakeXen>,
     UnixStream,
-    std::thread::JoinHandle<(Result<(), postcopy::Error>, postcopy::metrics::EngineReport)>,
+    std::thread::JoinHandle<(
+        Result<i32, postcopy::Error>,
+        postcopy::metrics::EngineReport,
+    )>,
     (UnixStream, UnixStream, UnixStream),
 ) {
     let n = 0x800;
@@ -1790,6 +1951,8 @@ fn switched(
     let (s_fd, sb_fd, src2) = (s_stream.as_raw_fd(), s_back.as_raw_fd(), src.clone());
     let source = std::thread::spawn(move || {
         let (mut s, _) = SaveSession::begin(src2, s_fd, sb_fd, strategy, Known::Nothing).unwrap();
+        // A broken link fails at once (no recovery window).
+        s.set_recovery(std::env::temp_dir(), Duration::ZERO);
         s.transition().unwrap();
         let r = s.serve();
         (r, s.metrics().snapshot())

@@ -483,7 +483,7 @@ unsafe fn with_handle<H>(
     what: &str,
     h: *mut H,
     lg: impl FnOnce(&H) -> XtlLogger,
-    f: impl FnOnce(&mut H) -> Result<(), Error>,
+    f: impl FnOnce(&mut H) -> Result<c_int, Error>,
 ) -> c_int {
     // SAFETY: NULL or a live, exclusively used handle (caller contract).
     let Some(h) = (unsafe { h.as_mut() }) else {
@@ -491,7 +491,7 @@ unsafe fn with_handle<H>(
     };
     let l = lg(h);
     guarded(what, l, -libc::EIO, || match f(h) {
-        Ok(()) => 0,
+        Ok(rc) => rc,
         Err(e) => fail(what, &e),
     })
 }
@@ -508,7 +508,7 @@ pub unsafe extern "C" fn libxl_postcopy_save_transition(h: *mut SaveHandle) -> c
             "post-copy transition",
             h,
             |h| h.lg,
-            |h| h.session.transition(),
+            |h| h.session.transition().map(|()| 0),
         )
     }
 }
@@ -639,7 +639,7 @@ pub unsafe extern "C" fn libxl_postcopy_restore_record(
             "post-copy restore record",
             h,
             |h| h.lg,
-            |h| h.session.record_or_abort(rtype, body),
+            |h| h.session.record_or_abort(rtype, body).map(|()| 0),
         )
     }
 }

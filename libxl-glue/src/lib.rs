@@ -51,6 +51,7 @@ pub mod lane;
 pub mod pagewalk;
 pub mod precopy;
 pub mod present;
+pub mod recover;
 pub mod restore;
 pub mod ring;
 pub mod save;
@@ -69,9 +70,34 @@ mod fake;
 pub const XEN_SERIES: &str = xen_series!();
 
 /// `LIBXL_POSTCOPY_ABI_VERSION` of `include/libxl_postcopy.h`.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 /// `LIBXL_POSTCOPY_SONAME`.
 pub const SONAME: &str = "libxl_postcopy.so.1";
+
+/// The number of seconds the environment variable `name` holds, or
+/// `default` when it is unset (or, with a warning saying `meaning`, when
+/// it is not a number of seconds).
+pub(crate) fn env_seconds(
+    name: &str,
+    default: std::time::Duration,
+    meaning: &str,
+) -> std::time::Duration {
+    let Ok(v) = std::env::var(name) else {
+        return default;
+    };
+    match v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+    {
+        Some(d) => d,
+        None => {
+            log::warn!("{name}={v:?} is not a number of seconds; {meaning} {default:?}");
+            default
+        }
+    }
+}
 
 #[cfg(test)]
 mod version_tests {

@@ -31,6 +31,7 @@ use postcopy::memory::MemoryError;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{decode, Record, RecordError, RecordReader, RecordType, RecordWriter};
+use postcopy::recovery::Recovery;
 use postcopy::Error;
 
 use crate::domain_watch::{GuestDied, WatchHooks, UNPAUSE_GRACE};
@@ -47,6 +48,9 @@ pub struct RestoreSession<O: XenOps> {
     death: Option<GuestDied>,
     /// The source's fault lane, if this side found it ([`crate::lane`]).
     lane: Option<std::os::unix::net::UnixStream>,
+    /// Where the control socket of [`crate::recover`] goes, and the
+    /// recovery window (zero: none).
+    recovery: (std::path::PathBuf, std::time::Duration),
 }
 
 impl<O: XenOps> std::fmt::Debug for RestoreSession<O> {
@@ -104,6 +108,10 @@ impl<O: XenOps> RestoreSession<O> {
             metrics: Metrics::new(),
             death: None,
             lane: None,
+            recovery: (
+                crate::status_file::status_dir(),
+                crate::recover::recover_timeout_setting(),
+            ),
         })
     }
 
@@ -125,6 +133,13 @@ impl<O: XenOps> RestoreSession<O> {
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Sets the folder of the recovery control socket and the recovery
+    /// window (zero: none), whatever the environment says
+    /// ([`crate::recover`]).
+    pub fn set_recovery(&mut self, dir: std::path::PathBuf, timeout: std::time::Duration) {
+        self.recovery = (dir, timeout);
     }
 
     /// Replaces the engine's settings (before serving).
@@ -193,7 +208,10 @@ impl<O: XenOps> RestoreSession<O> {
 
     /// Phase 3: the guest runs (once libxl unpauses it); serve its faults
     /// and load every owed page, watching the domain ([`WatchHooks`]).
-    pub fn serve(&mut self) -> Result<(), Error> {
+    /// Returns 0, or [`crate::recover::STREAM_REPLACED`] when the
+    /// migration completed over a connection that replaced xl's stream
+    /// after it broke ([`crate::recover`]).
+    pub fn serve(&mut self) -> Result<i32, Error> {
         let hooks = self.watch_hooks();
         let r = self.serve_with(&hooks);
         self.death = hooks.death();
@@ -218,9 +236,17 @@ impl<O: XenOps> RestoreSession<O> {
 
     /// [`Self::serve`] with the adapter's own hooks (guest watch, the
     /// instant the domain was unpaused, progress).
-    pub fn serve_with(&mut self, hooks: &dyn ServeHooks) -> Result<(), Error> {
+    pub fn serve_with(&mut self, hooks: &dyn ServeHooks) -> Result<i32, Error> {
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
+        let domid = self.session.memory().ops().domid();
+        let rescue = crate::recover::Rescue::open_in(
+            &self.recovery.0,
+            domid,
+            "destination",
+            self.lane.is_some(),
+            self.recovery.1,
+        );
         let (replies, lane) = crate::lane::replies(self.lane.take(), |s| {
             Box::new(s) as Box<dyn std::io::Read + Send>
         });
@@ -233,10 +259,17 @@ impl<O: XenOps> RestoreSession<O> {
             back: RecordWriter::new(Box::new(FdIo::new(self.back_fd))),
             closer: crate::lane::closer(stop, lane),
         };
-        let domid = self.session.memory().ops().domid();
         self.session
             .set_status(crate::status_file::status_config(domid));
-        let result = self.session.serve(links, hooks, &self.metrics, None);
+        let mut hook = rescue.as_ref().map(|r| r.dest_hook());
+        let recovery = match (&rescue, hook.as_mut()) {
+            (Some(r), Some(h)) => Some(Recovery {
+                timeout: r.timeout(),
+                reconnect: h,
+            }),
+            _ => None,
+        };
+        let result = self.session.serve(links, hooks, &self.metrics, recovery);
         let took = start.elapsed();
         Metrics::set_duration(&self.metrics.postcopy_time_us, took);
         let loads = self.session.memory().load_stats();
@@ -253,6 +286,6 @@ impl<O: XenOps> RestoreSession<O> {
         if result.is_ok() {
             info!("post-copy destination done:\n{}", self.metrics.snapshot());
         }
-        result
+        result.map(|()| crate::recover::served(&self.metrics))
     }
 }

@@ -35,6 +35,7 @@ use postcopy::memory::{runs_from_sorted, PfnRun, SourceMemory};
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{Cause, RecordReader, MAX_BATCH_PAGES};
+use postcopy::recovery::Recovery;
 use postcopy::scheduler::PushPolicy;
 use postcopy::source::{send_pages, ServeLinks, SourceSession};
 use postcopy::{Error, Pfn, PAGE_SIZE};
@@ -65,23 +66,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound [`READY_TIMEOUT_ENV`] asks for, or [`READY_TIMEOUT`] (with a
 /// warning if the setting is not a number of seconds).
 fn ready_timeout_setting() -> Duration {
-    let Ok(v) = std::env::var(READY_TIMEOUT_ENV) else {
-        return READY_TIMEOUT;
-    };
-    match v
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-    {
-        Some(d) => d,
-        None => {
-            warn!(
-                "{READY_TIMEOUT_ENV}={v:?} is not a number of seconds; waiting {READY_TIMEOUT:?} for READY"
-            );
-            READY_TIMEOUT
-        }
-    }
+    crate::env_seconds(READY_TIMEOUT_ENV, READY_TIMEOUT, "waiting for READY for")
 }
 
 /// Environment setting: a cap on the post-copy push in bytes per second
@@ -316,6 +301,9 @@ pub struct SaveSession<O: XenOps> {
     /// Bound on [`transition`](Self::transition)'s wait for READY (zero:
     /// none).
     ready_timeout: Duration,
+    /// Where the control socket of [`crate::recover`] goes, and the
+    /// recovery window (zero: none).
+    recovery: (std::path::PathBuf, Duration),
     metrics: Metrics,
     /// The downtime by part so far, and when `begin` returned.
     parts: StopParts,
@@ -520,6 +508,10 @@ impl<O: XenOps> SaveSession<O> {
                 lane: None,
                 offer_lane: crate::lane::wanted(),
                 ready_timeout: ready_timeout_setting(),
+                recovery: (
+                    crate::status_file::status_dir(),
+                    crate::recover::recover_timeout_setting(),
+                ),
                 metrics,
                 parts,
                 begun: Instant::now(),
@@ -555,6 +547,13 @@ impl<O: XenOps> SaveSession<O> {
     /// [`READY_TIMEOUT_ENV`] says.
     pub fn set_ready_timeout(&mut self, timeout: Duration) {
         self.ready_timeout = timeout;
+    }
+
+    /// Sets the folder of the recovery control socket and the recovery
+    /// window (zero: none), whatever the environment says
+    /// ([`crate::recover`]).
+    pub fn set_recovery(&mut self, dir: std::path::PathBuf, timeout: Duration) {
+        self.recovery = (dir, timeout);
     }
 
     /// Offers the fault lane at the switch, or not, whatever the
@@ -607,8 +606,12 @@ impl<O: XenOps> SaveSession<O> {
         Ok(())
     }
 
-    /// Phase 3: serve until the destination holds every owed page.
-    pub fn serve(&mut self) -> Result<(), Error> {
+    /// Phase 3: serve until the destination holds every owed page. A
+    /// link that breaks after the switch is recovered through this
+    /// helper's control socket ([`crate::recover`]). Returns 0, or
+    /// [`crate::recover::STREAM_REPLACED`] when the migration completed
+    /// over a connection that replaced xl's stream.
+    pub fn serve(&mut self) -> Result<i32, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let n = self.mem.pfn_count();
         let fault_rx = RecordReader::new(
@@ -622,6 +625,13 @@ impl<O: XenOps> SaveSession<O> {
                 .unwrap_or_else(|e| e.into_inner())
                 .update(done);
         }));
+        let rescue = crate::recover::Rescue::open_in(
+            &self.recovery.0,
+            self.mem.ops().domid(),
+            "source",
+            self.lane.is_some(),
+            self.recovery.1,
+        );
         let (replies, lane) = crate::lane::replies(self.lane.take(), |s| {
             Box::new(s) as Box<dyn std::io::Write + Send>
         });
@@ -633,9 +643,17 @@ impl<O: XenOps> SaveSession<O> {
         let history = std::mem::take(&mut self.history);
         self.session
             .set_status(crate::status_file::status_config(self.mem.ops().domid()));
+        let mut hook = rescue.as_ref().map(|r| r.source_hook());
+        let recovery = match (&rescue, hook.as_mut()) {
+            (Some(r), Some(h)) => Some(Recovery {
+                timeout: r.timeout(),
+                reconnect: h,
+            }),
+            _ => None,
+        };
         let r = self
             .session
-            .serve(&self.mem, links, history, &self.metrics, None);
+            .serve(&self.mem, links, history, &self.metrics, recovery);
         Metrics::set_duration(
             &self.metrics.postcopy_time_us,
             self.session.stopped_at().elapsed(),
@@ -643,6 +661,6 @@ impl<O: XenOps> SaveSession<O> {
         if r.is_ok() {
             info!("post-copy source done:\n{}", self.metrics.snapshot());
         }
-        r
+        r.map(|()| crate::recover::served(&self.metrics))
     }
 }

@@ -35,6 +35,7 @@
 pub mod capabilities;
 pub mod destination;
 pub mod error;
+pub mod handover;
 pub mod memory;
 pub mod metrics;
 pub mod prepage;

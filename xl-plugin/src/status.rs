@@ -44,6 +44,14 @@ pub enum StatusError {
         /// The reason.
         reason: String,
     },
+    /// `xl-postcopy recover` could not hand a new connection over.
+    #[error("recovery through {path}: {reason}")]
+    Recover {
+        /// The helper's control socket.
+        path: PathBuf,
+        /// The reason.
+        reason: String,
+    },
     /// The domain name is not known to xl.
     #[error("no domain named '{name}' on this host ({why})")]
     NoDomain {
@@ -132,6 +140,80 @@ pub fn request_switch(domain: &str, dir: &Path) -> Result<PathBuf, StatusError> 
             reason: e.to_string(),
         })?;
     Ok(path)
+}
+
+/// `xl-postcopy recover DOMAIN --listen|--to ADDR` on a Xen host: makes
+/// one new TCP connection with the other host's `recover` (waits up to
+/// `wait` for it) and hands this host's end to the helper serving
+/// DOMAIN's migration, through its control socket in `dir`
+/// ([`postcopy::handover`]); the engine then recovers on it. Loopback
+/// addresses only: pages travel in clear (across hosts, forward a
+/// loopback port through ssh). Returns the helper's answer.
+pub fn recover_domain(
+    domain: &str,
+    dir: &Path,
+    cmd: crate::local::recover::Command,
+    wait: Duration,
+) -> Result<String, StatusError> {
+    use crate::local::recover::Command as C;
+    let domid = domid_of(domain)?;
+    let control = postcopy::handover::control_path(dir, domid);
+    let fail = |reason: String| StatusError::Recover {
+        path: control.clone(),
+        reason,
+    };
+    if !control.exists() {
+        return Err(fail(format!(
+            "no helper of domain {domid} takes a new connection here (no post-copy migration of it after the switch on this host, or its recovery is off)"
+        )));
+    }
+    let addr = match cmd {
+        C::To(a) | C::Listen(a) => a,
+    };
+    if !addr.ip().is_loopback() {
+        return Err(fail(format!(
+            "{addr} is not a loopback address: guest pages would cross the network in clear; forward a loopback port through ssh (ssh -L PORT:127.0.0.1:PORT HOST)"
+        )));
+    }
+    let deadline = Instant::now() + wait;
+    let conn = match cmd {
+        C::Listen(a) => {
+            let l =
+                std::net::TcpListener::bind(a).map_err(|e| fail(format!("listen on {a}: {e}")))?;
+            l.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+            loop {
+                match l.accept() {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            return Err(fail(format!("nobody connected to {a} within {wait:?}")));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(fail(format!("accept on {a}: {e}"))),
+                }
+            }
+        }
+        C::To(a) => loop {
+            match std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(fail(format!("connect to {a} within {wait:?}: {e}")))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        },
+    };
+    conn.set_nonblocking(false)
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = conn.set_nodelay(true);
+    let left = deadline.saturating_duration_since(Instant::now());
+    postcopy::handover::hand_over(
+        &control,
+        std::os::fd::AsFd::as_fd(&conn),
+        left.max(Duration::from_secs(5)),
+    )
+    .map_err(|e| fail(e.to_string()))
 }
 
 /// DOMAIN as a domid: a number, or a name xl knows (`NAME--incoming` too).

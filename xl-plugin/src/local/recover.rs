@@ -296,10 +296,17 @@ impl LinkArgs {
 /// The arguments of `xl-postcopy recover`.
 #[derive(Args, Debug, Clone)]
 pub struct RecoverArgs {
-    /// The running side's control socket (its `--control`).
+    /// Xen: the domain (name or id) whose post-copy migration lost xl's
+    /// stream after the switch, on this host (the source copy is
+    /// `NAME--postcopy-source`); run on both hosts, one with `--listen`,
+    /// the other with `--to` the same address.
+    #[arg(required_unless_present = "control", conflicts_with = "control")]
+    pub domain: Option<String>,
+    /// Local mode: the running side's control socket (its `--control`).
     #[arg(long, value_name = "PATH")]
-    pub control: PathBuf,
-    /// Sender: dial this address from now on.
+    pub control: Option<PathBuf>,
+    /// Local mode: the sender dials this address from now on. Xen: connect
+    /// to the other host's `recover --listen` here.
     #[arg(
         long,
         value_name = "ADDR",
@@ -307,20 +314,44 @@ pub struct RecoverArgs {
         required_unless_present = "listen"
     )]
     pub to: Option<SocketAddr>,
-    /// Receiver: listen on this address from now on.
+    /// Local mode: the receiver listens on this address from now on. Xen:
+    /// wait here for the other host's `recover --to`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Xen: folder of the helpers' status files and control sockets
+    /// (default: $XEN_POSTCOPY_STATUS_DIR, else /run/xen-postcopy).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Xen: seconds to wait for the other host's end and the helper's
+    /// answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub timeout: f64,
 }
 
 impl RecoverArgs {
-    /// Sends the command; returns the running side's answer.
+    /// Sends the command (local mode) or hands a new connection to the
+    /// domain's helper (Xen); returns the running side's answer.
     pub fn run(&self) -> Result<String, RecoverError> {
         let cmd = match (self.to, self.listen) {
             (Some(a), _) => Command::To(a),
             (None, Some(a)) => Command::Listen(a),
             (None, None) => return Err(RecoverError::Refused("give --to or --listen".into())),
         };
-        send_command(&self.control, cmd)
+        match (&self.control, &self.domain) {
+            (Some(c), _) => send_command(c, cmd),
+            (None, Some(d)) => {
+                let wait = Duration::try_from_secs_f64(self.timeout)
+                    .map_err(|_| RecoverError::Timeout(self.timeout))?;
+                let dir = self
+                    .dir
+                    .clone()
+                    .or_else(|| std::env::var_os("XEN_POSTCOPY_STATUS_DIR").map(Into::into))
+                    .unwrap_or_else(|| crate::status::DEFAULT_STATUS_DIR.into());
+                crate::status::recover_domain(d, &dir, cmd, wait)
+                    .map_err(|e| RecoverError::Refused(e.to_string()))
+            }
+            (None, None) => Err(RecoverError::Refused("name a domain or --control".into())),
+        }
     }
 }
 
