@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -68,6 +68,9 @@ pub struct Metrics {
     /// When the push claimed each batch, µs since serving began (the
     /// first [`PUSH_LOG`]); `None`: not recorded.
     push_log: Mutex<Option<Vec<u64>>>,
+    /// Whether `push_log` records: checked before its lock, so the push's
+    /// hot path takes no lock when nobody asked for the log.
+    push_log_on: AtomicBool,
     fault_latency: Mutex<Histogram<u64>>,
     /// Time spent in each [`Part`], in nanoseconds.
     part_ns: [AtomicU64; Part::ALL.len()],
@@ -187,6 +190,7 @@ impl Metrics {
             fault_block_us: AtomicU64::new(0),
             block_by_origin: Mutex::new(BTreeMap::new()),
             push_log: Mutex::new(None),
+            push_log_on: AtomicBool::new(false),
             // 1 µs .. 100 s at 3 significant digits; the bounds are valid
             // constants, so construction cannot fail.
             fault_latency: Mutex::new(
@@ -217,12 +221,16 @@ impl Metrics {
     pub fn record_push_log(&self) {
         if let Ok(mut c) = self.push_log.lock() {
             c.get_or_insert_with(Vec::new);
+            self.push_log_on.store(true, Ordering::Release);
         }
     }
 
     /// The push claimed a batch `at` after serving began (kept only when
     /// recording, the first [`PUSH_LOG`]).
     pub fn note_push(&self, at: Duration) {
+        if !self.push_log_on.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut c) = self.push_log.lock() {
             if let Some(v) = c.as_mut().filter(|v| v.len() < PUSH_LOG) {
                 v.push(us(at));
