@@ -85,6 +85,9 @@ pub(crate) fn env_seconds(
     let Ok(v) = std::env::var(name) else {
         return default;
     };
+    if v.trim().is_empty() {
+        return default;
+    }
     match v
         .trim()
         .parse::<f64>()

@@ -188,6 +188,29 @@ fn push_batch_setting() -> usize {
     }
 }
 
+/// Environment setting: the longest the push waits for the destination
+/// to resume the guest before its first batch: seconds, `on`
+/// ([`postcopy::scheduler::XEN_HOLD`]) or `off`/`0` (the default,
+/// [`PushPolicy::XEN`]: the push starts at once, during the destination's
+/// device attach). For a dom0 so short of CPU that the push slows the
+/// attach; see [`PushPolicy::hold_until_resumed`].
+pub const PUSH_HOLD_ENV: &str = "LIBXL_POSTCOPY_PUSH_HOLD";
+
+/// The hold [`PUSH_HOLD_ENV`] asks for (`None` for off, 0 or unset).
+fn push_hold_setting() -> Option<std::time::Duration> {
+    match std::env::var(PUSH_HOLD_ENV).as_deref().map(str::trim) {
+        Err(_) | Ok("" | "off" | "none") => return PushPolicy::XEN.hold_until_resumed,
+        Ok("on") => return Some(postcopy::scheduler::XEN_HOLD),
+        Ok(_) => {}
+    }
+    let d = crate::env_seconds(
+        PUSH_HOLD_ENV,
+        postcopy::scheduler::XEN_HOLD,
+        "the push waits for the guest's resumption at most",
+    );
+    (!d.is_zero()).then_some(d)
+}
+
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeginSummary {
@@ -459,6 +482,7 @@ impl<O: XenOps> SaveSession<O> {
                 batch_pages: push_batch_setting(),
                 max_bandwidth: max_bandwidth_setting(),
                 window: push_window_setting(),
+                hold_until_resumed: push_hold_setting(),
                 ..PushPolicy::XEN
             },
         )?;

@@ -119,6 +119,8 @@ impl SourceConfig {
             max_bandwidth: self.max_bandwidth,
             // Local mode's replies have their own channel.
             window: None,
+            // Local mode's destination runs the guest as it switches.
+            hold_until_resumed: None,
         }
     }
 }
@@ -1214,6 +1216,9 @@ const PACE_STEP: Duration = Duration::from_millis(10);
 /// Longest single wait of a push whose window is full (an ACK ends it
 /// sooner; in between it re-checks for failure).
 const WINDOW_STEP: Duration = Duration::from_millis(10);
+/// How often the push's hold looks for RESUMED
+/// ([`PushPolicy::hold_until_resumed`]).
+const HOLD_STEP: Duration = Duration::from_millis(5);
 
 /// How long a push waits for an in-band fault reply to take the stream
 /// first (bounded: a reply is one record).
@@ -1251,6 +1256,7 @@ fn push_loop<M: SourceMemory + ?Sized>(
             metrics,
         )?;
     }
+    hold_until_resumed(shared, ctx)?;
     let owed = lock(&shared.sched).owed();
     let mut pacer = Pacer::for_policy(&ctx.policy);
     let batch_bytes = (batch_pages * (PAGE_SIZE + 8) + 16) as u64;
@@ -1376,6 +1382,42 @@ fn push_loop<M: SourceMemory + ?Sized>(
     w.count(RecordType::Complete, sent)?;
     w.flush()?;
     debug!("push complete");
+    Ok(())
+}
+
+/// [`PushPolicy::hold_until_resumed`]: waits, at most that long, for the
+/// destination's RESUMED before the first push batch (faults are served
+/// meanwhile by their own thread; a failure ends the wait).
+fn hold_until_resumed(shared: &Shared, ctx: &ServeCtx<'_>) -> Result<(), Error> {
+    let Some(max) = ctx.policy.hold_until_resumed else {
+        return Ok(());
+    };
+    if shared.resumed.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let t = Instant::now();
+    ctx.metrics.timed(Part::Idle, || {
+        while !shared.resumed.load(Ordering::SeqCst)
+            && !shared.failed.load(Ordering::SeqCst)
+            && t.elapsed() < max
+        {
+            std::thread::sleep(HOLD_STEP);
+        }
+    });
+    if shared.failed.load(Ordering::SeqCst) {
+        return Err(Error::Aborted);
+    }
+    if shared.resumed.load(Ordering::SeqCst) {
+        info!(
+            "push held {:?} until the destination resumed the guest",
+            t.elapsed()
+        );
+    } else {
+        warn!(
+            "the destination has not resumed the guest after {:?}: pushing anyway",
+            t.elapsed()
+        );
+    }
     Ok(())
 }
 

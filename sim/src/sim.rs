@@ -212,6 +212,7 @@ impl SimConfig {
             residual_after: postcopy::scheduler::DEFAULT_RESIDUAL_AFTER,
             max_bandwidth: None,
             window: None,
+            hold_until_resumed: None,
         }
     }
 }
