@@ -6,7 +6,8 @@
 # memtest_syscalls=1 balloon=1 workload=stress stress_mib=M tmpfs_mib=M)
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
 # load=per-page, scan=stop, window=SIZE|off (the push window), lane=off (fault
-# replies in-band), batch=N (pages per pushed record), read=per-call (no
+# replies in-band), batch=N (pages per pushed record), hold=SECS|on (the
+# push's wait for the guest's resumption; default: none), read=per-call (no
 # kept source mappings), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
@@ -31,8 +32,10 @@
 # host A, which runs the scenarios, is done.  Scenario words: peer=ssh
 # (xl migrate <dom> hostb), peer=tunnel (through xl-postcopy tunnel
 # between the hosts), peer=ping (no guest: the dom0s reach each other),
-# disk_mib=M (a PV disk on the shared storage, verified by the guest's
-# iotest), net=1 (a PV NIC on xenbr0, a verified stream to host B's dom0).
+# disk_mib=M (a PV disk on the shared storage, or in dom0's own storage
+# with one host, verified by the guest's iotest; disk_pool_mib=P: its
+# reads go into a pool of P MiB the CPU has not touched, see iotest.c),
+# net=1 (a PV NIC on xenbr0, a verified stream to host B's dom0).
 # Host A reaches host B over ssh: `autorun.sh prepare|collect|cleanup NAME`
 # there.  The body sits in { } so that editing this file
 # during a run cannot break the run.
@@ -170,10 +173,12 @@ migrate_once() {
 	# window=SIZE|on|off: the source's push window
 	# (LIBXL_POSTCOPY_PUSH_WINDOW; empty: the default, off); lane=off: fault replies in-band, not on the
 	# fault lane (LIBXL_POSTCOPY_LANE); batch=N: pages per pushed record
-	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 64); read=per-call:
+	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 64); hold=SECS|on: the
+	# push's wait for RESUMED (LIBXL_POSTCOPY_PUSH_HOLD; empty: the
+	# default, none; on: 60 s); read=per-call:
 	# the source maps and unmaps per read, no kept mappings
 	# (LIBXL_POSTCOPY_READ).
-	LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
+	LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -632,7 +637,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= read= recover=0 rpid= rlpid=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= read= recover=0 rpid= rlpid=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -650,6 +655,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		recover=*) recover=${o#*=}; continue ;;
 		lane=*) lane=${o#*=}; continue ;;
 		batch=*) batch=${o#*=}; continue ;;
+		hold=*) hold=${o#*=}; continue ;;
 		read=*) read=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
@@ -663,6 +669,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		peer=*) peer=${o#*=}; continue ;;
 		net=*) net=${o#*=}; continue ;;
 		disk_mib=*) disk_mib=${o#*=} ;;
+		disk_pool_mib=*) ;;
 		seq=*) seq=${o#*=}; soak=$(echo "$seq" | tr ',' '\n' | grep -c .); continue ;;
 		esac
 		kept="$kept $o"
@@ -694,6 +701,14 @@ vif=['bridge=xenbr0,mac=00:16:3e:09:00:10']"
 		pssh /mnt/host/autorun.sh cleanup "$name" > /dev/null
 		coff=$(clock_offset)
 		ts "host B's clock: offset and error (ms) $coff"
+	elif [ -n "$disk_mib" ]; then
+		# one host: the disk file in dom0's own storage (both domains
+		# of a localhost migration see the same file)
+		modprobe loop 2>/dev/null
+		mkdir -p /var/lib/xen-testbed
+		rm -f /var/lib/xen-testbed/disk-$name.img
+		truncate -s "$((disk_mib * 4))M" /var/lib/xen-testbed/disk-$name.img
+		devs="disk=['format=raw,vdev=xvda,access=rw,target=/var/lib/xen-testbed/disk-$name.img']"
 	fi
 	# hvm: an HVM guest on HAP with QEMU (qemu-xen) as device model, its
 	# platform state migrating with it; Linux's PV drivers give it the
@@ -1005,6 +1020,7 @@ CFG
 		echo "tunnel=$tunnel"
 		echo "lane=${lane:-default}"
 		echo "push_batch=${batch:-default}"
+		echo "push_hold=${hold:-default}"
 		echo "source_read=${read:-kept}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"

@@ -3,7 +3,7 @@
  * iotest: the two-host scenarios' disk and network verifiers
  * (scripts/testbed twohost*).
  *
- *   iotest disk DEV MIB
+ *   iotest disk DEV MIB [POOL_MIB]
  *
  * In the guest, on its PV disk: MIB MiB in 64 KiB blocks, written with
  * O_DIRECT (past every cache), each block a pattern of its index and a
@@ -16,6 +16,15 @@
  * (G: the longest single read or write).  A bad block prints "DISK BAD
  * block=I want_gen=.. got=..", an I/O error "DISK ERROR op=.. block=..
  * errno=.." (both make the pass ok=0).
+ *
+ * With POOL_MIB (> 0), the reads go into a rotating pool of POOL_MIB MiB
+ * of 64 KiB buffers, filled with a poison word once at the start, and a
+ * buffer is read by the CPU only after the disk has written into it.  After
+ * a post-copy switch most of the pool is still on the source, so blkback
+ * writes into pages that have not arrived (grant copy or map of a
+ * paged-out frame, GNTST_eagain): the dom0 backend's faults the scenario
+ * counts by origin.  A buffer the backend left unwritten still holds the
+ * poison or an older block and fails the check.
  *
  *   iotest net-client IP PORT [PAUSE_MS]
  *
@@ -105,14 +114,23 @@ static int disk_io(int fd, int wr, void *buf, long blk, double *maxgap)
 	return -1;
 }
 
-static int disk(const char *dev, long mib)
+static int disk(const char *dev, long mib, long pool_mib)
 {
 	long nb = mib * 1024 * 1024 / BLOCK, next = 0, pass = 0;
+	long np = pool_mib * 1024 * 1024 / BLOCK, slot = 0;
 	uint64_t *gen = calloc(nb, sizeof(*gen));
+	char *pool = NULL;
 	void *buf;
 	int fd = -1;
 	if (!gen || posix_memalign(&buf, 4096, BLOCK))
 		return 1;
+	if (np > 0) {
+		if (posix_memalign((void **)&pool, 4096, (size_t)np * BLOCK))
+			return 1;
+		/* every page populated (so owed after a switch), none zero */
+		for (size_t i = 0; i < (size_t)np * BLOCK / 8; i++)
+			((uint64_t *)pool)[i] = 0xdeadbeefdeadbeefull;
+	}
 	for (int t = 0; t < 60 && fd < 0; t++) {
 		fd = open(dev, O_RDWR | O_DIRECT);
 		if (fd < 0)
@@ -123,7 +141,7 @@ static int disk(const char *dev, long mib)
 		fflush(stdout);
 		return 1;
 	}
-	printf("DISK ready dev=%s mib=%ld blocks=%ld\n", dev, mib, nb);
+	printf("DISK ready dev=%s mib=%ld blocks=%ld pool_buffers=%ld\n", dev, mib, nb, np);
 	fflush(stdout);
 	for (;;) {
 		double t0 = now(), maxgap = 0;
@@ -143,16 +161,20 @@ static int disk(const char *dev, long mib)
 			errors++;
 		}
 		for (long b = 0; b < nb; b++) {
-			if (disk_io(fd, 0, buf, b, &maxgap)) {
+			/* the pool's next buffer, untouched since its last check */
+			void *rb = np > 0 ? pool + (size_t)slot * BLOCK : buf;
+			if (np > 0)
+				slot = (slot + 1) % np;
+			if (disk_io(fd, 0, rb, b, &maxgap)) {
 				errors++;
 				continue;
 			}
-			long w = check(buf, BLOCK / 8, gen[b], (uint64_t)b);
+			long w = check(rb, BLOCK / 8, gen[b], (uint64_t)b);
 			if (w >= 0) {
 				if (bad < 8)
 					printf("DISK BAD block=%ld word=%ld want_gen=%llu got=%016llx\n", b, w,
 					       (unsigned long long)gen[b],
-					       (unsigned long long)((uint64_t *)buf)[w]);
+					       (unsigned long long)((uint64_t *)rb)[w]);
 				bad++;
 			}
 		}
@@ -350,12 +372,12 @@ static int net_server(int port)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc == 4 && !strcmp(argv[1], "disk"))
-		return disk(argv[2], atol(argv[3]));
+	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "disk"))
+		return disk(argv[2], atol(argv[3]), argc == 5 ? atol(argv[4]) : 0);
 	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "net-client"))
 		return net_client(argv[2], atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 20);
 	if (argc == 3 && !strcmp(argv[1], "net-server"))
 		return net_server(atoi(argv[2]));
-	fprintf(stderr, "usage: iotest disk DEV MIB | net-client IP PORT [PAUSE_MS] | net-server PORT\n");
+	fprintf(stderr, "usage: iotest disk DEV MIB [POOL_MIB] | net-client IP PORT [PAUSE_MS] | net-server PORT\n");
 	return 2;
 }

@@ -192,6 +192,12 @@ r["prescan"] = ({"populated": int(m.group(1)), "pfns": int(m.group(2)), "ms": du
 # bare FAULT / one-page reply round trip over that transport in dom0
 # (`xl-postcopy rtt`): the floor of a network fault's service.
 r["push_window"] = meta.get("window")
+# The push's hold until RESUMED (LIBXL_POSTCOPY_PUSH_HOLD; "default": none)
+# and how long it waited (the source's log line), or None.
+r["push_hold"] = meta.get("push_hold")
+m = re.search(r"push held ([0-9.]+)(ms|s|µs) until the destination resumed", log)
+r["push_held_ms"] = (round(float(m.group(1)) * {"s": 1000, "ms": 1, "µs": 0.001}[m.group(2)])
+                     if m else None)
 r["fault_lane"] = "fault replies on their own lane" in log
 r["transport"] = "tunnel" if meta.get("tunnel") == "1" or int(meta.get("link_drops", 0) or 0) else "pipe"
 try:
