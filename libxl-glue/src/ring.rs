@@ -205,6 +205,27 @@ pub fn paging_response(req: &sys::vm_event_request_t) -> sys::vm_event_response_
     rsp
 }
 
+/// A response to no request: releases the vm_event pause of vCPU `vcpu`
+/// (`VM_EVENT_FLAG_VCPU_PAUSED`), as a replacement pager must for the
+/// requests its dead predecessor never answered. Xen releases only a
+/// pause it holds (`vm_event_resume` checks the vCPU's vm_event pause
+/// count first), and `MEM_PAGING_DROP_PAGE` keeps it off the p2m.
+pub fn vcpu_release_response(vcpu: u32) -> sys::vm_event_response_t {
+    let mut rsp = sys::vm_event_response_t {
+        version: sys::VM_EVENT_INTERFACE_VERSION,
+        flags: sys::VM_EVENT_FLAG_VCPU_PAUSED,
+        reason: sys::VM_EVENT_REASON_MEM_PAGING,
+        vcpu_id: vcpu,
+        ..Default::default()
+    };
+    rsp.u.mem_paging = sys::vm_event_paging {
+        gfn: 0,
+        p2mt: 0,
+        flags: sys::MEM_PAGING_DROP_PAGE,
+    };
+    rsp
+}
+
 #[cfg(test)]
 #[allow(
     clippy::cast_possible_truncation,

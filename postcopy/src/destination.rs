@@ -409,6 +409,11 @@ impl<M: DestinationMemory> DestSession<M> {
         self.cfg = cfg;
     }
 
+    /// Sets [`DestConfig::owed_file`] alone.
+    pub fn set_owed_file(&mut self, path: Option<std::path::PathBuf>) {
+        self.cfg.owed_file = path;
+    }
+
     /// True once READY went to the source.
     pub fn ready_sent(&self) -> bool {
         self.ready_sent

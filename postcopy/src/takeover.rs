@@ -94,7 +94,7 @@ impl OwedSet {
         let mut next = 0u64;
         for i in 0..b.len().saturating_sub(HEADER) / RUN {
             let (start, count) = (word(HEADER + RUN * i), word(HEADER + RUN * i + 8));
-            let end = start.checked_add(count).unwrap_or(u64::MAX);
+            let end = start.saturating_add(count);
             if count == 0 || start < next || end > guest_pfns {
                 return Err(format!(
                     "run {i} ({start:#x}+{count}) is empty, out of order or outside a guest of {guest_pfns} pfns"
