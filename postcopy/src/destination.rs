@@ -685,6 +685,7 @@ impl<M: DestinationMemory> DestSession<M> {
                 Err(in_band) => *in_band,
             },
             acks: self.acks,
+            taken_over: self.taken_over,
             switch_at: self.switch_at,
             hooks,
             cfg: &self.cfg,
@@ -972,6 +973,8 @@ struct Shared<'m, M: ?Sized> {
     in_band: bool,
     /// ACK what the bulk reader consumed, after each record.
     acks: bool,
+    /// A replacement ([`DestSession::take_over`]).
+    taken_over: bool,
     switch_at: Instant,
     hooks: &'m dyn ServeHooks,
     cfg: &'m DestConfig,
@@ -1169,13 +1172,15 @@ fn recover<M: DestinationMemory + ?Sized>(
     (lock(&shared.closer))();
     let outage = Instant::now();
     Metrics::add(&shared.metrics.outages, 1);
-    let what = if error.is_peer_fault() {
+    let what = if shared.taken_over && shared.metrics.outages.load(Ordering::SeqCst) == 1 {
+        "a replacement destination takes over"
+    } else if error.is_peer_fault() {
         "the source broke the protocol after the switch; link dropped"
     } else {
         "link lost after the switch"
     };
     warn!(
-        "{what} ({error}); the guest keeps running, waiting up to {:?} for the source",
+        "{what} ({error}); waiting up to {:?} for the source (the guest's accesses to absent pages wait)",
         rec.timeout
     );
     let deadline = outage + rec.timeout;

@@ -27,6 +27,20 @@ use postcopy::Error;
 mod common;
 use common::{source_image, Guest, Limit, Resume, REGS};
 
+/// A source's reconnect hook: each attempt makes a fresh pair and sends
+/// the destination's ends down `to_dest`.
+fn links_to(
+    to_dest: &mpsc::Sender<DestLinks>,
+) -> impl FnMut(Instant) -> std::io::Result<SourceLinks> + '_ {
+    move |_| {
+        let (s, d) = unix_pair()?;
+        to_dest
+            .send(d)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(s)
+    }
+}
+
 /// xorshift64*, enough for picking cut points reproducibly.
 struct Rng(u64);
 
@@ -429,13 +443,7 @@ fn a_cut_that_swallows_transition_hands_the_guest_back() {
                 }),
             )
         });
-        let mut hook = |_: Instant| -> std::io::Result<SourceLinks> {
-            let (s, d) = unix_pair()?;
-            to_dest
-                .send(d)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok(s)
-        };
+        let mut hook = links_to(&to_dest);
         let src = run_source_recoverable(
             &mut src_mem,
             s,
@@ -528,13 +536,7 @@ fn a_destination_that_dies_after_the_switch_is_replaced() {
             );
             (first, second, written)
         });
-        let mut hook = |_: Instant| -> std::io::Result<SourceLinks> {
-            let (s, d) = unix_pair()?;
-            to_dest
-                .send(d)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok(s)
-        };
+        let mut hook = links_to(&to_dest);
         let out = run_source_recoverable(
             &mut src_mem,
             s,

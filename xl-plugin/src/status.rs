@@ -441,6 +441,32 @@ mod tests {
     use super::*;
     use postcopy::status::{RamStatus, COMPLETED};
 
+    /// `recover --listen` with no helper alive: refused without the owed
+    /// set; with it, the replacement pager is started, and one that dies
+    /// at once is reported with its log. `--to` never starts one.
+    #[test]
+    fn a_dead_helper_gets_a_replacement_only_on_the_listening_side() {
+        use crate::local::recover::Command as C;
+        let dir = std::env::temp_dir().join(format!("xlpc-pager-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = "127.0.0.1:9".parse().unwrap();
+        let wait = Duration::from_secs(5);
+        let e = recover_domain("7", &dir, C::Listen(at), wait).unwrap_err();
+        assert!(e.to_string().contains("no helper of domain 7"), "{e}");
+        std::fs::write(postcopy::takeover::owed_path(&dir, 7), b"x").unwrap();
+        let e = recover_domain("7", &dir, C::To(at), wait).unwrap_err();
+        assert!(e.to_string().contains("no helper of domain 7"), "{e}");
+        std::env::set_var(PAGER_ENV, "/bin/false");
+        let e = recover_domain("7", &dir, C::Listen(at), wait).unwrap_err();
+        std::env::remove_var(PAGER_ENV);
+        assert!(
+            e.to_string().contains("the replacement pager") && e.to_string().contains("exited"),
+            "{e}"
+        );
+        assert!(dir.join("7.pager.log").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_missing_file_says_so() {
         let e = read_status(Path::new("/nonexistent/xen-postcopy/9.json")).unwrap_err();
