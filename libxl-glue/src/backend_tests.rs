@@ -534,6 +534,37 @@ fn a_replacement_takes_the_ring_over_and_releases_the_vcpus() {
     assert!(!x.state().domain.unwrap().paused);
 }
 
+/// A replacement pager that no source reaches within its window fails
+/// with every owed page counted, leaves the domain paused (never
+/// unpaused: no source was connected) and keeps the owed set for another
+/// try.
+#[test]
+fn a_replacement_nobody_reaches_keeps_the_domain_paused() {
+    let x = dest_domain(64);
+    let dead = XenDestination::new(x.clone(), 64).unwrap();
+    dead.mark_absent(&[PfnRun { start: 0, count: 8 }]).unwrap();
+    std::mem::forget(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let owed = postcopy::takeover::OwedSet {
+        guest_pfns: 64,
+        acks: false,
+        runs: vec![PfnRun { start: 0, count: 8 }],
+    };
+    let path = postcopy::takeover::owed_path(dir.path(), 2);
+    owed.write(&path).unwrap();
+    let t = Instant::now();
+    let e = crate::takeover::serve_with(x.clone(), &owed, dir.path(), Duration::from_millis(300))
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(e, crate::takeover::TakeoverError::Failed { lost: 8, .. }),
+        "{e}"
+    );
+    assert!(x.state().domain.unwrap().paused);
+    assert!(!x.state().calls.iter().any(|c| c == "xc_domain_unpause"));
+    assert!(path.exists(), "the owed set stays for another replacement");
+}
+
 #[test]
 fn dropped_pages_need_no_load_and_no_response() {
     let x = dest_domain(64);
