@@ -198,9 +198,13 @@ pub fn serve_with<O: XenOps + 'static>(
         Err(error) => {
             keep_paused(&*ops);
             let lost = session.unserved();
+            let paged = ops
+                .domain_info()
+                .ok()
+                .flatten()
+                .map_or_else(|| "unknown".into(), |i| i.paged_pages.to_string());
             error!(
-                "replacement pager of domain {domid} failed after {took:?}: {error}; the domain is paused and kept, {lost} owed pages never arrived ({} still paged out)",
-                session.memory().absent()
+                "replacement pager of domain {domid} failed after {took:?}: {error}; the domain is paused and kept: {lost} owed pages did not reach this pager, {paged} are still paged out (Xen's count), the source copy has them"
             );
             Err(TakeoverError::Failed { domid, error, lost })
         }
