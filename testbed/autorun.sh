@@ -352,7 +352,10 @@ pager_kill() {
 	kv "kill_progress='$prog'"
 	kv "recover_dst=$d"
 	kv "recover_src=$s"
-	for i in $(seq 1 "${PAGER_OUTAGE:-8}"); do sleep 1; sample outage; done
+	# time-bound: under load one sample (xl list) can take seconds of
+	# emulated dom0, and the source's recovery window runs meanwhile
+	i=$(( $(date +%s) + ${PAGER_OUTAGE:-8} ))
+	while sleep 1; do sample outage; [ "$(date +%s)" -ge "$i" ] && break; done
 	xl vcpu-list "$d" >> "$out/pager-states.txt" 2>&1
 	st=$(xl list "$d" 2>/dev/null | awk 'NR == 2 { print $5 }')
 	kv "dst_state_before_recover='$st'"
@@ -900,6 +903,9 @@ CFG
 		rm -f "$out/receive.rc"
 		cmd="$recv; echo receive_rc=\$? > $out/receive.rc"
 		: > "$out/recover.env"
+		# both recovery windows (the source helper's, the replacement
+		# pager's) long enough for a slow emulated dom0
+		export LIBXL_POSTCOPY_RECOVER_TIMEOUT=${PAGER_WINDOW:-180}
 		pager_kill &
 		rpid=$!
 	fi
@@ -997,6 +1003,7 @@ CFG
 			for t in $(seq 1 60); do [ -s "$out/receive.rc" ] && break; sleep 1; done
 			cat "$out/receive.rc" >> "$out/recover.env" 2>/dev/null
 			ts "$([ "$pager" = 1 ] && echo pager-kill || echo recover-pipe): $(tr '\n' ' ' < "$out/recover.env")"
+			unset LIBXL_POSTCOPY_RECOVER_TIMEOUT
 		fi
 		if [ -n "$lpid" ]; then
 			[ -n "$dpid" ] && { kill $dpid 2>/dev/null; wait $dpid 2>/dev/null; }
