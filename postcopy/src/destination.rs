@@ -352,23 +352,10 @@ impl<M: DestinationMemory> DestSession<M> {
     /// The owed set as a replacement destination needs it
     /// ([`crate::takeover`]).
     pub fn owed_set(&self) -> crate::takeover::OwedSet {
-        let mut runs = Vec::new();
-        let mut ones = self.owed_bits.iter_ones().peekable();
-        while let Some(start) = ones.next() {
-            let mut end = start + 1;
-            while ones.peek() == Some(&end) {
-                ones.next();
-                end += 1;
-            }
-            runs.push(crate::memory::PfnRun {
-                start: start as u64,
-                count: (end - start) as u64,
-            });
-        }
         crate::takeover::OwedSet {
             guest_pfns: self.guest_pfns,
             acks: self.acks,
-            runs,
+            runs: recovery::runs_of(&self.owed_bits),
         }
     }
 
