@@ -1702,6 +1702,8 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     // A good session: READY at the marker, once.
     let mut r =
         RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+    // No owed set in this host's status folder.
+    r.set_recovery(std::env::temp_dir(), Duration::ZERO);
     r.record_or_abort(RecordType::VcpuState as u32, &[])
         .unwrap();
     assert!(r.ready_sent());
@@ -1757,6 +1759,9 @@ fn dest_at_ready(
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
     let mut r = RestoreSession::begin(dst.clone(), d_stream.as_raw_fd(), d_back.as_raw_fd(), &body)
         .unwrap();
+    // No owed set in this host's status folder (a test that recovers sets
+    // its own folder and window).
+    r.set_recovery(std::env::temp_dir(), Duration::ZERO);
     if let Some(cfg) = cfg {
         r.set_config(cfg);
     }
