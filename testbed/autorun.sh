@@ -18,7 +18,10 @@
 # truncated_checks), recover=1 (xl's stream, through xl-postcopy tunnel
 # on 127.0.0.1:7002, dies mid-post-copy: both tunnel ends are killed, and
 # `xl-postcopy recover` on each end joins the helpers again over a new
-# connection; recover_pipe), switch_after=S (`xl-postcopy switch`
+# connection; recover_pipe), pager_kill=1 (the destination's pager,
+# libxl-save-helper --restore-domain under xl migrate-receive, killed
+# with SIGKILL mid-post-copy; `xl-postcopy recover` on each end starts a
+# replacement pager and joins it to the source; pager_kill), switch_after=S (`xl-postcopy switch`
 # on the source S s into the migration), mem=MIB (this scenario's guest memory
 # instead of GUEST_MEM), seq=MODE,MODE,... (the same guest migrated once
 # per MODE in one boot, like the soak: precopy, hybrid or postcopy, each
@@ -324,6 +327,66 @@ recover_pipe() {
 	kv "recover_src=$s"
 	kv "recover_time=$t1"
 	kv "outage_ms=$(ms "$t0" "$t1")"
+}
+# pager_kill: pager_kill=1's admin, beside the migration: once post-copy
+# runs (the destination's progress lines in migrate-1.log), waits
+# PAGER_KILL_AFTER (3) s, kills the destination's pager (the restore
+# session of libxl_postcopy.so runs in libxl-save-helper --restore-domain,
+# xl migrate-receive's child) with SIGKILL, samples every second for
+# PAGER_OUTAGE (8) s what the domains and the migration processes do
+# (pager-states.txt), then runs `xl-postcopy recover <dst> --listen`
+# and `xl-postcopy recover <src copy> --to` as an admin would, and
+# samples again; recover.env.
+pager_kill() {
+	local hp d s t0 t1 rp src_rc dst_rc prog i st
+	kv() { echo "$*" >> "$out/recover.env"; }
+	sample() { # sample LABEL: one line of what the domains and the migration processes do
+		echo "[$1 +$(ms "$t0" "$(now)") ms] $(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1, $2, $5 }' | tr '\n' ';') | $(pgrep -a -f 'migrate|libxl-save-helper|xl-postcopy recover' | grep -v pgrep | cut -c1-90 | tr '\n' ';')" >> "$out/pager-states.txt"
+	}
+	waitfor "$out/migrate-1.log" 'Post-copy pages' 1 600 || { kv "pager_killed=0"; return; }
+	sleep "${PAGER_KILL_AFTER:-3}"
+	hp=$(pgrep -f 'libxl-save-helper --restore-domain' | head -n 1)
+	d=$(xl domid "$dom" 2>/dev/null)
+	s=$(xl domid "$dom--postcopy-source" 2>/dev/null)
+	prog=$(grep -a 'Post-copy pages' "$out/migrate-1.log" | tail -n 1 | tr -d '\r' | sed 's/.*Post-copy pages/Post-copy pages/')
+	ts "pager-kill: kill -9 of the destination's pager (libxl-save-helper --restore-domain, pid ${hp:-none}; destination $d, source $s; $prog)"
+	t0=$(now)
+	[ -n "$hp" ] && kill -9 "$hp"
+	kv "pager_killed=$([ -n "$hp" ] && echo 1 || echo 0)"
+	kv "kill_time=$t0"
+	kv "kill_progress='$prog'"
+	kv "recover_dst=$d"
+	kv "recover_src=$s"
+	# time-bound: under load one sample (xl list) can take seconds of
+	# emulated dom0, and the source's recovery window runs meanwhile
+	i=$(( $(date +%s) + ${PAGER_OUTAGE:-8} ))
+	while sleep 1; do sample outage; [ "$(date +%s)" -ge "$i" ] && break; done
+	xl vcpu-list "$d" >> "$out/pager-states.txt" 2>&1
+	st=$(xl list "$d" 2>/dev/null | awk 'NR == 2 { print $5 }')
+	kv "dst_state_before_recover='$st'"
+	kv "dst_paused_before_recover=$(case $st in *p*) echo 1 ;; *) echo 0 ;; esac)"
+	ts "pager-kill: destination $d state '$st'; xl-postcopy recover $d --listen 127.0.0.1:7011; xl-postcopy recover $s --to 127.0.0.1:7011"
+	RUST_LOG=info timeout 300 /usr/local/bin/xl-postcopy recover "$d" --listen 127.0.0.1:7011 > "$out/recover-destination.txt" 2>&1 &
+	rp=$!
+	sleep 1
+	timeout 120 /usr/local/bin/xl-postcopy recover "$s" --to 127.0.0.1:7011 > "$out/recover-source.txt" 2>&1
+	src_rc=$?
+	sample "source recover done"
+	wait $rp
+	dst_rc=$?
+	t1=$(now)
+	sample "destination recover done"
+	ts "pager-kill: source rc=$src_rc ($(tail -n 3 "$out/recover-source.txt")), destination rc=$dst_rc ($(tail -n 3 "$out/recover-destination.txt"))"
+	kv "recover_source_rc=$src_rc"
+	kv "recover_destination_rc=$dst_rc"
+	kv "recover_time=$t1"
+	kv "outage_ms=$(ms "$t0" "$t1")"
+	# the replacement pager serves until every page is in
+	for i in $(seq 1 "${PAGER_WAIT:-300}"); do pgrep -f xl-postcopy-pager > /dev/null || break; sleep 1; done
+	kv "pager_gone_after_s=$i"
+	cp /run/xen-postcopy/*.pager.log "$out/" 2>/dev/null
+	sample "replacement pager gone"
+	kv "dst_state_after='$(xl list "$d" 2>/dev/null | awk 'NR == 2 { print $5 }')'"
 }
 # name_checks MLOG MPID SRC: what an admin sees mid-post-copy (names=1):
 # the running guest carries its own name on the destination, the source
@@ -637,7 +700,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= read= recover=0 rpid= rlpid=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= read= recover=0 pager=0 rpid= rlpid=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -653,6 +716,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		window=*) window=${o#*=}; continue ;;
 		tunnel=*) tunnel=${o#*=}; continue ;;
 		recover=*) recover=${o#*=}; continue ;;
+		pager_kill=*) pager=${o#*=}; continue ;;
 		lane=*) lane=${o#*=}; continue ;;
 		batch=*) batch=${o#*=}; continue ;;
 		hold=*) hold=${o#*=}; continue ;;
@@ -848,6 +912,18 @@ CFG
 		recover_pipe &
 		rpid=$!
 	fi
+	if [ "$pager" = 1 ]; then
+		# pager-kill: xl's pipe as usual; the receiver's exit status is
+		# kept (the stream's end at the source tells nothing of it).
+		rm -f "$out/receive.rc"
+		cmd="$recv; echo receive_rc=\$? > $out/receive.rc"
+		: > "$out/recover.env"
+		# both recovery windows (the source helper's, the replacement
+		# pager's) long enough for a slow emulated dom0
+		export LIBXL_POSTCOPY_RECOVER_TIMEOUT=${PAGER_WINDOW:-180}
+		pager_kill &
+		rpid=$!
+	fi
 	deaths=0 death= vrc=1 done_n=0 cur=
 	if [ "$soak" -gt 0 ]; then
 		# soak: $soak migrations of the same guest (each time to a new
@@ -941,7 +1017,8 @@ CFG
 			# the receiver's own end (its parent died at the break)
 			for t in $(seq 1 60); do [ -s "$out/receive.rc" ] && break; sleep 1; done
 			cat "$out/receive.rc" >> "$out/recover.env" 2>/dev/null
-			ts "recover-pipe: $(tr '\n' ' ' < "$out/recover.env")"
+			ts "$([ "$pager" = 1 ] && echo pager-kill || echo recover-pipe): $(tr '\n' ' ' < "$out/recover.env")"
+			unset LIBXL_POSTCOPY_RECOVER_TIMEOUT
 		fi
 		if [ -n "$lpid" ]; then
 			[ -n "$dpid" ] && { kill $dpid 2>/dev/null; wait $dpid 2>/dev/null; }
@@ -1002,6 +1079,7 @@ CFG
 		echo "refuse=$refuse"
 		echo "truncated=$truncated"
 		echo "recover=$recover"
+		echo "pager_kill=$pager"
 		# after the migration: one domain called $dom, no copy left over
 		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"

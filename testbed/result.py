@@ -821,6 +821,42 @@ if meta.get("recover") == "1":
         and meta.get("migrate_rc") == "0" and r["recover"]["sender_said"] and r["recover"]["receiver_said"]
     )
     r["ok"] = bool(r["integrity_ok"] and r["recovered"])
+# pager-kill: the destination's pager killed mid-post-copy; replaced only
+# if the guest was paused (not destroyed) while no pager served it, both
+# recover commands were answered, the replacement pager completed, the
+# source's xl exited 0 (completed over the new connection) and the memory
+# verified.
+if meta.get("pager_kill") == "1":
+    re_ = env_file(os.path.join(d, "recover.env"))
+    plog = ""
+    for f in glob.glob(os.path.join(d, "*.pager.log")):
+        plog += open(f, errors="replace").read()
+    restored = [dur_ms(m.group(1)) for m in re.finditer(r"link restored after ([0-9.]+(?:s|ms|µs|us|ns))", log + plog)]
+    resent = [int(m.group(1)) for m in re.finditer(r"resent (\d+), zero", log)]
+    r["transport"] = "local pipe; the destination's pager killed mid-post-copy"
+    r["pager"] = {
+        "kill_progress": re_.get("kill_progress"),
+        "dst_state_before_recover": re_.get("dst_state_before_recover"),
+        "dst_paused_before_recover": re_.get("dst_paused_before_recover") == "1",
+        "recover_source_rc": re_.get("recover_source_rc"),
+        "recover_destination_rc": re_.get("recover_destination_rc"),
+        "receive_rc": re_.get("receive_rc"),
+        "pager_started": "started the replacement pager" in open(os.path.join(d, "recover-destination.txt"), errors="replace").read()
+        if os.path.exists(os.path.join(d, "recover-destination.txt")) else False,
+        "pager_completed": "migration completed by the replacement pager" in plog,
+        "pages_resent": resent[-1] if resent else None,
+        "helpers_restored_after_ms": restored,
+        "sender_said": "completed over the connection made by 'xl-postcopy recover'" in log,
+    }
+    r["outage_ms"] = int(re_["outage_ms"]) if re_.get("outage_ms", "").isdigit() else None
+    p_ = r["pager"]
+    r["replaced"] = bool(
+        re_.get("pager_killed") == "1" and p_["dst_paused_before_recover"]
+        and p_["recover_source_rc"] == "0" and p_["recover_destination_rc"] == "0"
+        and p_["pager_started"] and p_["pager_completed"]
+        and meta.get("migrate_rc") == "0" and p_["sender_said"]
+    )
+    r["ok"] = bool(r["integrity_ok"] and r["replaced"])
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))

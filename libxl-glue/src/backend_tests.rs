@@ -25,6 +25,7 @@ use postcopy::{Pfn, PAGE_SIZE};
 use crate::fake::FakeXen;
 use crate::restore::RestoreSession;
 use crate::save::{Known, SaveSession};
+use crate::xc::XenOps;
 use crate::xen_dest::XenDestination;
 use crate::xen_source::{Prescan, XenSource};
 
@@ -456,6 +457,112 @@ fn dropping_the_backend_answers_leftovers_and_disables_paging() {
     drop(d);
     assert_eq!(x.collect_responses(), 1);
     assert!(x.state().calls.iter().any(|c| c == "xc_mem_paging_disable"));
+}
+
+/// The pager dies (nothing of it runs again) with a vCPU paused on its
+/// ring and one owed page loaded: the replacement pauses the domain,
+/// disables and enables mem_paging, releases every vCPU's paging pause,
+/// refuses the loaded page without touching it, serves the vCPU's new
+/// fault, and releases the toolstack's pauses with its own.
+#[test]
+fn a_replacement_takes_the_ring_over_and_releases_the_vcpus() {
+    let x = dest_domain(64);
+    if let Some(d) = x.state().domain.as_mut() {
+        d.max_vcpu_id = 1;
+    }
+    let dead = XenDestination::new(x.clone(), 64).unwrap();
+    dead.mark_absent(&[PfnRun { start: 0, count: 8 }]).unwrap();
+    dead.install(2, &[7u8; PAGE_SIZE]).unwrap();
+    assert!(
+        x.guest_touch(5, 1),
+        "vCPU 1 paused by a request never answered"
+    );
+    std::mem::forget(dead);
+    // xl migrate-receive paused it when its helper died.
+    x.pause().unwrap();
+    let first = x.state().calls.len();
+    let owed = postcopy::takeover::OwedSet {
+        guest_pfns: 64,
+        acks: false,
+        runs: vec![PfnRun { start: 0, count: 8 }],
+    };
+    let r = XenDestination::take_over(x.clone(), &owed).unwrap();
+    {
+        let st = x.state();
+        let calls = &st.calls[first..];
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap();
+        assert!(
+            at("xc_domain_pause") < at("xc_mem_paging_disable"),
+            "{calls:?}"
+        );
+        assert!(
+            at("xc_mem_paging_disable") < at("xc_mem_paging_enable"),
+            "{calls:?}"
+        );
+        assert_eq!(st.pauses, 2);
+    }
+    assert_eq!(x.collect_responses(), 2);
+    {
+        let st = x.state();
+        let mut vcpus: Vec<u32> = st.responses.iter().map(|r| r.vcpu_id).collect();
+        vcpus.sort_unstable();
+        assert_eq!(vcpus, vec![0, 1]);
+        for rsp in &st.responses {
+            assert_ne!(rsp.flags & sys::VM_EVENT_FLAG_VCPU_PAUSED, 0);
+            assert_eq!(rsp.reason, sys::VM_EVENT_REASON_MEM_PAGING);
+            // SAFETY: a paging response carries the mem_paging member.
+            let pflags = unsafe { rsp.u.mem_paging.flags };
+            assert_ne!(pflags & sys::MEM_PAGING_DROP_PAGE, 0);
+        }
+    }
+    assert_eq!(r.absent(), 8);
+    // The page the dead pager loaded comes again: Xen refuses it, the
+    // guest's copy stays.
+    r.install(2, &[9u8; PAGE_SIZE]).unwrap();
+    assert_eq!(x.state().pages[&2][0], 7);
+    assert_eq!(r.absent(), 7);
+    // vCPU 1 runs again and faults on the new ring.
+    assert!(x.guest_touch(5, 1));
+    let f = r.wait_fault(Duration::from_millis(200)).unwrap().unwrap();
+    assert_eq!((f.pfn, f.origin), (5, FaultOrigin::Vcpu(1)));
+    assert_eq!(
+        r.install(5, &[5u8; PAGE_SIZE]).unwrap(),
+        Installed::Installed
+    );
+    assert!(x.wait_response(1, 5, Duration::from_secs(1)));
+    assert_eq!(crate::xen_dest::release_pauses(&*x, 8).unwrap(), 2);
+    assert!(!x.state().domain.unwrap().paused);
+}
+
+/// A replacement pager that no source reaches within its window fails
+/// with every owed page counted, leaves the domain paused (never
+/// unpaused: no source was connected) and keeps the owed set for another
+/// try.
+#[test]
+fn a_replacement_nobody_reaches_keeps_the_domain_paused() {
+    let x = dest_domain(64);
+    let dead = XenDestination::new(x.clone(), 64).unwrap();
+    dead.mark_absent(&[PfnRun { start: 0, count: 8 }]).unwrap();
+    std::mem::forget(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let owed = postcopy::takeover::OwedSet {
+        guest_pfns: 64,
+        acks: false,
+        runs: vec![PfnRun { start: 0, count: 8 }],
+    };
+    let path = postcopy::takeover::owed_path(dir.path(), 2);
+    owed.write(&path).unwrap();
+    let t = Instant::now();
+    let e = crate::takeover::serve_with(x.clone(), &owed, dir.path(), Duration::from_millis(300))
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(e, crate::takeover::TakeoverError::Failed { lost: 8, .. }),
+        "{e}"
+    );
+    assert!(x.state().domain.unwrap().paused);
+    assert!(!x.state().calls.iter().any(|c| c == "xc_domain_unpause"));
+    assert!(path.exists(), "the owed set stays for another replacement");
 }
 
 #[test]
@@ -1595,6 +1702,8 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     // A good session: READY at the marker, once.
     let mut r =
         RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+    // No owed set in this host's status folder.
+    r.set_recovery(std::env::temp_dir(), Duration::ZERO);
     r.record_or_abort(RecordType::VcpuState as u32, &[])
         .unwrap();
     assert!(r.ready_sent());
@@ -1650,6 +1759,9 @@ fn dest_at_ready(
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
     let mut r = RestoreSession::begin(dst.clone(), d_stream.as_raw_fd(), d_back.as_raw_fd(), &body)
         .unwrap();
+    // No owed set in this host's status folder (a test that recovers sets
+    // its own folder and window).
+    r.set_recovery(std::env::temp_dir(), Duration::ZERO);
     if let Some(cfg) = cfg {
         r.set_config(cfg);
     }

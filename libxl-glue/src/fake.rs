@@ -52,6 +52,8 @@ pub struct FakeState {
     pub preempt_after: Option<u32>,
     /// Pages the batch op loaded as zero pages (no content passed).
     pub zero_loads: u64,
+    /// Toolstack pauses (Xen's `controller_pause_count`).
+    pub pauses: u32,
     paging: bool,
     ring_mapped: bool,
     evtchn_pending: bool,
@@ -113,6 +115,7 @@ impl FakeXen {
                 console: Vec::new(),
                 preempt_after: None,
                 zero_loads: 0,
+                pauses: 0,
                 paging: false,
                 ring_mapped: false,
                 evtchn_pending: false,
@@ -651,6 +654,30 @@ impl XenOps for FakeXen {
             return Err(XcError::from_errno("xc_domain_getinfolist", e, None));
         }
         Ok(st.domain)
+    }
+
+    fn pause(&self) -> XcResult<()> {
+        let mut st = self.state();
+        self.call(&mut st, "xc_domain_pause")?;
+        st.pauses += 1;
+        if let Some(d) = st.domain.as_mut() {
+            d.paused = true;
+        }
+        Ok(())
+    }
+
+    fn unpause(&self) -> XcResult<()> {
+        let mut st = self.state();
+        self.call(&mut st, "xc_domain_unpause")?;
+        if st.pauses == 0 {
+            return Err(XcError::from_errno("xc_domain_unpause", libc::EINVAL, None));
+        }
+        st.pauses -= 1;
+        let left = st.pauses;
+        if let Some(d) = st.domain.as_mut() {
+            d.paused = left > 0;
+        }
+        Ok(())
     }
 
     fn read_console(&self) -> XcResult<Vec<u8>> {

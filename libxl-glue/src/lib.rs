@@ -16,6 +16,8 @@
 //! - [`domain_watch`] and [`forensics`]: a guest that dies on the
 //!   destination during post-copy fails the migration (the serve hooks of
 //!   a Xen domain), with a post-mortem in the log.
+//! - [`takeover`]: the replacement pager (`xl-postcopy-pager`) of a
+//!   destination whose pager died after the switch.
 //! - [`status_file`]: where the helpers publish a running migration's
 //!   status (`/run/xen-postcopy/<domid>.json`, for `xl-postcopy status`).
 //! - [`ring`]: the vm_event back ring; [`xc`]: one safe wrapper per Xen
@@ -56,6 +58,7 @@ pub mod restore;
 pub mod ring;
 pub mod save;
 pub mod status_file;
+pub mod takeover;
 pub mod xc;
 pub mod xen_dest;
 pub mod xen_source;

@@ -101,7 +101,7 @@ impl<O: XenOps> RestoreSession<O> {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "unknown".into())
         );
-        Ok(RestoreSession {
+        let mut s = RestoreSession {
             session,
             stream_fd,
             back_fd,
@@ -112,7 +112,19 @@ impl<O: XenOps> RestoreSession<O> {
                 crate::status_file::status_dir(),
                 crate::recover::recover_timeout_setting(),
             ),
-        })
+        };
+        s.keep_owed_set();
+        Ok(s)
+    }
+
+    /// With a recovery window, the owed set is kept at the switch beside
+    /// the control socket, for a replacement pager if this one dies
+    /// ([`crate::takeover`]).
+    fn keep_owed_set(&mut self) {
+        let (dir, window) = &self.recovery;
+        let domid = self.session.memory().ops().domid();
+        let path = (!window.is_zero()).then(|| postcopy::takeover::owed_path(dir, domid));
+        self.session.set_owed_file(path);
     }
 
     /// The strategy the source announced (None if this side does not know it).
@@ -140,11 +152,14 @@ impl<O: XenOps> RestoreSession<O> {
     /// ([`crate::recover`]).
     pub fn set_recovery(&mut self, dir: std::path::PathBuf, timeout: std::time::Duration) {
         self.recovery = (dir, timeout);
+        self.keep_owed_set();
     }
 
-    /// Replaces the engine's settings (before serving).
+    /// Replaces the engine's settings (before serving; the owed set's
+    /// file stays as [`Self::set_recovery`] made it).
     pub fn set_config(&mut self, cfg: DestConfig) {
         self.session.set_config(cfg);
+        self.keep_owed_set();
     }
 
     fn back(&self) -> RecordWriter<FdIo> {

@@ -187,22 +187,48 @@ impl BackRing {
 /// request's flags (`VM_EVENT_FLAG_VCPU_PAUSED` makes Xen unpause the
 /// vCPU), its reason, vCPU and gfn.
 pub fn paging_response(req: &sys::vm_event_request_t) -> sys::vm_event_response_t {
-    let mut rsp = sys::vm_event_response_t {
-        version: sys::VM_EVENT_INTERFACE_VERSION,
-        flags: req.flags,
-        reason: req.reason,
-        vcpu_id: req.vcpu_id,
-        ..Default::default()
-    };
     // SAFETY: reading the mem_paging member of a MEM_PAGING request; the
     // union is plain data.
     let gfn = unsafe { req.u.mem_paging.gfn };
+    response(req.flags, req.reason, req.vcpu_id, gfn, 0)
+}
+
+/// A response of this interface version with a mem_paging member.
+fn response(
+    flags: u32,
+    reason: u32,
+    vcpu_id: u32,
+    gfn: u64,
+    paging_flags: u32,
+) -> sys::vm_event_response_t {
+    let mut rsp = sys::vm_event_response_t {
+        version: sys::VM_EVENT_INTERFACE_VERSION,
+        flags,
+        reason,
+        vcpu_id,
+        ..Default::default()
+    };
     rsp.u.mem_paging = sys::vm_event_paging {
         gfn,
         p2mt: 0,
-        flags: 0,
+        flags: paging_flags,
     };
     rsp
+}
+
+/// A response to no request: releases the vm_event pause of vCPU `vcpu`
+/// (`VM_EVENT_FLAG_VCPU_PAUSED`), as a replacement pager must for the
+/// requests its dead predecessor never answered. Xen releases only a
+/// pause it holds (`vm_event_resume` checks the vCPU's vm_event pause
+/// count first), and `MEM_PAGING_DROP_PAGE` keeps it off the p2m.
+pub fn vcpu_release_response(vcpu: u32) -> sys::vm_event_response_t {
+    response(
+        sys::VM_EVENT_FLAG_VCPU_PAUSED,
+        sys::VM_EVENT_REASON_MEM_PAGING,
+        vcpu,
+        0,
+        sys::MEM_PAGING_DROP_PAGE,
+    )
 }
 
 #[cfg(test)]

@@ -682,8 +682,19 @@ impl<O: XenOps> SaveSession<O> {
             &self.metrics.postcopy_time_us,
             self.session.stopped_at().elapsed(),
         );
-        if r.is_ok() {
-            info!("post-copy source done:\n{}", self.metrics.snapshot());
+        let snap = self.metrics.snapshot();
+        match &r {
+            Ok(()) => info!("post-copy source done:\n{snap}"),
+            // After the switch: the destination may be without a pager;
+            // say what this copy still holds that the guest needs.
+            Err(e) => {
+                let sent = snap.pages_pushed + snap.pages_faulted + snap.pages_zero;
+                log::error!(
+                    "post-copy source failed after the switch ({e}): {sent} of {} owed pages were sent, {} never left this host; this copy keeps every page, suspended",
+                    self.owed_count,
+                    self.owed_count.saturating_sub(sent)
+                );
+            }
         }
         r.map(|()| crate::recover::served(&self.metrics))
     }

@@ -372,6 +372,11 @@ pub trait XenOps: Send + Sync {
     /// `xc_domain_getinfolist` for this domain: its run state, `None` once
     /// it no longer exists.
     fn domain_info(&self) -> XcResult<Option<DomainInfo>>;
+    /// `xc_domain_pause`: one more toolstack pause (Xen counts them).
+    fn pause(&self) -> XcResult<()>;
+    /// `xc_domain_unpause`: one toolstack pause less (`EINVAL` when none
+    /// is left).
+    fn unpause(&self) -> XcResult<()>;
     /// `xc_readconsolering` (no clear, not incremental): Xen's console
     /// ring as it stands, oldest line first (what `xl dmesg` prints).
     fn read_console(&self) -> XcResult<Vec<u8>>;
@@ -387,6 +392,10 @@ pub struct DomainInfo {
     pub dying: bool,
     /// Shut down, with the `SHUTDOWN_*` reason (`XEN_DOMINF_shutdown`).
     pub shutdown: Option<u32>,
+    /// The highest vCPU id (`max_vcpu_id`).
+    pub max_vcpu_id: u32,
+    /// Pages Xen counts as paged out (`paged_pages`).
+    pub paged_pages: u64,
 }
 
 impl DomainInfo {
@@ -397,6 +406,7 @@ impl DomainInfo {
             dying: flags & sys::XEN_DOMINF_dying != 0,
             shutdown: (flags & sys::XEN_DOMINF_shutdown != 0)
                 .then_some((flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask),
+            ..DomainInfo::default()
         }
     }
 }
@@ -440,6 +450,8 @@ struct Handles {
     batch_buf: Option<BatchBuf>,
     /// Read-only mappings kept by `read_pages_kept`, by chunk index.
     kept: std::collections::HashMap<u64, KeptChunk>,
+    /// `xch` was opened by [`LibXc::open`] and is closed on drop.
+    owns_xch: bool,
 }
 
 /// Hypercall-safe memory from `xc_hypercall_buffer_alloc_pages`.
@@ -520,8 +532,37 @@ impl LibXc {
                 load_buf: Box::new(AlignedPage([0; PAGE_SIZE])),
                 batch_buf: None,
                 kept: std::collections::HashMap::new(),
+                owns_xch: false,
             }),
         })
+    }
+
+    /// Opens an `xc_interface` of its own (closed on drop) for `domid`,
+    /// with xenforeignmemory and xenevtchn: a process outside libxl's
+    /// helpers (the replacement pager of [`crate::takeover`]).
+    pub fn open(domid: u32) -> XcResult<LibXc> {
+        // SAFETY: NULL loggers select the library's defaults; flags 0.
+        // Returns NULL with errno on failure, checked below.
+        let xch = unsafe { sys::xc_interface_open(ptr::null_mut(), ptr::null_mut(), 0) };
+        if xch.is_null() {
+            return Err(XcError::NoXen {
+                op: "xc_interface_open",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: xch was opened above; the value owns it from here on
+        // (closed in Drop), and nobody else uses it.
+        match unsafe { LibXc::new(xch, domid, true) } {
+            Ok(x) => {
+                x.lock().owns_xch = true;
+                Ok(x)
+            }
+            Err(e) => {
+                // SAFETY: opened above, closed once here.
+                unsafe { sys::xc_interface_close(xch) };
+                Err(e)
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -701,6 +742,11 @@ impl Drop for LibXc {
         }
         // SAFETY: opened in new(), closed once here.
         unsafe { sys::xenforeignmemory_close(h.fmem) };
+        if h.owns_xch {
+            // SAFETY: opened by LibXc::open, closed once here, after the
+            // handles that used it.
+            unsafe { sys::xc_interface_close(h.xch) };
+        }
     }
 }
 
@@ -1237,7 +1283,29 @@ impl XenOps for LibXc {
         if rc == 0 || u32::from(info.domain) != self.domid {
             return Ok(None);
         }
-        Ok(Some(DomainInfo::from_flags(info.flags)))
+        Ok(Some(DomainInfo {
+            max_vcpu_id: info.max_vcpu_id,
+            paged_pages: info.paged_pages,
+            ..DomainInfo::from_flags(info.flags)
+        }))
+    }
+
+    fn pause(&self) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; plain values.
+        if unsafe { sys::xc_domain_pause(h.xch, self.domid) } != 0 {
+            return Err(err("xc_domain_pause", None));
+        }
+        Ok(())
+    }
+
+    fn unpause(&self) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; plain values.
+        if unsafe { sys::xc_domain_unpause(h.xch, self.domid) } != 0 {
+            return Err(err("xc_domain_unpause", None));
+        }
+        Ok(())
     }
 
     fn read_console(&self) -> XcResult<Vec<u8>> {

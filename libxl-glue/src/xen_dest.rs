@@ -29,7 +29,7 @@ use postcopy::memory::{
 };
 use postcopy::{Pfn, PAGE_SIZE};
 
-use crate::ring::{paging_response, BackRing};
+use crate::ring::{paging_response, vcpu_release_response, BackRing};
 use crate::xc::{has_content, XcError, XenOps, ABSENT_RANGE_MAX, LOAD_BATCH_MAX, MAX_BATCH};
 use crate::xen_source::mem_err;
 
@@ -614,6 +614,82 @@ fn queue_fault(faults: &mut VecDeque<Fault>, fault: Fault) {
 }
 
 impl<O: XenOps> XenDestination<O> {
+    /// A replacement pager for `ops`' domain, whose pager died after the
+    /// switch ([`postcopy::takeover`]; `owed` is the set it kept). Pauses
+    /// the domain (one pause of its own, released with the toolstack's
+    /// by [`release_pauses`]), then takes the paging ring over: the dead
+    /// pager's mapping and event channel are gone and Xen allows one
+    /// ring per domain, so mem_paging is disabled and enabled again (a
+    /// fresh ring; paged-out pfns stay paged out, the requests queued on
+    /// the old ring are lost). The vCPUs those requests paused are
+    /// released with one response each ([`vcpu_release_response`]): they
+    /// fault again on the new ring once the domain runs. Every owed pfn
+    /// counts as absent; the ones the dead pager loaded are refused by
+    /// Xen when they come again (ENOENT) and counted in then.
+    ///
+    /// Each released vCPU leaves one response without a request on the
+    /// ring, so Xen counts one free slot more than the ring has per vCPU
+    /// from then on; a request could be overwritten only with more
+    /// requests outstanding than the ring holds.
+    pub fn take_over(
+        ops: Arc<O>,
+        owed: &postcopy::takeover::OwedSet,
+    ) -> MemResult<XenDestination<O>> {
+        let domid = ops.domid();
+        let info = match ops.domain_info().map_err(mem_err)? {
+            Some(i) if !i.dying && i.shutdown.is_none() => i,
+            Some(i) => {
+                return Err(MemoryError::Unsupported {
+                    what: "take the domain's paging over",
+                    why: format!("domain {domid} is shut down or dying ({i:?})"),
+                })
+            }
+            None => {
+                return Err(MemoryError::Unsupported {
+                    what: "take the domain's paging over",
+                    why: format!("domain {domid} does not exist"),
+                })
+            }
+        };
+        let d = XenDestination::new(ops, owed.guest_pfns)?;
+        d.ops.pause().map_err(mem_err)?;
+        info!(
+            "taking over domain {domid}: paused; {} pfns owed at the switch, {} still paged out (Xen's count)",
+            owed.count(),
+            info.paged_pages
+        );
+        if let Err(e) = d.ops.paging_disable() {
+            // Not enabled (the dead pager never got that far, or someone
+            // disabled it): enabling below says whether we may go on.
+            warn!("disabling the dead pager's mem_paging ring: {e}");
+        }
+        d.enable_paging()?;
+        let notify = {
+            let mut st = d.lock();
+            for run in &owed.runs {
+                for p in run.pfns() {
+                    set(&mut st.evicted, p);
+                }
+            }
+            st.absent = owed.count();
+            let mut notify = false;
+            if let Some(ring) = st.ring.as_mut() {
+                for v in 0..=info.max_vcpu_id {
+                    notify |= ring.back.push_response(&vcpu_release_response(v));
+                }
+            }
+            notify
+        };
+        if notify {
+            d.notify()?;
+        }
+        info!(
+            "took over domain {domid}'s paging ring; released the paging pauses of vCPUs 0..={}",
+            info.max_vcpu_id
+        );
+        Ok(d)
+    }
+
     /// Reads whatever requests are still on the ring and answers those
     /// whose page is present (a request raced with the load of its page
     /// and was not read before the fault forwarder stopped: without this
@@ -780,4 +856,20 @@ impl<O: XenOps> Drop for XenDestination<O> {
         // before the unmap.
         self.ops.unmap_ring(ring.page);
     }
+}
+
+/// Releases every toolstack pause of `ops`' domain (the failed
+/// migration's and a replacement pager's own), at most `max` of them;
+/// returns how many it released.
+pub fn release_pauses<O: XenOps + ?Sized>(ops: &O, max: u32) -> MemResult<u32> {
+    let mut n = 0;
+    while n < max {
+        match ops.domain_info().map_err(mem_err)? {
+            Some(i) if i.paused => {}
+            _ => break,
+        }
+        ops.unpause().map_err(mem_err)?;
+        n += 1;
+    }
+    Ok(n)
 }

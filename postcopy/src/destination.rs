@@ -91,6 +91,11 @@ pub struct DestConfig {
     pub resume_grace: Duration,
     /// Where serving's status goes, if anywhere ([`crate::status`]).
     pub status: Option<StatusConfig>,
+    /// Where the owed set is kept for a replacement destination
+    /// ([`crate::takeover`]): written at the end-of-pre-switch marker,
+    /// before READY (a failure to write it fails the migration before the
+    /// switch), removed when serving completes. `None`: not kept.
+    pub owed_file: Option<std::path::PathBuf>,
 }
 
 impl Default for DestConfig {
@@ -100,6 +105,7 @@ impl Default for DestConfig {
             max_outstanding: MAX_OUTSTANDING_FAULTS,
             resume_grace: Duration::ZERO,
             status: None,
+            owed_file: None,
         }
     }
 }
@@ -250,6 +256,9 @@ pub struct DestSession<M> {
     ///
     /// [`BEGIN_ACKS`]: crate::records::BEGIN_ACKS
     acks: bool,
+    /// Made by [`take_over`](Self::take_over): serving starts with the
+    /// recovery handshake.
+    taken_over: bool,
 }
 
 impl<M> std::fmt::Debug for DestSession<M> {
@@ -287,7 +296,67 @@ impl<M: DestinationMemory> DestSession<M> {
             abort_sent: false,
             unserved: 0,
             acks: begin.acks(),
+            taken_over: false,
         })
+    }
+
+    /// A replacement for a destination that died after the switch
+    /// ([`crate::takeover`]): the session of `owed`'s migration, ready to
+    /// serve with [`serve_taken_over`](Self::serve_taken_over). `mem`
+    /// holds the guest as the dead destination left it; nothing is made
+    /// absent here (pages it installed are present, and the backend
+    /// refuses them when the source resends them).
+    pub fn take_over(
+        mem: M,
+        owed: &crate::takeover::OwedSet,
+        cfg: DestConfig,
+    ) -> Result<DestSession<M>, Error> {
+        if owed.guest_pfns != mem.pfn_count() {
+            return Err(Error::Protocol(format!(
+                "the owed set is of a guest of {} pfns, the memory has {}",
+                owed.guest_pfns,
+                mem.pfn_count()
+            )));
+        }
+        let mut owed_bits: BitVec = BitVec::repeat(false, idx(owed.guest_pfns));
+        for run in &owed.runs {
+            let (start, end) = (idx(run.start), idx(run.start.saturating_add(run.count)));
+            match owed_bits.get_mut(start..end) {
+                Some(slice) if slice.not_any() => slice.fill(true),
+                _ => {
+                    return Err(Error::Protocol(format!(
+                        "owed run {:#x}+{} overlaps another or leaves the guest",
+                        run.start, run.count
+                    )))
+                }
+            }
+        }
+        Ok(DestSession {
+            mem,
+            cfg,
+            guest_pfns: owed.guest_pfns,
+            strategy: None,
+            owed_bits,
+            owed_count: owed.count(),
+            state: Vec::new(),
+            phase: DestPhase::Ready,
+            switch_at: Instant::now(),
+            ready_sent: true,
+            abort_sent: false,
+            unserved: 0,
+            acks: owed.acks,
+            taken_over: true,
+        })
+    }
+
+    /// The owed set as a replacement destination needs it
+    /// ([`crate::takeover`]).
+    pub fn owed_set(&self) -> crate::takeover::OwedSet {
+        crate::takeover::OwedSet {
+            guest_pfns: self.guest_pfns,
+            acks: self.acks,
+            runs: recovery::runs_of(&self.owed_bits),
+        }
     }
 
     /// Owed pages that [`serve`](Self::serve) did not install: after a
@@ -327,6 +396,11 @@ impl<M: DestinationMemory> DestSession<M> {
         self.cfg = cfg;
     }
 
+    /// Sets [`DestConfig::owed_file`] alone.
+    pub fn set_owed_file(&mut self, path: Option<std::path::PathBuf>) {
+        self.cfg.owed_file = path;
+    }
+
     /// True once READY went to the source.
     pub fn ready_sent(&self) -> bool {
         self.ready_sent
@@ -357,6 +431,15 @@ impl<M: DestinationMemory> DestSession<M> {
         // A rejected record leaves the session as it was (the caller
         // decides whether to abort).
         if let Ok(Step::Switch) = r {
+            if let Some(path) = &self.cfg.owed_file {
+                self.owed_set().write(path).map_err(|e| {
+                    Error::Memory(crate::memory::MemoryError::os(
+                        "keep the owed set for a replacement destination",
+                        e,
+                    ))
+                })?;
+                debug!("owed set kept in {}", path.display());
+            }
             self.phase = DestPhase::Prepared;
         }
         r
@@ -488,6 +571,50 @@ impl<M: DestinationMemory> DestSession<M> {
         metrics: &Metrics,
         recovery: Option<Recovery<'_, DestLinks>>,
     ) -> Result<(), Error> {
+        if self.taken_over {
+            return Err(Error::WrongPhase {
+                call: "serve",
+                phase: "taken over",
+                expected: "ready (a replacement serves with serve_taken_over)",
+            });
+        }
+        self.serve_from(Ok(links), hooks, metrics, recovery)
+    }
+
+    /// Phase 3 of a replacement ([`take_over`](Self::take_over)): the
+    /// first links come from `recovery`'s hook, and the RECOVER handshake
+    /// on them lists no page, so the source resends every page it sent
+    /// and pushes the rest; then serving goes on as [`serve`](Self::serve)
+    /// does. `in_band`: the source sends fault replies on the bulk stream
+    /// (as the dead destination had them: on Xen without the fault lane),
+    /// not on their own channel. Fails with [`Error::LinkLost`] if no
+    /// source comes within the recovery timeout.
+    pub fn serve_taken_over(
+        &mut self,
+        hooks: &dyn ServeHooks,
+        metrics: &Metrics,
+        recovery: Recovery<'_, DestLinks>,
+        in_band: bool,
+    ) -> Result<(), Error> {
+        if !self.taken_over {
+            return Err(Error::WrongPhase {
+                call: "serve_taken_over",
+                phase: self.phase.name(),
+                expected: "taken over",
+            });
+        }
+        self.serve_from(Err(in_band), hooks, metrics, Some(recovery))
+    }
+
+    /// `links`: the first links, or (a replacement) whether replies
+    /// come in-band on the links recovery brings.
+    fn serve_from(
+        &mut self,
+        links: Result<ServeLinks, bool>,
+        hooks: &dyn ServeHooks,
+        metrics: &Metrics,
+        recovery: Option<Recovery<'_, DestLinks>>,
+    ) -> Result<(), Error> {
         self.require(DestPhase::Ready, "serve")?;
         self.phase = DestPhase::Serving;
         metrics.set_owed_progress(self.owed_count, 0);
@@ -511,16 +638,23 @@ impl<M: DestinationMemory> DestSession<M> {
         } else {
             DestPhase::Failed
         };
+        // Every page is in: nothing is left for a replacement to take over.
+        if let (Ok(()), Some(path)) = (&result, &self.cfg.owed_file) {
+            if let Err(e) = std::fs::remove_file(path) {
+                debug!("could not remove {}: {e}", path.display());
+            }
+        }
         result
     }
 
     fn serve_inner(
         &self,
-        links: ServeLinks,
+        links: Result<ServeLinks, bool>,
         hooks: &dyn ServeHooks,
         metrics: &Metrics,
         mut recovery: Option<Recovery<'_, DestLinks>>,
     ) -> (Result<(), Error>, u64) {
+        let nothing: Closer = std::sync::Arc::new(|| {});
         let shared = Shared {
             mem: &self.mem,
             owed_bits: &self.owed_bits,
@@ -533,21 +667,47 @@ impl<M: DestinationMemory> DestSession<M> {
             done: AtomicBool::new(false),
             resumed_sent: AtomicBool::new(false),
             told: AtomicBool::new(false),
-            in_band: matches!(links.replies, Replies::InBand),
+            in_band: match &links {
+                Ok(l) => matches!(l.replies, Replies::InBand),
+                Err(in_band) => *in_band,
+            },
             acks: self.acks,
+            taken_over: self.taken_over,
             switch_at: self.switch_at,
             hooks,
             cfg: &self.cfg,
             metrics,
-            closer: Mutex::new(links.closer.clone()),
+            closer: Mutex::new(links.as_ref().map_or(nothing, |l| l.closer.clone())),
         };
-        let mut link = SessionLinks {
-            bulk: links.bulk,
-            replies: links.replies,
-            fault_tx: links.back,
-            closer: links.closer,
+        let mut link = match links {
+            Ok(links) => SessionLinks {
+                bulk: links.bulk,
+                replies: links.replies,
+                fault_tx: links.back,
+                closer: links.closer,
+            },
+            Err(_) => {
+                let Some(rec) = recovery.as_mut() else {
+                    return (
+                        Err(Error::WrongPhase {
+                            call: "serve",
+                            phase: "taken over",
+                            expected: "a recovery hook to reach the source",
+                        }),
+                        self.owed_count,
+                    );
+                };
+                let died = Error::Record(RecordError::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the previous destination died after the switch; a replacement took over",
+                )));
+                match recover(&shared, rec, self.guest_pfns, &died) {
+                    Ok(l) => l,
+                    Err(e) => return (Err(e), self.owed_count),
+                }
+            }
         };
-        let mut sessions = 0u32;
+        let mut sessions = u32::from(self.taken_over);
         let mut peer_faults = 0u32;
         let result = loop {
             let r = run_session(&shared, link, self.guest_pfns, sessions > 0);
@@ -800,6 +960,8 @@ struct Shared<'m, M: ?Sized> {
     in_band: bool,
     /// ACK what the bulk reader consumed, after each record.
     acks: bool,
+    /// A replacement ([`DestSession::take_over`]).
+    taken_over: bool,
     switch_at: Instant,
     hooks: &'m dyn ServeHooks,
     cfg: &'m DestConfig,
@@ -997,13 +1159,15 @@ fn recover<M: DestinationMemory + ?Sized>(
     (lock(&shared.closer))();
     let outage = Instant::now();
     Metrics::add(&shared.metrics.outages, 1);
-    let what = if error.is_peer_fault() {
+    let what = if shared.taken_over && shared.metrics.outages.load(Ordering::SeqCst) == 1 {
+        "a replacement destination takes over"
+    } else if error.is_peer_fault() {
         "the source broke the protocol after the switch; link dropped"
     } else {
         "link lost after the switch"
     };
     warn!(
-        "{what} ({error}); the guest keeps running, waiting up to {:?} for the source",
+        "{what} ({error}); waiting up to {:?} for the source (the guest's accesses to absent pages wait)",
         rec.timeout
     );
     let deadline = outage + rec.timeout;

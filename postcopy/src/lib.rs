@@ -46,6 +46,7 @@ pub mod sentmap;
 pub mod source;
 pub mod status;
 pub mod switch;
+pub mod takeover;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testmem;
 pub mod transport;

@@ -100,13 +100,10 @@ pub(crate) fn reconnect<L>(r: &mut Recovery<'_, L>, deadline: Instant) -> Result
     }
 }
 
-/// Sends the received-map as RECOVER records, ending with an empty one.
-pub(crate) fn write_received<W: Write>(
-    w: &mut RecordWriter<W>,
-    received: &BitVec,
-) -> Result<(), Error> {
-    let mut runs: Vec<PfnRun> = Vec::with_capacity(MAX_RUNS.min(1024));
-    let mut ones = received.iter_ones().peekable();
+/// The set bits of `bits` as ascending runs.
+pub(crate) fn runs_of(bits: &BitVec) -> Vec<PfnRun> {
+    let mut runs = Vec::new();
+    let mut ones = bits.iter_ones().peekable();
     while let Some(start) = ones.next() {
         let mut end = start + 1;
         while ones.peek() == Some(&end) {
@@ -117,13 +114,17 @@ pub(crate) fn write_received<W: Write>(
             start: start as u64,
             count: (end - start) as u64,
         });
-        if runs.len() == MAX_RUNS {
-            w.runs(RecordType::Recover, &runs)?;
-            runs.clear();
-        }
     }
-    if !runs.is_empty() {
-        w.runs(RecordType::Recover, &runs)?;
+    runs
+}
+
+/// Sends the received-map as RECOVER records, ending with an empty one.
+pub(crate) fn write_received<W: Write>(
+    w: &mut RecordWriter<W>,
+    received: &BitVec,
+) -> Result<(), Error> {
+    for runs in runs_of(received).chunks(MAX_RUNS) {
+        w.runs(RecordType::Recover, runs)?;
     }
     w.runs(RecordType::Recover, &[])?;
     w.flush()?;

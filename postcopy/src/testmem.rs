@@ -204,6 +204,18 @@ impl MemDestination {
         s.pages[i * PAGE_SIZE]
     }
 
+    /// A simulated vCPU fills `pfn` with `byte` if the page is present
+    /// (true), without waiting for it.
+    pub fn write_if_present(&self, pfn: Pfn, byte: u8) -> bool {
+        let mut s = self.lock();
+        let i = idx(pfn);
+        if !s.present[i] {
+            return false;
+        }
+        s.pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].fill(byte);
+        true
+    }
+
     /// The whole image (all pages must be present to compare it).
     pub fn image(&self) -> Vec<u8> {
         self.lock().pages.clone()

@@ -27,6 +27,20 @@ use postcopy::Error;
 mod common;
 use common::{source_image, Guest, Limit, Resume, REGS};
 
+/// A source's reconnect hook: each attempt makes a fresh pair and sends
+/// the destination's ends down `to_dest`.
+fn links_to(
+    to_dest: &mpsc::Sender<DestLinks>,
+) -> impl FnMut(Instant) -> std::io::Result<SourceLinks> + '_ {
+    move |_| {
+        let (s, d) = unix_pair()?;
+        to_dest
+            .send(d)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(s)
+    }
+}
+
 /// xorshift64*, enough for picking cut points reproducibly.
 struct Rng(u64);
 
@@ -429,13 +443,7 @@ fn a_cut_that_swallows_transition_hands_the_guest_back() {
                 }),
             )
         });
-        let mut hook = |_: Instant| -> std::io::Result<SourceLinks> {
-            let (s, d) = unix_pair()?;
-            to_dest
-                .send(d)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok(s)
-        };
+        let mut hook = links_to(&to_dest);
         let src = run_source_recoverable(
             &mut src_mem,
             s,
@@ -460,4 +468,105 @@ fn a_cut_that_swallows_transition_hands_the_guest_back() {
     assert!(!dst.after_switch, "{}", dst.error);
     assert!(!resumed_here.load(Ordering::SeqCst));
     assert_eq!(src_mem.image(), &before[..]);
+}
+
+/// The destination dies after the switch (its links cut, its session
+/// gone; only the guest's memory stays): a replacement made from the owed
+/// set the first one kept ([`postcopy::takeover`]) holds nothing, the
+/// source in its recovery window resends what it sent and pushes the
+/// rest, the pages the first destination had installed are refused by the
+/// memory (the guest's writes since stay), and both sides complete with
+/// the image equal.
+#[test]
+fn a_destination_that_dies_after_the_switch_is_replaced() {
+    use postcopy::destination::{DestSession, ResumedAt};
+    use postcopy::takeover::{owed_path, OwedSet};
+    let _limit = Limit::secs(60, "a_destination_that_dies_after_the_switch_is_replaced");
+    let n = 512u64;
+    let dir = std::env::temp_dir().join(format!("pc-takeover-{}", std::process::id()));
+    let owed_file = owed_path(&dir, 9);
+    let mut src_mem = source_image(n, 11, &[]);
+    let mut expected = src_mem.image().to_vec();
+    let dst_mem = Arc::new(MemDestination::new(n));
+    let (sm, dm_first, dm) = (Metrics::new(), Metrics::new(), Metrics::new());
+    let (s, d) = unix_pair().unwrap();
+    // Well after the switch, well before the end.
+    let (s, cut) = tripwire(s, 1024 + n * 4200 / 3);
+    let (to_dest, from_source) = mpsc::channel::<DestLinks>();
+    let go = Arc::new(AtomicBool::new(false));
+    let mut guest = Guest::default();
+    let cfg = DestConfig {
+        owed_file: Some(owed_file.clone()),
+        ..DestConfig::default()
+    };
+    let (first, second, written) = std::thread::scope(|sc| {
+        let (dst_mem, cfg, go, owed_file) = (&dst_mem, &cfg, &go, &owed_file);
+        let (dm_first, dm) = (&dm_first, &dm);
+        let dst = sc.spawn(move || {
+            let first = run_destination_recoverable(
+                &**dst_mem,
+                d,
+                cfg,
+                &mut Resume::new(go.clone()),
+                dm_first,
+                None,
+            );
+            assert!(cut(), "the first destination must die by the cut");
+            // The guest writes a page it got before the death: the
+            // replacement must not overwrite it with the source's copy.
+            let written = (0..n)
+                .find(|&p| dst_mem.write_if_present(p, 0x5a))
+                .expect("some page arrived before the cut");
+            let owed = OwedSet::read(owed_file).unwrap();
+            let mut replacement = DestSession::take_over(&**dst_mem, &owed, cfg.clone()).unwrap();
+            let mut hook = |deadline: Instant| -> std::io::Result<DestLinks> {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                from_source
+                    .recv_timeout(wait.min(Duration::from_millis(200)))
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            let second = replacement.serve_taken_over(
+                &ResumedAt(Instant::now()),
+                dm,
+                Recovery {
+                    timeout: Duration::from_secs(10),
+                    reconnect: &mut hook,
+                },
+                false,
+            );
+            (first, second, written)
+        });
+        let mut hook = links_to(&to_dest);
+        let out = run_source_recoverable(
+            &mut src_mem,
+            s,
+            &SourceConfig {
+                batch_pages: 8,
+                ..SourceConfig::default()
+            },
+            &mut guest,
+            &sm,
+            Some(Recovery {
+                timeout: Duration::from_secs(10),
+                reconnect: &mut hook,
+            }),
+        );
+        out.unwrap_or_else(|e| panic!("source failed: {e}"));
+        dst.join().unwrap()
+    });
+    let first = first.unwrap_err();
+    assert!(first.after_switch, "{}", first.error);
+    second.unwrap_or_else(|e| panic!("replacement failed: {e}"));
+    assert!(!guest.resumed_on_source);
+    assert_eq!(dst_mem.absent(), 0);
+    let w = usize::try_from(written).unwrap() * postcopy::PAGE_SIZE;
+    expected[w..w + postcopy::PAGE_SIZE].fill(0x5a);
+    assert!(dst_mem.image() == expected, "image differs");
+    let (src, dst) = (sm.snapshot(), dm.snapshot());
+    assert!(src.pages_resent > 0, "nothing resent");
+    assert_eq!(dst.pages_duplicate, 0);
+    assert_eq!(src.outages, 1);
+    // Completed: nothing left for another replacement.
+    assert!(!owed_file.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -162,11 +162,6 @@ pub fn recover_domain(
         path: control.clone(),
         reason,
     };
-    if !control.exists() {
-        return Err(fail(format!(
-            "no helper of domain {domid} takes a new connection here (no post-copy migration of it after the switch on this host, or its recovery is off)"
-        )));
-    }
     let addr = match cmd {
         C::To(a) | C::Listen(a) => a,
     };
@@ -176,6 +171,17 @@ pub fn recover_domain(
         )));
     }
     let deadline = Instant::now() + wait;
+    // A helper answers its control socket; a dead one left the file.
+    let mut started = String::new();
+    if std::os::unix::net::UnixStream::connect(&control).is_err() {
+        let owed = postcopy::takeover::owed_path(dir, domid);
+        if !matches!(cmd, C::Listen(_)) || !owed.exists() {
+            return Err(fail(format!(
+                "no helper of domain {domid} takes a new connection here (no post-copy migration of it after the switch on this host, or its recovery is off)"
+            )));
+        }
+        started = start_pager(domid, dir, &control, deadline).map_err(fail)?;
+    }
     let conn = match cmd {
         C::Listen(a) => {
             let l =
@@ -213,7 +219,85 @@ pub fn recover_domain(
         std::os::fd::AsFd::as_fd(&conn),
         left.max(Duration::from_secs(5)),
     )
+    .map(|answer| format!("{started}{answer}"))
     .map_err(|e| fail(e.to_string()))
+}
+
+/// Environment variable naming the replacement pager's binary (default:
+/// `xl-postcopy-pager` beside this program, else on `PATH`).
+pub const PAGER_ENV: &str = "XL_POSTCOPY_PAGER";
+
+/// The destination's pager of `domid` is dead (its control socket does
+/// not answer) but left its owed set: starts `xl-postcopy-pager` in its
+/// own process group, its log in `<dir>/<domid>.pager.log`, and waits
+/// (until `deadline`) for its control socket to answer. Returns what to
+/// tell the admin.
+fn start_pager(
+    domid: u32,
+    dir: &Path,
+    control: &Path,
+    deadline: Instant,
+) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::var_os(PAGER_ENV)
+        .map(PathBuf::from)
+        .or_else(|| {
+            let beside = std::env::current_exe()
+                .ok()?
+                .with_file_name("xl-postcopy-pager");
+            beside.exists().then_some(beside)
+        })
+        .unwrap_or_else(|| PathBuf::from("xl-postcopy-pager"));
+    let log_path = dir.join(format!("{domid}.pager.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("create {}: {e}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut child = std::process::Command::new(&exe)
+        .arg(domid.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("start the replacement pager {}: {e}", exe.display()))?;
+    let pid = child.id();
+    let tail = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    loop {
+        if std::os::unix::net::UnixStream::connect(control).is_ok() {
+            break;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "the replacement pager (pid {pid}) exited ({st}) before taking connections: {}",
+                tail()
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the replacement pager (pid {pid}) opened no control socket in time: {}",
+                tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It serves on after this command exits (reparented, not waited for).
+    drop(child);
+    Ok(format!(
+        "no helper of domain {domid} was alive: started the replacement pager (pid {pid}, log {}); ",
+        log_path.display()
+    ))
 }
 
 /// DOMAIN as a domid: a number, or a name xl knows (`NAME--incoming` too).
@@ -356,6 +440,32 @@ pub fn render(s: &Status) -> String {
 mod tests {
     use super::*;
     use postcopy::status::{RamStatus, COMPLETED};
+
+    /// `recover --listen` with no helper alive: refused without the owed
+    /// set; with it, the replacement pager is started, and one that dies
+    /// at once is reported with its log. `--to` never starts one.
+    #[test]
+    fn a_dead_helper_gets_a_replacement_only_on_the_listening_side() {
+        use crate::local::recover::Command as C;
+        let dir = std::env::temp_dir().join(format!("xlpc-pager-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = "127.0.0.1:9".parse().unwrap();
+        let wait = Duration::from_secs(5);
+        let e = recover_domain("7", &dir, C::Listen(at), wait).unwrap_err();
+        assert!(e.to_string().contains("no helper of domain 7"), "{e}");
+        std::fs::write(postcopy::takeover::owed_path(&dir, 7), b"x").unwrap();
+        let e = recover_domain("7", &dir, C::To(at), wait).unwrap_err();
+        assert!(e.to_string().contains("no helper of domain 7"), "{e}");
+        std::env::set_var(PAGER_ENV, "/bin/false");
+        let e = recover_domain("7", &dir, C::Listen(at), wait).unwrap_err();
+        std::env::remove_var(PAGER_ENV);
+        assert!(
+            e.to_string().contains("the replacement pager") && e.to_string().contains("exited"),
+            "{e}"
+        );
+        assert!(dir.join("7.pager.log").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_missing_file_says_so() {

@@ -315,7 +315,10 @@ pub struct RecoverArgs {
     )]
     pub to: Option<SocketAddr>,
     /// Local mode: the receiver listens on this address from now on. Xen:
-    /// wait here for the other host's `recover --to`.
+    /// wait here for the other host's `recover --to`; on a destination
+    /// whose helper died after the switch, first start the replacement
+    /// pager (`xl-postcopy-pager`, or $XL_POSTCOPY_PAGER) and hand the
+    /// connection to it.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Xen: folder of the helpers' status files and control sockets
