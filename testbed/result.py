@@ -780,9 +780,9 @@ if r["disk_ok"] is False or r["net_ok"] is False:
 BACKEND = r"xen-blkback|xen-netback|blkback|netback|vif\S* vif|gnttab|grant|eagain"
 BACKEND_ERR = (r"eagain grant|scheduling while atomic|BUG:|Oops|WARNING:|Bad grant|"
                r"(blkback|netback).*(error|fail|fatal)|xenbus.*fatal|Call Trace")
-if r["hosts"] == 2:
+if r["hosts"] in (1, 2):
     be = {}
-    for host, sub in (("a", ""), ("b", "hostb")):
+    for host, sub in (("a", ""), ("b", "hostb"))[:r["hosts"]]:
         f = os.path.join(d, sub, "dmesg-scenario.txt")
         if not os.path.exists(f):
             continue
