@@ -598,11 +598,20 @@ if migs:
     r["admin_status"] = {str(m["i"]): status_of(m["i"]) for m in migs}
     st = r["admin_status"][str(migs[-1]["i"])]
     fin = (st["destination"]["final"] or {})
+    # the source's count, like the engine's report, includes what it sent
+    # again after a recovery; the destination's is each page once
+    src_fin = (st["source"]["final"] or fin)
+    # a post-copy phase shorter than three sampling periods (2 s each, and
+    # a sample costs dom0 more than that under load) may show no active
+    # snapshot: no verdict on that part
+    short = (r.get("postcopy_time_ms") or 0) < 6000
+    sampled = short or st["destination"]["active_samples"] + st["source"]["active_samples"] >= 1
     # the admin's view agrees with the engine's report at the end (a plain
     # pre-copy migration has no post-copy phase to show: no verdict)
     r["admin_status_ok"] = bool(
-        st["destination"]["active_samples"] >= 1 and fin.get("status") == "completed"
-        and fin.get("transferred_pages") == r.get("pages_transferred")) \
+        sampled and fin.get("status") == "completed"
+        and src_fin.get("status") == "completed"
+        and src_fin.get("transferred_pages") == r.get("pages_transferred")) \
         if r.get("migrate_rc") == 0 and r["mode"] != "precopy" else None
 # hybrid: when and why it switched (the glue's precopy policy logs it);
 # hybrid-switch must have switched on the admin's request, an auto hybrid
@@ -857,6 +866,10 @@ if meta.get("pager_kill") == "1":
         and meta.get("migrate_rc") == "0" and p_["sender_said"]
     )
     r["ok"] = bool(r["integrity_ok"] and r["replaced"])
+# what the admin's `xl-postcopy status` showed must agree with the run
+# (every scenario with a post-copy phase that completed)
+if r.get("admin_status_ok") is False:
+    r["ok"] = False
 r.update(extra)
 json.dump(r, open(os.path.join(d, "result.json"), "w"), indent=2)
 print(json.dumps(r))
