@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use postcopy::destination::{run_destination, DestConfig, GuestResume};
 use postcopy::error::HookError;
-use postcopy::memory::runs_from_sorted;
+use postcopy::memory::{runs_from_sorted, PfnRun};
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
 use postcopy::records::{parse_header, Record, RecordReader, RecordType, RecordWriter};
@@ -422,6 +422,25 @@ fn main() {
         let mut w = SealedWriter::new(vec![200u8], &key);
         w.write_all(&vec![9u8; MAX_RECORD]).unwrap();
         save(&out.join("sealed_records"), w.get_ref());
+    }
+    {
+        // Owed-set files as a destination writes them at the switch.
+        use postcopy::takeover::OwedSet;
+        for (guest_pfns, acks, runs) in [
+            (256, true, vec![(0, 3), (10, 90), (200, 56)]),
+            (5, false, vec![]),
+            (1 << 20, false, vec![(1, 1), (4096, 65536)]),
+        ] {
+            let set = OwedSet {
+                guest_pfns,
+                acks,
+                runs: runs
+                    .into_iter()
+                    .map(|(start, count)| PfnRun { start, count })
+                    .collect(),
+            };
+            save(&out.join("owed_set"), &set.encode());
+        }
     }
     println!("{count}+ stream seeds written under {}", out.display());
 }

@@ -14,6 +14,7 @@
 //! | `strategy` | `StrategySpec::from_str`, `from_wire`, `xl_plugin::options::parse_size_pages` | Display→FromStr and wire round trips; sizes are whole positive pages that round-trip |
 //! | `trace` | `postcopy_sim::trace::decode` | a decoded trace re-encodes to the same bytes; entries valid |
 //! | `link_hello` | `xl_plugin::local::link::parse_hello` | accepted exactly when well-formed (magic, channel 0/1, known flags, guest size in range); an accepted hello is the input's bytes |
+//! | `owed_set` | `postcopy::takeover::OwedSet::decode` (the replacement pager's file) | re-encodes to its bytes; guest size bounded; runs ascending, disjoint, non-empty, inside the guest |
 
 use postcopy::memory::{runs_from_sorted, PfnRun};
 use postcopy::prepage::StrategySpec;
@@ -508,6 +509,26 @@ pub fn capabilities(data: &[u8]) {
             Err(why) => assert!(!why.contains('\n'), "a refusal spans lines"),
         }
     }
+}
+
+/// Target `owed_set`: the owed-set file a replacement pager reads
+/// (`takeover::OwedSet::decode`): no panic; what decodes re-encodes to the
+/// input's bytes, inside a guest of at most `MAX_GUEST_PFNS` pfns, its runs
+/// ascending, disjoint and non-empty.
+pub fn owed_set(data: &[u8]) {
+    use postcopy::takeover::{OwedSet, MAX_GUEST_PFNS};
+    let Ok(set) = OwedSet::decode(data) else {
+        return;
+    };
+    assert_eq!(set.encode(), data, "an owed set does not re-encode to its bytes");
+    assert!(set.guest_pfns > 0 && set.guest_pfns <= MAX_GUEST_PFNS);
+    let mut next = 0;
+    for r in &set.runs {
+        assert!(r.count > 0 && r.start >= next, "runs not ascending: {r:?}");
+        next = r.start + r.count;
+        assert!(next <= set.guest_pfns, "a run past the guest: {r:?}");
+    }
+    assert!(set.count() <= set.guest_pfns);
 }
 
 /// Target `strategy`: the `--prepage=` parser, the wire form of a strategy

@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("tunnel_frames", xen_postcopy_fuzz::tunnel_frames),
     ("sealed_records", xen_postcopy_fuzz::sealed_records),
     ("capabilities", xen_postcopy_fuzz::capabilities),
+    ("owed_set", xen_postcopy_fuzz::owed_set),
 ];
 
 fn replay(dir: &str, name: &str, f: Target) -> usize {

@@ -35,6 +35,44 @@ const HEADER: usize = 32;
 const RUN: usize = 16;
 /// Flag bit: the source asked for ACKs of the forward stream.
 const FLAG_ACKS: u64 = 1;
+/// The largest guest a file may describe: the engine indexes pfns with
+/// u32 (16 TiB of guest), as the restore side's check of BEGIN says; the
+/// replacement sizes its bitmaps by it.
+pub const MAX_GUEST_PFNS: u64 = u32::MAX as u64 - 1;
+
+/// Why an owed-set file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwedSetError {
+    /// Shorter than the header, or another magic.
+    #[error("no owed-set header")]
+    NoHeader,
+    /// A guest size of 0 or past [`MAX_GUEST_PFNS`].
+    #[error("a guest of {0} pfns (1..={MAX_GUEST_PFNS})")]
+    GuestSize(u64),
+    /// Flag bits this version does not know.
+    #[error("unknown flags {0:#x}")]
+    Flags(u64),
+    /// The length does not match the run count.
+    #[error("{bytes} bytes for {runs} runs")]
+    Length {
+        /// The file's length.
+        bytes: usize,
+        /// The runs its header claims.
+        runs: u64,
+    },
+    /// A run empty, out of order or past the guest.
+    #[error("run {index} ({start:#x}+{count}) is empty, out of order or outside a guest of {guest_pfns} pfns")]
+    Run {
+        /// Its index.
+        index: usize,
+        /// Its first pfn.
+        start: u64,
+        /// Its length.
+        count: u64,
+        /// The guest's size.
+        guest_pfns: u64,
+    },
+}
 
 /// What a replacement destination needs of the one it replaces.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -68,27 +106,30 @@ impl OwedSet {
     }
 
     /// Parses and checks the file's bytes.
-    pub fn decode(b: &[u8]) -> Result<OwedSet, String> {
+    pub fn decode(b: &[u8]) -> Result<OwedSet, OwedSetError> {
         let word = |at: usize| -> u64 {
             let mut w = [0u8; 8];
             w.copy_from_slice(&b[at..at + 8]);
             u64::from_le_bytes(w)
         };
         if b.len() < HEADER || &b[..8] != MAGIC {
-            return Err("no owed-set header".into());
+            return Err(OwedSetError::NoHeader);
         }
         let guest_pfns = word(8);
         let flags = word(16);
         let n = word(24);
+        if guest_pfns == 0 || guest_pfns > MAX_GUEST_PFNS {
+            return Err(OwedSetError::GuestSize(guest_pfns));
+        }
         if flags & !FLAG_ACKS != 0 {
-            return Err(format!("unknown flags {flags:#x}"));
+            return Err(OwedSetError::Flags(flags));
         }
         let want = usize::try_from(n)
             .ok()
             .and_then(|n| n.checked_mul(RUN))
             .and_then(|l| l.checked_add(HEADER));
         if want != Some(b.len()) {
-            return Err(format!("{} bytes for {n} runs", b.len()));
+            return Err(OwedSetError::Length { bytes: b.len(), runs: n });
         }
         let mut runs = Vec::with_capacity(b.len() / RUN);
         let mut next = 0u64;
@@ -96,9 +137,12 @@ impl OwedSet {
             let (start, count) = (word(HEADER + RUN * i), word(HEADER + RUN * i + 8));
             let end = start.saturating_add(count);
             if count == 0 || start < next || end > guest_pfns {
-                return Err(format!(
-                    "run {i} ({start:#x}+{count}) is empty, out of order or outside a guest of {guest_pfns} pfns"
-                ));
+                return Err(OwedSetError::Run {
+                    index: i,
+                    start,
+                    count,
+                    guest_pfns,
+                });
             }
             next = end;
             runs.push(PfnRun { start, count });
@@ -217,6 +261,12 @@ mod tests {
                 runs,
             };
             assert!(OwedSet::decode(&bad.encode()).is_err(), "{bad:?}");
+        }
+        // A guest of no pfns, or too large to size a bitmap by.
+        for g in [0, MAX_GUEST_PFNS + 1, u64::MAX] {
+            let mut b = good.clone();
+            b[8..16].copy_from_slice(&g.to_le_bytes());
+            assert_eq!(OwedSet::decode(&b), Err(OwedSetError::GuestSize(g)));
         }
         // A count that would overflow the length computation.
         let mut huge = good;
