@@ -7,7 +7,9 @@
 # and words for this script: settle=SECS, guest=hvm, evict=per-page,
 # load=per-page, scan=stop, window=SIZE|off (the push window), lane=off (fault
 # replies in-band), batch=N (pages per pushed record), hold=SECS|on (the
-# push's wait for the guest's resumption; default: none), read=per-call (no
+# push's wait for the guest's resumption; default: none), bw_malformed=RATE
+# (before the migration, `xl migrate --postcopy --max-bandwidth=RATE` with
+# a malformed RATE must fail at once: bwcap_refused), read=per-call (no
 # kept source mappings), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
@@ -415,6 +417,32 @@ name_checks() {
 # exit, its one-line reason, the source domain's id and whether it was
 # paused or suspended after the start (result.py, from domstates.log),
 # whether another copy exists.
+# bwcap_refused RATE: `xl migrate --postcopy --max-bandwidth=RATE` of the
+# running guest with a malformed RATE: xl must exit non-zero with one line
+# saying why, before anything is suspended (the same domain goes on; the
+# result checks dom0's poller for a pause in between).  bwcap.env.
+bwcap_refused() {
+	local s0 rc src0 lines
+	src0=$(xl domid "$dom" 2>/dev/null)
+	s0=$(now)
+	timeout 120 xl migrate --postcopy --prepage=bubble --max-bandwidth="$1" -s '' "$dom" "$recv" \
+		> "$out/bwcap-malformed.log" 2>&1
+	rc=$?
+	lines=$(grep -c . "$out/bwcap-malformed.log")
+	{
+		echo "malformed_value='$1'"
+		echo "malformed_rc=$rc"
+		echo "malformed_lines=$lines"
+		echo "malformed_msg='$(head -n 1 "$out/bwcap-malformed.log" | tr -d "'")'"
+		echo "malformed_start=$s0"
+		echo "malformed_end=$(now)"
+		echo "malformed_src=$src0"
+		echo "malformed_domid_after=$(xl domid "$dom" 2>/dev/null)"
+		echo "malformed_state_after='$(xl list "$dom" 2>/dev/null | awk 'NR == 2 { print $5 }')'"
+		echo "malformed_domains='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 "/" $2 }' | tr '\n' ' ')'"
+	} > "$out/bwcap.env"
+	ts "bwcap: --max-bandwidth=$1 refused? rc=$rc, $lines line(s): $(head -n 1 "$out/bwcap-malformed.log")"
+}
 refuse_checks() {
 	{
 		echo "refuse_kind=$refuse"
@@ -700,7 +728,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= read= recover=0 pager=0 rpid= rlpid=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -720,6 +748,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		lane=*) lane=${o#*=}; continue ;;
 		batch=*) batch=${o#*=}; continue ;;
 		hold=*) hold=${o#*=}; continue ;;
+		bw_malformed=*) bw_malformed=${o#*=}; continue ;;
 		read=*) read=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
@@ -1010,6 +1039,7 @@ CFG
 		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
 			! verify_failed && vrc=0
 	else
+		[ -n "$bw_malformed" ] && bwcap_refused "$bw_malformed"
 		migrate_once 1
 		done_n=1
 		if [ -n "$rpid" ]; then
@@ -1099,6 +1129,7 @@ CFG
 		echo "lane=${lane:-default}"
 		echo "push_batch=${batch:-default}"
 		echo "push_hold=${hold:-default}"
+		echo "bw_malformed=$bw_malformed"
 		echo "source_read=${read:-kept}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"

@@ -866,6 +866,78 @@ if meta.get("pager_kill") == "1":
         and meta.get("migrate_rc") == "0" and p_["sender_said"]
     )
     r["ok"] = bool(r["integrity_ok"] and r["replaced"])
+# The push's bandwidth cap (xl migrate --max-bandwidth, issue #18 item 3):
+# the cap the source helper says it uses (null: uncapped) and the push's
+# own rate, page data pushed over the serving time, from its log line.
+m = re.search(r"push capped at (\d+) bytes/s", log)
+r["max_bandwidth"] = int(m.group(1)) if m else None
+m = re.search(r"push (\d+) pages, (\d+) bytes of page data in ([0-9.]+) s of serving: (\d+) bytes/s", log)
+r["push_bytes_per_s"] = int(m.group(4)) if m else None
+r["push_serving_ms"] = round(float(m.group(3)) * 1000) if m else None
+
+
+def rate_arg(v):
+    """--max-bandwidth's value as the engine reads it (K/M/G binary)."""
+    m_ = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", v or "")
+    return int(m_.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m_.group(2).lower()] if m_ else None
+
+
+m = re.search(r"--max-bandwidth=(\S+)", meta.get("migrate_args") or "")
+if m:
+    cap = rate_arg(m.group(1))
+    bw = {
+        "asked": m.group(1),
+        "helper_used_it": cap is not None and r["max_bandwidth"] == cap,
+        "push_over_cap": round(r["push_bytes_per_s"] / cap, 3) if cap and r["push_bytes_per_s"] else None,
+    }
+    # a 15% margin: the pacer allows one batch ahead, and the serving time
+    # is the helper's own clock
+    bw["within_cap"] = bool(bw["push_over_cap"] is not None and bw["push_over_cap"] <= 1.15)
+    # the run without a cap in the same boot, side by side
+    try:
+        un = json.load(open(os.path.join(os.path.dirname(d.rstrip("/")),
+                                         r["scenario"].replace("-capped", "-uncapped"), "result.json")))
+    except (OSError, ValueError):
+        un = {}
+    side = {}
+    for k, run in (("uncapped", un), ("capped", r)):
+        side[k] = {"max_bandwidth": run.get("max_bandwidth"), "push_bytes_per_s": run.get("push_bytes_per_s"),
+                   "pages_pushed": run.get("pages_pushed"), "postcopy_time_ms": run.get("postcopy_time_ms"),
+                   "xl_migrate_ms": run.get("xl_migrate_ms"), "network_faults": run.get("network_faults"),
+                   "fault_p50_us": (run.get("fault_latency_us") or {}).get("p50"),
+                   "fault_p99_us": (run.get("fault_latency_us") or {}).get("p99"),
+                   "ok": run.get("ok")}
+    bw["runs"] = side
+    u50, c50 = side["uncapped"]["fault_p50_us"], side["capped"]["fault_p50_us"]
+    bw["fault_p50_capped_over_uncapped"] = round(c50 / u50, 2) if u50 and c50 else None
+    r["bwcap"] = bw
+    r["ok"] = bool(r["ok"] and bw["helper_used_it"] and bw["within_cap"])
+# bw_malformed=RATE: xl migrate --max-bandwidth=RATE refused before
+# anything was suspended: non-zero exit, one line naming the bad rate, the
+# same domain running, never paused or suspended in between (dom0's
+# poller), no other domain created.
+if meta.get("bw_malformed"):
+    be = env_file(os.path.join(d, "bwcap.env"))
+    t0, t1 = float(be.get("malformed_start") or 0), float(be.get("malformed_end") or 0)
+    src = int(be.get("malformed_src") or -1)
+    mf = {
+        "value": be.get("malformed_value"),
+        "xl_rc": be.get("malformed_rc"),
+        "lines": int(be.get("malformed_lines") or 0),
+        "message": be.get("malformed_msg"),
+        "same_domid": be.get("malformed_domid_after") == str(src),
+        "state_after": be.get("malformed_state_after"),
+        "paused_meanwhile": any(t0 <= t <= t1 and ("paused=1" in st or "shutdown=suspend" in st)
+                                for t, st in dstates.get(src, [])) if t0 else None,
+        "other_domains_created": sorted(dom for dom, ev in dstates.items()
+                                        if t0 and ev and t0 <= ev[0][0] <= t1),
+    }
+    mf["ok"] = bool(mf["xl_rc"] not in (None, "0") and mf["lines"] == 1
+                    and "--max-bandwidth" in (mf["message"] or "") and "not a rate" in (mf["message"] or "")
+                    and mf["same_domid"] and "p" not in (mf["state_after"] or "p")
+                    and mf["paused_meanwhile"] is False and not mf["other_domains_created"])
+    r["malformed_refused"] = mf
+    r["ok"] = bool(r["ok"] and mf["ok"])
 # what the admin's `xl-postcopy status` showed must agree with the run
 # (every scenario with a post-copy phase that completed)
 if r.get("admin_status_ok") is False:

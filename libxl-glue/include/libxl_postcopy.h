@@ -110,6 +110,18 @@ int libxl_postcopy_parse_strategy(const char *arg, uint32_t *strategy,
                                   char *err, size_t errlen);
 
 /*
+ * Parses an `xl migrate --max-bandwidth=` value: bytes per second with an
+ * optional binary K, M or G suffix ("50M" is 50 MiB/s), at least 4K; the
+ * rule libxl-save-helper applies to LIBXL_POSTCOPY_MAX_BANDWIDTH, the cap
+ * on the post-copy push (fault replies exempt).  On success stores the
+ * rate and returns 0; on failure returns -EINVAL with a one-line message
+ * in err (always NUL-terminated when errlen > 0).  Added within ABI 5: a
+ * caller that finds no such symbol has an older library.
+ */
+int libxl_postcopy_parse_rate(const char *arg, uint64_t *rate,
+                              char *err, size_t errlen);
+
+/*
  * This host's post-copy capabilities as one line (no newline, at most 512
  * bytes): the library's ABI and release, the hypervisor's version,
  * whether it has mem_paging, the strategies known.  `xl migrate-receive

@@ -241,6 +241,51 @@ pub unsafe extern "C" fn libxl_postcopy_parse_strategy(
     })
 }
 
+/// `libxl_postcopy_parse_rate`: a `--max-bandwidth` value with the
+/// engine's rule ([`postcopy::scheduler::parse_rate`]), the one the save
+/// helper applies to [`crate::save::MAX_BANDWIDTH_ENV`].
+///
+/// # Safety
+/// `arg` is NULL or a NUL-terminated string; `rate` is NULL or valid for a
+/// write; `err` is NULL or valid for `errlen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_parse_rate(
+    arg: *const c_char,
+    rate: *mut u64,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        if arg.is_null() || rate.is_null() {
+            // SAFETY: caller contract on err/errlen.
+            unsafe { write_err(err, errlen, "libxl_postcopy_parse_rate: NULL argument") };
+            return -libc::EINVAL;
+        }
+        // SAFETY: arg is a NUL-terminated string (caller contract).
+        let text = unsafe { CStr::from_ptr(arg) }.to_string_lossy();
+        match postcopy::scheduler::parse_rate(&text) {
+            Ok(r) => {
+                // SAFETY: rate is valid for a write (checked non-NULL,
+                // caller contract).
+                unsafe { *rate = r };
+                0
+            }
+            Err(e) => {
+                // SAFETY: caller contract on err/errlen.
+                unsafe { write_err(err, errlen, &e) };
+                -libc::EINVAL
+            }
+        }
+    }));
+    r.unwrap_or_else(|p| {
+        error!(
+            "internal error in libxl_postcopy_parse_rate: {}",
+            panic_text(&*p)
+        );
+        -libc::EIO
+    })
+}
+
 /// `libxl_postcopy_host_capabilities`: this host's capability line
 /// ([`crate::capabilities::probe`]) into `buf`.
 ///
@@ -726,6 +771,31 @@ mod tests {
         // the source.
         let other = Error::destination_failed("disk full".into());
         assert_eq!(errno_of(&other), libc::ECONNABORTED);
+    }
+
+    #[test]
+    fn the_rate_parser_is_the_engines() {
+        let mut rate = 0u64;
+        let mut err = [0 as c_char; 128];
+        // SAFETY: valid pointers and lengths.
+        let rc = unsafe {
+            libxl_postcopy_parse_rate(c"2M".as_ptr(), &mut rate, err.as_mut_ptr(), err.len())
+        };
+        assert_eq!((rc, rate), (0, 2 << 20));
+        // SAFETY: valid pointers and lengths.
+        let rc = unsafe {
+            libxl_postcopy_parse_rate(c"abc".as_ptr(), &mut rate, err.as_mut_ptr(), err.len())
+        };
+        assert_eq!(rc, -libc::EINVAL);
+        // SAFETY: write_err NUL-terminated it.
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+        assert!(msg.contains("\"abc\" is not a rate"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        // SAFETY: a NULL argument is refused, nothing written.
+        let rc = unsafe {
+            libxl_postcopy_parse_rate(std::ptr::null(), &mut rate, err.as_mut_ptr(), err.len())
+        };
+        assert_eq!(rc, -libc::EINVAL);
     }
 
     #[test]

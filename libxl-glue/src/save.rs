@@ -70,8 +70,10 @@ fn ready_timeout_setting() -> Duration {
 }
 
 /// Environment setting: a cap on the post-copy push in bytes per second
-/// (K/M/G suffixes, binary: `50M` is 50 MiB/s), fault replies exempt
-/// (xl has no option for it; the save helper inherits xl's environment).
+/// (K/M/G suffixes, binary: `50M` is 50 MiB/s), fault replies exempt.
+/// `xl migrate --postcopy --max-bandwidth=RATE` checks RATE with
+/// `libxl_postcopy_parse_rate` and sets it here in xl's own environment,
+/// which the save helper inherits (libxl execs it with xl's environ).
 pub const MAX_BANDWIDTH_ENV: &str = "LIBXL_POSTCOPY_MAX_BANDWIDTH";
 
 /// The cap [`MAX_BANDWIDTH_ENV`] asks for (`None`, with a warning, when
@@ -81,6 +83,18 @@ fn max_bandwidth_setting() -> Option<u64> {
     postcopy::scheduler::parse_rate(&v)
         .map_err(|e| warn!("{MAX_BANDWIDTH_ENV}: {e}; the push is not capped"))
         .ok()
+}
+
+/// The push's own figures for the log: page data pushed over the serving
+/// time (the span the cap's pacer holds its average over), and the cap.
+fn push_rate_line(pages_pushed: u64, served: Duration, cap: Option<u64>) -> String {
+    let bytes = pages_pushed.saturating_mul(PAGE_SIZE as u64);
+    let rate = u128::from(bytes) * 1_000_000 / served.as_micros().max(1);
+    let cap = cap.map_or_else(|| "uncapped".to_owned(), |c| format!("cap {c} bytes/s"));
+    format!(
+        "push {pages_pushed} pages, {bytes} bytes of page data in {:.3} s of serving: {rate} bytes/s ({cap})",
+        served.as_secs_f64()
+    )
 }
 
 /// What the source knows at the stop about which pfns to owe.
@@ -331,6 +345,8 @@ pub struct SaveSession<O: XenOps> {
     /// The downtime by part so far, and when `begin` returned.
     parts: StopParts,
     begun: Instant,
+    /// The push's cap in bytes/s ([`MAX_BANDWIDTH_ENV`]), for the report.
+    max_bandwidth: Option<u64>,
 }
 
 impl<O: XenOps> std::fmt::Debug for SaveSession<O> {
@@ -473,6 +489,13 @@ impl<O: XenOps> SaveSession<O> {
         };
         let walked = stopped_at.elapsed();
         let owed = runs_from_sorted(owed);
+        let max_bandwidth = max_bandwidth_setting();
+        match max_bandwidth {
+            Some(r) => info!(
+                "post-copy source: push capped at {r} bytes/s ({MAX_BANDWIDTH_ENV}); fault replies exempt"
+            ),
+            None => info!("post-copy source: push not capped"),
+        }
         let mut session = SourceSession::begin(
             Box::new(FdIo::new(stream_fd)),
             n,
@@ -480,7 +503,7 @@ impl<O: XenOps> SaveSession<O> {
             strategy,
             PushPolicy {
                 batch_pages: push_batch_setting(),
-                max_bandwidth: max_bandwidth_setting(),
+                max_bandwidth,
                 window: push_window_setting(),
                 hold_until_resumed: push_hold_setting(),
                 ..PushPolicy::XEN
@@ -539,6 +562,7 @@ impl<O: XenOps> SaveSession<O> {
                 metrics,
                 parts,
                 begun: Instant::now(),
+                max_bandwidth,
             },
             summary,
         ))
@@ -675,16 +699,24 @@ impl<O: XenOps> SaveSession<O> {
             }),
             _ => None,
         };
+        let serving = Instant::now();
         let r = self
             .session
             .serve(&self.mem, links, history, &self.metrics, recovery);
+        let served = serving.elapsed();
         Metrics::set_duration(
             &self.metrics.postcopy_time_us,
             self.session.stopped_at().elapsed(),
         );
         let snap = self.metrics.snapshot();
         match &r {
-            Ok(()) => info!("post-copy source done:\n{snap}"),
+            Ok(()) => {
+                info!("post-copy source done:\n{snap}");
+                info!(
+                    "post-copy source: {}",
+                    push_rate_line(snap.pages_pushed, served, self.max_bandwidth)
+                );
+            }
             // After the switch: the destination may be without a pager;
             // say what this copy still holds that the guest needs.
             Err(e) => {
@@ -697,5 +729,23 @@ impl<O: XenOps> SaveSession<O> {
             }
         }
         r.map(|()| crate::recover::served(&self.metrics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_push_rate_is_page_data_over_the_serving_time() {
+        // 512 pages of 4 KiB in 2 s: 1 MiB/s.
+        let line = push_rate_line(512, Duration::from_secs(2), Some(1 << 20));
+        assert!(line.contains("2097152 bytes of page data"), "{line}");
+        assert!(
+            line.contains(": 1048576 bytes/s (cap 1048576 bytes/s)"),
+            "{line}"
+        );
+        let line = push_rate_line(0, Duration::ZERO, None);
+        assert!(line.ends_with(": 0 bytes/s (uncapped)"), "{line}");
     }
 }

@@ -315,7 +315,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
                 'K' => 1u64 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(format!("{s:?}: the suffix must be K, M or G")),
+                _ => return Err(not_a_rate(s)),
             };
             (&t[..i], m)
         }
@@ -329,8 +329,12 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     {
         Some(r) if r >= crate::PAGE_SIZE as u64 => Ok(r),
         Some(_) => Err(format!("{s:?}: at least 4K per second")),
-        None => Err(format!("{s:?} is not a rate (bytes per second, K/M/G)")),
+        None => Err(not_a_rate(s)),
     }
+}
+
+fn not_a_rate(s: &str) -> String {
+    format!("{s:?} is not a rate (bytes per second, with an optional K, M or G suffix)")
 }
 
 /// Paces the push to a bandwidth cap: the bytes pushed since the start

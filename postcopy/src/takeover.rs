@@ -129,7 +129,10 @@ impl OwedSet {
             .and_then(|n| n.checked_mul(RUN))
             .and_then(|l| l.checked_add(HEADER));
         if want != Some(b.len()) {
-            return Err(OwedSetError::Length { bytes: b.len(), runs: n });
+            return Err(OwedSetError::Length {
+                bytes: b.len(),
+                runs: n,
+            });
         }
         let mut runs = Vec::with_capacity(b.len() / RUN);
         let mut next = 0u64;

@@ -58,10 +58,10 @@ check_series() {
 	help=$(LD_PRELOAD=$shim LD_LIBRARY_PATH=$dist/usr/lib/x86_64-linux-gnu \
 		"$dist/usr/sbin/xl" help migrate 2>/dev/null) ||
 		die "the patched xl $v failed to print its help"
-	for opt in --postcopy --prepage=STRATEGY --postcopy-after=N; do
+	for opt in --postcopy --prepage=STRATEGY --postcopy-after=N --max-bandwidth=RATE; do
 		grep -q -- "^$opt" <<<"$help" || die "xl $v help migrate does not list $opt"
 	done
-	echo "ok: xl $v help migrate lists --postcopy, --prepage=STRATEGY, --postcopy-after=N"
+	echo "ok: xl $v help migrate lists --postcopy, --prepage=STRATEGY, --postcopy-after=N, --max-bandwidth=RATE"
 	# Without libxl_postcopy.so, --postcopy must say what is missing.
 	if err=$(LD_PRELOAD=$shim LD_LIBRARY_PATH=$dist/usr/lib/x86_64-linux-gnu \
 		LIBXL_POSTCOPY_LIBRARY=/nonexistent/libxl_postcopy.so.1 \
@@ -89,6 +89,22 @@ check_series() {
 	grep -q "nonsense.*bubble" <<<"$err" ||
 		die "xl $v migrate --prepage=nonsense did not relay libxl_postcopy's message: $err"
 	echo "ok: xl $v migrate --prepage=nonsense: $(grep nonsense <<<"$err")"
+	# --max-bandwidth: checked by the same library before anything else,
+	# one line; only with --postcopy.
+	if err=$(LD_PRELOAD=$shim LD_LIBRARY_PATH=$dist/usr/lib/x86_64-linux-gnu \
+		LIBXL_POSTCOPY_LIBRARY=$lib \
+		"$dist/usr/sbin/xl" migrate --postcopy --max-bandwidth=abc 0 localhost 2>&1); then
+		die "xl $v migrate --max-bandwidth=abc succeeded"
+	fi
+	grep -qxF 'xl migrate: --max-bandwidth: "abc" is not a rate (bytes per second, with an optional K, M or G suffix)' <<<"$err" ||
+		die "xl $v migrate --max-bandwidth=abc did not say it in one line: $err"
+	if err=$(LD_PRELOAD=$shim LD_LIBRARY_PATH=$dist/usr/lib/x86_64-linux-gnu \
+		"$dist/usr/sbin/xl" migrate --max-bandwidth=2M 0 localhost 2>&1); then
+		die "xl $v migrate --max-bandwidth without --postcopy succeeded"
+	fi
+	grep -q "need --postcopy" <<<"$err" ||
+		die "xl $v migrate --max-bandwidth without --postcopy said: $err"
+	echo "ok: xl $v migrate --max-bandwidth=abc refused in one line; without --postcopy: $err"
 
 	step "xen $v: stream verifier vs the Rust record encoder"
 	XEN_BUILD_DIR=$build patches/tests/verify-streams.sh "$tree"
