@@ -58,6 +58,25 @@ pub fn evict_early_setting(default_on: bool) -> bool {
     }
 }
 
+/// The memory of a guest of `guest_pfns` pfns: the early one if there is
+/// one (of the same size: `record`, the record that says the size, is
+/// refused otherwise), else a new one.
+fn memory_for<O: XenOps>(
+    early: Option<XenDestination<O>>,
+    ops: Arc<O>,
+    guest_pfns: u64,
+    record: &str,
+) -> Result<XenDestination<O>, Error> {
+    match early {
+        Some(m) if m.pfn_count() == guest_pfns => Ok(m),
+        Some(m) => Err(Error::Protocol(format!(
+            "{record} claims a guest of {guest_pfns} pfns, an earlier EARLY_PFNS one of {}",
+            m.pfn_count()
+        ))),
+        None => Ok(XenDestination::new(ops, guest_pfns)?),
+    }
+}
+
 /// An EARLY_PFNS record, before BEGIN (issue #15): pages the source's
 /// prescan out of `early` (made for `ops`' domain at the first record,
 /// with the record's guest size) while the source's guest still runs,
@@ -79,16 +98,7 @@ pub fn early_record<O: XenOps>(
             "POSTCOPY_EARLY_PFNS did not decode as such".into(),
         ));
     };
-    let mem = match early {
-        Some(m) if m.pfn_count() == guest_pfns => m,
-        Some(m) => {
-            return Err(Error::Protocol(format!(
-                "POSTCOPY_EARLY_PFNS for a guest of {guest_pfns} pfns after one of {}",
-                m.pfn_count()
-            )))
-        }
-        None => XenDestination::new(ops, guest_pfns)?,
-    };
+    let mem = memory_for(early, ops, guest_pfns, "POSTCOPY_EARLY_PFNS")?;
     let n = if evict_early_setting(true) {
         let n = mem.evict_early(ring_pfn, &runs)?;
         let s = mem.early_stats();
@@ -157,16 +167,7 @@ impl<O: XenOps> RestoreSession<O> {
                 "POSTCOPY_BEGIN claims a guest of {guest_pfns} pfns"
             )));
         }
-        let mem = match early {
-            Some(m) if m.pfn_count() == guest_pfns => m,
-            Some(m) => {
-                return Err(Error::Protocol(format!(
-                    "POSTCOPY_BEGIN claims a guest of {guest_pfns} pfns, EARLY_PFNS one of {}",
-                    m.pfn_count()
-                )))
-            }
-            None => XenDestination::new(ops, guest_pfns)?,
-        };
+        let mem = memory_for(early, ops, guest_pfns, "POSTCOPY_BEGIN")?;
         // Every page in before libxl unpaused the domain (a small guest):
         // wait a little for the unpause, so that RESUMED precedes COMPLETE
         // and the source measures the downtime.

@@ -845,7 +845,10 @@ fn decode_early(body: &[u8]) -> RecordResult<Record<'_>> {
         return Err(RecordError::NonZeroReserved { name });
     }
     let runs = decode_runs(name, rest, guest_pfns)?;
-    if let Some(r) = runs.iter().find(|r| r.start <= ring_pfn && r.end().is_some_and(|e| ring_pfn < e)) {
+    if let Some(r) = runs
+        .iter()
+        .find(|r| r.start <= ring_pfn && r.end().is_some_and(|e| ring_pfn < e))
+    {
         return Err(RecordError::BadRun {
             name,
             start: r.start,
@@ -1176,6 +1179,11 @@ impl<W: Write> RecordWriter<W> {
     pub fn runs(&mut self, rtype: RecordType, runs: &[PfnRun]) -> RecordResult<()> {
         debug_assert!(matches!(rtype, RecordType::Pfns | RecordType::Recover));
         self.start(rtype);
+        self.run_list(runs)
+    }
+
+    /// A list header and `runs`, then the end of the record.
+    fn run_list(&mut self, runs: &[PfnRun]) -> RecordResult<()> {
         self.list_header(runs.len(), 0)?;
         for r in runs {
             let w = RunWire {
@@ -1189,22 +1197,19 @@ impl<W: Write> RecordWriter<W> {
 
     /// Writes EARLY_PFNS: the guest size, the ring pfn and `runs` (at most
     /// [`MAX_RUNS`]).
-    pub fn early_pfns(&mut self, guest_pfns: u64, ring_pfn: Pfn, runs: &[PfnRun]) -> RecordResult<()> {
+    pub fn early_pfns(
+        &mut self,
+        guest_pfns: u64,
+        ring_pfn: Pfn,
+        runs: &[PfnRun],
+    ) -> RecordResult<()> {
         self.start(RecordType::EarlyPfns);
         let head = EarlyHead {
             guest_pfns: guest_pfns.into(),
             ring_pfn: ring_pfn.into(),
         };
         self.buf.extend_from_slice(head.as_bytes());
-        self.list_header(runs.len(), 0)?;
-        for r in runs {
-            let w = RunWire {
-                start: r.start.into(),
-                count: r.count.into(),
-            };
-            self.buf.extend_from_slice(w.as_bytes());
-        }
-        self.finish()
+        self.run_list(runs)
     }
 
     /// Writes a record without a body (TRANSITION).
