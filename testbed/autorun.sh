@@ -9,7 +9,8 @@
 # replies in-band), batch=N (pages per pushed record), hold=SECS|on (the
 # push's wait for the guest's resumption; default: none), bw_malformed=RATE
 # (before the migration, `xl migrate --postcopy --max-bandwidth=RATE` with
-# a malformed RATE must fail at once: bwcap_refused), read=per-call (no
+# a malformed RATE must fail at once: bwcap_refused), early=on|off (the
+# destination pages the prescan's pfns out before the stop), read=per-call (no
 # kept source mappings), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
@@ -182,8 +183,10 @@ migrate_once() {
 	# push's wait for RESUMED (LIBXL_POSTCOPY_PUSH_HOLD; empty: the
 	# default, none; on: 60 s); read=per-call:
 	# the source maps and unmaps per read, no kept mappings
-	# (LIBXL_POSTCOPY_READ).
-	LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
+	# (LIBXL_POSTCOPY_READ); early=on|off: the destination pages the
+	# prescan's pfns out before the stop (LIBXL_POSTCOPY_EVICT_EARLY;
+	# empty: the default, off).
+	LIBXL_POSTCOPY_EVICT_EARLY=$early LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -728,7 +731,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= early= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -749,6 +752,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		batch=*) batch=${o#*=}; continue ;;
 		hold=*) hold=${o#*=}; continue ;;
 		bw_malformed=*) bw_malformed=${o#*=}; continue ;;
+		early=*) early=${o#*=}; continue ;;
 		read=*) read=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
@@ -1130,6 +1134,7 @@ CFG
 		echo "push_batch=${batch:-default}"
 		echo "push_hold=${hold:-default}"
 		echo "bw_malformed=$bw_malformed"
+		echo "evict_early=${early:-off}"
 		echo "source_read=${read:-kept}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"

@@ -127,6 +127,14 @@ for f in glob.glob(os.path.join(d, "guest-*.log")) + glob.glob(os.path.join(d, "
         if m:
             kernel = m.group(1)
 r["verified_passes_after_migration"] = passes
+def dur_ms(text):
+    """A Rust Duration's Debug text ('1.06s', '77.3ms', '950µs') in ms."""
+    m = re.match(r"([0-9.]+)(s|ms|µs|us|ns)$", text or "")
+    if not m:
+        return None
+    return round(float(m.group(1)) * {"s": 1000.0, "ms": 1.0, "µs": 0.001, "us": 0.001, "ns": 1e-6}[m.group(2)], 1)
+
+
 # The destination's page-out of the owed pfns (inside the downtime).
 m = re.search(r"paged out (\d+) owed pfns in ([0-9.]+)(ms|s|µs|us) \((\d+) by range, (\d+) page by page\)", log)
 if m:
@@ -134,6 +142,23 @@ if m:
     r["page_out"] = {"pfns": int(m.group(1)), "ms": round(float(m.group(2)) * scale, 1),
                      "by_range": int(m.group(4)), "by_page": int(m.group(5))}
 r["evict"] = meta.get("evict")
+# Issue #15's early page-out (LIBXL_POSTCOPY_EVICT_EARLY=on): the
+# destination paged the prescan's pfns out before the stop; at the stop
+# only the difference (owed pfns added, freed ones given back).
+r["evict_early"] = meta.get("evict_early")
+m = None
+for m in re.finditer(r"early page-out: (\d+) pfns in (\S+) before the stop; at the stop (\d+) kept, "
+                     r"(\d+) added, (\d+) loaded \(must be present\), (\d+) given back in (\S+)", log):
+    pass
+r["early_page_out"] = ({"pfns": int(m.group(1)), "ms": dur_ms(m.group(2)), "kept": int(m.group(3)),
+                        "added": int(m.group(4)), "loaded_present": int(m.group(5)),
+                        "given_back": int(m.group(6)), "give_back_ms": dur_ms(m.group(7))}
+                       if m else None)
+m = None
+for m in re.finditer(r"(\d+) pfns in (\d+) EARLY_PFNS records, (\d+) paged out at the destination in (\S+), "
+                     r"before the stop", log):
+    pass
+r["early_wait_ms"] = dur_ms(m.group(4)) if m else None
 # The destination's page-in of the owed pages (the post-copy phase): how
 # they were loaded, and the rate over the phase as the source saw it.
 m = re.search(r"loaded (\d+) owed pages in ([0-9.]+)(ms|s|µs|us) \(([0-9]+) pages/s\): (\d+) by batch "
@@ -146,14 +171,6 @@ if m:
                     "by_page": int(m.group(8))}
 r["load"] = meta.get("load")
 r["scan"] = meta.get("scan")
-
-
-def dur_ms(text):
-    """A Rust Duration's Debug text ('1.06s', '77.3ms', '950µs') in ms."""
-    m = re.match(r"([0-9.]+)(s|ms|µs|us|ns)$", text or "")
-    if not m:
-        return None
-    return round(float(m.group(1)) * {"s": 1000.0, "ms": 1.0, "µs": 0.001, "us": 0.001, "ns": 1e-6}[m.group(2)], 1)
 
 
 # The source's share of the downtime by part (its helper's log; the last

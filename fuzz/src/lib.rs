@@ -111,11 +111,35 @@ fn check_record(rec: &Record<'_>, bound: Option<u64>) {
                 "control character in peer text: {m:?}"
             );
         }
+        // Before BEGIN: bounded by its own guest size, not the stream's.
+        Record::EarlyPfns {
+            guest_pfns,
+            ring_pfn,
+            runs,
+        } => {
+            let g = *guest_pfns;
+            assert!(
+                g > 0 && g <= records::MAX_EARLY_GUEST_PFNS,
+                "early guest of {g}"
+            );
+            assert!(*ring_pfn < g, "ring pfn {ring_pfn} beyond guest of {g}");
+            assert!(runs.len() <= MAX_RUNS, "{} runs", runs.len());
+            for r in runs {
+                assert!(r.count > 0, "empty run {r:?}");
+                let end = r.end().expect("run overflows");
+                assert!(end <= g, "run {r:?} beyond guest of {g}");
+                assert!(
+                    !(r.start..end).contains(ring_pfn),
+                    "ring pfn {ring_pfn} in {r:?}"
+                );
+            }
+        }
         Record::Transition
         | Record::Ready
         | Record::Complete(_)
         | Record::Resumed(_)
-        | Record::Ack(_) => {}
+        | Record::Ack(_)
+        | Record::EarlyDone(_) => {}
     }
 }
 
@@ -150,6 +174,12 @@ fn encode(rec: &Record<'_>) -> Vec<u8> {
         Record::Complete(v) => w.count(RecordType::Complete, *v),
         Record::Resumed(v) => w.count(RecordType::Resumed, *v),
         Record::Ack(v) => w.count(RecordType::Ack, *v),
+        Record::EarlyDone(v) => w.count(RecordType::EarlyDone, *v),
+        Record::EarlyPfns {
+            guest_pfns,
+            ring_pfn,
+            runs,
+        } => w.early_pfns(*guest_pfns, *ring_pfn, runs),
         Record::VcpuState(s) => w.vcpu_state(s),
         Record::Abort(m) => w.abort(m),
     };

@@ -15,7 +15,10 @@
  *   (libxenguest: log-dirty mode on)
  *   (libxenguest: optional live pre-copy rounds; without them:)
  *   libxl_postcopy_save_prescan(&params) -> finds the populated pfns while
- *                                           the guest still runs
+ *                                           the guest still runs; with
+ *                                           LIBXL_POSTCOPY_EVICT_EARLY=on
+ *                                           sends them (EARLY_PFNS) and
+ *                                           waits for EARLY_DONE on back_fd
  *   (libxenguest: suspend_domain, the final log-dirty bitmap)
  *   h = libxl_postcopy_save_begin(&params, dirty_bitmap, nr_dirty_bits)
  *       -> computes the owed pfn set, writes POSTCOPY_BEGIN and the
@@ -41,6 +44,11 @@
  *
  * Restore side, called from xg_sr_restore.c:process_record():
  *
+ *   POSTCOPY_EARLY_PFNS (before BEGIN, while the source's guest runs)
+ *                      -> libxl_postcopy_restore_early(&params, body, len):
+ *                         pages the pfns out, answers POSTCOPY_EARLY_DONE
+ *                         on back_fd; the next restore_begin of the domain
+ *                         takes that memory over
  *   POSTCOPY_BEGIN     -> h = libxl_postcopy_restore_begin(&params, body, len)
  *   POSTCOPY_PAGE_DATA / POSTCOPY_PFNS (before TRANSITION)
  *                      -> libxl_postcopy_restore_record(h, type, body, len)
@@ -86,6 +94,14 @@
 #define REC_TYPE_POSTCOPY_READY       0x0000001eU
 /* Back channel only (the helpers' own; libxenguest never reads it). */
 #define REC_TYPE_POSTCOPY_ACK         0x0000001fU
+/*
+ * Before POSTCOPY_BEGIN, while the source's guest still runs (opt-in,
+ * LIBXL_POSTCOPY_EVICT_EARLY=on at the source): the populated pfns of its
+ * prescan, which the destination pages out ahead of the stop, answered by
+ * EARLY_DONE on the back channel (the helpers' own).
+ */
+#define REC_TYPE_POSTCOPY_EARLY_PFNS  0x00000020U
+#define REC_TYPE_POSTCOPY_EARLY_DONE  0x00000021U
 
 /* Pre-paging strategies (--prepage=); ids are stable on the wire. */
 #define LIBXL_POSTCOPY_PREPAGE_NONE            0
@@ -228,6 +244,9 @@ int libxl_postcopy_save_transition(struct libxl_postcopy_save *h);
 int libxl_postcopy_save_serve(struct libxl_postcopy_save *h);
 void libxl_postcopy_save_free(struct libxl_postcopy_save *h);
 
+int libxl_postcopy_restore_early(
+    const struct libxl_postcopy_restore_params *params,
+    const void *body, uint32_t len);
 struct libxl_postcopy_restore *
 libxl_postcopy_restore_begin(const struct libxl_postcopy_restore_params *params,
                              const void *begin_body, uint32_t len, int *rc);

@@ -860,6 +860,35 @@ fn build_source(n: Pfn) -> (Arc<FakeXen>, BTreeSet<Pfn>) {
     (x, must)
 }
 
+/// Every populated source page but the ring (0x7f8) is on the destination
+/// with its content, none paged out any more.
+fn assert_arrived_whole(s: &crate::fake::FakeState, d: &crate::fake::FakeState) {
+    assert!(
+        d.paged.is_empty(),
+        "{} pages still paged out",
+        d.paged.len()
+    );
+    for (p, page) in s.pages.iter().filter(|(p, _)| **p != 0x7f8) {
+        assert_eq!(
+            d.pages.get(p).map(|q| &q[..]),
+            Some(&page[..]),
+            "pfn {p:#x} differs"
+        );
+    }
+}
+
+/// One record off the stream, as libxenguest frames it: type and body.
+fn read_record<S: Read>(stream: &mut S) -> (u32, Vec<u8>) {
+    let mut hdr = [0u8; 8];
+    stream.read_exact(&mut hdr).unwrap();
+    let t = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    let len = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+    let mut body = vec![0u8; len.div_ceil(8) * 8];
+    stream.read_exact(&mut body).unwrap();
+    body.truncate(len);
+    (t, body)
+}
+
 /// Plays libxenguest's restore loop: reads records from the stream and
 /// hands them to the session until TRANSITION.
 fn restore_until_transition<S: Read + AsRawFd>(
@@ -867,18 +896,33 @@ fn restore_until_transition<S: Read + AsRawFd>(
     dest: &Arc<FakeXen>,
     back_fd: i32,
 ) -> RestoreSession<FakeXen> {
+    restore_after_early(stream, dest, back_fd, None)
+}
+
+/// [`restore_until_transition`] with the memory EARLY_PFNS records
+/// already paged out (more of them are handled as they come).
+fn restore_after_early<S: Read + AsRawFd>(
+    stream: &mut S,
+    dest: &Arc<FakeXen>,
+    back_fd: i32,
+    mut early: Option<XenDestination<FakeXen>>,
+) -> RestoreSession<FakeXen> {
     let mut session = None;
     loop {
-        let mut hdr = [0u8; 8];
-        stream.read_exact(&mut hdr).unwrap();
-        let t = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let len = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
-        let mut body = vec![0u8; len.div_ceil(8) * 8];
-        stream.read_exact(&mut body).unwrap();
-        body.truncate(len);
-        if t == RecordType::Begin as u32 {
-            let mut r =
-                RestoreSession::begin(dest.clone(), stream.as_raw_fd(), back_fd, &body).unwrap();
+        let (t, body) = read_record(stream);
+        if t == RecordType::EarlyPfns as u32 {
+            early = Some(
+                crate::restore::early_record(early.take(), dest.clone(), back_fd, &body).unwrap(),
+            );
+        } else if t == RecordType::Begin as u32 {
+            let mut r = RestoreSession::begin(
+                dest.clone(),
+                stream.as_raw_fd(),
+                back_fd,
+                &body,
+                early.take(),
+            )
+            .unwrap();
             // A broken link fails at once unless a test gives a window.
             r.set_recovery(std::env::temp_dir(), Duration::ZERO);
             session = Some(r);
@@ -986,21 +1030,7 @@ fn migrate_over(strategy: StrategySpec, touches: &[Pfn], pipe: bool) {
     // Every populated source page is on the destination with its content.
     let s = src.state();
     let d = dst.state();
-    assert!(
-        d.paged.is_empty(),
-        "{} pages still paged out",
-        d.paged.len()
-    );
-    for (p, page) in s.pages.iter() {
-        if *p == 0x7f8 {
-            continue;
-        }
-        assert_eq!(
-            d.pages.get(p).map(|q| &q[..]),
-            Some(&page[..]),
-            "pfn {p:#x} differs"
-        );
-    }
+    assert_arrived_whole(&s, &d);
     assert_eq!(summary.sent_now as usize, must.len());
     assert_eq!(summary.delivery, 12, "TSS, RSP0 and IST1 stacks, per-CPU");
     assert_eq!(summary.owed + summary.sent_now + 1, summary.populated);
@@ -1320,6 +1350,117 @@ fn after_a_prescan_the_stop_owes_what_is_populated_then_and_asks_only_the_log() 
     assert_eq!(full_typed, 2);
 }
 
+/// Issue #15 end to end: EARLY_PFNS from the prescan while the guest
+/// runs, the balloon's changes, then the stop: the destination claims the
+/// owed pfns it paged out early, pages out only those added, loads the
+/// must-present ones and gives back the freed ones, and the memory
+/// arrives whole.
+#[test]
+fn the_early_page_out_leaves_the_stop_only_the_difference() {
+    let n = 0x800;
+    let (src, must) = build_source(n);
+    // The destination has no ring pfn before HVM_PARAMS: EARLY_PFNS
+    // brings it.
+    let dst = Arc::new(FakeXen::new(2, n - 1));
+    src.logdirty_enable().unwrap();
+    let pre = Prescan::run(&XenSource::new(src.clone()).unwrap()).unwrap();
+    let early_pfns: BTreeSet<Pfn> = pre.populated.iter().copied().collect();
+    let (s_stream, d_stream) = UnixStream::pair().unwrap();
+    let mut d_stream = d_stream;
+    let (s_back, d_back) = UnixStream::pair().unwrap();
+    let (src2, s_fd, sb_fd) = (src.clone(), s_stream.as_raw_fd(), s_back.as_raw_fd());
+    let source = std::thread::spawn(move || {
+        let sent =
+            crate::save::send_early(&*src2, &pre, s_fd, sb_fd, Duration::from_secs(20)).unwrap();
+        balloon_changes(&src2);
+        let mut bitmap = vec![0u64; (n as usize).div_ceil(64)];
+        src2.logdirty_clean(&mut bitmap, n).unwrap();
+        let (mut s, summary) = SaveSession::begin(
+            src2,
+            s_fd,
+            sb_fd,
+            StrategySpec::Bubble,
+            Known::Prescan(pre, &bitmap, n),
+        )
+        .unwrap();
+        s.set_offer_lane(false);
+        s.transition().unwrap();
+        let owed: BTreeSet<Pfn> = s.owed().iter().flat_map(|r| r.pfns()).collect();
+        s.serve().unwrap();
+        (sent, summary, owed)
+    });
+    // Before the stop: EARLY_PFNS handled and answered; the calls made
+    // from then on are the stop's.
+    let (t, body) = read_record(&mut d_stream);
+    assert_eq!(t, RecordType::EarlyPfns as u32);
+    let early = crate::restore::early_record(None, dst.clone(), d_back.as_raw_fd(), &body).unwrap();
+    let calls_at_stop = dst.state().calls.len();
+    let mut session = restore_after_early(&mut d_stream, &dst, d_back.as_raw_fd(), Some(early));
+    let stop_calls: Vec<String> = dst.state().calls[calls_at_stop..].to_vec();
+    let early = session.early_stats();
+    let owed_now: BTreeSet<Pfn> = {
+        let st = dst.state();
+        assert_eq!(
+            st.params.get(&sys::HVM_PARAM_PAGING_RING_PFN),
+            Some(&0x7f8),
+            "EARLY_PFNS set the ring pfn"
+        );
+        // (0x7f1, the console page, was freed by the balloon.)
+        for p in must.iter().filter(|p| **p != 0x7f1) {
+            assert!(st.pages.contains_key(p), "must-present {p:#x} missing");
+        }
+        // Freed after the prescan: given back, neither present nor paged.
+        assert!(!st.pages.contains_key(&0x400) && !st.paged.contains(&0x400));
+        assert_eq!(
+            st.dropped_paged, 0,
+            "no paged-out gfn was given back as such"
+        );
+        st.paged.iter().copied().collect()
+    };
+    session.serve().unwrap();
+    let (sent, summary, owed) = source.join().unwrap();
+    // The paged-out set at the switch is the owed set, no more, no less.
+    assert_eq!(owed_now, owed);
+    assert_eq!(summary.owed, owed.len() as u64);
+    assert!(sent.answered && sent.records == 1);
+    // Everything of the prescan but the special pfns and the ring.
+    let special = crate::present::special_pfns(|p| src.hvm_param(p).ok());
+    let want_early = early_pfns
+        .iter()
+        .filter(|p| **p != 0x7f8 && !special.contains(*p))
+        .count() as u64;
+    assert_eq!(sent.pfns, want_early);
+    assert_eq!(early.paged_out, want_early);
+    // The difference at the stop: 5 and 0x66 taken back (added); 0x400
+    // freed (given back); the must-present pages loaded; the rest kept.
+    assert_eq!(early.added, 2, "{early:?}");
+    assert_eq!(early.given_back, 1, "{early:?}");
+    assert!(early.written > 0, "{early:?}");
+    assert_eq!(
+        early.kept + early.written + early.given_back,
+        early.paged_out,
+        "{early:?}"
+    );
+    assert_eq!(early.kept + early.added, summary.owed, "{early:?}");
+    // The calls at the stop follow the difference: one range call per run
+    // of added pfns, one release, no per-page eviction.
+    let count = |name: &str| stop_calls.iter().filter(|c| *c == name).count();
+    assert_eq!(count("XENMEM_paging_op_absent_range"), 2, "{stop_calls:?}");
+    assert_eq!(count("xc_domain_decrease_reservation_exact"), 1);
+    assert_eq!(count("xc_mem_paging_evict"), 0);
+    assert!(
+        stop_calls.len() < 40,
+        "{} calls at the stop",
+        stop_calls.len()
+    );
+    // The memory arrived whole.
+    let s = src.state();
+    let d = dst.state();
+    assert_arrived_whole(&s, &d);
+    assert!(!d.pages.contains_key(&0x400));
+    drop(s_stream);
+}
+
 #[test]
 fn a_prescan_without_the_log_of_the_changes_owes_the_wrong_set() {
     // What the log-dirty hypervisor patch is for: the same changes with a
@@ -1391,7 +1532,8 @@ fn a_corrupt_stream_ends_the_restore_with_an_error() {
     let (_s, d) = UnixStream::pair().unwrap();
     let begin = postcopy::records::BeginBody::new(postcopy::prepage::StrategySpec::Bubble, n, n);
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
-    let mut r = RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body).unwrap();
+    let mut r =
+        RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body, None).unwrap();
     assert_eq!(r.strategy(), Some(StrategySpec::Bubble));
     // A PFNS record naming a pfn beyond the guest.
     let mut pfns = Vec::new();
@@ -1416,13 +1558,15 @@ fn a_corrupt_stream_ends_the_restore_with_an_error() {
     assert_eq!(r.owed_count(), 4);
     assert_eq!(r.memory().absent(), 4);
     // A bad BEGIN.
-    assert!(RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body[..8]).is_err());
+    assert!(
+        RestoreSession::begin(dst.clone(), d.as_raw_fd(), d.as_raw_fd(), &body[..8], None).is_err()
+    );
     // A BEGIN claiming an absurd guest is refused before any allocation
     // (found by the records fuzz target: it used to abort the process).
     let mut huge = begin;
     huge.guest_pfns = (1u64 << 60).into();
     let body = zerocopy::IntoBytes::as_bytes(&huge).to_vec();
-    assert!(RestoreSession::begin(dst, d.as_raw_fd(), d.as_raw_fd(), &body).is_err());
+    assert!(RestoreSession::begin(dst, d.as_raw_fd(), d.as_raw_fd(), &body, None).is_err());
 }
 
 /// Drains a stream in the background (the destination's reader).
@@ -1701,7 +1845,7 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
     let (a, _b) = UnixStream::pair().unwrap();
     // A good session: READY at the marker, once.
     let mut r =
-        RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+        RestoreSession::begin(dst.clone(), a.as_raw_fd(), d_back.as_raw_fd(), &body, None).unwrap();
     // No owed set in this host's status folder.
     r.set_recovery(std::env::temp_dir(), Duration::ZERO);
     r.record_or_abort(RecordType::VcpuState as u32, &[])
@@ -1711,7 +1855,8 @@ fn the_destination_answers_ready_at_the_marker_and_abort_on_a_bad_record() {
         .record_or_abort(RecordType::VcpuState as u32, &[])
         .is_err());
     // A bad record before the marker: ABORT with the reason.
-    let mut r2 = RestoreSession::begin(dst, a.as_raw_fd(), d_back.as_raw_fd(), &body).unwrap();
+    let mut r2 =
+        RestoreSession::begin(dst, a.as_raw_fd(), d_back.as_raw_fd(), &body, None).unwrap();
     assert!(r2.record_or_abort(0x99, &[]).is_err());
     // Serving without READY is refused.
     assert!(r2.serve().is_err());
@@ -1757,8 +1902,14 @@ fn dest_at_ready(
     let (s_back, d_back) = UnixStream::pair().unwrap();
     let begin = postcopy::records::BeginBody::new(postcopy::prepage::StrategySpec::None, n, n);
     let body = zerocopy::IntoBytes::as_bytes(&begin).to_vec();
-    let mut r = RestoreSession::begin(dst.clone(), d_stream.as_raw_fd(), d_back.as_raw_fd(), &body)
-        .unwrap();
+    let mut r = RestoreSession::begin(
+        dst.clone(),
+        d_stream.as_raw_fd(),
+        d_back.as_raw_fd(),
+        &body,
+        None,
+    )
+    .unwrap();
     // No owed set in this host's status folder (a test that recovers sets
     // its own folder and window).
     r.set_recovery(std::env::temp_dir(), Duration::ZERO);

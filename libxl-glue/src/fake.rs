@@ -54,6 +54,9 @@ pub struct FakeState {
     pub zero_loads: u64,
     /// Toolstack pauses (Xen's `controller_pause_count`).
     pub pauses: u32,
+    /// Paged-out gfns given back with decrease_reservation (each would
+    /// queue a DROP_PAGE request in Xen).
+    pub dropped_paged: u64,
     paging: bool,
     ring_mapped: bool,
     evtchn_pending: bool,
@@ -116,6 +119,7 @@ impl FakeXen {
                 preempt_after: None,
                 zero_loads: 0,
                 pauses: 0,
+                dropped_paged: 0,
                 paging: false,
                 ring_mapped: false,
                 evtchn_pending: false,
@@ -387,6 +391,13 @@ impl XenOps for FakeXen {
         Ok(st.params.get(&param).copied().unwrap_or(0))
     }
 
+    fn set_hvm_param(&self, param: u32, value: u64) -> XcResult<()> {
+        let mut st = self.state();
+        self.call(&mut st, "xc_hvm_param_set")?;
+        st.params.insert(param, value);
+        Ok(())
+    }
+
     fn hvm_context(&self) -> XcResult<Vec<u8>> {
         let mut st = self.state();
         self.call(&mut st, "xc_domain_hvm_getcontext")?;
@@ -417,6 +428,12 @@ impl XenOps for FakeXen {
         let mut st = self.state();
         self.call(&mut st, "xc_domain_decrease_reservation_exact")?;
         for &p in pfns {
+            // A paged-out gfn is removed too (guest_remove_page), but Xen
+            // then queues a DROP_PAGE request that holds a ring slot: the
+            // backends load such gfns first, and the fake counts it.
+            if st.paged.remove(&p) {
+                st.dropped_paged += 1;
+            }
             if st.pages.remove(&p).is_some() {
                 st.mark(p);
             }

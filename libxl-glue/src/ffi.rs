@@ -20,6 +20,7 @@ use postcopy::Error;
 use crate::restore::RestoreSession;
 use crate::save::{Known, SaveSession};
 use crate::xc::LibXc;
+use crate::xen_dest::XenDestination;
 use crate::xen_source::{Prescan, XenSource};
 use crate::xtl::{self, XtlLogger};
 use crate::ABI_VERSION;
@@ -418,20 +419,34 @@ pub unsafe extern "C" fn libxl_postcopy_save_prescan(params: *const SaveParams) 
                 return -e.errno();
             }
         };
-        let scan = XenSource::new(Arc::new(ops)).and_then(|mem| Prescan::run(&mem));
-        match scan {
-            Ok(pre) => {
-                info!(
-                    "post-copy source: prescan of domain {} while it runs: {} populated of {} pfns in {:?}",
-                    p.domid,
-                    pre.populated.len(),
-                    pre.pfns,
-                    pre.took
-                );
-                *PRESCAN.lock().unwrap_or_else(|p| p.into_inner()) = Some((p.domid, pre));
-                0
-            }
-            Err(e) => fail("post-copy prescan", &Error::Memory(e)),
+        let ops = Arc::new(ops);
+        let scan = XenSource::new(ops.clone()).and_then(|mem| Prescan::run(&mem));
+        let pre = match scan {
+            Ok(pre) => pre,
+            Err(e) => return fail("post-copy prescan", &Error::Memory(e)),
+        };
+        info!(
+            "post-copy source: prescan of domain {} while it runs: {} populated of {} pfns in {:?}",
+            p.domid,
+            pre.populated.len(),
+            pre.pfns,
+            pre.took
+        );
+        // Issue #15: the destination pages the prescan's pfns out now,
+        // while the guest runs (opt-in).
+        let early = crate::restore::evict_early_setting(false).then(|| {
+            crate::save::send_early(
+                &*ops,
+                &pre,
+                p.stream_fd,
+                p.back_fd,
+                crate::save::EARLY_TIMEOUT,
+            )
+        });
+        *PRESCAN.lock().unwrap_or_else(|p| p.into_inner()) = Some((p.domid, pre));
+        match early {
+            Some(Err(e)) => fail("post-copy early page-out", &e),
+            _ => 0,
         }
     })
 }
@@ -641,7 +656,8 @@ pub unsafe extern "C" fn libxl_postcopy_restore_begin(
             error!("restore_begin: {e}");
             -e.errno()
         })?;
-        RestoreSession::begin(Arc::new(ops), p.stream_fd, p.back_fd, body)
+        let early = take_early(p.domid);
+        RestoreSession::begin(Arc::new(ops), p.stream_fd, p.back_fd, body, early)
             .map(|session| Box::new(RestoreHandle { session, lg }))
             .map_err(|e| fail("post-copy restore begin", &e))
     });
@@ -655,6 +671,70 @@ pub unsafe extern "C" fn libxl_postcopy_restore_begin(
             std::ptr::null_mut()
         }
     }
+}
+
+/// The memory EARLY_PFNS paged out before BEGIN (issue #15), of the
+/// domain this process restores, from [`libxl_postcopy_restore_early`] to
+/// [`libxl_postcopy_restore_begin`].
+static EARLY: Mutex<Option<(u32, XenDestination<LibXc>)>> = Mutex::new(None);
+
+/// The early memory of `domid`, taken (any other is dropped).
+fn take_early(domid: u32) -> Option<XenDestination<LibXc>> {
+    let mut g = EARLY.lock().unwrap_or_else(|p| p.into_inner());
+    g.take().filter(|(d, _)| *d == domid).map(|(_, m)| m)
+}
+
+/// `libxl_postcopy_restore_early`: an EARLY_PFNS record, before
+/// POSTCOPY_BEGIN: pages its pfns out while the source's guest still runs
+/// and answers EARLY_DONE on `back_fd`.
+///
+/// # Safety
+/// `params` points to a valid `struct libxl_postcopy_restore_params` whose
+/// `xch` and `lg` outlive the restore; `body` holds `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn libxl_postcopy_restore_early(
+    params: *const RestoreParams,
+    body: *const c_void,
+    len: u32,
+) -> c_int {
+    if params.is_null() || (body.is_null() && len > 0) {
+        return -libc::EINVAL;
+    }
+    // SAFETY: non-NULL and valid (caller contract).
+    let p = unsafe { *params };
+    // SAFETY: lg is live for the call (caller contract).
+    let lg = unsafe { XtlLogger::new(p.lg) };
+    guarded("libxl_postcopy_restore_early", lg, -libc::EIO, || {
+        if p.abi_version != ABI_VERSION || p.flags != 0 {
+            error!(
+                "restore_early: caller speaks ABI {} with flags {:#x}; this library is ABI {ABI_VERSION} and needs flags 0",
+                p.abi_version, p.flags
+            );
+            return -libc::EINVAL;
+        }
+        let body: &[u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: body holds len bytes (caller contract).
+            unsafe { std::slice::from_raw_parts(body.cast::<u8>(), len as usize) }
+        };
+        // SAFETY: xch outlives the restore (caller contract).
+        let ops = match unsafe { LibXc::new(p.xch, p.domid, true) } {
+            Ok(o) => o,
+            Err(e) => {
+                error!("restore_early: {e}");
+                return -e.errno();
+            }
+        };
+        let before = take_early(p.domid);
+        match crate::restore::early_record(before, Arc::new(ops), p.back_fd, body) {
+            Ok(mem) => {
+                *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some((p.domid, mem));
+                0
+            }
+            Err(e) => fail("post-copy early page-out", &e),
+        }
+    })
 }
 
 /// `libxl_postcopy_restore_record`.

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 use postcopy::destination::{DestConfig, DestSession, ServeHooks, ServeLinks, Step};
+use postcopy::memory::DestinationMemory as _;
 use postcopy::memory::MemoryError;
 use postcopy::metrics::Metrics;
 use postcopy::prepage::StrategySpec;
@@ -37,7 +38,84 @@ use postcopy::Error;
 use crate::domain_watch::{GuestDied, WatchHooks, UNPAUSE_GRACE};
 use crate::fdio::FdIo;
 use crate::xc::XenOps;
-use crate::xen_dest::XenDestination;
+use crate::xen_dest::{EarlyStats, XenDestination};
+
+/// Environment switch (issue #15): `on` makes the source send its
+/// prescan's populated pfns before it stops the guest (EARLY_PFNS) and
+/// wait for the destination to page them out; `off` (the default on the
+/// source) sends nothing. On the destination `off` refuses the early
+/// page-out (EARLY_PFNS is answered, nothing is paged out before the
+/// stop); unset or `on` honours it.
+pub const EVICT_EARLY_ENV: &str = "LIBXL_POSTCOPY_EVICT_EARLY";
+
+/// Whether [`EVICT_EARLY_ENV`] is `on` (the source's opt-in) or, with
+/// `default_on`, anything but `off` (the destination's).
+pub fn evict_early_setting(default_on: bool) -> bool {
+    match std::env::var(EVICT_EARLY_ENV).as_deref().map(str::trim) {
+        Ok("on") => true,
+        Ok("off") => false,
+        _ => default_on,
+    }
+}
+
+/// The memory of a guest of `guest_pfns` pfns: the early one if there is
+/// one (of the same size: `record`, the record that says the size, is
+/// refused otherwise), else a new one.
+fn memory_for<O: XenOps>(
+    early: Option<XenDestination<O>>,
+    ops: Arc<O>,
+    guest_pfns: u64,
+    record: &str,
+) -> Result<XenDestination<O>, Error> {
+    match early {
+        Some(m) if m.pfn_count() == guest_pfns => Ok(m),
+        Some(m) => Err(Error::Protocol(format!(
+            "{record} claims a guest of {guest_pfns} pfns, an earlier EARLY_PFNS one of {}",
+            m.pfn_count()
+        ))),
+        None => Ok(XenDestination::new(ops, guest_pfns)?),
+    }
+}
+
+/// An EARLY_PFNS record, before BEGIN (issue #15): pages the source's
+/// prescan out of `early` (made for `ops`' domain at the first record,
+/// with the record's guest size) while the source's guest still runs,
+/// then answers EARLY_DONE on `back_fd` so the source may stop it.
+/// [`RestoreSession::begin`] takes the memory over.
+pub fn early_record<O: XenOps>(
+    early: Option<XenDestination<O>>,
+    ops: Arc<O>,
+    back_fd: RawFd,
+    body: &[u8],
+) -> Result<XenDestination<O>, Error> {
+    let Record::EarlyPfns {
+        guest_pfns,
+        ring_pfn,
+        runs,
+    } = decode(RecordType::EarlyPfns, body, None)?
+    else {
+        return Err(Error::Protocol(
+            "POSTCOPY_EARLY_PFNS did not decode as such".into(),
+        ));
+    };
+    let mem = memory_for(early, ops, guest_pfns, "POSTCOPY_EARLY_PFNS")?;
+    let n = if evict_early_setting(true) {
+        let n = mem.evict_early(ring_pfn, &runs)?;
+        let s = mem.early_stats();
+        info!(
+            "post-copy destination: paged out {n} pfns early, before the source stopped ({} so far in {:?})",
+            s.paged_out, s.took
+        );
+        n
+    } else {
+        info!("{EVICT_EARLY_ENV}=off: EARLY_PFNS answered, nothing paged out before the stop");
+        0
+    };
+    let mut back = RecordWriter::new(FdIo::new(back_fd));
+    back.count(RecordType::EarlyDone, n)?;
+    back.flush()?;
+    Ok(mem)
+}
 
 /// The destination side of one migration.
 pub struct RestoreSession<O: XenOps> {
@@ -51,6 +129,8 @@ pub struct RestoreSession<O: XenOps> {
     /// Where the control socket of [`crate::recover`] goes, and the
     /// recovery window (zero: none).
     recovery: (std::path::PathBuf, std::time::Duration),
+    /// What the early page-out did, once READY went out.
+    early: EarlyStats,
 }
 
 impl<O: XenOps> std::fmt::Debug for RestoreSession<O> {
@@ -65,11 +145,14 @@ impl<O: XenOps> RestoreSession<O> {
     /// Phase 1: checks the POSTCOPY_BEGIN body and prepares the domain's
     /// memory. Reads the stream from `stream_fd` and writes requests to
     /// `back_fd` later (both stay owned by the caller).
+    /// `early`: the memory EARLY_PFNS records paged out early
+    /// ([`early_record`]), for the same guest size.
     pub fn begin(
         ops: Arc<O>,
         stream_fd: RawFd,
         back_fd: RawFd,
         begin_body: &[u8],
+        early: Option<XenDestination<O>>,
     ) -> Result<RestoreSession<O>, Error> {
         let Record::Begin(b) = decode(RecordType::Begin, begin_body, None)? else {
             return Err(Error::Protocol(
@@ -84,7 +167,7 @@ impl<O: XenOps> RestoreSession<O> {
                 "POSTCOPY_BEGIN claims a guest of {guest_pfns} pfns"
             )));
         }
-        let mem = XenDestination::new(ops, guest_pfns)?;
+        let mem = memory_for(early, ops, guest_pfns, "POSTCOPY_BEGIN")?;
         // Every page in before libxl unpaused the domain (a small guest):
         // wait a little for the unpause, so that RESUMED precedes COMPLETE
         // and the source measures the downtime.
@@ -108,6 +191,7 @@ impl<O: XenOps> RestoreSession<O> {
             metrics: Metrics::new(),
             death: None,
             lane: None,
+            early: EarlyStats::default(),
             recovery: (
                 crate::status_file::status_dir(),
                 crate::recover::recover_timeout_setting(),
@@ -140,6 +224,11 @@ impl<O: XenOps> RestoreSession<O> {
     /// Pages owed so far.
     pub fn owed_count(&self) -> u64 {
         self.session.owed_count()
+    }
+
+    /// What the early page-out did (issue #15), once READY went out.
+    pub fn early_stats(&self) -> EarlyStats {
+        self.early
     }
 
     /// The counters.
@@ -185,11 +274,30 @@ impl<O: XenOps> RestoreSession<O> {
                 why: "pages are owed but mem_paging was never enabled".into(),
             }));
         }
+        let early = mem.early_stats();
+        let early = if early.paged_out > 0 {
+            mem.finish_early()?
+        } else {
+            early
+        };
         let (by_range, by_page, took) = mem.page_out_stats();
         info!(
             "paged out {} owed pfns in {took:?} ({by_range} by range, {by_page} page by page)",
             by_range + by_page
         );
+        if early.paged_out > 0 {
+            info!(
+                "early page-out: {} pfns in {:?} before the stop; at the stop {} kept, {} added, {} loaded (must be present), {} given back in {:?}",
+                early.paged_out,
+                early.took,
+                early.kept,
+                early.added,
+                early.written,
+                early.given_back,
+                early.give_back_time
+            );
+        }
+        self.early = early;
         // Before READY: the source takes the connection once READY is in.
         self.lane = crate::lane::connect(&crate::status_file::status_dir(), self.stream_fd);
         if self.lane.is_some() {

@@ -225,6 +225,115 @@ fn push_hold_setting() -> Option<std::time::Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// Bound on the wait for the destination's EARLY_DONE before the source
+/// stops its guest anyway (the early page-out then overlaps the stop).
+pub const EARLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What [`send_early`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EarlySent {
+    /// pfns named in EARLY_PFNS records.
+    pub pfns: u64,
+    /// Records sent.
+    pub records: u64,
+    /// pfns the destination says it paged out.
+    pub paged_out: u64,
+    /// From the first record to the last EARLY_DONE (or the timeout).
+    pub took: Duration,
+    /// False if EARLY_DONE did not come within the bound.
+    pub answered: bool,
+}
+
+/// Issue #15, before the stop (after [`Prescan::run`]): sends the prescan's
+/// populated pfns, less the special pfns and the paging ring (which the
+/// must-present set and HVM_PARAMS handle), in EARLY_PFNS records on
+/// `stream_fd`, and waits up to `timeout` for one EARLY_DONE per record on
+/// `back_fd`, so that the destination's page-out happens while the guest
+/// still runs. Nothing is sent for a domain without a paging ring pfn.
+pub fn send_early<O: XenOps>(
+    ops: &O,
+    pre: &Prescan,
+    stream_fd: RawFd,
+    back_fd: RawFd,
+    timeout: Duration,
+) -> Result<EarlySent, Error> {
+    let t = Instant::now();
+    let ring = ops
+        .hvm_param(sys::HVM_PARAM_PAGING_RING_PFN)
+        .map_err(mem_err)?;
+    if ring == 0 || ring >= pre.pfns {
+        info!("post-copy source: no paging ring pfn ({ring:#x}): no early page-out");
+        return Ok(EarlySent::default());
+    }
+    let special = special_pfns(|param| ops.hvm_param(param).ok());
+    let pfns: Vec<Pfn> = pre
+        .populated
+        .iter()
+        .copied()
+        .filter(|&p| p != ring && !special.contains(&p))
+        .collect();
+    let runs = runs_from_sorted(pfns.iter().copied());
+    let mut w = postcopy::records::RecordWriter::new(FdIo::new(stream_fd));
+    let mut sent = EarlySent {
+        pfns: pfns.len() as u64,
+        ..EarlySent::default()
+    };
+    for chunk in runs.chunks(postcopy::records::MAX_RUNS) {
+        w.early_pfns(pre.pfns, ring, chunk)?;
+        sent.records += 1;
+    }
+    w.flush()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let timer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    let mut back = RecordReader::new(FdIo::with_stop(back_fd, stop.clone()), None);
+    let mut answers = 0;
+    let result = loop {
+        if answers == sent.records {
+            break Ok(());
+        }
+        match back.next_record() {
+            Ok(postcopy::records::Record::EarlyDone(n)) => {
+                sent.paged_out += n;
+                answers += 1;
+            }
+            Ok(postcopy::records::Record::Abort(reason)) => break Err(Error::PeerAborted(reason)),
+            Ok(other) => {
+                break Err(postcopy::records::RecordError::Unexpected {
+                    name: other.rtype().name(),
+                    state: "while waiting for POSTCOPY_EARLY_DONE",
+                }
+                .into())
+            }
+            Err(_) if stop.load(Ordering::SeqCst) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+    };
+    drop(done_tx);
+    let _ = timer.join();
+    sent.answered = answers == sent.records;
+    sent.took = t.elapsed();
+    result?;
+    if sent.answered {
+        info!(
+            "post-copy source: {} pfns in {} EARLY_PFNS records, {} paged out at the destination in {:?}, before the stop",
+            sent.pfns, sent.records, sent.paged_out, sent.took
+        );
+    } else {
+        warn!(
+            "post-copy source: no EARLY_DONE within {timeout:?}: the guest stops now, the destination's early page-out goes on into the downtime"
+        );
+    }
+    Ok(sent)
+}
+
 /// What [`SaveSession::begin`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BeginSummary {

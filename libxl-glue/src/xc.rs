@@ -313,6 +313,9 @@ pub trait XenOps: Send + Sync {
     fn write_pages(&self, pfns: &[Pfn], data: &[u8]) -> XcResult<()>;
     /// `xc_hvm_param_get`.
     fn hvm_param(&self, param: u32) -> XcResult<u64>;
+    /// `xc_hvm_param_set` (the destination's early page-out sets the
+    /// paging ring pfn before the source's HVM_PARAMS arrive).
+    fn set_hvm_param(&self, param: u32, value: u64) -> XcResult<()>;
     /// `xc_domain_hvm_getcontext`: the whole HVM save context.
     fn hvm_context(&self) -> XcResult<Vec<u8>>;
     /// `xc_domain_populate_physmap_exact` (order 0).
@@ -854,6 +857,16 @@ impl XenOps for LibXc {
             return Err(err("xc_hvm_param_get", None));
         }
         Ok(v)
+    }
+
+    fn set_hvm_param(&self, param: u32, value: u64) -> XcResult<()> {
+        let h = self.lock();
+        // SAFETY: xch is live; plain values.
+        let rc = unsafe { sys::xc_hvm_param_set(h.xch, self.domid, param, value) };
+        if rc != 0 {
+            return Err(err("xc_hvm_param_set", None));
+        }
+        Ok(())
     }
 
     fn hvm_context(&self) -> XcResult<Vec<u8>> {

@@ -70,6 +70,32 @@ struct State {
     batch_op: bool,
     /// How the owed pages came in so far.
     loads: LoadStats,
+    /// Paged out early (before the source stopped, from its prescan) and
+    /// not yet claimed by the owed list, written, or given back.
+    early: BitVec,
+    /// What the early page-out did ([`EarlyStats`]).
+    early_stats: EarlyStats,
+}
+
+/// What the early page-out (issue #15) did: before the stop, and the
+/// difference at the stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EarlyStats {
+    /// pfns paged out before the stop (EARLY_PFNS).
+    pub paged_out: u64,
+    /// How long that took (the source's guest still ran).
+    pub took: Duration,
+    /// Of them, owed at the stop: nothing more to do.
+    pub kept: u64,
+    /// Of them, must-present at the stop: loaded with their data.
+    pub written: u64,
+    /// Of them, neither (the guest freed them meanwhile): given back.
+    pub given_back: u64,
+    /// Owed pfns the early page-out had not covered: paged out at the
+    /// stop.
+    pub added: u64,
+    /// Time of the stop-time difference: the given-back pfns.
+    pub give_back_time: Duration,
 }
 
 /// How the owed pages were loaded: by the batch op, page by page.
@@ -169,6 +195,7 @@ impl<O: XenOps> XenDestination<O> {
                 dropped: BitVec::repeat(false, n),
                 range_op: std::env::var(EVICT_ENV).map_or(true, |v| v != "per-page"),
                 batch_op: std::env::var(LOAD_ENV).map_or(true, |v| v != "per-page"),
+                early: BitVec::repeat(false, n),
                 ..State::default()
             })),
         })
@@ -191,12 +218,13 @@ impl<O: XenOps> XenDestination<O> {
     /// Pages out `pfns` (none paged out yet, ascending): consecutive ones
     /// by range with one hypercall per [`ABSENT_RANGE_MAX`] (holes and
     /// pages alike); a pfn the range op stops at, or all of them without
-    /// the op, with populate + nominate + evict.
-    fn page_out(&self, pfns: &[Pfn]) -> MemResult<()> {
+    /// the op, with populate + nominate + evict. `early`: before the stop,
+    /// into the early set rather than the owed one.
+    fn page_out(&self, pfns: &[Pfn], early: bool) -> MemResult<()> {
         let mut i = 0;
         while i < pfns.len() {
             if !self.lock().range_op {
-                return self.evict_each(&pfns[i..]);
+                return self.evict_each(&pfns[i..], early);
             }
             let mut j = i + 1;
             while j < pfns.len() && pfns[j] == pfns[j - 1] + 1 && j - i < ABSENT_RANGE_MAX as usize
@@ -213,36 +241,166 @@ impl<O: XenOps> XenDestination<O> {
                 }
                 Err(e) => return Err(mem_err(e)),
             };
-            {
-                let mut st = self.lock();
-                for &p in &pfns[i..i + done] {
-                    set(&mut st.evicted, p);
-                }
-                st.absent += done as u64;
-                st.by_range += done as u64;
-            }
+            Self::paged_out(&mut self.lock(), &pfns[i..i + done], early, true);
             i += done;
             if i < j {
                 // Neither a hole nor a page: the old way says why.
-                self.evict_each(&pfns[i..=i])?;
+                self.evict_each(&pfns[i..=i], early)?;
                 i += 1;
             }
         }
         Ok(())
     }
 
+    /// Records `pfns` as paged out: owed (and absent), or early.
+    fn paged_out(st: &mut State, pfns: &[Pfn], early: bool, by_range: bool) {
+        let n = pfns.len() as u64;
+        for &p in pfns {
+            set(
+                if early {
+                    &mut st.early
+                } else {
+                    &mut st.evicted
+                },
+                p,
+            );
+        }
+        if early {
+            st.early_stats.paged_out += n;
+            return;
+        }
+        st.absent += n;
+        if by_range {
+            st.by_range += n;
+        } else {
+            st.by_page += n;
+        }
+    }
+
     /// Populate (where needed) + nominate + evict, page by page.
-    fn evict_each(&self, pfns: &[Pfn]) -> MemResult<()> {
+    fn evict_each(&self, pfns: &[Pfn], early: bool) -> MemResult<()> {
         self.populate_missing(pfns)?;
         for &p in pfns {
             self.ops.paging_nominate(p).map_err(mem_err)?;
             self.ops.paging_evict(p).map_err(mem_err)?;
-            let mut st = self.lock();
-            set(&mut st.evicted, p);
-            st.absent += 1;
-            st.by_page += 1;
+            Self::paged_out(&mut self.lock(), &[p], early, false);
         }
         Ok(())
+    }
+
+    /// Before the source stops (issue #15): pages out the populated pfns
+    /// of its prescan (`runs`, from EARLY_PFNS), so that at the stop only
+    /// the difference is left ([`Self::mark_absent`] claims the owed ones,
+    /// [`Self::write_pages`] loads the must-present ones,
+    /// [`Self::finish_early`] gives the rest back). mem_paging needs the
+    /// ring pfn, which the source's HVM_PARAMS bring only after the stop:
+    /// `ring_pfn` is set now (the same value HVM_PARAMS sets again).
+    /// Returns how many pfns went out.
+    pub fn evict_early(&self, ring_pfn: Pfn, runs: &[PfnRun]) -> MemResult<u64> {
+        let t = Instant::now();
+        self.check(ring_pfn)?;
+        if self.ring_pfn().is_none() {
+            let now = self
+                .ops
+                .hvm_param(sys::HVM_PARAM_PAGING_RING_PFN)
+                .map_err(mem_err)?;
+            if now == 0 {
+                self.ops
+                    .set_hvm_param(sys::HVM_PARAM_PAGING_RING_PFN, ring_pfn)
+                    .map_err(mem_err)?;
+            } else if now != ring_pfn {
+                return Err(MemoryError::Unsupported {
+                    what: "page out early",
+                    why: format!(
+                        "the paging ring is at pfn {now:#x} here, the source says {ring_pfn:#x}"
+                    ),
+                });
+            }
+        }
+        self.enable_paging()?;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut pfns = runs.iter().flat_map(|r| r.pfns()).peekable();
+        let before = self.lock().early_stats.paged_out;
+        while pfns.peek().is_some() {
+            batch.clear();
+            batch.extend(pfns.by_ref().take(MAX_BATCH));
+            for &p in &batch {
+                self.check(p)?;
+            }
+            {
+                let st = self.lock();
+                batch.retain(|&p| p != ring_pfn && !bit(&st.early, p) && !bit(&st.evicted, p));
+            }
+            self.page_out(&batch, true)?;
+        }
+        let mut st = self.lock();
+        st.early_stats.took += t.elapsed();
+        Ok(st.early_stats.paged_out - before)
+    }
+
+    /// Loads early pfns now needed present (`None`: a zeroed page) with
+    /// the batch op, page by page without it, and takes them out of the
+    /// early set.
+    fn load_early(&self, pages: &[(Pfn, Option<&[u8]>)]) -> MemResult<()> {
+        let mut rest = pages;
+        while let Some(&(head, page)) = rest.first() {
+            let n = if self.lock().batch_op {
+                match self
+                    .ops
+                    .paging_load_batch(&rest[..rest.len().min(LOAD_BATCH_MAX)])
+                {
+                    Ok(n) => usize::try_from(n).unwrap_or(0).min(rest.len()),
+                    Err(XcError::PagingUnavailable { .. }) => {
+                        self.lock().batch_op = false;
+                        continue;
+                    }
+                    Err(e) => return Err(mem_err(e)),
+                }
+            } else {
+                0
+            };
+            let n = if n == 0 {
+                self.ops
+                    .paging_load(head, page.unwrap_or(&ZERO_PAGE))
+                    .map_err(mem_err)?;
+                1
+            } else {
+                n
+            };
+            let mut st = self.lock();
+            for &(p, _) in &rest[..n] {
+                if let Some(mut x) = usize::try_from(p).ok().and_then(|i| st.early.get_mut(i)) {
+                    *x = false;
+                }
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// At the stop, once the owed list is in: gives back the early pfns
+    /// nobody claimed (the guest freed them after the prescan). Xen's
+    /// guest_remove_page takes a paged-out gfn, but queues a DROP_PAGE
+    /// request for it that holds a slot of the paging ring until answered
+    /// (a few dozen slots): so they are loaded as zero pages (nothing
+    /// copied) and then released as ordinary pages, a batch per call.
+    pub fn finish_early(&self) -> MemResult<EarlyStats> {
+        let t = Instant::now();
+        let left: Vec<Pfn> = self.lock().early.iter_ones().map(|i| i as Pfn).collect();
+        for chunk in left.chunks(MAX_BATCH) {
+            let zero: Vec<(Pfn, Option<&[u8]>)> = chunk.iter().map(|&p| (p, None)).collect();
+            self.load_early(&zero)?;
+            self.ops.decrease_reservation(chunk).map_err(mem_err)?;
+        }
+        let mut st = self.lock();
+        st.early_stats.given_back += left.len() as u64;
+        st.early_stats.give_back_time += t.elapsed();
+        Ok(st.early_stats)
+    }
+
+    /// What the early page-out did so far.
+    pub fn early_stats(&self) -> EarlyStats {
+        self.lock().early_stats
     }
 
     /// How the owed pfns went out so far: (by range, page by page, time).
@@ -310,6 +468,28 @@ impl<O: XenOps> XenDestination<O> {
                 });
             }
         }
+        // Paged out early, must be present after all: loaded with the
+        // data instead; the rest written as usual.
+        let (early, rest): (Vec<_>, Vec<_>) = {
+            let st = self.lock();
+            pfns.iter()
+                .copied()
+                .zip(data.chunks(PAGE_SIZE))
+                .partition(|&(p, _)| bit(&st.early, p))
+        };
+        if early.is_empty() {
+            return self.write_present(pfns, data);
+        }
+        let load: Vec<(Pfn, Option<&[u8]>)> = early.iter().map(|&(p, d)| (p, Some(d))).collect();
+        self.load_early(&load)?;
+        self.lock().early_stats.written += early.len() as u64;
+        let rest_pfns: Vec<Pfn> = rest.iter().map(|&(p, _)| p).collect();
+        let rest_data: Vec<u8> = rest.iter().flat_map(|&(_, d)| d).copied().collect();
+        self.write_present(&rest_pfns, &rest_data)
+    }
+
+    /// [`Self::write_pages`] of pfns not paged out.
+    fn write_present(&self, pfns: &[Pfn], data: &[u8]) -> MemResult<()> {
         self.populate_missing(pfns)?;
         for (chunk, d) in pfns
             .chunks(MAX_BATCH)
@@ -756,12 +936,32 @@ impl<O: XenOps> DestinationMemory for XenDestination<O> {
             }
             {
                 // Already paged out (a repeated run): neither populate nor
-                // evict it again.
-                let st = self.lock();
+                // evict it again. Paged out early: owed now, nothing to do.
+                let mut st = self.lock();
                 batch.retain(|&p| !bit(&st.evicted, p));
+                let before = batch.len();
+                let mut kept = Vec::new();
+                batch.retain(|&p| {
+                    let early = bit(&st.early, p);
+                    if early {
+                        kept.push(p);
+                    }
+                    !early
+                });
+                for &p in &kept {
+                    if let Some(mut x) = usize::try_from(p).ok().and_then(|i| st.early.get_mut(i)) {
+                        *x = false;
+                    }
+                    set(&mut st.evicted, p);
+                }
+                st.absent += kept.len() as u64;
+                st.early_stats.kept += kept.len() as u64;
+                if st.early_stats.paged_out > 0 {
+                    st.early_stats.added += (before - kept.len()) as u64;
+                }
             }
             let t = Instant::now();
-            self.page_out(&batch)?;
+            self.page_out(&batch, false)?;
             self.lock().page_out_time += t.elapsed();
         }
         Ok(())

@@ -106,6 +106,15 @@ pub enum RecordType {
     /// consumed (read and installed) since serving began, so the source
     /// can bound the push bytes in flight ([`BEGIN_ACKS`]).
     Ack = 0x1f,
+    /// Source → destination, before BEGIN, while the guest still runs:
+    /// the populated pfns of the source's prescan, which the destination
+    /// may page out ahead of the stop ([`EarlyHead`]); advisory, the owed
+    /// set is still PFNS's.
+    EarlyPfns = 0x20,
+    /// Destination → source (back channel), before BEGIN: the EARLY_PFNS
+    /// records were handled (the count of pfns paged out early), so the
+    /// source may stop the guest.
+    EarlyDone = 0x21,
 }
 
 /// One row of the record table.
@@ -120,7 +129,7 @@ pub struct RecordInfo {
 }
 
 /// Every post-copy record type, its name and its length bound.
-pub const RECORD_TABLE: [RecordInfo; 13] = [
+pub const RECORD_TABLE: [RecordInfo; 15] = [
     RecordInfo {
         rtype: RecordType::Begin,
         name: "POSTCOPY_BEGIN",
@@ -184,6 +193,16 @@ pub const RECORD_TABLE: [RecordInfo; 13] = [
     RecordInfo {
         rtype: RecordType::Ack,
         name: "POSTCOPY_ACK",
+        max_len: size_of::<CountBody>(),
+    },
+    RecordInfo {
+        rtype: RecordType::EarlyPfns,
+        name: "POSTCOPY_EARLY_PFNS",
+        max_len: size_of::<EarlyHead>() + 8 + 16 * MAX_RUNS,
+    },
+    RecordInfo {
+        rtype: RecordType::EarlyDone,
+        name: "POSTCOPY_EARLY_DONE",
         max_len: size_of::<CountBody>(),
     },
 ];
@@ -290,6 +309,24 @@ pub struct ListHeader {
     pub aux: U32,
 }
 const _: () = assert!(size_of::<ListHeader>() == 8);
+
+/// Leading 16 bytes of an EARLY_PFNS body, before its list of runs: it
+/// comes before BEGIN, so it carries the guest size that bounds its runs,
+/// and the paging ring's pfn, which the destination needs to page out
+/// before the source's HVM_PARAMS arrive.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct EarlyHead {
+    /// Guest size in pfns (BEGIN's must match).
+    pub guest_pfns: U64,
+    /// The source's HVM_PARAM_PAGING_RING_PFN (never in the runs).
+    pub ring_pfn: U64,
+}
+const _: () = assert!(size_of::<EarlyHead>() == 16);
+
+/// The largest guest an EARLY_PFNS record may describe: the engine
+/// indexes pfns with u32 (as BEGIN is checked on the destination).
+pub const MAX_EARLY_GUEST_PFNS: u64 = u32::MAX as u64 - 1;
 
 /// One run in PFNS and RECOVER bodies.
 #[repr(C)]
@@ -507,6 +544,18 @@ pub enum Record<'a> {
     Ready,
     /// ACK: forward-stream bytes the destination consumed while serving.
     Ack(u64),
+    /// EARLY_PFNS: the prescan's populated runs (validated against
+    /// `guest_pfns`, the ring pfn in none of them).
+    EarlyPfns {
+        /// Guest size in pfns, at most [`MAX_EARLY_GUEST_PFNS`].
+        guest_pfns: u64,
+        /// The paging ring's pfn, below `guest_pfns`.
+        ring_pfn: Pfn,
+        /// The runs.
+        runs: Vec<PfnRun>,
+    },
+    /// EARLY_DONE: pfns the destination paged out early.
+    EarlyDone(u64),
 }
 
 impl Record<'_> {
@@ -526,6 +575,8 @@ impl Record<'_> {
             Record::Abort(_) => RecordType::Abort,
             Record::Ready => RecordType::Ready,
             Record::Ack(_) => RecordType::Ack,
+            Record::EarlyPfns { .. } => RecordType::EarlyPfns,
+            Record::EarlyDone(_) => RecordType::EarlyDone,
         }
     }
 }
@@ -750,7 +801,8 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
                 Record::Zero(pfns)
             })
         }
-        RecordType::Complete | RecordType::Resumed | RecordType::Ack => {
+        RecordType::EarlyPfns => decode_early(body),
+        RecordType::Complete | RecordType::Resumed | RecordType::Ack | RecordType::EarlyDone => {
             exact(size_of::<CountBody>())?;
             let c = CountBody::read_from_bytes(body).map_err(|_| RecordError::ShortBody {
                 name,
@@ -760,12 +812,54 @@ pub fn decode(rtype: RecordType, body: &[u8], guest_pfns: Option<u64>) -> Record
             Ok(match rtype {
                 RecordType::Complete => Record::Complete(c.value.get()),
                 RecordType::Ack => Record::Ack(c.value.get()),
+                RecordType::EarlyDone => Record::EarlyDone(c.value.get()),
                 _ => Record::Resumed(c.value.get()),
             })
         }
         RecordType::VcpuState => Ok(Record::VcpuState(body)),
         RecordType::Abort => Ok(Record::Abort(printable(&String::from_utf8_lossy(body)))),
     }
+}
+
+/// EARLY_PFNS: its head, bounded on its own (no BEGIN yet), then runs
+/// within its guest size that leave the ring pfn out.
+fn decode_early(body: &[u8]) -> RecordResult<Record<'_>> {
+    let name = RecordType::EarlyPfns.name();
+    let (head, rest) = EarlyHead::read_from_prefix(body).map_err(|_| RecordError::ShortBody {
+        name,
+        length: body.len(),
+        need: size_of::<EarlyHead>(),
+    })?;
+    let guest_pfns = head.guest_pfns.get();
+    let ring_pfn = head.ring_pfn.get();
+    if guest_pfns == 0 || guest_pfns > MAX_EARLY_GUEST_PFNS {
+        return Err(RecordError::PfnOutOfRange {
+            name,
+            pfn: guest_pfns,
+            guest_pfns: MAX_EARLY_GUEST_PFNS,
+        });
+    }
+    check_pfn(name, ring_pfn, guest_pfns)?;
+    let (hdr, rest) = split_list(name, rest, size_of::<RunWire>(), 0)?;
+    if hdr.aux.get() != 0 {
+        return Err(RecordError::NonZeroReserved { name });
+    }
+    let runs = decode_runs(name, rest, guest_pfns)?;
+    if let Some(r) = runs
+        .iter()
+        .find(|r| r.start <= ring_pfn && r.end().is_some_and(|e| ring_pfn < e))
+    {
+        return Err(RecordError::BadRun {
+            name,
+            start: r.start,
+            count: r.count,
+        });
+    }
+    Ok(Record::EarlyPfns {
+        guest_pfns,
+        ring_pfn,
+        runs,
+    })
 }
 
 /// Peer-supplied text made safe to print: control characters (escape
@@ -1085,6 +1179,11 @@ impl<W: Write> RecordWriter<W> {
     pub fn runs(&mut self, rtype: RecordType, runs: &[PfnRun]) -> RecordResult<()> {
         debug_assert!(matches!(rtype, RecordType::Pfns | RecordType::Recover));
         self.start(rtype);
+        self.run_list(runs)
+    }
+
+    /// A list header and `runs`, then the end of the record.
+    fn run_list(&mut self, runs: &[PfnRun]) -> RecordResult<()> {
         self.list_header(runs.len(), 0)?;
         for r in runs {
             let w = RunWire {
@@ -1094,6 +1193,23 @@ impl<W: Write> RecordWriter<W> {
             self.buf.extend_from_slice(w.as_bytes());
         }
         self.finish()
+    }
+
+    /// Writes EARLY_PFNS: the guest size, the ring pfn and `runs` (at most
+    /// [`MAX_RUNS`]).
+    pub fn early_pfns(
+        &mut self,
+        guest_pfns: u64,
+        ring_pfn: Pfn,
+        runs: &[PfnRun],
+    ) -> RecordResult<()> {
+        self.start(RecordType::EarlyPfns);
+        let head = EarlyHead {
+            guest_pfns: guest_pfns.into(),
+            ring_pfn: ring_pfn.into(),
+        };
+        self.buf.extend_from_slice(head.as_bytes());
+        self.run_list(runs)
     }
 
     /// Writes a record without a body (TRANSITION).
@@ -1125,11 +1241,11 @@ impl<W: Write> RecordWriter<W> {
         self.finish()
     }
 
-    /// Writes COMPLETE, RESUMED or ACK.
+    /// Writes COMPLETE, RESUMED, ACK or EARLY_DONE.
     pub fn count(&mut self, rtype: RecordType, value: u64) -> RecordResult<()> {
         debug_assert!(matches!(
             rtype,
-            RecordType::Complete | RecordType::Resumed | RecordType::Ack
+            RecordType::Complete | RecordType::Resumed | RecordType::Ack | RecordType::EarlyDone
         ));
         self.start(rtype);
         let b = CountBody {
@@ -1269,6 +1385,45 @@ mod tests {
         assert!(matches!(r.next_record().unwrap(), Record::Begin(b) if b.acks()));
         assert!(matches!(r.next_record(), Err(RecordError::Closed)));
         assert_eq!(r.bytes_read(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn early_pfns_round_trip_and_bound_themselves() {
+        let runs = [PfnRun { start: 0, count: 4 }, PfnRun { start: 9, count: 3 }];
+        let bytes = encode(|w| {
+            w.early_pfns(16, 5, &runs).unwrap();
+            w.count(RecordType::EarlyDone, 7).unwrap();
+        });
+        // Before BEGIN: no guest size is known, the record brings its own.
+        let mut r = RecordReader::new(&bytes[..], None);
+        match r.next_record().unwrap() {
+            Record::EarlyPfns {
+                guest_pfns,
+                ring_pfn,
+                runs: got,
+            } => assert_eq!((guest_pfns, ring_pfn, got), (16, 5, runs.to_vec())),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(r.next_record().unwrap(), Record::EarlyDone(7)));
+        let one = |g: u64, ring: u64, runs: &[PfnRun]| {
+            let b = encode(|w| w.early_pfns(g, ring, runs).unwrap());
+            read_one(&b, None).map(|_| ())
+        };
+        // A run past its own guest size, a ring pfn in a run or past the
+        // guest, an empty or huge guest: refused.
+        assert!(one(11, 5, &runs).is_err());
+        assert!(one(16, 10, &runs).is_err());
+        assert!(one(16, 16, &runs).is_err());
+        assert!(one(0, 0, &[]).is_err());
+        assert!(one(MAX_EARLY_GUEST_PFNS + 1, 5, &runs).is_err());
+        assert!(one(16, 5, &[]).is_ok());
+        // A body cut short of its head or its runs.
+        let b = encode(|w| w.early_pfns(16, 5, &runs).unwrap());
+        let body = &b[8..8 + 16 + 8 + 32];
+        for cut in [0, 8, 16, 23, 40] {
+            assert!(decode(RecordType::EarlyPfns, &body[..cut], None).is_err());
+        }
+        assert!(decode(RecordType::EarlyPfns, body, None).is_ok());
     }
 
     #[test]

@@ -478,14 +478,25 @@ impl SourceSession {
                 .ready_bound
                 .as_ref()
                 .map(|(t, c)| (*t, Watchdog::new(c.clone(), Instant::now() + *t)));
-            let ready = back.next_record().map_err(|e| match &dog {
-                Some((t, d)) if d.fired() => Error::Timeout {
-                    peer: "destination",
-                    waiting_for: "READY",
-                    after_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
-                },
-                _ => e.into(),
-            });
+            // An EARLY_DONE the source stopped waiting for (Xen's early
+            // page-out, issue #15) may still come first: it says nothing
+            // about the switch.
+            let mut early_done = true;
+            let mut ready = Err(Error::Protocol(String::new()));
+            while early_done {
+                ready = back.next_record().map_err(|e| match &dog {
+                    Some((t, d)) if d.fired() => Error::Timeout {
+                        peer: "destination",
+                        waiting_for: "READY",
+                        after_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                    },
+                    _ => e.into(),
+                });
+                early_done = matches!(ready, Ok(Record::EarlyDone(_)));
+                if early_done {
+                    debug!("a late EARLY_DONE before READY");
+                }
+            }
             drop(dog);
             match ready? {
                 Record::Ready => {}

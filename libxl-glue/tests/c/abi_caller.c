@@ -143,6 +143,8 @@ int main(int argc, char **argv)
     SHOW(REC_TYPE_POSTCOPY_ABORT);
     SHOW(REC_TYPE_POSTCOPY_READY);
     SHOW(REC_TYPE_POSTCOPY_ACK);
+    SHOW(REC_TYPE_POSTCOPY_EARLY_PFNS);
+    SHOW(REC_TYPE_POSTCOPY_EARLY_DONE);
     SHOW(LIBXL_POSTCOPY_PREPAGE_NONE);
     SHOW(LIBXL_POSTCOPY_PREPAGE_LINEAR);
     SHOW(LIBXL_POSTCOPY_PREPAGE_BUBBLE);
@@ -202,6 +204,8 @@ int main(int argc, char **argv)
     rc = 0;
     CHECK(libxl_postcopy_restore_begin(&rp, NULL, 0, &rc) == NULL);
     CHECK(rc < 0);
+    CHECK(libxl_postcopy_restore_early(NULL, NULL, 0) == -EINVAL);
+    CHECK(libxl_postcopy_restore_early(&rp, NULL, 8) == -EINVAL);
     CHECK(libxl_postcopy_save_transition(NULL) == -EINVAL);
     CHECK(libxl_postcopy_save_serve(NULL) == -EINVAL);
     CHECK(libxl_postcopy_restore_record(NULL, REC_TYPE_POSTCOPY_PFNS, NULL, 0) == -EINVAL);
@@ -216,6 +220,7 @@ int main(int argc, char **argv)
             "libxl_postcopy_abi_version", "libxl_postcopy_parse_strategy",
             "libxl_postcopy_save_begin", "libxl_postcopy_save_transition",
             "libxl_postcopy_save_serve", "libxl_postcopy_save_free",
+            "libxl_postcopy_restore_early",
             "libxl_postcopy_restore_begin", "libxl_postcopy_restore_record",
             "libxl_postcopy_restore_serve", "libxl_postcopy_restore_free",
             "libxl_postcopy_precopy_policy",
