@@ -76,7 +76,7 @@
 #include <xenctrl.h>
 #include <xentoollog.h>
 
-#define LIBXL_POSTCOPY_ABI_VERSION 5
+#define LIBXL_POSTCOPY_ABI_VERSION 6
 #define LIBXL_POSTCOPY_SONAME "libxl_postcopy.so.1"
 
 /* Stream record types, allocated above Xen 4.17's last (0x12). */
