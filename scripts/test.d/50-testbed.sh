@@ -85,7 +85,9 @@ run_series 4.17 "$TB"
 # (2026-12-07) failed before anything was suspended, xl's ssh to host B
 # closed by B's sshd before authentication ("Connection closed by
 # 10.9.0.2 port 22"), while the same scenario passed in the two runs
-# before it; until that is understood it would fail CI at random.
+# before it: host A's emulated CPU had stalled ~80 s mid-handshake (dom0
+# "soft lockup ... [ssh]", a long clocksource readout).  Until the retry
+# above counts that as the emulator's, it would fail CI at random.
 if [ "${TESTBED_TWOHOST:-0}" = 1 ]; then
 	step "testbed: Xen 4.17: two hosts, PV disk and NIC busy (twohost)"
 	run_series 4.17 "$TB" twohost 2
