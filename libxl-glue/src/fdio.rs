@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// How often a blocked read looks at its stop flag.
 const POLL_MS: i32 = 100;
@@ -17,12 +18,17 @@ const POLL_MS: i32 = 100;
 pub struct FdIo {
     fd: RawFd,
     stop: Option<Arc<AtomicBool>>,
+    deadline: Option<Instant>,
 }
 
 impl FdIo {
     /// Wraps `fd`, which the caller keeps open for as long as this is used.
     pub fn new(fd: RawFd) -> FdIo {
-        FdIo { fd, stop: None }
+        FdIo {
+            fd,
+            stop: None,
+            deadline: None,
+        }
     }
 
     /// Same fd; reads fail with `Interrupted`-free `ConnectionAborted` once
@@ -31,16 +37,29 @@ impl FdIo {
         FdIo {
             fd,
             stop: Some(stop),
+            deadline: None,
+        }
+    }
+
+    /// Same fd; reads fail with `TimedOut` once `deadline` has passed.
+    pub fn with_deadline(fd: RawFd, deadline: Instant) -> FdIo {
+        FdIo {
+            fd,
+            stop: None,
+            deadline: Some(deadline),
         }
     }
 
     fn wait_readable(&self) -> io::Result<()> {
-        let Some(stop) = &self.stop else {
+        if self.stop.is_none() && self.deadline.is_none() {
             return Ok(());
-        };
+        }
         loop {
-            if stop.load(Ordering::SeqCst) {
+            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
                 return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "stopped"));
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
             }
             let mut pfd = libc::pollfd {
                 fd: self.fd,
@@ -105,5 +124,15 @@ mod tests {
         stop.store(true, Ordering::SeqCst);
         let e = r.read(&mut five).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[test]
+    fn a_silent_peer_costs_the_deadline() {
+        let (_a, b) = UnixStream::pair().unwrap();
+        let t = Instant::now();
+        let mut r = FdIo::with_deadline(b.as_raw_fd(), t + std::time::Duration::from_millis(250));
+        let e = r.read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(250));
     }
 }

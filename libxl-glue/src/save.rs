@@ -283,17 +283,8 @@ pub fn send_early<O: XenOps>(
         sent.records += 1;
     }
     w.flush()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let timer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout) {
-                stop.store(true, Ordering::SeqCst);
-            }
-        })
-    };
-    let mut back = RecordReader::new(FdIo::with_stop(back_fd, stop.clone()), None);
+    let deadline = Instant::now() + timeout;
+    let mut back = RecordReader::new(FdIo::with_deadline(back_fd, deadline), None);
     let mut answers = 0;
     let result = loop {
         if answers == sent.records {
@@ -312,12 +303,10 @@ pub fn send_early<O: XenOps>(
                 }
                 .into())
             }
-            Err(_) if stop.load(Ordering::SeqCst) => break Ok(()),
+            Err(_) if Instant::now() >= deadline => break Ok(()),
             Err(e) => break Err(e.into()),
         }
     };
-    drop(done_tx);
-    let _ = timer.join();
     sent.answered = answers == sent.records;
     sent.took = t.elapsed();
     result?;
