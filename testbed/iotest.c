@@ -26,7 +26,7 @@
  * counts by origin.  A buffer the backend left unwritten still holds the
  * poison or an older block and fails the check.
  *
- *   iotest net-client IP PORT [PAUSE_MS]
+ *   iotest net-client IP PORT [PAUSE_MS [FILE_MIB]]
  *
  * In the guest: a TCP stream to an `iotest net-server` on another host.
  * Each round sends 64 KiB of data generated from the round number and
@@ -36,9 +36,20 @@
  *   NET pass N ok=1 rounds=R bytes=B errors=E bad=0 maxgap_ms=G
  *
  * (G: the longest round trip; PAUSE_MS, 20, between rounds: the
- * emulated hosts' CPUs are shared with the rest of the scenario).  A connection error or a 60 s silence is
- * an error ("NET ERROR ..."), the client reconnects; a wrong byte is
- * "NET BAD ..." (ok=0).
+ * emulated hosts' CPUs are shared with the rest of the scenario).  A
+ * connection error or a 60 s silence is an error ("NET ERROR ..."), the
+ * client reconnects; a wrong byte is "NET BAD ..." (ok=0).
+ *
+ * With FILE_MIB (> 0), the rounds' data comes from a memfd of FILE_MIB MiB
+ * written once at the start, one 64 KiB block per round in rotation, and
+ * goes out with sendfile(): the kernel hands the file's own pages to the
+ * NIC, and xen-netfront grants them to netback without the guest's CPU
+ * reading them again.  After a post-copy switch most of the file is still
+ * on the source, so netback's grant copy or map of the guest's transmit
+ * pages meets frames that have not arrived (GNTST_eagain; in Linux's
+ * netback that happens in NAPI context).  The server checks the data as
+ * for any round; the echo is checked against the generator, never by
+ * reading the file.
  *
  *   iotest net-server PORT
  *
@@ -57,6 +68,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -225,17 +238,59 @@ static int dial(const char *ip, int port)
 	return fd;
 }
 
-static int net_client(const char *ip, int port, int pause_ms)
+/* the seq of file block b: its own range, never a plain round's */
+#define FILE_SEQ(stream, b) (((stream) << 32) ^ (1ull << 31) ^ (uint64_t)(b))
+
+/* A memfd of nb blocks, block b the data of FILE_SEQ(stream, b). */
+static int net_file(long nb, uint64_t stream, uint64_t *scratch)
+{
+	int f = memfd_create("iotest-net", 0);
+	if (f < 0)
+		return -1;
+	for (long b = 0; b < nb; b++) {
+		fill(scratch, ROUND / 8, FILE_SEQ(stream, b), 7);
+		if (pwrite(f, scratch, ROUND, (off_t)b * ROUND) != ROUND) {
+			close(f);
+			return -1;
+		}
+	}
+	return f;
+}
+
+/* sendfile() all of block b of f to the socket */
+static int send_block(int fd, int f, long b)
+{
+	off_t off = (off_t)b * ROUND, end = off + ROUND;
+	while (off < end) {
+		ssize_t k = sendfile(fd, f, &off, (size_t)(end - off));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k == 0 ? -2 : -1;
+	}
+	return 0;
+}
+
+static int net_client(const char *ip, int port, int pause_ms, long file_mib)
 {
 	uint64_t *out = malloc(ROUND), *in = malloc(ROUND), seq = 0, bytes = 0, rounds = 0;
-	long errors = 0, bad = 0, pass = 0;
-	int fd = -1;
+	long errors = 0, bad = 0, pass = 0, nb = file_mib * 1024 * 1024 / ROUND;
+	int fd = -1, f = -1;
 	double tick = now(), maxgap = 0;
 	if (!out || !in)
 		return 1;
 	/* each run its own data stream: a reconnecting client after a reboot
 	 * is not mistaken for the old one */
 	uint64_t stream = (uint64_t)getpid() ^ ((uint64_t)time(NULL) << 16);
+	if (nb > 0) {
+		f = net_file(nb, stream, out);
+		if (f < 0) {
+			printf("NET ERROR file mib=%ld errno=%d (%s)\n", file_mib, errno, strerror(errno));
+			return 1;
+		}
+		printf("NET file ready mib=%ld blocks=%ld (rounds sent with sendfile)\n", file_mib, nb);
+		fflush(stdout);
+	}
 	for (;;) {
 		if (fd < 0) {
 			fd = dial(ip, port);
@@ -252,11 +307,15 @@ static int net_client(const char *ip, int port, int pause_ms)
 		}
 		seq++;
 		struct hdr h = {.magic = MAGIC, .len = ROUND, .seq = (stream << 32) ^ seq};
-		fill(out, ROUND / 8, h.seq, 7);
+		long b = nb > 0 ? (long)((seq - 1) % (uint64_t)nb) : -1;
+		if (b >= 0)
+			h.seq = FILE_SEQ(stream, b);
+		else
+			fill(out, ROUND / 8, h.seq, 7);
 		double t = now();
 		int rc = full(fd, &h, sizeof(h), 1);
 		if (!rc)
-			rc = full(fd, out, ROUND, 1);
+			rc = b >= 0 ? send_block(fd, f, b) : full(fd, out, ROUND, 1);
 		struct hdr r;
 		if (!rc)
 			rc = full(fd, &r, sizeof(r), 0);
@@ -374,10 +433,11 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "disk"))
 		return disk(argv[2], atol(argv[3]), argc == 5 ? atol(argv[4]) : 0);
-	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "net-client"))
-		return net_client(argv[2], atoi(argv[3]), argc == 5 ? atoi(argv[4]) : 20);
+	if (argc >= 4 && argc <= 6 && !strcmp(argv[1], "net-client"))
+		return net_client(argv[2], atoi(argv[3]), argc >= 5 ? atoi(argv[4]) : 20,
+				  argc == 6 ? atol(argv[5]) : 0);
 	if (argc == 3 && !strcmp(argv[1], "net-server"))
 		return net_server(atoi(argv[2]));
-	fprintf(stderr, "usage: iotest disk DEV MIB [POOL_MIB] | net-client IP PORT [PAUSE_MS] | net-server PORT\n");
+	fprintf(stderr, "usage: iotest disk DEV MIB [POOL_MIB] | net-client IP PORT [PAUSE_MS [FILE_MIB]] | net-server PORT\n");
 	return 2;
 }
