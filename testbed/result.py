@@ -127,6 +127,9 @@ for f in glob.glob(os.path.join(d, "guest-*.log")) + glob.glob(os.path.join(d, "
         if m:
             kernel = m.group(1)
 r["verified_passes_after_migration"] = passes
+# pages the verifier found wrong (a BAD word or a failed syscall check), on
+# either side of the switch: never the emulator's (CI retries on that)
+r["memory_bad"] = bad + syscalls_bad
 def dur_ms(text):
     """A Rust Duration's Debug text ('1.06s', '77.3ms', '950µs') in ms."""
     m = re.match(r"([0-9.]+)(s|ms|µs|us|ns)$", text or "")

@@ -41,14 +41,14 @@ step "testbed: postcopy scenario on the emulated Xen host"
 # series' testbed (its own cache folder TB), with the retries above (TRIES
 # in all, 4).
 run_series() {
-	local v=$1 TB=$2 sc=${3:-postcopy} tries=${4:-4} try=1 r deaths boots integrity emu
+	local v=$1 TB=$2 sc=${3:-postcopy} tries=${4:-4} try=1 r deaths boots membad emu
 	while ! TESTBED_XEN=$v TB=$TB scripts/testbed "$sc"; do
 		r=$TB/results/$sc
 		deaths=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("guest_deaths") or 0)' "$r/result.json" 2>/dev/null || echo 0)
 		# a guest that died at boot just as the migration was to begin (xl
 		# restarting it) fails xl migrate at once with no guest death counted
 		boots=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1])).get("boot_deaths") or []))' "$r/result.json" 2>/dev/null || echo 0)
-		integrity=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("integrity_ok"))' "$r/result.json" 2>/dev/null || echo None)
+		membad=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("memory_bad") or 0)' "$r/result.json" 2>/dev/null || echo 0)
 		# Xen's serial console (boot.log) holds every line of the boot; xl
 		# dmesg's ring is small and the post-mortem's own lines can push the
 		# triple fault out of it.  The emulator's other signature: Xen itself
@@ -60,7 +60,7 @@ run_series() {
 		elif grep -aq 'DOUBLE FAULT -- system shutdown' "$TB/results/boot.log" 2>/dev/null &&
 			grep -aq 'differs from expected' "$TB/results/boot.log"; then
 			emu='a Xen double fault on a user-space stack'
-		elif [ "$integrity" != False ] &&
+		elif [ "$membad" = 0 ] &&
 			grep -aqE 'soft lockup|clocksource: Long readout interval' \
 				"$r/dmesg-scenario.txt" "$r/hostb/dmesg-scenario.txt" 2>/dev/null; then
 			# The third: an emulated CPU that stopped for tens of seconds
