@@ -1308,8 +1308,11 @@ fn run_session<M: DestinationMemory + ?Sized>(
         }
         first_real_error([bulk_result, rep, fwd])
     });
-    Metrics::add(&shared.metrics.bytes_received, bulk.bytes_read());
-    Metrics::add(&shared.metrics.bytes_sent, lock(&fault_tx).bytes_written());
+    Metrics::add(&shared.metrics.bytes_received, bulk.take_unreported());
+    Metrics::add(
+        &shared.metrics.bytes_sent,
+        lock(&fault_tx).take_unreported(),
+    );
     result
 }
 
@@ -1431,6 +1434,8 @@ fn read_bulk<M: DestinationMemory + ?Sized, R: Read, W: Write>(
         if shared.failed.load(Ordering::SeqCst) {
             return Err(Error::Aborted);
         }
+        // Live for the admin's status: the last record's bytes.
+        Metrics::add(&shared.metrics.bytes_received, bulk.take_unreported());
         let t0 = Instant::now();
         let (rec, wire) = bulk.next_record_staged(|n| shared.mem.staging(n));
         shared.metrics.add_time(Part::Wire, wire);
@@ -1475,6 +1480,7 @@ fn read_bulk<M: DestinationMemory + ?Sized, R: Read, W: Write>(
             let mut w = lock(fault_tx);
             w.count(RecordType::Ack, bulk.bytes_read().saturating_sub(base))?;
             w.flush()?;
+            Metrics::add(&shared.metrics.bytes_sent, w.take_unreported());
         }
     }
 }
@@ -1511,6 +1517,8 @@ fn read_replies<M: DestinationMemory + ?Sized>(
 ) -> Result<(), Error> {
     let mut reader = RecordReader::new(rx, Some(guest_pfns));
     let result = loop {
+        // Live for the admin's status: the last reply's bytes.
+        Metrics::add(&shared.metrics.bytes_received, reader.take_unreported());
         let rec = match reader.next_record() {
             Ok(r) => r,
             Err(e) => break Err(e.into()),
@@ -1548,7 +1556,7 @@ fn read_replies<M: DestinationMemory + ?Sized>(
             }
         }
     };
-    Metrics::add(&shared.metrics.bytes_received, reader.bytes_read());
+    Metrics::add(&shared.metrics.bytes_received, reader.take_unreported());
     result
 }
 
@@ -1611,6 +1619,7 @@ fn forward_faults<M: DestinationMemory + ?Sized, W: Write>(
             let mut w = lock(tx);
             w.pfn_list(RecordType::Fault, &batch)?;
             w.flush()?;
+            Metrics::add(&shared.metrics.bytes_sent, w.take_unreported());
         }
     }
 }

@@ -888,6 +888,9 @@ pub struct RecordReader<R> {
     buf: Vec<u8>,
     guest_pfns: Option<u64>,
     bytes: u64,
+    /// Of `bytes`, how many [`take_unreported`](Self::take_unreported)
+    /// handed out.
+    reported: u64,
     /// Time spent in the stream's read calls (timed per call of
     /// `read_exact_or`: twice per record, never per page).
     read_time: std::time::Duration,
@@ -920,6 +923,7 @@ impl<R: Read> RecordReader<R> {
             buf: Vec::new(),
             guest_pfns,
             bytes: 0,
+            reported: 0,
             read_time: std::time::Duration::ZERO,
         }
     }
@@ -932,6 +936,14 @@ impl<R: Read> RecordReader<R> {
     /// Bytes consumed so far, headers and padding included.
     pub fn bytes_read(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes consumed since the last call: what a live counter (the
+    /// admin's status) has not been given yet.
+    pub fn take_unreported(&mut self) -> u64 {
+        let n = self.bytes - self.reported;
+        self.reported = self.bytes;
+        n
     }
 
     /// The wrapped stream.
@@ -1104,6 +1116,9 @@ pub struct RecordWriter<W> {
     inner: W,
     buf: Vec<u8>,
     bytes: u64,
+    /// Of `bytes`, how many [`take_unreported`](Self::take_unreported)
+    /// handed out.
+    reported: u64,
 }
 
 impl<W: Write> RecordWriter<W> {
@@ -1113,12 +1128,21 @@ impl<W: Write> RecordWriter<W> {
             inner,
             buf: Vec::with_capacity(64 * 1024),
             bytes: 0,
+            reported: 0,
         }
     }
 
     /// Bytes written so far, headers and padding included.
     pub fn bytes_written(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes written since the last call: what a live counter (the
+    /// admin's status) has not been given yet.
+    pub fn take_unreported(&mut self) -> u64 {
+        let n = self.bytes - self.reported;
+        self.reported = self.bytes;
+        n
     }
 
     /// The wrapped stream.

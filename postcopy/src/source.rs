@@ -270,7 +270,11 @@ fn send_pages_staged<M: SourceMemory + ?Sized>(
     staged.get_mut().clear();
     send_pages(mem, staged, pfns, cause, buf, metrics)?;
     let t = Instant::now();
-    lock(bulk).append(staged.get_mut())?;
+    {
+        let mut b = lock(bulk);
+        b.append(staged.get_mut())?;
+        Metrics::add(&metrics.bytes_sent, b.take_unreported());
+    }
     if cause != Cause::Precopy {
         metrics.add_time(Part::Send, t.elapsed());
     }
@@ -989,7 +993,7 @@ fn serve_recovering<M: SourceMemory + ?Sized>(
             shared,
             ctx,
         );
-        Metrics::add(&metrics.bytes_sent, lock(&bulk).bytes_written());
+        Metrics::add(&metrics.bytes_sent, lock(&bulk).take_unreported());
         let error = match r {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -1132,9 +1136,11 @@ enum ReplyTx<'a> {
 }
 
 impl ReplyTx<'_> {
-    fn bytes_written(&self) -> u64 {
+    /// Bytes written since the last call (see
+    /// [`RecordWriter::take_unreported`]).
+    fn take_unreported(&mut self) -> u64 {
         match self {
-            ReplyTx::Own(w) => w.bytes_written(),
+            ReplyTx::Own(w) => w.take_unreported(),
             // Counted with the stream's.
             ReplyTx::InBand(_) => 0,
         }
@@ -1459,6 +1465,10 @@ fn fault_server<M: SourceMemory + ?Sized>(
     let mut redundant = 0u64;
     let limit = flood_limit(lock(&shared.sched).owed());
     let result = loop {
+        // The byte counters stay live for the admin's status (the last
+        // record's bytes and the replies to it).
+        Metrics::add(&metrics.bytes_received, reader.take_unreported());
+        Metrics::add(&metrics.bytes_sent, tx.take_unreported());
         let rec = match reader.next_record() {
             Ok(r) => r,
             Err(e) => break Err(e.into()),
@@ -1567,8 +1577,8 @@ fn fault_server<M: SourceMemory + ?Sized>(
             break Err(Error::Aborted);
         }
     };
-    Metrics::add(&metrics.bytes_received, reader.bytes_read());
-    Metrics::add(&metrics.bytes_sent, tx.bytes_written());
+    Metrics::add(&metrics.bytes_received, reader.take_unreported());
+    Metrics::add(&metrics.bytes_sent, tx.take_unreported());
     result
 }
 

@@ -65,6 +65,10 @@ struct Run {
     faults: u64,
     image_ok: bool,
     window_ms: f64,
+    /// Seen while pages were still owed: the source's bytes sent and the
+    /// destination's bytes received above zero (the admin's status reads
+    /// these counters live).
+    live_bytes: (bool, bool),
 }
 
 /// One migration of `n` pages pushed one page per record in pfn order,
@@ -86,7 +90,7 @@ fn migrate(n: u64, window: Option<u64>, lane: bool) -> Run {
     };
     let (src_m, dst_m) = (Metrics::new(), Metrics::new());
     let done = AtomicBool::new(false);
-    let (s, d) = std::thread::scope(|sc| {
+    let (s, d, live_bytes) = std::thread::scope(|sc| {
         let dest = sc.spawn(|| -> Result<(), postcopy::Error> {
             let mut bulk: RecordReader<Box<dyn Read + Send>> =
                 RecordReader::new(d_links.bulk, None);
@@ -122,6 +126,18 @@ fn migrate(n: u64, window: Option<u64>, lane: bool) -> Run {
             done.store(true, Ordering::SeqCst);
             r
         });
+        // The admin's status: the byte counters while pages are owed.
+        let sampler = sc.spawn(|| {
+            let (mut src_live, mut dst_live) = (false, false);
+            while !done.load(Ordering::SeqCst) {
+                let (s, d) = (src_m.snapshot(), dst_m.snapshot());
+                src_live |= s.bytes_sent > 0 && s.pages_pushed + s.pages_faulted + s.pages_zero < n;
+                dst_live |=
+                    d.bytes_received > 0 && d.pages_pushed + d.pages_faulted + d.pages_zero < n;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (src_live, dst_live)
+        });
         // The vCPU: a page far ahead of the push every 15 ms.
         sc.spawn(|| {
             let mut p = n - 1;
@@ -153,7 +169,8 @@ fn migrate(n: u64, window: Option<u64>, lane: bool) -> Run {
                 None,
             )
         })();
-        (source, dest.join().expect("destination thread panicked"))
+        let d = dest.join().expect("destination thread panicked");
+        (source, d, sampler.join().expect("sampler thread panicked"))
     });
     s.expect("source");
     d.expect("destination");
@@ -169,6 +186,7 @@ fn migrate(n: u64, window: Option<u64>, lane: bool) -> Run {
         faults: snap.fault_latency_us.count,
         image_ok: dst.image() == expected && src.pfn_count() == n,
         window_ms,
+        live_bytes,
     }
 }
 
@@ -218,6 +236,11 @@ fn on_the_fault_lane_a_reply_never_waits_behind_the_push() {
     let lane = migrate(n, None, true);
     let open = migrate(n, None, false);
     assert_a_third(("lane", &lane), ("in-band", &open));
+    // The status's byte counters move while the migration runs, on both
+    // ends and both ways of sending replies.
+    for (name, r) in [("lane", &lane), ("in-band", &open)] {
+        assert_eq!(r.live_bytes, (true, true), "{name}: live byte counters");
+    }
 }
 
 #[test]
