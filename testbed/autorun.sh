@@ -625,8 +625,13 @@ host_setup() {
 	printf 'Host *\n  BatchMode yes\n  ConnectTimeout 20\n  ServerAliveInterval 15\n  ServerAliveCountMax 8\n' > /root/.ssh/config
 	install -m 600 /mnt/host/ssh/token /etc/xen/postcopy-tunnel.token
 	mkdir -p /run/sshd
+	# LoginGraceTime: sshd drops a connection not authenticated in time
+	# (120 s by default, on this host's clock).  An emulated CPU that
+	# stalls for ~80 s mid-handshake on the other host (seen twice, once
+	# in CI: "Connection closed by 10.9.0.2 port 22" before xl migrate
+	# suspended anything) outlasts that; 600 s still bounds a stranger.
 	/usr/sbin/sshd -o HostKey=/etc/ssh/ssh_host_ed25519_key -o PermitRootLogin=prohibit-password \
-		-o UseDNS=no -E /var/log/sshd.log && ts "sshd started"
+		-o UseDNS=no -o LoginGraceTime=600 -E /var/log/sshd.log && ts "sshd started"
 }
 # peer_main (host B): serve until host A touches /tmp/peer-done (bounded).
 peer_main() {
