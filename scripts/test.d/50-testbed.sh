@@ -62,14 +62,17 @@ run_series() {
 			emu='a Xen double fault on a user-space stack'
 		elif [ "$membad" = 0 ] &&
 			grep -aqE 'soft lockup|clocksource: Long readout interval' \
-				"$r/dmesg-scenario.txt" "$r/hostb/dmesg-scenario.txt" 2>/dev/null; then
+				"$r/dmesg-scenario.txt" "$r/hostb/dmesg-scenario.txt" \
+				"$TB/results/boot.log" "$TB/results/hostb/boot.log" 2>/dev/null; then
 			# The third: an emulated CPU that stopped for tens of seconds
 			# (QEMU's TCG thread starved by the other host's on 2 cores):
 			# dom0's watchdog sees a soft lockup in whatever ran, its
 			# clocksource watchdog a readout that took seconds, and a peer
 			# times the stalled host out (twohost's first CI run: xl's ssh
-			# to host B dropped mid-handshake).  Never when the guest's
-			# memory was checked and found wrong.
+			# to host B dropped mid-handshake).  The serial consoles
+			# too: a scenario whose host stalled until QEMU's time limit
+			# never wrote its dmesg.  Never when the guest's memory was
+			# checked and found wrong.
 			emu='an emulated CPU stalled for seconds (dom0 soft lockup / long clocksource readout)'
 		fi
 		if [ "$try" -ge "$tries" ] || [ -z "$emu" ]; then
@@ -77,7 +80,8 @@ run_series() {
 		fi
 		echo "testbed: Xen $v: try $try ended in $emu (the emulator's, see docs/issue-21-triple-fault.md):"
 		grep -ah -A4 -e 'Triple fault' -e 'DOUBLE FAULT' "$TB/results/boot.log" "$r/xl-dmesg.txt" 2>/dev/null | tr -d '\r' | head -n 10 || true
-		grep -ah -e 'soft lockup' -e 'Long readout' "$r/dmesg-scenario.txt" "$r/hostb/dmesg-scenario.txt" 2>/dev/null | head -n 6 || true
+		grep -ah -e 'soft lockup' -e 'Long readout' "$r/dmesg-scenario.txt" "$r/hostb/dmesg-scenario.txt" \
+			"$TB/results/boot.log" "$TB/results/hostb/boot.log" 2>/dev/null | head -n 6 || true
 		try=$((try + 1))
 		step "testbed: Xen $v: $sc scenario, try $try"
 	done
