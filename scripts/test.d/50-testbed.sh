@@ -100,10 +100,11 @@ run_series 4.17 "$TB"
 # them: its first clean-clone CI run failed before anything was suspended
 # when host A's emulated CPU made no progress for ~80 s in xl's ssh
 # handshake and host B's sshd dropped the connection).  Opt-in
-# (TESTBED_TWOHOST=1): on this 2-core machine one try takes 30-40 min
-# (the stress guest's first disk pass alone ~15 min before the
-# migration), so with its retry it would take CI past its time limit; a
-# lighter two-host scenario with devices is to be found for CI.
+# (TESTBED_TWOHOST=1): in a CI-style run on a quiet machine (2026-12-07)
+# one try had not begun its migration 20 min after the hosts booted (the
+# stress guest's first disk pass), and a post-copy over ssh here takes
+# 7-12 min more: with its retry that would take CI past its time limit.
+# A lighter two-host scenario with devices is to be found for CI.
 if [ "${TESTBED_TWOHOST:-0}" = 1 ]; then
 	step "testbed: Xen 4.17: two hosts, PV disk and NIC busy (twohost)"
 	run_series 4.17 "$TB" twohost 2
