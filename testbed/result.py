@@ -800,6 +800,22 @@ else:
     r["net_ok"] = None
 if r["disk_ok"] is False or r["net_ok"] is False:
     r["ok"] = False
+# grants=1: postcopy_grants.ko in the guest reads each frame before it is
+# granted; its counters, last printed on the guest's console (both hosts)
+gt = None
+for f in consoles:
+    for line in open(f, errors="replace"):
+        m = re.search(r"GUEST-GRANTS insmod rc=(\d+)", line)
+        if m:
+            gt = gt or {"touched": 0, "skipped": 0}
+            gt["loaded"] = m.group(1) == "0"
+        m = re.search(r"GUEST-GRANTS touched=(\d+) skipped=(\d+)", line)
+        if m and gt:
+            gt["touched"] = max(gt["touched"], int(m.group(1)))
+            gt["skipped"] = max(gt["skipped"], int(m.group(2)))
+r["grant_touch"] = gt
+if gt is not None and not gt.get("loaded"):
+    r["ok"] = False
 # What dom0's backends said during the scenario, on each host (the lines
 # since it began): blkback, netback, the grant table driver.  Linux retries
 # a grant op that Xen answers GNTST_eagain (an absent page) with growing
