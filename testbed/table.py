@@ -8,7 +8,9 @@ all migrations (result.json has each one in per_migration).
 Usage: table.py RESULTS_DIR [SCENARIO...]
 
 seed-MIB scenarios also get a second table: one row per migration (pre-copy,
-hybrid, post-copy of the same guest) with the ratios to pre-copy."""
+hybrid, post-copy of the same guest) with the ratios to pre-copy.  Guests
+with a disk or NIC, or on two hosts, get one more: faults and blocktime by
+origin (guest vCPU or dom0 backend), devices verified, backend errors."""
 import glob
 import json
 import os
@@ -95,3 +97,35 @@ for n, r in results(seeds, 13):
             round(sb / 1048576) if sb else None, m.get("guest_stall_ms"), w.get("during_vs_before"),
             w.get("lost_s"), ratio(m, "total_time_ms"), ratio(m, "pages_transferred"),
             ratio(m, "downtime_ms")]) + " |")
+
+# Guests with devices, or on two hosts (issue #16): where the faults came
+# from (a guest vCPU or a dom0 backend / device model, "foreign"), how long
+# each waited, the devices' verification and what the backends said.
+devs = [n for n in names if n not in seeds]
+devrows = []
+for n in devs:
+    try:
+        r = json.load(open(os.path.join(d, n, "result.json")))
+    except (OSError, ValueError):
+        continue
+    if (r.get("hosts") or 1) > 1 or r.get("disk_ok") is not None or r.get("net_ok") is not None:
+        devrows.append((n, r))
+if devrows:
+    print()
+    header(["scenario", "hosts", "transport", "vCPUs", "ok", "total ms", "downtime ms", "faults by origin",
+            "blocktime ms by origin", "guest max stall ms", "disk ok", "net ok", "backend errors",
+            "frames read before granting"])
+
+
+def by_origin(m):
+    return ", ".join(f"{k} {v}" for k, v in sorted(m.items())) if m else None
+
+
+for n, r in devrows:
+    gt = r.get("grant_touch")
+    dt = r.get("downtime_ms")
+    print("| " + " | ".join(cell(x) for x in [
+        n, r.get("hosts"), r.get("transport"), r.get("vcpus"), "yes" if r.get("ok") else "**no**",
+        r.get("total_time_ms"), round(dt) if dt is not None else None, by_origin(r.get("faults_by_origin")),
+        by_origin(r.get("blocktime_ms")), r.get("guest_max_stall_ms"), r.get("disk_ok"), r.get("net_ok"),
+        r.get("backend_errors"), (gt or {}).get("touched") if gt else "(not loaded)"]) + " |")
