@@ -43,9 +43,10 @@ check_ok() {
 		fail=1
 	fi
 }
-check_bad() {
+check_bad() { # FILE REASON [VERIFIER ARGS...]
 	local file=$1 reason=$2
-	if verify -i "$out/$file" >"$out/log" 2>&1; then
+	shift 2
+	if verify "$@" -i "$out/$file" >"$out/log" 2>&1; then
 		echo "FAIL: $file verified, expected: $reason" >&2
 		fail=1
 	elif grep -q "RecordError: .*$reason" "$out/log"; then
@@ -61,9 +62,15 @@ check_ok "libxc stream (post-copy)" -v -i "$out/forward.libxc"
 check_ok "libxl stream (post-copy, transition end)" -f libxl -i "$out/forward.libxl"
 check_ok "back channel" -f postcopy-back --guest-pfns 4096 -i "$out/back.stream"
 check_ok "back channel, aborted" -f postcopy-back -i "$out/back-abort.stream"
+check_ok "libxc stream with the early page-out (EARLY_PFNS, BEGIN asks for ACKs)" -v -i "$out/forward-early.libxc"
+check_ok "back channel with EARLY_DONE, READY and ACKs" -f postcopy-back --guest-pfns 4096 -i "$out/back-early.stream"
 check_bad bad-duplicate.libxc "sent twice"
 check_bad bad-missing.libxc "owed pages still missing"
 check_bad bad-not-owed.libxc "was not owed"
 check_bad bad-back-in-forward.libxc "Back channel record in the forward stream"
 check_bad bad-push-before-transition.libxc "cause push before the transition"
+check_bad bad-early-after-begin.libxc "Postcopy early pfns record after Postcopy begin"
+check_bad bad-early-ring.libxc "covers the ring pfn"
+check_bad bad-early-size.libxc "but Postcopy early pfns said"
+check_bad bad-back-ack.stream "Postcopy ack: .* bytes after" -f postcopy-back --guest-pfns 4096
 exit $fail

@@ -9,11 +9,12 @@
 //!
 //! ```text
 //! forward: IHDR DHDR STATIC_DATA_END
+//!          [EARLY_PFNS... (early page-out, while the guest runs)]
 //!          BEGIN [PAGE_DATA precopy] [ZERO freed] PFNS... VCPU_STATE
 //!          HVM_CONTEXT HVM_PARAMS TRANSITION
 //!          (libxl: POSTCOPY_TRANSITION_END)
 //!          PAGE_DATA fault / PAGE_DATA push / ZERO ... COMPLETE END
-//! back:    RESUMED FAULT... COMPLETE
+//! back:    [EARLY_DONE...] [READY] RESUMED FAULT... [ACK...] COMPLETE
 //!          (or, giving up before the guest resumed: FAULT... ABORT)
 //! ```
 //!
@@ -29,7 +30,9 @@ use std::path::Path;
 
 use postcopy::memory::PfnRun;
 use postcopy::prepage::StrategySpec;
-use postcopy::records::{BeginBody, Cause, RecordType, RecordWriter, STREAM_VERSION};
+use postcopy::records::{
+    BeginBody, Cause, RecordType, RecordWriter, BEGIN_ACKS, STREAM_VERSION,
+};
 use postcopy::{Pfn, PAGE_SIZE};
 
 const GUEST_PFNS: u64 = 4096;
@@ -58,6 +61,63 @@ enum Fault {
     BackInForward,
     /// A pushed page before TRANSITION.
     PushBeforeTransition,
+    /// EARLY_PFNS after BEGIN.
+    EarlyAfterBegin,
+    /// An EARLY_PFNS run covering the paging ring's pfn.
+    EarlyCoversRing,
+    /// EARLY_PFNS with a guest size other than BEGIN's.
+    EarlyOtherSize,
+}
+
+/// The early page-out's records (issue #15), if the sample has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Early {
+    No,
+    /// Two EARLY_PFNS records before BEGIN, and BEGIN asks for ACKs.
+    Yes,
+}
+
+/// The paging ring's pfn in the early samples.
+const RING_PFN: Pfn = 0xff0;
+
+/// The EARLY_PFNS records: the populated pfns in two records (the
+/// fault-free runs leave the ring pfn out).
+fn early_records(w: &mut RecordWriter<&mut impl Write>, fault: Fault) -> io::Result<()> {
+    let guest = if fault == Fault::EarlyOtherSize {
+        GUEST_PFNS + 1
+    } else {
+        GUEST_PFNS
+    };
+    let last = if fault == Fault::EarlyCoversRing {
+        PfnRun {
+            start: 0xf00,
+            count: 0x100,
+        }
+    } else {
+        PfnRun {
+            start: 0xf00,
+            count: RING_PFN - 0xf00,
+        }
+    };
+    rw(w.early_pfns(
+        guest,
+        RING_PFN,
+        &[PfnRun {
+            start: 16,
+            count: 400,
+        }],
+    ))?;
+    rw(w.early_pfns(
+        guest,
+        RING_PFN,
+        &[
+            PfnRun {
+                start: 2048,
+                count: 128,
+            },
+            last,
+        ],
+    ))
 }
 
 /// One libxc/libxl-framed record: u32 type, u32 length, body, zero padding.
@@ -117,14 +177,19 @@ fn owed_runs() -> Vec<PfnRun> {
 }
 
 /// Writes the forward stream; `libxl` interleaves libxl's transition end.
-fn forward(out: &mut impl Write, fault: Fault, libxl: bool) -> io::Result<u64> {
+fn forward(out: &mut impl Write, fault: Fault, libxl: bool, early: Early) -> io::Result<u64> {
     libxc_headers(out)?;
     raw_record(out, XC_STATIC_DATA_END, &[])?;
+    if early == Early::Yes && fault != Fault::EarlyAfterBegin {
+        let mut w = RecordWriter::new(&mut *out);
+        early_records(&mut w, fault)?;
+        rw(w.flush())?;
+    }
 
     let (strategy, strategy_arg) = StrategySpec::MultiPivot(7).wire_id();
     let begin = BeginBody {
         version: STREAM_VERSION.into(),
-        flags: 0.into(),
+        flags: if early == Early::Yes { BEGIN_ACKS } else { 0 }.into(),
         strategy: strategy.into(),
         strategy_arg: strategy_arg.into(),
         guest_pfns: GUEST_PFNS.into(),
@@ -139,6 +204,9 @@ fn forward(out: &mut impl Write, fault: Fault, libxl: bool) -> io::Result<u64> {
     {
         let mut w = RecordWriter::new(&mut *out);
         rw(w.begin(&begin))?;
+        if fault == Fault::EarlyAfterBegin {
+            early_records(&mut w, fault)?;
+        }
         // Hybrid: one pre-copy batch before the stop, then a page freed
         // since it was sent.
         let pre: Vec<Pfn> = (300..308).collect();
@@ -217,6 +285,21 @@ fn back(out: &mut impl Write, received: u64) -> io::Result<()> {
     rw(w.flush())
 }
 
+/// The back channel of an early page-out migration that asked for ACKs;
+/// `ack_back` makes the second ACK smaller than the first.
+fn back_early(out: &mut impl Write, received: u64, ack_back: bool) -> io::Result<()> {
+    let mut w = RecordWriter::new(out);
+    rw(w.count(RecordType::EarlyDone, 400))?;
+    rw(w.count(RecordType::EarlyDone, 128 + (RING_PFN - 0xf00)))?;
+    rw(w.empty(RecordType::Ready))?;
+    rw(w.count(RecordType::Resumed, 41_000))?;
+    rw(w.pfn_list(RecordType::Fault, &[100]))?;
+    rw(w.count(RecordType::Ack, 1 << 20))?;
+    rw(w.count(RecordType::Ack, if ack_back { 1 << 19 } else { 1 << 21 }))?;
+    rw(w.count(RecordType::Complete, received))?;
+    rw(w.flush())
+}
+
 /// A back channel on which the destination gives up before resuming.
 fn back_abort(out: &mut impl Write) -> io::Result<()> {
     let mut w = RecordWriter::new(out);
@@ -236,19 +319,32 @@ fn main() -> io::Result<()> {
     let dir = Path::new(&dir);
     std::fs::create_dir_all(dir)?;
 
-    let sent = forward(&mut create(dir, "forward.libxc")?, Fault::None, false)?;
+    let sent = forward(
+        &mut create(dir, "forward.libxc")?,
+        Fault::None,
+        false,
+        Early::No,
+    )?;
+    forward(
+        &mut create(dir, "forward-early.libxc")?,
+        Fault::None,
+        false,
+        Early::Yes,
+    )?;
 
     let mut xl = create(dir, "forward.libxl")?;
     xl.write_all(&0x4c69_6278_6c46_6d74u64.to_be_bytes())?; // "LibxlFmt"
     xl.write_all(&2u32.to_be_bytes())?;
     xl.write_all(&0u32.to_be_bytes())?;
     raw_record(&mut xl, XL_LIBXC_CONTEXT, &[])?;
-    forward(&mut xl, Fault::None, true)?;
+    forward(&mut xl, Fault::None, true, Early::No)?;
     raw_record(&mut xl, XL_END, &[])?;
     xl.flush()?;
 
     back(&mut create(dir, "back.stream")?, sent)?;
     back_abort(&mut create(dir, "back-abort.stream")?)?;
+    back_early(&mut create(dir, "back-early.stream")?, sent, false)?;
+    back_early(&mut create(dir, "bad-back-ack.stream")?, sent, true)?;
 
     for (name, fault) in [
         ("bad-duplicate.libxc", Fault::Duplicate),
@@ -259,8 +355,19 @@ fn main() -> io::Result<()> {
             "bad-push-before-transition.libxc",
             Fault::PushBeforeTransition,
         ),
+        ("bad-early-after-begin.libxc", Fault::EarlyAfterBegin),
+        ("bad-early-ring.libxc", Fault::EarlyCoversRing),
+        ("bad-early-size.libxc", Fault::EarlyOtherSize),
     ] {
-        forward(&mut create(dir, name)?, fault, false)?;
+        let early = if matches!(
+            fault,
+            Fault::EarlyAfterBegin | Fault::EarlyCoversRing | Fault::EarlyOtherSize
+        ) {
+            Early::Yes
+        } else {
+            Early::No
+        };
+        forward(&mut create(dir, name)?, fault, false, early)?;
     }
     Ok(())
 }
