@@ -30,9 +30,7 @@ use std::path::Path;
 
 use postcopy::memory::PfnRun;
 use postcopy::prepage::StrategySpec;
-use postcopy::records::{
-    BeginBody, Cause, RecordType, RecordWriter, BEGIN_ACKS, STREAM_VERSION,
-};
+use postcopy::records::{BeginBody, Cause, RecordType, RecordWriter, BEGIN_ACKS, STREAM_VERSION};
 use postcopy::{Pfn, PAGE_SIZE};
 
 const GUEST_PFNS: u64 = 4096;
