@@ -181,12 +181,14 @@ migrate_once() {
 	# fault lane (LIBXL_POSTCOPY_LANE); batch=N: pages per pushed record
 	# (LIBXL_POSTCOPY_PUSH_BATCH; empty: the default, 64); hold=SECS|on: the
 	# push's wait for RESUMED (LIBXL_POSTCOPY_PUSH_HOLD; empty: the
-	# default, none; on: 60 s); read=per-call:
+	# default, none; on: 60 s); residual=SECS: --prepage=none's demand
+	# paging before its residual flush (LIBXL_POSTCOPY_RESIDUAL_AFTER;
+	# empty: the default, 0.5 s of quiet or 5 s); read=per-call:
 	# the source maps and unmaps per read, no kept mappings
 	# (LIBXL_POSTCOPY_READ); early=on|off: the destination pages the
 	# prescan's pfns out before the stop (LIBXL_POSTCOPY_EVICT_EARLY;
 	# empty: the default, off).
-	LIBXL_POSTCOPY_EVICT_EARLY=$early LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
+	LIBXL_POSTCOPY_EVICT_EARLY=$early LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_RESIDUAL_AFTER=$residual LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -736,7 +738,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= early= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= residual= early= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -756,6 +758,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		lane=*) lane=${o#*=}; continue ;;
 		batch=*) batch=${o#*=}; continue ;;
 		hold=*) hold=${o#*=}; continue ;;
+		residual=*) residual=${o#*=}; continue ;;
 		bw_malformed=*) bw_malformed=${o#*=}; continue ;;
 		early=*) early=${o#*=}; continue ;;
 		read=*) read=${o#*=}; continue ;;

@@ -225,6 +225,43 @@ fn push_hold_setting() -> Option<std::time::Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// Environment setting: seconds `--prepage=none` stays pure demand
+/// paging, with no fault for that long or past it, before its residual
+/// flush (both [`PushPolicy::idle_flush`] and
+/// [`PushPolicy::residual_after`]; default [`PushPolicy::XEN`]'s 0.5 s of
+/// quiet or 5 s). The other pre-pagers never idle. For a test that needs
+/// pages to stay absent after the resume (a backend meeting one), or for
+/// a guest whose source should stay needed only for its faults a while.
+pub const RESIDUAL_AFTER_ENV: &str = "LIBXL_POSTCOPY_RESIDUAL_AFTER";
+
+/// `(idle_flush, residual_after)` as [`RESIDUAL_AFTER_ENV`] asks: the
+/// defaults when unset, empty or not a number of seconds (with a warning).
+fn residual_setting() -> (Duration, Duration) {
+    let d = PushPolicy::XEN;
+    let v = match std::env::var(RESIDUAL_AFTER_ENV) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return (d.idle_flush, d.residual_after),
+    };
+    match v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        Some(s) => {
+            info!("post-copy source: {RESIDUAL_AFTER_ENV}={v}: --prepage=none flushes the residue after {s:?}");
+            (s.max(d.idle_flush), s)
+        }
+        None => {
+            warn!(
+                "{RESIDUAL_AFTER_ENV}={v:?} is not a number of seconds; --prepage=none flushes the residue after {:?} of quiet or {:?}",
+                d.idle_flush, d.residual_after
+            );
+            (d.idle_flush, d.residual_after)
+        }
+    }
+}
+
 /// Bound on the wait for the destination's EARLY_DONE before the source
 /// stops its guest anyway (the early page-out then overlaps the stop).
 pub const EARLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -588,6 +625,7 @@ impl<O: XenOps> SaveSession<O> {
         let walked = stopped_at.elapsed();
         let owed = runs_from_sorted(owed);
         let max_bandwidth = max_bandwidth_setting();
+        let (idle_flush, residual_after) = residual_setting();
         match max_bandwidth {
             Some(r) => info!(
                 "post-copy source: push capped at {r} bytes/s ({MAX_BANDWIDTH_ENV}); fault replies exempt"
@@ -604,6 +642,8 @@ impl<O: XenOps> SaveSession<O> {
                 max_bandwidth,
                 window: push_window_setting(),
                 hold_until_resumed: push_hold_setting(),
+                idle_flush,
+                residual_after,
                 ..PushPolicy::XEN
             },
         )?;
@@ -833,6 +873,31 @@ impl<O: XenOps> SaveSession<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn residual_after_sets_both_bounds_and_refuses_nonsense() {
+        // The only test that touches this variable.
+        let d = PushPolicy::XEN;
+        std::env::remove_var(RESIDUAL_AFTER_ENV);
+        assert_eq!(residual_setting(), (d.idle_flush, d.residual_after));
+        std::env::set_var(RESIDUAL_AFTER_ENV, "120");
+        let s = Duration::from_secs(120);
+        assert_eq!(residual_setting(), (s, s));
+        std::env::set_var(RESIDUAL_AFTER_ENV, "0.1");
+        assert_eq!(
+            residual_setting(),
+            (d.idle_flush, Duration::from_millis(100))
+        );
+        for bad in ["soon", "-3", "nan", " "] {
+            std::env::set_var(RESIDUAL_AFTER_ENV, bad);
+            assert_eq!(
+                residual_setting(),
+                (d.idle_flush, d.residual_after),
+                "{bad}"
+            );
+        }
+        std::env::remove_var(RESIDUAL_AFTER_ENV);
+    }
 
     #[test]
     fn the_push_rate_is_page_data_over_the_serving_time() {
