@@ -644,7 +644,6 @@ impl<O: XenOps> SaveSession<O> {
                 hold_until_resumed: push_hold_setting(),
                 idle_flush,
                 residual_after,
-                ..PushPolicy::XEN
             },
         )?;
         session.set_stopped_at(stopped_at);
