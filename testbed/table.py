@@ -101,15 +101,17 @@ for n, r in results(seeds, 13):
 # Guests with devices, or on two hosts (issue #16): where the faults came
 # from (a guest vCPU or a dom0 backend / device model, "foreign"), how long
 # each waited, the devices' verification and what the backends said.
-devs = [n for n in names if n not in seeds]
-devrows = []
-for n in devs:
-    try:
-        r = json.load(open(os.path.join(d, n, "result.json")))
-    except (OSError, ValueError):
-        continue
-    if (r.get("hosts") or 1) > 1 or r.get("disk_ok") is not None or r.get("net_ok") is not None:
-        devrows.append((n, r))
+def loaded(scenarios):
+    """(name, result.json) of the scenarios that have one."""
+    for n in scenarios:
+        try:
+            yield n, json.load(open(os.path.join(d, n, "result.json")))
+        except (OSError, ValueError):
+            pass
+
+
+devrows = [(n, r) for n, r in loaded(n for n in names if n not in seeds)
+           if (r.get("hosts") or 1) > 1 or r.get("disk_ok") is not None or r.get("net_ok") is not None]
 if devrows:
     print()
     header(["scenario", "hosts", "transport", "vCPUs", "ok", "total ms", "downtime ms", "faults by origin",
@@ -128,4 +130,4 @@ for n, r in devrows:
         n, r.get("hosts"), r.get("transport"), r.get("vcpus"), "yes" if r.get("ok") else "**no**",
         r.get("total_time_ms"), round(dt) if dt is not None else None, by_origin(r.get("faults_by_origin")),
         by_origin(r.get("blocktime_ms")), r.get("guest_max_stall_ms"), r.get("disk_ok"), r.get("net_ok"),
-        r.get("backend_errors"), (gt or {}).get("touched") if gt else "(not loaded)"]) + " |")
+        r.get("backend_errors"), gt.get("touched") if gt else "(not loaded)"]) + " |")

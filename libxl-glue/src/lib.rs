@@ -77,6 +77,14 @@ pub const ABI_VERSION: u32 = 6;
 /// `LIBXL_POSTCOPY_SONAME`.
 pub const SONAME: &str = "libxl_postcopy.so.1";
 
+/// A non-negative, finite number of seconds (fractions allowed), or `None`.
+pub(crate) fn parse_seconds(v: &str) -> Option<std::time::Duration> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+}
+
 /// The number of seconds the environment variable `name` holds, or
 /// `default` when it is unset (or, with a warning saying `meaning`, when
 /// it is not a number of seconds).
@@ -91,12 +99,7 @@ pub(crate) fn env_seconds(
     if v.trim().is_empty() {
         return default;
     }
-    match v
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
-    {
+    match parse_seconds(&v) {
         Some(d) => d,
         None => {
             log::warn!("{name}={v:?} is not a number of seconds; {meaning} {default:?}");

@@ -242,12 +242,7 @@ fn residual_setting() -> (Duration, Duration) {
         Ok(v) if !v.trim().is_empty() => v,
         _ => return (d.idle_flush, d.residual_after),
     };
-    match v
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-    {
+    match crate::parse_seconds(&v) {
         Some(s) => {
             info!("post-copy source: {RESIDUAL_AFTER_ENV}={v}: --prepage=none flushes the residue after {s:?}");
             (s.max(d.idle_flush), s)
