@@ -187,7 +187,8 @@ migrate_once() {
 	# the source maps and unmaps per read, no kept mappings
 	# (LIBXL_POSTCOPY_READ); early=on|off: the destination pages the
 	# prescan's pfns out before the stop (LIBXL_POSTCOPY_EVICT_EARLY;
-	# empty: the default, off).
+	# empty: the default, on when the receiver offers it, which it does
+	# unless told off).
 	LIBXL_POSTCOPY_EVICT_EARLY=$early LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_RESIDUAL_AFTER=$residual LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
@@ -1142,7 +1143,7 @@ CFG
 		echo "push_batch=${batch:-default}"
 		echo "push_hold=${hold:-default}"
 		echo "bw_malformed=$bw_malformed"
-		echo "evict_early=${early:-off}"
+		echo "evict_early=${early:-default}"
 		echo "source_read=${read:-kept}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"

@@ -535,7 +535,7 @@ pub fn capabilities(data: &[u8]) {
     }
     for spec in StrategySpec::ALL {
         match check_receiver(line, 3, &spec) {
-            Ok(summary) => assert!(!summary.contains('\n')),
+            Ok(peer) => assert!(!peer.to_string().contains('\n')),
             Err(why) => assert!(!why.contains('\n'), "a refusal spans lines"),
         }
     }

@@ -3,10 +3,15 @@
 //! ([`postcopy::capabilities`] owns the line and the sender's check): the
 //! library's ABI and release, the hypervisor's version (from
 //! `/sys/hypervisor/version`) and whether it has mem_paging
-//! ([`crate::xc::probe_mem_paging`]).
+//! ([`crate::xc::probe_mem_paging`]), and the optional features it takes
+//! (the early page-out unless `LIBXL_POSTCOPY_EVICT_EARLY=off`); and what
+//! the sender does with a receiver's features
+//! ([`adopt_receiver_features`]).
 
-use postcopy::capabilities::{known_strategies, HostCapabilities};
+use log::warn;
+use postcopy::capabilities::{known_strategies, HostCapabilities, FEATURE_EARLY_PAGEOUT};
 
+use crate::restore::{evict_early_setting, EVICT_EARLY_ENV};
 use crate::ABI_VERSION;
 
 /// The hypervisor's version as dom0's sysfs shows it
@@ -33,7 +38,44 @@ pub fn probe() -> HostCapabilities {
         xen: xen_version(),
         mem_paging: crate::xc::probe_mem_paging().map_err(|e| e.to_string()),
         strategies: known_strategies(),
+        features: if evict_early_setting(true) {
+            vec![FEATURE_EARLY_PAGEOUT.to_string()]
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// What the sender's xl does with the receiver's optional features once
+/// its capability line passed the check, before libxl spawns the save
+/// helper (which inherits xl's environment and reads [`EVICT_EARLY_ENV`]
+/// at its prescan): the early page-out is used when the receiver offers it
+/// and the admin did not say `off`; never when the receiver does not offer
+/// it (an older receiver fails on the record), whatever the admin said.
+/// Returns the setting the helper will see, for the log.
+pub fn adopt_receiver_features(peer: &HostCapabilities) -> bool {
+    let on = early_page_out(
+        peer.has_feature(FEATURE_EARLY_PAGEOUT),
+        evict_early_setting(true),
+        evict_early_setting(false),
+    );
+    // xl is single-threaded here, before the save helper is spawned; the
+    // variable is how the setting reaches that helper.
+    std::env::set_var(EVICT_EARLY_ENV, if on { "on" } else { "off" });
+    on
+}
+
+/// The sender's early page-out: `offered` by the receiver and not
+/// refused by the admin (`allowed`: the setting is not `off`); a `forced`
+/// one (`on`) the receiver does not offer is warned about and not used.
+fn early_page_out(offered: bool, allowed: bool, forced: bool) -> bool {
+    if forced && !offered {
+        warn!(
+            "{EVICT_EARLY_ENV}=on, but the receiver does not offer the early page-out: \
+             the guest's pages are paged out on the destination at the stop"
+        );
+    }
+    offered && allowed
 }
 
 #[cfg(test)]
@@ -80,6 +122,16 @@ mod tests {
         }
         let (rc, text) = call_check(&line, "sideways");
         assert_eq!(rc, -libc::EPROTO, "{text}");
+    }
+
+    #[test]
+    fn the_early_page_out_needs_the_receivers_offer_and_no_refusal() {
+        // (offered, allowed = setting not `off`, forced = setting `on`)
+        assert!(early_page_out(true, true, false), "offered, setting unset");
+        assert!(early_page_out(true, true, true), "offered, setting on");
+        assert!(!early_page_out(true, false, false), "offered, setting off");
+        assert!(!early_page_out(false, true, false), "an older receiver");
+        assert!(!early_page_out(false, true, true), "on, but not offered");
     }
 
     #[test]

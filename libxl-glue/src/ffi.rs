@@ -317,7 +317,9 @@ pub unsafe extern "C" fn libxl_postcopy_host_capabilities(buf: *mut c_char, len:
 }
 
 /// `libxl_postcopy_check_receiver`: the sender's check of a receiver's
-/// capability line ([`postcopy::capabilities::check_receiver`]).
+/// capability line ([`postcopy::capabilities::check_receiver`]); a
+/// receiver that passes also sets the optional features this process's
+/// save helper will use ([`crate::capabilities::adopt_receiver_features`]).
 ///
 /// # Safety
 /// `line` and `strategy` are NULL or NUL-terminated strings; `buf` is NULL
@@ -340,7 +342,13 @@ pub unsafe extern "C" fn libxl_postcopy_check_receiver(
         let line = line
             .to_str()
             .map_err(|_| "its answer is unreadable: not text".to_string())?;
-        postcopy::capabilities::check_receiver(line, ABI_VERSION, &spec)
+        let peer = postcopy::capabilities::check_receiver(line, ABI_VERSION, &spec)?;
+        let early = crate::capabilities::adopt_receiver_features(&peer);
+        info!(
+            "post-copy sender: receiver: {peer}; early page-out {}",
+            if early { "on" } else { "off" }
+        );
+        Ok(peer.to_string())
     }));
     let (rc, text) = match r {
         Ok(Ok(summary)) => (0, summary),

@@ -42,14 +42,17 @@ use crate::xen_dest::{EarlyStats, XenDestination};
 
 /// Environment switch (issue #15): `on` makes the source send its
 /// prescan's populated pfns before it stops the guest (EARLY_PFNS) and
-/// wait for the destination to page them out; `off` (the default on the
-/// source) sends nothing. On the destination `off` refuses the early
-/// page-out (EARLY_PFNS is answered, nothing is paged out before the
-/// stop); unset or `on` honours it.
+/// wait for the destination to page them out; `off` sends nothing. On the
+/// destination `off` refuses the early page-out (EARLY_PFNS is answered,
+/// nothing is paged out before the stop, and the capability line does not
+/// offer it); unset or `on` honours and offers it. Unset on the source,
+/// the receiver's capability line decides: on when it names
+/// [`postcopy::capabilities::FEATURE_EARLY_PAGEOUT`]
+/// ([`crate::capabilities::adopt_receiver_features`]).
 pub const EVICT_EARLY_ENV: &str = "LIBXL_POSTCOPY_EVICT_EARLY";
 
-/// Whether [`EVICT_EARLY_ENV`] is `on` (the source's opt-in) or, with
-/// `default_on`, anything but `off` (the destination's).
+/// Whether [`EVICT_EARLY_ENV`] is `on` or, when it is neither `on` nor
+/// `off`, `default_on`.
 pub fn evict_early_setting(default_on: bool) -> bool {
     match std::env::var(EVICT_EARLY_ENV).as_deref().map(str::trim) {
         Ok("on") => true,

@@ -2,10 +2,12 @@
 //! suspends anything: the receiving side describes itself in one line
 //! ([`HostCapabilities::to_line`]: its post-copy library's ABI and
 //! version, its hypervisor's version, whether that hypervisor has
-//! mem_paging, the pre-paging strategies it knows), and the sending side
-//! checks that line against its own library and the chosen strategy
-//! ([`check_receiver`]). A mismatch is one sentence naming the missing
-//! piece, and the guest never stopped.
+//! mem_paging, the pre-paging strategies it knows, the optional protocol
+//! features it takes), and the sending side checks that line against its
+//! own library and the chosen strategy ([`check_receiver`]). A mismatch is
+//! one sentence naming the missing piece, and the guest never stopped; an
+//! optional feature the receiver does not name is one the sender does not
+//! use ([`HostCapabilities::has_feature`]).
 //!
 //! The line is `key=value` fields separated by `;`, at most
 //! [`MAX_LINE`] printable ASCII bytes; unknown keys are ignored (a newer
@@ -21,6 +23,13 @@ use crate::prepage::StrategySpec;
 /// Longest capability line either side accepts, in bytes (no newline).
 pub const MAX_LINE: usize = 512;
 
+/// The optional feature a receiver names when it pages the source's
+/// populated pfns out while the guest still runs (the stream's EARLY_PFNS
+/// and EARLY_DONE records, issue #15). A receiver that does not name it
+/// fails on an EARLY_PFNS record (an older one) or ignores it (one told
+/// not to), so the sender sends none.
+pub const FEATURE_EARLY_PAGEOUT: &str = "early-pageout";
+
 /// One host's post-copy capabilities.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostCapabilities {
@@ -35,6 +44,9 @@ pub struct HostCapabilities {
     /// The pre-paging strategies this host knows, by name (`bubble`,
     /// `multi-pivot`, ...; no `:K`).
     pub strategies: Vec<String>,
+    /// Optional protocol features the receiver takes
+    /// ([`FEATURE_EARLY_PAGEOUT`]); a line without the field has none.
+    pub features: Vec<String>,
 }
 
 /// A capability line that cannot be read.
@@ -99,8 +111,17 @@ impl HostCapabilities {
         }
         line.push_str(";strategies=");
         line.push_str(&self.strategies.join(","));
+        if !self.features.is_empty() {
+            line.push_str(";features=");
+            line.push_str(&field_text(&self.features.join(",")));
+        }
         line.truncate(MAX_LINE);
         line
+    }
+
+    /// Whether the receiver named the optional `feature`.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
     }
 
     /// Reads a receiver's line.
@@ -116,6 +137,7 @@ impl HostCapabilities {
         }
         let (mut abi, mut library, mut xen, mut paging, mut strategies) =
             (None, None, None, None, None);
+        let mut features = Vec::new();
         for field in line.split(';') {
             let Some((key, value)) = field.split_once('=') else {
                 continue;
@@ -145,6 +167,13 @@ impl HostCapabilities {
                             .collect(),
                     )
                 }
+                "features" => {
+                    features = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 _ => {}
             }
         }
@@ -154,6 +183,7 @@ impl HostCapabilities {
             xen,
             mem_paging: paging.ok_or(CapabilitiesError::Field("mem_paging"))?,
             strategies: strategies.ok_or(CapabilitiesError::Field("strategies"))?,
+            features,
         })
     }
 }
@@ -165,16 +195,26 @@ impl fmt::Display for HostCapabilities {
             write!(f, ", Xen {x}")?;
         }
         match &self.mem_paging {
-            Ok(()) => write!(f, ", mem_paging"),
-            Err(_) => write!(f, ", no mem_paging"),
+            Ok(()) => write!(f, ", mem_paging")?,
+            Err(_) => write!(f, ", no mem_paging")?,
         }
+        if self.has_feature(FEATURE_EARLY_PAGEOUT) {
+            write!(f, ", early page-out")?;
+        }
+        Ok(())
     }
 }
 
 /// The sender's check of a receiver's capability `line` against its own
-/// library's `abi` and the `strategy` chosen: `Ok` with a summary of the
-/// receiver to log, or the one sentence saying what the receiver lacks.
-pub fn check_receiver(line: &str, abi: u32, strategy: &StrategySpec) -> Result<String, String> {
+/// library's `abi` and the `strategy` chosen: `Ok` with the receiver (its
+/// `Display` is the summary to log; its features say which optional
+/// records the sender may use), or the one sentence saying what the
+/// receiver lacks.
+pub fn check_receiver(
+    line: &str,
+    abi: u32,
+    strategy: &StrategySpec,
+) -> Result<HostCapabilities, String> {
     let peer = match HostCapabilities::parse(line) {
         Ok(p) => p,
         Err(CapabilitiesError::Refused(why)) => return Err(field_text(&why)),
@@ -206,7 +246,7 @@ pub fn check_receiver(line: &str, abi: u32, strategy: &StrategySpec) -> Result<S
             field_text(&peer.strategies.join(", "))
         ));
     }
-    Ok(peer.to_string())
+    Ok(peer)
 }
 
 #[cfg(test)]
@@ -220,6 +260,7 @@ mod tests {
             xen: Some("4.17.5-pre".into()),
             mem_paging: Ok(()),
             strategies: known_strategies(),
+            features: vec![FEATURE_EARLY_PAGEOUT.into()],
         }
     }
 
@@ -236,8 +277,27 @@ mod tests {
     #[test]
     fn a_matching_receiver_passes_with_a_summary() {
         let line = host().to_line();
-        let s = check_receiver(&line, 3, &StrategySpec::MultiPivot(7)).unwrap();
-        assert!(s.contains("0.1.0") && s.contains("4.17.5-pre"), "{s}");
+        let peer = check_receiver(&line, 3, &StrategySpec::MultiPivot(7)).unwrap();
+        assert!(peer.has_feature(FEATURE_EARLY_PAGEOUT));
+        let s = peer.to_string();
+        assert!(
+            s.contains("0.1.0") && s.contains("4.17.5-pre") && s.contains("early page-out"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn a_receiver_without_the_features_field_takes_none() {
+        // An older receiver's line: no `features`, and unknown ones ignored.
+        let line = "abi=3;library=0.0.9;mem_paging=yes;strategies=bubble";
+        let peer = check_receiver(line, 3, &StrategySpec::Bubble).unwrap();
+        assert!(peer.features.is_empty());
+        assert!(!peer.has_feature(FEATURE_EARLY_PAGEOUT));
+        assert!(!peer.to_string().contains("early"));
+        let line = "abi=3;library=1;mem_paging=yes;strategies=bubble;features=,warp,";
+        let peer = HostCapabilities::parse(line).unwrap();
+        assert_eq!(peer.features, vec!["warp".to_string()]);
+        assert!(!peer.has_feature(FEATURE_EARLY_PAGEOUT));
     }
 
     #[test]
