@@ -825,16 +825,71 @@ if gt is not None and not gt.get("loaded"):
 BACKEND = r"xen-blkback|xen-netback|blkback|netback|vif\S* vif|gnttab|grant|eagain"
 BACKEND_ERR = (r"eagain grant|scheduling while atomic|BUG:|Oops|WARNING:|Bad grant|"
                r"(blkback|netback).*(error|fail|fatal)|xenbus.*fatal|Call Trace")
+# A host whose dom0 died mid-scenario (host B's panic in twohost-grants,
+# 2026-12-07) wrote no dmesg-scenario.txt: its serial console (boot.log)
+# is read instead, from the scenario's start on host A's uptime clock less
+# CONSOLE_MARGIN_S (the hosts boot together; their clocks differ by
+# seconds, the scenarios are minutes apart) to its end.
+CONSOLE_MARGIN_S = 30.0
+
+
+def scenario_window(top, name):
+    """(start, end) of scenario `name` in host A's autorun.log, in seconds
+    of uptime; end is None while it has no 'done' line."""
+    start = end = None
+    try:
+        for line in open(os.path.join(top, "autorun.log"), errors="replace"):
+            m = re.match(r"\[([0-9.]+)\] === scenario (\S+?)(:| done:)", line)
+            if m and m.group(2) == name:
+                if m.group(3) == ":":
+                    start, end = float(m.group(1)), None
+                else:
+                    end = float(m.group(1))
+    except OSError:
+        pass
+    return start, end
+
+
+def console_lines(path, window):
+    """The dom0 kernel lines of a serial console inside window."""
+    start, end = window
+    if start is None:
+        return None
+    try:
+        text = open(path, errors="replace").read().replace("\r", "")
+    except OSError:
+        return None
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"\[\s*([0-9]+\.[0-9]+)\]", line)
+        if m and float(m.group(1)) >= start - CONSOLE_MARGIN_S and \
+                (end is None or float(m.group(1)) <= end + CONSOLE_MARGIN_S):
+            out.append(line.strip())
+    return out
+
+
 if r["hosts"] in (1, 2):
     be = {}
+    top = os.path.dirname(os.path.abspath(d))
+    window = scenario_window(top, os.path.basename(os.path.abspath(d)))
     for host, sub in (("a", ""), ("b", "hostb"))[:r["hosts"]]:
         f = os.path.join(d, sub, "dmesg-scenario.txt")
-        if not os.path.exists(f):
-            continue
-        lines = [x.strip() for x in open(f, errors="replace")]
-        be[host] = {"messages": [x[:200] for x in lines if re.search(BACKEND, x, re.I)][:24],
+        source = "dmesg"
+        if os.path.exists(f):
+            lines = [x.strip() for x in open(f, errors="replace")]
+        else:
+            lines = console_lines(os.path.join(top, sub, "boot.log"), window)
+            source = "serial console"
+            if lines is None:
+                continue
+        be[host] = {"source": source,
+                    "messages": [x[:200] for x in lines if re.search(BACKEND, x, re.I)][:24],
                     "errors": [x[:200] for x in lines if re.search(BACKEND_ERR, x)][:12]}
+        if any("Kernel panic" in x for x in lines):
+            be[host]["panic"] = next(x[:200] for x in lines if "Kernel panic" in x)
+            r["ok"] = False
     r["backend_dmesg"] = be
+    r["dom0_panics"] = sorted(h for h, v in be.items() if v.get("panic"))
     r["backend_errors"] = sum(len(v["errors"]) for v in be.values())
     if r["backend_errors"]:
         r["ok"] = False

@@ -116,7 +116,7 @@ if devrows:
     print()
     header(["scenario", "hosts", "transport", "vCPUs", "ok", "total ms", "downtime ms", "faults by origin",
             "blocktime ms by origin", "guest max stall ms", "disk ok", "net ok", "backend errors",
-            "frames read before granting"])
+            "dom0 panicked", "frames read before granting"])
 
 
 def by_origin(m):
@@ -130,4 +130,5 @@ for n, r in devrows:
         n, r.get("hosts"), r.get("transport"), r.get("vcpus"), "yes" if r.get("ok") else "**no**",
         r.get("total_time_ms"), round(dt) if dt is not None else None, by_origin(r.get("faults_by_origin")),
         by_origin(r.get("blocktime_ms")), r.get("guest_max_stall_ms"), r.get("disk_ok"), r.get("net_ok"),
-        r.get("backend_errors"), gt.get("touched") if gt else "(not loaded)"]) + " |")
+        r.get("backend_errors"), ", ".join(r.get("dom0_panics") or []) or "no",
+        gt.get("touched") if gt else "(not loaded)"]) + " |")
