@@ -10,7 +10,8 @@
 # push's wait for the guest's resumption; default: none), bw_malformed=RATE
 # (before the migration, `xl migrate --postcopy --max-bandwidth=RATE` with
 # a malformed RATE must fail at once: bwcap_refused), early=on|off (the
-# destination pages the prescan's pfns out before the stop), read=per-call (no
+# destination pages the prescan's pfns out before the stop), nice=N|off (the
+# helpers' fault threads' nice value), read=per-call (no
 # kept source mappings), tunnel=1 (xl's pipe through
 # xl-postcopy tunnel on 127.0.0.1:7000, no drops),
 # link_drops=N, link_outage=SECS, soak=N (N migrations back and forth in
@@ -188,8 +189,9 @@ migrate_once() {
 	# (LIBXL_POSTCOPY_READ); early=on|off: the destination pages the
 	# prescan's pfns out before the stop (LIBXL_POSTCOPY_EVICT_EARLY;
 	# empty: the default, on when the receiver offers it, which it does
-	# unless told off).
-	LIBXL_POSTCOPY_EVICT_EARLY=$early LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_RESIDUAL_AFTER=$residual LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
+	# unless told off); nice=N|off: the helpers' fault threads' nice value
+	# (LIBXL_POSTCOPY_FAULT_NICE; empty: the default, -10).
+	LIBXL_POSTCOPY_FAULT_NICE=$nice LIBXL_POSTCOPY_EVICT_EARLY=$early LIBXL_POSTCOPY_READ=$read LIBXL_POSTCOPY_LANE=$lane LIBXL_POSTCOPY_PUSH_BATCH=$batch LIBXL_POSTCOPY_PUSH_HOLD=$hold LIBXL_POSTCOPY_RESIDUAL_AFTER=$residual LIBXL_POSTCOPY_PUSH_WINDOW=$window LIBXL_POSTCOPY_EVICT=$evict LIBXL_POSTCOPY_LOAD=$load LIBXL_POSTCOPY_SCAN=$scan timeout "${MIGRATE_TIMEOUT:-600}" xl -vvv migrate $margs "${via[@]}" >> "$mlog" 2>&1 &
 	mpid=$!
 	monitor "$out" $mpid "$mlog" &
 	monpid=$!
@@ -739,7 +741,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	rm -rf "$out"; mkdir -p "$out"
 	dom=t-$name
 	truncated=0
-	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= residual= early= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
+	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= residual= early= nice= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
 	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
@@ -762,6 +764,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		residual=*) residual=${o#*=}; continue ;;
 		bw_malformed=*) bw_malformed=${o#*=}; continue ;;
 		early=*) early=${o#*=}; continue ;;
+		nice=*) nice=${o#*=}; continue ;;
 		read=*) read=${o#*=}; continue ;;
 		soak=*) soak=${o#*=}; continue ;;
 		kill_dest=*) kill_dest=${o#*=}; continue ;;
@@ -1144,6 +1147,7 @@ CFG
 		echo "push_hold=${hold:-default}"
 		echo "bw_malformed=$bw_malformed"
 		echo "evict_early=${early:-default}"
+		echo "fault_nice=${nice:-default}"
 		echo "source_read=${read:-kept}"
 		echo "link_outage_s=$outage"
 		echo "xen_version='$(xl info | sed -n 's/^xen_version *: //p')'"

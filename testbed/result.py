@@ -149,6 +149,8 @@ r["evict"] = meta.get("evict")
 # destination paged the prescan's pfns out before the stop; at the stop
 # only the difference (owed pfns added, freed ones given back).
 r["evict_early"] = meta.get("evict_early")
+# The helpers' fault threads' nice value (LIBXL_POSTCOPY_FAULT_NICE).
+r["fault_nice"] = meta.get("fault_nice")
 m = None
 for m in re.finditer(r"early page-out: (\d+) pfns in (\S+) before the stop; at the stop (\d+) kept, "
                      r"(\d+) added, (\d+) loaded \(must be present\), (\d+) given back in (\S+)", log):

@@ -108,8 +108,51 @@ pub(crate) fn env_seconds(
     }
 }
 
+/// Environment setting, on both hosts: the nice value of the helpers'
+/// fault threads (the source's fault server, the destination's forwarder
+/// and reply reader; [`postcopy::precedence`]): a number in -20..=19, or
+/// `off` to leave them at the helper's. Unset:
+/// [`postcopy::precedence::FAULT_NICE`].
+pub const FAULT_NICE_ENV: &str = "LIBXL_POSTCOPY_FAULT_NICE";
+
+/// The nice value [`FAULT_NICE_ENV`] asks for (the default, with a
+/// warning, when it is neither `off` nor a nice value).
+pub(crate) fn fault_nice_setting() -> Option<i32> {
+    fault_nice_from(std::env::var(FAULT_NICE_ENV).ok().as_deref())
+}
+
+fn fault_nice_from(v: Option<&str>) -> Option<i32> {
+    let default = Some(postcopy::precedence::FAULT_NICE);
+    match v.map(str::trim) {
+        None | Some("") => default,
+        Some("off") => None,
+        Some(s) => match s.parse::<i32>() {
+            Ok(n) if (-20..=19).contains(&n) => Some(n),
+            _ => {
+                log::warn!(
+                    "{FAULT_NICE_ENV}={s:?} is neither `off` nor a nice value in -20..=19; \
+                     nice {default:?}"
+                );
+                default
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod version_tests {
+    #[test]
+    fn the_fault_threads_nice_value_is_a_nice_value_or_off() {
+        let d = Some(postcopy::precedence::FAULT_NICE);
+        assert_eq!(super::fault_nice_from(None), d);
+        assert_eq!(super::fault_nice_from(Some(" ")), d);
+        assert_eq!(super::fault_nice_from(Some("off")), None);
+        assert_eq!(super::fault_nice_from(Some("-5")), Some(-5));
+        assert_eq!(super::fault_nice_from(Some("19")), Some(19));
+        assert_eq!(super::fault_nice_from(Some("-21")), d);
+        assert_eq!(super::fault_nice_from(Some("fast")), d);
+    }
+
     #[test]
     fn the_series_is_the_one_libxl_sys_was_generated_for() {
         assert_eq!(super::XEN_SERIES, libxl_sys::XEN_VERSION);

@@ -176,6 +176,7 @@ impl<O: XenOps> RestoreSession<O> {
         // and the source measures the downtime.
         let cfg = DestConfig {
             resume_grace: UNPAUSE_GRACE,
+            fault_nice: crate::fault_nice_setting(),
             ..DestConfig::default()
         };
         let session = DestSession::begin(mem, &b, cfg)?;

@@ -637,6 +637,7 @@ impl<O: XenOps> SaveSession<O> {
                 max_bandwidth,
                 window: push_window_setting(),
                 hold_until_resumed: push_hold_setting(),
+                fault_nice: crate::fault_nice_setting(),
                 idle_flush,
                 residual_after,
             },

@@ -139,6 +139,7 @@ pub fn serve_with<O: XenOps + 'static>(
     );
     let cfg = DestConfig {
         owed_file: Some(owed_path(dir, domid)),
+        fault_nice: crate::fault_nice_setting(),
         ..DestConfig::default()
     };
     let mut session = DestSession::take_over(mem, owed, cfg).map_err(|error| {

@@ -96,6 +96,11 @@ pub struct DestConfig {
     /// before READY (a failure to write it fails the migration before the
     /// switch), removed when serving completes. `None`: not kept.
     pub owed_file: Option<std::path::PathBuf>,
+    /// The nice value of the fault forwarder and the reply reader, so that
+    /// a fault's request and its reply are handled as soon as they come,
+    /// not after the bulk reader's time slice (`None`: the process's;
+    /// [`crate::precedence`]).
+    pub fault_nice: Option<i32>,
 }
 
 impl Default for DestConfig {
@@ -106,6 +111,7 @@ impl Default for DestConfig {
             resume_grace: Duration::ZERO,
             status: None,
             owed_file: None,
+            fault_nice: Some(crate::precedence::FAULT_NICE),
         }
     }
 }
@@ -1248,6 +1254,7 @@ fn run_session<M: DestinationMemory + ?Sized>(
         let forwarder = std::thread::Builder::new()
             .name("pc-fault-fwd".into())
             .spawn_scoped(scope, || {
+                crate::precedence::fault_thread(shared.cfg.fault_nice, "fault forwarder");
                 let r = if rerequest {
                     rerequest_pending(shared, &fault_tx)
                 } else {
@@ -1269,6 +1276,10 @@ fn run_session<M: DestinationMemory + ?Sized>(
                 let spawned = std::thread::Builder::new()
                     .name("pc-fault-rx".into())
                     .spawn_scoped(scope, move || {
+                        crate::precedence::fault_thread(
+                            shared.cfg.fault_nice,
+                            "fault reply reader",
+                        );
                         let r = read_replies(shared, rx, guest_pfns);
                         if let Err(e) = &r {
                             shared.fail_with(e, fault_tx);

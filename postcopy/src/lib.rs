@@ -38,6 +38,7 @@ pub mod error;
 pub mod handover;
 pub mod memory;
 pub mod metrics;
+pub mod precedence;
 pub mod prepage;
 pub mod records;
 pub mod recovery;

@@ -168,6 +168,10 @@ pub struct PushPolicy {
     /// page pushed then is paid in downtime. Pages lost at a break are
     /// resent at once all the same.
     pub hold_until_resumed: Option<std::time::Duration>,
+    /// The nice value of the source's fault server, so that it runs as
+    /// soon as a request arrives instead of after the push's time slice
+    /// (`None`: the process's; [`crate::precedence`]).
+    pub fault_nice: Option<i32>,
 }
 
 /// What the push should do next.
@@ -211,6 +215,7 @@ impl PushPolicy {
         window: None,
         // The destination resumes the guest at once.
         hold_until_resumed: None,
+        fault_nice: Some(crate::precedence::FAULT_NICE),
     };
 
     /// The Xen path: 64-page records. The destination loads a record
@@ -244,6 +249,7 @@ impl PushPolicy {
         // little, and pages pushed while the guest is paused are faults it
         // never takes.
         hold_until_resumed: None,
+        fault_nice: Some(crate::precedence::FAULT_NICE),
     };
 
     /// True if a push batch of `bytes` may go now, with `in_flight` bytes

@@ -107,6 +107,8 @@ pub struct SourceConfig {
     /// Longest pure demand paging before the residual flush
     /// ([`PushPolicy::residual_after`]).
     pub residual_after: Duration,
+    /// The fault server's nice value ([`PushPolicy::fault_nice`]).
+    pub fault_nice: Option<i32>,
 }
 
 impl SourceConfig {
@@ -121,6 +123,7 @@ impl SourceConfig {
             window: None,
             // Local mode's destination runs the guest as it switches.
             hold_until_resumed: None,
+            fault_nice: self.fault_nice,
         }
     }
 }
@@ -136,6 +139,7 @@ impl Default for SourceConfig {
             status: None,
             max_bandwidth: None,
             residual_after: crate::scheduler::DEFAULT_RESIDUAL_AFTER,
+            fault_nice: PushPolicy::LOCAL.fault_nice,
         }
     }
 }
@@ -1172,6 +1176,7 @@ fn serve_session<M: SourceMemory + ?Sized>(
             std::thread::Builder::new()
                 .name("pc-fault-server".into())
                 .spawn_scoped(scope, move || {
+                    crate::precedence::fault_thread(ctx.policy.fault_nice, "fault server");
                     let r = fault_server(mem, fault_rx, tx, shared, ctx);
                     shared.server_done.store(true, Ordering::SeqCst);
                     if r.is_err() {

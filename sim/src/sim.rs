@@ -213,6 +213,8 @@ impl SimConfig {
             max_bandwidth: None,
             window: None,
             hold_until_resumed: None,
+            // The simulator has no threads to schedule.
+            fault_nice: None,
         }
     }
 }
