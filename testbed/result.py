@@ -48,17 +48,19 @@ def block(header, text=None):
     # other side may land inside the table (even mid-row: "post-copy phase
     # 160058.6 msxc: info: ..." and then an empty line): such lines are
     # skipped, not taken as the table's end.  The table ends at its last
-    # row (time by part) or at the other side's report.
+    # row (time by part, or the destination's install on CPU after it) or
+    # at the other side's report.
     for line in log_[i:].splitlines()[1:30]:
         if line.rstrip().endswith(" done:"):
             break
         m = re.match(r"\s+([a-z][a-z0-9 ()-]+?)\s{2,}(.*)$", line)
         if not m:
             continue
-        if m.group(1).strip() in rows:
+        key = m.group(1).strip()
+        if key in rows or ("time by part" in rows and key != "install on CPU"):
             break
-        rows[m.group(1).strip()] = m.group(2).strip()
-        if m.group(1).strip() == "time by part":
+        rows[key] = m.group(2).strip()
+        if key == "install on CPU":
             break
     return rows
 
@@ -234,6 +236,11 @@ postcopy_pages = sum(r.get("pages_" + k) or 0 for k in ("pushed", "faulted", "ze
 r["page_in_pages_per_s"] = (
     round(postcopy_pages * 1000.0 / r["postcopy_time_ms"]) if r.get("postcopy_time_ms") else None
 )
+# The destination's time by part, and how much of its installs (the load
+# hypercalls) its thread spent on the CPU rather than waiting for one.
+r["dest_time_by_part_ms"] = {k: float(v) for k, v in re.findall(r"([a-z_]+) ([0-9.]+) ms", dst.get("time by part", ""))} or None
+m = re.match(r"([0-9.]+) of ([0-9.]+) ms", dst.get("install on CPU", ""))
+r["install_cpu_ms"] = {"cpu": float(m.group(1)), "wall": float(m.group(2))} if m else None
 r["integrity_ok"] = bool(
     meta.get("migrate_rc") == "0" and meta.get("verify_rc") == "0" and bad == 0 and passes >= 2
     and syscalls_bad == 0

@@ -1077,9 +1077,12 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
         let t_install = Instant::now();
         self.metrics
             .add_time(Part::Bookkeeping, t_install - t_check);
+        let cpu0 = Metrics::thread_cpu_now();
         let installed = install();
         let now = Instant::now();
         self.metrics.add_time(Part::Install, now - t_install);
+        self.metrics
+            .add_install_cpu(Metrics::thread_cpu_now().saturating_sub(cpu0));
         (installed, now)
     }
 
