@@ -53,7 +53,7 @@ def block(header, text=None):
     for line in log_[i:].splitlines()[1:30]:
         if line.rstrip().endswith(" done:"):
             break
-        m = re.match(r"\s+([a-z][a-z0-9 ()-]+?)\s{2,}(.*)$", line)
+        m = re.match(r"\s+([a-z][a-zA-Z0-9 ()-]+?)\s{2,}(.*)$", line)
         if not m:
             continue
         key = m.group(1).strip()
