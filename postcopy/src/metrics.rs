@@ -80,10 +80,10 @@ pub struct Metrics {
     install_cpu_ns: AtomicU64,
 }
 
-/// The key of [`Metrics::breakdown_ms`] holding the installing thread's
-/// CPU time inside `install` and `hash` (part of them, not a part beside
-/// them).
-pub const INSTALL_CPU: &str = "install_cpu";
+/// A duration in whole nanoseconds (saturating).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// A part of the post-copy phase that a side's threads spend time in,
 /// timed per record or batch (never per page) by the engine, so a report
@@ -211,7 +211,8 @@ impl Metrics {
         }
     }
 
-    /// The calling thread's CPU time so far (zero if it cannot be read).
+    /// The calling thread's CPU time so far (its thread clock, which Linux
+    /// always has).
     pub fn thread_cpu_now() -> Duration {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         Duration::new(
@@ -222,8 +223,7 @@ impl Metrics {
 
     /// Adds CPU time spent inside installs ([`Metrics::install_cpu_ns`]).
     pub fn add_install_cpu(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.install_cpu_ns.fetch_add(ns, Ordering::Relaxed);
+        self.install_cpu_ns.fetch_add(nanos(d), Ordering::Relaxed);
     }
 
     /// Adds `n` to a counter.
@@ -316,8 +316,7 @@ impl Metrics {
 
     /// Adds `d` to the time spent in `part`.
     pub fn add_time(&self, part: Part, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.part_ns[part as usize].fetch_add(ns, Ordering::Relaxed);
+        self.part_ns[part as usize].fetch_add(nanos(d), Ordering::Relaxed);
     }
 
     /// Runs `f`, adding its duration to `part`.
@@ -352,11 +351,6 @@ impl Metrics {
         let phase_ns = self.postcopy_time_us.load(Ordering::Relaxed) * 1000;
         if dest > 0 && phase_ns > 0 {
             out.insert("other".into(), phase_ns.saturating_sub(dest) as f64 / 1e6);
-        }
-        // Not a part (inside `install`, not beside it): its CPU share.
-        let cpu = self.install_cpu_ns.load(Ordering::Relaxed);
-        if cpu > 0 {
-            out.insert(INSTALL_CPU.into(), cpu as f64 / 1e6);
         }
         out
     }
@@ -407,6 +401,7 @@ impl Metrics {
             blocktime_ms: self.blocktime_by_origin(),
             faults_by_origin: self.faults_by_origin(),
             breakdown_ms: self.breakdown_ms(),
+            install_cpu_ms: self.install_cpu_ns.load(Ordering::Relaxed) as f64 / 1e6,
             push_log_us: self
                 .push_log
                 .lock()
@@ -529,6 +524,11 @@ pub struct EngineReport {
     /// absent.
     #[serde(default)]
     pub breakdown_ms: BTreeMap<String, f64>,
+    /// The installing thread's CPU time inside `install` and `hash`, in ms
+    /// (destination; zero when nothing was installed): inside those parts,
+    /// not beside them. The rest of their wall time it waited for a CPU.
+    #[serde(default)]
+    pub install_cpu_ms: f64,
     /// When the push claimed each batch, µs since serving began (source,
     /// only when asked for: [`Metrics::record_push_log`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -620,10 +620,12 @@ impl fmt::Display for EngineReport {
                 .collect();
             writeln!(f, "  {:<22} {}", "time by part", per.join(", "))?;
         }
-        if let (Some(cpu), Some(install)) = (
-            self.breakdown_ms.get(INSTALL_CPU),
-            self.breakdown_ms.get(Part::Install.name()),
-        ) {
+        let cpu = self.install_cpu_ms;
+        if let Some(install) = self
+            .breakdown_ms
+            .get(Part::Install.name())
+            .filter(|_| cpu > 0.0)
+        {
             // The CPU time covers the adapter's hashing inside the call.
             let all = install + self.breakdown_ms.get(Part::Hash.name()).unwrap_or(&0.0);
             writeln!(
@@ -709,7 +711,7 @@ mod tests {
         assert_eq!(b["other"], 20.0);
         assert!(b.contains_key("send") && !b.contains_key("decode"));
         assert!(m.snapshot().to_string().contains("time by part"));
-        assert!(!b.contains_key(INSTALL_CPU), "no CPU time counted yet");
+        assert_eq!(m.snapshot().install_cpu_ms, 0.0, "no CPU time counted yet");
     }
 
     #[test]
@@ -719,7 +721,7 @@ mod tests {
         m.add_time(Part::Install, Duration::from_millis(50));
         m.add_install_cpu(Duration::from_millis(12));
         let s = m.snapshot();
-        assert_eq!(s.breakdown_ms[INSTALL_CPU], 12.0);
+        assert_eq!(s.install_cpu_ms, 12.0);
         // Not a part: `other` is the phase minus the parts alone.
         assert_eq!(s.breakdown_ms["other"], 50.0);
         assert!(s.to_string().contains("12.0 of 50.0 ms on the CPU"), "{s}");
