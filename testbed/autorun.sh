@@ -742,7 +742,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	dom=t-$name
 	truncated=0
 	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= residual= early= nice= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
-	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 disk_mib= fetch= coff= tsc=${TSC_MODE:-}
+	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 nic= disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -777,6 +777,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		switch_after=*) switch_after=${o#*=}; continue ;;
 		peer=*) peer=${o#*=}; continue ;;
 		net=*) net=${o#*=}; continue ;;
+		nic=*) nic=${o#*=}; continue ;;
 		disk_mib=*) disk_mib=${o#*=} ;;
 		disk_pool_mib=*) ;;
 		seq=*) seq=${o#*=}; soak=$(echo "$seq" | tr ',' '\n' | grep -c .); continue ;;
@@ -784,8 +785,13 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		kept="$kept $o"
 	done
 	gopts=$kept
-	# the PV NIC: the guest's address and its peer, host B's net server
+	# the NIC: the guest's address and its peer, host B's net server.  An
+	# HVM guest's NIC is QEMU's emulated e1000 (nic=pv: the PV NIC as for
+	# PVH): the device model reads and writes the stream's pages, and the
+	# guest unplugs only QEMU's IDE disks (its disk stays the PV one)
 	[ "$net" = 1 ] && gopts="$gopts net_ip=10.9.0.10 net_peer=10.9.0.2"
+	[ "$net" = 1 ] && [ "$gtype" = hvm ] && [ -z "$nic" ] && nic=e1000
+	[ "$nic" = e1000 ] && gopts="$gopts nic=e1000 xen_emul_unplug=ide-disks"
 	if [ "$peer" = ping ]; then
 		ts "=== scenario $name: the hosts reach each other"
 		ping_check
@@ -805,7 +811,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 			devs="disk=['format=raw,vdev=xvda,access=rw,target=$gdir/disk-$name.img']"
 		fi
 		[ "$net" = 1 ] && devs="$devs
-vif=['bridge=xenbr0,mac=00:16:3e:09:00:10']"
+vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e1000)']"
 		pssh /mnt/host/autorun.sh prepare "$name"
 		pssh /mnt/host/autorun.sh cleanup "$name" > /dev/null
 		coff=$(clock_offset)
@@ -1130,6 +1136,7 @@ CFG
 		echo "names_after='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 }' | tr '\n' ' ')'"
 		echo "link_drops=$drops"
 		echo "guest_type=$gtype"
+		echo "nic=${nic:-$([ "$net" = 1 ] && echo pv)}"
 		echo "vcpus=$vcpus"
 		echo "tsc_mode=${tsc:-default}"
 		echo "hosts=$([ -n "$peer" ] && echo 2 || echo 1)"

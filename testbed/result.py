@@ -760,10 +760,14 @@ if meta.get("truncated") == "1":
 # and never an error on any console of the scenario).
 r["hosts"] = int(meta.get("hosts", 1) or 1)
 r["transport"] = meta.get("transport") or "local"
+r["guest"] = meta.get("guest_type") or "pvh"
+# the guest's NIC: pv (netfront/netback) or e1000 (QEMU's emulated one)
+r["nic"] = meta.get("nic") or None
 if off:
     r["clock_offset_ms"] = {"b_minus_a": int(off[0]), "error": int(off[1]) if len(off) > 1 else None}
 IOFAIL = (r"I/O error|blk_update_request|Buffer I/O|blkfront.*(error|fail)|netfront.*(error|fail)"
-          r"|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR")
+          r"|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR"
+          r"|Tx Unit Hang|NETDEV WATCHDOG|e1000.*(error|Reset adapter)")
 io_lines = []
 for f in consoles:
     for line in open(f, errors="replace"):
