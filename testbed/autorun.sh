@@ -700,12 +700,28 @@ ping_check() {
 	} > "$out/ping.env"
 	cat "$out/ping.env"
 }
+# one_host_net (one host, net=1): the bridge xenbr0 with 10.9.0.1 and no
+# uplink (the guest's vif and this dom0 only; a localhost migration's
+# incoming vif joins the same bridge) and the scenario's net server here,
+# where two hosts have it on host B.
+one_host_net() {
+	if ! ip link show xenbr0 > /dev/null 2>&1; then
+		modprobe bridge 2>/dev/null
+		ip link add xenbr0 type bridge forward_delay 0 stp_state 0
+		ip addr add 10.9.0.1/24 dev xenbr0
+		ip link set xenbr0 up
+		ts "one host: xenbr0 10.9.0.1/24 (no uplink)"
+	fi
+	[ -s /tmp/netsrv.pid ] && kill "$(cat /tmp/netsrv.pid)" 2>/dev/null
+	setsid /usr/local/bin/iotest net-server 7100 > "$out/netsrv.log" 2>&1 < /dev/null &
+	echo $! > /tmp/netsrv.pid
+}
 # fetch_console: host B's console of the incoming guest, copied here.
 fetch_console() {
 	pssh "cat $cons/guest-$dom--incoming.log" > "$out/.incoming" 2>/dev/null &&
 		mv "$out/.incoming" "$out/guest-$dom--incoming.log"
 }
-iofail_re='I/O error|blk_update_request|Buffer I/O|blkfront.*(error|fail)|netfront.*(error|fail)|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR'
+iofail_re='I/O error|blk_update_request|Buffer I/O|blkfront.*(error|fail)|netfront.*(error|fail)|blocked for more than|soft lockup|rcu_sched.*stall|rcu: INFO|DISK BAD|DISK ERROR|NET BAD|NET ERROR|Tx Unit Hang|NETDEV WATCHDOG|e1000.*(error|Reset adapter)'
 
 case ${1:-} in
 prepare | collect | cleanup) "peer_$1" "$2"; exit 0 ;;
@@ -789,7 +805,8 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	# HVM guest's NIC is QEMU's emulated e1000 (nic=pv: the PV NIC as for
 	# PVH): the device model reads and writes the stream's pages, and the
 	# guest unplugs only QEMU's IDE disks (its disk stays the PV one)
-	[ "$net" = 1 ] && gopts="$gopts net_ip=10.9.0.10 net_peer=10.9.0.2"
+	# (one host: the bridge and the net server in this dom0, 10.9.0.1)
+	[ "$net" = 1 ] && gopts="$gopts net_ip=10.9.0.10 net_peer=$([ -n "$peer" ] && echo 10.9.0.2 || echo 10.9.0.1)"
 	[ "$net" = 1 ] && [ "$gtype" = hvm ] && [ -z "$nic" ] && nic=e1000
 	[ "$nic" = e1000 ] && gopts="$gopts nic=e1000 xen_emul_unplug=ide-disks"
 	if [ "$peer" = ping ]; then
@@ -824,6 +841,11 @@ vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e10
 		rm -f /var/lib/xen-testbed/disk-$name.img
 		truncate -s "$((disk_mib * 4))M" /var/lib/xen-testbed/disk-$name.img
 		devs="disk=['format=raw,vdev=xvda,access=rw,target=/var/lib/xen-testbed/disk-$name.img']"
+	fi
+	if [ -z "$peer" ] && [ "$net" = 1 ]; then
+		one_host_net
+		devs="$devs
+vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e1000)']"
 	fi
 	# hvm: an HVM guest on HAP with QEMU (qemu-xen) as device model, its
 	# platform state migrating with it; Linux's PV drivers give it the
@@ -1170,6 +1192,7 @@ CFG
 	dmesg > "$out/dmesg.txt" 2>&1
 	tail -n +"$((dm0 + 1))" "$out/dmesg.txt" > "$out/dmesg-scenario.txt"
 	# -f: a failed post-copy's source copy is refused otherwise
+	[ -s /tmp/netsrv.pid ] && kill "$(cat /tmp/netsrv.pid)" 2>/dev/null && rm -f /tmp/netsrv.pid
 	if [ -n "$peer" ]; then
 		pssh /mnt/host/autorun.sh collect "$name"
 		pssh /mnt/host/autorun.sh cleanup "$name"

@@ -797,8 +797,12 @@ else:
 if meta.get("net") == "1":
     a, f = dev_passes("NET")
     srv_bad = srv_rounds = 0
+    # the net server: in host B's dom0, or in this one's (one host)
+    srv = os.path.join(d, "hostb", "netsrv.log")
+    if r["hosts"] == 1:
+        srv = os.path.join(d, "netsrv.log")
     try:
-        for line in open(os.path.join(d, "hostb", "netsrv.log"), errors="replace"):
+        for line in open(srv, errors="replace"):
             m = re.search(r"rounds=(\d+) bad=(\d+)", line)
             if m:
                 srv_rounds = max(srv_rounds, int(m.group(1)))
