@@ -125,17 +125,10 @@ fn fault_nice_from(v: Option<&str>) -> Option<i32> {
     let default = Some(postcopy::precedence::FAULT_NICE);
     match v.map(str::trim) {
         None | Some("") => default,
-        Some("off") => None,
-        Some(s) => match s.parse::<i32>() {
-            Ok(n) if (-20..=19).contains(&n) => Some(n),
-            _ => {
-                log::warn!(
-                    "{FAULT_NICE_ENV}={s:?} is neither `off` nor a nice value in -20..=19; \
-                     nice {default:?}"
-                );
-                default
-            }
-        },
+        Some(s) => postcopy::precedence::parse_fault_nice(s).unwrap_or_else(|e| {
+            log::warn!("{FAULT_NICE_ENV}: {e}; nice {default:?}");
+            default
+        }),
     }
 }
 

@@ -26,6 +26,21 @@ use log::debug;
 /// scheduler, which preempts the push at once.
 pub const FAULT_NICE: i32 = -10;
 
+/// Parses a fault-path nice setting, as an admin writes it: a nice value
+/// in -20..=19, or `off` (`None`: the threads keep the process's).
+/// Surrounding blanks are ignored.
+pub fn parse_fault_nice(s: &str) -> Result<Option<i32>, String> {
+    match s.trim() {
+        "off" => Ok(None),
+        t => match t.parse::<i32>() {
+            Ok(n) if (-20..=19).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "{t:?} is neither `off` nor a nice value in -20..=19"
+            )),
+        },
+    }
+}
+
 /// Gives the calling thread `nice` (`None`: leaves it as it is). `role`
 /// names the thread in the log. Never fails the caller: a refusal (no
 /// privilege) is logged and the thread runs on at its priority.
@@ -49,6 +64,17 @@ pub fn current_nice() -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_is_a_nice_value_or_off() {
+        assert_eq!(parse_fault_nice("off"), Ok(None));
+        assert_eq!(parse_fault_nice(" -5 "), Ok(Some(-5)));
+        assert_eq!(parse_fault_nice("-20"), Ok(Some(-20)));
+        assert_eq!(parse_fault_nice("19"), Ok(Some(19)));
+        for bad in ["-21", "20", "fast", "", "-10x"] {
+            assert!(parse_fault_nice(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_thread_takes_the_nice_value_or_keeps_its_own() {

@@ -35,6 +35,31 @@ pub struct MigrationArgs {
     pub max_bandwidth: Option<u64>,
 }
 
+/// `--fault-nice N|off`: the nice value of the fault path's threads
+/// ([`postcopy::precedence`]); `off` leaves them at the process's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultNice(pub Option<i32>);
+
+impl Default for FaultNice {
+    fn default() -> Self {
+        FaultNice(Some(postcopy::precedence::FAULT_NICE))
+    }
+}
+
+impl std::fmt::Display for FaultNice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// Parses `--fault-nice` with the engine's rule.
+pub fn parse_fault_nice(s: &str) -> Result<FaultNice, String> {
+    postcopy::precedence::parse_fault_nice(s).map(FaultNice)
+}
+
 /// Parses `--max-bandwidth` with the engine's rule
 /// ([`postcopy::scheduler::parse_rate`]).
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -108,6 +133,21 @@ mod tests {
     struct T {
         #[command(flatten)]
         m: MigrationArgs,
+    }
+
+    #[test]
+    fn a_fault_nice_setting_is_passed_on_as_it_was_parsed() {
+        for (arg, want) in [("off", None), ("-10", Some(-10)), ("7", Some(7))] {
+            let n = parse_fault_nice(arg).unwrap();
+            assert_eq!(n, FaultNice(want));
+            // `local` hands it to its receiver process as text.
+            assert_eq!(parse_fault_nice(&n.to_string()), Ok(n));
+        }
+        assert_eq!(
+            FaultNice::default().0,
+            Some(postcopy::precedence::FAULT_NICE)
+        );
+        assert!(parse_fault_nice("-21").is_err());
     }
 
     #[test]

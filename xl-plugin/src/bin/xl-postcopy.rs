@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use xl_plugin::local::session::{run_sender, GuestOpts, LocalError, MigrateOpts};
+use xl_plugin::local::session::{run_sender_with, GuestOpts, LinkOpts, LocalError, MigrateOpts};
 use xl_plugin::local::workload::Workload;
-use xl_plugin::options::{parse_size_pages, MigrationArgs};
+use xl_plugin::options::{parse_size_pages, FaultNice, MigrationArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS",
               default_value_t = xl_plugin::local::session::DEFAULT_ACCEPT_TIMEOUT.as_secs_f64())]
         accept_timeout: f64,
+        /// Nice value of the fault forwarder and reply reader (-20..=19),
+        /// or `off` to leave them at this process's.
+        #[arg(long, value_name = "N|off", allow_hyphen_values = true, default_value_t = FaultNice::default(),
+              value_parser = xl_plugin::options::parse_fault_nice)]
+        fault_nice: FaultNice,
         #[command(flatten)]
         link: xl_plugin::local::recover::LinkArgs,
     },
@@ -181,6 +186,11 @@ struct BenchArgs {
     /// Seconds each guest runs before its migration.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Nice value of the fault path's threads in every run (-20..=19), or
+    /// `off` (see `local --fault-nice`).
+    #[arg(long, value_name = "N|off", allow_hyphen_values = true, default_value_t = FaultNice::default(),
+          value_parser = xl_plugin::options::parse_fault_nice)]
+    fault_nice: FaultNice,
     /// Instead of the matrix: encryption's cost, a plain loopback stream
     /// of each size against the same through sealed records (what a link
     /// with a token carries), alternated --runs times.
@@ -230,6 +240,12 @@ struct LocalArgs {
     /// Also write the guest's page-access trace (simulator format) here.
     #[arg(long, value_name = "FILE")]
     record_trace: Option<std::path::PathBuf>,
+    /// Nice value of the fault path's threads on both sides (-20..=19),
+    /// or `off` to leave them at the processes' (lowering it needs
+    /// CAP_SYS_NICE; without it they keep their priority).
+    #[arg(long, value_name = "N|off", allow_hyphen_values = true, default_value_t = FaultNice::default(),
+          value_parser = xl_plugin::options::parse_fault_nice)]
+    fault_nice: FaultNice,
 }
 
 fn secs(s: f64, what: &str) -> Result<Duration> {
@@ -296,6 +312,8 @@ fn local(args: &LocalArgs) -> Result<ExitCode> {
             "127.0.0.1:0",
             "--tail",
             &args.tail.to_string(),
+            "--fault-nice",
+            &args.fault_nice.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -314,7 +332,13 @@ fn local(args: &LocalArgs) -> Result<ExitCode> {
         .guest()
         .and_then(|g| Ok((g, args.migrate()?)))
         .map_err(|e| LocalError::Setup(format!("{e:#}")))
-        .and_then(|(g, m)| run_sender(addr, &g, &m));
+        .and_then(|(g, m)| {
+            let link = LinkOpts {
+                fault_nice: args.fault_nice.0,
+                ..LinkOpts::default()
+            };
+            run_sender_with(addr, &g, &m, &link)
+        });
     if matches!(result, Err(LocalError::Setup(_) | LocalError::Link(_))) {
         // No migration reached the receiver (or it saw the link close):
         // it would wait for one until its accept timeout.
@@ -437,7 +461,10 @@ fn main() -> Result<ExitCode> {
             to,
             &run.guest()?,
             &run.migrate()?,
-            &link.opts()?,
+            &LinkOpts {
+                fault_nice: run.fault_nice.0,
+                ..link.opts()?
+            },
         ) {
             Ok(report) => {
                 print_report(&report, run.json)?;
@@ -449,10 +476,12 @@ fn main() -> Result<ExitCode> {
             listen,
             tail,
             accept_timeout,
+            fault_nice,
             link,
         } => {
-            let link = xl_plugin::local::session::LinkOpts {
+            let link = LinkOpts {
                 accept_timeout: secs(accept_timeout, "accept-timeout")?,
+                fault_nice: fault_nice.0,
                 ..link.opts()?
             };
             if !listen.ip().is_loopback() && link.token.is_none() {
@@ -495,7 +524,10 @@ fn main() -> Result<ExitCode> {
                 baselines: !b.no_baselines,
                 runs: usize::try_from(b.runs)?,
                 out: b.out.clone(),
-                extra: vec![format!("--warmup={}", b.warmup)],
+                extra: vec![
+                    format!("--warmup={}", b.warmup),
+                    format!("--fault-nice={}", b.fault_nice),
+                ],
                 floors: !b.no_floors,
             };
             let rows = xl_plugin::bench::run(&exe, &opts).map_err(anyhow::Error::msg)?;

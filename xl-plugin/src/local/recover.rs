@@ -289,6 +289,7 @@ impl LinkArgs {
             ready_timeout,
             status_file: self.status_file.clone(),
             accept_timeout: super::session::DEFAULT_ACCEPT_TIMEOUT,
+            ..LinkOpts::default()
         })
     }
 }

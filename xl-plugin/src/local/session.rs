@@ -97,6 +97,9 @@ pub struct LinkOpts {
     /// How long the receiver waits for a sender to connect (zero:
     /// forever).
     pub accept_timeout: Duration,
+    /// The nice value of this side's fault threads (`None`: the
+    /// process's own; [`postcopy::precedence`]).
+    pub fault_nice: Option<i32>,
 }
 
 impl LinkOpts {
@@ -128,6 +131,7 @@ impl Default for LinkOpts {
             ready_timeout: postcopy::source::DEFAULT_READY_TIMEOUT,
             status_file: None,
             accept_timeout: DEFAULT_ACCEPT_TIMEOUT,
+            fault_nice: Some(postcopy::precedence::FAULT_NICE),
         }
     }
 }
@@ -508,6 +512,7 @@ pub fn run_sender_with(
         status: l.status(),
         max_bandwidth: m.max_bandwidth,
         residual_after: m.residual_after,
+        fault_nice: l.fault_nice,
         ..SourceConfig::default()
     };
     let metrics = Metrics::new();
@@ -808,6 +813,7 @@ pub fn run_receiver_with(
         links,
         &DestConfig {
             status: l.status(),
+            fault_nice: l.fault_nice,
             ..DestConfig::default()
         },
         &mut guest,
