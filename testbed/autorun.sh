@@ -605,8 +605,9 @@ host_setup() {
 	ip=10.9.0.1; [ "$HOST_ROLE" = b ] && ip=10.9.0.2
 	hostname "host$HOST_ROLE"
 	printf '127.0.0.1 localhost\n10.9.0.1 hosta\n10.9.0.2 hostb\n' > /etc/hosts
-	# loop: /etc/xen/scripts/block puts a file-backed disk on a loop device
-	modprobe -a bridge virtio_net loop 2>/dev/null
+	# loop: /etc/xen/scripts/block puts a file-backed disk on a loop device;
+	# tun: QEMU's tap for an HVM guest's emulated NIC (vifN.0-emu)
+	modprobe -a bridge virtio_net loop tun 2>/dev/null
 	for n in $(seq 1 20); do
 		nic=$(for n in /sys/class/net/*; do
 			[ "$(basename "$(readlink -f "$n/device/driver" 2>/dev/null)")" = virtio_net ] && basename "$n"
@@ -706,7 +707,7 @@ ping_check() {
 # where two hosts have it on host B.
 one_host_net() {
 	if ! ip link show xenbr0 > /dev/null 2>&1; then
-		modprobe bridge 2>/dev/null
+		modprobe -a bridge tun 2>/dev/null
 		ip link add xenbr0 type bridge forward_delay 0 stp_state 0
 		ip addr add 10.9.0.1/24 dev xenbr0
 		ip link set xenbr0 up
