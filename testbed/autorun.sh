@@ -717,6 +717,41 @@ one_host_net() {
 	setsid /usr/local/bin/iotest net-server 7100 > "$out/netsrv.log" 2>&1 < /dev/null &
 	echo $! > /tmp/netsrv.pid
 }
+# vif_devfail_script: a vif hotplug script that fails to bring the NIC of
+# a domain named *--incoming online (as a destination with a missing
+# bridge or a broken script would) and is vif-bridge for every other
+# domain and action; prints its path.
+vif_devfail_script() {
+	local f=/etc/xen/scripts/vif-testbed-devfail
+	cat > $f <<'SCRIPT'
+#!/bin/sh
+# testbed (devfail=1): the incoming domain's NIC never comes online
+domid=$(echo "$XENBUS_PATH" | cut -d/ -f3)
+name=$(xenstore-read "/local/domain/$domid/name" 2>/dev/null)
+case "$1:$name" in
+online:*--incoming)
+	echo "vif-testbed-devfail: refusing $XENBUS_PATH of $name (testbed devfail=1)" >&2
+	exit 1 ;;
+esac
+exec /etc/xen/scripts/vif-bridge "$@"
+SCRIPT
+	chmod 755 $f
+	echo $f
+}
+# devfail_checks: after a migration whose destination failed to attach a
+# device, devfail.env: xl's exit status and lines, the domains left.
+devfail_checks() {
+	{
+		echo "devfail_rc=$mrc"
+		echo "devfail_resumed_said=$(grep -acF 'Migration failed, resuming at sender' "$out/migrate.log")"
+		echo "devfail_never_ran_said=$(grep -acF 'the guest never ran' "$out/migrate.log")"
+		echo "devfail_postcopy_failed_said=$(grep -acF 'Post-copy migration failed after the domain resumed' "$out/migrate.log")"
+		echo "devfail_src=$src"
+		echo "devfail_domains='$(xl list 2>/dev/null | awk -v n="$dom" 'index($1, n) == 1 { print $1 "/" $2 }' | tr '\n' ' ')'"
+		echo "devfail_state='$(xl list "$dom" 2>/dev/null | awk 'NR == 2 { print $5 }')'"
+	} > "$out/devfail.env"
+	cat "$out/devfail.env"
+}
 # fetch_console: host B's console of the incoming guest, copied here.
 fetch_console() {
 	pssh "cat $cons/guest-$dom--incoming.log" > "$out/.incoming" 2>/dev/null &&
@@ -759,7 +794,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 	dom=t-$name
 	truncated=0
 	mib=64 settle=0 drops=0 outage=5 gtype=pvh evict= load= scan= kept= workload=memtest soak=0 kill_dest=0 vcpus=1 names=0 refuse= window= tunnel=0 lane= batch= hold= residual= early= nice= read= recover=0 pager=0 rpid= rlpid= bw_malformed=
-	mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 nic= disk_mib= fetch= coff= tsc=${TSC_MODE:-}
+	devfail=0 mem=${GUEST_MEM:-256} seq= mode= switch_after= peer= net=0 nic= disk_mib= fetch= coff= tsc=${TSC_MODE:-}
 	for o in $gopts; do
 		case $o in
 		memtest_mib=*) mib=${o#*=} ;;
@@ -788,6 +823,7 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 		names=*) names=${o#*=}; continue ;;
 		truncated=*) truncated=${o#*=}; continue ;;
 		refuse=*) refuse=${o#*=}; continue ;;
+		devfail=*) devfail=${o#*=}; continue ;;
 		vcpus=*) vcpus=${o#*=}; continue ;;
 		mem=*) mem=${o#*=}; continue ;;
 		tsc=*) tsc=${o#*=}; continue ;;
@@ -845,8 +881,10 @@ vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e10
 	fi
 	if [ -z "$peer" ] && [ "$net" = 1 ]; then
 		one_host_net
+		# devfail=1: the NIC's hotplug script fails for the migration's
+		# incoming domain (vif_devfail_script)
 		devs="$devs
-vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e1000)']"
+vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e1000)$([ "$devfail" = 1 ] && echo ",script=$(vif_devfail_script)")']"
 	fi
 	# hvm: an HVM guest on HAP with QEMU (qemu-xen) as device model, its
 	# platform state migrating with it; Linux's PV drivers give it the
@@ -1074,6 +1112,21 @@ CFG
 		# the guest went on: two more full passes on the same console
 		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
 			! verify_failed && vrc=0
+	elif [ "$devfail" = 1 ]; then
+		# devfail=1: the destination's toolstack cannot attach the NIC
+		# after the switch and destroys the domain before it ever ran
+		# there: xl migrate must fail, and the same domain go on here,
+		# resumed under its own name, its memory checked on after.
+		n0=$(count_in "$slog" 'MEMTEST pass [0-9]* ok=1')
+		migrate_once 1
+		done_n=1
+		nn0=$(count_in "$slog" 'NET pass [0-9]* ok=1')
+		waitfor "$slog" 'MEMTEST pass [0-9]* ok=1' $((n0 + 2)) "${VERIFY_TIMEOUT:-400}" &&
+			! verify_failed && vrc=0
+		# its NIC too: three more verified rounds
+		waitfor "$slog" 'NET pass [0-9]* ok=1' $((nn0 + 3)) 120
+		devfail_checks
+		echo "devfail_net_after=$(($(count_in "$slog" 'NET pass [0-9]* ok=1') - nn0))" >> "$out/devfail.env"
 	elif [ "$truncated" = 1 ]; then
 		# truncated=1: no migration; receivers fed broken streams
 		# (truncated_checks).  Nothing may reach the running guest.
@@ -1152,6 +1205,7 @@ CFG
 		echo "kill_dest=$kill_dest"
 		echo "names=$names"
 		echo "refuse=$refuse"
+		echo "devfail=$devfail"
 		echo "truncated=$truncated"
 		echo "recover=$recover"
 		echo "pager_kill=$pager"

@@ -719,6 +719,31 @@ if meta.get("refuse"):
                    and f["guest_went_on"])
     r["ok"] = f["ok"]
     r["integrity_ok"] = f["guest_went_on"]
+# devfail=1: the destination's toolstack could not attach the guest's NIC
+# after the switch and destroyed the domain before it ever ran; xl migrate
+# must fail saying it resumes the guest here (not the post-copy failure
+# that keeps it suspended), and the same domain go on under its own name
+# (two more verified memtest passes: verify_rc 0).
+if meta.get("devfail") == "1":
+    df = env_file(os.path.join(d, "devfail.env"))
+    guest = "t-" + (meta.get("name") or "")
+    r["devfail"] = {
+        "xl_rc": df.get("devfail_rc"),
+        "resumed_said": (df.get("devfail_resumed_said") or "0") != "0",
+        "never_ran_said": (df.get("devfail_never_ran_said") or "0") != "0",
+        "postcopy_failed_said": (df.get("devfail_postcopy_failed_said") or "0") != "0",
+        "domains_after": (df.get("devfail_domains") or "").split(),
+        "state_after": df.get("devfail_state"),
+        "guest_went_on": meta.get("verify_rc") == "0",
+        "net_passes_after": int(df.get("devfail_net_after") or 0),
+    }
+    f = r["devfail"]
+    f["ok"] = bool(f["xl_rc"] not in (None, "0") and f["resumed_said"] and f["never_ran_said"]
+                   and not f["postcopy_failed_said"]
+                   and f["domains_after"] == [f"{guest}/{df.get('devfail_src')}"]
+                   and f["guest_went_on"] and f["net_passes_after"] >= 3)
+    r["ok"] = f["ok"]
+    r["integrity_ok"] = f["guest_went_on"]
 # truncated=1: receivers fed broken streams (autorun.sh truncated_checks).
 # Each run must fail with its exit status (not a signal: 128+N, nor
 # timeout's 124), say why, and leave no domain; the running guest must not
@@ -794,7 +819,10 @@ if meta.get("disk_mib"):
     r["disk_ok"] = bool(a >= 2 and f == 0 and not io_lines)
 else:
     r["disk_ok"] = None
-if meta.get("net") == "1":
+if meta.get("devfail") == "1":
+    # the guest's NIC after it resumed here (there is no destination's)
+    r["net_ok"] = bool(r["devfail"]["net_passes_after"] >= 3 and not io_lines)
+elif meta.get("net") == "1":
     a, f = dev_passes("NET")
     srv_bad = srv_rounds = 0
     # the net server: in host B's dom0, or in this one's (one host)

@@ -38,7 +38,13 @@
  *                                          0, or
  *                                          LIBXL_POSTCOPY_STREAM_REPLACED
  *                                          (then no END record: the
- *                                          stream is gone)
+ *                                          stream is gone); -ECANCELED if
+ *                                          the destination proved the
+ *                                          guest never ran there (its
+ *                                          domain destroyed before libxl
+ *                                          unpaused it: ABORT without
+ *                                          RESUMED): libxl undoes the
+ *                                          transition and resumes it here
  *   libxl_postcopy_save_free(h)
  *   (libxenguest: write_end_record)
  *

@@ -2304,6 +2304,63 @@ fn both_sides_fail_on_death(reason: u32, what: &str) -> crate::domain_watch::Gue
     d
 }
 
+/// libxl gives up on the destination after the transition and destroys
+/// the domain before it ever unpaused it (a device that did not attach):
+/// the destination proves the guest never ran there (ABORT without
+/// RESUMED), and the source fails with the ECANCELED that lets libxl
+/// resume its copy, the guest's latest state.
+#[test]
+fn a_domain_destroyed_before_it_ever_ran_lets_the_source_resume_its_copy() {
+    let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::None, true);
+    let toolstack = {
+        let dst = dst.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            dst.destroy();
+        })
+    };
+    let t = Instant::now();
+    let e = session.serve().unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    toolstack.join().unwrap();
+    assert!(matches!(e, postcopy::Error::GuestDied(_)), "{e}");
+    let reader = drain(d_stream);
+    let (r, _) = source.join().unwrap();
+    drop(reader);
+    let se = r.unwrap_err();
+    assert!(matches!(se, postcopy::Error::PeerAborted(_)), "{se}");
+    assert!(
+        se.to_string()
+            .contains(postcopy::destination::NEVER_RAN.trim()),
+        "{se}"
+    );
+    assert_eq!(crate::ffi::errno_of(&se), libc::ECANCELED);
+}
+
+/// The same destruction after libxl unpaused the domain, between two of
+/// the watch's looks (so no look saw it unpaused, only its vCPU time):
+/// the guest may have run there, so the source keeps its copy stopped.
+#[test]
+fn a_domain_destroyed_after_its_unpause_keeps_the_source_stopped() {
+    let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::None, true);
+    let toolstack = {
+        let dst = dst.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            dst.unpause_and_destroy();
+        })
+    };
+    let e = session.serve().unwrap_err();
+    toolstack.join().unwrap();
+    assert!(matches!(e, postcopy::Error::GuestDied(_)), "{e}");
+    let reader = drain(d_stream);
+    let (r, _) = source.join().unwrap();
+    drop(reader);
+    let se = r.unwrap_err();
+    assert!(!matches!(se, postcopy::Error::PeerAborted(_)), "{se}");
+    assert_ne!(crate::ffi::errno_of(&se), libc::ECANCELED);
+}
+
 #[test]
 fn a_guest_that_crashes_mid_serve_fails_both_sides_with_the_counts() {
     both_sides_fail_on_death(

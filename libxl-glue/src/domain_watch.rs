@@ -141,6 +141,9 @@ pub struct GuestWatch<O: XenOps> {
     unpaused_at: Option<Instant>,
     polls: u64,
     failed_polls: u64,
+    /// At the look that saw the domain being destroyed: its vCPUs' run
+    /// time (ns).
+    dying_cpu_ns: Option<u64>,
 }
 
 impl<O: XenOps> GuestWatch<O> {
@@ -152,7 +155,18 @@ impl<O: XenOps> GuestWatch<O> {
             unpaused_at: None,
             polls: 0,
             failed_polls: 0,
+            dying_cpu_ns: None,
         }
+    }
+
+    /// True only with proof that the guest never ran here and never will:
+    /// no look saw the domain unpaused, and the look that saw it being
+    /// destroyed read a vCPU run time of zero (libxl destroys a domain
+    /// whose creation failed, e.g. a device that did not attach, before
+    /// it ever unpauses it). A domain that is gone, shut down (only a
+    /// running guest shuts down) or still alive proves nothing.
+    pub fn never_ran(&self) -> bool {
+        self.unpaused_at.is_none() && self.dying_cpu_ns == Some(0)
     }
 
     /// When the watch saw the domain unpaused, if it did.
@@ -181,6 +195,7 @@ impl<O: XenOps> GuestWatch<O> {
             }
         };
         if info.dying {
+            self.dying_cpu_ns = Some(info.cpu_time_ns);
             return Some(WatchEvent::Died(Death::Dying));
         }
         if let Some(r) = info.shutdown {
@@ -294,6 +309,11 @@ impl<O: XenOps> ServeHooks for WatchHooks<O> {
             .unwrap_or_else(|e| e.into_inner())
             .update(installed);
     }
+
+    fn never_ran(&self) -> bool {
+        let seen = self.look();
+        seen.died.is_some() && seen.watch.never_ran()
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +343,47 @@ mod tests {
         let y = Arc::new(FakeXen::new(8, 0xff));
         y.state().fail.insert("xc_domain_getinfolist", libc::EPERM);
         assert_eq!(GuestWatch::new(y).poll(), None);
+    }
+
+    #[test]
+    fn only_a_domain_destroyed_before_it_ever_ran_never_ran() {
+        // Destroyed while still paused, never unpaused: proof.
+        let x = Arc::new(FakeXen::new(7, 0xff));
+        x.set_paused(true);
+        let mut w = GuestWatch::new(x.clone());
+        assert_eq!(w.poll(), None);
+        assert!(!w.never_ran(), "alive: it may still run");
+        x.destroy();
+        assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Dying)));
+        assert!(w.never_ran());
+        // Unpaused once, then destroyed: it ran.
+        let y = Arc::new(FakeXen::new(8, 0xff));
+        y.set_paused(true);
+        let mut w = GuestWatch::new(y.clone());
+        y.set_paused(false);
+        assert_eq!(w.poll(), Some(WatchEvent::Unpaused));
+        y.set_paused(true);
+        y.destroy();
+        assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Dying)));
+        assert!(!w.never_ran());
+        // Unpaused and paused again between two looks: the run time says
+        // so even though no look saw it unpaused.
+        let z = Arc::new(FakeXen::new(9, 0xff));
+        z.set_paused(true);
+        let mut w = GuestWatch::new(z.clone());
+        z.set_paused(false);
+        let _ = z.domain_info();
+        z.set_paused(true);
+        z.destroy();
+        assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Dying)));
+        assert!(!w.never_ran());
+        // Gone, or shut down: no proof.
+        let g = Arc::new(FakeXen::new(10, 0xff));
+        g.set_paused(true);
+        let mut w = GuestWatch::new(g.clone());
+        g.state().domain = None;
+        assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Gone)));
+        assert!(!w.never_ran());
     }
 
     #[test]

@@ -309,7 +309,29 @@ impl FakeXen {
     /// The toolstack pauses (true) or unpauses the domain.
     pub fn set_paused(&self, paused: bool) {
         if let Some(d) = self.state().domain.as_mut() {
+            // An unpaused guest's vCPUs run at once.
+            if d.paused && !paused {
+                d.cpu_time_ns += 1_000;
+            }
             d.paused = paused;
+        }
+    }
+
+    /// The guest runs, then the toolstack destroys the domain, with no
+    /// look in between.
+    pub fn unpause_and_destroy(&self) {
+        if let Some(d) = self.state().domain.as_mut() {
+            d.paused = false;
+            d.cpu_time_ns += 1_000;
+            d.dying = true;
+        }
+    }
+
+    /// The toolstack destroys the domain: it is dying (Xen keeps it while
+    /// the pager still maps its ring).
+    pub fn destroy(&self) {
+        if let Some(d) = self.state().domain.as_mut() {
+            d.dying = true;
         }
     }
 
@@ -666,9 +688,13 @@ impl XenOps for FakeXen {
 
     fn domain_info(&self) -> XcResult<Option<DomainInfo>> {
         // Not in `calls`: the watch polls it all the time.
-        let st = self.state();
+        let mut st = self.state();
         if let Some(&e) = st.fail.get("xc_domain_getinfolist") {
             return Err(XcError::from_errno("xc_domain_getinfolist", e, None));
+        }
+        // An unpaused guest's vCPUs run: a millisecond between two looks.
+        if let Some(d) = st.domain.as_mut().filter(|d| !d.paused && !d.dying) {
+            d.cpu_time_ns += 1_000_000;
         }
         Ok(st.domain)
     }

@@ -850,6 +850,12 @@ impl<O: XenOps> SaveSession<O> {
                     push_rate_line(snap.pages_pushed, served, self.max_bandwidth)
                 );
             }
+            // The destination proved the guest never ran there (its
+            // domain destroyed before libxl unpaused it): this copy is
+            // the guest's latest state, and libxl resumes it (-ECANCELED).
+            Err(e @ Error::PeerAborted(_)) => log::error!(
+                "post-copy: the destination gave up before the guest ever ran there ({e}); this copy is the guest's latest state and keeps every page: libxl resumes it here"
+            ),
             // After the switch: the destination may be without a pager;
             // say what this copy still holds that the guest needs.
             Err(e) => {

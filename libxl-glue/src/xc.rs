@@ -399,6 +399,9 @@ pub struct DomainInfo {
     pub max_vcpu_id: u32,
     /// Pages Xen counts as paged out (`paged_pages`).
     pub paged_pages: u64,
+    /// Nanoseconds the domain's vCPUs have run (`cpu_time`): zero until
+    /// the toolstack first unpauses it.
+    pub cpu_time_ns: u64,
 }
 
 impl DomainInfo {
@@ -1299,6 +1302,7 @@ impl XenOps for LibXc {
         Ok(Some(DomainInfo {
             max_vcpu_id: info.max_vcpu_id,
             paged_pages: info.paged_pages,
+            cpu_time_ns: info.cpu_time,
             ..DomainInfo::from_flags(info.flags)
         }))
     }

@@ -133,7 +133,24 @@ pub trait ServeHooks: Sync {
 
     /// Owed pages installed so far, of `owed`.
     fn progress(&self, _installed: u64, _owed: u64) {}
+
+    /// True only with proof that the guest never ran here and never will
+    /// (e.g. a Xen domain destroyed before the toolstack unpaused it, its
+    /// vCPUs' run time still zero). A failure is then told to the source
+    /// as ABORT without RESUMED, which makes the source resume its own
+    /// copy, the guest's latest state: a destination whose toolstack gave
+    /// up before running the guest (its devices failed to attach) costs
+    /// the migration, not the guest. Without proof (the default) the
+    /// source is told the guest may have run here, and keeps its copy
+    /// stopped.
+    fn never_ran(&self) -> bool {
+        false
+    }
 }
+
+/// What an ABORT's reason ends with when the destination proved the
+/// guest never ran there ([`ServeHooks::never_ran`]).
+pub const NEVER_RAN: &str = " (the guest never ran on the destination)";
 
 /// Hooks of a guest resumed before serving began (local mode).
 #[derive(Debug, Clone, Copy)]
@@ -1122,7 +1139,9 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
     /// [`Self::fail`], first telling the source about a local failure
     /// (best effort, once): RESUMED if it has not gone out yet (the guest
     /// may be running here, so the source must not resume its copy), then
-    /// ABORT with the reason.
+    /// ABORT with the reason. When the adapter proves the guest never ran
+    /// here ([`ServeHooks::never_ran`]) and RESUMED has not gone out, ABORT
+    /// alone: the source resumes its copy.
     fn fail_with<W: Write>(&self, e: &Error, tx: &Mutex<RecordWriter<W>>) {
         if e.is_local() && !self.told.swap(true, Ordering::SeqCst) {
             let guard = match tx.try_lock() {
@@ -1133,12 +1152,14 @@ impl<M: DestinationMemory + ?Sized> Shared<'_, M> {
             };
             if let Some(mut w) = guard {
                 let mut said = Ok(());
-                if !self.resumed_sent.swap(true, Ordering::SeqCst) {
+                let mut why = e.to_string();
+                if !self.resumed_sent.load(Ordering::SeqCst) && self.hooks.never_ran() {
+                    why.push_str(NEVER_RAN);
+                    warn!("the guest never ran here: the source may resume its copy");
+                } else if !self.resumed_sent.swap(true, Ordering::SeqCst) {
                     said = w.count(RecordType::Resumed, ns(self.switch_at.elapsed()));
                 }
-                let said = said
-                    .and_then(|()| w.abort(&e.to_string()))
-                    .and_then(|()| w.flush());
+                let said = said.and_then(|()| w.abort(&why)).and_then(|()| w.flush());
                 match said {
                     Ok(()) => info!("told the source: {e}"),
                     Err(io) => debug!("could not tell the source ({e}): {io}"),
