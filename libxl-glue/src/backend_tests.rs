@@ -2304,19 +2304,16 @@ fn both_sides_fail_on_death(reason: u32, what: &str) -> crate::domain_watch::Gue
     d
 }
 
-/// libxl gives up on the destination after the transition and destroys
-/// the domain before it ever unpaused it (a device that did not attach):
-/// the destination proves the guest never ran there (ABORT without
-/// RESUMED), and the source fails with the ECANCELED that lets libxl
-/// resume its copy, the guest's latest state.
-#[test]
-fn a_domain_destroyed_before_it_ever_ran_lets_the_source_resume_its_copy() {
+/// The destination's toolstack acts on the paused domain (`act`, 300 ms
+/// after the switch) while the serve waits for its unpause: (the
+/// destination's error, the source's).
+fn toolstack_acts_before_the_unpause(act: fn(&FakeXen)) -> (postcopy::Error, postcopy::Error) {
     let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::None, true);
     let toolstack = {
         let dst = dst.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
-            dst.destroy();
+            act(&dst);
         })
     };
     let t = Instant::now();
@@ -2327,7 +2324,17 @@ fn a_domain_destroyed_before_it_ever_ran_lets_the_source_resume_its_copy() {
     let reader = drain(d_stream);
     let (r, _) = source.join().unwrap();
     drop(reader);
-    let se = r.unwrap_err();
+    (e, r.unwrap_err())
+}
+
+/// libxl gives up on the destination after the transition and destroys
+/// the domain before it ever unpaused it (a device that did not attach):
+/// the destination proves the guest never ran there (ABORT without
+/// RESUMED), and the source fails with the ECANCELED that lets libxl
+/// resume its copy, the guest's latest state.
+#[test]
+fn a_domain_destroyed_before_it_ever_ran_lets_the_source_resume_its_copy() {
+    let (_e, se) = toolstack_acts_before_the_unpause(FakeXen::destroy);
     assert!(matches!(se, postcopy::Error::PeerAborted(_)), "{se}");
     assert!(
         se.to_string()
@@ -2342,21 +2349,7 @@ fn a_domain_destroyed_before_it_ever_ran_lets_the_source_resume_its_copy() {
 /// the guest may have run there, so the source keeps its copy stopped.
 #[test]
 fn a_domain_destroyed_after_its_unpause_keeps_the_source_stopped() {
-    let (_src, dst, mut session, d_stream, source, _keep) = switched(StrategySpec::None, true);
-    let toolstack = {
-        let dst = dst.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            dst.unpause_and_destroy();
-        })
-    };
-    let e = session.serve().unwrap_err();
-    toolstack.join().unwrap();
-    assert!(matches!(e, postcopy::Error::GuestDied(_)), "{e}");
-    let reader = drain(d_stream);
-    let (r, _) = source.join().unwrap();
-    drop(reader);
-    let se = r.unwrap_err();
+    let (_e, se) = toolstack_acts_before_the_unpause(FakeXen::unpause_and_destroy);
     assert!(!matches!(se, postcopy::Error::PeerAborted(_)), "{se}");
     assert_ne!(crate::ffi::errno_of(&se), libc::ECANCELED);
 }

@@ -347,40 +347,34 @@ mod tests {
 
     #[test]
     fn only_a_domain_destroyed_before_it_ever_ran_never_ran() {
+        // A paused domain (as libxl's restore leaves it) and its watch.
+        let paused = |id| {
+            let x = Arc::new(FakeXen::new(id, 0xff));
+            x.set_paused(true);
+            (x.clone(), GuestWatch::new(x))
+        };
         // Destroyed while still paused, never unpaused: proof.
-        let x = Arc::new(FakeXen::new(7, 0xff));
-        x.set_paused(true);
-        let mut w = GuestWatch::new(x.clone());
+        let (x, mut w) = paused(7);
         assert_eq!(w.poll(), None);
         assert!(!w.never_ran(), "alive: it may still run");
         x.destroy();
         assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Dying)));
         assert!(w.never_ran());
         // Unpaused once, then destroyed: it ran.
-        let y = Arc::new(FakeXen::new(8, 0xff));
-        y.set_paused(true);
-        let mut w = GuestWatch::new(y.clone());
+        let (y, mut w) = paused(8);
         y.set_paused(false);
         assert_eq!(w.poll(), Some(WatchEvent::Unpaused));
-        y.set_paused(true);
         y.destroy();
         assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Dying)));
         assert!(!w.never_ran());
-        // Unpaused and paused again between two looks: the run time says
-        // so even though no look saw it unpaused.
-        let z = Arc::new(FakeXen::new(9, 0xff));
-        z.set_paused(true);
-        let mut w = GuestWatch::new(z.clone());
-        z.set_paused(false);
-        let _ = z.domain_info();
-        z.set_paused(true);
-        z.destroy();
+        // Unpaused and destroyed between two looks: the run time says so
+        // even though no look saw it unpaused.
+        let (z, mut w) = paused(9);
+        z.unpause_and_destroy();
         assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Dying)));
         assert!(!w.never_ran());
-        // Gone, or shut down: no proof.
-        let g = Arc::new(FakeXen::new(10, 0xff));
-        g.set_paused(true);
-        let mut w = GuestWatch::new(g.clone());
+        // Gone: no proof.
+        let (g, mut w) = paused(10);
         g.state().domain = None;
         assert_eq!(w.poll(), Some(WatchEvent::Died(Death::Gone)));
         assert!(!w.never_ran());
