@@ -40,6 +40,21 @@ def verified(r):
     return f"{mem} ({r.get('verified_passes_after_migration')}) / {d} / {n}"
 
 
+def why_not(r):
+    """The first reason a failed cell gives, from its result.json."""
+    if r.get("ok"):
+        return None
+    if r.get("hotplug_timeouts"):
+        return "hotplug killed at libxl's 40 s: " + ", ".join(r["hotplug_timeouts"])
+    if r.get("guest_deaths"):
+        return "guest died"
+    if r.get("migrate_rc") not in (0, None):
+        return f"xl migrate rc {r.get('migrate_rc')}"
+    if r.get("backend_errors"):
+        return "backend errors"
+    return "verification"
+
+
 def main(dirs):
     found = {}
     for d in dirs:
@@ -50,7 +65,7 @@ def main(dirs):
                 pass
     cols = ["scenario", "hosts", "transport", "guest (NIC)", "vCPUs", "MiB", "ok", "xl migrate s",
             "downtime ms", "pages (pushed/faulted/zero)", "faults by origin", "blocktime ms per vCPU",
-            "longest stall ms", "verified after (memory / disk / net)", "backend errors", "results"]
+            "longest stall ms", "verified after (memory / disk / net)", "backend errors", "why not", "results"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     passed = 0
@@ -73,7 +88,7 @@ def main(dirs):
             r.get("guest_mem_mib"), "yes" if r.get("ok") else "**no**",
             round(tt / 1000, 1) if tt is not None else None, round(dt) if dt is not None else None, pages,
             by_origin(r.get("faults_by_origin")), by_origin(r.get("blocktime_ms")), stall, verified(r),
-            r.get("backend_errors"), os.path.basename(os.path.normpath(d))]) + " |")
+            r.get("backend_errors"), why_not(r), os.path.basename(os.path.normpath(d))]) + " |")
     print(f"\n{len(found)} of {len(CELLS)} cells run, {passed} passed.")
 
 

@@ -799,6 +799,18 @@ for f in consoles:
         if re.search(IOFAIL, line):
             io_lines.append("%s: %s" % (os.path.basename(f), line.strip()[:160]))
 r["guest_io_errors"] = io_lines[:8]
+# libxl's hotplug scripts it killed at its 40 s limit (LIBXL_HOTPLUG_TIMEOUT),
+# on either host (xl migrate's log has the receiver's lines too): a device
+# that never attached on the destination fails the domain's creation there
+hp = []
+try:
+    for line in open(os.path.join(d, "migrate.log"), errors="replace"):
+        m = re.search(r"killing execution of (\S+) (\S+) because of timeout", line)
+        if m:
+            hp.append("%s %s" % (os.path.basename(m.group(1)), m.group(2)))
+except OSError:
+    pass
+r["hotplug_timeouts"] = hp
 
 
 def dev_passes(word):
