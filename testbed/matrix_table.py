@@ -84,8 +84,8 @@ def main(dirs):
         pages = f"{pt} ({r.get('pages_pushed')}/{r.get('pages_faulted')}/{r.get('pages_zero')})" if pt else None
         stall = r.get("guest_max_stall_ms")
         print("| " + " | ".join(cell(x) for x in [
-            n, r.get("hosts"), r.get("transport"), f"{r.get('guest')} ({r.get('nic')})", r.get("vcpus"),
-            r.get("guest_mem_mib"), "yes" if r.get("ok") else "**no**",
+            n, 1 if t == "local" else 2, t, f"{g} ({r.get('nic') or '?'})", v, z,
+            "yes" if r.get("ok") else "**no**",
             round(tt / 1000, 1) if tt is not None else None, round(dt) if dt is not None else None, pages,
             by_origin(r.get("faults_by_origin")), by_origin(r.get("blocktime_ms")), stall, verified(r),
             r.get("backend_errors"), why_not(r), os.path.basename(os.path.normpath(d))]) + " |")
