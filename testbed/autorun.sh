@@ -864,8 +864,6 @@ for sc_line in $(seq 1 "$(wc -l < /mnt/host/scenarios)"); do
 			truncate -s "$((disk_mib * 4))M" "$gdir/disk-$name.img"
 			devs="disk=['format=raw,vdev=xvda,access=rw,target=$gdir/disk-$name.img']"
 		fi
-		[ "$net" = 1 ] && devs="$devs
-vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e1000)']"
 		pssh /mnt/host/autorun.sh prepare "$name"
 		pssh /mnt/host/autorun.sh cleanup "$name" > /dev/null
 		coff=$(clock_offset)
@@ -879,10 +877,11 @@ vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e10
 		truncate -s "$((disk_mib * 4))M" /var/lib/xen-testbed/disk-$name.img
 		devs="disk=['format=raw,vdev=xvda,access=rw,target=/var/lib/xen-testbed/disk-$name.img']"
 	fi
-	if [ -z "$peer" ] && [ "$net" = 1 ]; then
-		one_host_net
-		# devfail=1: the NIC's hotplug script fails for the migration's
-		# incoming domain (vif_devfail_script)
+	# the NIC on xenbr0 (one host: a bridge of this dom0's own and the net
+	# server here); devfail=1: its hotplug script fails for the
+	# migration's incoming domain (vif_devfail_script)
+	if [ "$net" = 1 ]; then
+		[ -z "$peer" ] && one_host_net
 		devs="$devs
 vif=['bridge=xenbr0,mac=00:16:3e:09:00:10$([ "$nic" = e1000 ] && echo ,model=e1000)$([ "$devfail" = 1 ] && echo ",script=$(vif_devfail_script)")']"
 	fi
